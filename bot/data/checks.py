@@ -1,0 +1,134 @@
+"""Rules a well-formed set of dialogues follows, beyond the shape of each file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from bot.data.schema import (
+    HANDOFF_TOOL,
+    PYTHON_TYPES,
+    Action,
+    ActionTurn,
+    BotTurn,
+    Dialogue,
+    HandoffTurn,
+    TrainingData,
+    UserTurn,
+)
+from bot.errors import Problem
+from bot.typed import did_you_mean
+from bot.yamlsource import Document
+
+BOT_STEPS = (BotTurn, ActionTurn, HandoffTurn)
+TURN_NAMES = {UserTurn: "user", BotTurn: "bot", ActionTurn: "action", HandoffTurn: "handoff"}
+
+
+def check_actions(actions: dict[str, Action], doc: Document) -> list[Problem]:
+    problems = []
+    for name, action in actions.items():
+        if name == HANDOFF_TOOL:
+            problems.append(doc.problem(("actions", name), f"'{HANDOFF_TOOL}' is built in: use a 'handoff' turn", key=True))
+        for arg_name, arg in action.arguments.items():
+            for k, value in enumerate(arg.enum or []):
+                if not isinstance(value, PYTHON_TYPES[arg.type]) or isinstance(value, bool) and arg.type != "boolean":
+                    loc = ("actions", name, "arguments", arg_name, "enum", k)
+                    problems.append(doc.problem(loc, f"enum value {value!r} is not of the argument's type '{arg.type}'"))
+    return problems
+
+
+def _check_args(d: Dialogue, j: int, turn: ActionTurn, action: Action) -> list[Problem]:
+    problems = []
+    for name, value in turn.args.items():
+        declared = action.arguments.get(name)
+        if declared is None:
+            hint = did_you_mean(name, action.arguments)
+            problems.append(d.problem("turns", j, "args", name, message=f"action '{turn.action}' has no argument '{name}'{hint}", key=True))
+            continue
+        types = PYTHON_TYPES[declared.type]
+        if not isinstance(value, types) or isinstance(value, bool) and declared.type != "boolean":
+            hint = " (put it in quotes)" if declared.type == "string" and isinstance(value, (int, float)) else ""
+            message = f"argument '{name}' of '{turn.action}' must be {declared.type}, not {json.dumps(value)}{hint}"
+            problems.append(d.problem("turns", j, "args", name, message=message))
+        elif declared.enum is not None and value not in declared.enum:
+            allowed = ", ".join(str(v) for v in declared.enum)
+            problems.append(d.problem("turns", j, "args", name, message=f"argument '{name}' must be one of: {allowed}; not '{value}'"))
+    for name, declared in action.arguments.items():
+        if declared.required and name not in turn.args:
+            problems.append(d.problem("turns", j, "action", message=f"action '{turn.action}' needs argument '{name}'"))
+    return problems
+
+
+def _check_order(d: Dialogue) -> list[Problem]:
+    problems = []
+    previous = None
+    for j, turn in enumerate(d.turns):
+        kind = TURN_NAMES[type(turn)]
+        if previous is None and not isinstance(turn, UserTurn):
+            problems.append(d.problem("turns", j, message=f"a dialogue starts with a user turn, not a {kind} turn"))
+        elif isinstance(previous, UserTurn) and isinstance(turn, UserTurn):
+            problems.append(d.problem("turns", j, message="two user turns in a row: the bot must answer the first before the next user turn (merge them or add a bot turn)"))
+        elif isinstance(previous, BotTurn) and not isinstance(turn, UserTurn):
+            problems.append(d.problem("turns", j, message=f"a {kind} turn can't follow a bot turn: the bot takes one step per user turn or action result"))
+        elif isinstance(previous, ActionTurn) and isinstance(turn, UserTurn):
+            problems.append(d.problem("turns", j, message="the bot must reply to an action's result before the next user turn"))
+        if isinstance(turn, HandoffTurn) and j != len(d.turns) - 1:
+            problems.append(d.problem("turns", j, message="a handoff ends the conversation: it must be the last turn"))
+        previous = turn
+    if not any(isinstance(t, BOT_STEPS) for t in d.turns):
+        problems.append(d.problem("id", message=f"dialogue '{d.id}' has no bot turn: add the bot's reply"))
+    elif isinstance(previous, UserTurn):
+        problems.append(d.problem("turns", len(d.turns) - 1, message="the dialogue ends with a user turn: add the bot's reply"))
+    elif isinstance(previous, ActionTurn):
+        problems.append(d.problem("turns", len(d.turns) - 1, message="the dialogue ends with an action: add the bot's reply that uses its result"))
+    return problems
+
+
+def _turn_texts(turn) -> list[tuple[str, str]]:
+    """(key, text) of everything in a turn the model reads or writes."""
+    if isinstance(turn, UserTurn):
+        return [("user", turn.user)]
+    if isinstance(turn, BotTurn):
+        return [("bot", turn.bot)]
+    if isinstance(turn, HandoffTurn):
+        return [("handoff", turn.handoff)]
+    return [("action", json.dumps({"args": turn.args, "result": turn.result}, ensure_ascii=False))]
+
+
+def _check_dialogue(d: Dialogue, data: TrainingData, max_length: int, count_tokens: Callable[[str], int]) -> list[Problem]:
+    problems = _check_order(d)
+    for j, turn in enumerate(d.turns):
+        for key, text in _turn_texts(turn):
+            if not text.strip() and key != "handoff":
+                problems.append(d.problem("turns", j, key, message=f"empty {key} message"))
+            # A token covers at least one byte, so only long texts need the tokenizer.
+            elif len(text.encode()) > max_length and (n := count_tokens(text)) > max_length:
+                problems.append(d.problem("turns", j, key, message=f"turn is {n:,} tokens, longer than the model's context of {max_length:,} (model.max_length in config.yml)"))
+        if isinstance(turn, ActionTurn):
+            action = data.actions.get(turn.action)
+            if action is None:
+                hint = did_you_mean(turn.action, data.actions)
+                problems.append(d.problem("turns", j, "action", message=f"unknown action '{turn.action}'{hint}: declare it in actions.yml"))
+            else:
+                problems += _check_args(d, j, turn, action)
+    if d.expect:
+        for k, name in enumerate(d.expect.must_call):
+            if name not in data.actions:
+                hint = did_you_mean(name, data.actions)
+                problems.append(d.problem("expect", "must_call", k, message=f"unknown action '{name}'{hint}"))
+    return problems
+
+
+def check(data: TrainingData, *, max_length: int, count_tokens: Callable[[str], int]) -> list[Problem]:
+    """Every problem in the dialogues: order of turns, actions and arguments, lengths, duplicate ids."""
+    problems = []
+    first_seen: dict[str, Dialogue] = {}
+    for d in data.dialogues:
+        if d.id in first_seen:
+            first = first_seen[d.id]
+            line, col = first.doc.where(first.loc + ("id",))
+            problems.append(d.problem("id", message=f"duplicate dialogue id '{d.id}' (first used at {first.doc.path}:{line}:{col})"))
+        else:
+            first_seen[d.id] = d
+        problems += _check_dialogue(d, data, max_length, count_tokens)
+    return problems

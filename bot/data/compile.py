@@ -1,0 +1,115 @@
+"""Dialogues -> OpenAI chat fine-tune JSONL (shared/REFERENCE.md section 5).
+
+One conversation per line: the system prompt from the persona, user and assistant messages,
+actions as assistant `tool_calls` followed by a `tool` message with the result, a handoff as a
+call of the built-in `handoff_to_human` tool, and `weight: 0` on bot turns not to be trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.data.prompt import system_prompt
+from bot.data.schema import (
+    HANDOFF_TOOL,
+    Action,
+    ActionTurn,
+    BotTurn,
+    Dialogue,
+    HandoffTurn,
+    TrainingData,
+    UserTurn,
+)
+
+Message = dict[str, Any]
+
+
+def tools_schema(actions: dict[str, Action]) -> list[dict]:
+    """The declared actions, plus the handoff, as OpenAI function tools."""
+    tools = []
+    for name, action in actions.items():
+        properties = {}
+        for arg_name, arg in action.arguments.items():
+            prop: dict[str, Any] = {"type": arg.type}
+            if arg.description:
+                prop["description"] = arg.description
+            if arg.enum is not None:
+                prop["enum"] = list(arg.enum)
+            properties[arg_name] = prop
+        required = [a for a, spec in action.arguments.items() if spec.required]
+        parameters = {"type": "object", "properties": properties, "required": required}
+        tools.append({"type": "function", "function": {"name": name, "description": action.description, "parameters": parameters}})
+    handoff_parameters = {"type": "object", "properties": {"reason": {"type": "string"}}, "required": ["reason"]}
+    tools.append(
+        {
+            "type": "function",
+            "function": {"name": HANDOFF_TOOL, "description": "Pass the conversation to a human agent.", "parameters": handoff_parameters},
+        }
+    )
+    return tools
+
+
+def tool_call_message(call_id: str, name: str, arguments: dict, weight: int = 1) -> Message:
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+    return {"role": "assistant", "content": "", "tool_calls": [call], "weight": weight}
+
+
+def dialogue_messages(dialogue: Dialogue, system: str) -> list[Message]:
+    messages: list[Message] = [{"role": "system", "content": system}]
+    for j, turn in enumerate(dialogue.turns):
+        if isinstance(turn, UserTurn):
+            messages.append({"role": "user", "content": turn.user})
+        elif isinstance(turn, BotTurn):
+            messages.append({"role": "assistant", "content": turn.bot, "weight": int(turn.train)})
+        elif isinstance(turn, ActionTurn):
+            call_id = f"call_{j}"
+            messages.append(tool_call_message(call_id, turn.action, turn.args))
+            result = json.dumps(turn.result, ensure_ascii=False)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
+        elif isinstance(turn, HandoffTurn):
+            messages.append(tool_call_message(f"call_{j}", HANDOFF_TOOL, {"reason": turn.handoff}))
+    return messages
+
+
+def to_examples(data: TrainingData, dialogues: list[Dialogue]) -> list[dict]:
+    system = system_prompt(data.persona, data.actions)
+    tools = tools_schema(data.actions)
+    return [{"messages": dialogue_messages(d, system), "tools": tools} for d in dialogues]
+
+
+@dataclass(frozen=True)
+class CompiledData:
+    train_file: Path
+    test_file: Path
+    index_file: Path
+    data_hash: str
+
+
+def _jsonl(examples: list[dict]) -> str:
+    return "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in examples)
+
+
+def write(data: TrainingData, build_dir: Path) -> CompiledData:
+    """Write train.jsonl, test.jsonl and index.json (ids, tags, expectations and the data hash)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    train_text = _jsonl(to_examples(data, data.train))
+    test_text = _jsonl(to_examples(data, data.test))
+    data_hash = hashlib.sha256(train_text.encode()).hexdigest()[:16]
+    index = {
+        "data_hash": data_hash,
+        "train": [{"id": d.id, "tags": list(d.tags), "file": d.doc.path} for d in data.train],
+        "test": [
+            {"id": d.id, "tags": list(d.tags), "file": d.doc.path, "expect": d.expect.model_dump() if d.expect else None}
+            for d in data.test
+        ],
+    }
+    files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", data_hash)
+    for path, text in ((files.train_file, train_text), (files.test_file, test_text), (files.index_file, json.dumps(index, indent=2) + "\n")):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return files

@@ -1,0 +1,108 @@
+"""What `bot data validate|stats|compile` do, as library calls that raise typed errors."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from bot.base_model import load_tokenizer
+from bot.config import Settings
+from bot.data import compile as compiler
+from bot.data.checks import check
+from bot.data.loader import read_training_data
+from bot.data.schema import Dialogue, TrainingData
+from bot.errors import InvalidFiles, RenderError
+from bot.rendering import render_within
+
+
+class LazyTokenizer:
+    """Loads the base model's tokenizer the first time it is needed (validation rarely needs it)."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._tokenizer = None
+
+    def get(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self._settings.base_model, self._settings.cache_dir)
+        return self._tokenizer
+
+    def count(self, text: str) -> int:
+        return len(self.get()(text, add_special_tokens=False)["input_ids"])
+
+
+def validate(settings: Settings, tokenizer: LazyTokenizer | None = None) -> TrainingData:
+    """Load and check everything under the data folder; raises InvalidFiles listing all problems."""
+    tokenizer = tokenizer or LazyTokenizer(settings)
+    data, problems = read_training_data(settings.data_dir, settings.root)
+    if data is not None:
+        problems += check(data, max_length=settings.build.model.max_length, count_tokens=tokenizer.count)
+    if problems:
+        raise InvalidFiles(problems)
+    assert data is not None
+    return data
+
+
+@dataclass
+class Counts:
+    dialogues: int = 0
+    turns: int = 0
+    trained_turns: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    pieces: int = 0
+
+    def add(self, other: Counts) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Stats:
+    """Counts per data set ('train', 'test') and tag; the '(all)' row sums a set."""
+
+    rows: dict[tuple[str, str], Counts] = field(default_factory=lambda: defaultdict(Counts))
+    drafts: int = 0
+
+
+def _count(data: TrainingData, dialogue: Dialogue, tokenizer, max_length: int) -> Counts:
+    messages = compiler.to_examples(data, [dialogue])[0]["messages"]
+    try:
+        examples = render_within(tokenizer, messages, max_length, name=f"dialogue '{dialogue.id}'")
+    except RenderError as e:
+        raise InvalidFiles([dialogue.problem("id", message=str(e))]) from None
+    trained = [m for m in messages if m["role"] == "assistant" and m.get("weight", 1)]
+    return Counts(
+        dialogues=1,
+        turns=len(dialogue.turns),
+        trained_turns=len(trained),
+        tokens=sum(len(e) for e in examples),
+        trained_tokens=sum(e.trained_tokens for e in examples),
+        pieces=len(examples),
+    )
+
+
+def statistics(settings: Settings, data: TrainingData, tokenizer: LazyTokenizer) -> Stats:
+    stats = Stats(drafts=sum(d.draft for d in data.dialogues))
+    problems = []
+    for name, dialogues in (("train", data.train), ("test", data.test)):
+        for d in dialogues:
+            try:
+                counts = _count(data, d, tokenizer.get(), settings.build.model.max_length)
+            except InvalidFiles as e:
+                problems += e.problems
+                continue
+            stats.rows[(name, "(all)")].add(counts)
+            for tag in d.tags or ("(untagged)",):
+                stats.rows[(name, tag)].add(counts)
+    if problems:
+        raise InvalidFiles(problems)
+    return stats
+
+
+def compile_data(settings: Settings) -> tuple[compiler.CompiledData, Stats]:
+    """Validate, count, and write build/train.jsonl, build/test.jsonl and build/index.json."""
+    tokenizer = LazyTokenizer(settings)
+    data = validate(settings, tokenizer)
+    stats = statistics(settings, data, tokenizer)
+    return compiler.write(data, settings.build_dir), stats

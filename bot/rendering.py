@@ -1,0 +1,136 @@
+"""Conversations -> model tokens, with the loss mask. Used for training and serving alike.
+
+The base model's own chat template renders the text. SmolLM2's template has no
+`{% generation %}` tag, so the mask is built turn by turn (as axolotl does): render the
+conversation up to a bot turn with the generation prompt, render it again with the turn, and
+train on the tokens in between up to and including the end-of-turn token. Every prefix must be
+a token prefix of the whole conversation, or we stop rather than train on a shifted mask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from bot.errors import RenderError
+
+IGNORE_INDEX = -100  # label ignored by torch's cross-entropy
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence. `labels[i]` is the target for position i (the shift to
+    next-token prediction happens inside the model's loss, not here)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def _neutralize(text: str, special_tokens: list[str]) -> str:
+    """Keep control tokens typed by a user (`<|im_end|>`...) from becoming real control tokens."""
+    for token in special_tokens:
+        if token in text:
+            text = text.replace(token, token[0] + "\u200b" + token[1:])
+    return text
+
+
+def tool_call_text(name: str, arguments: dict) -> str:
+    return TOOL_CALL_OPEN + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + TOOL_CALL_CLOSE
+
+
+def template_messages(messages: list[dict[str, Any]], tokenizer) -> list[dict[str, str]]:
+    """OpenAI-format messages -> plain role/content messages any chat template can render:
+    tool calls become `<tool_call>{...}</tool_call>` text, tool results a `tool` message."""
+    special = [t for t in tokenizer.all_special_tokens if len(t) > 1]
+    result = []
+    for m in messages:
+        content = m.get("content") or ""
+        calls = m.get("tool_calls") or []
+        if calls:
+            content = content + "".join(tool_call_text(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls)
+        result.append({"role": m["role"], "content": _neutralize(content, special)})
+    return result
+
+
+def _ids(tokenizer, messages: list[dict], *, generation_prompt: bool = False) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    # The template writes every special token itself: adding them again would double the BOS.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+    """Tokens the model continues from to write the next bot turn (serving, evaluation)."""
+    return _ids(tokenizer, template_messages(messages, tokenizer), generation_prompt=True)
+
+
+def render(tokenizer, messages: list[dict[str, Any]]) -> Example:
+    """One conversation -> input ids and labels: loss on trained bot turns (assistant messages
+    without `weight: 0`) and the end-of-turn token closing each, nothing else."""
+    plain = template_messages(messages, tokenizer)
+    input_ids = _ids(tokenizer, plain)
+    labels = [IGNORE_INDEX] * len(input_ids)
+    eos = tokenizer.eos_token_id
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+            continue
+        start = len(_ids(tokenizer, plain[:i], generation_prompt=True))
+        upto = _ids(tokenizer, plain[: i + 1])
+        if input_ids[:start] != upto[:start] or input_ids[: len(upto)] != upto:
+            raise RenderError(f"message {i}: the chat template does not render conversation prefixes as token prefixes")
+        turn = upto[start:]
+        if eos not in turn:
+            raise RenderError(f"message {i}: the chat template does not close the bot turn with {tokenizer.eos_token!r}")
+        stop = start + len(turn) - turn[::-1].index(eos)  # through the last end-of-turn token
+        labels[start:stop] = input_ids[start:stop]
+    return Example(input_ids, labels)
+
+
+def _exchanges(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
+    """(system messages, exchanges): each exchange starts at a user message."""
+    head = [m for m in messages[:1] if m["role"] == "system"]
+    exchanges: list[list[dict]] = []
+    for m in messages[len(head) :]:
+        if m["role"] == "user" or not exchanges:
+            exchanges.append([])
+        exchanges[-1].append(m)
+    return head, exchanges
+
+
+def render_within(tokenizer, messages: list[dict[str, Any]], max_length: int, name: str = "conversation") -> list[Example]:
+    """`render`, split at user turns into several examples when the conversation is longer than
+    `max_length` tokens; each piece keeps the system prompt. Never cuts silently: an exchange
+    that can't fit on its own raises RenderError."""
+    whole = render(tokenizer, messages)
+    if len(whole) <= max_length:
+        return [whole]
+    head, exchanges = _exchanges(messages)
+
+    def flat(parts: list[list[dict]]) -> list[dict]:
+        return head + [m for part in parts for m in part]
+
+    examples: list[Example] = []
+    window: list[list[dict]] = []
+    for k, exchange in enumerate(exchanges):
+        if window and len(render(tokenizer, flat(window + [exchange]))) <= max_length:
+            window.append(exchange)
+            continue
+        if window:
+            examples.append(render(tokenizer, flat(window)))
+        single = render(tokenizer, flat([exchange]))
+        if len(single) > max_length:
+            raise RenderError(
+                f"{name}: the exchange starting at user turn {k + 1} is {len(single):,} tokens with the system prompt, "
+                f"more than max_length {max_length:,}: shorten it or raise model.max_length"
+            )
+        window = [exchange]
+    examples.append(render(tokenizer, flat(window)))
+    return [e for e in examples if e.trained_tokens]

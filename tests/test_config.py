@@ -1,0 +1,52 @@
+"""config.yml and endpoints.yml: one typed object, errors with file and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.cli import main
+from bot.config import load_settings
+from bot.errors import InvalidFiles
+from conftest import ROOT
+
+
+def test_shipped_config_loads_with_documented_defaults():
+    settings = load_settings(ROOT)
+    assert settings.build.model.base == "bundled"
+    assert settings.build.model.max_length == 2048
+    assert settings.data_dir == ROOT / "training_data"
+    assert settings.endpoints.action_endpoint.url == "http://localhost:5055/webhook"
+
+
+def test_missing_files_mean_defaults(tmp_path):
+    settings = load_settings(tmp_path)
+    assert settings.build_dir == tmp_path / "build"
+    assert settings.cache_dir.name == "bot"
+
+
+def test_unknown_key_and_wrong_type_are_located(tmp_path):
+    (tmp_path / "config.yml").write_text("model:\n  bsae: bundled\n  max_length: long\n")
+    (tmp_path / "endpoints.yml").write_text("action_endpoint:\n  url: [1]\n")
+    with pytest.raises(InvalidFiles) as e:
+        load_settings(tmp_path)
+    assert [str(p) for p in e.value.problems] == [
+        "config.yml:2:3: error: unknown key 'bsae' (did you mean 'base'?)",
+        "config.yml:3:15: error: 'max_length' must be a whole number, not text",
+        "endpoints.yml:2:8: error: 'url' must be text, not a list",
+    ]
+
+
+def test_cli_prints_config_errors_without_traceback(tmp_path, capsys):
+    (tmp_path / "config.yml").write_text("model: [oops\n")
+    assert main(["-C", str(tmp_path), "data", "validate"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("config.yml:2:1: error: YAML syntax:")
+    assert "Traceback" not in out
+
+
+def test_local_folder_as_base_model_resolves_against_the_project(tmp_path):
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "config.yml").write_text("model:\n  base: my-model\n")
+    assert load_settings(tmp_path).base_model == str(tmp_path / "my-model")
+    (tmp_path / "config.yml").write_text("model:\n  base: HuggingFaceTB/SmolLM2-135M-Instruct\n")
+    assert load_settings(tmp_path).base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
