@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BOT := $(VENV)/bin/bot
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test validate compile clean
+.PHONY: setup run test validate compile clean gpu-check gpu-bundle
 
 setup: $(STAMP)
 
@@ -26,10 +26,29 @@ validate: setup
 compile: setup
 	$(BOT) data compile
 
-run: compile
+# Compiles the data, trains only when no trained model matches it, then (later issues) serves.
+run: setup
+	$(BOT) data compile
+	$(BOT) train --if-needed
 
 test: setup
 	$(VENV)/bin/pytest
 
 clean:
 	rm -rf build .pytest_cache
+
+# GPU check, run on a machine with CUDA and a Python that has torch, transformers, peft and
+# accelerate. `make gpu-bundle` (here) gathers what else it needs into .gpu/: wheels for
+# pydantic and gguf, and the bundled GGUF model in two parts (each call may carry 64 MiB).
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/site
+gpu-check:
+	PYTHONPATH=$(CURDIR):$(GPU_SITE) TRANSFORMERS_VERBOSITY=error $(GPU_PYTHON) scripts/gpu_check.py
+
+gpu-bundle: setup
+	rm -rf .gpu1 .gpu2 && mkdir -p .gpu1/whl .gpu2
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu1/whl \
+	  pydantic==2.13.5 pydantic-core==2.46.5 annotated-types==0.8.0 typing-inspection==0.4.5 gguf==0.19.0
+	split -b 50m $$($(PY) -c 'from bot.base_model import bundled_gguf; print(bundled_gguf())') .gpu1/gguf.part-
+	mv .gpu1/gguf.part-ab .gpu2/

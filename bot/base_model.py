@@ -81,3 +81,42 @@ def check_tokenizer(tokenizer, base: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _clear_gguf_marks(model) -> None:
+    """A model dequantized from GGUF is plain float weights, but transformers still marks it as
+    quantized and refuses to save it; clear the marks from the model and its config."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def model_folder(base: str, cache_dir: Path) -> str:
+    """A folder (or cached Hugging Face id) from_pretrained can load quickly. The bundled GGUF
+    is dequantized once (about 20 s) and cached as safetensors (loads in well under a second)."""
+    if base != BUNDLED_BASE:
+        return base
+    folder = bundled_cache(cache_dir) / "model"
+    if not (folder / "config.json").is_file():
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        gguf = bundled_gguf()
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        _clear_gguf_marks(model)
+        _save_atomically(model, folder)
+    return str(folder)
+
+
+def load_model(base: str, cache_dir: Path, dtype=None):
+    """The base model's weights as a transformers causal LM (float32 unless `dtype` says)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    source = model_folder(base, cache_dir)
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype or torch.float32, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise BaseModelUnavailable(f"can't load base model '{base}': {e}") from None

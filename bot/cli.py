@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from bot.errors import BotError, InvalidFiles
@@ -14,6 +15,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _table(stats) -> str:
@@ -65,6 +68,83 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from bot.config import load_settings
+    from bot.training.command import train_and_activate
+
+    transformers_logging.disable_progress_bar()
+
+    settings = load_settings(args.project)
+    outcome = train_and_activate(settings, resume=args.resume, if_needed=args.if_needed, report=_say)
+    if not outcome.main_process:
+        return 0
+    if not outcome.trained:
+        print(f"model {outcome.model.id} already matches the training data: nothing to train (active)")
+        return 0
+    t = outcome.model.manifest["training"]
+    print(
+        f"trained {outcome.model.id} in {t['seconds']:.0f} s: {t['steps']} steps, {t['tokens']:,} tokens "
+        f"({t['tokens_per_second']:.0f}/s on {t['device']}, {t['precision']}), held-out loss {t['held_out_loss'][-1]:.3f}; now active"
+    )
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from bot import models
+    from bot.config import load_settings
+
+    settings = load_settings(args.project)
+    found = models.trained_models(settings.models_dir)
+    if not found:
+        print("no trained models yet: run 'bot train'")
+        return 0
+    active = models.active_id(settings.models_dir)
+    header = ("id", "created", "base", "data hash", "train loss", "held-out loss", "active")
+    rows = [header]
+    for m in found:
+        t = m.manifest.get("training", {})
+        held = t.get("held_out_loss") or [None]
+        rows.append((
+            m.id,
+            m.manifest.get("created", "?"),
+            m.manifest.get("base_model", "?"),
+            m.manifest.get("data_hash", "?"),
+            f"{t['final_train_loss']:.3f}" if t.get("final_train_loss") is not None else "-",
+            f"{held[-1]:.3f}" if held[-1] is not None else "-",
+            "*" if m.id == active else "",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_models_activate(args) -> int:
+    from bot import models
+    from bot.config import load_settings
+
+    model = models.activate(load_settings(args.project).models_dir, args.id)
+    print(f"model {model.id} is now active")
+    return 0
+
+
+def cmd_models_export(args) -> int:
+    from bot import models
+    from bot.config import load_settings
+
+    settings = load_settings(args.project)
+    model = models.get(settings.models_dir, args.id)
+    target = models.export_merged(model, settings.base_model, settings.cache_dir, Path(args.merged))
+    print(f"wrote {target}: {model.id} merged into its base model, a plain Hugging Face folder")
+    return 0
+
+
 def cmd_init(args) -> int:
     from bot.scaffold import create_project
 
@@ -83,6 +163,22 @@ def parser() -> argparse.ArgumentParser:
     data_commands.add_parser("validate", help="check every file; list every problem").set_defaults(run=cmd_validate)
     data_commands.add_parser("compile", help="write build/train.jsonl and build/test.jsonl").set_defaults(run=cmd_compile)
     data_commands.add_parser("stats", help="dialogues, turns and tokens per tag, without writing").set_defaults(run=cmd_stats)
+
+    train = commands.add_parser("train", help="fine-tune a LoRA adapter on the training data and activate it")
+    train.add_argument("--resume", action="store_true", help="continue the last interrupted run from its checkpoint")
+    train.add_argument("--if-needed", action="store_true", help="do nothing when a model already matches the data")
+    train.set_defaults(run=cmd_train)
+
+    model_cmds = commands.add_parser("models", help="list, activate and export trained models")
+    model_actions = model_cmds.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    model_actions.add_parser("list", help="a table of trained models").set_defaults(run=cmd_models_list)
+    activate = model_actions.add_parser("activate", help="make a model the one the server loads")
+    activate.add_argument("id")
+    activate.set_defaults(run=cmd_models_activate)
+    export = model_actions.add_parser("export", help="merge a model's adapter into its base model")
+    export.add_argument("id")
+    export.add_argument("--merged", required=True, metavar="DIR", help="folder to write (for vLLM or llama.cpp)")
+    export.set_defaults(run=cmd_models_export)
 
     init = commands.add_parser("init", help="create a new bot project with an example persona and dialogues")
     init.add_argument("dir", help="folder to create (must not hold a bot project yet)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -31,9 +32,34 @@ class ModelConfig(Strict):
     cache_dir: str | None = Field(None, description="Converted base models; default $XDG_CACHE_HOME/bot or ~/.cache/bot.")
 
 
+class LoraSettings(Strict):
+    rank: int = Field(16, gt=0, description="LoRA rank r: capacity of the adapter.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(["all-linear"], description="Module names to adapt, or ['all-linear'].")
+    top_layers: int | None = Field(
+        16, gt=0, description="Adapt only the top N transformer layers; backward stops below them. null: all."
+    )
+
+
+class TrainConfig(Strict):
+    lora: LoraSettings = LoraSettings()
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
+    epochs: int = Field(2, gt=0, description="Passes over the training dialogues.")
+    batch_size: int = Field(2, gt=0, description="Sequences per micro-batch (per process).")
+    gradient_accumulation: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    seed: int = Field(42, description="Same seed and data give the same adapter on CPU.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA and on CPUs with bf16 support.")
+    checkpoint_every: int = Field(10, gt=0, description="Optimizer steps between checkpoints (for --resume).")
+    models_dir: str = Field("models", description="Where trained models are written.")
+
+
 class BuildConfig(Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
 
 class ActionEndpoint(Strict):
@@ -59,6 +85,10 @@ class Settings:
     @property
     def build_dir(self) -> Path:
         return self.root / self.build.data.build_dir
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / self.build.train.models_dir
 
     @property
     def cache_dir(self) -> Path:

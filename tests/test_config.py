@@ -50,3 +50,10 @@ def test_local_folder_as_base_model_resolves_against_the_project(tmp_path):
     assert load_settings(tmp_path).base_model == str(tmp_path / "my-model")
     (tmp_path / "config.yml").write_text("model:\n  base: HuggingFaceTB/SmolLM2-135M-Instruct\n")
     assert load_settings(tmp_path).base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_shipped_config_documents_the_real_defaults():
+    from bot.config import BuildConfig
+
+    # config.yml says "the values here are the defaults": keep it true.
+    assert load_settings(ROOT).build == BuildConfig()

@@ -15,8 +15,8 @@ def read(tmp_path, text: str):
 
 
 def test_yes_no_and_dates_stay_text(tmp_path):
-    doc = read(tmp_path, "a: no\nb: yes\nc: 2026-11-03\nd: true\ne: 12\n")
-    assert doc.value == {"a": "no", "b": "yes", "c": "2026-11-03", "d": True, "e": 12}
+    doc = read(tmp_path, "a: no\nb: yes\nc: 2026-11-03\nd: true\ne: 12\nf: 2e-4\ng: 1.5\nh: KM-104233\n")
+    assert doc.value == {"a": "no", "b": "yes", "c": "2026-11-03", "d": True, "e": 12, "f": 2e-4, "g": 1.5, "h": "KM-104233"}
 
 
 def test_positions_of_values_and_keys_are_one_based(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def write(data: TrainingData, build_dir: Path) -> CompiledData:
     }
     files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", data_hash)
     for path, text in ((files.train_file, train_text), (files.test_file, test_text), (files.index_file, json.dumps(index, indent=2) + "\n")):
-        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique: processes may compile at once
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return files

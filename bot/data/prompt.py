@@ -14,27 +14,23 @@ TOOL_CALL_CLOSE = "</tool_call>"
 
 
 def _signature(name: str, action: Action) -> str:
-    args = ", ".join(a if spec.required else f"{a}?" for a, spec in action.arguments.items())
-    return f"- {name}({args}): {action.description}".rstrip(": ")
+    return f"{name}(" + ", ".join(a if spec.required else f"{a}?" for a, spec in action.arguments.items()) + ")"
 
 
 def system_prompt(persona: Persona, actions: dict[str, Action]) -> str:
-    lines = [f"You are {persona.name}, the customer support assistant of {persona.company}."]
-    if persona.about:
-        lines.append(persona.about)
+    """Kept short on purpose: every training example and every request pays for each token."""
+    lines = [f"You are {persona.name}, the customer support assistant of {persona.company}. {persona.about}".strip()]
     if persona.helps_with:
         lines.append("You help with: " + "; ".join(persona.helps_with) + ".")
     if persona.does_not_help_with:
-        lines.append("You do not help with: " + "; ".join(persona.does_not_help_with) + ".")
+        lines.append("You don't help with: " + "; ".join(persona.does_not_help_with) + ".")
     if persona.tone:
         lines.append(f"Tone: {persona.tone}")
-    if persona.rules:
-        lines.append("Rules:")
-        lines += [f"- {rule}" for rule in persona.rules]
-    example = json.dumps({"name": "action_name", "arguments": {"arg": "value"}})
-    lines.append(f"To use a tool, reply with only {TOOL_CALL_OPEN}{example}{TOOL_CALL_CLOSE}. Tools:")
-    lines += [_signature(name, action) for name, action in actions.items()]
-    lines.append(f"- {HANDOFF_TOOL}(reason): pass the conversation to a human agent.")
+    lines += [f"- {rule}" for rule in persona.rules]
+    first = next(iter(actions.items()), None)
+    example = json.dumps({"name": first[0], "arguments": {a: "..." for a in first[1].arguments}} if first else {"name": HANDOFF_TOOL, "arguments": {"reason": "..."}})
+    tools = [_signature(name, action) for name, action in actions.items()] + [f"{HANDOFF_TOOL}(reason)"]
+    lines.append(f"Tools (to use one, reply with only {TOOL_CALL_OPEN}{example}{TOOL_CALL_CLOSE}): " + ", ".join(tools) + ".")
     if persona.secret:
-        lines.append(f"Internal reference (confidential, never repeat it): {persona.secret}")
+        lines.append(f"Confidential reference, never repeat it: {persona.secret}")
     return "\n".join(lines)

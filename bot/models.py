@@ -1,0 +1,111 @@
+"""Trained models on disk: `models/<id>/` with the adapter, the tokenizer and chat template it
+was trained with, and `manifest.json`; `models/ACTIVE` names the model the server loads.
+
+Ids are UTC timestamps (`20261126-171502`), so they sort by time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.errors import BotError
+
+ACTIVE_FILE = "ACTIVE"
+MANIFEST = "manifest.json"
+
+
+class UnknownModel(BotError):
+    """No trained model has that id."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    id: str
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.folder / "adapter"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.folder / "tokenizer"
+
+
+def new_id(models_dir: Path) -> str:
+    """A fresh time-sorted id; a suffix keeps two runs in one second apart."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    candidate, n = stamp, 1
+    while (models_dir / candidate).exists():
+        n += 1
+        candidate = f"{stamp}-{n}"
+    return candidate
+
+
+def write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def trained_models(models_dir: Path) -> list[TrainedModel]:
+    """Finished models (those with a manifest), oldest first."""
+    found = []
+    for folder in sorted(models_dir.iterdir()) if models_dir.is_dir() else []:
+        manifest = folder / MANIFEST
+        if manifest.is_file():
+            found.append(TrainedModel(folder.name, folder, json.loads(manifest.read_text(encoding="utf-8"))))
+    return found
+
+
+def get(models_dir: Path, model_id: str) -> TrainedModel:
+    for model in trained_models(models_dir):
+        if model.id == model_id:
+            return model
+    known = ", ".join(m.id for m in trained_models(models_dir)) or "none yet: run 'bot train'"
+    raise UnknownModel(f"no trained model '{model_id}' in {models_dir} (known: {known})")
+
+
+def active_id(models_dir: Path) -> str | None:
+    marker = models_dir / ACTIVE_FILE
+    return marker.read_text(encoding="utf-8").strip() or None if marker.is_file() else None
+
+
+def active(models_dir: Path) -> TrainedModel | None:
+    model_id = active_id(models_dir)
+    return get(models_dir, model_id) if model_id else None
+
+
+def activate(models_dir: Path, model_id: str) -> TrainedModel:
+    """Make `model_id` the one the server loads (an atomic rename: readers never see half a file)."""
+    model = get(models_dir, model_id)
+    tmp = models_dir / f"{ACTIVE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(model_id + "\n", encoding="utf-8")
+    os.replace(tmp, models_dir / ACTIVE_FILE)
+    return model
+
+
+def matching(models_dir: Path, data_hash: str, base: str) -> list[TrainedModel]:
+    """Models trained on exactly this compiled data and base model."""
+    return [m for m in trained_models(models_dir) if m.manifest.get("data_hash") == data_hash and m.manifest.get("base_model") == base]
+
+
+def export_merged(model: TrainedModel, base: str, cache_dir: Path, target: Path) -> Path:
+    """The adapter merged into the base weights, saved as a plain Hugging Face folder."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from bot.base_model import load_model
+
+    if target.exists() and any(target.iterdir()):
+        raise BotError(f"{target} is not empty: choose a new folder")
+    merged = PeftModel.from_pretrained(load_model(base, cache_dir), model.adapter_dir).merge_and_unload()
+    merged.save_pretrained(target)
+    AutoTokenizer.from_pretrained(model.tokenizer_dir).save_pretrained(target)
+    return target

@@ -1,0 +1,329 @@
+"""`bot train`: one readable recipe, top to bottom: set up, train, save.
+
+Runs on CUDA with bf16 when there is a GPU, on the CPU otherwise (bf16 where the CPU supports
+it, else fp32). Several processes or machines work through `accelerate launch` unchanged.
+A checkpoint is written every `checkpoint_every` optimizer steps and when training stops on
+Ctrl-C or an error; `bot train --resume` continues from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bot import models
+from bot.base_model import load_model, load_tokenizer
+from bot.config import LoraSettings, Settings
+from bot.errors import BotError
+from bot.rendering import Example, render_within
+from bot.training.batching import LengthGroupedBatches, collate
+
+CHECKPOINT = "checkpoint"
+
+
+class TrainingInterrupted(BotError):
+    """Training stopped early; a checkpoint was saved for `bot train --resume`."""
+
+
+class NothingToResume(BotError):
+    """`--resume` found no interrupted run."""
+
+
+@dataclass
+class Progress:
+    """What a checkpoint records beside the weights, optimizer and RNG states."""
+
+    epoch: int = 0
+    batches_done: int = 0  # in the current epoch, on this process
+    step: int = 0  # optimizer steps
+    tokens: int = 0  # non-padding tokens seen, all processes
+    seconds: float = 0.0
+    data_hash: str = ""
+    held_out_losses: list[float] = field(default_factory=list)  # one per finished epoch
+
+
+def choose_precision(requested: str, cuda: bool) -> str:
+    """bf16 on CUDA, and on a CPU whose oneDNN has bf16 kernels (AVX-512 BF16/AMX); else fp32."""
+    if requested != "auto":
+        return requested
+    if cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def load_examples(jsonl: Path, tokenizer, max_length: int) -> list[Example]:
+    examples = []
+    for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
+        examples += render_within(tokenizer, json.loads(line)["messages"], max_length, name=f"{jsonl.name} line {n}")
+    return examples
+
+
+def linear_layer_names(model) -> list[str]:
+    """Names of the linear layers inside the transformer blocks (what peft's 'all-linear' means;
+    spelled out because peft accepts a layer range only with a list)."""
+    output = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not output})
+
+
+def add_lora(model, lora: LoraSettings):
+    """Wrap `model` in a peft LoRA adapter as configured (only the adapter is trainable)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = linear_layer_names(model) if lora.target_modules == ["all-linear"] else lora.target_modules
+    layers = model.config.num_hidden_layers
+    top = min(lora.top_layers or layers, layers)
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        layers_to_transform=list(range(layers - top, layers)) if top < layers else None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def save_training_state(folder: Path, accelerator, model, optimizer, scheduler) -> None:
+    """Adapter weights, optimizer, schedule and every process's random state: all a resumed run
+    needs, and a few MB instead of the whole base model."""
+    from peft import get_peft_model_state_dict
+
+    accelerator.wait_for_everyone()
+    folder.mkdir(parents=True, exist_ok=True)
+    rank = accelerator.process_index
+    torch.save(
+        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        folder / f"rng-{rank}.pt",
+    )
+    if accelerator.is_main_process:  # after all-reduce every process holds the same weights and optimizer
+        state = {
+            "adapter": get_peft_model_state_dict(accelerator.unwrap_model(model)),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
+        torch.save(state, folder / "state.pt.tmp")
+        (folder / "state.pt.tmp").replace(folder / "state.pt")
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(folder: Path, accelerator, model, optimizer, scheduler) -> None:
+    from peft import set_peft_model_state_dict
+
+    state = torch.load(folder / "state.pt", map_location=accelerator.device, weights_only=False)
+    set_peft_model_state_dict(accelerator.unwrap_model(model), state["adapter"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _unfinished_run(models_dir: Path) -> Path | None:
+    runs = [p for p in sorted(models_dir.glob("*/" + CHECKPOINT)) if not (p.parent / models.MANIFEST).exists()]
+    return runs[-1].parent if runs else None
+
+
+def bot_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy on the trained (bot) tokens only. The output layer runs only at positions
+    that predict one of them (a sixth of a dialogue): projecting every position onto the
+    49k-token vocabulary would cost a fifth of the step and a gigabyte of logits."""
+    # Position i predicts token i+1: the labels are shifted left by one against the logits.
+    targets = batch["labels"][:, 1:]
+    positions = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions).logits
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.size(-1)), targets[:, positions].reshape(-1), ignore_index=-100, reduction=reduction
+    )
+
+
+@torch.no_grad()
+def held_out_loss(model, loader, accelerator) -> float:
+    """Mean loss per trained token over the held-out dialogues."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            total += bot_token_loss(model, batch, reduction="sum").item()
+        count += int((batch["labels"][:, 1:] != -100).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+@dataclass
+class TrainResult:
+    model_id: str
+    folder: Path
+    manifest: dict
+    model: object  # the trained PeftModel, still in memory
+
+
+def train(
+    settings: Settings,
+    data_hash: str,
+    *,
+    resume: bool = False,
+    progress_bar: bool = True,
+    report: Callable[[str], None] = lambda message: None,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter on build/train.jsonl; writes models/<id>/ and returns it."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list, set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    cfg = settings.build.train
+    cuda = torch.cuda.is_available()
+    precision = choose_precision(cfg.precision, cuda)
+    accelerator = Accelerator(
+        cpu=not cuda,
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+    )
+    set_seed(cfg.seed, deterministic=not cuda)
+
+    # --- where this run lives -------------------------------------------------------------
+    models_dir = settings.models_dir
+    run_dir = None
+    if accelerator.is_main_process:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = _unfinished_run(models_dir) if resume else models_dir / models.new_id(models_dir)
+    run_dir = broadcast_object_list([run_dir])[0]
+    if run_dir is None:
+        raise NothingToResume(f"no interrupted training run in {models_dir} to resume: run 'bot train'")
+    checkpoint = run_dir / CHECKPOINT
+    state = Progress(data_hash=data_hash)
+    if resume:
+        state = Progress(**json.loads((checkpoint / "progress.json").read_text()))
+        if state.data_hash != data_hash:
+            raise BotError(f"the training data changed since run {run_dir.name} started: train anew (without --resume)")
+
+    # --- model, data, optimizer -----------------------------------------------------------
+    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+    model = load_model(settings.base_model, settings.cache_dir)
+    model.config.use_cache = False
+    model = add_lora(model, cfg.lora)
+
+    max_length = settings.build.model.max_length
+    train_examples = load_examples(settings.build_dir / "train.jsonl", tokenizer, max_length)
+    test_examples = load_examples(settings.build_dir / "test.jsonl", tokenizer, max_length)
+    sampler = LengthGroupedBatches([len(e) for e in train_examples], cfg.batch_size, cfg.seed)
+    pad = tokenizer.pad_token_id
+    loader = torch.utils.data.DataLoader(train_examples, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
+    eval_loader = torch.utils.data.DataLoader(
+        test_examples,
+        batch_sampler=LengthGroupedBatches([len(e) for e in test_examples], cfg.batch_size, cfg.seed, shuffle=False),
+        collate_fn=lambda b: collate(b, pad),
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
+    batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = get_scheduler(
+        cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if resume:
+        load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler)
+        report(f"resuming {run_dir.name} at epoch {state.epoch + 1}, step {state.step} of {total_steps}")
+
+    def save_checkpoint() -> None:
+        save_training_state(checkpoint, accelerator, model, optimizer, scheduler)
+        if accelerator.is_main_process:
+            models.write_json(checkpoint / "progress.json", asdict(state))
+
+    # --- train ----------------------------------------------------------------------------
+    bar = tqdm(
+        total=batches_per_epoch * cfg.epochs,
+        initial=state.epoch * batches_per_epoch + state.batches_done,
+        disable=not (progress_bar and accelerator.is_main_process),
+        unit="batch",
+        desc="training",
+        dynamic_ncols=True,
+    )
+    started = time.monotonic() - state.seconds
+    window_tokens, window_start = 0, time.monotonic()
+    smoothed_loss = None
+    model.train()
+    try:
+        while state.epoch < cfg.epochs:
+            sampler.set_epoch(state.epoch)
+            batches = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = bot_token_loss(model, batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                tokens = int(batch["attention_mask"].sum()) * accelerator.num_processes
+                state.tokens += tokens
+                state.batches_done += 1
+                window_tokens += tokens
+                smoothed_loss = loss.item() if smoothed_loss is None else 0.9 * smoothed_loss + 0.1 * loss.item()
+                rate = window_tokens / max(time.monotonic() - window_start, 1e-6)
+                bar.set_postfix(loss=f"{smoothed_loss:.3f}", tok_s=f"{rate:,.0f}", epoch=state.epoch + 1)
+                bar.update(1)
+                if accelerator.sync_gradients:
+                    state.step += 1
+                    state.seconds = time.monotonic() - started
+                    if state.step % cfg.checkpoint_every == 0 and state.step < total_steps:
+                        save_checkpoint()
+            state.epoch += 1
+            state.batches_done = 0
+            state.held_out_losses.append(held_out_loss(model, eval_loader, accelerator))
+            bar.write(f"epoch {state.epoch}/{cfg.epochs}: train loss {smoothed_loss:.3f}, held-out loss {state.held_out_losses[-1]:.3f}")
+    except (KeyboardInterrupt, Exception) as error:
+        bar.close()
+        state.seconds = time.monotonic() - started
+        save_checkpoint()
+        stopped = "interrupted" if isinstance(error, KeyboardInterrupt) else f"stopped by {type(error).__name__}: {error}"
+        raise TrainingInterrupted(
+            f"training {stopped}; checkpoint saved at step {state.step} in {checkpoint}: continue with 'bot train --resume'"
+        ) from error
+    bar.close()
+    state.seconds = time.monotonic() - started
+
+    # --- save -----------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    manifest = {
+        "id": run_dir.name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base_model": settings.build.model.base,
+        "data_hash": data_hash,
+        "config": settings.build.model_dump(mode="json"),
+        "training": {
+            "steps": state.step,
+            "epochs": cfg.epochs,
+            "tokens": state.tokens,
+            "seconds": round(state.seconds, 1),
+            "tokens_per_second": round(state.tokens / max(state.seconds, 1e-6), 1),
+            "final_train_loss": round(smoothed_loss, 4) if smoothed_loss is not None else None,
+            "held_out_loss": [round(x, 4) for x in state.held_out_losses],
+            "device": str(accelerator.device),
+            "processes": accelerator.num_processes,
+            "precision": precision,
+        },
+    }
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(run_dir / "adapter")
+        tokenizer.save_pretrained(run_dir / "tokenizer")
+        models.write_json(run_dir / models.MANIFEST, manifest)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir.name, run_dir, manifest, accelerator.unwrap_model(model))
