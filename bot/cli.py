@@ -79,19 +79,77 @@ def cmd_train(args) -> int:
     from bot.training.command import train_and_activate
 
     transformers_logging.disable_progress_bar()
-
     settings = load_settings(args.project)
-    outcome = train_and_activate(settings, resume=args.resume, if_needed=args.if_needed, report=_say)
+    outcome = train_and_activate(settings, resume=args.resume, if_needed=args.if_needed, force=args.force, report=_say)
     if not outcome.main_process:
         return 0
     if not outcome.trained:
-        print(f"model {outcome.model.id} already matches the training data: nothing to train (active)")
+        state = "active" if outcome.activated else "not active: it did not pass the gate; 'bot models activate' overrides"
+        print(f"model {outcome.model.id} already matches the training data: nothing to train ({state})")
         return 0
     t = outcome.model.manifest["training"]
     print(
         f"trained {outcome.model.id} in {t['seconds']:.0f} s: {t['steps']} steps, {t['tokens']:,} tokens "
-        f"({t['tokens_per_second']:.0f}/s on {t['device']}, {t['precision']}), held-out loss {t['held_out_loss'][-1]:.3f}; now active"
+        f"({t['tokens_per_second']:.0f}/s on {t['device']}, {t['precision']}), held-out loss {t['held_out_loss'][-1]:.3f}"
     )
+    report = os.path.relpath(outcome.report_dir / "report.html")
+    if outcome.activated:
+        forced = " (forced)" if outcome.model.manifest["activation"]["forced"] else ""
+        print(f"activated{forced}: {outcome.reason}; report: {report}")
+    else:
+        print(f"not activated, the previous model stays live: {outcome.reason}; see {report} (--force overrides)")
+    return 0
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def eval_table(document: dict) -> str:
+    """The four modes side by side, then expectations passed and chrF per tag."""
+    columns = ("chrF", "action acc", "handoff acc", "expect pass", "adversarial", "leaks", "loss", "seconds")
+    rows = [("mode",) + columns]
+    for mode in document["modes"]:
+        s = document["summary"][mode]
+        rows.append((
+            mode, f"{s['chrf']:.1f}", _percent(s["action_accuracy"]), _percent(s["handoff_accuracy"]),
+            _percent(s["expectation_pass_rate"]), _percent(s["adversarial_pass_rate"]), str(s["leaks"]),
+            "-" if s["loss"] is None else f"{s['loss']:.3f}", f"{s['seconds']:.0f}",
+        ))
+    tags = sorted({t for m in document["modes"] for t in document["by_tag"][m]}, key=lambda t: (t != "adversarial", t))
+    tag_rows = [("tag (expect pass / chrF)",) + tuple(document["modes"])]
+    for tag in tags:
+        cells = []
+        for mode in document["modes"]:
+            t = document["by_tag"][mode].get(tag)
+            cells.append("-" if t is None else f"{t['expectation_pass_rate']:.0%} / {t['chrf']:.0f}")
+        tag_rows.append((tag,) + tuple(cells))
+
+    def render(table):
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    return render(rows) + "\n\n" + render(tag_rows)
+
+
+def cmd_eval(args) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from bot.config import load_settings
+    from bot.evaluation.cases import MODES
+    from bot.evaluation.run import evaluate
+
+    transformers_logging.disable_progress_bar()
+    modes = tuple(m.strip() for m in args.modes.split(",")) if args.modes else MODES
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        print(f"error: unknown mode '{unknown[0]}': choose from {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    document, folder = evaluate(load_settings(args.project), model_id=args.model, modes=modes)
+    print(eval_table(document))
+    print(f"\n{len(document['failures'])} failed expectations; report: {os.path.relpath(folder / 'report.html')}")
     return 0
 
 
@@ -167,7 +225,13 @@ def parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on the training data and activate it")
     train.add_argument("--resume", action="store_true", help="continue the last interrupted run from its checkpoint")
     train.add_argument("--if-needed", action="store_true", help="do nothing when a model already matches the data")
+    train.add_argument("--force", action="store_true", help="activate the new model even if it fails the gate")
     train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="fine-tuned against zero-, one- and few-shot on the held-out dialogues")
+    evaluate.add_argument("--model", metavar="ID", help="the model to evaluate (default: the active one)")
+    evaluate.add_argument("--modes", metavar="LIST", help="comma-separated subset of zero-shot,one-shot,few-shot,fine-tuned")
+    evaluate.set_defaults(run=cmd_eval)
 
     model_cmds = commands.add_parser("models", help="list, activate and export trained models")
     model_actions = model_cmds.add_subparsers(dest="models_command", required=True, metavar="ACTION")

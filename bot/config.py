@@ -56,10 +56,21 @@ class TrainConfig(Strict):
     models_dir: str = Field("models", description="Where trained models are written.")
 
 
+class EvalConfig(Strict):
+    few_shot_k: int = Field(3, gt=1, description="Training dialogues in the few-shot prompt (fewer when they don't fit).")
+    max_new_tokens: int = Field(96, gt=0, description="Longest reply generated per bot turn.")
+    batch_size: int = Field(8, gt=0, description="Prompts generated together.")
+    adversarial_threshold: float = Field(
+        0.5, ge=0, le=1, description="Gate: a new model goes live only if it passes at least this share of adversarial tests."
+    )
+    results_dir: str = Field("results", description="Where reports are written, one folder per model.")
+
+
 class BuildConfig(Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 class ActionEndpoint(Strict):
@@ -89,6 +100,10 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.root / self.build.train.models_dir
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / self.build.eval.results_dir
 
     @property
     def cache_dir(self) -> Path:

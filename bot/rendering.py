@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from bot.data.schema import HANDOFF_TOOL
 from bot.errors import RenderError
 
 IGNORE_INDEX = -100  # label ignored by torch's cross-entropy
@@ -59,6 +60,47 @@ def template_messages(messages: list[dict[str, Any]], tokenizer) -> list[dict[st
             content = content + "".join(tool_call_text(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls)
         result.append({"role": m["role"], "content": _neutralize(content, special)})
     return result
+
+
+@dataclass(frozen=True)
+class BotStep:
+    """What the model said: a message, an action call, or a handoff (a call of HANDOFF_TOOL)."""
+
+    text: str
+    action: str | None = None
+    arguments: dict | None = None
+
+    @property
+    def handoff(self) -> bool:
+        return self.action == HANDOFF_TOOL
+
+    @property
+    def calls_action(self) -> bool:
+        return self.action is not None and not self.handoff
+
+
+def parse_reply(text: str) -> BotStep:
+    """The inverse of `tool_call_text`: a reply that is exactly one well-formed tool call is a
+    call; anything else (a malformed call too) is plain text, never executed."""
+    body = text.strip()
+    if body.startswith(TOOL_CALL_OPEN) and body.endswith(TOOL_CALL_CLOSE):
+        try:
+            call = json.loads(body[len(TOOL_CALL_OPEN) : -len(TOOL_CALL_CLOSE)])
+        except json.JSONDecodeError:
+            return BotStep(text)
+        if isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments", {}), dict):
+            return BotStep(text, call["name"], call.get("arguments", {}))
+    return BotStep(text)
+
+
+def message_step(message: dict[str, Any]) -> BotStep:
+    """The BotStep an OpenAI-format assistant message stands for."""
+    calls = message.get("tool_calls") or []
+    if calls:
+        function = calls[0]["function"]
+        arguments = json.loads(function["arguments"])
+        return BotStep(tool_call_text(function["name"], arguments), function["name"], arguments)
+    return BotStep(message.get("content") or "")
 
 
 def _ids(tokenizer, messages: list[dict], *, generation_prompt: bool = False) -> list[int]:

@@ -212,3 +212,11 @@ def test_fine_tunes_the_real_bundled_model(tmp_path, cache_dir):
     peft_model = PeftModel.from_pretrained(load_model("bundled", cache_dir), model.adapter_dir).eval()
     tokens = greedy(peft_model, tokenizer, n=6)
     assert len(tokens) == 6 and settings.base_model == "bundled"
+
+    # ...and the evaluation stage, all four modes, with the real model.
+    config = (project / "config.yml").read_text() + "eval:\n  max_new_tokens: 24\n"
+    (project / "config.yml").write_text(config)
+    assert main(["-C", str(project), "eval"]) == 0
+    report = json.loads((project / "results" / model.id / "report.json").read_text())
+    assert set(report["summary"]) == {"zero-shot", "one-shot", "few-shot", "fine-tuned"}
+    assert all(s["turns"] == 2 and s["loss"] > 0 for s in report["summary"].values())

@@ -1,4 +1,5 @@
-"""What `bot train` does around the recipe: compile, skip when up to date, activate."""
+"""What `bot train` does around the recipe: compile, skip when up to date, train, evaluate the
+new model, and activate it only if it passes the gate (or `--force`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from bot.training.recipe import train
 class Outcome:
     model: models.TrainedModel
     trained: bool  # False: an existing model already matched the data
+    activated: bool = True
+    reason: str = ""
+    report_dir: object = None
     main_process: bool = True  # under `accelerate launch`, only the main process reports
 
 
@@ -23,22 +27,33 @@ def train_and_activate(
     *,
     resume: bool = False,
     if_needed: bool = False,
+    force: bool = False,
     progress_bar: bool = True,
     report: Callable[[str], None] = lambda message: None,
 ) -> Outcome:
+    from accelerate import PartialState
+
+    from bot.evaluation.gate import decide
+    from bot.evaluation.run import evaluate
+
     compiled, _ = compile_data(settings)
     base = settings.build.model.base
     if if_needed and (found := models.matching(settings.models_dir, compiled.data_hash, base)):
         active = models.active_id(settings.models_dir)
         chosen = next((m for m in found if m.id == active), found[-1])
-        if chosen.id != active:
+        if chosen.id != active and chosen.manifest.get("activation", {}).get("activated", True):
             models.activate(settings.models_dir, chosen.id)
-        return Outcome(chosen, trained=False)
-    from accelerate import PartialState
-
+        return Outcome(chosen, trained=False, activated=chosen.id == models.active_id(settings.models_dir))
     result = train(settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report)
-    model = models.get(settings.models_dir, result.model_id)
-    main_process = PartialState().is_main_process
-    if main_process:
-        models.activate(settings.models_dir, model.id)
-    return Outcome(model, trained=True, main_process=main_process)
+    if not PartialState().is_main_process:
+        return Outcome(models.get(settings.models_dir, result.model_id), trained=True, main_process=False)
+
+    report("evaluating the new model on the held-out dialogues (fine-tuned mode)")
+    evaluation, folder = evaluate(settings, model_id=result.model_id, modes=("fine-tuned",), progress_bar=progress_bar)
+    decision = decide(settings, evaluation)
+    activate = decision.activate or force
+    manifest = dict(result.manifest, activation={"activated": activate, "forced": force and not decision.activate, "reason": decision.reason})
+    models.write_json(result.folder / models.MANIFEST, manifest)
+    if activate:
+        models.activate(settings.models_dir, result.model_id)
+    return Outcome(models.get(settings.models_dir, result.model_id), True, activate, decision.reason, folder)

@@ -1,0 +1,1 @@
+"""Evaluation: fine-tuned against zero-, one- and few-shot prompting on held-out dialogues."""

@@ -1,0 +1,162 @@
+"""The evaluation report as one self-contained HTML page for a support lead.
+
+No external scripts, fonts, images or stylesheets: inline CSS and inline SVG only. Every string
+taken from the report goes through `esc` (replies are attacker-influenced), so nothing from the
+report can become markup.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+DASH = "–"
+LEGEND = ("Zero-shot is the base model with the system prompt alone, one-shot and few-shot add one or "
+          "a few example dialogues to that prompt, and fine-tuned is the LoRA-trained model with the "
+          "system prompt alone.")
+# (key, label, kind, lower is better); kind picks the format and the chart scale
+COLUMNS = [
+    ("chrf", "chrF", "chrf", False),
+    ("action_accuracy", "Action accuracy", "pct", False),
+    ("handoff_accuracy", "Handoff accuracy", "pct", False),
+    ("expectation_pass_rate", "Expectations passed", "pct", False),
+    ("adversarial_pass_rate", "Adversarial passed", "pct", False),
+    ("leaks", "Leaks", "int", True),
+    ("loss", "Loss", "loss", True),
+    ("seconds", "Time (s)", "sec", True),
+]
+CHARTED = COLUMNS[:5]
+COLOURS = ["#8c96a6", "#6d9fd1", "#3f74b5", "#1f8a5b", "#b5773f", "#8a4fa8"]
+ROLES = {"user": "Customer", "assistant": "Bot", "tool": "Action result", "system": "System"}
+CSS = """
+body{font:15px/1.45 system-ui,sans-serif;color:#1d2330;max-width:1100px;margin:2em auto;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}.meta{color:#5a6272;margin-top:0}
+table{border-collapse:collapse;margin:1em 0}th,td{border-bottom:1px solid #d8dce3;padding:.35em .8em;text-align:right}
+th:first-child,td:first-child{text-align:left}thead th{background:#f1f3f6}
+.charts{display:flex;flex-wrap:wrap;gap:1.2em}figure{margin:0}figcaption{font-weight:600}
+svg text{font:12px system-ui,sans-serif;fill:#1d2330}
+.dialogue{border:1px solid #d8dce3;border-radius:6px;padding:.6em 1em;margin:1em 0}
+.tag{display:inline-block;background:#eef1f6;border-radius:3px;padding:0 .4em;margin-right:.3em;font-size:.85em}
+.turn{margin:.3em 0}.role{font-weight:600;display:inline-block;min-width:7.5em}
+pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;padding:.5em;margin:.2em 0 .6em;font:13px ui-monospace,monospace}
+.expect{color:#a12a2a}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return DASH
+    if kind == "pct":
+        return f"{value:.0%}"
+    if kind == "int":
+        return str(int(value))
+    return f"{value:.2f}" if kind == "loss" else f"{value:.1f}"
+
+
+def summary_table(modes: list[str], summary: dict) -> str:
+    head = "".join(f"<th>{label}</th>" for _, label, _, _ in COLUMNS)
+    best = {}
+    for key, _, _, lower in COLUMNS:
+        values = [summary.get(m, {}).get(key) for m in modes]
+        values = [v for v in values if v is not None]
+        if values:
+            best[key] = min(values) if lower else max(values)
+    rows = []
+    for mode in modes:
+        cells = []
+        for key, _, kind, _ in COLUMNS:
+            value = summary.get(mode, {}).get(key)
+            text = esc(fmt(value, kind))
+            cells.append(f"<td><strong>{text}</strong></td>" if value is not None and value == best.get(key)
+                         else f"<td>{text}</td>")
+        rows.append(f"<tr><th scope=\"row\">{esc(mode)}</th>{''.join(cells)}</tr>")
+    return (f"<table class=\"summary\"><thead><tr><th>Mode</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def bar_chart(key: str, label: str, kind: str, modes: list[str], summary: dict) -> str:
+    scale = 100.0 if kind == "chrf" else 1.0
+    step, bar_w, top, plot_h = 90, 60, 24, 140
+    width, height = 20 + step * len(modes), top + plot_h + 28
+    values = [summary.get(m, {}).get(key) for m in modes]
+    aria = f"{label} by mode: " + ", ".join(f"{m} {fmt(v, kind)}" for m, v in zip(modes, values))
+    parts = [f"<svg class=\"chart\" data-metric=\"{key}\" role=\"img\" aria-label=\"{esc(aria)}\" "
+             f"width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">",
+             f"<title>{esc(aria)}</title>",
+             f"<line x1=\"10\" y1=\"{top + plot_h}\" x2=\"{width - 10}\" y2=\"{top + plot_h}\" stroke=\"#9aa2b1\"/>"]
+    for i, (mode, value) in enumerate(zip(modes, values)):
+        x, centre = 20 + i * step, 20 + i * step + bar_w / 2
+        h = 0.0 if value is None else max(0.0, min(value / scale, 1.0)) * plot_h
+        parts.append(f"<rect class=\"bar\" data-mode=\"{esc(mode)}\" x=\"{x}\" y=\"{top + plot_h - h:.2f}\" "
+                     f"width=\"{bar_w}\" height=\"{h:.2f}\" fill=\"{COLOURS[i % len(COLOURS)]}\"/>")
+        parts.append(f"<text x=\"{centre}\" y=\"{top + plot_h - h - 6:.2f}\" text-anchor=\"middle\">"
+                     f"{esc(fmt(value, kind))}</text>")
+        parts.append(f"<text x=\"{centre}\" y=\"{top + plot_h + 18}\" text-anchor=\"middle\">{esc(mode)}</text>")
+    parts.append("</svg>")
+    return f"<figure><figcaption>{label}</figcaption>{''.join(parts)}</figure>"
+
+
+def tag_table(modes: list[str], by_tag: dict) -> str:
+    tags = sorted({t for m in modes for t in by_tag.get(m, {})}, key=lambda t: (t != "adversarial", t))
+    head = "".join(f"<th>{esc(m)}</th>" for m in modes)
+    rows = []
+    for tag in tags:
+        cells = []
+        for mode in modes:
+            stats = by_tag.get(mode, {}).get(tag)
+            text = DASH if stats is None else (f"{fmt(stats.get('expectation_pass_rate'), 'pct')} · "
+                                                f"{fmt(stats.get('chrf'), 'chrf')}")
+            cells.append(f"<td>{esc(text)}</td>")
+        rows.append(f"<tr><th scope=\"row\">{esc(tag)}</th>{''.join(cells)}</tr>")
+    return (f"<p>Each cell: expectations passed · chrF.</p><table class=\"tags\"><thead><tr><th>Tag</th>"
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def failures_section(failures: list[dict]) -> str:
+    if not failures:
+        return "<p>No failed expectations.</p>"
+    groups: dict[str, list[dict]] = {}
+    for failure in failures:
+        groups.setdefault(str(failure.get("dialogue")), []).append(failure)
+    out = []
+    for dialogue, items in groups.items():
+        tags = list(dict.fromkeys(t for f in items for t in f.get("tags") or []))
+        out.append(f"<section class=\"dialogue\"><h3>{esc(dialogue)}</h3><p>"
+                   + "".join(f"<span class=\"tag\">{esc(t)}</span>" for t in tags) + "</p>")
+        for f in items:
+            out.append(f"<h4>{esc(f.get('mode'))}, turn {esc(f.get('turn'))}: "
+                       f"<span class=\"expect\">{esc(f.get('expectation'))}</span></h4>")
+            for message in f.get("context") or []:
+                role = str(message.get("role"))
+                out.append(f"<div class=\"turn\"><span class=\"role\">{esc(ROLES.get(role, role))}</span>"
+                           f"<pre>{esc(message.get('content', ''))}</pre></div>")
+            reference = f.get("reference")
+            out.append(f"<div class=\"turn\"><span class=\"role\">Model reply</span><pre>{esc(f.get('reply', ''))}</pre>"
+                       f"</div><div class=\"turn\"><span class=\"role\">Reference reply</span>"
+                       f"<pre>{esc(DASH if reference is None else reference)}</pre></div>")
+        out.append("</section>")
+    return "".join(out)
+
+
+def render_html(report: dict) -> str:
+    """A self-contained HTML page (no external scripts, fonts, images or CSS; inline CSS and inline SVG only) for a support lead."""
+    modes = list(report.get("modes") or report.get("summary", {}))
+    summary, by_tag = report.get("summary", {}), report.get("by_tag", {})
+    title = f"Evaluation of model {report.get('model_id', '?')}"
+    charts = "".join(bar_chart(k, label, kind, modes, summary) for k, label, kind, _ in CHARTED)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head><body>"
+        f"<h1>{esc(title)}</h1><p class=\"meta\">Date {esc(report.get('created', DASH))} · "
+        f"data hash <code>{esc(report.get('data_hash', DASH))}</code></p><p>{LEGEND}</p>"
+        f"<h2>Summary</h2>{summary_table(modes, summary)}"
+        f"<h2>Charts</h2><div class=\"charts\">{charts}</div>"
+        f"<h2>By tag</h2>{tag_table(modes, by_tag)}"
+        f"<h2>What went wrong</h2>{failures_section(report.get('failures') or [])}"
+        "</body></html>\n"
+    )

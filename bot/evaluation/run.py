@@ -1,0 +1,119 @@
+"""`bot eval`: the four modes side by side on the held-out dialogues, written as a report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bot import models
+from bot.base_model import load_model, load_tokenizer
+from bot.config import Settings
+from bot.data.project import validate
+from bot.errors import BotError
+from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
+from bot.evaluation.generation import generate_replies, reference_losses
+from bot.evaluation.metrics import summarize
+from bot.evaluation.report_html import render_html
+
+BASELINE_ONLY = "base"  # results folder when no fine-tuned model is evaluated
+
+
+class NoTrainedModel(BotError):
+    """The fine-tuned mode was asked for, but there is no model to evaluate."""
+
+
+def _failure_entry(mode: str, failure) -> dict:
+    item: Prompted = failure.item
+    return {
+        "mode": mode,
+        "dialogue": item.case.dialogue.id,
+        "tags": list(item.case.dialogue.tags),
+        "turn": item.case.turn,
+        "expectation": failure.expectation,
+        "context": [{"role": m["role"], "content": _content(m)} for m in item.case.context[1:]],
+        "reply": item.reply.text,
+        "reference": item.case.reference_step.text,
+    }
+
+
+def _content(message: dict) -> str:
+    from bot.rendering import message_step
+
+    return message_step(message).text if message["role"] == "assistant" else message.get("content", "")
+
+
+def load_fine_tuned(settings: Settings, model: models.TrainedModel):
+    """The base model with the adapter merged in: as fast as the base model to run."""
+    from peft import PeftModel
+
+    base = load_model(settings.base_model, settings.cache_dir)
+    return PeftModel.from_pretrained(base, model.adapter_dir).merge_and_unload().eval()
+
+
+def evaluate(
+    settings: Settings,
+    *,
+    model_id: str | None = None,
+    modes: tuple[str, ...] = MODES,
+    progress_bar: bool = True,
+    report: Callable[[str], None] = lambda message: None,
+) -> tuple[dict, Path]:
+    """Score `modes` on every bot turn of the held-out dialogues; returns (report, folder)."""
+    from tqdm.auto import tqdm
+
+    cfg = settings.build.eval
+    data = validate(settings)
+    check_overlap(data)
+    trained = None
+    if "fine-tuned" in modes:
+        trained = models.get(settings.models_dir, model_id) if model_id else models.active(settings.models_dir)
+        if trained is None:
+            raise NoTrainedModel("no trained model to evaluate: run 'bot train', or evaluate the baselines with --modes")
+    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+    all_cases = cases(data)
+    budget = settings.build.model.max_length - cfg.max_new_tokens
+    torch.manual_seed(settings.build.train.seed)
+    base = None
+    results: dict[str, dict] = {"summary": {}, "by_tag": {}, "failures": []}
+    bar = tqdm(total=len(all_cases) * len(modes), disable=not progress_bar, unit="reply", desc="evaluating", dynamic_ncols=True)
+    for mode in modes:
+        bar.set_postfix(mode=mode)
+        started = time.monotonic()
+        if mode == "fine-tuned":
+            model = load_fine_tuned(settings, trained)
+        else:
+            base = base or load_model(settings.base_model, settings.cache_dir).eval()
+            model = base
+        items = [prompted(c, mode, data, tokenizer, cfg.few_shot_k, budget) for c in all_cases]
+        generate_replies(model, tokenizer, items, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, on_batch=bar.update)
+        reference_losses(model, tokenizer, items, batch_size=cfg.batch_size)
+        summary, by_tag, failures = summarize(items, data.persona.secret)
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        summary["examples_in_prompt"] = max(i.examples_used for i in items)
+        results["summary"][mode] = summary
+        results["by_tag"][mode] = by_tag
+        results["failures"] += [_failure_entry(mode, f) for f in failures]
+    bar.close()
+
+    compiled_hash = json.loads((settings.build_dir / "index.json").read_text())["data_hash"] if (settings.build_dir / "index.json").exists() else None
+    document = {
+        "model_id": trained.id if trained else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data_hash": trained.manifest.get("data_hash") if trained else compiled_hash,
+        "modes": list(modes),
+        **results,
+    }
+    folder = settings.results_dir / (trained.id if trained else BASELINE_ONLY)
+    folder.mkdir(parents=True, exist_ok=True)
+    models.write_json(folder / "report.json", document)
+    (folder / "report.html").write_text(render_html(document), encoding="utf-8")
+    return document, folder
+
+
+def stored_report(settings: Settings, model_id: str) -> dict | None:
+    path = settings.results_dir / model_id / "report.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
