@@ -4,7 +4,7 @@ that turn, under four prompting modes."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bot.data.compile import dialogue_messages
 from bot.data.prompt import system_prompt
@@ -41,7 +41,6 @@ class Prompted:
     reply: BotStep | None = None
     loss: float | None = None  # summed over the reference's tokens
     loss_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _turn_key(dialogue: Dialogue) -> tuple:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,7 +60,6 @@ def evaluate(
     model_id: str | None = None,
     modes: tuple[str, ...] = MODES,
     progress_bar: bool = True,
-    report: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict, Path]:
     """Score `modes` on every bot turn of the held-out dialogues; returns (report, folder)."""
     from tqdm.auto import tqdm
