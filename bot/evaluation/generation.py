@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from bot.evaluation.cases import Prompted
-from bot.rendering import IGNORE_INDEX, parse_reply, prompt_ids, render
+from bot.rendering import parse_reply, prompt_ids, render
 from bot.training.batching import collate
+from bot.training.recipe import bot_token_nll
 
 
 def _batches(items: list[Prompted], size: int, key) -> list[list[Prompted]]:
@@ -55,11 +56,7 @@ def reference_losses(model, tokenizer, items: list[Prompted], *, batch_size: int
         examples[id(item)] = render(tokenizer, context + [dict(item.case.reference, weight=1)])
     for batch in _batches(items, batch_size, key=lambda item: len(examples[id(item)])):
         tensors = {k: v.to(model.device) for k, v in collate([examples[id(i)] for i in batch], tokenizer.pad_token_id).items()}
-        targets = tensors["labels"][:, 1:]  # position i predicts token i+1
-        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # the output layer only where needed
-        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], logits_to_keep=positions).logits
-        targets = targets[:, positions]
-        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+        nll, mask = bot_token_nll(model, tensors)
         for row, item in enumerate(batch):
             item.loss = float(nll[row].sum())
-            item.loss_tokens = int((targets[row] != IGNORE_INDEX).sum())
+            item.loss_tokens = int(mask[row].sum())

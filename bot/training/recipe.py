@@ -136,17 +136,24 @@ def _unfinished_run(models_dir: Path) -> Path | None:
     return runs[-1].parent if runs else None
 
 
-def bot_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy on the trained (bot) tokens only. The output layer runs only at positions
-    that predict one of them (a sixth of a dialogue): projecting every position onto the
-    49k-token vocabulary would cost a fifth of the step and a gigabyte of logits."""
+def bot_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nll, mask), each rows x positions: the loss of every trained (bot) token and where they
+    are. The output layer runs only at positions that predict one of them (a sixth of a
+    dialogue): projecting every position onto the 49k-token vocabulary would cost a fifth of the
+    step and a gigabyte of logits."""
     # Position i predicts token i+1: the labels are shifted left by one against the logits.
     targets = batch["labels"][:, 1:]
     positions = (targets != -100).any(dim=0).nonzero().squeeze(1)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions).logits
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.size(-1)), targets[:, positions].reshape(-1), ignore_index=-100, reduction=reduction
-    )
+    targets = targets[:, positions]
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return nll, targets != -100
+
+
+def bot_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the trained (bot) tokens of a batch: their mean, or their sum."""
+    nll, mask = bot_token_nll(model, batch)
+    return nll.sum() / mask.sum() if reduction == "mean" else nll.sum()
 
 
 @torch.no_grad()
