@@ -26,10 +26,12 @@ validate: setup
 compile: setup
 	$(BOT) data compile
 
-# Compiles the data, trains only when no trained model matches it, then (later issues) serves.
+# Compiles the data, trains only when no trained model matches it, then serves the bot and the
+# widget on http://127.0.0.1:5005 until Ctrl-C.
 run: setup
 	$(BOT) data compile
 	$(BOT) train --if-needed
+	$(BOT) serve
 
 test: setup
 	$(VENV)/bin/pytest

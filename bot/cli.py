@@ -203,6 +203,28 @@ def cmd_models_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import logging
+
+    from bot.config import load_settings
+    from bot.serve.app import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.project)
+    host, port = args.host or settings.build.serve.host, args.port or settings.build.serve.port
+    _say(f"starting the bot on http://{host}:{port} (widget demo at /, health at /health); Ctrl-C stops it")
+    run(settings, host, port)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from bot.cli_chat import run
+    from bot.config import load_settings
+
+    run(load_settings(args.project), args.url, args.sender)
+    return 0
+
+
 def cmd_init(args) -> int:
     from bot.scaffold import create_project
 
@@ -243,6 +265,16 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("id")
     export.add_argument("--merged", required=True, metavar="DIR", help="folder to write (for vLLM or llama.cpp)")
     export.set_defaults(run=cmd_models_export)
+
+    serve = commands.add_parser("serve", help="serve the active model: chat API, widget, OpenAI-compatible API")
+    serve.add_argument("--host", help="address to listen on (default: serve.host in config.yml, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port in config.yml, 5005)")
+    serve.set_defaults(run=cmd_serve)
+
+    chat = commands.add_parser("chat", help="chat with the bot in the terminal")
+    chat.add_argument("--url", help="a running server (http://127.0.0.1:5005); default: the active model in process")
+    chat.add_argument("--sender", help="conversation id (default: a new one)")
+    chat.set_defaults(run=cmd_chat)
 
     init = commands.add_parser("init", help="create a new bot project with an example persona and dialogues")
     init.add_argument("dir", help="folder to create (must not hold a bot project yet)")

@@ -66,19 +66,54 @@ class EvalConfig(Strict):
     results_dir: str = Field("results", description="Where reports are written, one folder per model.")
 
 
+class ServeConfig(Strict):
+    host: str = Field("127.0.0.1", description="Address `bot serve` listens on.")
+    port: int = Field(5005, gt=0, lt=65536, description="Port `bot serve` listens on (Rasa's default).")
+    max_new_tokens: int = Field(128, gt=0, description="Longest reply generated per bot turn.")
+    max_message_chars: int = Field(2000, gt=0, description="Longer customer messages are refused with 413.")
+    rate_per_conversation: int = Field(20, gt=0, description="Messages a conversation may send per minute (then 429).")
+    rate_per_client: int = Field(120, gt=0, description="Requests one client address may make per minute (then 429).")
+    generation_workers: int = Field(1, gt=0, description="Replies generated at once; more share the same CPU or GPU.")
+    history_events: int = Field(200, gt=0, description="Most recent events read to build the model's context.")
+    lock_timeout_s: float = Field(120, gt=0, description="How long a message waits for the previous one of its conversation.")
+    max_actions_per_message: int = Field(3, ge=0, description="Actions the bot may run to answer one customer message.")
+
+
 class BuildConfig(Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
 
 
 class ActionEndpoint(Strict):
-    url: str = "http://localhost:5055/webhook"
+    url: str = Field("http://localhost:5055/webhook", description="The rasa-sdk action server's webhook.")
+    timeout_s: float = Field(10, gt=0, description="An action slower than this fails (the bot apologises).")
+    tracker_events: int = Field(20, ge=0, description="Most recent events sent to an action in its tracker.")
+
+
+class HandoffWebhook(Strict):
+    url: str | None = Field(None, description="Notified (POST, JSON) when a conversation is handed to a person.")
+    timeout_s: float = Field(5, gt=0, description="A slower webhook is logged as failed; the handoff stands.")
+
+
+class TrackerStore(Strict):
+    type: Literal["sqlite", "postgresql", "redis"] = Field("sqlite", description="Where conversations are stored.")
+    path: str = Field("conversations.sqlite3", description="sqlite: the database file, relative to the project.")
+    url: str | None = Field(None, description="postgresql://host:port/db or redis://host:port/n.")
+    lock_expiry_s: float = Field(60, gt=0, description="redis: a conversation lock whose holder died frees itself after this.")
+
+
+class Cors(Strict):
+    allow_origins: list[str] = Field([], description="Web origins (https://shop.example) whose pages may call the bot.")
 
 
 class Endpoints(Strict):
     action_endpoint: ActionEndpoint = ActionEndpoint()
+    handoff_webhook: HandoffWebhook = HandoffWebhook()
+    tracker_store: TrackerStore = TrackerStore()
+    cors: Cors = Cors()
 
 
 class Settings:

@@ -96,16 +96,22 @@ def matching(models_dir: Path, data_hash: str, base: str) -> list[TrainedModel]:
     return [m for m in trained_models(models_dir) if m.manifest.get("data_hash") == data_hash and m.manifest.get("base_model") == base]
 
 
-def export_merged(model: TrainedModel, base: str, cache_dir: Path, target: Path) -> Path:
-    """The adapter merged into the base weights, saved as a plain Hugging Face folder."""
+def load_merged(model: TrainedModel, base: str, cache_dir: Path, dtype=None):
+    """The base model with the adapter merged in, ready for inference: as fast as the base model."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     from bot.base_model import load_model
 
+    return PeftModel.from_pretrained(load_model(base, cache_dir, dtype), model.adapter_dir).merge_and_unload().eval()
+
+
+def export_merged(model: TrainedModel, base: str, cache_dir: Path, target: Path) -> Path:
+    """The adapter merged into the base weights, saved as a plain Hugging Face folder."""
+    from transformers import AutoTokenizer
+
     if target.exists() and any(target.iterdir()):
         raise BotError(f"{target} is not empty: choose a new folder")
-    merged = PeftModel.from_pretrained(load_model(base, cache_dir), model.adapter_dir).merge_and_unload()
+    merged = load_merged(model, base, cache_dir)
     merged.save_pretrained(target)
     AutoTokenizer.from_pretrained(model.tokenizer_dir).save_pretrained(target)
     return target

@@ -114,6 +114,18 @@ def prompt_ids(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
     return _ids(tokenizer, template_messages(messages, tokenizer), generation_prompt=True)
 
 
+def fitted_prompt_ids(tokenizer, messages: list[dict[str, Any]], budget: int) -> list[int]:
+    """`prompt_ids` of the system prompt and as much recent history as fits in `budget` tokens:
+    the oldest exchanges go first, whole, so that no turn is cut in half. The latest exchange
+    always stays; RenderError if even it doesn't fit."""
+    head, exchanges = _exchanges(messages)
+    for start in range(len(exchanges)):
+        ids = prompt_ids(tokenizer, head + [m for part in exchanges[start:] for m in part])
+        if len(ids) <= budget:
+            return ids
+    raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+
+
 def render(tokenizer, messages: list[dict[str, Any]]) -> Example:
     """One conversation -> input ids and labels: loss on trained bot turns (assistant messages
     without `weight: 0`) and the end-of-turn token closing each, nothing else."""

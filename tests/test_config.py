@@ -57,3 +57,12 @@ def test_shipped_config_documents_the_real_defaults():
 
     # config.yml says "the values here are the defaults": keep it true.
     assert load_settings(ROOT).build == BuildConfig()
+
+
+def test_shipped_endpoints_document_the_real_defaults():
+    from bot.config import Endpoints
+
+    assert load_settings(ROOT).endpoints == Endpoints()
+    template = ROOT / "bot" / "templates" / "project"
+    assert (template / "endpoints.yml").read_text() == (ROOT / "endpoints.yml").read_text()
+    assert (template / "config.yml").read_text() == (ROOT / "config.yml").read_text()

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from bot.data.schema import (
     HANDOFF_TOOL,
-    PYTHON_TYPES,
     Action,
     ActionTurn,
     BotTurn,
@@ -31,7 +30,7 @@ def check_actions(actions: dict[str, Action], doc: Document) -> list[Problem]:
             problems.append(doc.problem(("actions", name), f"'{HANDOFF_TOOL}' is built in: use a 'handoff' turn", key=True))
         for arg_name, arg in action.arguments.items():
             for k, value in enumerate(arg.enum or []):
-                if not isinstance(value, PYTHON_TYPES[arg.type]) or isinstance(value, bool) and arg.type != "boolean":
+                if not arg.has_type(value):
                     loc = ("actions", name, "arguments", arg_name, "enum", k)
                     problems.append(doc.problem(loc, f"enum value {value!r} is not of the argument's type '{arg.type}'"))
     return problems
@@ -45,8 +44,7 @@ def _check_args(d: Dialogue, j: int, turn: ActionTurn, action: Action) -> list[P
             hint = did_you_mean(name, action.arguments)
             problems.append(d.problem("turns", j, "args", name, message=f"action '{turn.action}' has no argument '{name}'{hint}", key=True))
             continue
-        types = PYTHON_TYPES[declared.type]
-        if not isinstance(value, types) or isinstance(value, bool) and declared.type != "boolean":
+        if not declared.has_type(value):
             hint = " (put it in quotes)" if declared.type == "string" and isinstance(value, (int, float)) else ""
             message = f"argument '{name}' of '{turn.action}' must be {declared.type}, not {json.dumps(value)}{hint}"
             problems.append(d.problem("turns", j, "args", name, message=message))

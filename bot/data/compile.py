@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.data.profile import PROFILE_FILE, profile_of
 from bot.data.prompt import system_prompt
 from bot.data.schema import (
     HANDOFF_TOOL,
@@ -95,7 +96,8 @@ def _jsonl(examples: list[dict]) -> str:
 
 
 def write(data: TrainingData, build_dir: Path) -> CompiledData:
-    """Write train.jsonl, test.jsonl and index.json (ids, tags, expectations and the data hash)."""
+    """Write train.jsonl, test.jsonl, index.json (ids, tags, expectations and the data hash) and
+    profile.json (what the server needs: system prompt, actions, handoff message)."""
     build_dir.mkdir(parents=True, exist_ok=True)
     train_text = _jsonl(to_examples(data, data.train))
     test_text = _jsonl(to_examples(data, data.test))
@@ -109,7 +111,9 @@ def write(data: TrainingData, build_dir: Path) -> CompiledData:
         ],
     }
     files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", data_hash)
-    for path, text in ((files.train_file, train_text), (files.test_file, test_text), (files.index_file, json.dumps(index, indent=2) + "\n")):
+    profile = json.dumps(profile_of(data).to_json(), indent=2, ensure_ascii=False) + "\n"
+    outputs = [(files.train_file, train_text), (files.test_file, test_text), (files.index_file, json.dumps(index, indent=2) + "\n")]
+    for path, text in outputs + [(build_dir / PROFILE_FILE, profile)]:
         tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique: processes may compile at once
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)

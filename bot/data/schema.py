@@ -37,6 +37,10 @@ class Argument(Strict):
     required: bool = True
     enum: list[str | int | float] | None = None
 
+    def has_type(self, value: Any) -> bool:
+        """Whether `value` is of the declared type (a bool is not a number here)."""
+        return isinstance(value, PYTHON_TYPES[self.type]) and (self.type == "boolean" or not isinstance(value, bool))
+
 
 class Action(Strict):
     description: str = ""

@@ -46,14 +46,6 @@ def _content(message: dict) -> str:
     return message_step(message).text if message["role"] == "assistant" else message.get("content", "")
 
 
-def load_fine_tuned(settings: Settings, model: models.TrainedModel):
-    """The base model with the adapter merged in: as fast as the base model to run."""
-    from peft import PeftModel
-
-    base = load_model(settings.base_model, settings.cache_dir)
-    return PeftModel.from_pretrained(base, model.adapter_dir).merge_and_unload().eval()
-
-
 def evaluate(
     settings: Settings,
     *,
@@ -88,7 +80,7 @@ def evaluate(
         bar.set_postfix(mode=mode)
         started = time.monotonic()
         if mode == "fine-tuned":
-            model = load_fine_tuned(settings, trained).to(device)
+            model = models.load_merged(trained, settings.base_model, settings.cache_dir).to(device)
         else:
             base = base or load_model(settings.base_model, settings.cache_dir).eval().to(device)
             model = base

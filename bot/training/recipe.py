@@ -23,6 +23,7 @@ import torch
 from bot import models
 from bot.base_model import load_model, load_tokenizer
 from bot.config import LoraSettings, Settings
+from bot.data.profile import PROFILE_FILE
 from bot.errors import BotError
 from bot.rendering import Example, render_within
 from bot.training.batching import LengthGroupedBatches, collate
@@ -330,6 +331,7 @@ def train(
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(run_dir / "adapter")
         tokenizer.save_pretrained(run_dir / "tokenizer")
+        shutil.copyfile(settings.build_dir / PROFILE_FILE, run_dir / PROFILE_FILE)  # the prompt it was trained with
         models.write_json(run_dir / models.MANIFEST, manifest)
         shutil.rmtree(checkpoint, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -1,0 +1,106 @@
+"""`bot chat`: talk to the bot in the terminal, in process (the active model, the project's
+conversation store) or against a running server (`--url`). Part of the CLI: it prints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from contextlib import aclosing
+
+from bot.errors import BotError
+
+PROMPT = "you> "
+
+
+async def _lines():
+    while True:
+        try:
+            line = await asyncio.to_thread(input, PROMPT)
+        except EOFError:
+            return
+        if line.strip() in ("/quit", "/exit"):
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def _say(text: str, end: str = "") -> None:
+    print(text, end=end, flush=True)
+
+
+async def chat_in_process(settings, sender: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bot.serve.app import assemble
+    from bot.serve.conversations import Waiting
+    from bot.serve.dialogue import Piece
+    from bot.serve.generator import load_response_model
+    from bot.serve.store import open_store
+
+    _say("loading the model...\n")
+    model = await asyncio.to_thread(load_response_model, settings)
+    store = await open_store(settings)
+    executor = ThreadPoolExecutor(1)
+    conversations = assemble(settings, model, store, executor)
+    _say(f"chatting with {model.description} as '{sender}' (/quit to leave)\n")
+    try:
+        async for line in _lines():
+            streamed = False
+            async with aclosing(conversations.handle(sender, line)) as items:
+                async for item in items:
+                    if isinstance(item, Piece):
+                        _say(("bot> " if not streamed else "") + item.text)
+                        streamed = True
+                    elif isinstance(item, Waiting):
+                        _say("(a member of the team has this conversation; the bot is not answering)\n")
+                    elif item["type"] in ("bot", "handoff", "agent"):
+                        _say("\n" if streamed else f"bot> {item['text']}\n")
+                        streamed = False
+                    elif item["type"] in ("action", "action_failed", "action_rejected"):
+                        _say(f"  [{item['type']}: {item['name']}]\n")
+    finally:
+        await store.close()
+        executor.shutdown(wait=False)
+
+
+async def chat_over_http(url: str, sender: str) -> None:
+    import aiohttp
+
+    _say(f"chatting with {url} as '{sender}' (/quit to leave)\n")
+    async with aiohttp.ClientSession() as session:
+        async for line in _lines():
+            try:
+                async with session.post(f"{url.rstrip('/')}/api/chat/stream", json={"sender": sender, "message": line}) as response:
+                    if response.status != 200:
+                        raise BotError(f"{url} answered {response.status}: {(await response.text())[:300]}")
+                    streamed = False
+                    event = None
+                    async for raw in response.content:
+                        text = raw.decode().rstrip("\n")
+                        if text.startswith("event: "):
+                            event = text[7:]
+                        elif text.startswith("data: "):
+                            data = json.loads(text[6:])
+                            if event == "token":
+                                _say(("bot> " if not streamed else "") + data["text"])
+                                streamed = True
+                            elif event == "message":
+                                _say("\n" if streamed else f"bot> {data.get('text', '')}\n")
+                                streamed = False
+                            elif event == "waiting":
+                                _say("(a member of the team has this conversation; the bot is not answering)\n")
+                            elif event == "error":
+                                _say(f"(error: {data['error']})\n")
+            except aiohttp.ClientError as e:
+                raise BotError(f"can't reach the bot at {url}: {e}") from None
+
+
+def run(settings, url: str | None, sender: str | None) -> None:
+    sender = sender or f"terminal-{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(chat_over_http(url, sender) if url else chat_in_process(settings, sender))
+    except KeyboardInterrupt:
+        pass
+    print(file=sys.stdout)

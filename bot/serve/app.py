@@ -1,0 +1,83 @@
+"""The chat server: `create_app(settings)` builds the aiohttp application. The model, the
+conversation store and the generation threads are opened in `cleanup_ctx` and closed with it;
+app state lives under typed `web.AppKey`s.
+
+Routes (see README): Rasa's REST channel, a streaming chat endpoint (server-sent events), an
+OpenAI-compatible endpoint, conversation history and a live feed, health, Prometheus metrics,
+admin routes (model reload), and the widget with its demo page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from bot.config import Settings
+from bot.serve import routes_admin, routes_chat, routes_openai, routes_web
+from bot.serve.conversations import Conversations
+from bot.serve.dialogue import Dialogue, ModelHolder
+from bot.serve.generator import ResponseModel, load_response_model
+from bot.serve.http import RateLimiter, cors_middleware, errors_middleware, metrics_middleware
+from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
+from bot.serve.metrics import Metrics
+from bot.serve.store import open_store
+
+log = logging.getLogger("bot.serve")
+
+
+def create_app(settings: Settings, *, load_model: Callable[[], ResponseModel] | None = None, admin_token: str | None = None) -> web.Application:
+    """`load_model` defaults to loading the active trained model (or the base model); the
+    admin token defaults to the environment variable BOT_ADMIN_TOKEN."""
+    metrics = Metrics()
+    app = web.Application(middlewares=[metrics_middleware(metrics), cors_middleware(settings.endpoints.cors.allow_origins), errors_middleware()])
+    serve = settings.build.serve
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[LOADER] = load_model or (lambda: load_response_model(settings))
+    app[ADMIN_TOKEN] = admin_token if admin_token is not None else os.environ.get("BOT_ADMIN_TOKEN") or None
+    app[CONVERSATION_LIMIT] = RateLimiter(serve.rate_per_conversation)
+    app[CLIENT_LIMIT] = RateLimiter(serve.rate_per_client)
+    app[RELOAD_LOCK] = asyncio.Lock()
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_end_streams)
+    app.cleanup_ctx.append(_model_and_store)
+    routes_chat.add_routes(app)
+    routes_openai.add_routes(app)
+    routes_admin.add_routes(app)
+    routes_web.add_routes(app)
+    return app
+
+
+async def _end_streams(app: web.Application) -> None:
+    app[CLOSING].set()
+
+
+def assemble(settings: Settings, model: ResponseModel, store, executor, *, metrics: Metrics | None = None) -> Conversations:
+    """The conversation service around a model and a store (the server and `bot chat` share it)."""
+    dialogue = Dialogue(ModelHolder(model), settings.build.serve, executor=executor, metrics=metrics)
+    return Conversations(store, dialogue, settings.build.serve)
+
+
+async def _model_and_store(app: web.Application):
+    settings = app[SETTINGS]
+    executor = ThreadPoolExecutor(settings.build.serve.generation_workers, thread_name_prefix="generate")
+    model = await asyncio.get_running_loop().run_in_executor(executor, app[LOADER])
+    log.info("serving %s", model.description)
+    store = await open_store(settings)
+    log.info("conversations are stored in %s", store.kind)
+    app[STORE] = store
+    app[CONVERSATIONS] = assemble(settings, model, store, executor, metrics=app[METRICS])
+    app[HOLDER] = app[CONVERSATIONS].dialogue.holder
+    yield
+    await store.close()
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def run(settings: Settings, host: str, port: int) -> None:
+    """Serve until interrupted; a client that goes away cancels its handler (and generation)."""
+    web.run_app(create_app(settings), host=host, port=port, handler_cancellation=True, print=None, access_log=None)

@@ -1,0 +1,73 @@
+"""Stored conversations around the dialogue loop: the customer's message is stored before the
+model starts, each event the moment it happens, and one conversation answers one message at a
+time (the store's lock), while different conversations proceed concurrently."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from bot.config import ServeConfig
+from bot.serve.dialogue import Dialogue, Piece, fold, to_messages
+from bot.serve.store import HANDOFF, ConversationStore, Event, new_event
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The conversation is with a person: the bot does not answer."""
+
+    reason: str | None
+
+
+# What the customer sees of each event type, in the history and as it happens.
+VISIBLE = ("user", "bot", "agent", HANDOFF, "resume")
+
+
+def visible(event: Event) -> dict[str, Any]:
+    """An event as the widget shows it (no tool arguments, no internal details)."""
+    shown = {"seq": event["seq"], "type": event["type"], "timestamp": event["timestamp"]}
+    for key in ("text", "buttons", "agent"):
+        if event.get(key) is not None:
+            shown[key] = event[key]
+    return shown
+
+
+class Conversations:
+    def __init__(
+        self,
+        store: ConversationStore,
+        dialogue: Dialogue,
+        config: ServeConfig,
+        on_handoff: Callable[[str, Event], Awaitable[None]] | None = None,
+    ):
+        self.store = store
+        self.dialogue = dialogue
+        self.config = config
+        self.on_handoff = on_handoff
+
+    async def handle(self, sender: str, text: str, metadata: dict | None = None) -> AsyncIterator[Piece | Event | Waiting]:
+        """Answer one customer message; yields the stored message, then Pieces as the reply is
+        written and each event as it is stored."""
+        async with self.store.lock(sender, self.config.lock_timeout_s):
+            latest = await self.store.append(sender, new_event("user", text=text, metadata=metadata or None))
+            yield latest
+            events = await self.store.events(sender)
+            state = fold(events)
+            if state.handed_off:
+                yield Waiting(state.handoff_reason)
+                return
+            model = self.dialogue.holder.current
+            messages = to_messages(events[-self.config.history_events :], model.profile.system_prompt)
+            answer = self.dialogue.answer(messages, sender=sender, state=state, latest=latest, model=model)
+            async with aclosing(answer) as items:
+                async for item in items:
+                    if isinstance(item, dict):
+                        item = await self.store.append(sender, item)
+                        if item["type"] == HANDOFF and self.on_handoff:
+                            await self.on_handoff(sender, item)
+                    yield item
+
+    async def history(self, sender: str) -> list[dict]:
+        return [visible(e) for e in await self.store.events(sender) if e["type"] in VISIBLE]

@@ -1,0 +1,172 @@
+"""Answering one customer message: the model writes a reply, an action call or a handoff; an
+action's result goes back into the context and the model writes again, as it learned in
+training. Transport-free: the HTTP routes, `bot chat` and the OpenAI route all use it.
+
+`answer` yields `Piece`s (text of a bot message as it is generated) and events (dicts, see
+bot.serve.store) to be stored and shown: `bot`, `action`, `action_failed`, `action_rejected`,
+`slot`, `handoff`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.config import ServeConfig
+from bot.data.prompt import TOOL_CALL_OPEN
+from bot.data.schema import HANDOFF_TOOL
+from bot.rendering import parse_reply
+from bot.serve.generator import Generated, ResponseModel, stream
+from bot.serve.store import HANDOFF, RESUME, Event, new_event
+
+log = logging.getLogger("bot.serve")
+
+NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it another way?"
+COULD_NOT_DO = "Sorry, I couldn't do that just now. Would you like me to pass you to a member of our team?"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Part of a bot message, as the model writes it."""
+
+    text: str
+
+
+@dataclass
+class ConversationState:
+    slots: dict[str, Any] = field(default_factory=dict)
+    handed_off: bool = False
+    handoff_reason: str | None = None
+    recent: list[Event] = field(default_factory=list)  # the latest events, for an action's tracker
+
+
+def fold(events: list[Event]) -> ConversationState:
+    """The state a conversation's events add up to."""
+    state = ConversationState(recent=events)
+    for event in events:
+        if event["type"] == "slot":
+            state.slots[event["name"]] = event.get("value")
+        elif event["type"] == "reset_slots":
+            state.slots.clear()
+        elif event["type"] == HANDOFF:
+            state.handed_off, state.handoff_reason = True, event.get("reason")
+        elif event["type"] == RESUME:
+            state.handed_off = False
+    return state
+
+
+def _call(call_id: str, name: str, arguments: dict) -> dict:
+    function = {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
+    return {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": function}]}
+
+
+def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
+    """A stored conversation as the model's context, in the training format (bot.data.compile)."""
+    messages: list[dict] = [{"role": "system", "content": system_prompt}]
+    for event in events:
+        kind = event["type"]
+        if kind == "user":
+            messages.append({"role": "user", "content": event["text"]})
+        elif kind in ("bot", "agent"):  # an agent speaks for the company, as the bot does
+            messages.append({"role": "assistant", "content": event["text"]})
+        elif kind == "action":
+            call_id = f"call_{event.get('seq', len(messages))}"
+            messages.append(_call(call_id, event["name"], event.get("arguments", {})))
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(event.get("result"), ensure_ascii=False)})
+        elif kind == HANDOFF and event.get("by") == "model":
+            messages.append(_call(f"call_{event.get('seq', len(messages))}", HANDOFF_TOOL, {"reason": event.get("reason", "")}))
+    return messages
+
+
+class ModelHolder:
+    """The model in service. A reload swaps in a new one; requests already running finish with
+    the model they started with."""
+
+    def __init__(self, model: ResponseModel):
+        self.current = model
+
+
+class Dialogue:
+    def __init__(self, holder: ModelHolder, config: ServeConfig, *, actions=None, executor: Executor | None = None, metrics=None):
+        self.holder = holder
+        self.config = config
+        self.actions = actions  # bot.serve.actions.ActionRunner, or None: actions can't run
+        self.executor = executor
+        self.metrics = metrics
+
+    async def _generate(self, model: ResponseModel, messages: list[dict]) -> AsyncIterator[Piece | Generated]:
+        """Streams a bot message; holds text back while it may still turn out to be a tool call,
+        which the customer never sees."""
+        held, streaming = "", False
+        async with aclosing(stream(model, messages, self.config.max_new_tokens, self.executor)) as pieces:
+            async for item in pieces:
+                if isinstance(item, Generated):
+                    if self.metrics:
+                        self.metrics.generated(item)
+                    yield item
+                    return
+                if streaming:
+                    yield Piece(item)
+                    continue
+                held += item
+                lead = held.lstrip()
+                if TOOL_CALL_OPEN.startswith(lead) or lead.startswith(TOOL_CALL_OPEN):
+                    continue
+                streaming = True
+                yield Piece(lead)
+
+    async def answer(
+        self, messages: list[dict], *, sender: str, state: ConversationState, latest: Event, model: ResponseModel | None = None
+    ) -> AsyncIterator[Piece | Event]:
+        """`messages` starts with the system prompt and ends with the customer's message."""
+        model = model or self.holder.current  # one model for the whole answer, even if a reload happens meanwhile
+        messages = list(messages)
+        for step in range(self.config.max_actions_per_message + 1):
+            generated = None
+            async with aclosing(self._generate(model, messages)) as items:
+                async for item in items:
+                    if isinstance(item, Generated):
+                        generated = item
+                    else:
+                        yield item
+            reply = parse_reply(generated.text)
+            if reply.handoff:
+                reason = str((reply.arguments or {}).get("reason", ""))
+                yield new_event(HANDOFF, by="model", reason=reason, text=model.profile.handoff_message)
+                return
+            if not reply.calls_action:
+                yield new_event("bot", text=reply.text or NOT_UNDERSTOOD)
+                return
+            name, arguments = reply.action, reply.arguments or {}
+            problems = model.profile.argument_problems(name, arguments)
+            if problems:
+                log.warning("conversation %s: not running %s(%s): %s", sender, name, json.dumps(arguments), "; ".join(problems))
+                yield new_event("action_rejected", name=name, arguments=arguments, problems=problems)
+                yield new_event("bot", text=COULD_NOT_DO)
+                return
+            if step == self.config.max_actions_per_message:
+                log.warning("conversation %s: not running %s: already %d actions for this message", sender, name, step)
+                yield new_event("action_failed", name=name, arguments=arguments, error="too many actions for one message")
+                yield new_event("bot", text=COULD_NOT_DO)
+                return
+            if self.actions is None:
+                log.warning("conversation %s: not running %s: no action server", sender, name)
+                yield new_event("action_failed", name=name, arguments=arguments, error="no action server")
+                yield new_event("bot", text=COULD_NOT_DO)
+                return
+            outcome = await self.actions.run(name, arguments, sender=sender, state=state, latest=latest, profile=model.profile)
+            for event in outcome.events:
+                if event["type"] == "slot":
+                    state.slots[event["name"]] = event.get("value")
+                yield event
+            if outcome.failed:
+                return
+            messages += to_messages([outcome.action_event], "")[1:]
+            if outcome.handoff:
+                yield new_event(HANDOFF, by="action", reason=f"action {name} asked for a person", text=model.profile.handoff_message)
+                return

@@ -1,0 +1,151 @@
+"""What every route shares: JSON errors (never a traceback), request bodies checked against a
+model, CORS for the origins in endpoints.yml, rate limits, the admin token, request metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections import defaultdict, deque
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from bot.errors import BotError, RenderError
+from bot.serve.store import ConversationBusy, StoreUnavailable
+
+log = logging.getLogger("bot.serve")
+
+# Typed errors of the library -> HTTP status; anything else is a 500 with no details.
+STATUS_OF = {ConversationBusy: 503, StoreUnavailable: 503, RenderError: 413}
+
+
+def public_message(error: Exception, doing: str) -> str:
+    """What a client may be told about an error: a typed error's message, else nothing (logged)."""
+    if isinstance(error, BotError):
+        return str(error)
+    log.error("error while %s", doing, exc_info=error)
+    return "internal error; the server log has the details"
+
+
+def json_error(status: int, message: str, **extra) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    """The request's JSON body as `model`, or 400 naming what is wrong."""
+    try:
+        raw = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"request body is not valid JSON: {e}"}), content_type="application/json") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()]
+        raise web.HTTPBadRequest(text=json.dumps({"error": "invalid request: " + "; ".join(problems)}), content_type="application/json") from None
+
+
+class RateLimiter:
+    """At most `limit` hits per key in any 60-second window."""
+
+    def __init__(self, limit: int, window_s: float = 60.0):
+        self.limit, self.window = limit, window_s
+        self._hits: dict[str, deque[float]] = defaultdict(deque)
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        hits = self._hits[key]
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return False
+        hits.append(now)
+        return True
+
+    def check(self, key: str, what: str) -> None:
+        if not self.allow(key):
+            raise web.HTTPTooManyRequests(
+                text=json.dumps({"error": f"too many requests from this {what}: at most {self.limit} a minute"}),
+                content_type="application/json",
+                headers={"Retry-After": str(int(self.window))},
+            )
+
+
+def check_admin(request: web.Request, token: str | None) -> None:
+    """Admin routes need `Authorization: Bearer <BOT_ADMIN_TOKEN>`; with no token set they are closed."""
+    if not token:
+        raise web.HTTPForbidden(text=json.dumps({"error": "admin routes are closed: set BOT_ADMIN_TOKEN on the server"}), content_type="application/json")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise web.HTTPUnauthorized(text=json.dumps({"error": "admin token missing or wrong (Authorization: Bearer ...)"}), content_type="application/json")
+
+
+def errors_middleware():
+    @web.middleware
+    async def errors(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
+            if e.content_type == "application/json":
+                return web.Response(status=e.status, text=e.text, content_type="application/json", headers=headers)
+            message = e.reason if e.text is None or e.text.startswith(f"{e.status}:") else e.text
+            return web.json_response({"error": message}, status=e.status, headers=headers)
+        except BotError as e:
+            status = next((s for kind, s in STATUS_OF.items() if isinstance(e, kind)), 400)
+            return json_error(status, str(e))
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return json_error(500, "internal error; the server log has the details")
+
+    return errors
+
+
+def cors_middleware(allowed_origins: list[str]):
+    allowed = set(allowed_origins)
+
+    @web.middleware
+    async def cors(request: web.Request, handler):
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
+            if origin not in allowed:
+                return json_error(403, f"origin {origin} is not allowed: add it to cors.allow_origins in endpoints.yml")
+            response = web.Response(status=204)
+            response.headers.update(
+                {
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": "Content-Type, Authorization",
+                    "Access-Control-Max-Age": "600",
+                }
+            )
+        else:
+            response = await handler(request)
+        if origin and origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
+
+
+def metrics_middleware(metrics):
+    @web.middleware
+    async def measure(request: web.Request, handler):
+        started = time.monotonic()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.latency.labels(route).observe(time.monotonic() - started)
+
+    return measure

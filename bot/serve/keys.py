@@ -1,0 +1,27 @@
+"""Typed keys of the application's state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from bot.config import Settings
+from bot.serve.conversations import Conversations
+from bot.serve.dialogue import ModelHolder
+from bot.serve.http import RateLimiter
+from bot.serve.metrics import Metrics
+from bot.serve.store import ConversationStore
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+LOADER = web.AppKey("load_model", Callable)
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+CONVERSATION_LIMIT = web.AppKey("conversation_limit", RateLimiter)
+CLIENT_LIMIT = web.AppKey("client_limit", RateLimiter)
+RELOAD_LOCK = web.AppKey("reload_lock", asyncio.Lock)
+CLOSING = web.AppKey("closing", asyncio.Event)  # set when the server shuts down: long-lived streams end
+HOLDER = web.AppKey("holder", ModelHolder)
+STORE = web.AppKey("store", ConversationStore)
+CONVERSATIONS = web.AppKey("conversations", Conversations)

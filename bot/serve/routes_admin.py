@@ -1,0 +1,47 @@
+"""Operator routes: health, Prometheus metrics, and (with the admin token) model reload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from bot.serve.http import check_admin
+from bot.serve.keys import ADMIN_TOKEN, HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
+
+log = logging.getLogger("bot.serve")
+
+
+def model_info(model) -> dict:
+    return {"id": model.model_id, "trained": model.model_id is not None, "description": model.description, "loaded_at": model.loaded_at}
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "model": model_info(request.app[HOLDER].current), "store": request.app[STORE].kind})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def reload_model(request: web.Request) -> web.Response:
+    """Loads the now-active model beside the one in service, then swaps: requests already being
+    answered finish with the old model, new ones get the new model, none fails."""
+    check_admin(request, request.app[ADMIN_TOKEN])
+    holder = request.app[HOLDER]
+    async with request.app[RELOAD_LOCK]:
+        started = time.monotonic()
+        previous = holder.current
+        holder.current = await asyncio.to_thread(request.app[LOADER])
+    seconds = round(time.monotonic() - started, 2)
+    log.info("reloaded: now serving %s (was %s; %.1f s)", holder.current.description, previous.description, seconds)
+    return web.json_response({"model": model_info(holder.current), "previous": model_info(previous), "seconds": seconds})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/api/model/reload", reload_model)

@@ -1,0 +1,156 @@
+"""Customer-facing chat routes: Rasa's REST channel, the streaming endpoint the widget uses, the
+conversation history and its live feed (agent messages reach the widget through it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from contextlib import aclosing
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from bot.serve.conversations import VISIBLE, Waiting, visible
+from bot.serve.dialogue import Piece
+from bot.serve.http import json_error, public_message, read_body
+from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, METRICS, SETTINGS, STORE
+from bot.serve.store import HANDOFF
+
+SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
+FEED_WAIT_S = 15.0
+
+
+class ChatRequest(BaseModel):
+    sender: str = Field(pattern=f"^{SENDER}$", description="The conversation id (Rasa: sender).")
+    message: str = Field(min_length=1)
+    metadata: dict | None = None
+
+
+async def chat_request(request: web.Request) -> ChatRequest:
+    """The body checked: JSON (400), message size (413), rate per client and conversation (429)."""
+    request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
+    body = await read_body(request, ChatRequest)
+    limit = request.app[SETTINGS].build.serve.max_message_chars
+    if len(body.message) > limit:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=limit,
+            actual_size=len(body.message),
+            text=json.dumps({"error": f"message is {len(body.message):,} characters; at most {limit:,} are accepted"}),
+            content_type="application/json",
+        )
+    request.app[CONVERSATION_LIMIT].check(body.sender, "conversation")
+    request.app[METRICS].seen(body.sender)
+    return body
+
+
+def rasa_message(sender: str, event: dict) -> dict:
+    """A bot event in Rasa's REST channel format: keys whose value is null are dropped."""
+    message = {"recipient_id": sender, "text": event.get("text"), "buttons": event.get("buttons"), "image": event.get("image"), "custom": event.get("custom")}
+    return {k: v for k, v in message.items() if v is not None}
+
+
+SHOWN_TO_CUSTOMER = ("bot", HANDOFF)
+
+
+async def rest_webhook(request: web.Request) -> web.Response:
+    body = await chat_request(request)
+    messages = []
+    async with aclosing(request.app[CONVERSATIONS].handle(body.sender, body.message, body.metadata)) as items:
+        async for item in items:
+            if isinstance(item, dict) and item["type"] in SHOWN_TO_CUSTOMER:
+                messages.append(rasa_message(body.sender, item))
+    return web.json_response(messages)
+
+
+def sse_headers() -> dict[str, str]:
+    return {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def send_event(response: web.StreamResponse, event: str, data) -> None:
+    await response.write(f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+
+
+async def chat_stream(request: web.Request) -> web.StreamResponse:
+    """The reply as server-sent events: `received` (the customer's message is stored, with its
+    seq), `token` (text as it is written), `message` (each whole
+    message: bot or handoff), `waiting` (a person has the conversation), `error`, then `done`."""
+    started = time.monotonic()
+    body = await chat_request(request)
+    response = web.StreamResponse(headers=sse_headers())
+    await response.prepare(request)
+    first = True
+    try:
+        async with aclosing(request.app[CONVERSATIONS].handle(body.sender, body.message, body.metadata)) as items:
+            async for item in items:
+                if isinstance(item, dict) and item["type"] == "user":
+                    await send_event(response, "received", {"seq": item["seq"]})
+                elif isinstance(item, Piece):
+                    if first:
+                        request.app[METRICS].first_token.observe(time.monotonic() - started)
+                        first = False
+                    await send_event(response, "token", {"text": item.text})
+                elif isinstance(item, Waiting):
+                    await send_event(response, "waiting", {"reason": item.reason})
+                elif item["type"] in SHOWN_TO_CUSTOMER:
+                    await send_event(response, "message", dict(rasa_message(body.sender, item), type=item["type"], seq=item["seq"]))
+    except (ConnectionResetError, ConnectionError):
+        return response  # the client went away; closing the answer above stopped the generation
+    except Exception as e:  # headers are sent: report in the stream, never as a traceback
+        await send_event(response, "error", {"error": public_message(e, f"answering {body.sender}")})
+    await send_event(response, "done", {})
+    return response
+
+
+def _sender(request: web.Request) -> str:
+    sender = request.match_info["sender"]
+    if not re.fullmatch(SENDER, sender):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "invalid conversation id"}), content_type="application/json")
+    return sender
+
+
+async def history(request: web.Request) -> web.Response:
+    sender = _sender(request)
+    events = await request.app[CONVERSATIONS].history(sender)
+    return web.json_response({"sender": sender, "events": events})
+
+
+async def live_feed(request: web.Request) -> web.StreamResponse:
+    """Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
+    (by this process at once, by other processes within a second); a comment every 15 s keeps
+    proxies from closing the stream. The browser's EventSource reconnects by itself."""
+    sender = _sender(request)
+    try:
+        after = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)  # a reconnect resumes where it stopped
+    except ValueError:
+        return json_error(400, "'after' must be a whole number")
+    response = web.StreamResponse(headers=sse_headers())
+    await response.prepare(request)
+    store, closing = request.app[STORE], request.app[CLOSING]
+    try:
+        while not closing.is_set():
+            waiter = asyncio.ensure_future(store.wait_for_events(sender, after, FEED_WAIT_S))
+            closer = asyncio.ensure_future(closing.wait())  # the server is shutting down: end the stream
+            await asyncio.wait({waiter, closer}, return_when=asyncio.FIRST_COMPLETED)
+            closer.cancel()
+            if not waiter.done():
+                waiter.cancel()
+                break
+            events = waiter.result()
+            if not events:
+                await response.write(b": keep-alive\n\n")
+            for event in events:
+                after = event["seq"]
+                if event["type"] in VISIBLE:
+                    await response.write(f"id: {after}\nevent: event\ndata: {json.dumps(visible(event), ensure_ascii=False)}\n\n".encode())
+    except (ConnectionResetError, ConnectionError):
+        pass
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/webhooks/rest/webhook", rest_webhook)
+    app.router.add_post("/api/chat/stream", chat_stream)
+    app.router.add_get("/api/conversations/{sender}", history)
+    app.router.add_get("/api/conversations/{sender}/events", live_feed)

@@ -1,0 +1,142 @@
+"""An OpenAI-compatible chat endpoint, so any OpenAI client can talk to the bot. Stateless: the
+conversation comes with each request. The bot's own persona is always the system prompt (a
+client's system messages are ignored), and the reply goes through the same dialogue loop as the
+widget's, actions included."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import aclosing
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.serve.dialogue import ConversationState, Piece
+from bot.serve.http import public_message, read_body
+from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
+from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
+from bot.serve.store import new_event
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = "bot"
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    stream: bool = False
+    user: str | None = None
+
+
+def _text(content) -> str:
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return content or ""
+
+
+def _context(body: CompletionRequest, system_prompt: str, limit: int) -> list[dict]:
+    messages = [{"role": "system", "content": system_prompt}]
+    for m in body.messages:
+        if m.role in ("user", "assistant") and (text := _text(m.content)):
+            messages.append({"role": m.role, "content": text})
+    if messages[-1]["role"] != "user":
+        raise web.HTTPBadRequest(text=json.dumps({"error": "the last message must be from the user"}), content_type="application/json")
+    if len(messages[-1]["content"]) > limit:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=limit, actual_size=len(messages[-1]["content"]),
+            text=json.dumps({"error": f"the last message is longer than {limit:,} characters"}), content_type="application/json",
+        )
+    return messages
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: str | None = None) -> bytes:
+    chunk = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
+    body = await read_body(request, CompletionRequest)
+    model = request.app[HOLDER].current
+    messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
+    sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
+    latest = new_event("user", text=messages[-1]["content"])
+    answer = request.app[CONVERSATIONS].dialogue.answer(messages, sender=sender, state=ConversationState(), latest=latest, model=model)
+    completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
+    started = time.monotonic()
+
+    if not body.stream:
+        texts = []
+        async with aclosing(answer) as items:
+            async for item in items:
+                if isinstance(item, dict) and item["type"] in SHOWN_TO_CUSTOMER:
+                    texts.append(item["text"])
+        content = "\n\n".join(texts)
+        return web.json_response(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            }
+        )
+
+    response = web.StreamResponse(headers=sse_headers())
+    await response.prepare(request)
+    await response.write(_chunk(completion_id, created, name, {"role": "assistant", "content": ""}))
+    in_message, written = False, False  # in_message: the current message is going out piece by piece
+
+    async def write(text: str) -> None:
+        nonlocal written
+        await response.write(_chunk(completion_id, created, name, {"content": ("\n\n" if written else "") + text}))
+        written = True
+
+    try:
+        async with aclosing(answer) as items:
+            async for item in items:
+                if isinstance(item, Piece):
+                    if not written:
+                        request.app[METRICS].first_token.observe(time.monotonic() - started)
+                    if in_message:
+                        await response.write(_chunk(completion_id, created, name, {"content": item.text}))
+                    else:
+                        await write(item.text)
+                        in_message = True
+                elif item["type"] in SHOWN_TO_CUSTOMER:
+                    if not in_message:  # a message that was not generated token by token (an action's, a handoff)
+                        await write(item["text"])
+                    in_message = False
+    except (ConnectionResetError, ConnectionError):
+        return response
+    except Exception as e:
+        error = {"error": {"message": public_message(e, f"answering {sender}"), "type": "server_error"}}
+        await response.write(f"data: {json.dumps(error)}\n\n".encode())
+    await response.write(_chunk(completion_id, created, name, {}, "stop"))
+    await response.write(b"data: [DONE]\n\n")
+    return response
+
+
+async def list_models(request: web.Request) -> web.Response:
+    model = request.app[HOLDER].current
+    entry = {"id": model.model_id or "base", "object": "model", "created": int(model.loaded_at), "owned_by": "bot"}
+    return web.json_response({"object": "list", "data": [entry]})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)

@@ -1,0 +1,196 @@
+"""Conversations as append-only event logs, and a lock per conversation.
+
+An event is a JSON object with a `type` (user, bot, action, slot, handoff, agent, resume, ...)
+and a `timestamp`; the store adds `seq`, which grows within a conversation. Nothing is ever
+updated in place: the state of a conversation (its slots, whether a person has it) is folded
+from its events, so a crash can lose at most the event being written.
+
+Three stores share this interface: SQLite (the default, one server process), PostgreSQL and
+Redis (several server processes: their locks work across processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from bot.errors import BotError
+
+Event = dict[str, Any]
+HANDOFF, RESUME = "handoff", "resume"
+
+
+class StoreUnavailable(BotError):
+    """The conversation store can't be reached or opened."""
+
+
+class ConversationBusy(BotError):
+    """The conversation's previous message is still being answered after the lock timeout."""
+
+
+def new_event(type_: str, **fields: Any) -> Event:
+    return {"type": type_, "timestamp": time.time(), **{k: v for k, v in fields.items() if v is not None}}
+
+
+class ConversationStore(ABC):
+    """Where conversations live. Subclasses implement the storage and the lock."""
+
+    kind = "?"
+
+    def __init__(self) -> None:
+        self._changed: dict[str, asyncio.Event] = {}
+
+    @abstractmethod
+    async def _append(self, sender: str, event: Event) -> int:
+        """Store one event, return its seq."""
+
+    @abstractmethod
+    async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
+        """The conversation's events with seq > `after`, oldest first (only the `last` N if given)."""
+
+    @abstractmethod
+    async def waiting_for_agent(self) -> list[str]:
+        """Conversations handed off to a person and not yet resumed."""
+
+    @abstractmethod
+    def lock(self, sender: str, timeout: float) -> Any:
+        """Async context manager: one holder per conversation; ConversationBusy after `timeout`."""
+
+    async def close(self) -> None:
+        pass
+
+    async def append(self, sender: str, event: Event) -> Event:
+        stored = dict(event, seq=await self._append(sender, event))
+        self._notify(sender)
+        return stored
+
+    # -- waiting for new events (the widget's live feed) ------------------------------------
+    def _notify(self, sender: str) -> None:
+        if changed := self._changed.pop(sender, None):
+            changed.set()
+
+    async def wait_for_events(self, sender: str, after: int, timeout: float) -> list[Event]:
+        """Events after `after`, waiting up to `timeout` seconds for one. Events written by this
+        process wake the waiter at once; other processes' are seen by polling every second."""
+        deadline = time.monotonic() + timeout
+        while True:
+            changed = self._changed.setdefault(sender, asyncio.Event())
+            found = await self.events(sender, after=after)
+            left = deadline - time.monotonic()
+            if found or left <= 0:
+                return found
+            try:
+                await asyncio.wait_for(changed.wait(), min(left, 1.0))
+            except TimeoutError:
+                pass
+
+
+class LocalLocks:
+    """In-process locks per conversation, dropped when nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, sender: str, timeout: float) -> AsyncIterator[None]:
+        lock, users = self._locks.get(sender, (asyncio.Lock(), 0))
+        self._locks[sender] = (lock, users + 1)
+        try:
+            try:
+                await asyncio.wait_for(lock.acquire(), timeout)
+            except TimeoutError:
+                raise ConversationBusy(f"conversation '{sender}' is still answering its previous message") from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._locks[sender]
+            if users == 1:
+                del self._locks[sender]
+            else:
+                self._locks[sender] = (lock, users - 1)
+
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_sender ON events (sender, seq);
+"""
+
+
+class SQLiteStore(ConversationStore):
+    """One file, no set-up; for one server process (its locks are in-process)."""
+
+    kind = "sqlite"
+
+    def __init__(self, path: Path):
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed event survives a crash of the server
+            self._db.executescript(SQLITE_SCHEMA)
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"can't open the conversation database {path}: {e}") from None
+        self._guard = threading.Lock()
+        self._locks = LocalLocks()
+
+    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._guard:
+            cursor = self._db.execute(sql, args)
+            return cursor.fetchall() if cursor.description else [(cursor.lastrowid,)]
+
+    async def _append(self, sender: str, event: Event) -> int:
+        body = json.dumps(event, ensure_ascii=False)
+        rows = await asyncio.to_thread(self._run, "INSERT INTO events (sender, type, body) VALUES (?, ?, ?)", (sender, event["type"], body))
+        return rows[0][0]
+
+    async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
+        if last is None:
+            sql, args = "SELECT seq, body FROM events WHERE sender = ? AND seq > ? ORDER BY seq", (sender, after)
+        else:
+            sql = "SELECT * FROM (SELECT seq, body FROM events WHERE sender = ? AND seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            args = (sender, after, last)
+        rows = await asyncio.to_thread(self._run, sql, args)
+        return [dict(json.loads(body), seq=seq) for seq, body in rows]
+
+    async def waiting_for_agent(self) -> list[str]:
+        sql = """SELECT sender FROM events WHERE seq IN (
+                   SELECT max(seq) FROM events WHERE type IN (?, ?) GROUP BY sender) AND type = ? ORDER BY seq"""
+        return [row[0] for row in await asyncio.to_thread(self._run, sql, (HANDOFF, RESUME, HANDOFF))]
+
+    def lock(self, sender: str, timeout: float):
+        return self._locks.hold(sender, timeout)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._db.close)
+
+
+async def open_store(settings) -> ConversationStore:
+    """The store `endpoints.yml` names (tracker_store), connected."""
+    config = settings.endpoints.tracker_store
+    if config.type == "sqlite":
+        return SQLiteStore(settings.root / config.path)
+    if not config.url:
+        raise StoreUnavailable(f"endpoints.yml: tracker_store.url is needed for type '{config.type}'")
+    if config.type == "postgresql":
+        from bot.serve.store_postgres import PostgresStore
+
+        return await PostgresStore.connect(config.url)
+    from bot.serve.store_redis import RedisStore
+
+    return await RedisStore.connect(config.url, lock_expiry_s=config.lock_expiry_s)

@@ -1,0 +1,81 @@
+"""Conversations in PostgreSQL (asyncpg). Locks are session-level advisory locks, so they work
+across server processes and are released by the server if the process holding one dies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from contextlib import asynccontextmanager
+
+from bot.serve.store import HANDOFF, RESUME, ConversationBusy, ConversationStore, Event, StoreUnavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bot_events (
+    seq BIGSERIAL PRIMARY KEY,
+    sender TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body JSONB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bot_events_by_sender ON bot_events (sender, seq);
+"""
+
+
+def _lock_key(sender: str) -> int:
+    """A stable signed 64-bit key for pg_advisory_lock."""
+    return int.from_bytes(hashlib.blake2b(sender.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class PostgresStore(ConversationStore):
+    kind = "postgresql"
+
+    def __init__(self, pool):
+        super().__init__()
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str) -> PostgresStore:
+        import asyncpg
+
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=10, timeout=10)
+            async with pool.acquire() as connection:
+                await connection.execute(SCHEMA)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            raise StoreUnavailable(f"can't reach the PostgreSQL tracker store at {url}: {e}") from None
+        return cls(pool)
+
+    async def _append(self, sender: str, event: Event) -> int:
+        sql = "INSERT INTO bot_events (sender, type, body) VALUES ($1, $2, $3::jsonb) RETURNING seq"
+        return await self._pool.fetchval(sql, sender, event["type"], json.dumps(event, ensure_ascii=False))
+
+    async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
+        if last is None:
+            rows = await self._pool.fetch("SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq", sender, after)
+        else:
+            sql = "SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq DESC LIMIT $3"
+            rows = list(reversed(await self._pool.fetch(sql, sender, after, last)))
+        return [dict(json.loads(row["body"]), seq=row["seq"]) for row in rows]
+
+    async def waiting_for_agent(self) -> list[str]:
+        sql = """SELECT sender FROM bot_events WHERE seq IN (
+                   SELECT max(seq) FROM bot_events WHERE type IN ($1, $2) GROUP BY sender) AND type = $3 ORDER BY seq"""
+        return [row["sender"] for row in await self._pool.fetch(sql, HANDOFF, RESUME, HANDOFF)]
+
+    @asynccontextmanager
+    async def lock(self, sender: str, timeout: float):
+        key = _lock_key(sender)
+        async with self._pool.acquire() as connection:  # the lock belongs to this connection's session
+            deadline = time.monotonic() + timeout
+            while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                if time.monotonic() > deadline:
+                    raise ConversationBusy(f"conversation '{sender}' is still answering its previous message")
+                await asyncio.sleep(0.05)
+            try:
+                yield
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def close(self) -> None:
+        await self._pool.close()

@@ -1,0 +1,104 @@
+"""The widget in a real browser: Debian's chromium driven by Playwright (never a downloaded
+browser). Skips without /usr/bin/chromium, except in CI, where .ci/run installs it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from bot.serve.app import create_app
+from serve_support import make_project, scripted_model, settings_of
+
+CHROMIUM = "/usr/bin/chromium"
+XSS = 'Look: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> done.'
+
+if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture
+async def browser():
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def server(tmp_path, cache_dir, tokenizer):
+    settings = settings_of(make_project(tmp_path / "p", cache_dir))
+    replies = ["Your order ES-1001 is on its way and should arrive tomorrow before noon, tracked by courier.", XSS]
+    model = scripted_model(settings, tokenizer, replies, delay=0.06)
+    server = TestServer(create_app(settings, load_model=lambda: model), port=0)
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+async def _bot_texts(page) -> list[str]:
+    return await page.locator(".bw-log .bw-bot").all_inner_texts()
+
+
+async def test_chat_streams_survives_reload_and_never_runs_bot_html(browser, server):
+    page = await browser.new_page()
+    await page.goto(str(server.make_url("/")))
+
+    launcher = page.get_by_role("button", name="Open chat: Kestrel Mobile")
+    await launcher.click()
+    log = page.get_by_role("log")
+    assert await log.get_attribute("aria-live") == "polite"
+    assert await page.evaluate("document.activeElement.id") == await page.get_by_label("Your message").get_attribute("id")
+
+    await page.get_by_label("Your message").fill("Where is my order ES-1001?")
+    await page.keyboard.press("Enter")
+    # Watch the bot's bubble grow while the reply is generated.
+    seen = set()
+    for _ in range(200):
+        texts = await _bot_texts(page)
+        if len(texts) >= 2:  # the greeting, then the reply
+            seen.add(texts[-1])
+            if texts[-1].endswith("courier."):
+                break
+        await asyncio.sleep(0.03)
+    assert (await _bot_texts(page))[-1].startswith("Your order ES-1001 is on its way")
+    assert len([s for s in seen if s and not s.endswith("courier.")]) >= 3  # streamed: several partial states
+
+    # A reply full of HTML is shown as text and runs nothing.
+    await page.get_by_label("Your message").fill("show me something")
+    await page.keyboard.press("Enter")
+    await page.locator(".bw-bot", has_text="done.").wait_for(timeout=15000)
+    assert XSS in (await _bot_texts(page))[-1]
+    assert await page.evaluate("window.__pwned") is None
+    assert await page.locator(".bw-log img, .bw-log script").count() == 0
+
+    # Reload: the same conversation comes back from the server.
+    await page.reload()
+    await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()
+    await page.locator(".bw-user", has_text="show me something").wait_for(timeout=5000)
+    users = await page.locator(".bw-log .bw-user").all_inner_texts()
+    assert users == ["Where is my order ES-1001?", "show me something"]
+    bots = await _bot_texts(page)
+    assert bots[0].startswith("Your order ES-1001") and XSS in bots[1]  # no greeting on a restored conversation
+    assert await page.evaluate("window.__pwned") is None
+
+    # The server goes away: the customer is told, and the widget keeps trying.
+    await server.close()
+    await page.get_by_label("Your message").fill("hello?")
+    await page.keyboard.press("Enter")
+    status = page.get_by_role("status")
+    await status.wait_for(timeout=10000)
+    assert "Can't reach the chat server. Retrying" in await status.inner_text()
+
+
+async def test_full_screen_on_a_phone(browser, server):
+    page = await browser.new_page(viewport={"width": 390, "height": 800})
+    await page.goto(str(server.make_url("/")))
+    await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()
+    box = await page.get_by_role("dialog").bounding_box()
+    assert box["width"] == 390 and box["height"] == 800
