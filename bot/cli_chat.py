@@ -33,6 +33,8 @@ def _say(text: str, end: str = "") -> None:
 async def chat_in_process(settings, sender: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    import aiohttp
+
     from bot.serve.app import assemble
     from bot.serve.conversations import Waiting
     from bot.serve.dialogue import Piece
@@ -43,7 +45,8 @@ async def chat_in_process(settings, sender: str) -> None:
     model = await asyncio.to_thread(load_response_model, settings)
     store = await open_store(settings)
     executor = ThreadPoolExecutor(1)
-    conversations = assemble(settings, model, store, executor)
+    session = aiohttp.ClientSession()
+    conversations = assemble(settings, model, store, executor, session)
     _say(f"chatting with {model.description} as '{sender}' (/quit to leave)\n")
     try:
         async for line in _lines():
@@ -61,6 +64,7 @@ async def chat_in_process(settings, sender: str) -> None:
                     elif item["type"] in ("action", "action_failed", "action_rejected"):
                         _say(f"  [{item['type']}: {item['name']}]\n")
     finally:
+        await session.close()
         await store.close()
         executor.shutdown(wait=False)
 

@@ -85,3 +85,27 @@ def make_tiny_project(folder: Path, base: Path | str, cache_dir: Path, epochs: i
     shutil.copytree(ROOT / "bot" / "templates" / "project" / "training_data", folder / "training_data")
     (folder / "config.yml").write_text(TINY_TRAIN.format(base=base, cache=cache_dir, epochs=epochs) + extra)
     return folder
+
+
+@pytest.fixture
+async def serve(tokenizer):
+    """serve(project, replies, ...) -> (client, model): an aiohttp test server around a
+    scripted model (tests/serve_support.py); the admin token is serve_support.ADMIN_TOKEN."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.serve.app import create_app
+    from serve_support import ADMIN_TOKEN, scripted_model, settings_of
+
+    clients = []
+
+    async def start(project, replies=(), *, delay=0.0, admin_token=ADMIN_TOKEN, loader=None):
+        settings = settings_of(project)
+        model = scripted_model(settings, tokenizer, replies, delay=delay)
+        client = TestClient(TestServer(create_app(settings, load_model=loader or (lambda: model), admin_token=admin_token)))
+        await client.start_server()
+        clients.append(client)
+        return client, model
+
+    yield start
+    for client in clients:
+        await client.close()

@@ -19,6 +19,7 @@ from bot.data.project import validate
 from bot.serve.generator import ResponseModel
 
 ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "t0ken-for-tests"
 
 
 class ScriptedLM:
@@ -71,7 +72,10 @@ def scripted_model(settings, tokenizer, replies=(), *, delay: float = 0.0, model
     return ResponseModel(ScriptedLM(tokenizer, replies, delay), tokenizer, profile, model_id, settings.build.model.max_length)
 
 
-def make_project(folder: Path, cache_dir: Path, base: str | Path = "bundled", config: str = "", endpoints: str = "") -> Path:
+NO_ACTION_SERVER = "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"  # nothing listens on port 9
+
+
+def make_project(folder: Path, cache_dir: Path, base: str | Path = "bundled", config: str = "", endpoints: str = NO_ACTION_SERVER) -> Path:
     import shutil
 
     shutil.copytree(ROOT / "bot" / "templates" / "project" / "training_data", folder / "training_data")

@@ -102,3 +102,38 @@ async def test_full_screen_on_a_phone(browser, server):
     await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()
     box = await page.get_by_role("dialog").bounding_box()
     assert box["width"] == 390 and box["height"] == 800
+
+
+async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache_dir, tokenizer):
+    import aiohttp
+
+    settings = settings_of(make_project(tmp_path / "h", cache_dir))
+    handoff = '<tool_call>{"name": "handoff_to_human", "arguments": {"reason": "customer asked"}}</tool_call>'
+    model = scripted_model(settings, tokenizer, [handoff])
+    server = TestServer(create_app(settings, load_model=lambda: model, admin_token="agent"), port=0)
+    await server.start_server()
+    try:
+        page = await browser.new_page()
+        await page.goto(str(server.make_url("/")))
+        await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()
+        await page.get_by_label("Your message").fill("I want to speak to a person")
+        await page.keyboard.press("Enter")
+        await page.locator(".bw-bot", has_text="passing you to a colleague").wait_for(timeout=10000)
+        status = page.get_by_role("status")
+        assert "Waiting for a member of our team" in await status.inner_text()
+
+        sender = await page.evaluate("localStorage.getItem('bot-widget-conversation')")
+        async with aiohttp.ClientSession(headers={"Authorization": "Bearer agent"}) as agent:
+            url = server.make_url(f"/api/conversations/{sender}/messages")
+            async with agent.post(url, json={"text": "Hi, I'm Alex. <b>How</b> can I help?", "agent": "Alex"}) as response:
+                assert response.status == 200
+            message = page.locator(".bw-agent")
+            await message.wait_for(timeout=5000)
+            assert await message.inner_text() == "Alex\nHi, I'm Alex. <b>How</b> can I help?"  # distinct, labelled, as text
+            assert await page.locator(".bw-log b").count() == 0
+            async with agent.post(server.make_url(f"/api/conversations/{sender}/resume")) as response:
+                assert response.status == 200
+        await page.locator(".bw-note", has_text="chatting with the assistant again").wait_for(timeout=5000)
+        assert await status.is_hidden()
+    finally:
+        await server.close()

@@ -15,13 +15,16 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import routes_admin, routes_chat, routes_openai, routes_web
+from bot.serve import routes_admin, routes_agent, routes_chat, routes_openai, routes_web
+from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
 from bot.serve.dialogue import Dialogue, ModelHolder
 from bot.serve.generator import ResponseModel, load_response_model
+from bot.serve.handoff import HandoffNotifier
 from bot.serve.http import RateLimiter, cors_middleware, errors_middleware, metrics_middleware
 from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.metrics import Metrics
@@ -49,6 +52,7 @@ def create_app(settings: Settings, *, load_model: Callable[[], ResponseModel] | 
     routes_chat.add_routes(app)
     routes_openai.add_routes(app)
     routes_admin.add_routes(app)
+    routes_agent.add_routes(app)
     routes_web.add_routes(app)
     return app
 
@@ -57,10 +61,15 @@ async def _end_streams(app: web.Application) -> None:
     app[CLOSING].set()
 
 
-def assemble(settings: Settings, model: ResponseModel, store, executor, *, metrics: Metrics | None = None) -> Conversations:
-    """The conversation service around a model and a store (the server and `bot chat` share it)."""
-    dialogue = Dialogue(ModelHolder(model), settings.build.serve, executor=executor, metrics=metrics)
-    return Conversations(store, dialogue, settings.build.serve)
+def assemble(settings: Settings, model: ResponseModel, store, executor, session: aiohttp.ClientSession, *, metrics: Metrics | None = None) -> Conversations:
+    """The conversation service around a model and a store, with the action server and the
+    handoff webhook of endpoints.yml (the server and `bot chat` share it)."""
+    endpoints = settings.endpoints
+    action = endpoints.action_endpoint
+    actions = ActionRunner(session, action.url, timeout_s=action.timeout_s, tracker_events=action.tracker_events)
+    dialogue = Dialogue(ModelHolder(model), settings.build.serve, actions=actions, executor=executor, metrics=metrics)
+    notify = HandoffNotifier(session, endpoints.handoff_webhook.url, endpoints.handoff_webhook.timeout_s, store)
+    return Conversations(store, dialogue, settings.build.serve, on_handoff=notify)
 
 
 async def _model_and_store(app: web.Application):
@@ -69,11 +78,13 @@ async def _model_and_store(app: web.Application):
     model = await asyncio.get_running_loop().run_in_executor(executor, app[LOADER])
     log.info("serving %s", model.description)
     store = await open_store(settings)
-    log.info("conversations are stored in %s", store.kind)
+    log.info("conversations are stored in %s; actions at %s", store.kind, settings.endpoints.action_endpoint.url)
+    session = aiohttp.ClientSession()  # for the action server and the handoff webhook
     app[STORE] = store
-    app[CONVERSATIONS] = assemble(settings, model, store, executor, metrics=app[METRICS])
+    app[CONVERSATIONS] = assemble(settings, model, store, executor, session, metrics=app[METRICS])
     app[HOLDER] = app[CONVERSATIONS].dialogue.holder
     yield
+    await session.close()
     await store.close()
     executor.shutdown(wait=False, cancel_futures=True)
 

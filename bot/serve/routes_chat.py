@@ -103,7 +103,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _sender(request: web.Request) -> str:
+def conversation_id(request: web.Request) -> str:
     sender = request.match_info["sender"]
     if not re.fullmatch(SENDER, sender):
         raise web.HTTPBadRequest(text=json.dumps({"error": "invalid conversation id"}), content_type="application/json")
@@ -111,7 +111,7 @@ def _sender(request: web.Request) -> str:
 
 
 async def history(request: web.Request) -> web.Response:
-    sender = _sender(request)
+    sender = conversation_id(request)
     events = await request.app[CONVERSATIONS].history(sender)
     return web.json_response({"sender": sender, "events": events})
 
@@ -120,7 +120,7 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
     """Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
     (by this process at once, by other processes within a second); a comment every 15 s keeps
     proxies from closing the stream. The browser's EventSource reconnects by itself."""
-    sender = _sender(request)
+    sender = conversation_id(request)
     try:
         after = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)  # a reconnect resumes where it stopped
     except ValueError:

@@ -1,0 +1,171 @@
+"""The starter persona's actions over a small JSON fixture (a stand-in for the billing,
+order and network systems a real deployment would call)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import ConversationPaused, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+
+DATA = json.loads((Path(__file__).parent / "kestrel.json").read_text(encoding="utf-8"))
+TODAY = date(2026, 11, 26)
+
+
+class LookupAction(Action):
+    """Reads the declared arguments from slots, runs `lookup`, returns its result as the
+    action's custom payload plus any slots it sets."""
+
+    action_name = ""
+    arguments: tuple[str, ...] = ()
+
+    def name(self) -> str:
+        return self.action_name
+
+    def lookup(self, args: dict[str, Any], tracker: Tracker) -> tuple[dict, list]:
+        raise NotImplementedError
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict) -> list:
+        args = {name: tracker.get_slot(name) for name in self.arguments}
+        result, events = self.lookup(args, tracker)
+        dispatcher.utter_message(json_message=result)
+        return events
+
+
+def _verified(tracker: Tracker, account_id: str) -> bool:
+    return tracker.get_slot("verified_account") == account_id
+
+
+NOT_VERIFIED = {"error": "account not verified in this conversation: call verify_customer first"}
+
+
+class VerifyCustomer(LookupAction):
+    action_name, arguments = "verify_customer", ("account_id", "postcode")
+
+    def lookup(self, args, tracker):
+        account = DATA["accounts"].get(str(args["account_id"]))
+        postcode = str(args["postcode"] or "").replace(" ", "").upper()
+        if account and account["postcode"].replace(" ", "") == postcode:
+            return {"verified": True, "first_name": account["first_name"]}, [SlotSet("verified_account", args["account_id"])]
+        return {"verified": False}, []
+
+
+class GetAccount(LookupAction):
+    action_name, arguments = "get_account", ("account_id",)
+
+    def lookup(self, args, tracker):
+        if not _verified(tracker, args["account_id"]):
+            return NOT_VERIFIED, []
+        account = DATA["accounts"][args["account_id"]]
+        return {k: account[k] for k in ("plan", "status", "balance", "next_bill_due")}, []
+
+
+class GetBill(LookupAction):
+    action_name, arguments = "get_bill", ("account_id", "month")
+
+    def lookup(self, args, tracker):
+        if not _verified(tracker, args["account_id"]):
+            return NOT_VERIFIED, []
+        bills = DATA["bills"].get(args["account_id"], {})
+        month = args["month"] or max(bills, default=None)
+        bill = bills.get(month)
+        return (dict(bill, month=month) if bill else {"error": f"no bill for {month}"}), []
+
+
+class CheckOrder(LookupAction):
+    action_name, arguments = "check_order", ("order_id",)
+
+    def lookup(self, args, tracker):
+        order = DATA["orders"].get(str(args["order_id"]).upper())
+        return (dict(order, order_id=args["order_id"]) if order else {"error": "no such order", "order_id": args["order_id"]}), []
+
+
+class StartReturn(LookupAction):
+    action_name, arguments = "start_return", ("order_id", "reason")
+
+    def lookup(self, args, tracker):
+        order = DATA["orders"].get(str(args["order_id"]).upper())
+        if not order or "delivered" not in order:
+            return {"error": "order not delivered, nothing to return"}, []
+        if date.fromisoformat(order["delivered"]) < TODAY - timedelta(days=30):
+            return {"error": "more than 30 days since delivery", "delivered": order["delivered"]}, []
+        send_by = (TODAY + timedelta(days=14)).isoformat()
+        return {"return_id": "RT-" + str(abs(hash(args["order_id"])) % 900000 + 100000), "label_emailed": True, "send_by": send_by}, []
+
+
+class CheckOutage(LookupAction):
+    action_name, arguments = "check_outage", ("postcode",)
+
+    def lookup(self, args, tracker):
+        area = str(args["postcode"] or "").upper().split(" ")[0]
+        return {"outages": DATA["outages"].get(area, [])}, []
+
+
+class ListPlans(LookupAction):
+    action_name, arguments = "list_plans", ("kind",)
+
+    def lookup(self, args, tracker):
+        return {"plans": DATA["plans"].get(args["kind"], [])}, []
+
+    async def run(self, dispatcher, tracker, domain):
+        events = await super().run(dispatcher, tracker, domain)
+        plans = DATA["plans"].get(tracker.get_slot("kind"), [])
+        buttons = [{"title": f"{p['name']} (£{p['monthly_price']:.0f})", "payload": f"I'd like the {p['name']} plan"} for p in plans]
+        dispatcher.utter_message(buttons=buttons)  # quick replies in the widget
+        return events
+
+
+class ChangePlan(LookupAction):
+    action_name, arguments = "change_plan", ("account_id", "plan_code")
+
+    def lookup(self, args, tracker):
+        if not _verified(tracker, args["account_id"]):
+            return NOT_VERIFIED, []
+        plan = next((p for kind in DATA["plans"].values() for p in kind if p["code"] == args["plan_code"]), None)
+        if plan is None:
+            return {"error": f"no plan {args['plan_code']}"}, []
+        account = DATA["accounts"][args["account_id"]]
+        result = {"changed": True, "plan_code": plan["code"], "plan_name": plan["name"], "monthly_price": plan["monthly_price"], "effective_from": account["next_bill_due"]}
+        return result, []
+
+
+class RoamingRates(LookupAction):
+    action_name, arguments = "roaming_rates", ("country",)
+
+    def lookup(self, args, tracker):
+        rates = DATA["roaming"].get(str(args["country"]).title())
+        return (dict(rates, country=str(args["country"]).title()) if rates else {"country": args["country"], "zone": "Rest of world", "day_pass_price": 6.0}), []
+
+
+class SendEsim(LookupAction):
+    action_name, arguments = "send_esim", ("account_id",)
+
+    def lookup(self, args, tracker):
+        if not _verified(tracker, args["account_id"]):
+            return NOT_VERIFIED, []
+        return {"sent": True, "email": DATA["accounts"][args["account_id"]]["masked_email"], "qr_valid_until": (TODAY + timedelta(days=1)).isoformat()}, []
+
+
+class BlockSim(LookupAction):
+    action_name, arguments = "block_sim", ("account_id",)
+
+    def lookup(self, args, tracker):
+        if not _verified(tracker, args["account_id"]):
+            return NOT_VERIFIED, []
+        return {"blocked": True, "number_ending": DATA["accounts"][args["account_id"]]["number_ending"], "number_kept": True}, []
+
+
+class BookEngineer(LookupAction):
+    action_name, arguments = "book_engineer", ("account_id", "date")
+
+    def lookup(self, args, tracker):
+        if not _verified(tracker, args["account_id"]):
+            return NOT_VERIFIED, []
+        if DATA["accounts"][args["account_id"]].get("disputed"):
+            # A disputed account needs a person: Rasa's ConversationPaused hands the conversation over.
+            return {"booked": False, "reason": "account under review"}, [ConversationPaused()]
+        return {"booked": True, "date": args["date"], "slot": "08:00-13:00", "reference": "ENG-" + args["account_id"][-6:]}, []

@@ -1,0 +1,173 @@
+"""Calling custom actions on a rasa-sdk action server, with its protocol exactly (see
+shared/REFERENCE.md section 3), and turning what comes back into conversation events.
+
+The model's arguments go to the action as slots (merged over the conversation's slots) and as
+entities of the latest message, so existing rasa-sdk code that reads either works unchanged.
+What the action returns:
+- `slot` events set the conversation's slots (stored, sent with the next call);
+- `pause` (rasa-sdk's ConversationPaused) or a FollowupAction of `handoff_to_human` hands the
+  conversation to a person;
+- responses with text, buttons or an image become bot messages;
+- the tool result the model sees next is the responses' custom payload (`json_message`), or
+  else the slots the action set, or else its messages.
+
+Any failure (unreachable, timeout, an error status, a malformed answer) becomes an
+`action_failed` event, an apology that offers a person, and a log line with the action and status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bot.data.profile import BotProfile
+from bot.data.schema import HANDOFF_TOOL
+from bot.serve.store import Event, new_event
+
+log = logging.getLogger("bot.serve.actions")
+
+RASA_SDK_VERSION = "3.21.1"
+SORRY = "Sorry, I can't look that up right now. Would you like me to pass you to a member of our team?"
+
+
+@dataclass
+class ActionOutcome:
+    events: list[Event] = field(default_factory=list)  # to store and show, in order
+    action_event: Event | None = None  # the call and its result, for the model's context
+    failed: bool = False
+    handoff: bool = False
+
+
+class ActionFailed(Exception):
+    def __init__(self, status: str, detail: str):
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+def domain_of(profile: BotProfile) -> dict:
+    """A Rasa domain for the declared actions: every argument is a slot filled from the entity
+    of the same name."""
+    arguments = sorted({a for action in profile.actions.values() for a in action.arguments})
+    slots = {a: {"type": "any", "influence_conversation": False, "mappings": [{"type": "from_entity", "entity": a}]} for a in arguments}
+    return {
+        "version": "3.1",
+        "intents": [],
+        "entities": arguments,
+        "slots": slots,
+        "responses": {},
+        "actions": sorted(profile.actions),
+        "forms": {},
+        "session_config": {"session_expiration_time": 60, "carry_over_slots_to_new_session": True},
+    }
+
+
+def rasa_events(events: list[Event]) -> list[dict]:
+    """Our stored events in Rasa's tracker event format (what rasa-sdk's Tracker reads)."""
+    out = []
+    for e in events:
+        kind, ts = e["type"], e.get("timestamp")
+        if kind == "user":
+            out.append({"event": "user", "timestamp": ts, "text": e.get("text"), "parse_data": {"text": e.get("text"), "intent": {}, "entities": []}, "input_channel": "rest"})
+        elif kind in ("bot", "agent"):
+            out.append({"event": "bot", "timestamp": ts, "text": e.get("text"), "data": {}, "metadata": {"from": kind}})
+        elif kind == "action":
+            out.append({"event": "action", "timestamp": ts, "name": e["name"]})
+        elif kind == "slot":
+            out.append({"event": "slot", "timestamp": ts, "name": e["name"], "value": e.get("value")})
+    return out
+
+
+class ActionRunner:
+    def __init__(self, session: aiohttp.ClientSession, url: str, *, timeout_s: float, tracker_events: int = 20):
+        self.session = session
+        self.url = url
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.tracker_events = tracker_events
+
+    def request_body(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile, domain: bool = True) -> dict:
+        slots = {a: None for action in profile.actions.values() for a in action.arguments}
+        slots.update(state.slots)
+        slots.update(arguments)
+        entities = [{"entity": k, "value": v, "extractor": "bot"} for k, v in arguments.items()]
+        tracker = {
+            "sender_id": sender,
+            "slots": slots,
+            "latest_message": {"text": latest.get("text"), "intent": {}, "entities": entities, "metadata": latest.get("metadata") or {}},
+            "events": rasa_events(state.recent[-self.tracker_events :]),
+            "paused": False,
+            "followup_action": None,
+            "active_loop": {},
+            "latest_action_name": "action_listen",
+            "latest_input_channel": "rest",
+        }
+        body = {"next_action": name, "sender_id": sender, "tracker": tracker, "version": RASA_SDK_VERSION}
+        if domain:
+            body["domain"] = domain_of(profile)
+        return body
+
+    async def _post(self, body: dict) -> tuple[int, Any]:
+        try:
+            async with self.session.post(self.url, json=body, timeout=self.timeout) as response:
+                text = await response.text()
+                try:
+                    return response.status, json.loads(text) if text else None
+                except json.JSONDecodeError:
+                    return response.status, text[:200]
+        except TimeoutError:
+            raise ActionFailed("timeout", f"no answer within {self.timeout.total:g} s") from None
+        except aiohttp.ClientError as e:
+            raise ActionFailed("unreachable", str(e) or type(e).__name__) from None
+
+    async def call(self, name: str, arguments: dict, **context) -> dict:
+        """The action server's answer to one call: {"events", "responses"}; ActionFailed otherwise."""
+        status, answer = await self._post(self.request_body(name, arguments, **context))
+        if status == 449:  # "send the domain": resend once with it, as Rasa does
+            status, answer = await self._post(self.request_body(name, arguments, **context, domain=True))
+        if status != 200:
+            detail = answer.get("error") if isinstance(answer, dict) else answer
+            raise ActionFailed(f"HTTP {status}", str(detail or "no details"))
+        if not isinstance(answer, dict) or not isinstance(answer.get("events", []), list) or not isinstance(answer.get("responses", []), list):
+            raise ActionFailed("bad answer", "not {'events': [...], 'responses': [...]}")
+        return answer
+
+    async def run(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile) -> ActionOutcome:
+        try:
+            answer = await self.call(name, arguments, sender=sender, state=state, latest=latest, profile=profile)
+        except ActionFailed as e:
+            log.warning("action %s failed for conversation %s: %s (%s)", name, sender, e.status, e.detail)
+            failed = new_event("action_failed", name=name, arguments=arguments, status=e.status, error=e.detail)
+            return ActionOutcome([failed, new_event("bot", text=SORRY)], failed=True)
+        return outcome_of(name, arguments, answer)
+
+
+def outcome_of(name: str, arguments: dict, answer: dict) -> ActionOutcome:
+    outcome = ActionOutcome()
+    slots: dict[str, Any] = {}
+    for event in answer.get("events") or []:
+        kind = event.get("event") if isinstance(event, dict) else None
+        if kind == "slot":
+            slots[event["name"]] = event.get("value")
+            outcome.events.append(new_event("slot", name=event["name"], value=event.get("value"), by=name))
+        elif kind == "reset_slots":
+            outcome.events.append(new_event("reset_slots", by=name))
+        elif kind == "pause" or (kind == "followup" and event.get("name") == HANDOFF_TOOL):
+            outcome.handoff = True
+    payloads, texts = [], []
+    messages = []
+    for response in answer.get("responses") or []:
+        if not isinstance(response, dict):
+            continue
+        if response.get("custom"):
+            payloads.append(response["custom"])
+        shown = {k: response.get(k) or None for k in ("text", "buttons", "image")}
+        if any(shown.values()):
+            texts += [shown["text"]] if shown["text"] else []
+            messages.append(new_event("bot", by=name, **shown))
+    result = payloads[0] if len(payloads) == 1 else payloads or slots or ({"messages": texts} if texts else {})
+    outcome.action_event = new_event("action", name=name, arguments=arguments, result=result)
+    outcome.events = [outcome.action_event] + outcome.events + messages
+    return outcome

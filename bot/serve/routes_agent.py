@@ -1,0 +1,65 @@
+"""Human agents (admin token): see the conversations waiting for a person, write to a customer
+(which takes the conversation over from the bot), and give it back to the bot. Everything is
+stored with the conversation; the customer's widget gets agent messages through its live feed."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from bot.serve.dialogue import fold
+from bot.serve.http import check_admin, json_error, read_body
+from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
+from bot.serve.routes_chat import conversation_id
+from bot.serve.store import HANDOFF, RESUME, new_event
+
+TAKEN_OVER = "taken over by an agent"
+
+
+class AgentMessage(BaseModel):
+    text: str = Field(min_length=1)
+    agent: str | None = Field(None, max_length=80, description="The agent's name, shown to the customer.")
+
+
+async def waiting(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_TOKEN])
+    store = request.app[STORE]
+    listed = []
+    for sender in await store.waiting_for_agent():
+        events = await store.events(sender, last=50)
+        handoff = next((e for e in reversed(events) if e["type"] == HANDOFF), {})
+        last_customer = next((e["text"] for e in reversed(events) if e["type"] == "user"), None)
+        listed.append({"sender": sender, "reason": handoff.get("reason"), "since": handoff.get("timestamp"), "last_customer_message": last_customer})
+    return web.json_response({"waiting": listed})
+
+
+async def agent_message(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_TOKEN])
+    sender = conversation_id(request)
+    body = await read_body(request, AgentMessage)
+    if len(body.text) > request.app[SETTINGS].build.serve.max_message_chars * 4:
+        return json_error(413, "agent message too long")
+    store = request.app[STORE]
+    async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):  # after any reply being written
+        taken = None
+        if not fold(await store.events(sender)).handed_off:
+            taken = await store.append(sender, new_event(HANDOFF, by="agent", reason=TAKEN_OVER, agent=body.agent))
+        event = await store.append(sender, new_event("agent", text=body.text, agent=body.agent))
+    return web.json_response({"event": event, "took_over": taken is not None})
+
+
+async def resume(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_TOKEN])
+    sender = conversation_id(request)
+    store = request.app[STORE]
+    async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
+        if not fold(await store.events(sender)).handed_off:
+            return json_error(409, f"conversation '{sender}' is not with an agent")
+        event = await store.append(sender, new_event(RESUME))
+    return web.json_response({"event": event})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/handoffs", waiting)
+    app.router.add_post("/api/conversations/{sender}/messages", agent_message)
+    app.router.add_post("/api/conversations/{sender}/resume", resume)
