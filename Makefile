@@ -28,13 +28,11 @@ compile: setup
 
 # Compiles the data, trains only when no trained model matches it, then serves the bot and the
 # widget on http://127.0.0.1:5005, with the example actions (actions/) on a rasa-sdk action
-# server on 127.0.0.1:5055, until Ctrl-C; the action server stops with the bot.
+# server on 127.0.0.1:5055 that stops with the bot, until Ctrl-C.
 run: setup
 	$(BOT) data compile
 	$(BOT) train --if-needed
-	SANIC_HOST=127.0.0.1 $(PY) -m rasa_sdk --actions actions --port 5055 & actions=$$!; \
-	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
-	$(BOT) serve
+	$(BOT) serve --actions actions
 
 test: setup
 	$(VENV)/bin/pytest

@@ -4,6 +4,7 @@ order and network systems a real deployment would call)."""
 from __future__ import annotations
 
 import json
+from abc import ABCMeta, abstractmethod
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ DATA = json.loads((Path(__file__).parent / "kestrel.json").read_text(encoding="u
 TODAY = date(2026, 11, 26)
 
 
-class LookupAction(Action):
+class LookupAction(Action, metaclass=ABCMeta):
     """Reads the declared arguments from slots, runs `lookup`, returns its result as the
-    action's custom payload plus any slots it sets."""
+    action's custom payload plus any slots it sets. Abstract, so rasa-sdk doesn't register it."""
 
     action_name = ""
     arguments: tuple[str, ...] = ()
@@ -26,8 +27,9 @@ class LookupAction(Action):
     def name(self) -> str:
         return self.action_name
 
+    @abstractmethod
     def lookup(self, args: dict[str, Any], tracker: Tracker) -> tuple[dict, list]:
-        raise NotImplementedError
+        """(the result for the model, rasa-sdk events)"""
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict) -> list:
         args = {name: tracker.get_slot(name) for name in self.arguments}
@@ -137,8 +139,9 @@ class RoamingRates(LookupAction):
     action_name, arguments = "roaming_rates", ("country",)
 
     def lookup(self, args, tracker):
-        rates = DATA["roaming"].get(str(args["country"]).title())
-        return (dict(rates, country=str(args["country"]).title()) if rates else {"country": args["country"], "zone": "Rest of world", "day_pass_price": 6.0}), []
+        country = str(args["country"]).title()
+        rates = DATA["roaming"].get(country)
+        return (dict(rates, country=country) if rates else {"error": f"no roaming rates for '{args['country']}'"}), []
 
 
 class SendEsim(LookupAction):

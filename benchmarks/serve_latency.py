@@ -35,10 +35,10 @@ from bot.serve.generator import load_response_model  # noqa: E402
 MESSAGE = "Hi, my broadband has been dropping every evening this week. What can I do?"
 
 
-def direct(model, tokens: int) -> tuple[float, float, int]:
+def direct(model, tokens: int) -> tuple[float, float, int, str]:
     messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": MESSAGE}]
     result = model.generate(messages, tokens)
-    return result.first_token_s, result.seconds, result.tokens
+    return result.first_token_s, result.seconds, result.tokens, result.text
 
 
 async def over_http(session: aiohttp.ClientSession, url: str, sender: str) -> tuple[float, float, str]:
@@ -84,10 +84,24 @@ async def main() -> None:
     async with aiohttp.ClientSession() as session:
         await over_http(session, url, "warm-up")
         for i in range(args.rounds):
-            ttft, total, tokens = await asyncio.to_thread(direct, model, args.tokens)
-            rows["direct"].append((ttft, total, tokens))
-            ttft, total, _ = await over_http(session, url, f"bench-{i}")
-            rows["http"].append((ttft, total, tokens))  # same greedy tokens as the direct call
+            async def run_direct():
+                ttft, total, tokens, text = await asyncio.to_thread(direct, model, args.tokens)
+                rows["direct"].append((ttft, total, tokens))
+                return tokens, text
+
+            async def run_http():
+                ttft, total, reply = await over_http(session, url, f"bench-{i}")
+                return ttft, total, reply
+
+            if i % 2:  # alternate which path goes first, so that neither gains from the order
+                ttft, total, reply = await run_http()
+                tokens, text = await run_direct()
+            else:
+                tokens, text = await run_direct()
+                ttft, total, reply = await run_http()
+            if reply != text:
+                raise SystemExit(f"the two paths gave different replies:\n  direct: {text!r}\n  http:   {reply!r}")
+            rows["http"].append((ttft, total, tokens))  # the same greedy tokens as the direct call
     await runner.cleanup()
 
     def summary(name):

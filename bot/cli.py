@@ -213,7 +213,7 @@ def cmd_serve(args) -> int:
     settings = load_settings(args.project)
     host, port = args.host or settings.build.serve.host, args.port or settings.build.serve.port
     _say(f"starting the bot on http://{host}:{port} (widget demo at /, health at /health); Ctrl-C stops it")
-    run(settings, host, port)
+    run(settings, host, port, args.actions)
     return 0
 
 
@@ -269,6 +269,7 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the active model: chat API, widget, OpenAI-compatible API")
     serve.add_argument("--host", help="address to listen on (default: serve.host in config.yml, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serve.port in config.yml, 5005)")
+    serve.add_argument("--actions", metavar="PACKAGE", help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot")
     serve.set_defaults(run=cmd_serve)
 
     chat = commands.add_parser("chat", help="chat with the bot in the terminal")

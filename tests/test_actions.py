@@ -307,3 +307,49 @@ async def test_a_failing_handoff_webhook_does_not_break_the_handoff(tmp_path, ca
         events = await chat(client, "w1", "a person please")
     assert [data["type"] for name, data in events if name == "message"] == ["handoff"]
     assert "handoff webhook http://127.0.0.1:9/hook failed for conversation w1" in caplog.text
+
+
+def test_example_actions_are_exactly_the_declared_ones(monkeypatch):
+    import yaml
+    from rasa_sdk.executor import ActionExecutor
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    executor = ActionExecutor()
+    executor.register_package("actions")
+    assert sorted(executor.actions) == sorted(yaml.safe_load(STARTER_ACTIONS)["actions"])
+
+
+async def test_serve_with_actions_starts_the_action_server_and_stops_it(tmp_path, cache_dir, tokenizer):
+    """`bot serve --actions actions`: the action server is up before the first request and gone
+    when the bot stops."""
+    import shutil
+
+    from aiohttp.test_utils import TestClient
+
+    from bot.serve.action_server import ActionServerError, action_server
+    from bot.serve.app import create_app
+    from serve_support import scripted_model, settings_of
+
+    port = free_port()
+    project = starter_project(tmp_path, cache_dir, f"action_endpoint:\n  url: http://127.0.0.1:{port}/webhook\n")
+    shutil.copytree(ROOT / "actions", project / "actions")
+    settings = settings_of(project)
+    model = scripted_model(settings, tokenizer, [call("check_order", order_id="KM-104233"), "It's out for delivery today."])
+    client = TestClient(TestServer(create_app(settings, load_model=lambda: model, action_package="actions")))
+    await client.start_server()
+    try:
+        events = await chat(client, "m1", "where is KM-104233?")
+        assert [data["text"] for name, data in events if name == "message"] == ["It's out for delivery today."]
+        action = next(e for e in await stored(client, "m1") if e["type"] == "action")
+        assert action["result"]["status"] == "out_for_delivery"
+    finally:
+        await client.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+    with pytest.raises(ActionServerError, match="exited with code"):
+        async with action_server("no_such_package", f"http://127.0.0.1:{port}/webhook", project):
+            pass
+    with pytest.raises(ActionServerError, match="starts a local action server"):
+        async with action_server("actions", "http://actions.example:5055/webhook", project):
+            pass

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.serve import routes_admin, routes_agent, routes_chat, routes_openai, routes_web
+from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
 from bot.serve.dialogue import Dialogue, ModelHolder
@@ -33,9 +34,16 @@ from bot.serve.store import open_store
 log = logging.getLogger("bot.serve")
 
 
-def create_app(settings: Settings, *, load_model: Callable[[], ResponseModel] | None = None, admin_token: str | None = None) -> web.Application:
+def create_app(
+    settings: Settings,
+    *,
+    load_model: Callable[[], ResponseModel] | None = None,
+    admin_token: str | None = None,
+    action_package: str | None = None,
+) -> web.Application:
     """`load_model` defaults to loading the active trained model (or the base model); the
-    admin token defaults to the environment variable BOT_ADMIN_TOKEN."""
+    admin token defaults to the environment variable BOT_ADMIN_TOKEN. With `action_package`,
+    a rasa-sdk action server for it runs beside the bot, at action_endpoint.url's port."""
     metrics = Metrics()
     app = web.Application(middlewares=[metrics_middleware(metrics), cors_middleware(settings.endpoints.cors.allow_origins), errors_middleware()])
     serve = settings.build.serve
@@ -48,6 +56,8 @@ def create_app(settings: Settings, *, load_model: Callable[[], ResponseModel] | 
     app[RELOAD_LOCK] = asyncio.Lock()
     app[CLOSING] = asyncio.Event()
     app.on_shutdown.append(_end_streams)
+    if action_package:
+        app.cleanup_ctx.append(lambda app: _actions_beside(app, action_package))
     app.cleanup_ctx.append(_model_and_store)
     routes_chat.add_routes(app)
     routes_openai.add_routes(app)
@@ -72,6 +82,14 @@ def assemble(settings: Settings, model: ResponseModel, store, executor, session:
     return Conversations(store, dialogue, settings.build.serve, on_handoff=notify)
 
 
+async def _actions_beside(app: web.Application, package: str):
+    settings = app[SETTINGS]
+    async with action_server(package, settings.endpoints.action_endpoint.url, settings.root):
+        log.info("action server for '%s' started", package)
+        yield
+    log.info("action server stopped")
+
+
 async def _model_and_store(app: web.Application):
     settings = app[SETTINGS]
     executor = ThreadPoolExecutor(settings.build.serve.generation_workers, thread_name_prefix="generate")
@@ -89,6 +107,7 @@ async def _model_and_store(app: web.Application):
     executor.shutdown(wait=False, cancel_futures=True)
 
 
-def run(settings: Settings, host: str, port: int) -> None:
+def run(settings: Settings, host: str, port: int, action_package: str | None = None) -> None:
     """Serve until interrupted; a client that goes away cancels its handler (and generation)."""
-    web.run_app(create_app(settings), host=host, port=port, handler_cancellation=True, print=None, access_log=None)
+    app = create_app(settings, action_package=action_package)
+    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None)
