@@ -218,3 +218,18 @@ async def test_server_processes_share_conversations_through_the_store(kind, url,
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_sqlite_store_closes_safely_while_queries_run(tmp_path):
+    """Closing the connection under a running query crashes the process; closing waits for it,
+    and later calls get a clear error."""
+    store = SQLiteStore(tmp_path / "c.sqlite3")
+    for _ in range(200):
+        await store.append("s", new_event("user", text="x" * 2000))
+    readers = [asyncio.create_task(store.events("s")) for _ in range(16)]
+    await asyncio.sleep(0.001)
+    await store.close()
+    results = await asyncio.gather(*readers, return_exceptions=True)
+    assert all(len(r) == 200 if isinstance(r, list) else isinstance(r, StoreUnavailable) for r in results)
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.events("s")

@@ -16,7 +16,7 @@ from bot.serve.conversations import VISIBLE, Waiting, visible
 from bot.serve.dialogue import Piece
 from bot.serve.http import json_error, public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, METRICS, SETTINGS, STORE
-from bot.serve.store import HANDOFF
+from bot.serve.store import HANDOFF, StoreUnavailable
 
 SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
 FEED_WAIT_S = 15.0
@@ -144,7 +144,7 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
                 after = event["seq"]
                 if event["type"] in VISIBLE:
                     await response.write(f"id: {after}\nevent: event\ndata: {json.dumps(visible(event), ensure_ascii=False)}\n\n".encode())
-    except (ConnectionResetError, ConnectionError):
+    except (ConnectionResetError, ConnectionError, StoreUnavailable):  # the client left, or the server is stopping
         pass
     return response
 

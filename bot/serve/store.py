@@ -146,11 +146,14 @@ class SQLiteStore(ConversationStore):
             self._db.executescript(SQLITE_SCHEMA)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"can't open the conversation database {path}: {e}") from None
-        self._guard = threading.Lock()
+        self._guard = threading.Lock()  # one statement at a time, and never while closing
+        self._closed = False
         self._locks = LocalLocks()
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._guard:
+            if self._closed:
+                raise StoreUnavailable("the conversation store is closed (the server is shutting down)")
             cursor = self._db.execute(sql, args)
             return cursor.fetchall() if cursor.description else [(cursor.lastrowid,)]
 
@@ -176,8 +179,13 @@ class SQLiteStore(ConversationStore):
     def lock(self, sender: str, timeout: float):
         return self._locks.hold(sender, timeout)
 
+    def _close(self) -> None:
+        with self._guard:
+            self._closed = True
+            self._db.close()
+
     async def close(self) -> None:
-        await asyncio.to_thread(self._db.close)
+        await asyncio.to_thread(self._close)
 
 
 async def open_store(settings) -> ConversationStore:
