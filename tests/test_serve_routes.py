@@ -267,3 +267,20 @@ async def test_live_feed_delivers_new_events(project, serve):
     events = sse_events(seen.decode())
     assert [(name, data["type"]) for name, data in events] == [("event", "user"), ("event", "bot")]
     feed.close()
+
+
+def test_rate_limiter_forgets_idle_keys(monkeypatch):
+    from bot.serve import http
+
+    now = [1000.0]
+    monkeypatch.setattr(http.time, "monotonic", lambda: now[0])
+    limiter = http.RateLimiter(2, window_s=60)
+    assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
+    now[0] += 61
+    assert limiter.allow("a")  # the window moved on
+    for i in range(limiter.SWEEP_EVERY):
+        limiter.allow(f"visitor-{i}")
+    now[0] += 61
+    for i in range(limiter.SWEEP_EVERY):
+        limiter.allow("regular")
+    assert set(limiter._hits) == {"regular"}  # a thousand visitors gone quiet are forgotten

@@ -137,3 +137,28 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
         assert await status.is_hidden()
     finally:
         await server.close()
+
+
+async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp_path, cache_dir, tokenizer):
+    from bot.serve.keys import STORE
+    from bot.serve.store import new_event
+
+    settings = settings_of(make_project(tmp_path / "q", cache_dir))
+    model = scripted_model(settings, tokenizer, ["Good choice."])
+    server = TestServer(create_app(settings, load_model=lambda: model), port=0)
+    await server.start_server()
+    try:
+        page = await browser.new_page()
+        await page.goto(str(server.make_url("/")))
+        sender = await page.evaluate("localStorage.getItem('bot-widget-conversation')")
+        buttons = [{"title": "Plus 100GB (£20)", "payload": "I'd like the Plus 100GB plan"}, {"title": "Unlimited (£28)", "payload": "I'd like Unlimited"}]
+        await server.app[STORE].append(sender, new_event("bot", text="Which plan would you like?", buttons=buttons))
+        await page.reload()
+        await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()
+        await page.get_by_role("button", name="Plus 100GB (£20)").click()
+        await page.locator(".bw-bot", has_text="Good choice.").wait_for(timeout=10000)
+        assert await page.locator(".bw-user").all_inner_texts() == ["Plus 100GB (£20)"]  # the title is shown...
+        assert "I'd like the Plus 100GB plan" in tokenizer.decode(model.model.prompts[-1])  # ...the payload is sent
+        assert await page.locator(".bw-reply").count() == 0  # used quick replies go away
+    finally:
+        await server.close()

@@ -47,14 +47,24 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
 
 
 class RateLimiter:
-    """At most `limit` hits per key in any 60-second window."""
+    """At most `limit` hits per key in any 60-second window. Keys with no recent hit are swept
+    out now and then, so memory stays bounded by the keys active in the last window."""
+
+    SWEEP_EVERY = 1000
 
     def __init__(self, limit: int, window_s: float = 60.0):
         self.limit, self.window = limit, window_s
         self._hits: dict[str, deque[float]] = defaultdict(deque)
+        self._calls = 0
+
+    def _sweep(self, now: float) -> None:
+        self._hits = defaultdict(deque, {k: hits for k, hits in self._hits.items() if hits and hits[-1] > now - self.window})
 
     def allow(self, key: str) -> bool:
         now = time.monotonic()
+        self._calls += 1
+        if self._calls % self.SWEEP_EVERY == 0:
+            self._sweep(now)
         hits = self._hits[key]
         while hits and hits[0] <= now - self.window:
             hits.popleft()

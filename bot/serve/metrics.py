@@ -27,6 +27,8 @@ class Metrics:
 
     def seen(self, sender: str) -> None:
         self._last_seen[sender] = time.monotonic()
+        if len(self._last_seen) % 1000 == 0:  # keep memory bounded even if nobody scrapes /metrics
+            self._count_active()
 
     def _count_active(self) -> int:
         cutoff = time.monotonic() - ACTIVE_WINDOW_S
