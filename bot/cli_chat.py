@@ -30,6 +30,25 @@ def _say(text: str, end: str = "") -> None:
     print(text, end=end, flush=True)
 
 
+class _Shown:
+    """Prints one reply as it arrives: streamed text on one line, whole messages, notices."""
+
+    def __init__(self) -> None:
+        self.streaming = False
+
+    def __call__(self, event: str | None, data: dict) -> None:
+        if event == "token":
+            _say(("" if self.streaming else "bot> ") + data["text"])
+            self.streaming = True
+        elif event == "message":
+            _say("\n" if self.streaming else f"bot> {data.get('text') or ''}\n")
+            self.streaming = False
+        elif event == "waiting":
+            _say("(a member of the team has this conversation; the bot is not answering)\n")
+        elif event == "error":
+            _say(f"(error: {data['error']})\n")
+
+
 async def chat_in_process(settings, sender: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -50,17 +69,15 @@ async def chat_in_process(settings, sender: str) -> None:
     _say(f"chatting with {model.description} as '{sender}' (/quit to leave)\n")
     try:
         async for line in _lines():
-            streamed = False
+            shown = _Shown()
             async with aclosing(conversations.handle(sender, line)) as items:
                 async for item in items:
                     if isinstance(item, Piece):
-                        _say(("bot> " if not streamed else "") + item.text)
-                        streamed = True
+                        shown("token", {"text": item.text})
                     elif isinstance(item, Waiting):
-                        _say("(a member of the team has this conversation; the bot is not answering)\n")
-                    elif item["type"] in ("bot", "handoff", "agent"):
-                        _say("\n" if streamed else f"bot> {item['text']}\n")
-                        streamed = False
+                        shown("waiting", {})
+                    elif item["type"] in ("bot", "handoff"):
+                        shown("message", item)
                     elif item["type"] in ("action", "action_failed", "action_rejected"):
                         _say(f"  [{item['type']}: {item['name']}]\n")
     finally:
@@ -79,24 +96,13 @@ async def chat_over_http(url: str, sender: str) -> None:
                 async with session.post(f"{url.rstrip('/')}/api/chat/stream", json={"sender": sender, "message": line}) as response:
                     if response.status != 200:
                         raise BotError(f"{url} answered {response.status}: {(await response.text())[:300]}")
-                    streamed = False
-                    event = None
+                    shown, event = _Shown(), None
                     async for raw in response.content:
                         text = raw.decode().rstrip("\n")
                         if text.startswith("event: "):
                             event = text[7:]
                         elif text.startswith("data: "):
-                            data = json.loads(text[6:])
-                            if event == "token":
-                                _say(("bot> " if not streamed else "") + data["text"])
-                                streamed = True
-                            elif event == "message":
-                                _say("\n" if streamed else f"bot> {data.get('text', '')}\n")
-                                streamed = False
-                            elif event == "waiting":
-                                _say("(a member of the team has this conversation; the bot is not answering)\n")
-                            elif event == "error":
-                                _say(f"(error: {data['error']})\n")
+                            shown(event, json.loads(text[6:]))
             except aiohttp.ClientError as e:
                 raise BotError(f"can't reach the bot at {url}: {e}") from None
 

@@ -284,3 +284,16 @@ def test_rate_limiter_forgets_idle_keys(monkeypatch):
     for i in range(limiter.SWEEP_EVERY):
         limiter.allow("regular")
     assert set(limiter._hits) == {"regular"}  # a thousand visitors gone quiet are forgotten
+
+
+async def test_bot_chat_streams_a_reply_from_a_running_server(project, serve, monkeypatch, capsys):
+    from bot.cli_chat import chat_over_http
+
+    client, _ = await serve(project, ["Hello from the server."])
+    lines = iter(["hi there", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(lines))
+    await chat_over_http(str(client.make_url("")), "terminal-1")
+    out = capsys.readouterr().out
+    assert "bot> Hello from the server.\n" in out
+    history = await (await client.get("/api/conversations/terminal-1")).json()
+    assert [e["type"] for e in history["events"]] == ["user", "bot"]

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from bot.data.compile import dialogue_messages
 from bot.data.prompt import system_prompt
-from bot.data.schema import ActionTurn, BotTurn, Dialogue, HandoffTurn, TrainingData, UserTurn
+from bot.data.schema import HANDOFF_TOOL, ActionTurn, BotTurn, Dialogue, HandoffTurn, TrainingData, UserTurn
 from bot.errors import BotError
-from bot.rendering import BotStep, message_step, prompt_ids
+from bot.rendering import BotStep, message_step, prompt_ids, tool_call_text
 
 MODES = ("zero-shot", "one-shot", "few-shot", "fine-tuned")
 
@@ -84,12 +84,10 @@ def transcript(dialogue: Dialogue, bot_name: str) -> str:
         elif isinstance(turn, BotTurn):
             lines.append(f"{bot_name}: {turn.bot}")
         elif isinstance(turn, ActionTurn):
-            call = json.dumps({"name": turn.action, "arguments": turn.args}, ensure_ascii=False)
-            lines.append(f"{bot_name}: <tool_call>{call}</tool_call>")
+            lines.append(f"{bot_name}: {tool_call_text(turn.action, turn.args)}")
             lines.append(f"Tool result: {json.dumps(turn.result, ensure_ascii=False)}")
         elif isinstance(turn, HandoffTurn):
-            call = json.dumps({"name": "handoff_to_human", "arguments": {"reason": turn.handoff}})
-            lines.append(f"{bot_name}: <tool_call>{call}</tool_call>")
+            lines.append(f"{bot_name}: {tool_call_text(HANDOFF_TOOL, {'reason': turn.handoff})}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
 from bot.evaluation.generation import generate_replies, reference_losses
 from bot.evaluation.metrics import summarize
 from bot.evaluation.report_html import render_html
+from bot.rendering import message_step
 from bot.training.recipe import choose_precision
 
 BASELINE_ONLY = "base"  # results folder when no fine-tuned model is evaluated
@@ -41,8 +42,6 @@ def _failure_entry(mode: str, failure) -> dict:
 
 
 def _content(message: dict) -> str:
-    from bot.rendering import message_step
-
     return message_step(message).text if message["role"] == "assistant" else message.get("content", "")
 
 

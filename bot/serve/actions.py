@@ -88,7 +88,7 @@ class ActionRunner:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.tracker_events = tracker_events
 
-    def request_body(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile, domain: bool = True) -> dict:
+    def request_body(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile) -> dict:
         slots = {a: None for action in profile.actions.values() for a in action.arguments}
         slots.update(state.slots)
         slots.update(arguments)
@@ -104,10 +104,8 @@ class ActionRunner:
             "latest_action_name": "action_listen",
             "latest_input_channel": "rest",
         }
-        body = {"next_action": name, "sender_id": sender, "tracker": tracker, "version": RASA_SDK_VERSION}
-        if domain:
-            body["domain"] = domain_of(profile)
-        return body
+        # Always with the domain (rasa-sdk answers 449 to a call without one and no domain_digest).
+        return {"next_action": name, "sender_id": sender, "tracker": tracker, "domain": domain_of(profile), "version": RASA_SDK_VERSION}
 
     async def _post(self, body: dict) -> tuple[int, Any]:
         try:
@@ -124,9 +122,10 @@ class ActionRunner:
 
     async def call(self, name: str, arguments: dict, **context) -> dict:
         """The action server's answer to one call: {"events", "responses"}; ActionFailed otherwise."""
-        status, answer = await self._post(self.request_body(name, arguments, **context))
-        if status == 449:  # "send the domain": resend once with it, as Rasa does
-            status, answer = await self._post(self.request_body(name, arguments, **context, domain=True))
+        body = self.request_body(name, arguments, **context)
+        status, answer = await self._post(body)
+        if status == 449:  # "send the domain": the body has it; resend once, as Rasa does
+            status, answer = await self._post(body)
         if status != 200:
             detail = answer.get("error") if isinstance(answer, dict) else answer
             raise ActionFailed(f"HTTP {status}", str(detail or "no details"))

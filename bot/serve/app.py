@@ -77,7 +77,7 @@ def assemble(settings: Settings, model: ResponseModel, store, executor, session:
     endpoints = settings.endpoints
     action = endpoints.action_endpoint
     actions = ActionRunner(session, action.url, timeout_s=action.timeout_s, tracker_events=action.tracker_events)
-    dialogue = Dialogue(ModelHolder(model), settings.build.serve, actions=actions, executor=executor, metrics=metrics)
+    dialogue = Dialogue(ModelHolder(model), settings.build.serve, actions, executor=executor, metrics=metrics)
     notify = HandoffNotifier(session, endpoints.handoff_webhook.url, endpoints.handoff_webhook.timeout_s, store)
     return Conversations(store, dialogue, settings.build.serve, on_handoff=notify)
 

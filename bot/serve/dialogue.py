@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import ServeConfig
+from bot.data.compile import tool_call_message
 from bot.data.prompt import TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_TOOL
 from bot.rendering import parse_reply
@@ -60,11 +61,6 @@ def fold(events: list[Event]) -> ConversationState:
     return state
 
 
-def _call(call_id: str, name: str, arguments: dict) -> dict:
-    function = {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
-    return {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": function}]}
-
-
 def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
     """A stored conversation as the model's context, in the training format (bot.data.compile)."""
     messages: list[dict] = [{"role": "system", "content": system_prompt}]
@@ -76,10 +72,10 @@ def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
             messages.append({"role": "assistant", "content": event["text"]})
         elif kind == "action":
             call_id = f"call_{event.get('seq', len(messages))}"
-            messages.append(_call(call_id, event["name"], event.get("arguments", {})))
+            messages.append(tool_call_message(call_id, event["name"], event.get("arguments", {})))
             messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(event.get("result"), ensure_ascii=False)})
         elif kind == HANDOFF and event.get("by") == "model":
-            messages.append(_call(f"call_{event.get('seq', len(messages))}", HANDOFF_TOOL, {"reason": event.get("reason", "")}))
+            messages.append(tool_call_message(f"call_{event.get('seq', len(messages))}", HANDOFF_TOOL, {"reason": event.get("reason", "")}))
     return messages
 
 
@@ -92,10 +88,10 @@ class ModelHolder:
 
 
 class Dialogue:
-    def __init__(self, holder: ModelHolder, config: ServeConfig, *, actions=None, executor: Executor | None = None, metrics=None):
+    def __init__(self, holder: ModelHolder, config: ServeConfig, actions, *, executor: Executor | None = None, metrics=None):
         self.holder = holder
         self.config = config
-        self.actions = actions  # bot.serve.actions.ActionRunner, or None: actions can't run
+        self.actions = actions  # bot.serve.actions.ActionRunner
         self.executor = executor
         self.metrics = metrics
 
@@ -144,19 +140,11 @@ class Dialogue:
                 return
             name, arguments = reply.action, reply.arguments or {}
             problems = model.profile.argument_problems(name, arguments)
-            if problems:
-                log.warning("conversation %s: not running %s(%s): %s", sender, name, json.dumps(arguments), "; ".join(problems))
-                yield new_event("action_rejected", name=name, arguments=arguments, problems=problems)
-                yield new_event("bot", text=COULD_NOT_DO)
-                return
-            if step == self.config.max_actions_per_message:
-                log.warning("conversation %s: not running %s: already %d actions for this message", sender, name, step)
-                yield new_event("action_failed", name=name, arguments=arguments, error="too many actions for one message")
-                yield new_event("bot", text=COULD_NOT_DO)
-                return
-            if self.actions is None:
-                log.warning("conversation %s: not running %s: no action server", sender, name)
-                yield new_event("action_failed", name=name, arguments=arguments, error="no action server")
+            if problems or step == self.config.max_actions_per_message:
+                # Never run: the call doesn't match its declaration, or this message had its share of actions.
+                kind, detail = ("action_rejected", {"problems": problems}) if problems else ("action_failed", {"error": "too many actions for one message"})
+                log.warning("conversation %s: not running %s(%s): %s", sender, name, json.dumps(arguments), "; ".join(problems) or detail["error"])
+                yield new_event(kind, name=name, arguments=arguments, **detail)
                 yield new_event("bot", text=COULD_NOT_DO)
                 return
             outcome = await self.actions.run(name, arguments, sender=sender, state=state, latest=latest, profile=model.profile)

@@ -1,5 +1,8 @@
 """What every route shares: JSON errors (never a traceback), request bodies checked against a
-model, CORS for the origins in endpoints.yml, rate limits, the admin token, request metrics."""
+model, CORS for the origins in endpoints.yml, rate limits, the admin token, request metrics.
+
+Handlers raise aiohttp's HTTP exceptions with a plain message, or the library's typed errors;
+`errors_middleware` alone turns both into `{"error": message}` with the right status."""
 
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ def public_message(error: Exception, doing: str) -> str:
     return "internal error; the server log has the details"
 
 
-def json_error(status: int, message: str, **extra) -> web.Response:
-    return web.json_response({"error": message, **extra}, status=status)
+def json_error(status: int, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
@@ -38,12 +41,12 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     try:
         raw = await request.json(loads=json.loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"request body is not valid JSON: {e}"}), content_type="application/json") from None
+        raise web.HTTPBadRequest(text=f"request body is not valid JSON: {e}") from None
     try:
         return model.model_validate(raw)
     except ValidationError as e:
         problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()]
-        raise web.HTTPBadRequest(text=json.dumps({"error": "invalid request: " + "; ".join(problems)}), content_type="application/json") from None
+        raise web.HTTPBadRequest(text="invalid request: " + "; ".join(problems)) from None
 
 
 class RateLimiter:
@@ -76,19 +79,17 @@ class RateLimiter:
     def check(self, key: str, what: str) -> None:
         if not self.allow(key):
             raise web.HTTPTooManyRequests(
-                text=json.dumps({"error": f"too many requests from this {what}: at most {self.limit} a minute"}),
-                content_type="application/json",
-                headers={"Retry-After": str(int(self.window))},
+                text=f"too many requests from this {what}: at most {self.limit} a minute", headers={"Retry-After": str(int(self.window))}
             )
 
 
 def check_admin(request: web.Request, token: str | None) -> None:
     """Admin routes need `Authorization: Bearer <BOT_ADMIN_TOKEN>`; with no token set they are closed."""
     if not token:
-        raise web.HTTPForbidden(text=json.dumps({"error": "admin routes are closed: set BOT_ADMIN_TOKEN on the server"}), content_type="application/json")
+        raise web.HTTPForbidden(text="admin routes are closed: set BOT_ADMIN_TOKEN on the server")
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise web.HTTPUnauthorized(text=json.dumps({"error": "admin token missing or wrong (Authorization: Bearer ...)"}), content_type="application/json")
+        raise web.HTTPUnauthorized(text="admin token missing or wrong (Authorization: Bearer ...)")
 
 
 def errors_middleware():
@@ -100,16 +101,11 @@ def errors_middleware():
             if e.status < 400:
                 raise
             headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
-            if e.content_type == "application/json":
-                return web.Response(status=e.status, text=e.text, content_type="application/json", headers=headers)
-            message = e.reason if e.text is None or e.text.startswith(f"{e.status}:") else e.text
-            return web.json_response({"error": message}, status=e.status, headers=headers)
-        except BotError as e:
-            status = next((s for kind, s in STATUS_OF.items() if isinstance(e, kind)), 400)
-            return json_error(status, str(e))
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return json_error(500, "internal error; the server log has the details")
+            message = e.reason if e.text is None or e.text.startswith(f"{e.status}:") else e.text  # aiohttp's default text
+            return json_error(e.status, message, headers=headers)
+        except Exception as e:
+            status = next((s for kind, s in STATUS_OF.items() if isinstance(e, kind)), 400 if isinstance(e, BotError) else 500)
+            return json_error(status, public_message(e, f"handling {request.method} {request.path}"))
 
     return errors
 

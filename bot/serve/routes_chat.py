@@ -37,8 +37,7 @@ async def chat_request(request: web.Request) -> ChatRequest:
         raise web.HTTPRequestEntityTooLarge(
             max_size=limit,
             actual_size=len(body.message),
-            text=json.dumps({"error": f"message is {len(body.message):,} characters; at most {limit:,} are accepted"}),
-            content_type="application/json",
+            text=f"message is {len(body.message):,} characters; at most {limit:,} are accepted",
         )
     request.app[CONVERSATION_LIMIT].check(body.sender, "conversation")
     request.app[METRICS].seen(body.sender)
@@ -95,7 +94,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
                     await send_event(response, "waiting", {"reason": item.reason})
                 elif item["type"] in SHOWN_TO_CUSTOMER:
                     await send_event(response, "message", dict(rasa_message(body.sender, item), type=item["type"], seq=item["seq"]))
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         return response  # the client went away; closing the answer above stopped the generation
     except Exception as e:  # headers are sent: report in the stream, never as a traceback
         await send_event(response, "error", {"error": public_message(e, f"answering {body.sender}")})
@@ -106,7 +105,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
 def conversation_id(request: web.Request) -> str:
     sender = request.match_info["sender"]
     if not re.fullmatch(SENDER, sender):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "invalid conversation id"}), content_type="application/json")
+        raise web.HTTPBadRequest(text="invalid conversation id")
     return sender
 
 
@@ -144,7 +143,7 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
                 after = event["seq"]
                 if event["type"] in VISIBLE:
                     await response.write(f"id: {after}\nevent: event\ndata: {json.dumps(visible(event), ensure_ascii=False)}\n\n".encode())
-    except (ConnectionResetError, ConnectionError, StoreUnavailable):  # the client left, or the server is stopping
+    except (ConnectionError, StoreUnavailable):  # the client left, or the server is stopping
         pass
     return response
 

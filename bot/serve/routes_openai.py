@@ -47,11 +47,10 @@ def _context(body: CompletionRequest, system_prompt: str, limit: int) -> list[di
         if m.role in ("user", "assistant") and (text := _text(m.content)):
             messages.append({"role": m.role, "content": text})
     if messages[-1]["role"] != "user":
-        raise web.HTTPBadRequest(text=json.dumps({"error": "the last message must be from the user"}), content_type="application/json")
+        raise web.HTTPBadRequest(text="the last message must be from the user")
     if len(messages[-1]["content"]) > limit:
         raise web.HTTPRequestEntityTooLarge(
-            max_size=limit, actual_size=len(messages[-1]["content"]),
-            text=json.dumps({"error": f"the last message is longer than {limit:,} characters"}), content_type="application/json",
+            max_size=limit, actual_size=len(messages[-1]["content"]), text=f"the last message is longer than {limit:,} characters"
         )
     return messages
 
@@ -92,7 +91,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "created": created,
                 "model": name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
             }
         )
 
@@ -121,7 +119,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     if not in_message:  # a message that was not generated token by token (an action's, a handoff)
                         await write(item["text"])
                     in_message = False
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:
         return response
     except Exception as e:
         error = {"error": {"message": public_message(e, f"answering {sender}"), "type": "server_error"}}
