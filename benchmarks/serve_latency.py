@@ -1,6 +1,6 @@
 """Serving overhead: time to first token and tokens/s of one conversation over HTTP
 (POST /api/chat/stream, server-sent events, the conversation stored in SQLite) against the
-same model's `generate` called directly, in the same run, rounds interleaved.
+same model's engine called directly, in the same run, rounds interleaved.
 
     .venv/bin/python benchmarks/serve_latency.py [--rounds 5] [--tokens 64] [--project .]
 
@@ -30,19 +30,23 @@ from aiohttp import web  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
 from bot.serve.app import create_app  # noqa: E402
+from bot.engine.protocol import Finished  # noqa: E402
 from bot.serve.generator import load_response_model  # noqa: E402
 
 MESSAGE = "Hi, my broadband has been dropping every evening this week. What can I do?"
 
 
-def direct(model, tokens: int) -> tuple[float, float, int, str]:
-    """generate() with a streaming callback; 'first token' is when its first text arrives, as
-    over HTTP (the streamer holds a token back until its word is complete)."""
+async def direct(model, tokens: int) -> tuple[float, float, int, str]:
+    """The engine's stream, no HTTP; 'first token' is when its first text arrives, as over HTTP."""
     messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": MESSAGE}]
-    first = []
+    first, result = None, None
     started = time.monotonic()
-    result = model.generate(messages, tokens, on_text=lambda text: first or first.append(time.monotonic() - started))
-    return first[0], result.seconds, result.tokens, result.text
+    async for item in model.stream(messages, tokens):
+        if isinstance(item, Finished):
+            result = item
+        elif first is None:
+            first = time.monotonic() - started
+    return first, time.monotonic() - started, result.tokens, result.text
 
 
 async def over_http(session: aiohttp.ClientSession, url: str, sender: str) -> tuple[float, float, str]:
@@ -83,13 +87,13 @@ async def main() -> None:
     await site.start()
     url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
 
-    direct(model, 8)  # warm-up, not counted
+    await direct(model, 8)  # warm-up, not counted
     rows = {"direct": [], "http": []}
     async with aiohttp.ClientSession() as session:
         await over_http(session, url, "warm-up")
         for i in range(args.rounds):
             async def run_direct():
-                ttft, total, tokens, text = await asyncio.to_thread(direct, model, args.tokens)
+                ttft, total, tokens, text = await direct(model, args.tokens)
                 rows["direct"].append((ttft, total, tokens))
                 return tokens, text
 
@@ -116,7 +120,7 @@ async def main() -> None:
     d_ttft, d_rate = summary("direct")
     h_ttft, h_rate = summary("http")
     print(f"{'path':<22}{'first token (median)':>22}{'tokens/s (median)':>20}")
-    print(f"{'generate() directly':<22}{d_ttft * 1000:>19.0f} ms{d_rate:>20.1f}")
+    print(f"{'engine directly':<22}{d_ttft * 1000:>19.0f} ms{d_rate:>20.1f}")
     print(f"{'HTTP /api/chat/stream':<22}{h_ttft * 1000:>19.0f} ms{h_rate:>20.1f}")
     print(f"ratio HTTP/direct: first token {h_ttft / d_ttft:.3f}x ({(h_ttft / d_ttft - 1) * 100:+.1f}%), "
           f"tokens/s {h_rate / d_rate:.3f}x ({(h_rate / d_rate - 1) * 100:+.1f}%)")

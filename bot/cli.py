@@ -198,7 +198,8 @@ def cmd_models_export(args) -> int:
 
     settings = load_settings(args.project)
     model = models.get(settings.models_dir, args.id)
-    target = models.export_merged(model, settings.base_model, settings.cache_dir, Path(args.merged))
+    base = settings.resolve_base(model.manifest["base_model"])  # the base it was trained on, whatever config.yml says now
+    target = models.export_merged(model, base, settings.cache_dir, Path(args.merged))
     print(f"wrote {target}: {model.id} merged into its base model, a plain Hugging Face folder")
     return 0
 
@@ -211,6 +212,9 @@ def cmd_serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.project)
+    if args.engine:
+        serve = settings.build.serve.model_copy(update={"engine": args.engine})
+        settings.build = settings.build.model_copy(update={"serve": serve})
     host, port = args.host or settings.build.serve.host, args.port or settings.build.serve.port
     _say(f"starting the bot on http://{host}:{port} (widget demo at /, health at /health); Ctrl-C stops it")
     run(settings, host, port, args.actions)
@@ -269,6 +273,7 @@ def parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the active model: chat API, widget, OpenAI-compatible API")
     serve.add_argument("--host", help="address to listen on (default: serve.host in config.yml, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serve.port in config.yml, 5005)")
+    serve.add_argument("--engine", choices=["batching", "serial"], help="generation engine (default: serve.engine in config.yml, batching)")
     serve.add_argument("--actions", metavar="PACKAGE", help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot")
     serve.set_defaults(run=cmd_serve)
 

@@ -50,8 +50,6 @@ class _Shown:
 
 
 async def chat_in_process(settings, sender: str) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     import aiohttp
 
     from bot.serve.app import assemble
@@ -63,9 +61,8 @@ async def chat_in_process(settings, sender: str) -> None:
     _say("loading the model...\n")
     model = await asyncio.to_thread(load_response_model, settings)
     store = await open_store(settings)
-    executor = ThreadPoolExecutor(1)
     session = aiohttp.ClientSession()
-    conversations = assemble(settings, model, store, executor, session)
+    conversations = assemble(settings, model, store, session)
     _say(f"chatting with {model.description} as '{sender}' (/quit to leave)\n")
     try:
         async for line in _lines():
@@ -83,7 +80,7 @@ async def chat_in_process(settings, sender: str) -> None:
     finally:
         await session.close()
         await store.close()
-        executor.shutdown(wait=False)
+        await conversations.dialogue.holder.close()
 
 
 async def chat_over_http(url: str, sender: str) -> None:

@@ -73,7 +73,12 @@ class ServeConfig(Strict):
     max_message_chars: int = Field(2000, gt=0, description="Longer customer messages are refused with 413.")
     rate_per_conversation: int = Field(20, gt=0, description="Messages a conversation may send per minute (then 429).")
     rate_per_client: int = Field(120, gt=0, description="Requests one client address may make per minute (then 429).")
-    generation_workers: int = Field(1, gt=0, description="Replies generated at once; more share the same CPU or GPU.")
+    engine: Literal["batching", "serial"] = Field(
+        "batching", description="batching: one decode loop for all conversations; serial: one reply at a time (the old baseline)."
+    )
+    max_batch: int = Field(16, gt=0, description="Replies generated at once (rows of the batch); more wait in a queue.")
+    max_queue: int = Field(256, gt=0, description="Requests that may wait for a row; beyond that the server answers 503.")
+    kv_cache_mb: float = Field(1024, gt=0, description="Memory for cached prompts (system prompt, recent conversations).")
     history_events: int = Field(200, gt=0, description="Most recent events read to build the model's context.")
     lock_timeout_s: float = Field(120, gt=0, description="How long a message waits for the previous one of its conversation.")
     max_actions_per_message: int = Field(3, ge=0, description="Actions the bot may run to answer one customer message.")
@@ -149,7 +154,10 @@ class Settings:
 
     @property
     def base_model(self) -> str:
-        base = self.build.model.base
+        return self.resolve_base(self.build.model.base)
+
+    def resolve_base(self, base: str) -> str:
+        """A `model.base` value as the loader takes it: a folder relative to the project is made absolute."""
         if base == BUNDLED_BASE:
             return base
         folder = self.root / Path(base).expanduser()

@@ -1,32 +1,32 @@
-"""Helpers for the serving tests: a scripted stand-in for the neural network (everything around
-it, from prompt rendering to the streamer and the stop signal, is the real code), test servers,
-and a reader of server-sent events."""
+"""Helpers for the serving tests: a scripted engine (the engine interface with scripted replies;
+everything around it, from prompt rendering to the detokenizer and cancellation, is the real
+code), test servers, and a reader of server-sent events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from bot.config import load_settings
 from bot.data.profile import profile_of
 from bot.data.project import validate
+from bot.engine.protocol import LENGTH, STOP, Engine, EngineClosed, EngineStats, Finished
+from bot.engine.text import IncrementalText
 from bot.serve.generator import ResponseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "t0ken-for-tests"
 
 
-class ScriptedLM:
-    """Answers `generate` like a causal LM, token by token through the streamer and stopping
-    criteria it is given, with scripted replies; remembers every prompt it was given."""
+class ScriptedEngine(Engine):
+    """The engine interface with scripted replies: token by token through the real incremental
+    detokenizer, with the real `Finished` record; remembers every prompt it was given."""
 
-    device = torch.device("cpu")
+    name = "scripted"
 
     def __init__(self, tokenizer, replies: list[str] | Callable[[str], str] = (), delay: float = 0.0):
         self.tokenizer = tokenizer
@@ -34,42 +34,53 @@ class ScriptedLM:
         self.delay = delay
         self.prompts: list[list[int]] = []
         self.generated = 0  # tokens generated in all
-        self.stopped = 0  # generations ended by the stopping criteria (a client went away)
-        self.running = threading.Event()
+        self.stopped = 0  # streams closed before their end (a client went away)
+        self.closed = False
+        self._in_flight = 0
 
     def next_reply(self, prompt_text: str) -> str:
         if callable(self.replies):
             return self.replies(prompt_text)
         return self.replies.popleft() if self.replies else "Happy to help."
 
-    def generate(self, input_ids, max_new_tokens, eos_token_id, streamer, stopping_criteria, **kwargs):
-        self.prompts.append(input_ids[0].tolist())
-        reply = self.next_reply(self.tokenizer.decode(input_ids[0]))
-        ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [eos_token_id]
-        streamer.put(input_ids.cpu())
-        out = input_ids
-        self.running.set()
+    async def stream(self, prompt_ids, max_new_tokens):
+        if self.closed:
+            raise EngineClosed("the model engine is closed")
+        self.prompts.append(list(prompt_ids))
+        reply = self.next_reply(self.tokenizer.decode(prompt_ids))
+        eos = self.tokenizer.eos_token_id
+        ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [eos]
+        text, started, first, reason, ended = IncrementalText(self.tokenizer), time.monotonic(), None, LENGTH, False
+        self._in_flight += 1
         try:
             for token in ids[:max_new_tokens]:
-                if self.delay:
-                    time.sleep(self.delay)
-                out = torch.cat([out, torch.tensor([[token]])], dim=1)
+                await asyncio.sleep(self.delay)  # also lets other tasks run, as the engine thread does
+                if token == eos:
+                    reason = STOP
+                    break
                 self.generated += 1
-                streamer.put(torch.tensor([token]))
-                if token == eos_token_id:
-                    break
-                if stopping_criteria(out, None).all():
-                    self.stopped += 1
-                    break
+                first = first or time.monotonic() - started
+                if piece := text.add(token):
+                    yield piece
+            ended = True
+            yield Finished(text.text.strip(), tuple(text.ids), first, time.monotonic() - started, reason, len(prompt_ids))
         finally:
-            self.running.clear()
-        streamer.end()
-        return out
+            self._in_flight -= 1
+            self.stopped += not ended
+
+    async def close(self) -> None:
+        self.closed = True
+
+    def stats(self) -> EngineStats:
+        return EngineStats(0, self._in_flight, 0, 0, 0, self.generated)
+
+    def in_flight(self) -> int:
+        return self._in_flight
 
 
 def scripted_model(settings, tokenizer, replies=(), *, delay: float = 0.0, model_id: str | None = "scripted") -> ResponseModel:
     profile = profile_of(validate(settings))
-    return ResponseModel(ScriptedLM(tokenizer, replies, delay), tokenizer, profile, model_id, settings.build.model.max_length)
+    return ResponseModel(ScriptedEngine(tokenizer, replies, delay), tokenizer, profile, model_id, settings.build.model.max_length)
 
 
 NO_ACTION_SERVER = "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"  # nothing listens on port 9

@@ -103,7 +103,7 @@ async def test_actions_run_on_the_real_action_server(tmp_path, cache_dir, serve,
     # get_bill only answers for a verified account: the slot set by the first action was sent with the second call
     assert bill["result"]["total"] == 22.0 and bill["result"]["month"] == "2026-10"
     # the model wrote its reply with the action's result in its context, rendered as in training
-    last_prompt = tokenizer.decode(model.model.prompts[2])
+    last_prompt = tokenizer.decode(model.engine.prompts[2])
     assert '"total": 22.0' in last_prompt and last_prompt.count("<tool_call>") >= 2
 
     # A later message: the slot is still there; an action's responses (quick replies) are shown.
@@ -155,7 +155,7 @@ async def test_error_statuses_get_an_apology_and_a_log_line(tmp_path, cache_dir,
     failed = [e for e in await stored(client, "f1") if e["type"] == "action_failed"]
     assert failed[0]["name"] == "check_order" and failed[0]["status"] == f"HTTP {status}"
     assert f"action check_order failed for conversation f1: HTTP {status}" in caplog.text
-    assert len(model.model.prompts) == 1  # no follow-up generated from a failed action
+    assert len(model.engine.prompts) == 1  # no follow-up generated from a failed action
 
 
 async def test_449_is_answered_by_resending_with_the_domain(tmp_path, cache_dir, serve):
@@ -262,9 +262,9 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     assert [w["sender"] for w in waiting["waiting"]] == ["h1"] and waiting["waiting"][0]["reason"] == "customer wants a refund decision"
 
     # While a person has it, the bot stays quiet: the message is stored, the model is not asked.
-    prompts = len(model.model.prompts)
+    prompts = len(model.engine.prompts)
     events = await chat(client, "h1", "hello? anyone?")
-    assert ("waiting", {"reason": "customer wants a refund decision"}) in events and len(model.model.prompts) == prompts
+    assert ("waiting", {"reason": "customer wants a refund decision"}) in events and len(model.engine.prompts) == prompts
 
     feed = await client.get("/api/conversations/h1/events", headers={"Last-Event-ID": str(events[0][1]["seq"])})
     sent = await client.post("/api/conversations/h1/messages", json={"text": "Hi, I'm Alex from the refunds team.", "agent": "Alex"}, headers=ADMIN)
@@ -283,7 +283,7 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     history = [e["type"] for e in (await (await client.get("/api/conversations/h1")).json())["events"]]
     assert history == ["user", "bot", "user", "handoff", "user", "agent", "resume", "user", "bot"]
     # the agent's message is part of the model's context when the bot takes over again
-    assert "Hi, I'm Alex from the refunds team." in model.tokenizer.decode(model.model.prompts[-1])
+    assert "Hi, I'm Alex from the refunds team." in model.tokenizer.decode(model.engine.prompts[-1])
     await hook_server.close()
 
 

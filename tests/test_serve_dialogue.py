@@ -11,7 +11,8 @@ from bot.data.compile import tool_call_message
 from bot.errors import RenderError
 from bot.rendering import fitted_prompt_ids, prompt_ids
 from bot.serve.dialogue import fold, to_messages
-from bot.serve.generator import Generated, load_response_model, stream
+from bot.engine.protocol import Finished
+from bot.serve.generator import load_response_model
 from bot.serve.store import new_event
 from serve_support import make_project, settings_of
 
@@ -69,8 +70,8 @@ def test_history_that_does_not_fit_drops_the_oldest_exchanges_whole(tokenizer):
 
 async def _reply(model, messages, max_new_tokens):
     pieces, result = [], None
-    async for item in stream(model, messages, max_new_tokens):
-        if isinstance(item, Generated):
+    async for item in model.stream(messages, max_new_tokens):
+        if isinstance(item, Finished):
             result = item
         else:
             pieces.append(item)
@@ -81,7 +82,10 @@ async def test_tiny_model_streams_and_stops_at_the_token_limit(tmp_path, cache_d
     settings = settings_of(make_project(tmp_path / "p", cache_dir, base=tiny_base))
     model = load_response_model(settings)  # no trained model: the base model with the persona prompt
     assert model.model_id is None and model.profile.system_prompt.startswith("You are Sam, the customer support assistant of Example Shop")
-    pieces, result = await _reply(model, [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "hi"}], 12)
+    try:
+        pieces, result = await _reply(model, [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "hi"}], 12)
+    finally:
+        await model.close()
     assert result.tokens <= 12 and result.first_token_s is not None
     assert "".join(pieces).strip() == result.text
 
@@ -91,7 +95,11 @@ async def test_bundled_model_answers_in_a_stream(tmp_path, cache_dir):
     settings = settings_of(make_project(tmp_path / "p", cache_dir))
     model = load_response_model(settings)
     messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "Hello! Who are you?"}]
-    pieces, result = await _reply(model, messages, 48)
+    try:
+        pieces, result = await _reply(model, messages, 48)
+    finally:
+        await model.close()
+    assert result.finish_reason == "stop" and model.engine.name == "batching"
     assert len(pieces) > 3 and result.text and 0 < result.tokens <= 48
     assert "".join(pieces).strip() == result.text
     assert "<|im_end|>" not in result.text

@@ -5,13 +5,15 @@ and Redis on 127.0.0.1:6379. Without a server the test skips saying why, except 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
 
 import pytest
 
-from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable, new_event
+from bot.serve.dialogue import fold
+from bot.serve.store import STATE_EVENTS, ConversationBusy, SQLiteStore, StoreUnavailable, new_event
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -233,3 +235,164 @@ async def test_sqlite_store_closes_safely_while_queries_run(tmp_path):
     assert all(len(r) == 200 if isinstance(r, list) else isinstance(r, StoreUnavailable) for r in results)
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.events("s")
+
+
+def _long_conversation() -> list[dict]:
+    """Three hundred events; every state change (slots set, changed, reset; a handoff and its
+    resume) happens long before the last twenty."""
+    events = [new_event("slot", name="order_id", value="ES-1"), new_event("slot", name="email", value="a@example.com")]
+    for i in range(60):
+        events += [new_event("user", text=f"question {i}"), new_event("bot", text=f"answer {i}")]
+    events += [new_event("slot", name="order_id", value="ES-2"), new_event("handoff", reason="asked for a person")]
+    events += [new_event("agent", text=f"agent says {i}", agent="Alex") for i in range(20)]
+    events += [new_event("resume"), new_event("reset_slots", by="cancel_order"), new_event("slot", name="plan", value="gold")]
+    for i in range(60, 136):
+        events += [new_event("user", text=f"question {i}"), new_event("bot", text=f"answer {i}")]
+    events.append(new_event("action", name="check_order", arguments={"order_id": "ES-2"}, result={"status": "shipped"}))
+    assert len(events) == 300 and all(e["type"] not in STATE_EVENTS for e in events[-40:])
+    return events
+
+
+def _state(events: list[dict]) -> tuple:
+    state = fold(events)
+    return state.slots, state.handed_off, state.handoff_reason
+
+
+async def test_context_is_the_recent_window_and_every_state_event(store):
+    sender, other = _sender(), _sender()
+    for i, event in enumerate(_long_conversation()):
+        await store.append(sender, event)
+        if i % 50 == 0:  # another conversation's events in between, state changes included
+            await store.append(other, new_event("slot", name="order_id", value="OTHER"))
+    everything = await store.events(sender)
+    state_events = [e for e in everything if e["type"] in STATE_EVENTS]
+    recent, state = await store.context(sender, 20)
+    assert len(everything) == 300 and recent == everything[-20:]
+    assert state == state_events and len(state) == 7
+    assert _state(state) == _state(everything) == ({"plan": "gold"}, False, "asked for a person")
+
+    await store.append(sender, new_event("handoff", reason="angry"))
+    for i in range(25):
+        await store.append(sender, new_event("agent", text=f"later {i}", agent="Alex"))
+    everything = await store.events(sender)
+    recent, state = await store.context(sender, 20)
+    assert recent == everything[-20:] and state == [e for e in everything if e["type"] in STATE_EVENTS]
+    assert _state(state) == _state(everything) == ({"plan": "gold"}, True, "angry")
+    assert (await store.context(sender, 1000))[0] == everything  # a window longer than the conversation
+    assert await store.context(_sender(), 20) == ([], [])
+
+
+async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)  # a database written before the index existed
+    old.executescript("""CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL);
+                         CREATE INDEX events_by_sender ON events (sender, seq);""")
+    old.executemany("INSERT INTO events (sender, type, body) VALUES ('s', ?, ?)", [(e["type"], json.dumps(e)) for e in _long_conversation()])
+    old.commit()
+    old.close()
+    store = SQLiteStore(path)
+    try:
+        plan = " ".join(row[-1] for row in store._run("EXPLAIN QUERY PLAN SELECT seq FROM events WHERE sender = 's' AND type IN ('slot', 'resume')"))
+        assert "events_by_sender_type" in plan
+        recent, state = await store.context("s", 20)
+        assert [e["seq"] for e in recent] == list(range(281, 301)) and len(state) == 7
+        assert _state(state) == ({"plan": "gold"}, False, "asked for a person")
+    finally:
+        await store.close()
+
+
+async def test_postgres_gets_the_state_index_at_open(tmp_path):
+    store = await _connect("postgresql", tmp_path)
+    sender = _sender()
+    try:
+        await store.append(sender, new_event("slot", name="plan", value="gold"))
+        await store._pool.execute("DROP INDEX bot_events_by_sender_type")  # as a database from before the index
+    finally:
+        await store.close()
+    store = await _connect("postgresql", tmp_path)
+    try:
+        indexes = await store._pool.fetch("SELECT indexdef FROM pg_indexes WHERE indexname = 'bot_events_by_sender_type'")
+        assert [row["indexdef"].split(" USING ")[1] for row in indexes] == ["btree (sender, type, seq)"]
+        assert _state((await store.context(sender, 5))[1]) == ({"plan": "gold"}, False, None)
+    finally:
+        await store.close()
+
+
+async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_path):
+    """Written in the old layout (only the events list): the state list is built from it once."""
+    store = await _connect("redis", tmp_path)
+    sender, built = _sender(), []
+    build = store._build_state
+
+    async def counted(sender: str) -> None:
+        built.append(sender)
+        await build(sender)
+
+    store._build_state = counted
+    try:
+        await store._redis.rpush(f"bot:events:{sender}", *(json.dumps(e) for e in _long_conversation()))
+        assert not await store._redis.exists(f"bot:state:{sender}")
+        await store.append(sender, new_event("slot", name="email", value="b@example.com"))  # after the upgrade, before any answer
+        everything = await store.events(sender)
+        recent, state = await store.context(sender, 20)
+        assert recent == everything[-20:] and state == [e for e in everything if e["type"] in STATE_EVENTS]
+        assert _state(state) == ({"plan": "gold", "email": "b@example.com"}, False, "asked for a person")
+        assert built == [sender]
+
+        await store.append(sender, new_event("handoff", reason="angry"))
+        await store.append(sender, new_event("user", text="hello?"))
+        everything = await store.events(sender)
+        recent, state = await store.context(sender, 20)
+        assert recent == everything[-20:] and state == [e for e in everything if e["type"] in STATE_EVENTS]
+        assert _state(state) == ({"plan": "gold", "email": "b@example.com"}, True, "angry")
+        assert built == [sender]  # built once, not on every call
+
+        new = _sender()  # a conversation begun after the upgrade: its (one-event) list is marked once too
+        await store.append(new, new_event("user", text="hi"))
+        for _ in range(3):
+            await store.context(new, 20)
+        assert built == [sender, new]
+    finally:
+        await store.close()
+
+
+async def test_answering_a_message_reads_only_the_context(serve, tmp_path, cache_dir, monkeypatch):
+    """Through the server (SQLite): the reply is built from the last `history_events` events and
+    the state events, never from a read of the whole conversation."""
+    from bot.serve.keys import STORE
+    from serve_support import make_project
+
+    client, model = await serve(make_project(tmp_path / "p", cache_dir, config="serve:\n  history_events: 6\n"), ["Noted."])
+    store = client.app[STORE]
+    answered, waiting = _sender(), _sender()
+    for event in [new_event("slot", name="plan", value="gold"), new_event("handoff", reason="asked"), new_event("resume")]:
+        await store.append(answered, event)
+    await store.append(waiting, new_event("handoff", reason="asked"))
+    for i in range(30):
+        for sender in (answered, waiting):
+            await store.append(sender, new_event("user", text=f"old question #{i}."))
+            await store.append(sender, new_event("bot" if sender == answered else "agent", text=f"old answer #{i}."))
+    reads, contexts = [], []
+    events, context = store.events, store.context
+
+    async def spy_events(sender, **window):
+        reads.append((sender, window))
+        return await events(sender, **window)
+
+    async def spy_context(sender, last):
+        contexts.append((sender, last))
+        return await context(sender, last)
+
+    monkeypatch.setattr(store, "events", spy_events)
+    monkeypatch.setattr(store, "context", spy_context)
+
+    response = await client.post("/webhooks/rest/webhook", json={"sender": answered, "message": "the latest question"})
+    assert [m["text"] for m in await response.json()] == ["Noted."]
+    prompt = model.tokenizer.decode(model.engine.prompts[-1])
+    assert "the latest question" in prompt and "old question #29." in prompt and "old question #27." not in prompt
+    response = await client.post("/webhooks/rest/webhook", json={"sender": waiting, "message": "still there?"})
+    assert await response.json() == [] and len(model.engine.prompts) == 1  # the old handoff still holds: no reply
+    assert all(window.get("last") is not None or window.get("after") for _, window in reads), reads
+    assert contexts == [(answered, 6), (waiting, 6)]

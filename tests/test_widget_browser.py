@@ -158,7 +158,7 @@ async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp
         await page.get_by_role("button", name="Plus 100GB (£20)").click()
         await page.locator(".bw-bot", has_text="Good choice.").wait_for(timeout=10000)
         assert await page.locator(".bw-user").all_inner_texts() == ["Plus 100GB (£20)"]  # the title is shown...
-        assert "I'd like the Plus 100GB plan" in tokenizer.decode(model.model.prompts[-1])  # ...the payload is sent
+        assert "I'd like the Plus 100GB plan" in tokenizer.decode(model.engine.prompts[-1])  # ...the payload is sent
         assert await page.locator(".bw-reply").count() == 0  # used quick replies go away
     finally:
         await server.close()

@@ -1,8 +1,13 @@
-"""Batched greedy generation and reference loss, for evaluation."""
+"""Greedy generation (through the batching engine) and reference loss, for evaluation."""
 
 from __future__ import annotations
 
+import asyncio
+
 import torch
+
+from bot.engine.batching import BatchingEngine
+from bot.engine.protocol import Finished
 
 from bot.evaluation.cases import Prompted
 from bot.rendering import parse_reply, prompt_ids, render
@@ -15,35 +20,38 @@ def _batches(items: list[Prompted], size: int, key) -> list[list[Prompted]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-@torch.no_grad()
-def generate_replies(model, tokenizer, items: list[Prompted], *, batch_size: int, max_new_tokens: int, on_batch=None) -> None:
-    """Greedy replies for every item (set on `item.reply`); prompts are left-padded so that all
-    rows of a batch continue from their last real token."""
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    prompts = {id(item): prompt_ids(tokenizer, item.messages) for item in items}
-    for batch in _batches(items, batch_size, key=lambda item: len(prompts[id(item)])):
-        width = max(len(prompts[id(item)]) for item in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, item in enumerate(batch):
-            ids = prompts[id(item)]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-        out = model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention.to(model.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=pad,
+def generate_replies(model, tokenizer, items: list[Prompted], *, max_batch: int, max_new_tokens: int, on_reply=None) -> None:
+    """Greedy replies for every item (set on `item.reply`), through the batching engine that
+    serves customers: the same decoding, the same prompt cache."""
+    prompts = [prompt_ids(tokenizer, item.messages) for item in items]
+    max_length = max(len(p) for p in prompts) + max_new_tokens
+
+    async def run() -> None:
+        engine = BatchingEngine(
+            model, tokenizer, max_length=max_length, max_batch=max_batch, max_queue=len(items), pinned_prefix=common_prefix(prompts)
         )
-        for row, item in enumerate(batch):
-            new = out[row, width:].tolist()
-            if eos in new:
-                new = new[: new.index(eos)]
-            item.reply = parse_reply(tokenizer.decode(new, skip_special_tokens=True).strip())
-        if on_batch:
-            on_batch(len(batch))
+        try:
+            await asyncio.gather(*(reply(engine, item, ids) for item, ids in zip(items, prompts)))
+        finally:
+            await engine.close()
+
+    async def reply(engine, item: Prompted, ids: list[int]) -> None:
+        async for out in engine.stream(ids, max_new_tokens):
+            if isinstance(out, Finished):
+                item.reply = parse_reply(out.text)
+        if on_reply:
+            on_reply(1)
+
+    asyncio.run(run())
+
+
+def common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The tokens all prompts start with (the system prompt, with any examples in it)."""
+    first = prompts[0]
+    n = len(first)
+    for other in prompts[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(first[:n], other)) if a != b), min(n, len(other)))
+    return first[: min(n, len(first) - 1)]
 
 
 @torch.no_grad()

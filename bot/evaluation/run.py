@@ -9,16 +9,15 @@ from pathlib import Path
 import torch
 
 from bot import models
-from bot.base_model import load_model, load_tokenizer
 from bot.config import Settings
 from bot.data.project import validate
 from bot.errors import BotError
 from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
 from bot.evaluation.generation import generate_replies, reference_losses
 from bot.evaluation.metrics import summarize
+from bot.engine.loader import load_weights
 from bot.evaluation.report_html import render_html
 from bot.rendering import message_step
-from bot.training.recipe import choose_precision
 
 BASELINE_ONLY = "base"  # results folder when no fine-tuned model is evaluated
 
@@ -63,30 +62,24 @@ def evaluate(
         trained = models.get(settings.models_dir, model_id) if model_id else models.active(settings.models_dir)
         if trained is None:
             raise NoTrainedModel("no trained model to evaluate: run 'bot train', or evaluate the baselines with --modes")
-    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     all_cases = cases(data)
     budget = settings.build.model.max_length - cfg.max_new_tokens
     torch.manual_seed(settings.build.train.seed)
-    # The precision training used: bf16 on CUDA and on bf16-capable CPUs (1.4x faster here).
-    cuda = torch.cuda.is_available()
-    bf16 = choose_precision(settings.build.train.precision, cuda) == "bf16"
-    device = "cuda" if cuda else "cpu"
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
-    base = None
+    base = None  # the baselines' model: the trained model's own base, in the precision serving uses
     results: dict[str, dict] = {"summary": {}, "by_tag": {}, "failures": []}
     bar = tqdm(total=len(all_cases) * len(modes), disable=not progress_bar, unit="reply", desc="evaluating", dynamic_ncols=True)
     for mode in modes:
         bar.set_postfix(mode=mode)
         started = time.monotonic()
         if mode == "fine-tuned":
-            model = models.load_merged(trained, settings.base_model, settings.cache_dir).to(device)
+            weights = load_weights(settings, trained)
         else:
-            base = base or load_model(settings.base_model, settings.cache_dir).eval().to(device)
-            model = base
+            base = base or load_weights(settings, trained, base_only=True)
+            weights = base
+        model, tokenizer = weights.model, weights.tokenizer
         items = [prompted(c, mode, data, tokenizer, cfg.few_shot_k, budget) for c in all_cases]
-        with autocast:
-            generate_replies(model, tokenizer, items, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, on_batch=bar.update)
-            reference_losses(model, tokenizer, items, batch_size=cfg.batch_size)
+        generate_replies(model, tokenizer, items, max_batch=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, on_reply=bar.update)
+        reference_losses(model, tokenizer, items, batch_size=cfg.batch_size)
         summary, by_tag, failures = summarize(items, data.persona.secret)
         summary["seconds"] = round(time.monotonic() - started, 1)
         summary["examples_in_prompt"] = max(i.examples_used for i in items)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from aiohttp import web
@@ -71,13 +70,13 @@ async def _end_streams(app: web.Application) -> None:
     app[CLOSING].set()
 
 
-def assemble(settings: Settings, model: ResponseModel, store, executor, session: aiohttp.ClientSession, *, metrics: Metrics | None = None) -> Conversations:
+def assemble(settings: Settings, model: ResponseModel, store, session: aiohttp.ClientSession, *, metrics: Metrics | None = None) -> Conversations:
     """The conversation service around a model and a store, with the action server and the
     handoff webhook of endpoints.yml (the server and `bot chat` share it)."""
     endpoints = settings.endpoints
     action = endpoints.action_endpoint
     actions = ActionRunner(session, action.url, timeout_s=action.timeout_s, tracker_events=action.tracker_events)
-    dialogue = Dialogue(ModelHolder(model), settings.build.serve, actions, executor=executor, metrics=metrics)
+    dialogue = Dialogue(ModelHolder(model), settings.build.serve, actions, metrics=metrics)
     notify = HandoffNotifier(session, endpoints.handoff_webhook.url, endpoints.handoff_webhook.timeout_s, store)
     return Conversations(store, dialogue, settings.build.serve, on_handoff=notify)
 
@@ -92,19 +91,23 @@ async def _actions_beside(app: web.Application, package: str):
 
 async def _model_and_store(app: web.Application):
     settings = app[SETTINGS]
-    executor = ThreadPoolExecutor(settings.build.serve.generation_workers, thread_name_prefix="generate")
-    model = await asyncio.get_running_loop().run_in_executor(executor, app[LOADER])
-    log.info("serving %s", model.description)
-    store = await open_store(settings)
+    model = await asyncio.to_thread(app[LOADER])
+    log.info("serving %s with the %s engine", model.description, model.engine.name)
+    try:
+        store = await open_store(settings)
+    except BaseException:
+        await model.close()
+        raise
     log.info("conversations are stored in %s; actions at %s", store.kind, settings.endpoints.action_endpoint.url)
     session = aiohttp.ClientSession()  # for the action server and the handoff webhook
     app[STORE] = store
-    app[CONVERSATIONS] = assemble(settings, model, store, executor, session, metrics=app[METRICS])
+    app[CONVERSATIONS] = assemble(settings, model, store, session, metrics=app[METRICS])
     app[HOLDER] = app[CONVERSATIONS].dialogue.holder
+    app[METRICS].watch(app[HOLDER])
     yield
     await session.close()
     await store.close()
-    executor.shutdown(wait=False, cancel_futures=True)
+    await app[HOLDER].close()
 
 
 def run(settings: Settings, host: str, port: int, action_package: str | None = None) -> None:

@@ -53,21 +53,22 @@ class Conversations:
         async with self.store.lock(sender, self.config.lock_timeout_s):
             latest = await self.store.append(sender, new_event("user", text=text, metadata=metadata or None))
             yield latest
-            events = await self.store.events(sender)
-            state = fold(events)
+            events, state_events = await self.store.context(sender, self.config.history_events)  # not the whole conversation
+            state = fold(state_events)
+            state.recent = events
             if state.handed_off:
                 yield Waiting(state.handoff_reason)
                 return
-            model = self.dialogue.holder.current
-            messages = to_messages(events[-self.config.history_events :], model.profile.system_prompt)
-            answer = self.dialogue.answer(messages, sender=sender, state=state, latest=latest, model=model)
-            async with aclosing(answer) as items:
-                async for item in items:
-                    if isinstance(item, dict):
-                        item = await self.store.append(sender, item)
-                        if item["type"] == HANDOFF and self.on_handoff:
-                            await self.on_handoff(sender, item)
-                    yield item
+            async with self.dialogue.holder.borrow() as model:  # one model for the whole answer, even across a reload
+                messages = to_messages(events, model.profile.system_prompt)
+                answer = self.dialogue.answer(model, messages, sender=sender, state=state, latest=latest)
+                async with aclosing(answer) as items:
+                    async for item in items:
+                        if isinstance(item, dict):
+                            item = await self.store.append(sender, item)
+                            if item["type"] == HANDOFF and self.on_handoff:
+                                await self.on_handoff(sender, item)
+                        yield item
 
     async def history(self, sender: str) -> list[dict]:
         return [visible(e) for e in await self.store.events(sender) if e["type"] in VISIBLE]

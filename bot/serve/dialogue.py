@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing
-from concurrent.futures import Executor
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,8 @@ from bot.data.compile import tool_call_message
 from bot.data.prompt import TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_TOOL
 from bot.rendering import parse_reply
-from bot.serve.generator import Generated, ResponseModel, stream
+from bot.engine.protocol import Finished
+from bot.serve.generator import ResponseModel
 from bot.serve.store import HANDOFF, RESUME, Event, new_event
 
 log = logging.getLogger("bot.serve")
@@ -80,28 +81,59 @@ def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
 
 
 class ModelHolder:
-    """The model in service. A reload swaps in a new one; requests already running finish with
-    the model they started with."""
+    """The model in service. A reload swaps in a new one: answers already running finish with
+    the model they started with, and the old model's engine is closed once the last one ends."""
 
     def __init__(self, model: ResponseModel):
         self.current = model
+        self._users: dict[int, int] = {}  # id(model) -> answers using it
+        self._retired: dict[int, asyncio.Event] = {}  # id(model) -> set once it is closed
+
+    @asynccontextmanager
+    async def borrow(self) -> AsyncIterator[ResponseModel]:
+        model = self.current  # taken and counted with no await in between: a swap can't slip in
+        key = id(model)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield model
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                if key in self._retired:
+                    await model.close()
+                    self._retired.pop(key).set()
+
+    async def swap(self, model: ResponseModel) -> ResponseModel:
+        """Serve `model` from now on; returns the previous one once it is closed (after the
+        answers still using it have finished)."""
+        previous, self.current = self.current, model
+        key = id(previous)
+        if self._users.get(key):
+            closed = self._retired[key] = asyncio.Event()
+            await closed.wait()
+        else:
+            await previous.close()
+        return previous
+
+    async def close(self) -> None:
+        await self.current.close()
 
 
 class Dialogue:
-    def __init__(self, holder: ModelHolder, config: ServeConfig, actions, *, executor: Executor | None = None, metrics=None):
+    def __init__(self, holder: ModelHolder, config: ServeConfig, actions, *, metrics=None):
         self.holder = holder
         self.config = config
         self.actions = actions  # bot.serve.actions.ActionRunner
-        self.executor = executor
         self.metrics = metrics
 
-    async def _generate(self, model: ResponseModel, messages: list[dict]) -> AsyncIterator[Piece | Generated]:
+    async def _generate(self, model: ResponseModel, messages: list[dict]) -> AsyncIterator[Piece | Finished]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
         which the customer never sees."""
         held, streaming = "", False
-        async with aclosing(stream(model, messages, self.config.max_new_tokens, self.executor)) as pieces:
+        async with aclosing(model.stream(messages, self.config.max_new_tokens)) as pieces:
             async for item in pieces:
-                if isinstance(item, Generated):
+                if isinstance(item, Finished):
                     if self.metrics:
                         self.metrics.generated(item)
                     yield item
@@ -117,16 +149,16 @@ class Dialogue:
                 yield Piece(lead)
 
     async def answer(
-        self, messages: list[dict], *, sender: str, state: ConversationState, latest: Event, model: ResponseModel | None = None
+        self, model: ResponseModel, messages: list[dict], *, sender: str, state: ConversationState, latest: Event
     ) -> AsyncIterator[Piece | Event]:
-        """`messages` starts with the system prompt and ends with the customer's message."""
-        model = model or self.holder.current  # one model for the whole answer, even if a reload happens meanwhile
+        """`messages` starts with the system prompt and ends with the customer's message. One
+        model (borrowed from the holder) writes the whole answer, even if a reload happens meanwhile."""
         messages = list(messages)
         for step in range(self.config.max_actions_per_message + 1):
             generated = None
             async with aclosing(self._generate(model, messages)) as items:
                 async for item in items:
-                    if isinstance(item, Generated):
+                    if isinstance(item, Finished):
                         generated = item
                     else:
                         yield item

@@ -15,13 +15,14 @@ from collections import defaultdict, deque
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from bot.engine.protocol import EngineBusy, EngineClosed, PromptTooLong
 from bot.errors import BotError, RenderError
 from bot.serve.store import ConversationBusy, StoreUnavailable
 
 log = logging.getLogger("bot.serve")
 
 # Typed errors of the library -> HTTP status; anything else is a 500 with no details.
-STATUS_OF = {ConversationBusy: 503, StoreUnavailable: 503, RenderError: 413}
+STATUS_OF = {ConversationBusy: 503, StoreUnavailable: 503, RenderError: 413, PromptTooLong: 413, EngineBusy: 503, EngineClosed: 503}
 
 
 def public_message(error: Exception, doing: str) -> str:

@@ -15,7 +15,13 @@ log = logging.getLogger("bot.serve")
 
 
 def model_info(model) -> dict:
-    return {"id": model.model_id, "trained": model.model_id is not None, "description": model.description, "loaded_at": model.loaded_at}
+    return {
+        "id": model.model_id,
+        "trained": model.model_id is not None,
+        "description": model.description,
+        "engine": model.engine.name,
+        "loaded_at": model.loaded_at,
+    }
 
 
 async def health(request: web.Request) -> web.Response:
@@ -28,14 +34,14 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def reload_model(request: web.Request) -> web.Response:
-    """Loads the now-active model beside the one in service, then swaps: requests already being
-    answered finish with the old model, new ones get the new model, none fails."""
+    """Loads the now-active model and starts its engine beside the one in service, then swaps:
+    answers already running finish on the old engine, new ones go to the new one, none fails.
+    Answers once the old engine is closed."""
     check_admin(request, request.app[ADMIN_TOKEN])
     holder = request.app[HOLDER]
     async with request.app[RELOAD_LOCK]:
         started = time.monotonic()
-        previous = holder.current
-        holder.current = await asyncio.to_thread(request.app[LOADER])
+        previous = await holder.swap(await asyncio.to_thread(request.app[LOADER]))
     seconds = round(time.monotonic() - started, 2)
     log.info("reloaded: now serving %s (was %s; %.1f s)", holder.current.description, previous.description, seconds)
     return web.json_response({"model": model_info(holder.current), "previous": model_info(previous), "seconds": seconds})

@@ -69,64 +69,64 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: st
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     body = await read_body(request, CompletionRequest)
-    model = request.app[HOLDER].current
-    messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
-    sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
-    latest = new_event("user", text=messages[-1]["content"])
-    answer = request.app[CONVERSATIONS].dialogue.answer(messages, sender=sender, state=ConversationState(), latest=latest, model=model)
-    completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
-    started = time.monotonic()
+    async with request.app[HOLDER].borrow() as model:  # one model for the whole reply, even across a reload
+        messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
+        sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
+        latest = new_event("user", text=messages[-1]["content"])
+        answer = request.app[CONVERSATIONS].dialogue.answer(model, messages, sender=sender, state=ConversationState(), latest=latest)
+        completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
+        started = time.monotonic()
 
-    if not body.stream:
-        texts = []
-        async with aclosing(answer) as items:
-            async for item in items:
-                if isinstance(item, dict) and item["type"] in SHOWN_TO_CUSTOMER:
-                    texts.append(item["text"])
-        content = "\n\n".join(texts)
-        return web.json_response(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            }
-        )
+        if not body.stream:
+            texts = []
+            async with aclosing(answer) as items:
+                async for item in items:
+                    if isinstance(item, dict) and item["type"] in SHOWN_TO_CUSTOMER:
+                        texts.append(item["text"])
+            content = "\n\n".join(texts)
+            return web.json_response(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                }
+            )
 
-    response = web.StreamResponse(headers=sse_headers())
-    await response.prepare(request)
-    await response.write(_chunk(completion_id, created, name, {"role": "assistant", "content": ""}))
-    in_message, written = False, False  # in_message: the current message is going out piece by piece
+        response = web.StreamResponse(headers=sse_headers())
+        await response.prepare(request)
+        await response.write(_chunk(completion_id, created, name, {"role": "assistant", "content": ""}))
+        in_message, written = False, False  # in_message: the current message is going out piece by piece
 
-    async def write(text: str) -> None:
-        nonlocal written
-        await response.write(_chunk(completion_id, created, name, {"content": ("\n\n" if written else "") + text}))
-        written = True
+        async def write(text: str) -> None:
+            nonlocal written
+            await response.write(_chunk(completion_id, created, name, {"content": ("\n\n" if written else "") + text}))
+            written = True
 
-    try:
-        async with aclosing(answer) as items:
-            async for item in items:
-                if isinstance(item, Piece):
-                    if not written:
-                        request.app[METRICS].first_token.observe(time.monotonic() - started)
-                    if in_message:
-                        await response.write(_chunk(completion_id, created, name, {"content": item.text}))
-                    else:
-                        await write(item.text)
-                        in_message = True
-                elif item["type"] in SHOWN_TO_CUSTOMER:
-                    if not in_message:  # a message that was not generated token by token (an action's, a handoff)
-                        await write(item["text"])
-                    in_message = False
-    except ConnectionError:
+        try:
+            async with aclosing(answer) as items:
+                async for item in items:
+                    if isinstance(item, Piece):
+                        if not written:
+                            request.app[METRICS].first_token.observe(time.monotonic() - started)
+                        if in_message:
+                            await response.write(_chunk(completion_id, created, name, {"content": item.text}))
+                        else:
+                            await write(item.text)
+                            in_message = True
+                    elif item["type"] in SHOWN_TO_CUSTOMER:
+                        if not in_message:  # a message that was not generated token by token (an action's, a handoff)
+                            await write(item["text"])
+                        in_message = False
+        except ConnectionError:
+            return response
+        except Exception as e:
+            error = {"error": {"message": public_message(e, f"answering {sender}"), "type": "server_error"}}
+            await response.write(f"data: {json.dumps(error)}\n\n".encode())
+        await response.write(_chunk(completion_id, created, name, {}, "stop"))
+        await response.write(b"data: [DONE]\n\n")
         return response
-    except Exception as e:
-        error = {"error": {"message": public_message(e, f"answering {sender}"), "type": "server_error"}}
-        await response.write(f"data: {json.dumps(error)}\n\n".encode())
-    await response.write(_chunk(completion_id, created, name, {}, "stop"))
-    await response.write(b"data: [DONE]\n\n")
-    return response
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -26,6 +26,8 @@ from bot.errors import BotError
 
 Event = dict[str, Any]
 HANDOFF, RESUME = "handoff", "resume"
+# The event types that change a conversation's state (what bot.serve.dialogue.fold looks at).
+STATE_EVENTS = ("slot", "reset_slots", HANDOFF, RESUME)
 
 
 class StoreUnavailable(BotError):
@@ -55,6 +57,11 @@ class ConversationStore(ABC):
     @abstractmethod
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
         """The conversation's events with seq > `after`, oldest first (only the `last` N if given)."""
+
+    @abstractmethod
+    async def context(self, sender: str, last: int) -> tuple[list[Event], list[Event]]:
+        """What answering a message needs, read in one go without the whole conversation:
+        (its `last` events, and every event of a STATE_EVENTS type), each oldest first."""
 
     @abstractmethod
     async def waiting_for_agent(self) -> list[str]:
@@ -128,6 +135,7 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sender ON events (sender, seq);
+CREATE INDEX IF NOT EXISTS events_by_sender_type ON events (sender, type, seq);
 """
 
 
@@ -170,6 +178,19 @@ class SQLiteStore(ConversationStore):
             args = (sender, after, last)
         rows = await asyncio.to_thread(self._run, sql, args)
         return [dict(json.loads(body), seq=seq) for seq, body in rows]
+
+    async def context(self, sender: str, last: int) -> tuple[list[Event], list[Event]]:
+        # One statement, so both parts come from the same moment of the conversation.
+        sql = f"""SELECT 1 AS in_window, seq, body FROM (SELECT seq, body FROM events WHERE sender = ? ORDER BY seq DESC LIMIT ?)
+                  UNION ALL
+                  SELECT 0, seq, body FROM events WHERE sender = ? AND type IN ({", ".join("?" * len(STATE_EVENTS))})
+                  ORDER BY in_window, seq"""
+        rows = await asyncio.to_thread(self._run, sql, (sender, max(last, 0), sender, *STATE_EVENTS))
+        recent: list[Event] = []
+        state: list[Event] = []
+        for in_window, seq, body in rows:
+            (recent if in_window else state).append(dict(json.loads(body), seq=seq))
+        return recent, state
 
     async def waiting_for_agent(self) -> list[str]:
         sql = """SELECT sender FROM events WHERE seq IN (

@@ -9,7 +9,7 @@ import json
 import time
 from contextlib import asynccontextmanager
 
-from bot.serve.store import HANDOFF, RESUME, ConversationBusy, ConversationStore, Event, StoreUnavailable
+from bot.serve.store import HANDOFF, RESUME, STATE_EVENTS, ConversationBusy, ConversationStore, Event, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bot_events (
@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS bot_events (
     body JSONB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bot_events_by_sender ON bot_events (sender, seq);
+CREATE INDEX IF NOT EXISTS bot_events_by_sender_type ON bot_events (sender, type, seq);
 """
 
 
@@ -57,6 +58,19 @@ class PostgresStore(ConversationStore):
             sql = "SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq DESC LIMIT $3"
             rows = list(reversed(await self._pool.fetch(sql, sender, after, last)))
         return [dict(json.loads(row["body"]), seq=row["seq"]) for row in rows]
+
+    async def context(self, sender: str, last: int) -> tuple[list[Event], list[Event]]:
+        # One statement, so both parts come from the same snapshot of the conversation.
+        types = ", ".join(f"${i}" for i in range(3, 3 + len(STATE_EVENTS)))
+        sql = f"""(SELECT true AS in_window, seq, body FROM bot_events WHERE sender = $1 ORDER BY seq DESC LIMIT $2)
+                  UNION ALL
+                  (SELECT false, seq, body FROM bot_events WHERE sender = $1 AND type IN ({types}))
+                  ORDER BY in_window, seq"""
+        recent: list[Event] = []
+        state: list[Event] = []
+        for row in await self._pool.fetch(sql, sender, max(last, 0), *STATE_EVENTS):
+            (recent if row["in_window"] else state).append(dict(json.loads(row["body"]), seq=row["seq"]))
+        return recent, state
 
     async def waiting_for_agent(self) -> list[str]:
         sql = """SELECT sender FROM bot_events WHERE seq IN (

@@ -1,0 +1,219 @@
+"""KV caches for the batching engine.
+
+`BatchCache` holds the keys and values of every running row, left-padded so that all rows
+write their next token into the same column (the layout transformers uses for a padded batch),
+in buffers with spare columns, so a decode step writes in place instead of copying the cache
+(transformers' DynamicCache concatenates, copying all of it every step). Row `b`'s tokens are
+the columns `starts[b]..width-1`; the columns before are padding that the attention mask hides.
+
+`PromptCache` keeps the KV of prompts already computed (the system prompt, pinned, and each
+conversation as it stood after its last reply), within a byte budget, least recently used
+evicted first. A new prompt reuses the longest cached token prefix it shares.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+GROW = 64  # spare columns added when a buffer is full or rebuilt
+
+
+class _Layer(CacheLayerMixin):
+    """One layer's keys and values: [rows, kv heads, capacity, head dim], `width` columns used."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, width: int):
+        super().__init__()
+        self.keys, self.values, self.width = keys, values, width
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # always initialised
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[-2]
+        if self.width + new > self.keys.shape[-2]:
+            self.keys = _widen(self.keys, self.width, self.width + new + GROW)
+            self.values = _widen(self.values, self.width, self.width + new + GROW)
+        self.keys[:, :, self.width : self.width + new] = key_states
+        self.values[:, :, self.width : self.width + new] = value_states
+        self.width += new
+        return self.keys[:, :, : self.width], self.values[:, :, : self.width]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.width + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.width
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+def _widen(buffer: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
+    wider = buffer.new_zeros(*buffer.shape[:2], capacity, buffer.shape[3])
+    wider[:, :, :used] = buffer[:, :, :used]
+    return wider
+
+
+class BatchCache(Cache):
+    """The running rows' KV, as a transformers `Cache` the model writes into."""
+
+    def __init__(self, layers: list[_Layer]):
+        super().__init__(layers=layers)
+
+    @property
+    def width(self) -> int:
+        return self.layers[0].width
+
+    @property
+    def rows(self) -> int:
+        return self.layers[0].keys.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
+
+    def row(self, b: int, start: int, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Row b's columns start..stop-1, copied out (one [1, heads, n, dim] pair per layer)."""
+        return [(layer.keys[b : b + 1, :, start:stop].clone(), layer.values[b : b + 1, :, start:stop].clone()) for layer in self.layers]
+
+    def keep(self, rows: list[int], trim: int) -> None:
+        """Keep only `rows` (in this order) and drop the first `trim` columns (padding for all)."""
+        index = torch.tensor(rows, device=self.layers[0].keys.device)
+        for layer in self.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, trim:]
+            layer.values = layer.values.index_select(0, index)[:, :, trim:]
+            layer.width -= trim
+
+    @classmethod
+    def stack(cls, parts: list[BatchCache], spare: int = GROW) -> tuple[BatchCache, list[int]]:
+        """One cache of all `parts`' rows, right-aligned to the widest; returns the cache and the
+        padding columns added in front of each part."""
+        width = max(p.width for p in parts)
+        shifts = [width - p.width for p in parts]
+        layers = []
+        for i, first in enumerate(parts[0].layers):
+            rows = sum(p.layers[i].keys.shape[0] for p in parts)
+            shape = (rows, first.keys.shape[1], width + spare, first.keys.shape[3])
+            keys, values = first.keys.new_zeros(shape), first.values.new_zeros(shape)
+            at = 0
+            for part, shift in zip(parts, shifts):
+                layer = part.layers[i]
+                n = layer.keys.shape[0]
+                keys[at : at + n, :, shift:width] = layer.keys[:, :, : layer.width]
+                values[at : at + n, :, shift:width] = layer.values[:, :, : layer.width]
+                at += n
+            layers.append(_Layer(keys, values, width))
+        return cls(layers), shifts
+
+    @classmethod
+    def from_prefixes(cls, prefixes: list[list[tuple[torch.Tensor, torch.Tensor]] | None], lengths: list[int], spec: KVSpec, spare: int) -> BatchCache:
+        """Rows made of the first `lengths[b]` cached columns of `prefixes[b]`, right-aligned,
+        with `spare` free columns after them."""
+        width = max(lengths)
+        shape = (len(prefixes), spec.heads, width + spare, spec.head_dim)
+        layers = []
+        for i in range(spec.layers):
+            keys = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
+            values = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
+            for b, (prefix, n) in enumerate(zip(prefixes, lengths)):
+                if n:
+                    keys[b, :, width - n : width] = prefix[i][0][0, :, :n]
+                    values[b, :, width - n : width] = prefix[i][1][0, :, :n]
+            layers.append(_Layer(keys, values, width))
+        return cls(layers)
+
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """The shape of one token's keys and values in a model."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def of(cls, model) -> KVSpec:
+        config = model.config.get_text_config()
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        parameter = next(model.parameters())
+        return cls(config.num_hidden_layers, heads, head_dim, parameter.dtype, parameter.device)
+
+
+@dataclass
+class CachedPrompt:
+    tokens: torch.Tensor  # int64 [n]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, heads, n, dim]
+    nbytes: int
+    pinned: bool = False
+
+
+class PromptCache:
+    """Computed prompts by their tokens, within `limit_bytes`."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = limit_bytes
+        self.entries: OrderedDict[int, CachedPrompt] = OrderedDict()  # least recently used first
+        self.nbytes = 0
+        self._next = 0
+
+    @staticmethod
+    def _common(a: torch.Tensor, b: torch.Tensor) -> int:
+        n = min(len(a), len(b))
+        differ = (a[:n] != b[:n]).nonzero()
+        return int(differ[0]) if len(differ) else n
+
+    def lookup(self, prompt: list[int]) -> tuple[CachedPrompt | None, int]:
+        """The entry sharing the longest token prefix with `prompt`, and how many tokens of it
+        to reuse (at least the prompt's last token is always computed: its logits are needed)."""
+        wanted = torch.tensor(prompt)
+        best, best_n = None, 0
+        for key, entry in self.entries.items():
+            n = self._common(entry.tokens, wanted)
+            if n > best_n:
+                best, best_n, best_key = entry, n, key
+        best_n = min(best_n, len(prompt) - 1)
+        if best is None or best_n <= 0:
+            return None, 0
+        self.entries.move_to_end(best_key)
+        return best, best_n
+
+    def add(self, tokens: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], *, pinned: bool = False) -> bool:
+        """Keep `kv` for `tokens`; entries it extends are dropped (a conversation's previous
+        turn), then the least recently used until it fits. False if it can't fit at all."""
+        nbytes = sum(k.nbytes + v.nbytes for k, v in kv)
+        if nbytes > self.limit_bytes:
+            return False
+        new = torch.tensor(tokens)
+        for key, entry in list(self.entries.items()):
+            if not entry.pinned and len(entry.tokens) <= len(new) and self._common(entry.tokens, new) == len(entry.tokens):
+                self._drop(key)
+        for key, entry in list(self.entries.items()):
+            if self.nbytes + nbytes <= self.limit_bytes:
+                break
+            if not entry.pinned:
+                self._drop(key)
+        if self.nbytes + nbytes > self.limit_bytes:
+            return False
+        self._next += 1
+        self.entries[self._next] = CachedPrompt(new, kv, nbytes, pinned)
+        self.nbytes += nbytes
+        return True
+
+    def _drop(self, key: int) -> None:
+        self.nbytes -= self.entries.pop(key).nbytes
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0

@@ -1,0 +1,90 @@
+"""One way to load a model for generation, in one precision, for serving, `bot chat` and
+evaluation alike, so that the gate scores the weights customers get.
+
+A trained model loads the base model named in its own manifest, the tokenizer saved in its own
+folder and its own profile: editing `model.base` in config.yml later never puts an adapter on
+the wrong model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bot import models
+from bot.base_model import check_tokenizer, load_model, load_tokenizer
+from bot.config import ServeConfig, Settings
+from bot.data.profile import BotProfile, profile_of, read_profile
+from bot.data.project import validate
+from bot.engine.batching import BatchingEngine
+from bot.engine.protocol import Engine
+from bot.engine.requests import leave_cores_to_engines
+from bot.engine.serial import SerialEngine
+
+ENGINES = {"batching": BatchingEngine, "serial": SerialEngine}
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def runtime_dtype(requested: str = "auto") -> torch.dtype:
+    """bf16 on CUDA and on CPUs whose oneDNN has bf16 kernels (AVX-512 BF16, AMX); fp32 otherwise."""
+    if requested != "auto":
+        return torch.bfloat16 if requested == "bf16" else torch.float32
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+@dataclass
+class Weights:
+    model: object
+    tokenizer: object
+    profile: BotProfile
+    trained: models.TrainedModel | None
+
+
+def load_weights(settings: Settings, trained: models.TrainedModel | None, *, base_only: bool = False, dtype=None) -> Weights:
+    """`trained` with its adapter merged in (as fast as the base model), or the base model of
+    config.yml when `trained` is None. `base_only`: the trained model's own base, no adapter
+    (the evaluation's prompting baselines)."""
+    dtype = dtype or runtime_dtype()
+    leave_cores_to_engines()
+    if trained is None:
+        tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+        model = load_model(settings.base_model, settings.cache_dir, dtype)
+        return Weights(model.eval().to(device()), tokenizer, profile_of(validate(settings)), None)
+    from transformers import AutoTokenizer
+
+    base = settings.resolve_base(trained.manifest["base_model"])
+    tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
+    model = load_model(base, settings.cache_dir, dtype) if base_only else models.load_merged(trained, base, settings.cache_dir, dtype)
+    profile = read_profile(trained.folder) or profile_of(validate(settings))
+    return Weights(model.eval().to(device()), tokenizer, profile, trained)
+
+
+def shared_prefix(tokenizer, system_prompt: str) -> list[int]:
+    """The tokens every conversation's prompt starts with: the rendered system prompt."""
+    from bot.rendering import prompt_ids
+
+    a = prompt_ids(tokenizer, [{"role": "system", "content": system_prompt}, {"role": "user", "content": "a"}])
+    b = prompt_ids(tokenizer, [{"role": "system", "content": system_prompt}, {"role": "user", "content": "b"}])
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return a[:n]
+
+
+def start_engine(weights: Weights, serve: ServeConfig, max_length: int, *, kind: str | None = None, ignore_eos: bool = False) -> Engine:
+    """The engine config.yml's `serve` section asks for (or `kind`), around loaded weights."""
+    kind = kind or serve.engine
+    return ENGINES[kind](
+        weights.model,
+        weights.tokenizer,
+        max_length=max_length,
+        max_batch=serve.max_batch,
+        max_queue=serve.max_queue,
+        kv_cache_mb=serve.kv_cache_mb,
+        pinned_prefix=shared_prefix(weights.tokenizer, weights.profile.system_prompt) if kind == "batching" else None,
+        ignore_eos=ignore_eos,
+    )

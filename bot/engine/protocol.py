@@ -1,0 +1,85 @@
+"""The interface everything that generates text depends on: the chat server, `bot chat`,
+evaluation, the GPU check and the benchmarks. Shaped after vLLM's `EngineClient`
+(vllm/engine/protocol.py): `stream()` is an async iterator per request, closing it cancels
+that request only, and `close()` stops the engine's threads and frees its memory.
+
+Two engines implement it: `BatchingEngine` (the default: one decode loop for every active
+request, a shared prompt cache) and `SerialEngine` (one `generate` call at a time, the
+baseline it is measured against).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from bot.errors import BotError
+
+STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"  # why a request ended
+
+
+class EngineError(BotError):
+    """A request could not be generated."""
+
+
+class PromptTooLong(EngineError):
+    """The prompt and the room for the reply don't fit in the model's context."""
+
+
+class EngineBusy(EngineError):
+    """The queue of waiting requests is full: try again shortly."""
+
+
+class EngineClosed(EngineError):
+    """The engine was closed (the server is stopping, or a reload retired it)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of a stream: what was generated and how it went."""
+
+    text: str  # the whole reply, stripped
+    token_ids: tuple[int, ...]
+    first_token_s: float | None  # from the request to its first generated token
+    seconds: float  # from the request to its end
+    finish_reason: str  # STOP (end of turn), LENGTH (max_new_tokens) or CANCELLED
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens taken from the prompt cache instead of computed
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    queued: int  # requests waiting for a row
+    running: int  # rows being decoded
+    kv_cache_bytes: int  # KV cache held: running rows and the prompt cache
+    prompt_cache_hits: int  # requests that reused cached prompt tokens
+    prompt_cache_misses: int
+    generated_tokens: int
+
+
+class Engine(ABC):
+    """Token ids in, text out, for many requests at once."""
+
+    name = "?"
+
+    @abstractmethod
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int) -> AsyncIterator[str | Finished]:
+        """Text pieces as they are generated, then one `Finished`. Raises an EngineError
+        subclass for a request that can't be served. Closing the iterator early cancels this
+        request alone."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop the engine's threads and free its memory; waiting requests get EngineClosed."""
+
+    @abstractmethod
+    def stats(self) -> EngineStats: ...
+
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Requests submitted and not yet finished."""

@@ -1,0 +1,137 @@
+"""What the engines share: a request as the engine thread sees it, and the bridge from that
+thread to the asyncio task reading the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import torch
+
+from bot.engine.protocol import CANCELLED, Engine, EngineClosed, Finished, PromptTooLong
+from bot.engine.text import IncrementalText
+
+_ids = itertools.count(1)
+
+
+class Request:
+    """One prompt to continue. The engine thread calls `token` and `finish` (or `fail`); the
+    stream reading it sets `cancelled` when its reader goes away."""
+
+    def __init__(self, prompt_ids: Sequence[int], max_new_tokens: int, tokenizer, loop: asyncio.AbstractEventLoop):
+        self.id = next(_ids)
+        self.prompt = list(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.loop = loop
+        self.out: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+        self.text = IncrementalText(tokenizer)
+        self.started = time.monotonic()
+        self.first_token_s: float | None = None
+        self.cached_tokens = 0
+        self.done = False
+
+    @property
+    def generated(self) -> list[int]:
+        return self.text.ids
+
+    def _send(self, item) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the reader's event loop is gone
+            self.cancelled = True
+
+    def token(self, token_id: int) -> None:
+        """A generated token that belongs to the reply (an end-of-turn token does not)."""
+        if self.first_token_s is None:
+            self.first_token_s = time.monotonic() - self.started
+        if piece := self.text.add(token_id):
+            self._send(piece)
+
+    def finish(self, reason: str) -> Finished:
+        self.done = True
+        result = Finished(
+            text=self.text.text.strip(),
+            token_ids=tuple(self.generated),
+            first_token_s=self.first_token_s,
+            seconds=time.monotonic() - self.started,
+            finish_reason=CANCELLED if self.cancelled else reason,
+            prompt_tokens=len(self.prompt),
+            cached_tokens=self.cached_tokens,
+        )
+        self._send(result)
+        return result
+
+    def fail(self, error: BaseException) -> None:
+        self.done = True
+        self._send(error)
+
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def leave_cores_to_engines() -> None:
+    """Run this thread's torch work on one core. torch's CPU kernels use OpenMP (libgomp), which
+    keeps a pool of worker threads for every thread that ever ran parallel work; once the
+    pools hold more threads than there are cores, every worker sleeps between kernels instead
+    of spinning, and a decode step of the 135M model on this 2-core CPU takes 58 ms instead of
+    40. So only engine threads compute on all cores; loading models runs on one."""
+    torch.set_num_threads(1)
+
+
+class ThreadedEngine(Engine):
+    """An engine whose work happens in one thread: `submit` hands a request over, and
+    `stream` turns what the thread sends back into an async iterator. That thread alone uses
+    all the cores for torch (see `leave_cores_to_engines`)."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.wake = threading.Condition()
+        self.closed = False
+        self._in_flight = 0
+        self.generated_tokens = 0
+
+    def submit(self, request: Request) -> None:
+        raise NotImplementedError
+
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def check(self, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
+        if self.closed:
+            raise EngineClosed("the model engine is closed")
+        if not prompt_ids:
+            raise PromptTooLong("the prompt is empty")
+        if len(prompt_ids) + max_new_tokens > self.max_length:
+            raise PromptTooLong(
+                f"the prompt is {len(prompt_ids):,} tokens; with room for {max_new_tokens:,} more it exceeds the "
+                f"model's context of {self.max_length:,} tokens"
+            )
+        vocabulary = len(self.tokenizer)
+        if not all(0 <= t < vocabulary for t in prompt_ids):
+            raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
+
+    async def stream(self, prompt_ids: Sequence[int], max_new_tokens: int) -> AsyncIterator[str | Finished]:
+        self.check(prompt_ids, max_new_tokens)
+        request = Request(prompt_ids, max_new_tokens, self.tokenizer, asyncio.get_running_loop())
+        self._in_flight += 1
+        try:
+            self.submit(request)
+            while True:
+                item = await request.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            self._in_flight -= 1
+            if not request.done:
+                request.cancelled = True
+                with self.wake:
+                    self.wake.notify_all()

@@ -1,0 +1,126 @@
+"""The serial engine: one transformers `generate` call at a time, in one thread. This is how the
+server answered before it batched; it stays as the baseline the batching engine is measured
+against (`serve.engine: serial`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from bot.engine.batching import stop_token_ids
+from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineClosed, EngineError, EngineStats
+from bot.engine.requests import CORES, Request, ThreadedEngine
+
+log = logging.getLogger("bot.engine")
+
+
+class _Tokens(BaseStreamer):
+    """Hands each generated token to the request (the first `put` is the prompt)."""
+
+    def __init__(self, request: Request, stop_ids: set[int], engine: SerialEngine):
+        self.request, self.stop_ids, self.engine = request, stop_ids, engine
+        self.prompt_seen = False
+        self.stopped = False  # an end-of-turn token came
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            if token in self.stop_ids and not self.engine.ignore_eos:
+                self.stopped = True
+            elif not self.stopped:
+                self.request.token(token)
+                self.engine.generated_tokens += 1
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, request: Request):
+        self.request = request
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.request.cancelled, dtype=torch.bool, device=input_ids.device)
+
+
+class SerialEngine(ThreadedEngine):
+    name = "serial"
+
+    def __init__(self, model, tokenizer, *, max_length: int, ignore_eos: bool = False, **_ignored):
+        super().__init__(tokenizer, max_length)
+        self.model = model.eval()
+        self.ignore_eos = ignore_eos
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.waiting: deque[Request] = deque()
+        self.running = 0
+        self.thread = threading.Thread(target=self._run, name="engine-serial", daemon=True)
+        self.thread.start()
+
+    def submit(self, request: Request) -> None:
+        with self.wake:
+            if self.closed:
+                raise EngineClosed("the model engine is closed")
+            self.waiting.append(request)
+            self.wake.notify_all()
+
+    def _run(self) -> None:
+        torch.set_num_threads(CORES)
+        while True:
+            with self.wake:
+                while not self.closed and not self.waiting:
+                    self.wake.wait()
+                if self.closed:
+                    break
+                request = self.waiting.popleft()
+            if request.cancelled:
+                request.finish(CANCELLED)
+                continue
+            self.running = 1
+            try:
+                self._generate(request)
+            except Exception as e:
+                log.exception("request %d failed", request.id)
+                request.fail(EngineError(f"generation failed: {type(e).__name__}"))
+            finally:
+                self.running = 0
+        with self.wake:
+            left, self.waiting = list(self.waiting), deque()
+        for request in left:
+            request.fail(EngineClosed("the model engine was closed before this request finished"))
+
+    @torch.inference_mode()
+    def _generate(self, request: Request) -> None:
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([request.prompt], device=device)
+        streamer = _Tokens(request, self.stop_ids, self)
+        self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=request.max_new_tokens,
+            min_new_tokens=request.max_new_tokens if self.ignore_eos else None,
+            do_sample=False,
+            eos_token_id=list(self.stop_ids),
+            pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled(request)]),
+        )
+        request.finish(STOP if streamer.stopped else LENGTH)
+
+    async def close(self) -> None:
+        with self.wake:
+            self.closed = True
+            self.wake.notify_all()
+            for request in self.waiting:
+                request.cancelled = True
+        await asyncio.to_thread(self.thread.join)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.waiting), self.running, 0, 0, 0, self.generated_tokens)

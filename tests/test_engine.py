@@ -1,0 +1,240 @@
+"""The generation engines with the tiny random model in fp32: batched greedy decoding gives every
+request exactly the tokens it gets alone (checked against transformers' own `generate`), whatever
+else runs beside it, whatever the prompt cache holds; bad input and faults stay with the request
+that caused them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from bot.engine.batching import BatchingEngine
+from bot.engine.protocol import EngineBusy, EngineError, Finished, PromptTooLong
+from bot.engine.serial import SerialEngine
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
+
+
+def alone(model, tokenizer, prompt: list[int], n: int) -> list[int]:
+    """transformers' greedy `generate` for one prompt: the reference."""
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    new = out[0, len(prompt) :].tolist()
+    return new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+
+
+async def run(engine, prompt, n, *, after: float = 0.0, stop_after: int | None = None) -> tuple[list[str], Finished | None]:
+    await asyncio.sleep(after)
+    pieces, finished = [], None
+    stream = engine.stream(prompt, n)
+    async for item in stream:
+        if isinstance(item, Finished):
+            finished = item
+        else:
+            pieces.append(item)
+            if stop_after and len(pieces) >= stop_after:
+                await stream.aclose()
+                break
+    return pieces, finished
+
+
+def prompts_of(tokenizer, sizes) -> list[list[int]]:
+    return [tokenizer(f"conversation {k}: " + "where is my order? " * k)["input_ids"] for k in sizes]
+
+
+async def test_batched_requests_get_the_tokens_they_get_alone(tiny, tokenizer):
+    prompts = prompts_of(tokenizer, (1, 9, 30, 3, 60, 2, 14))  # 7 requests, 3 rows: some wait in the queue
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=3, prefill_tokens=128)
+    try:
+        results = await asyncio.gather(*(run(engine, p, 24, after=0.003 * i) for i, p in enumerate(prompts)))
+    finally:
+        await engine.close()
+    for prompt, (pieces, finished) in zip(prompts, results):
+        assert list(finished.token_ids) == alone(tiny, tokenizer, prompt, 24)
+        assert "".join(pieces).strip() == finished.text == tokenizer.decode(finished.token_ids, skip_special_tokens=True).strip()
+    assert engine.stats().generated_tokens == sum(f.tokens for _, f in results)
+    assert not engine.thread.is_alive()
+
+
+async def test_cancelling_one_request_leaves_the_others_unchanged(tiny, tokenizer):
+    prompts = prompts_of(tokenizer, (4, 11, 25))
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=4)
+    try:
+        first, cancelled, third = await asyncio.gather(
+            run(engine, prompts[0], 40), run(engine, prompts[1], 40, stop_after=3), run(engine, prompts[2], 40)
+        )
+        await asyncio.sleep(0.05)
+        assert engine.stats().running == 0 and engine.in_flight() == 0  # the cancelled row left the batch
+    finally:
+        await engine.close()
+    assert cancelled[1] is None and len(cancelled[0]) == 3
+    assert list(first[1].token_ids) == alone(tiny, tokenizer, prompts[0], 40)
+    assert list(third[1].token_ids) == alone(tiny, tokenizer, prompts[2], 40)
+
+
+async def test_prompt_cache_gives_the_tokens_of_a_full_prefill(tiny, tokenizer):
+    system = tokenizer("You are Sam. Be brief and kind. " * 4)["input_ids"]
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, pinned_prefix=system, kv_cache_mb=1)
+    try:
+        turn1 = system + tokenizer(" Customer: hello, my order is late.")["input_ids"]
+        _, one = await run(engine, turn1, 20)
+        assert one.cached_tokens == len(system)  # the pinned system prompt
+        turn2 = turn1 + list(one.token_ids) + tokenizer(" Customer: and my refund?")["input_ids"]
+        _, two = await run(engine, turn2, 20)
+        assert two.cached_tokens >= len(turn1) + len(one.token_ids) - 1  # the whole first turn was reused
+        assert list(two.token_ids) == alone(tiny, tokenizer, turn2, 20)
+        # A history trim: the oldest exchange dropped, so the cache matches only up to where they differ.
+        trimmed = system + tokenizer(" Customer: and my refund?")["input_ids"]
+        _, three = await run(engine, trimmed, 20)
+        assert len(system) <= three.cached_tokens < len(turn1)
+        assert list(three.token_ids) == alone(tiny, tokenizer, trimmed, 20)
+        # An eviction: room for little more than the system prompt, so the conversation is gone.
+        engine.prompts.limit_bytes = engine.prompts.nbytes + 64 * 1024
+        for k in range(12):
+            await run(engine, system + tokenizer(f" Customer: other question {k} " * 40)["input_ids"], 4)
+        _, four = await run(engine, turn2, 20)
+        assert four.cached_tokens < len(turn1) and list(four.token_ids) == list(two.token_ids)
+    finally:
+        await engine.close()
+
+
+async def test_memory_stays_within_kv_cache_mb(tiny, tokenizer):
+    limit_mb = 0.25
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=8, kv_cache_mb=limit_mb)
+    seen = []
+
+    async def conversation(k: int) -> None:
+        prompt = tokenizer(f"customer {k} says: " + "my parcel never came " * (5 + k % 7))["input_ids"]
+        for _ in range(2):
+            _, finished = await run(engine, prompt, 16, after=0.002 * k)
+            seen.append(engine.prompts.nbytes)
+            prompt = prompt + list(finished.token_ids) + tokenizer(" thanks, and?")["input_ids"]
+
+    try:
+        await asyncio.gather(*(conversation(k) for k in range(50)))
+    finally:
+        await engine.close()
+    assert max(seen) <= limit_mb * 2**20
+    assert len(seen) == 100 and engine.hits > 0 and engine.misses > 0
+
+
+async def test_bad_input_gets_a_clear_error_and_the_loop_goes_on(tiny, tokenizer):
+    engine = BatchingEngine(tiny, tokenizer, max_length=256, max_batch=4)
+    try:
+        with pytest.raises(PromptTooLong, match="exceeds the model's context of 256 tokens"):
+            await run(engine, [5] * 250, 16)
+        with pytest.raises(PromptTooLong, match="outside the vocabulary"):
+            await run(engine, [5, len(tokenizer) + 7], 16)
+        prompt = prompts_of(tokenizer, (3,))[0]
+        _, finished = await run(engine, prompt, 12)
+        assert list(finished.token_ids) == alone(tiny, tokenizer, prompt, 12)
+    finally:
+        await engine.close()
+
+
+async def test_a_fault_in_one_request_fails_that_request_alone(tiny, tokenizer, monkeypatch):
+    poison = tokenizer("zebra")["input_ids"][0]
+    decoder = tiny.get_decoder()
+    forward = decoder.forward
+
+    def faulty(*args, **kwargs):  # a fault that only this request's prompt triggers
+        if (kwargs["input_ids"] == poison).any():
+            raise RuntimeError("kernel fault")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", faulty)
+    prompts = prompts_of(tokenizer, (2, 5))
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=4)
+    try:
+        good1, bad, good2 = await asyncio.gather(
+            run(engine, prompts[0], 16), run(engine, prompts[1][:3] + [poison] + prompts[1][3:], 16), run(engine, prompts[1], 16),
+            return_exceptions=True,
+        )
+        later = await run(engine, prompts[0], 16)  # the loop is still running
+    finally:
+        await engine.close()
+    assert isinstance(bad, EngineError) and "kernel fault" not in str(bad)
+    monkeypatch.undo()
+    assert list(good1[1].token_ids) == list(later[1].token_ids) == alone(tiny, tokenizer, prompts[0], 16)
+    assert list(good2[1].token_ids) == alone(tiny, tokenizer, prompts[1], 16)
+
+
+async def test_a_full_queue_answers_busy_and_nobody_is_refused_before(tiny, tokenizer):
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=1, max_queue=2)
+    prompt = prompts_of(tokenizer, (5,))[0]
+    try:
+        with engine.wake:  # the engine thread can't take anything from the queue meanwhile
+            tasks = [asyncio.ensure_future(run(engine, prompt, 30)) for _ in range(2)]
+            await asyncio.sleep(0.01)  # both are queued
+            with pytest.raises(EngineBusy, match="2 requests are already waiting"):
+                await run(engine, prompt, 30)
+        results = await asyncio.gather(*tasks) + [await run(engine, prompt, 30)]  # room again
+    finally:
+        await engine.close()
+    assert all(list(f.token_ids) == list(results[0][1].token_ids) for _, f in results)
+
+
+async def test_serial_engine_and_ignore_eos(tiny, tokenizer):
+    prompt = prompts_of(tokenizer, (6,))[0]
+    serial = SerialEngine(tiny, tokenizer, max_length=1024)
+    forced = BatchingEngine(tiny, tokenizer, max_length=1024, ignore_eos=True)
+    try:
+        _, by_serial = await run(serial, prompt, 24)
+        _, full = await run(forced, prompt, 50)
+    finally:
+        await serial.close()
+        await forced.close()
+    assert list(by_serial.token_ids) == alone(tiny, tokenizer, prompt, 24)
+    assert full.tokens == 50 and full.finish_reason == "length"
+    assert not serial.thread.is_alive() and not forced.thread.is_alive()
+
+
+async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path, cache_dir, tiny_base):
+    """The real loader and the batching engine on the tiny model: 8 conversations mid-reply while
+    the model is reloaded."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.serve.app import create_app
+    from bot.serve.generator import load_response_model
+    from serve_support import ADMIN_TOKEN, make_project, settings_of, sse_events
+
+    settings = settings_of(make_project(tmp_path / "p", cache_dir, base=tiny_base, config="serve:\n  max_new_tokens: 60\n"))
+    loaded = []
+
+    def loader():
+        loaded.append(load_response_model(settings))
+        return loaded[-1]
+
+    client = TestClient(TestServer(create_app(settings, load_model=loader, admin_token=ADMIN_TOKEN)))
+    await client.start_server()
+
+    async def chat(i: int):
+        response = await client.post("/api/chat/stream", json={"sender": f"c{i}", "message": "hello, where is my parcel?"})
+        return response.status, sse_events(await response.text())
+
+    try:
+        running = [asyncio.ensure_future(chat(i)) for i in range(8)]
+        await asyncio.sleep(0.05)
+        reload = await client.post("/api/model/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        old, new = loaded
+        assert reload.status == 200 and not old.engine.thread.is_alive()  # closed once its answers were done
+        results = await asyncio.gather(*running) + await asyncio.gather(*(chat(i) for i in range(8, 12)))
+        metrics = await (await client.get("/metrics")).text()
+    finally:
+        await client.close()
+    for status, events in results:
+        names = [name for name, _ in events]
+        assert status == 200 and "message" in names and "error" not in names and names[-1] == "done"
+    assert old.engine.stats().generated_tokens > 0 and new.engine.stats().generated_tokens > 0
+    assert not new.engine.thread.is_alive()
+    for gauge in ("bot_engine_queue_length", "bot_engine_running_rows", "bot_engine_kv_cache_bytes", "bot_prompt_cache_hits_total"):
+        assert gauge in metrics
+    hits = next(line for line in metrics.splitlines() if line.startswith("bot_prompt_cache_hits_total"))
+    assert float(hits.split()[-1]) >= 4  # at least the conversations after the reload reused the system prompt
