@@ -1,0 +1,231 @@
+"""Many customers at once: N simulated customers over HTTP on loopback (POST /api/chat/stream,
+server-sent events), each holding a multi-turn conversation, against `bot serve` with the
+batching engine and, in the same run, with the serial engine (the baseline).
+
+    .venv/bin/python benchmarks/serve_load.py [--customers 16] [--turns 3] [--full-length]
+                                             [--engines batching,serial] [--project .]
+
+Defaults: 16 customers x 3 turns on CPU, 64 x 3 on CUDA, the project's active model (the base
+model when none is trained), greedy decoding. Customers arrive spread over `--ramp` seconds
+and read each reply for `--think` seconds before typing the next message. `--full-length`
+ignores the end-of-turn token so that every reply is `--tokens` long (128), as vLLM is measured
+with `ignore_eos`.
+
+Each server runs in its own process, with its conversations in a temporary SQLite file.
+Reported: time to first token p50/p90 (overall and per turn), per-stream tokens/s p10/p50 (after
+the first token), aggregate tokens/s (the server's own count of generated tokens over the
+wall-clock time of the run), and goodput: the share of replies whose first token came within 1 s
+and which then streamed at 10 tokens/s or more. Then the ratios batching / serial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# What customers type, turn by turn (starter persona topics); customer i starts at line i.
+MESSAGES = [
+    ["Hi, my broadband has been dropping every evening this week.", "It's the router in the living room, lights are all green.", "Can someone look at it this week?"],
+    ["How much does roaming cost in Spain?", "And in the USA?", "Thanks, is there a pass for a whole week?"],
+    ["I was charged twice for my bill this month.", "It was the 3rd of November, both for 22 pounds.", "OK, how long does a refund take?"],
+    ["What plans do you have with more data?", "What's the difference between them?", "Can I switch in the middle of my contract?"],
+    ["My phone has no signal since this morning.", "I'm in Leeds, LS6 2AB.", "When will it be fixed?"],
+    ["I want to cancel my contract.", "The price went up again and I'm not happy.", "What would you offer me to stay?"],
+    ["Where is my order? I ordered a new SIM last week.", "The order number is KM-120448.", "Can you send it to a different address?"],
+    ["Can I get an eSIM instead of a physical SIM?", "It's an iPhone 15.", "How long does activation take?"],
+]
+GOOD_FIRST_TOKEN_S, GOOD_STREAM_RATE = 1.0, 10.0
+
+
+@dataclass
+class Reply:
+    customer: int
+    turn: int
+    first_token_s: float
+    seconds: float
+    text: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(project: str, engine: str, port: int, tokens: int, full_length: bool, max_batch: int | None, folder: str) -> None:
+    """The server process: `bot serve` with the given engine, nothing else changed but the store."""
+    import logging
+
+    from aiohttp import web
+
+    from bot.config import load_settings
+    from bot.serve.app import create_app
+    from bot.serve.generator import load_response_model
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = load_settings(project)
+    store = settings.endpoints.tracker_store.model_copy(update={"type": "sqlite", "path": str(Path(folder) / f"{engine}.sqlite3")})
+    settings.endpoints = settings.endpoints.model_copy(update={"tracker_store": store})
+    limits = {"max_new_tokens": tokens, "rate_per_conversation": 10_000, "rate_per_client": 100_000, "engine": engine}
+    if max_batch:
+        limits["max_batch"] = max_batch
+    settings.build = settings.build.model_copy(update={"serve": settings.build.serve.model_copy(update=limits)})
+    app = create_app(settings, load_model=lambda: load_response_model(settings, ignore_eos=full_length))
+    web.run_app(app, host="127.0.0.1", port=port, handler_cancellation=True, print=None, access_log=None)
+
+
+async def generated_tokens(session, url: str) -> float:
+    async with session.get(f"{url}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith("bot_generated_tokens_total"):
+                return float(line.split()[-1])
+    return 0.0
+
+
+async def customer(session, url: str, i: int, turns: int, start: float, think: float, run: str) -> list[Reply]:
+    await asyncio.sleep(start)
+    lines = MESSAGES[i % len(MESSAGES)]
+    replies = []
+    for turn in range(turns):
+        sent = time.monotonic()
+        first, text, event = None, "", None
+        async with session.post(f"{url}/api/chat/stream", json={"sender": f"{run}-{i}", "message": lines[turn % len(lines)]}) as response:
+            if response.status != 200:
+                raise SystemExit(f"customer {i} turn {turn + 1}: HTTP {response.status}: {await response.text()}")
+            async for raw in response.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: ") and event == "token" and first is None:
+                    first = time.monotonic() - sent
+                elif line.startswith("data: ") and event == "message":
+                    text += json.loads(line[6:]).get("text") or ""
+                elif line.startswith("data: ") and event == "error":
+                    raise SystemExit(f"customer {i} turn {turn + 1}: {line[6:]}")
+        done = time.monotonic() - sent
+        replies.append(Reply(i, turn + 1, first if first is not None else done, done, text))
+        await asyncio.sleep(think)
+    return replies
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
+
+
+async def load_run(url: str, args, tokenizer, run: str) -> dict:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        for _ in range(600):  # wait for the server to load its model
+            try:
+                async with session.get(f"{url}/health") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.5)
+        await customer(session, url, 0, 1, 0, 0, f"{run}-warmup")  # not counted
+        before = await generated_tokens(session, url)
+        started = time.monotonic()
+        spread = args.ramp / max(1, args.customers - 1)
+        results = await asyncio.gather(*(customer(session, url, i, args.turns, i * spread, args.think, run) for i in range(args.customers)))
+        wall = time.monotonic() - started
+        tokens = await generated_tokens(session, url) - before
+    replies = [r for rs in results for r in rs]
+    rates = []
+    for r in replies:
+        n = len(tokenizer(r.text, add_special_tokens=False)["input_ids"])
+        streaming = r.seconds - r.first_token_s
+        rates.append(n / streaming if streaming > 0 and n > 1 else float("inf"))
+    firsts = [r.first_token_s for r in replies]
+    good = sum(1 for r, rate in zip(replies, rates) if r.first_token_s <= GOOD_FIRST_TOKEN_S and rate >= GOOD_STREAM_RATE)
+    return {
+        "replies": replies,
+        "ttft_p50": percentile(firsts, 50),
+        "ttft_p90": percentile(firsts, 90),
+        "by_turn": {t: (percentile([r.first_token_s for r in replies if r.turn == t], 50), percentile([r.first_token_s for r in replies if r.turn == t], 90)) for t in range(1, args.turns + 1)},
+        "rate_p10": percentile(rates, 10),
+        "rate_p50": percentile(rates, 50),
+        "aggregate": tokens / wall,
+        "tokens": tokens,
+        "wall": wall,
+        "goodput": good / len(replies),
+    }
+
+
+def main() -> None:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--project", default=".")
+    parser.add_argument("--customers", type=int, default=64 if cuda else 16)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128, help="max_new_tokens per reply")
+    parser.add_argument("--full-length", action="store_true", help="ignore end-of-turn: every reply is --tokens long")
+    parser.add_argument("--engines", default="batching,serial", help="engines to run, in this order; the last is the baseline")
+    parser.add_argument("--max-batch", type=int, default=None, help="serve.max_batch (default: config.yml)")
+    parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which the customers arrive")
+    parser.add_argument("--think", type=float, default=1.0, help="seconds a customer reads before the next message")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from bot import models
+    from bot.base_model import load_tokenizer
+    from bot.config import load_settings
+
+    settings = load_settings(args.project)
+    active = models.active(settings.models_dir)  # the server loads it; the client counts its reply tokens
+    tokenizer = AutoTokenizer.from_pretrained(active.tokenizer_dir) if active else load_tokenizer(settings.base_model, settings.cache_dir)
+    device = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
+    print(f"model: {'trained model ' + active.id if active else 'base model'}; {device}; {args.customers} customers x {args.turns} turns, "
+          f"max {args.tokens} new tokens{' (full length, end-of-turn ignored)' if args.full_length else ''}, ramp {args.ramp} s, think {args.think} s")
+
+    folder = tempfile.mkdtemp(prefix="serve-load-")
+    runs = {}
+    for engine in args.engines.split(","):
+        port = free_port()
+        process = multiprocessing.get_context("spawn").Process(
+            target=serve, args=(args.project, engine, port, args.tokens, args.full_length, args.max_batch, folder), daemon=True
+        )
+        process.start()
+        try:
+            runs[engine] = asyncio.run(load_run(f"http://127.0.0.1:{port}", args, tokenizer, engine))
+        finally:
+            process.terminate()
+            process.join(30)
+        r = runs[engine]
+        turns = "  ".join(f"turn {t}: {p50:.2f}/{p90:.2f} s" for t, (p50, p90) in r["by_turn"].items())
+        print(f"\n[{engine}] {len(r['replies'])} replies, {r['tokens']:.0f} tokens in {r['wall']:.1f} s")
+        print(f"  first token p50 {r['ttft_p50']:.2f} s, p90 {r['ttft_p90']:.2f} s   ({turns}, p50/p90)")
+        print(f"  per-stream tokens/s p10 {r['rate_p10']:.1f}, p50 {r['rate_p50']:.1f}")
+        print(f"  aggregate {r['aggregate']:.1f} tokens/s; goodput {r['goodput']:.0%} (first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)")
+
+    names = list(runs)
+    if len(names) >= 2:
+        new, base = runs[names[0]], runs[names[-1]]
+        same = sum(a.text == b.text for a, b in zip(sorted(new["replies"], key=lambda r: (r.customer, r.turn)), sorted(base["replies"], key=lambda r: (r.customer, r.turn))))
+        print(f"\nratio {names[0]} / {names[-1]}: aggregate tokens/s {new['aggregate'] / base['aggregate']:.2f}x, "
+              f"first token p90 {new['ttft_p90'] / base['ttft_p90']:.2f}x, per-stream p50 {new['rate_p50'] / base['rate_p50']:.2f}x, "
+              f"goodput {new['goodput']:.0%} vs {base['goodput']:.0%}; identical replies {same}/{len(new['replies'])}")
+    first = runs[names[0]]["by_turn"]
+    print(f"{names[0]}: first token at turn {args.turns} / turn 1 (p50): {first[args.turns][0] / first[1][0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
