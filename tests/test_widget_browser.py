@@ -56,7 +56,8 @@ async def test_chat_streams_survives_reload_and_never_runs_bot_html(browser, ser
     assert await page.evaluate("document.activeElement.id") == await page.get_by_label("Your message").get_attribute("id")
 
     await page.get_by_label("Your message").fill("Where is my order ES-1001?")
-    await page.keyboard.press("Enter")
+    async with page.expect_response(lambda r: r.url.endswith("/api/chat/stream")) as answered:
+        await page.keyboard.press("Enter")
     # Watch the bot's bubble grow while the reply is generated.
     seen = set()
     for _ in range(200):
@@ -68,6 +69,8 @@ async def test_chat_streams_survives_reload_and_never_runs_bot_html(browser, ser
         await asyncio.sleep(0.03)
     assert (await _bot_texts(page))[-1].startswith("Your order ES-1001 is on its way")
     assert len([s for s in seen if s and not s.endswith("courier.")]) >= 3  # streamed: several partial states
+
+    await (await answered.value).finished()  # the reply's stream is done: the widget takes a new message
 
     # A reply full of HTML is shown as text and runs nothing.
     await page.get_by_label("Your message").fill("show me something")
