@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ from aiohttp import web  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.serve.app import create_app  # noqa: E402
 from bot.engine.protocol import Finished  # noqa: E402
+from bot.serve.client import chat_events  # noqa: E402
 from bot.serve.generator import load_response_model  # noqa: E402
 
 MESSAGE = "Hi, my broadband has been dropping every evening this week. What can I do?"
@@ -52,16 +52,11 @@ async def direct(model, tokens: int) -> tuple[float, float, int, str]:
 async def over_http(session: aiohttp.ClientSession, url: str, sender: str) -> tuple[float, float, str]:
     started = time.monotonic()
     first = None
-    async with session.post(f"{url}/api/chat/stream", json={"sender": sender, "message": MESSAGE}) as response:
-        event = None
-        async for line in response.content:
-            text = line.decode().rstrip("\n")
-            if text.startswith("event: "):
-                event = text[7:]
-            elif text.startswith("data: ") and event == "token" and first is None:
-                first = time.monotonic() - started
-            elif text.startswith("data: ") and event == "message":
-                reply = json.loads(text[6:])["text"]
+    async for event, data in chat_events(session, url, sender, MESSAGE):
+        if event == "token" and first is None:
+            first = time.monotonic() - started
+        elif event == "message":
+            reply = data["text"]
     return first, time.monotonic() - started, reply
 
 

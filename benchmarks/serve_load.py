@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import socket
@@ -35,6 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bot.errors import BotError  # noqa: E402
+from bot.serve.client import chat_events  # noqa: E402
 
 # What customers type, turn by turn (starter persona topics); customer i starts at line i.
 MESSAGES = [
@@ -101,20 +103,14 @@ async def customer(session, url: str, i: int, turns: int, start: float, think: f
     replies = []
     for turn in range(turns):
         sent = time.monotonic()
-        first, text, event = None, "", None
-        async with session.post(f"{url}/api/chat/stream", json={"sender": f"{run}-{i}", "message": lines[turn % len(lines)]}) as response:
-            if response.status != 200:
-                raise SystemExit(f"customer {i} turn {turn + 1}: HTTP {response.status}: {await response.text()}")
-            async for raw in response.content:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: ") and event == "token" and first is None:
-                    first = time.monotonic() - sent
-                elif line.startswith("data: ") and event == "message":
-                    text += json.loads(line[6:]).get("text") or ""
-                elif line.startswith("data: ") and event == "error":
-                    raise SystemExit(f"customer {i} turn {turn + 1}: {line[6:]}")
+        first, text = None, ""
+        async for event, data in chat_events(session, url, f"{run}-{i}", lines[turn % len(lines)]):
+            if event == "token" and first is None:
+                first = time.monotonic() - sent
+            elif event == "message":
+                text += data.get("text") or ""
+            elif event == "error":
+                raise SystemExit(f"customer {i} turn {turn + 1}: {data['error']}")
         done = time.monotonic() - sent
         replies.append(Reply(i, turn + 1, first if first is not None else done, done, text))
         await asyncio.sleep(think)
@@ -206,6 +202,8 @@ def main() -> None:
         process.start()
         try:
             runs[engine] = asyncio.run(load_run(f"http://127.0.0.1:{port}", args, tokenizer, engine))
+        except BotError as e:  # the server refused or went away
+            raise SystemExit(f"{engine}: {e}") from None
         finally:
             process.terminate()
             process.join(30)

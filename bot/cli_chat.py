@@ -4,12 +4,9 @@ conversation store) or against a running server (`--url`). Part of the CLI: it p
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
 from contextlib import aclosing
-
-from bot.errors import BotError
 
 PROMPT = "you> "
 
@@ -86,22 +83,14 @@ async def chat_in_process(settings, sender: str) -> None:
 async def chat_over_http(url: str, sender: str) -> None:
     import aiohttp
 
+    from bot.serve.client import chat_events
+
     _say(f"chatting with {url} as '{sender}' (/quit to leave)\n")
     async with aiohttp.ClientSession() as session:
         async for line in _lines():
-            try:
-                async with session.post(f"{url.rstrip('/')}/api/chat/stream", json={"sender": sender, "message": line}) as response:
-                    if response.status != 200:
-                        raise BotError(f"{url} answered {response.status}: {(await response.text())[:300]}")
-                    shown, event = _Shown(), None
-                    async for raw in response.content:
-                        text = raw.decode().rstrip("\n")
-                        if text.startswith("event: "):
-                            event = text[7:]
-                        elif text.startswith("data: "):
-                            shown(event, json.loads(text[6:]))
-            except aiohttp.ClientError as e:
-                raise BotError(f"can't reach the bot at {url}: {e}") from None
+            shown = _Shown()
+            async for event, data in chat_events(session, url, sender, line):
+                shown(event, data)
 
 
 def run(settings, url: str | None, sender: str | None) -> None:

@@ -11,15 +11,13 @@ attends to its own columns of the cache.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from bot.engine.kv import BatchCache, KVSpec, PromptCache
-from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineBusy, EngineClosed, EngineError, EngineStats
-from bot.engine.requests import CORES, Request, ThreadedEngine
+from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
+from bot.engine.requests import Request, ThreadedEngine
 
 log = logging.getLogger("bot.engine")
 
@@ -29,14 +27,6 @@ class _Row:
     request: Request
     start: int  # first column of this row in the batch cache
     last: int = 0  # the token to feed next
-
-
-def stop_token_ids(model, tokenizer) -> set[int]:
-    """End-of-turn tokens: the tokenizer's and the model's generation config's."""
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return {i for i in ids if i is not None}
 
 
 class BatchingEngine(ThreadedEngine):
@@ -55,40 +45,21 @@ class BatchingEngine(ThreadedEngine):
         pinned_prefix: list[int] | None = None,
         ignore_eos: bool = False,
     ):
-        super().__init__(tokenizer, max_length)
-        self.model = model.eval()
+        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos)
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.spec = KVSpec.of(model)
-        self.max_batch, self.max_queue, self.prefill_tokens = max_batch, max_queue, prefill_tokens
-        self.ignore_eos = ignore_eos
-        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.max_batch, self.prefill_tokens = max_batch, prefill_tokens
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.prompts = PromptCache(int(kv_cache_mb * 2**20))
         self.hits = self.misses = 0
-        self.waiting: deque[Request] = deque()  # guarded by self.wake
         self.rows: list[_Row] = []  # the engine thread's alone
         self.cache: BatchCache | None = None
         self.pinned_prefix = pinned_prefix
-        self.thread = threading.Thread(target=self._run, name="engine-batching", daemon=True)
         self.thread.start()
 
-    # -- the interface ---------------------------------------------------------------------
-    def submit(self, request: Request) -> None:
-        with self.wake:
-            if self.closed:
-                raise EngineClosed("the model engine is closed")
-            if len(self.waiting) >= self.max_queue:
-                raise EngineBusy(f"{len(self.waiting)} requests are already waiting for the model: try again shortly")
-            self.waiting.append(request)
-            self.wake.notify_all()
-
     async def close(self) -> None:
-        import asyncio
-
-        with self.wake:
-            self.closed = True
-            self.wake.notify_all()
-        await asyncio.to_thread(self.thread.join)
+        await super().close()
+        self.prompts.clear()
         if self.spec.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -105,18 +76,15 @@ class BatchingEngine(ThreadedEngine):
 
     # -- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
-        torch.set_num_threads(CORES)
-        with torch.inference_mode():
-            if self.pinned_prefix:
-                self._pin(self.pinned_prefix)
-            while True:
-                with self.wake:
-                    while not self.closed and not self.waiting and not self.rows:
-                        self.wake.wait()
-                    if self.closed:
-                        break
-                self._step()
-        self._shut_down()
+        if self.pinned_prefix:
+            self._pin(self.pinned_prefix)
+        while True:
+            with self.wake:
+                while not self.closed and not self.waiting and not self.rows:
+                    self.wake.wait()
+                if self.closed:
+                    return
+            self._step()
 
     def _step(self) -> None:
         if len(self.rows) < self.max_batch and self.waiting:
@@ -126,18 +94,13 @@ class BatchingEngine(ThreadedEngine):
                 self._decode()
             except Exception as e:  # a fault of the whole step (out of memory...): its rows fail, the loop goes on
                 log.exception("decode step failed for %d requests", len(self.rows))
-                for row in self.rows:
-                    row.request.fail(EngineError(f"generation failed: {type(e).__name__}"))
-                self.rows, self.cache = [], None
+                for row in self._release():
+                    row.fail(EngineError(f"generation failed: {type(e).__name__}"))
 
-    def _shut_down(self) -> None:
-        with self.wake:
-            left = list(self.waiting) + [row.request for row in self.rows]
-            self.waiting.clear()
-        for request in left:
-            request.fail(EngineClosed("the model engine was closed before this request finished"))
+    def _release(self) -> list[Request]:
+        running = [row.request for row in self.rows]
         self.rows, self.cache = [], None
-        self.prompts.clear()
+        return running
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache) -> torch.Tensor:
         """Logits of the last position of each row; `cache` grows by ids' width."""
@@ -181,31 +144,23 @@ class BatchingEngine(ThreadedEngine):
         return chosen
 
     def _admit(self) -> None:
-        group = self._take_waiting()
+        for cache, rows in self._prefill_isolating(self._take_waiting()):
+            self._join(cache, rows)
+
+    def _prefill_isolating(self, group) -> list[tuple[BatchCache, list[_Row]]]:
+        """`_prefill` of the group; if it fails, of each request alone, so that a fault fails
+        only the request that causes it."""
         if not group:
-            return
+            return []
         try:
-            joined = self._prefill(group)
+            part = self._prefill(group)
+            return [part] if part else []
         except Exception:
-            if len(group) == 1:
-                request = group[0][0]
-                log.exception("prefill failed for request %d", request.id)
-                request.fail(EngineError("generation failed for this request"))
-                return
-            # Which one failed? Each alone: the others still get their answers.
-            joined = []
-            for one in group:
-                try:
-                    joined.append(self._prefill([one]))
-                except Exception:
-                    log.exception("prefill failed for request %d", one[0].id)
-                    one[0].fail(EngineError("generation failed for this request"))
-            joined = [part for part in joined if part]
-            for cache, rows in joined:
-                self._join(cache, rows)
-            return
-        if joined:
-            self._join(*joined)
+            if len(group) > 1:
+                return [part for one in group for part in self._prefill_isolating([one])]
+            log.exception("prefill failed for request %d", group[0][0].id)
+            group[0][0].fail(EngineError("generation failed for this request"))
+            return []
 
     def _prefill(self, group) -> tuple[BatchCache, list[_Row]] | None:
         """Compute the prompts of `group` (a cached prefix each, the rest fed in one forward,
@@ -254,12 +209,11 @@ class BatchingEngine(ThreadedEngine):
 
     def _pin(self, prefix: list[int]) -> None:
         """Compute the shared prefix (the system prompt) once; every conversation reuses it."""
-        with torch.inference_mode():
-            cache = BatchCache.from_prefixes([None], [0], self.spec, spare=len(prefix))
-            starts = torch.zeros(1, dtype=torch.long, device=self.spec.device)
-            positions = torch.arange(len(prefix), device=self.spec.device)[None]
-            self._forward(torch.tensor([prefix], device=self.spec.device), positions, self._mask(starts, 0, len(prefix)), cache)
-            self.prompts.add(prefix, cache.row(0, 0, len(prefix)), pinned=True)
+        cache = BatchCache.from_prefixes([None], [0], self.spec, spare=len(prefix))
+        starts = torch.zeros(1, dtype=torch.long, device=self.spec.device)
+        positions = torch.arange(len(prefix), device=self.spec.device)[None]
+        self._forward(torch.tensor([prefix], device=self.spec.device), positions, self._mask(starts, 0, len(prefix)), cache)
+        self.prompts.add(prefix, cache.row(0, 0, len(prefix)), pinned=True)
 
     # -- decode ----------------------------------------------------------------------------
     def _decode(self) -> None:
@@ -268,9 +222,9 @@ class BatchingEngine(ThreadedEngine):
         starts = torch.tensor([row.start for row in self.rows], device=device)
         ids = torch.tensor([[row.last] for row in self.rows], device=device)
         tokens = self._forward(ids, (width - starts)[:, None], self._mask(starts, width, 1), cache)
-        finished = [b for b, (row, token) in enumerate(zip(self.rows, tokens)) if self._advance(row, token, cache, b)]
+        finished = {b for b, (row, token) in enumerate(zip(self.rows, tokens)) if self._advance(row, token, cache, b)}
         if finished:
-            keep = [b for b in range(len(self.rows)) if b not in set(finished)]
+            keep = [b for b in range(len(self.rows)) if b not in finished]
             self.rows = [self.rows[b] for b in keep]
             if not keep:
                 self.cache = None

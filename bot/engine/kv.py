@@ -73,10 +73,6 @@ class BatchCache(Cache):
         return self.layers[0].width
 
     @property
-    def rows(self) -> int:
-        return self.layers[0].keys.shape[0]
-
-    @property
     def nbytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
 
@@ -131,7 +127,6 @@ class BatchCache(Cache):
         return cls(layers)
 
 
-
 @dataclass(frozen=True)
 class KVSpec:
     """The shape of one token's keys and values in a model."""
@@ -149,6 +144,15 @@ class KVSpec:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         parameter = next(model.parameters())
         return cls(config.num_hidden_layers, heads, head_dim, parameter.dtype, parameter.device)
+
+
+def common_prefix(sequences: list[list[int]]) -> list[int]:
+    """The tokens all sequences start with (what a pinned prompt-cache entry should hold)."""
+    first = sequences[0]
+    n = len(first)
+    for other in sequences[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(first[:n], other)) if a != b), min(n, len(other)))
+    return first[:n]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from bot.config import ServeConfig, Settings
 from bot.data.profile import BotProfile, profile_of, read_profile
 from bot.data.project import validate
 from bot.engine.batching import BatchingEngine
+from bot.engine.kv import common_prefix
 from bot.engine.protocol import Engine
 from bot.engine.requests import leave_cores_to_engines
 from bot.engine.serial import SerialEngine
@@ -49,7 +50,8 @@ class Weights:
 def load_weights(settings: Settings, trained: models.TrainedModel | None, *, base_only: bool = False, dtype=None) -> Weights:
     """`trained` with its adapter merged in (as fast as the base model), or the base model of
     config.yml when `trained` is None. `base_only`: the trained model's own base, no adapter
-    (the evaluation's prompting baselines)."""
+    (the evaluation's prompting baselines). The calling thread's torch work stays on one core
+    from here on (`leave_cores_to_engines`)."""
     dtype = dtype or runtime_dtype()
     leave_cores_to_engines()
     if trained is None:
@@ -69,10 +71,8 @@ def shared_prefix(tokenizer, system_prompt: str) -> list[int]:
     """The tokens every conversation's prompt starts with: the rendered system prompt."""
     from bot.rendering import prompt_ids
 
-    a = prompt_ids(tokenizer, [{"role": "system", "content": system_prompt}, {"role": "user", "content": "a"}])
-    b = prompt_ids(tokenizer, [{"role": "system", "content": system_prompt}, {"role": "user", "content": "b"}])
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return a[:n]
+    system = {"role": "system", "content": system_prompt}
+    return common_prefix([prompt_ids(tokenizer, [system, {"role": "user", "content": text}]) for text in ("a", "b")])
 
 
 def start_engine(weights: Weights, serve: ServeConfig, max_length: int, *, kind: str | None = None, ignore_eos: bool = False) -> Engine:

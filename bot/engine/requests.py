@@ -8,11 +8,12 @@ import itertools
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
 import torch
 
-from bot.engine.protocol import CANCELLED, Engine, EngineClosed, Finished, PromptTooLong
+from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, Finished, PromptTooLong
 from bot.engine.text import IncrementalText
 
 _ids = itertools.count(1)
@@ -83,21 +84,66 @@ def leave_cores_to_engines() -> None:
     torch.set_num_threads(1)
 
 
-class ThreadedEngine(Engine):
-    """An engine whose work happens in one thread: `submit` hands a request over, and
-    `stream` turns what the thread sends back into an async iterator. That thread alone uses
-    all the cores for torch (see `leave_cores_to_engines`)."""
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """End-of-turn tokens: the tokenizer's and the model's generation config's."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}
 
-    def __init__(self, tokenizer, max_length: int):
+
+class ThreadedEngine(Engine):
+    """An engine whose work happens in one thread: `submit` puts a request in the first-come
+    queue `waiting`, the thread takes it from there (`_run`), and `stream` turns what the thread
+    sends back into an async iterator. That thread alone uses all the cores for torch (see
+    `leave_cores_to_engines`). A subclass sets itself up, then calls `self.thread.start()`."""
+
+    def __init__(self, model, tokenizer, *, max_length: int, max_queue: int, ignore_eos: bool):
+        self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.wake = threading.Condition()
+        self.max_length, self.max_queue, self.ignore_eos = max_length, max_queue, ignore_eos
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.wake = threading.Condition()  # guards `waiting` and `closed`; notified on every change
+        self.waiting: deque[Request] = deque()
         self.closed = False
         self._in_flight = 0
         self.generated_tokens = 0
+        self.thread = threading.Thread(target=self._thread, name=f"engine-{self.name}", daemon=True)
+
+    def _run(self) -> None:
+        """Serve requests until `closed` is set."""
+        raise NotImplementedError
+
+    def _release(self) -> list[Request]:
+        """Free what the engine holds; returns the requests it was still working on."""
+        return []
+
+    def _thread(self) -> None:
+        torch.set_num_threads(CORES)
+        try:
+            with torch.inference_mode():
+                self._run()
+        finally:
+            with self.wake:
+                left = list(self.waiting)
+                self.waiting.clear()
+            for request in left + self._release():
+                request.fail(EngineClosed("the model engine was closed before this request finished"))
 
     def submit(self, request: Request) -> None:
-        raise NotImplementedError
+        with self.wake:
+            if self.closed:
+                raise EngineClosed("the model engine is closed")
+            if len(self.waiting) >= self.max_queue:
+                raise EngineBusy(f"{len(self.waiting)} requests are already waiting for the model: try again shortly")
+            self.waiting.append(request)
+            self.wake.notify_all()
+
+    async def close(self) -> None:
+        with self.wake:
+            self.closed = True
+            self.wake.notify_all()
+        await asyncio.to_thread(self.thread.join)
 
     def in_flight(self) -> int:
         return self._in_flight

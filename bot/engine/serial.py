@@ -4,18 +4,14 @@ against (`serve.engine: serial`)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-from collections import deque
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from bot.engine.batching import stop_token_ids
-from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineClosed, EngineError, EngineStats
-from bot.engine.requests import CORES, Request, ThreadedEngine
+from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
+from bot.engine.requests import Request, ThreadedEngine
 
 log = logging.getLogger("bot.engine")
 
@@ -54,31 +50,18 @@ class _Cancelled(StoppingCriteria):
 class SerialEngine(ThreadedEngine):
     name = "serial"
 
-    def __init__(self, model, tokenizer, *, max_length: int, ignore_eos: bool = False, **_ignored):
-        super().__init__(tokenizer, max_length)
-        self.model = model.eval()
-        self.ignore_eos = ignore_eos
-        self.stop_ids = stop_token_ids(model, tokenizer)
-        self.waiting: deque[Request] = deque()
+    def __init__(self, model, tokenizer, *, max_length: int, max_queue: int = 256, ignore_eos: bool = False, **_batching_only):
+        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos)
         self.running = 0
-        self.thread = threading.Thread(target=self._run, name="engine-serial", daemon=True)
         self.thread.start()
 
-    def submit(self, request: Request) -> None:
-        with self.wake:
-            if self.closed:
-                raise EngineClosed("the model engine is closed")
-            self.waiting.append(request)
-            self.wake.notify_all()
-
     def _run(self) -> None:
-        torch.set_num_threads(CORES)
         while True:
             with self.wake:
                 while not self.closed and not self.waiting:
                     self.wake.wait()
                 if self.closed:
-                    break
+                    return
                 request = self.waiting.popleft()
             if request.cancelled:
                 request.finish(CANCELLED)
@@ -91,12 +74,7 @@ class SerialEngine(ThreadedEngine):
                 request.fail(EngineError(f"generation failed: {type(e).__name__}"))
             finally:
                 self.running = 0
-        with self.wake:
-            left, self.waiting = list(self.waiting), deque()
-        for request in left:
-            request.fail(EngineClosed("the model engine was closed before this request finished"))
 
-    @torch.inference_mode()
     def _generate(self, request: Request) -> None:
         device = next(self.model.parameters()).device
         ids = torch.tensor([request.prompt], device=device)
@@ -113,14 +91,6 @@ class SerialEngine(ThreadedEngine):
             stopping_criteria=StoppingCriteriaList([_Cancelled(request)]),
         )
         request.finish(STOP if streamer.stopped else LENGTH)
-
-    async def close(self) -> None:
-        with self.wake:
-            self.closed = True
-            self.wake.notify_all()
-            for request in self.waiting:
-                request.cancelled = True
-        await asyncio.to_thread(self.thread.join)
 
     def stats(self) -> EngineStats:
         return EngineStats(len(self.waiting), self.running, 0, 0, 0, self.generated_tokens)

@@ -7,6 +7,7 @@ import asyncio
 import torch
 
 from bot.engine.batching import BatchingEngine
+from bot.engine.kv import common_prefix
 from bot.engine.protocol import Finished
 
 from bot.evaluation.cases import Prompted
@@ -43,15 +44,6 @@ def generate_replies(model, tokenizer, items: list[Prompted], *, max_batch: int,
             on_reply(1)
 
     asyncio.run(run())
-
-
-def common_prefix(prompts: list[list[int]]) -> list[int]:
-    """The tokens all prompts start with (the system prompt, with any examples in it)."""
-    first = prompts[0]
-    n = len(first)
-    for other in prompts[1:]:
-        n = next((i for i, (a, b) in enumerate(zip(first[:n], other)) if a != b), min(n, len(other)))
-    return first[: min(n, len(first) - 1)]
 
 
 @torch.no_grad()
