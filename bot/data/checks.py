@@ -12,15 +12,24 @@ from bot.data.schema import (
     BotTurn,
     Dialogue,
     HandoffTurn,
+    Persona,
     TrainingData,
     UserTurn,
 )
+from bot.data.grounding import source_text, ungrounded
+from bot.data.person_requests import PersonRequestRule
 from bot.errors import Problem
 from bot.typed import did_you_mean
 from bot.yamlsource import Document
 
 BOT_STEPS = (BotTurn, ActionTurn, HandoffTurn)
 TURN_NAMES = {UserTurn: "user", BotTurn: "bot", ActionTurn: "action", HandoffTurn: "handoff"}
+
+
+def check_person_requests(persona: Persona, doc: Document) -> list[Problem]:
+    """Every pattern of `asking_for_a_person` must be a valid regular expression."""
+    rule = PersonRequestRule.of(persona.asking_for_a_person)
+    return [doc.problem(("asking_for_a_person", section, k), f"not a valid regular expression: {error}") for section, k, error in rule.problems()]
 
 
 def check_actions(actions: dict[str, Action], doc: Document) -> list[Problem]:
@@ -93,8 +102,23 @@ def _turn_texts(turn) -> list[tuple[str, str]]:
     return [("action", json.dumps({"args": turn.args, "result": turn.result}, ensure_ascii=False))]
 
 
+def _check_grounding(d: Dialogue, actions: dict[str, Action]) -> list[Problem]:
+    """A `from: conversation` argument's value must appear earlier in the dialogue, in a user
+    turn or an action's result: the data must never teach the model to invent one."""
+    problems, seen = [], []
+    for j, turn in enumerate(d.turns):
+        if isinstance(turn, UserTurn):
+            seen.append(turn.user)
+        elif isinstance(turn, ActionTurn) and turn.action in actions:
+            for name in ungrounded(actions[turn.action], turn.args, seen):
+                message = f"'{name}' {json.dumps(turn.args[name])} appears nowhere before this call: the customer must give it (or an earlier action's result hold it) first"
+                problems.append(d.problem("turns", j, "args", name, message=message))
+            seen.append(source_text(turn.result))
+    return problems
+
+
 def _check_dialogue(d: Dialogue, data: TrainingData, max_length: int, count_tokens: Callable[[str], int]) -> list[Problem]:
-    problems = _check_order(d)
+    problems = _check_order(d) + _check_grounding(d, data.actions)
     for j, turn in enumerate(d.turns):
         for key, text in _turn_texts(turn):
             if not text.strip() and key != "handoff":

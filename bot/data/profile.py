@@ -7,11 +7,13 @@ the model's folder, so a served model always gets the prompt it learned with.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from bot.data.prompt import system_prompt
-from bot.data.schema import Action, TrainingData
+from bot.data.person_requests import PersonRequestRule
+from bot.data.schema import Action, PersonRequests, TrainingData
 
 PROFILE_FILE = "profile.json"
 
@@ -22,19 +24,27 @@ class BotProfile:
     actions: dict[str, Action]
     handoff_message: str
     secret: str = ""
+    person_requests: PersonRequests = field(default_factory=PersonRequests)
+
+    @cached_property
+    def person_rule(self) -> PersonRequestRule:
+        """Decides, before the model, that a customer asked for a person."""
+        return PersonRequestRule.of(self.person_requests)
 
     def to_json(self) -> dict:
         return {
             "system_prompt": self.system_prompt,
-            "actions": {name: action.model_dump(mode="json") for name, action in self.actions.items()},
+            "actions": {name: action.model_dump(mode="json", by_alias=True) for name, action in self.actions.items()},
             "handoff_message": self.handoff_message,
             "secret": self.secret,
+            "person_requests": self.person_requests.model_dump(mode="json"),
         }
 
     @classmethod
     def from_json(cls, value: dict) -> BotProfile:
         actions = {name: Action.model_validate(spec) for name, spec in value["actions"].items()}
-        return cls(value["system_prompt"], actions, value["handoff_message"], value.get("secret", ""))
+        requests = PersonRequests.model_validate(value.get("person_requests", {}))
+        return cls(value["system_prompt"], actions, value["handoff_message"], value.get("secret", ""), requests)
 
     def argument_problems(self, name: str, arguments: dict) -> list[str]:
         """Why a call of `name` with `arguments` must not run (empty: it may)."""
@@ -57,7 +67,9 @@ class BotProfile:
 
 def profile_of(data: TrainingData) -> BotProfile:
     persona = data.persona
-    return BotProfile(system_prompt(persona, data.actions), dict(data.actions), persona.handoff_message, persona.secret)
+    return BotProfile(
+        system_prompt(persona, data.actions), dict(data.actions), persona.handoff_message, persona.secret, persona.asking_for_a_person
+    )
 
 
 def read_profile(folder: Path) -> BotProfile | None:

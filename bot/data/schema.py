@@ -9,14 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from bot.typed import Strict
 from bot.yamlsource import Document, Path_
 
 HANDOFF_TOOL = "handoff_to_human"
+DEFAULT_MAX_CHARS = 64  # a text argument's longest value in a tool call (ids, dates, codes)
+HANDOFF_REASON_MAX_CHARS = 160  # the handoff's free-text reason: one sentence for the agent
 ArgType = Literal["string", "integer", "number", "boolean"]
 PYTHON_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
+
+
+class PersonRequests(Strict):
+    """Phrasings of asking for a person (regular expressions over the customer's message,
+    lower-cased, accents and punctuation removed). See bot/data/person_requests.py."""
+
+    words: dict[str, str] = Field({}, description="Named alternatives: `{name}` in a pattern stands for them.")
+    patterns: list[str] = []
+    unless: list[str] = Field([], description="Blanked out before matching (another sense of 'person').")
 
 
 class Persona(Strict):
@@ -29,13 +40,29 @@ class Persona(Strict):
     rules: list[str] = []
     secret: str = Field("", description="Marker in the system prompt that must never appear in a reply.")
     handoff_message: str = "I'm passing you to a member of our team, who will reply here shortly."
+    asking_for_a_person: PersonRequests = Field(
+        default_factory=lambda: PersonRequests(),
+        description="Messages that ask for a person are handed off before the model answers.",
+    )
 
 
 class Argument(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
     type: ArgType = "string"
     description: str = ""
     required: bool = True
     enum: list[str | int | float] | None = None
+    source: Literal["model", "conversation"] = Field(
+        "model",
+        alias="from",
+        description="conversation: the value must appear in what the customer wrote or in an earlier action's result.",
+    )
+    max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0, description="Longest text value a tool call may carry.")
+
+    @property
+    def grounded(self) -> bool:
+        return self.source == "conversation"
 
     def has_type(self, value: Any) -> bool:
         """Whether `value` is of the declared type (a bool is not a number here)."""

@@ -1,0 +1,65 @@
+"""The shape of a tool call, as a JSON Schema and as a grammar, from the declared actions.
+
+A call is `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, written exactly as
+training renders it (`bot.rendering.tool_call_text`: json.dumps' ", " and ": " separators). The
+schema allows only a declared action (or the handoff), with its declared argument names, types
+and enums, and a length limit on every text value, so that a free-text `reason` can't ramble
+to the token limit. The same schema is what vLLM takes as structured output
+(`"structured_outputs": {"json": schema}`, or `guided_json` in older releases); the grammar
+wraps it in the markup for llguidance (bot.engine.constraint).
+"""
+
+from __future__ import annotations
+
+import json
+
+from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+from bot.data.schema import HANDOFF_REASON_MAX_CHARS, HANDOFF_TOOL, Action, Argument
+
+JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean"}
+# json.dumps' default separators, the ones training data is rendered with; no other whitespace.
+LAYOUT = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+
+
+def _argument_schema(argument: Argument) -> dict:
+    schema: dict = {"type": JSON_TYPES[argument.type]}
+    if argument.enum is not None:
+        schema["enum"] = list(argument.enum)
+    elif argument.type == "string":
+        schema["maxLength"] = argument.max_chars
+    return schema
+
+
+def _call_schema(name: str, arguments: dict[str, Argument]) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"const": name},
+            "arguments": {
+                "type": "object",
+                "properties": {a: _argument_schema(spec) for a, spec in arguments.items()},
+                "required": [a for a, spec in arguments.items() if spec.required],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def tool_call_schema(actions: dict[str, Action]) -> dict:
+    """JSON Schema of one call: `{"name", "arguments"}` of a declared action or the handoff."""
+    handoff = {"reason": Argument(type="string", max_chars=HANDOFF_REASON_MAX_CHARS)}
+    calls = [_call_schema(name, action.arguments) for name, action in actions.items()] + [_call_schema(HANDOFF_TOOL, handoff)]
+    return {"anyOf": calls}
+
+
+def tool_call_grammar(actions: dict[str, Action]) -> str:
+    """A Lark grammar (llguidance's dialect) of a whole call reply: optional leading whitespace,
+    the opening tag, the JSON of `tool_call_schema`, the closing tag."""
+    schema = dict(tool_call_schema(actions), **{"x-guidance": LAYOUT})
+    return "\n".join([
+        f"start: SPACE? {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)}",
+        r"SPACE: /[ \n]{1,2}/",  # bounded: a forced call can't be whitespace for ever
+        f"call: %json {json.dumps(schema)}",
+    ])
