@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bot.engine.constraint import ToolCallConstraint
 from bot.engine.kv import BatchCache, KVSpec, PromptCache
 from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
 from bot.engine.requests import Request, ThreadedEngine
@@ -44,8 +45,9 @@ class BatchingEngine(ThreadedEngine):
         prefill_tokens: int = 1024,
         pinned_prefix: list[int] | None = None,
         ignore_eos: bool = False,
+        constraint: ToolCallConstraint | None = None,
     ):
-        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos)
+        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint)
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.spec = KVSpec.of(model)
         self.max_batch, self.prefill_tokens = max_batch, prefill_tokens
@@ -102,8 +104,9 @@ class BatchingEngine(ThreadedEngine):
         self.rows, self.cache = [], None
         return running
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache) -> torch.Tensor:
-        """Logits of the last position of each row; `cache` grows by ids' width."""
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache, requests=()) -> list[int]:
+        """The next token of each row (greedy); `cache` grows by ids' width. `requests` are the
+        rows' requests in batch order, for the tool-call constraint."""
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)
         # The output layer on each row's last position alone, as one 2-D matmul: the model's own
         # `logits_to_keep` slices a 3-D tensor, and on the CPU that matmul copies the whole
@@ -111,6 +114,10 @@ class BatchingEngine(ThreadedEngine):
         logits = self.head(out.last_hidden_state[:, -1]).float()
         if self.ignore_eos:
             logits[:, list(self.stop_ids)] = float("-inf")
+        for b, request in enumerate(requests):
+            calls = request.calls
+            if calls and calls.active:  # inside a tool call: only tokens that keep it valid
+                logits[b].masked_fill_(~calls.allowed().to(logits.device), float("-inf"))
         return logits.argmax(-1).tolist()
 
     def _mask(self, starts: torch.Tensor, first_query: int, queries: int) -> torch.Tensor:
@@ -183,7 +190,7 @@ class BatchingEngine(ThreadedEngine):
         device = self.spec.device
         starts_t = torch.tensor(starts, device=device)
         positions = (torch.arange(cache.width, width, device=device)[None, :] - starts_t[:, None]).clamp(min=0)
-        tokens = self._forward(ids.to(device), positions, self._mask(starts_t, cache.width, suffix), cache)
+        tokens = self._forward(ids.to(device), positions, self._mask(starts_t, cache.width, suffix), cache, [r for r, _, _ in group])
         rows = []
         for b, ((request, _, _), start, token) in enumerate(zip(group, starts, tokens)):
             row = _Row(request, start)
@@ -221,7 +228,7 @@ class BatchingEngine(ThreadedEngine):
         width = cache.width
         starts = torch.tensor([row.start for row in self.rows], device=device)
         ids = torch.tensor([[row.last] for row in self.rows], device=device)
-        tokens = self._forward(ids, (width - starts)[:, None], self._mask(starts, width, 1), cache)
+        tokens = self._forward(ids, (width - starts)[:, None], self._mask(starts, width, 1), cache, [row.request for row in self.rows])
         finished = {b for b, (row, token) in enumerate(zip(self.rows, tokens)) if self._advance(row, token, cache, b)}
         if finished:
             keep = [b for b in range(len(self.rows)) if b not in finished]

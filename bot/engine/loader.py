@@ -17,6 +17,7 @@ from bot.base_model import check_tokenizer, load_model, load_tokenizer
 from bot.config import ServeConfig, Settings
 from bot.data.profile import BotProfile, profile_of, read_profile
 from bot.data.project import validate
+from bot.engine.constraint import ToolCallConstraint
 from bot.engine.batching import BatchingEngine
 from bot.engine.kv import common_prefix
 from bot.engine.protocol import Engine
@@ -87,4 +88,10 @@ def start_engine(weights: Weights, serve: ServeConfig, max_length: int, *, kind:
         kv_cache_mb=serve.kv_cache_mb,
         pinned_prefix=shared_prefix(weights.tokenizer, weights.profile.system_prompt) if kind == "batching" else None,
         ignore_eos=ignore_eos,
+        constraint=None if ignore_eos else call_constraint(weights.model, weights.tokenizer, weights.profile.actions),
     )
+
+
+def call_constraint(model, tokenizer, actions) -> ToolCallConstraint:
+    """The tool-call constraint for a model: its vocabulary is the width of its output layer."""
+    return ToolCallConstraint(tokenizer, actions, model.get_output_embeddings().weight.shape[0])

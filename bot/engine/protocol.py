@@ -68,10 +68,11 @@ class Engine(ABC):
     name = "?"
 
     @abstractmethod
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int) -> AsyncIterator[str | Finished]:
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False) -> AsyncIterator[str | Finished]:
         """Text pieces as they are generated, then one `Finished`. Raises an EngineError
         subclass for a request that can't be served. Closing the iterator early cancels this
-        request alone."""
+        request alone. An engine with the tool-call constraint keeps any call the reply opens
+        valid; `tool_call=True` makes the whole reply a call (structured output)."""
 
     @abstractmethod
     async def close(self) -> None:

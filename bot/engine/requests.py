@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import torch
 
-from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, Finished, PromptTooLong
+from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
+from bot.engine.constraint import CallFollower, ToolCallConstraint
 from bot.engine.text import IncrementalText
 
 _ids = itertools.count(1)
@@ -31,10 +32,12 @@ class Request:
         self.out: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.text = IncrementalText(tokenizer)
+        self.written = ""  # the pieces sent so far
         self.started = time.monotonic()
         self.first_token_s: float | None = None
         self.cached_tokens = 0
         self.done = False
+        self.calls: CallFollower | None = None  # set when the engine constrains tool calls
 
     @property
     def generated(self) -> list[int]:
@@ -50,13 +53,17 @@ class Request:
         """A generated token that belongs to the reply (an end-of-turn token does not)."""
         if self.first_token_s is None:
             self.first_token_s = time.monotonic() - self.started
-        if piece := self.text.add(token_id):
+        piece = self.text.add(token_id)
+        self.written += piece
+        if self.calls:
+            self.calls.observe(self.generated, self.written)
+        if piece:
             self._send(piece)
 
     def finish(self, reason: str) -> Finished:
         self.done = True
         result = Finished(
-            text=self.text.text.strip(),
+            text=self.text.text.rstrip("\ufffd").strip(),  # a character cut off at the token limit is dropped
             token_ids=tuple(self.generated),
             first_token_s=self.first_token_s,
             seconds=time.monotonic() - self.started,
@@ -98,8 +105,9 @@ class ThreadedEngine(Engine):
     sends back into an async iterator. That thread alone uses all the cores for torch (see
     `leave_cores_to_engines`). A subclass sets itself up, then calls `self.thread.start()`."""
 
-    def __init__(self, model, tokenizer, *, max_length: int, max_queue: int, ignore_eos: bool):
+    def __init__(self, model, tokenizer, *, max_length: int, max_queue: int, ignore_eos: bool, constraint: ToolCallConstraint | None = None):
         self.model = model.eval()
+        self.constraint = constraint
         self.tokenizer = tokenizer
         self.max_length, self.max_queue, self.ignore_eos = max_length, max_queue, ignore_eos
         self.stop_ids = stop_token_ids(model, tokenizer)
@@ -162,9 +170,13 @@ class ThreadedEngine(Engine):
         if not all(0 <= t < vocabulary for t in prompt_ids):
             raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
 
-    async def stream(self, prompt_ids: Sequence[int], max_new_tokens: int) -> AsyncIterator[str | Finished]:
+    async def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False) -> AsyncIterator[str | Finished]:
         self.check(prompt_ids, max_new_tokens)
+        if tool_call and not self.constraint:
+            raise EngineError("this engine has no tool-call constraint")
         request = Request(prompt_ids, max_new_tokens, self.tokenizer, asyncio.get_running_loop())
+        if self.constraint:
+            request.calls = self.constraint.follow(forced=tool_call)
         self._in_flight += 1
         try:
             self.submit(request)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
@@ -47,11 +47,26 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.request.cancelled, dtype=torch.bool, device=input_ids.device)
 
 
+class _FollowCalls(LogitsProcessor):
+    """The tool-call constraint (bot.engine.constraint) inside `generate`."""
+
+    def __init__(self, request: Request):
+        self.request = request
+
+    def __call__(self, input_ids, scores):
+        calls = self.request.calls
+        if calls and calls.active:
+            scores[0].masked_fill_(~calls.allowed().to(scores.device), float("-inf"))
+        return scores
+
+
 class SerialEngine(ThreadedEngine):
     name = "serial"
 
-    def __init__(self, model, tokenizer, *, max_length: int, max_queue: int = 256, ignore_eos: bool = False, **_batching_only):
-        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos)
+    def __init__(
+        self, model, tokenizer, *, max_length: int, max_queue: int = 256, ignore_eos: bool = False, constraint=None, **_batching_only
+    ):
+        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint)
         self.running = 0
         self.thread.start()
 
@@ -89,6 +104,7 @@ class SerialEngine(ThreadedEngine):
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_Cancelled(request)]),
+            logits_processor=LogitsProcessorList([_FollowCalls(request)]),
         )
         request.finish(STOP if streamer.stopped else LENGTH)
 
