@@ -10,6 +10,7 @@ a token prefix of the whole conversation, or we stop rather than train on a shif
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,7 @@ class BotStep:
     text: str
     action: str | None = None
     arguments: dict | None = None
+    broken_call: str | None = None  # the reply opened a tool call that isn't one: the name it gave, or ''
 
     @property
     def handoff(self) -> bool:
@@ -79,18 +81,30 @@ class BotStep:
         return self.action is not None and not self.handoff
 
 
+def handoff_step(reason: str) -> BotStep:
+    """The step of handing off, as the model would write it."""
+    return BotStep(tool_call_text(HANDOFF_TOOL, {"reason": reason}), HANDOFF_TOOL, {"reason": reason})
+
+
 def parse_reply(text: str) -> BotStep:
     """The inverse of `tool_call_text`: a reply that is exactly one well-formed tool call is a
-    call; anything else (a malformed call too) is plain text, never executed."""
+    call. A reply that opens a call and doesn't finish it well is a broken call (never run,
+    never shown). Text is text, up to any tool-call markup in it: markup never reaches a customer."""
     body = text.strip()
-    if body.startswith(TOOL_CALL_OPEN) and body.endswith(TOOL_CALL_CLOSE):
+    at = body.find(TOOL_CALL_OPEN)
+    if at > 0:
+        return BotStep(body[:at].rstrip())
+    if at < 0:
+        return BotStep(text)
+    if body.endswith(TOOL_CALL_CLOSE):
         try:
             call = json.loads(body[len(TOOL_CALL_OPEN) : -len(TOOL_CALL_CLOSE)])
         except json.JSONDecodeError:
-            return BotStep(text)
+            call = None
         if isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments", {}), dict):
             return BotStep(text, call["name"], call.get("arguments", {}))
-    return BotStep(text)
+    named = re.search(r'"name"\s*:\s*"([^"]*)"', body)
+    return BotStep(body, broken_call=named.group(1) if named else "")
 
 
 def message_step(message: dict[str, Any]) -> BotStep:

@@ -227,7 +227,7 @@ async def test_at_most_the_configured_actions_per_message(tmp_path, cache_dir, s
     endpoints = f"action_endpoint:\n  url: {server.make_url('/webhook')}\n"
     project = make_project(tmp_path / "p", cache_dir, endpoints=endpoints, config="serve:\n  max_actions_per_message: 2\n")
     client, _ = await serve(project, lambda prompt: call("check_order", order_id="ES-1001"))  # calls forever
-    events = await chat(client, "u2", "loop")
+    events = await chat(client, "u2", "loop on ES-1001")
     await server.close()
     assert len(seen) == 2
     assert [data["text"] for name, data in events if name == "message"] == [COULD_NOT_DO]
@@ -250,11 +250,11 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     client, model = await serve(project, replies)
 
     await chat(client, "h1", "hello")
-    events = await chat(client, "h1", "I want a refund, get me a person")
+    events = await chat(client, "h1", "I want a refund for this")  # the model decides (a request for a person is the rule's)
     handoff = [data for name, data in events if name == "message"]
     assert handoff == [{"recipient_id": "h1", "text": "I'm passing you to a colleague, who will reply here shortly.", "type": "handoff", "seq": handoff[0]["seq"]}]
     assert notified[0]["sender"] == "h1" and notified[0]["reason"] == "customer wants a refund decision"
-    assert "customer: I want a refund, get me a person" in notified[0]["summary"]
+    assert "customer: I want a refund for this" in notified[0]["summary"]
 
     assert (await client.get("/api/handoffs")).status == 401  # agents need the admin token
     assert (await client.get("/api/handoffs", headers={"Authorization": "Bearer wrong"})).status == 401

@@ -20,6 +20,8 @@ from typing import Any
 from bot.config import ServeConfig
 from bot.data.compile import tool_call_message
 from bot.data.prompt import TOOL_CALL_OPEN
+from bot.data.grounding import ungrounded
+from bot.data.person_requests import PERSON_ASKED, last_user_text
 from bot.data.schema import HANDOFF_TOOL
 from bot.rendering import parse_reply
 from bot.engine.protocol import Finished
@@ -62,6 +64,11 @@ def fold(events: list[Event]) -> ConversationState:
     return state
 
 
+def conversation_sources(messages: list[dict]) -> list[str]:
+    """What the customer wrote and what actions returned: where a grounded argument must come from."""
+    return [m.get("content") or "" for m in messages if m["role"] in ("user", "tool")]
+
+
 def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
     """A stored conversation as the model's context, in the training format (bot.data.compile)."""
     messages: list[dict] = [{"role": "system", "content": system_prompt}]
@@ -75,9 +82,50 @@ def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
             call_id = f"call_{event.get('seq', len(messages))}"
             messages.append(tool_call_message(call_id, event["name"], event.get("arguments", {})))
             messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(event.get("result"), ensure_ascii=False)})
-        elif kind == HANDOFF and event.get("by") == "model":
+        elif kind == HANDOFF and event.get("by") in ("model", "rule"):
             messages.append(tool_call_message(f"call_{event.get('seq', len(messages))}", HANDOFF_TOOL, {"reason": event.get("reason", "")}))
     return messages
+
+
+class VisibleText:
+    """What of a streamed reply a customer may see: nothing while the reply may still be a tool
+    call, then the text up to any tool-call tag. The tail that could be the start of a tag is
+    held back until the next piece shows it isn't."""
+
+    def __init__(self):
+        self.held = ""
+        self.started = False  # the reply is text, not a call
+        self.cut = False  # a tag came: nothing more is shown
+
+    def feed(self, piece: str) -> str:
+        if self.cut:
+            return ""
+        self.held += piece
+        if not self.started:
+            lead = self.held.lstrip()
+            if TOOL_CALL_OPEN.startswith(lead) or lead.startswith(TOOL_CALL_OPEN):
+                return ""
+            self.started, self.held = True, lead
+        at = self.held.find(TOOL_CALL_OPEN)
+        if at >= 0:
+            self.cut = True
+            return self.held[:at]
+        keep = next((k for k in range(len(TOOL_CALL_OPEN) - 1, 0, -1) if self.held.endswith(TOOL_CALL_OPEN[:k])), 0)
+        shown, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
+        return shown
+
+    def flush(self) -> str:
+        """At the end of the reply: what was held back, unless it belongs to a call."""
+        shown = self.held if self.started and not self.cut else ""
+        self.held = ""
+        return shown
+
+
+def asked_for(arguments: list[str]) -> str:
+    """The question that asks the customer for values the model would have made up."""
+    labels = [name.removesuffix("_id") + " number" if name.endswith("_id") else name.replace("_", " ") for name in arguments]
+    wanted = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+    return f"To do that I need your {wanted}. Could you tell me, please?"
 
 
 class ModelHolder:
@@ -130,23 +178,18 @@ class Dialogue:
     async def _generate(self, model: ResponseModel, messages: list[dict]) -> AsyncIterator[Piece | Finished]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
         which the customer never sees."""
-        held, streaming = "", False
+        visible = VisibleText()
         async with aclosing(model.stream(messages, self.config.max_new_tokens)) as pieces:
             async for item in pieces:
                 if isinstance(item, Finished):
                     if self.metrics:
                         self.metrics.generated(item)
+                    if rest := visible.flush():
+                        yield Piece(rest)
                     yield item
                     return
-                if streaming:
-                    yield Piece(item)
-                    continue
-                held += item
-                lead = held.lstrip()
-                if TOOL_CALL_OPEN.startswith(lead) or lead.startswith(TOOL_CALL_OPEN):
-                    continue
-                streaming = True
-                yield Piece(lead)
+                if shown := visible.feed(item):
+                    yield Piece(shown)
 
     async def answer(
         self, model: ResponseModel, messages: list[dict], *, sender: str, state: ConversationState, latest: Event
@@ -154,6 +197,9 @@ class Dialogue:
         """`messages` starts with the system prompt and ends with the customer's message. One
         model (borrowed from the holder) writes the whole answer, even if a reload happens meanwhile."""
         messages = list(messages)
+        if model.profile.person_rule.asks_for_person(last_user_text(messages)):
+            yield new_event(HANDOFF, by="rule", reason=PERSON_ASKED, text=model.profile.handoff_message)
+            return
         for step in range(self.config.max_actions_per_message + 1):
             generated = None
             async with aclosing(self._generate(model, messages)) as items:
@@ -163,6 +209,14 @@ class Dialogue:
                     else:
                         yield item
             reply = parse_reply(generated.text)
+            if reply.broken_call is not None:  # opened a call and never finished it well: a failed call
+                log.warning("conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text)
+                if reply.broken_call == HANDOFF_TOOL:
+                    yield new_event(HANDOFF, by="model", reason="", text=model.profile.handoff_message)
+                    return
+                yield new_event("action_failed", name=reply.broken_call, arguments={}, error=f"malformed tool call ({generated.finish_reason})")
+                yield new_event("bot", text=COULD_NOT_DO)
+                return
             if reply.handoff:
                 reason = str((reply.arguments or {}).get("reason", ""))
                 yield new_event(HANDOFF, by="model", reason=reason, text=model.profile.handoff_message)
@@ -178,6 +232,13 @@ class Dialogue:
                 log.warning("conversation %s: not running %s(%s): %s", sender, name, json.dumps(arguments), "; ".join(problems) or detail["error"])
                 yield new_event(kind, name=name, arguments=arguments, **detail)
                 yield new_event("bot", text=COULD_NOT_DO)
+                return
+            invented = ungrounded(model.profile.actions[name], arguments, conversation_sources(messages))
+            if invented:  # never sent: the customer is asked for the value instead
+                log.warning("conversation %s: not running %s(%s): %s not from the conversation", sender, name, json.dumps(arguments), ", ".join(invented))
+                problems = [f"'{a}' {json.dumps(arguments[a])} appears nowhere in the conversation" for a in invented]
+                yield new_event("action_rejected", name=name, arguments=arguments, problems=problems, reason="ungrounded")
+                yield new_event("bot", text=asked_for(invented))
                 return
             outcome = await self.actions.run(name, arguments, sender=sender, state=state, latest=latest, profile=model.profile)
             for event in outcome.events:

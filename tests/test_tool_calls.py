@@ -1,0 +1,215 @@
+"""Tool calls that can't be malformed, arguments that can't be invented, and a customer who asks
+for a person getting one: the grammar and the constraint on a real (tiny) model, the served bot
+with a scripted model, and the validator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import llguidance
+import pytest
+import yaml
+
+from bot.data.schema import HANDOFF_REASON_MAX_CHARS
+from bot.data.tool_schema import tool_call_grammar, tool_call_schema
+from bot.engine.batching import BatchingEngine
+from bot.engine.constraint import ToolCallConstraint
+from bot.engine.loader import load_weights
+from bot.engine.protocol import Finished
+from bot.rendering import parse_reply, prompt_ids
+from bot.serve.dialogue import COULD_NOT_DO
+from serve_support import make_project, settings_of, sse_events
+
+ROOT = Path(__file__).resolve().parent.parent
+PHRASINGS = yaml.safe_load((ROOT / "tests" / "data" / "asking_for_a_person.yml").read_text())
+
+
+def call(name: str, **arguments) -> str:
+    return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}) + "</tool_call>"
+
+
+def starter_project(tmp_path, cache_dir):
+    """The template project with the starter persona and actions (the rule, `from: conversation`)."""
+    project = make_project(tmp_path / "p", cache_dir)
+    for name in ("persona.yml", "actions.yml"):
+        (project / "training_data" / name).write_text((ROOT / "training_data" / name).read_text())
+    return project
+
+
+async def chat(client, sender: str, message: str) -> list[tuple[str, dict]]:
+    return sse_events(await (await client.post("/api/chat/stream", json={"sender": sender, "message": message})).text())
+
+
+async def stored(client, sender: str) -> list[dict]:
+    from bot.serve.keys import STORE
+
+    return await client.app[STORE].events(sender)
+
+
+def shown(events) -> str:
+    """Everything a customer's widget received: streamed tokens and whole messages."""
+    return "".join(data.get("text") or "" for name, data in events if name in ("token", "message"))
+
+
+# -- the grammar -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def starter_actions(tmp_path_factory):
+    from bot.data.project import validate
+
+    return validate(settings_of(starter_project(tmp_path_factory.mktemp("g"), tmp_path_factory.mktemp("c")))).actions
+
+
+def accepts(tokenizer, actions, text: str) -> bool:
+    constraint = ToolCallConstraint(tokenizer, actions, len(tokenizer))
+    matcher = constraint.template.deep_copy()
+    return matcher.consume_tokens(tokenizer(text, add_special_tokens=False)["input_ids"]) and matcher.is_accepting()
+
+
+def test_the_grammar_takes_declared_calls_only(tokenizer, starter_actions):
+    assert accepts(tokenizer, starter_actions, call("get_bill", account_id="52093817"))
+    assert accepts(tokenizer, starter_actions, call("get_bill", account_id="52093817", month="2026-04"))
+    assert accepts(tokenizer, starter_actions, "\n" + call("handoff_to_human", reason="Wants a refund."))
+    assert not accepts(tokenizer, starter_actions, call("delete_account", account_id="52093817"))  # undeclared
+    assert not accepts(tokenizer, starter_actions, call("get_bill", acount_id="52093817"))  # misspelt argument
+    assert not accepts(tokenizer, starter_actions, call("get_bill"))  # a required argument missing
+    assert not accepts(tokenizer, starter_actions, call("start_return", order_id="KM-1", reason="bored"))  # not in the enum
+    assert not accepts(tokenizer, starter_actions, call("handoff_to_human", reason="x" * (HANDOFF_REASON_MAX_CHARS + 1)))
+
+
+def test_the_schema_is_plain_json_schema_for_a_remote_server(starter_actions):
+    schema = tool_call_schema(starter_actions)
+    json.dumps(schema)  # what vLLM's structured output takes must be JSON
+    names = [option["properties"]["name"]["const"] for option in schema["anyOf"]]
+    assert names == list(starter_actions) + ["handoff_to_human"]
+    reason = schema["anyOf"][-1]["properties"]["arguments"]["properties"]["reason"]
+    assert reason == {"type": "string", "maxLength": HANDOFF_REASON_MAX_CHARS}
+    assert llguidance.LLMatcher.validate_grammar(tool_call_grammar(starter_actions)) == ""  # compiles, no error
+
+
+# -- the constraint on a real model ----------------------------------------------------------------
+async def test_a_tiny_model_forced_to_call_writes_a_declared_call(tmp_path, cache_dir, tiny_base, tokenizer):
+    """Random weights would never write a valid call by chance: every row of the batch does."""
+    project = starter_project(tmp_path, cache_dir)
+    (project / "config.yml").write_text((project / "config.yml").read_text().replace("base: bundled", f"base: {tiny_base}"))
+    weights = load_weights(settings_of(project), None)
+    actions = weights.profile.actions
+    constraint = ToolCallConstraint(weights.tokenizer, actions, weights.model.get_output_embeddings().weight.shape[0])
+    engine = BatchingEngine(weights.model, weights.tokenizer, max_length=1024, max_batch=4, constraint=constraint)
+    # every call fits: at most 64 characters a value, so at most about 200 tokens a call
+    system = {"role": "system", "content": weights.profile.system_prompt}
+    questions = ["where is my order", "my bill is wrong", "no signal in LS6 2AB"]
+
+    async def reply(question: str, forced: bool) -> Finished:
+        ids = prompt_ids(weights.tokenizer, [system, {"role": "user", "content": question}])
+        async for item in engine.stream(ids, 400, tool_call=forced):
+            if isinstance(item, Finished):
+                return item
+
+    try:
+        forced = await asyncio.gather(*(reply(q, True) for q in questions))
+        free = await asyncio.gather(*(reply(q, False) for q in questions[:2]))
+    finally:
+        await engine.close()
+    for result in forced:
+        step = parse_reply(result.text)
+        assert result.finish_reason == "stop", result.text  # closed the call, then the end-of-turn token
+        assert step.action in set(actions) | {"handoff_to_human"} and step.broken_call is None, result.text
+        assert not weights.profile.argument_problems(step.action, step.arguments) or step.handoff
+    assert all(not parse_reply(r.text).action for r in free)  # unforced random text stays free text
+
+
+# -- the served bot -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ('<tool_call>{"name": "check_order", "arguments": {"order_id": "KM-10', COULD_NOT_DO),  # stopped mid-call
+        ('<tool_call>{"name": "check_order", "arguments": {"order_id": KM-104233}}</tool_call>', COULD_NOT_DO),  # bad JSON
+        ('<tool_call>{"name": "handoff_to_human", "arguments": {"reason": "Customer asked for KM-120448 (KM', None),
+        ("Let me look that up. <tool_call>{\"name\": \"check_order\"", "Let me look that up."),
+    ],
+)
+async def test_a_broken_call_never_reaches_the_customer(tmp_path, cache_dir, serve, reply, expected):
+    client, _ = await serve(starter_project(tmp_path, cache_dir), [reply, reply, reply])
+    events = await chat(client, "b1", "where's my order KM-104233?")
+    assert "tool_call" not in shown(events) and "{" not in shown(events)
+    log = await stored(client, "b1")
+    if expected is None:  # a broken handoff is still a handoff
+        assert log[-1]["type"] == "handoff" and [d["type"] for n, d in events if n == "message"] == ["handoff"]
+    else:
+        assert [d["text"] for n, d in events if n == "message"] == [expected]
+    if expected == COULD_NOT_DO:
+        assert [e["type"] for e in log] == ["user", "action_failed", "bot"] and "malformed" in log[1]["error"]
+
+    # the OpenAI-compatible route, streaming and not: no markup in any content either
+    for stream in (False, True):
+        body = {"model": "bot", "messages": [{"role": "user", "content": "where's my order KM-104233?"}], "stream": stream}
+        answer = await (await client.post("/v1/chat/completions", json=body)).text()
+        assert "tool_call" not in answer.replace('"tool_calls"', "") and "KM-10'" not in answer
+
+
+async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, serve):
+    """The model makes up an account number: the call is not sent, the customer is asked for it."""
+    replies = [call("get_account", account_id="40912267"), call("check_order", order_id="km-104233"), "It's on its way."]
+    client, model = await serve(starter_project(tmp_path, cache_dir), replies)
+    events = await chat(client, "g1", "What's my balance? My postcode is M14 5RT.")
+    assert [d["text"] for n, d in events if n == "message"] == ["To do that I need your account number. Could you tell me, please?"]
+    log = await stored(client, "g1")
+    assert [e["type"] for e in log] == ["user", "action_rejected", "bot"]
+    assert log[1]["reason"] == "ungrounded" and "'account_id' \"40912267\" appears nowhere" in log[1]["problems"][0]
+    assert len(model.engine.prompts) == 1  # nothing ran, nothing more generated
+
+    # a value the customer gave (in another letter case) is grounded: the call goes to the action server
+    events = await chat(client, "g2", "where is order KM-104233")
+    assert [e["type"] for e in await stored(client, "g2")][:2] == ["user", "action_failed"]  # sent (nothing listens)
+
+
+async def test_held_out_phrasings_are_handed_off_before_the_model(tmp_path, cache_dir, serve):
+    asks, others = PHRASINGS["asks"], PHRASINGS["does_not_ask"]
+    assert len(asks) >= 20 and len(others) >= 20
+    client, model = await serve(starter_project(tmp_path, cache_dir), lambda prompt: "Happy to help.")
+    handed_off = {}
+    for k, message in enumerate(asks + others):
+        events = await chat(client, f"h{k}", message)
+        handed_off[message] = [d["type"] for n, d in events if n == "message"] == ["handoff"]
+    missed = [m for m in asks if not handed_off[m]]
+    false = [m for m in others if handed_off[m]]
+    assert (missed, false) == ([], [])
+    assert len(model.engine.prompts) == len(others)  # the model never saw a request for a person
+    log = await stored(client, "h0")
+    assert log[-1]["by"] == "rule" and log[-1]["reason"] == "The customer asked for a person."
+
+
+# -- the validator ----------------------------------------------------------------------------------
+def test_the_validator_flags_an_argument_the_dialogue_never_gave(tmp_path, cache_dir):
+    from bot.data.project import validate
+    from bot.errors import InvalidFiles
+
+    project = starter_project(tmp_path, cache_dir)
+    (project / "training_data" / "dialogues" / "invented.yml").write_text(
+        "dialogues:\n"
+        "  - id: invented-order\n"
+        "    turns:\n"
+        "      - user: where is my parcel?\n"
+        "      - action: check_order\n"
+        "        args: {order_id: KM-555555}\n"
+        "        result: {status: dispatched}\n"
+        "      - bot: It's on its way.\n"
+    )
+    with pytest.raises(InvalidFiles) as error:
+        validate(settings_of(project))
+    assert "dialogues/invented.yml:6:" in str(error.value)
+    assert "'order_id' \"KM-555555\" appears nowhere before this call" in str(error.value)
+
+
+def test_a_bad_pattern_is_a_located_error(tmp_path, cache_dir):
+    from bot.data.project import validate
+    from bot.errors import InvalidFiles
+
+    project = starter_project(tmp_path, cache_dir)
+    persona = project / "training_data" / "persona.yml"
+    persona.write_text(persona.read_text().replace('  patterns:\n', '  patterns:\n    - "speak to (a person"\n', 1))
+    with pytest.raises(InvalidFiles) as error:
+        validate(settings_of(project))
+    assert "persona.yml" in str(error.value) and "not a valid regular expression" in str(error.value)
