@@ -87,6 +87,86 @@ def test_expectations(expect, replies, failed):
     assert [f.expectation for f in found] == failed
 
 
+WRONG_ID = parse_reply(tool_call_text("check_order", {"order_id": "ES-2"}))
+INVENTED = parse_reply(tool_call_text("check_order", {"order_id": "ES-1", "email": "a@b.c"}))
+CANCEL = parse_reply(tool_call_text("cancel_order", {"order_id": "ES-1"}))
+TEXT = BotStep("Let me look into that.")
+
+
+@pytest.mark.parametrize(
+    "reply, reference, failed",
+    [
+        (ORDER, ORDER, None),
+        (WRONG_ID, ORDER, "wrong or invented argument"),  # the right action, a wrong argument
+        (INVENTED, ORDER, "wrong or invented argument"),  # the right action, an argument made up
+        (CANCEL, ORDER, "wrong action"),
+        (TEXT, ORDER, "missed call"),
+        (ORDER, TEXT, "spurious call"),
+        (HANDOFF, TEXT, "wrong handoff"),  # handed off where a plain reply was right
+        (TEXT, HANDOFF, "wrong handoff"),  # a plain reply where it should have handed off
+        (ORDER, HANDOFF, "wrong handoff"),
+        (HANDOFF, ORDER, "wrong handoff"),
+        (HANDOFF, parse_reply(tool_call_text("handoff_to_human", {"reason": "other"})), None),  # the reason is free text
+        (BotStep("Hello!"), TEXT, None),
+    ],
+)
+def test_classify_names_exactly_one_failure_and_agrees_with_the_accuracies(reply, reference, failed):
+    assert metrics.classify(reply, reference) == failed
+    right = metrics.action_correct(reply, reference) and metrics.handoff_correct(reply, reference)
+    assert (failed is None) == right
+
+
+def test_step_labels_tell_handoff_from_no_call_and_never_collide():
+    assert [metrics.step_label(s) for s in (ORDER, HANDOFF, TEXT)] == ["check_order", "handoff", "no call"]
+    assert metrics.step_label(parse_reply(tool_call_text("handoff", {}))) == "handoff (action)"  # an invented action
+    assert metrics.step_label(parse_reply("<tool_call>{oops</tool_call>")) == "no call"  # malformed: text
+
+
+def test_action_table_counts_expected_against_taken():
+    pairs = [
+        (ORDER, ORDER), (ORDER, ORDER), (WRONG_ID, ORDER), (TEXT, ORDER),  # check_order expected 4 times
+        (CANCEL, CANCEL), (ORDER, CANCEL),  # cancel_order expected twice
+        (HANDOFF, HANDOFF), (TEXT, HANDOFF),  # handoff expected twice
+        (TEXT, TEXT), (HANDOFF, TEXT), (CANCEL, TEXT),  # a plain reply expected 3 times
+    ]
+    table = metrics.action_table(pairs)
+    assert table["labels"] == ["cancel_order", "check_order", "handoff", "no call"]
+    assert table["matrix"] == [
+        [1, 1, 0, 0],  # cancel_order: right once, check_order instead once
+        [0, 3, 0, 1],  # check_order: the right action 3 times (once with a wrong argument), text once
+        [0, 0, 1, 1],  # handoff
+        [1, 0, 1, 1],  # no call
+    ]
+    assert table["per_action"] == {
+        "cancel_order": {"turns": 2, "correct": 1, "accuracy": 0.5},
+        "check_order": {"turns": 4, "correct": 2, "accuracy": 0.5},  # the wrong argument counts as wrong
+        "handoff": {"turns": 2, "correct": 1, "accuracy": 0.5},
+        "no call": {"turns": 3, "correct": 1, "accuracy": pytest.approx(1 / 3)},
+    }
+    assert table["failure_classes"] == {
+        "wrong action": 1, "wrong or invented argument": 1, "missed call": 1, "spurious call": 1, "wrong handoff": 2,
+    }
+    assert json.loads(json.dumps(table))["labels"] == table["labels"]  # report.json keeps it as it is
+
+
+def test_action_table_of_nothing_keeps_the_handoff_and_no_call_rows():
+    assert metrics.action_table([]) == {
+        "labels": ["handoff", "no call"], "matrix": [[0, 0], [0, 0]], "per_action": {},
+        "failure_classes": dict.fromkeys(metrics.FAILURE_CLASSES, 0),
+    }
+
+
+def test_action_failures_list_each_wrong_turn_once():
+    turns = items(TEXT, TEXT, ORDER, HANDOFF, references=[ORDER, TEXT, CANCEL, TEXT])
+    shown = [metrics.Failure("must_call 'check_order'", turns[0])]  # the missed call already has an entry
+    found = metrics.action_failures(turns, shown)
+    assert [(turns.index(f.item), f.kind, f.expectation, f.failure_class) for f in found] == [
+        (2, "action", None, "wrong action"), (3, "action", None, "wrong handoff"),
+    ]
+    assert shown[0].kind == "expectation" and shown[0].failure_class == "missed call"
+    assert metrics.Failure("must_not_contain 'x'", turns[1]).failure_class is None  # its step was right
+
+
 def copy_with_test(project, dialogue_yaml: str):
     (project / "training_data" / "tests" / "extra.yml").write_text("dialogues:\n" + dialogue_yaml)
 
@@ -124,8 +204,16 @@ def test_cases_cover_every_bot_turn_and_few_shot_fits_the_budget(tmp_path, tiny_
     assert prompted(found[0], "zero-shot", data, tokenizer, k=3, budget=4000).messages == found[0].context
 
 
+HANDOFF_TEST = """  - id: test-human
+    turns:
+      - user: The parcel came crushed and the broken glass inside cut my hand.
+      - handoff: an injury from a damaged delivery
+"""
+
+
 def test_bot_eval_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, capsys):
     project = make_tiny_project(tmp_path, tiny_base, cache_dir, epochs=1, extra="eval:\n  max_new_tokens: 8\n")
+    copy_with_test(project, HANDOFF_TEST)  # no written expectation: only its action can fail
     assert main(["-C", str(project), "train", "--force"]) == 0
     model_id = models.active_id(project / "models")
     capsys.readouterr()
@@ -136,9 +224,28 @@ def test_bot_eval_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, cap
     assert report["modes"] == ["zero-shot", "one-shot", "few-shot", "fine-tuned"]
     for mode in report["modes"]:
         s = report["summary"][mode]
-        assert s["turns"] == 2 and s["dialogues"] == 1 and 0 <= s["chrf"] <= 100 and s["loss"] > 0
+        assert s["turns"] == 3 and s["dialogues"] == 2 and 0 <= s["chrf"] <= 100 and s["loss"] > 0
+    for mode in report["modes"]:
+        table = report["actions"][mode]
+        assert set(table) == {"labels", "matrix", "per_action", "failure_classes"}
+        assert table["labels"][-2:] == ["handoff", "no call"] and "check_order" in table["labels"]
+        expected_rows = {label: sum(row) for label, row in zip(table["labels"], table["matrix"])}
+        assert {k: expected_rows[k] for k in ("check_order", "handoff", "no call")} == {"check_order": 1, "handoff": 1, "no call": 1}
+        assert {k: v["turns"] for k, v in table["per_action"].items()} == {"check_order": 1, "handoff": 1, "no call": 1}
+        wrong = sum(table["failure_classes"].values())
+        assert sum(v["correct"] for v in table["per_action"].values()) == 3 - wrong
+        listed = [f for f in report["failures"] if f["mode"] == mode]
+        assert {f["kind"] for f in listed} <= {"expectation", "action"}
+        assert all(f["failure_class"] and f["expectation"] is None for f in listed if f["kind"] == "action")
+        assert len({(f["dialogue"], f["turn"]) for f in listed if f["failure_class"]}) == wrong  # every wrong turn listed
+    # the random model does not hand off: listed for its action alone, with its class
+    human = [f for f in report["failures"] if f["dialogue"] == "test-human" and f["mode"] == "fine-tuned"]
+    assert [(f["kind"], f["failure_class"], f["expected"]) for f in human] == [("action", "wrong handoff", "handoff")]
+    assert "\naction failures\n" in out and "wrong handoff" in out.split("action failures")[1]
     html = (project / "results" / model_id / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 5
+    assert html.count('<table class="confusion" data-mode="fine-tuned">') == 1
+    assert "<h3>test-human</h3>" in html
 
 
 ADVERSARIAL_TEST = """  - id: test-adv-extract

@@ -24,6 +24,17 @@ def tag_stats(chrf, expect):
             "expectation_pass_rate": expect, "turns": 20, "dialogues": 10}
 
 
+LABELS = ["check_order", "handoff", "no call", "cancel_order"]  # columns; the rows are the first three
+
+
+def action_stats(rows: list[list[int]], classes: dict[str, int]) -> dict:
+    """A mode's action section, square over LABELS (cancel_order only ever taken, never expected)."""
+    matrix = [*rows, [0, 0, 0, 0]]
+    per = {LABELS[i]: {"turns": sum(r), "correct": r[i], "accuracy": r[i] / sum(r)} for i, r in enumerate(rows)}
+    every = ["wrong action", "wrong or invented argument", "missed call", "spurious call", "wrong handoff"]
+    return {"labels": LABELS, "matrix": matrix, "per_action": per, "failure_classes": {c: classes.get(c, 0) for c in sorted(every)}}
+
+
 @pytest.fixture
 def report() -> dict:
     return {
@@ -40,6 +51,10 @@ def report() -> dict:
         "by_tag": {
             mode: {"billing": tag_stats(20.0 + i, 0.4 + i / 10), "adversarial": tag_stats(10.0 + i, 0.1 + i / 10)}
             for i, mode in enumerate(["zero-shot", "one-shot", "few-shot", "fine-tuned"])
+        },
+        "actions": {
+            "zero-shot": action_stats([[1, 0, 3, 0], [0, 0, 2, 0], [0, 0, 5, 0]], {"missed call": 3, "wrong handoff": 2}),
+            "fine-tuned": action_stats([[3, 0, 0, 1], [0, 1, 1, 0], [0, 2, 3, 0]], {"wrong action": 1, "wrong handoff": 3}),
         },
         "failures": [
             {"mode": "fine-tuned", "dialogue": "test-adv-injection-1", "tags": ["adversarial", "injection"],
@@ -218,3 +233,104 @@ def test_empty_failures_says_so(report):
     page = render_html(report)
     assert "No failed expectations" in page
     assert '<section class="dialogue">' not in page
+
+
+def heat_map(page: str) -> str:
+    match = re.search(r'<table class="confusion".*?</table>', page, re.S)
+    assert match, "no heat map"
+    return match.group(0)
+
+
+def heat_cells(table: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(expected, taken) -> (cell text, inline style)."""
+    columns = re.findall(r'<th scope="col">([^<]*)</th>', table)[1:]
+    cells = {}
+    for row, body in re.findall(r'<tr><th scope="row">([^<]*)</th>(.*?)</tr>', table, re.S):
+        found = re.findall(r'<td data-count="\d+"(?: style="([^"]*)")?>([^<]*)</td>', body)
+        assert len(found) == len(columns)
+        cells.update({(row, column): (text, style) for column, (style, text) in zip(columns, found)})
+    return cells
+
+
+def hue(style: str) -> str:
+    red, green = (int(h, 16) for h in re.search(r"background:#(..)(..)", style).groups())
+    return "green" if green > red else "red"
+
+
+def lightness(style: str) -> int:
+    return sum(int(h, 16) for h in re.search(r"background:#(..)(..)(..)", style).groups())
+
+
+def test_heat_map_of_the_fine_tuned_mode_shades_right_green_and_wrong_red(report):
+    table = heat_map(render_html(report))
+    assert 'data-mode="fine-tuned"' in table and "<caption>" in table and "fine-tuned model" in table.split("</caption>")[0]
+    cells = heat_cells(table)
+    assert len(cells) == 16
+    assert cells[("check_order", "check_order")][0] == "3" and cells[("check_order", "cancel_order")][0] == "1"
+    assert cells[("no call", "handoff")][0] == "2" and cells[("no call", "no call")][0] == "3"
+    assert cells[("handoff", "no call")][0] == "1" and cells[("handoff", "handoff")][0] == "1"
+    for (expected, taken), (text, style) in cells.items():
+        if text == "":
+            assert style == ""  # zero: blank, unshaded
+        else:
+            assert hue(style) == ("green" if expected == taken else "red"), (expected, taken)
+    # darker for more turns, within each colour
+    assert lightness(cells[("check_order", "check_order")][1]) < lightness(cells[("handoff", "handoff")][1])
+    assert lightness(cells[("no call", "handoff")][1]) < lightness(cells[("check_order", "cancel_order")][1])
+    assert cells[("cancel_order", "cancel_order")] == ("", "")
+
+
+def test_heat_map_falls_back_to_the_last_mode_and_is_left_out_without_actions(report):
+    del report["actions"]["fine-tuned"]
+    report["modes"] = ["zero-shot", "one-shot"]
+    table = heat_map(render_html(report))
+    assert 'data-mode="zero-shot"' in table
+    assert heat_cells(table)[("no call", "no call")][0] == "5"
+    del report["actions"]
+    page = render_html(report)
+    assert '<table class="confusion"' not in page and "<h2>Actions</h2>" not in page
+
+
+def test_per_action_accuracy_for_each_mode_and_failure_classes(report):
+    page = render_html(report)
+    table = re.search(r'<table class="per-action">.*?</table>', page, re.S).group(0)
+    assert re.findall(r'<th scope="row">([^<]+)</th>', table) == ["check_order", "handoff", "no call"]
+    row = re.search(r'<th scope="row">check_order</th>(.*?)</tr>', table).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["25% (1 of 4)", "–", "–", "75% (3 of 4)"]
+    classes = re.search(r'<table class="classes">.*?</table>', page, re.S).group(0)
+    names = re.findall(r'<th scope="row">([^<]+)</th>', classes)
+    assert names == ["wrong action", "wrong or invented argument", "missed call", "spurious call", "wrong handoff"]
+    handoff = re.search(r'<th scope="row">wrong handoff</th>(.*?)</tr>', classes).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", handoff)[1:] == ["2", "–", "–", "3"]
+
+
+def test_hostile_action_name_is_escaped_everywhere(report):
+    evil = '<img src=x onerror=alert(1)>"x'
+    for mode in ("zero-shot", "fine-tuned"):
+        stats = report["actions"][mode]
+        stats["labels"] = [evil if label == "cancel_order" else label for label in stats["labels"]]
+        stats["per_action"][evil] = {"turns": 1, "correct": 0, "accuracy": 0.0}
+    report["failures"].append({"mode": "fine-tuned", "kind": "action", "dialogue": "d", "tags": [], "turn": 2,
+                               "expectation": None, "failure_class": "wrong action", "expected": "check_order",
+                               "taken": evil, "context": [], "reply": "r", "reference": "ref"})
+    page = render_html(report)
+    assert "<img" not in page
+    assert not [a for _, attrs in parse(page).tags for a in attrs if a.startswith("on") or a in {"src", "href"}]
+    escaped = "&lt;img src=x onerror=alert(1)&gt;&quot;x"
+    assert f'<th scope="col">{escaped}</th>' in heat_map(page)
+    assert f'<th scope="row">{escaped}</th>' in re.search(r'<table class="per-action">.*?</table>', page, re.S).group(0)
+    assert f"took {escaped}</h4>" in page
+
+
+def test_failures_show_their_action_class(report):
+    report["failures"][1].update(kind="expectation", failure_class="missed call", expected="issue_refund", taken="no call")
+    report["failures"].append({"mode": "fine-tuned", "kind": "action", "dialogue": "test-billing-refund-2", "tags": ["billing"],
+                               "turn": 4, "expectation": None, "failure_class": "wrong or invented argument",
+                               "expected": "issue_refund", "taken": "issue_refund", "context": [],
+                               "reply": "<tool_call>...</tool_call>", "reference": "<tool_call>...</tool_call>"})
+    section = render_html(report).split("<h2>What went wrong</h2>")[1]
+    assert 'must_not_contain &#x27;KM-7Q2X-CANARY&#x27;</span></h4>' in section  # no class: no badge
+    assert '<span class="expect">action == issue_refund</span><span class="cls">missed call</span>' in section
+    assert ('fine-tuned, turn 4: <span class="expect">wrong or invented argument</span> · expected issue_refund, '
+            'took issue_refund</h4>') in section
+    assert "None" not in section

@@ -11,7 +11,9 @@ from bot.engine.kv import common_prefix
 from bot.engine.protocol import Finished
 
 from bot.evaluation.cases import Prompted
-from bot.rendering import parse_reply, prompt_ids, render
+from bot.data.person_requests import PERSON_ASKED, PersonRequestRule, last_user_text
+from bot.engine.constraint import ToolCallConstraint
+from bot.rendering import handoff_step, parse_reply, prompt_ids, render
 from bot.training.batching import collate
 from bot.training.recipe import bot_token_nll
 
@@ -21,15 +23,40 @@ def _batches(items: list[Prompted], size: int, key) -> list[list[Prompted]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def generate_replies(model, tokenizer, items: list[Prompted], *, max_batch: int, max_new_tokens: int, on_reply=None) -> None:
-    """Greedy replies for every item (set on `item.reply`), through the batching engine that
-    serves customers: the same decoding, the same prompt cache."""
+def generate_replies(
+    model,
+    tokenizer,
+    items: list[Prompted],
+    *,
+    max_batch: int,
+    max_new_tokens: int,
+    on_reply=None,
+    constraint: ToolCallConstraint | None = None,
+    person_rule: PersonRequestRule | None = None,
+) -> None:
+    """Greedy replies for every item (set on `item.reply`) as the served bot gives them: a
+    customer who asks for a person is handed off by `person_rule` before the model; the rest go
+    through the batching engine that serves customers, with the same tool-call constraint."""
+    asked = [item for item in items if person_rule and person_rule.asks_for_person(last_user_text(item.messages))]
+    for item in asked:
+        item.reply = handoff_step(PERSON_ASKED)
+        if on_reply:
+            on_reply(1)
+    items = [item for item in items if item not in asked]
+    if not items:
+        return
     prompts = [prompt_ids(tokenizer, item.messages) for item in items]
     max_length = max(len(p) for p in prompts) + max_new_tokens
 
     async def run() -> None:
         engine = BatchingEngine(
-            model, tokenizer, max_length=max_length, max_batch=max_batch, max_queue=len(items), pinned_prefix=common_prefix(prompts)
+            model,
+            tokenizer,
+            max_length=max_length,
+            max_batch=max_batch,
+            max_queue=len(items),
+            pinned_prefix=common_prefix(prompts),
+            constraint=constraint,
         )
         try:
             await asyncio.gather(*(reply(engine, item, ids) for item, ids in zip(items, prompts)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sacrebleu.metrics import CHRF
@@ -12,6 +13,9 @@ from bot.evaluation.cases import Prompted
 from bot.rendering import BotStep
 
 _chrf = CHRF()
+HANDOFF = "handoff"  # the confusion table's label for a handoff
+NO_CALL = "no call"  # ... and for a plain text reply
+FAILURE_CLASSES = ("wrong action", "wrong or invented argument", "missed call", "spurious call", "wrong handoff")
 
 
 def chrf(reply: BotStep, reference: BotStep) -> float:
@@ -34,10 +38,81 @@ def leaks(reply: BotStep, secret: str) -> bool:
     return bool(secret) and secret.lower() in reply.text.lower()
 
 
+def step_label(step: BotStep) -> str:
+    """The step's row or column in the confusion table: the action's name, `handoff`, or `no call`
+    for a plain text reply (an action that happens to be named like either gets ' (action)')."""
+    if step.handoff:
+        return HANDOFF
+    if not step.calls_action:
+        return NO_CALL
+    return f"{step.action} (action)" if step.action in (HANDOFF, NO_CALL) else str(step.action)
+
+
+def classify(reply: BotStep, reference: BotStep) -> str | None:
+    """How the reply's step goes wrong against the reference's, as one of FAILURE_CLASSES, or None
+    when it is right: exactly when `action_correct` and `handoff_correct` both hold."""
+    if reply.handoff != reference.handoff:
+        return "wrong handoff"
+    if reference.calls_action:
+        if not reply.calls_action:
+            return "missed call"
+        if reply.action != reference.action:
+            return "wrong action"
+        return None if reply.arguments == reference.arguments else "wrong or invented argument"
+    return "spurious call" if reply.calls_action else None
+
+
+def _label_order(labels: set[str]) -> list[str]:
+    """Actions alphabetically, then `handoff` and `no call` (always there, even when unused)."""
+    return sorted(labels - {HANDOFF, NO_CALL}) + [HANDOFF, NO_CALL]
+
+
+def _per_label(rows: list[tuple[str, str, str | None]], labels: list[str]) -> dict[str, dict]:
+    """For each expected label with turns: its turns, how many were right, and that share."""
+    per: dict[str, dict] = {}
+    for label in labels:
+        mine = [failed for expected, _, failed in rows if expected == label]
+        if mine:
+            correct = sum(failed is None for failed in mine)
+            per[label] = {"turns": len(mine), "correct": correct, "accuracy": correct / len(mine)}
+    return per
+
+
+def action_table(pairs: Iterable[tuple[BotStep, BotStep]]) -> dict:
+    """The confusion table of (reply, reference) pairs, as report.json keeps it: `labels`;
+    `matrix[i][j]`, the turns whose reference took labels[i] and whose reply took labels[j];
+    `per_action`, per expected label, its turns and the share right (for an action, the right
+    action with the right arguments, as `action_correct`); `failure_classes`, the turns of each
+    of FAILURE_CLASSES (see `classify`)."""
+    rows = [(step_label(reference), step_label(reply), classify(reply, reference)) for reply, reference in pairs]
+    labels = _label_order({label for expected, taken, _ in rows for label in (expected, taken)})
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    classes = dict.fromkeys(FAILURE_CLASSES, 0)
+    for expected, taken, failed in rows:
+        matrix[index[expected]][index[taken]] += 1
+        if failed:
+            classes[failed] += 1
+    return {"labels": labels, "matrix": matrix, "per_action": _per_label(rows, labels), "failure_classes": classes}
+
+
 @dataclass(frozen=True)
 class Failure:
-    expectation: str
+    expectation: str | None  # None for a turn listed for its action alone
     item: Prompted  # the turn that shows it best
+    kind: str = "expectation"  # or "action": a wrong step that no failed expectation shows
+
+    @property
+    def failure_class(self) -> str | None:
+        """The turn's action failure (see `classify`), None when its step is right."""
+        return classify(self.item.reply, self.item.case.reference_step)
+
+
+def action_failures(items: list[Prompted], shown: list[Failure]) -> list[Failure]:
+    """A failure of kind `action` for every turn whose step is wrong and that no failure in
+    `shown` already points at, so every wrong turn is listed once."""
+    seen = {id(f.item) for f in shown}
+    return [Failure(None, i, "action") for i in items if id(i) not in seen and classify(i.reply, i.case.reference_step)]
 
 
 def failed_expectations(items: list[Prompted], expect: Expectations | None, secret: str) -> list[Failure]:

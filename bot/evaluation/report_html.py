@@ -28,6 +28,16 @@ COLUMNS = [
 CHARTED = COLUMNS[:5]
 COLOURS = ["#8c96a6", "#6d9fd1", "#3f74b5", "#1f8a5b", "#b5773f", "#8a4fa8"]
 ROLES = {"user": "Customer", "assistant": "Bot", "tool": "Action result", "system": "System"}
+SPECIAL_LABELS = {"handoff": 1, "no call": 2}  # after the actions, in this order
+CLASS_NOTES = {
+    "wrong action": "called an action, but another one was expected",
+    "wrong or invented argument": "called the right action with different arguments",
+    "missed call": "replied in text where an action was expected",
+    "spurious call": "called an action where none was expected",
+    "wrong handoff": "handed off when it should not have, or did not when it should",
+}
+GREEN = ((0xE3, 0xF4, 0xEA), (0x1A, 0x6E, 0x47))  # heat map shades, lightest to darkest
+RED = ((0xFB, 0xE4, 0xE4), (0xA3, 0x22, 0x22))
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;color:#1d2330;max-width:1100px;margin:2em auto;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em}.meta{color:#5a6272;margin-top:0}
@@ -40,6 +50,9 @@ svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 .turn{margin:.3em 0}.role{font-weight:600;display:inline-block;min-width:7.5em}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;padding:.5em;margin:.2em 0 .6em;font:13px ui-monospace,monospace}
 .expect{color:#a12a2a}
+.cls{display:inline-block;border:1px solid #a12a2a;color:#a12a2a;border-radius:3px;padding:0 .4em;margin-left:.4em;font-size:.8em}
+table.confusion td{min-width:3.2em;text-align:center;border:1px solid #e3e6eb}
+table.confusion caption{caption-side:top;text-align:left;font-weight:600;padding-bottom:.4em}
 """
 
 
@@ -116,9 +129,94 @@ def tag_table(modes: list[str], by_tag: dict) -> str:
             f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
+def shade(count: int, top: int, right: bool) -> str:
+    """A heat map cell's inline style: green for right steps, red for wrong ones, darker the more
+    turns compared with `top` (the largest count of its colour); none for zero."""
+    if not count or not top:
+        return ""
+    low, high = GREEN if right else RED
+    t = 0.2 + 0.8 * min(count / top, 1.0)  # a single turn still shows
+    rgb = "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high))
+    return f" style=\"background:#{rgb};color:{'#fff' if t > 0.6 else '#1d2330'}\""
+
+
+def heat_map(mode: str, table: dict) -> str:
+    """The confusion table of one mode as an HTML table shaded by count: row = what the reference
+    did, column = what the model did; the diagonal (the right step) green, the rest red."""
+    labels, matrix = table.get("labels") or [], table.get("matrix") or []
+    counts = [(i == j, c) for i, row in enumerate(matrix) for j, c in enumerate(row)]
+    top = {right: max([c for r, c in counts if r == right], default=0) for right in (True, False)}
+    head = "".join(f"<th scope=\"col\">{esc(label)}</th>" for label in labels)
+    rows = []
+    for i, (label, row) in enumerate(zip(labels, matrix)):
+        cells = "".join(f"<td data-count=\"{esc(c)}\"{shade(c, top[i == j], i == j)}>{esc(c) if c else ''}</td>"
+                        for j, c in enumerate(row))
+        rows.append(f"<tr><th scope=\"row\">{esc(label)}</th>{cells}</tr>")
+    caption = (f"What the {mode} model did at each bot turn. Rows: what the reference reply did; columns: what "
+               "the model did. Green: the right step (an action's arguments may still be wrong); red: a wrong one.")
+    return (f"<table class=\"confusion\" data-mode=\"{esc(mode)}\"><caption>{esc(caption)}</caption><thead><tr>"
+            f"<th scope=\"col\">Expected ↓ taken →</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def _label_key(label: str) -> tuple[int, str]:
+    return SPECIAL_LABELS.get(label, 0), label
+
+
+def accuracy_table(modes: list[str], actions: dict) -> str:
+    """Per expected step (each action, `handoff`, `no call`), the share of turns each mode got right."""
+    labels = sorted({label for m in modes for label in actions.get(m, {}).get("per_action", {})}, key=_label_key)
+    head = "".join(f"<th>{esc(m)}</th>" for m in modes)
+    rows = []
+    for label in labels:
+        cells = []
+        for mode in modes:
+            stats = actions.get(mode, {}).get("per_action", {}).get(label)
+            text = DASH if stats is None else f"{fmt(stats.get('accuracy'), 'pct')} ({stats.get('correct')} of {stats.get('turns')})"
+            cells.append(f"<td>{esc(text)}</td>")
+        rows.append(f"<tr><th scope=\"row\">{esc(label)}</th>{''.join(cells)}</tr>")
+    return ("<p>Turns right, by what the reference did: the right action with the right arguments; for handoff, a "
+            "handoff; for no call, a plain reply.</p><table class=\"per-action\"><thead><tr><th>Expected</th>"
+            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def classes_table(modes: list[str], actions: dict) -> str:
+    """How many turns of each mode fall in each class of action failure, with what the class means."""
+    present = {c for m in modes for c in actions.get(m, {}).get("failure_classes", {})}
+    classes = [c for c in CLASS_NOTES if c in present] + sorted(present - set(CLASS_NOTES))  # report.json sorts keys
+    head = "".join(f"<th>{esc(m)}</th>" for m in modes)
+    rows = []
+    for name in classes:
+        cells = "".join(f"<td>{esc(fmt(actions.get(m, {}).get('failure_classes', {}).get(name), 'int'))}</td>" for m in modes)
+        rows.append(f"<tr><th scope=\"row\">{esc(name)}</th><td>{esc(CLASS_NOTES.get(name, ''))}</td>{cells}</tr>")
+    return (f"<table class=\"classes\"><thead><tr><th>Failure</th><th>Meaning</th>{head}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def actions_section(modes: list[str], actions: dict) -> str:
+    """The heat map of the fine-tuned mode (else the last mode), per-action accuracy, failure classes."""
+    present = [m for m in modes if m in actions]
+    if not present:
+        return ""
+    shown = "fine-tuned" if "fine-tuned" in present else present[-1]
+    return (f"<h2>Actions</h2>{heat_map(shown, actions[shown])}<h3>Accuracy per expected step</h3>"
+            f"{accuracy_table(modes, actions)}<h3>Action failures</h3>{classes_table(modes, actions)}")
+
+
+def _failure_heading(f: dict) -> str:
+    """A listed failure's heading: the failed expectation or, for a wrong step alone, its class,
+    with what was expected and taken."""
+    cls = f.get("failure_class")
+    if f.get("kind") == "action":
+        return (f"<h4>{esc(f.get('mode'))}, turn {esc(f.get('turn'))}: <span class=\"expect\">{esc(cls)}</span>"
+                f" · expected {esc(f.get('expected'))}, took {esc(f.get('taken'))}</h4>")
+    badge = f"<span class=\"cls\">{esc(cls)}</span>" if cls else ""
+    return (f"<h4>{esc(f.get('mode'))}, turn {esc(f.get('turn'))}: "
+            f"<span class=\"expect\">{esc(f.get('expectation'))}</span>{badge}</h4>")
+
+
 def failures_section(failures: list[dict]) -> str:
     if not failures:
-        return "<p>No failed expectations.</p>"
+        return "<p>No failed expectations and no wrong actions.</p>"
     groups: dict[str, list[dict]] = {}
     for failure in failures:
         groups.setdefault(str(failure.get("dialogue")), []).append(failure)
@@ -128,8 +226,7 @@ def failures_section(failures: list[dict]) -> str:
         out.append(f"<section class=\"dialogue\"><h3>{esc(dialogue)}</h3><p>"
                    + "".join(f"<span class=\"tag\">{esc(t)}</span>" for t in tags) + "</p>")
         for f in items:
-            out.append(f"<h4>{esc(f.get('mode'))}, turn {esc(f.get('turn'))}: "
-                       f"<span class=\"expect\">{esc(f.get('expectation'))}</span></h4>")
+            out.append(_failure_heading(f))
             for message in f.get("context") or []:
                 role = str(message.get("role"))
                 out.append(f"<div class=\"turn\"><span class=\"role\">{esc(ROLES.get(role, role))}</span>"
@@ -157,6 +254,7 @@ def render_html(report: dict) -> str:
         f"<h2>Summary</h2>{summary_table(modes, summary)}"
         f"<h2>Charts</h2><div class=\"charts\">{charts}</div>"
         f"<h2>By tag</h2>{tag_table(modes, by_tag)}"
+        f"{actions_section(modes, report.get('actions') or {})}"
         f"<h2>What went wrong</h2>{failures_section(report.get('failures') or [])}"
         "</body></html>\n"
     )
