@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
 from bot.errors import BotError, InvalidFiles
 
 
@@ -55,6 +57,15 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_tool_schema(args) -> int:
+    from bot.config import load_settings
+    from bot.data.project import validate
+    from bot.data.tool_schema import tool_call_schema
+
+    print(json.dumps(tool_call_schema(validate(load_settings(args.project)).actions), indent=2))
+    return 0
+
+
 def cmd_compile(args) -> int:
     from bot.config import load_settings
     from bot.data.project import compile_data
@@ -75,11 +86,13 @@ def _say(message: str) -> None:
 def cmd_train(args) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from bot.config import load_settings
+    from bot.config import apply_overlay, load_settings
     from bot.training.command import train_and_activate
 
     transformers_logging.disable_progress_bar()
     settings = load_settings(args.project)
+    if args.config:
+        settings = apply_overlay(settings, Path(args.config), args.config)
     outcome = train_and_activate(settings, resume=args.resume, if_needed=args.if_needed, force=args.force, report=_say)
     if not outcome.main_process:
         return 0
@@ -106,7 +119,8 @@ def _percent(value) -> str:
 
 
 def eval_table(document: dict) -> str:
-    """The four modes side by side, then expectations passed and chrF per tag."""
+    """The four modes side by side, then expectations passed and chrF per tag, then one line per
+    mode with its action failures by class."""
     columns = ("chrF", "action acc", "handoff acc", "expect pass", "adversarial", "leaks", "loss", "seconds")
     rows = [("mode",) + columns]
     for mode in document["modes"]:
@@ -131,7 +145,13 @@ def eval_table(document: dict) -> str:
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
-    return render(rows) + "\n\n" + render(tag_rows)
+    actions = document.get("actions") or {}
+    width = max(len(m) for m in document["modes"])
+    class_lines = ["action failures"] + [
+        f"{mode.ljust(width)}  " + (", ".join(f"{n} {c}" for c, n in actions[mode]["failure_classes"].items() if n) or "none")
+        for mode in document["modes"] if mode in actions
+    ]
+    return render(rows) + "\n\n" + render(tag_rows) + ("\n\n" + "\n".join(class_lines) if actions else "")
 
 
 def cmd_eval(args) -> int:
@@ -149,7 +169,8 @@ def cmd_eval(args) -> int:
         return 2
     document, folder = evaluate(load_settings(args.project), model_id=args.model, modes=modes)
     print(eval_table(document))
-    print(f"\n{len(document['failures'])} failed expectations; report: {os.path.relpath(folder / 'report.html')}")
+    expectations = sum(f.get("kind", "expectation") == "expectation" for f in document["failures"])
+    print(f"\n{expectations} failed expectations; report: {os.path.relpath(folder / 'report.html')}")
     return 0
 
 
@@ -247,12 +268,35 @@ def parser() -> argparse.ArgumentParser:
     data_commands.add_parser("validate", help="check every file; list every problem").set_defaults(run=cmd_validate)
     data_commands.add_parser("compile", help="write build/train.jsonl and build/test.jsonl").set_defaults(run=cmd_compile)
     data_commands.add_parser("stats", help="dialogues, turns and tokens per tag, without writing").set_defaults(run=cmd_stats)
+    data_commands.add_parser(
+        "tool-schema", help="the JSON Schema of a tool call (vLLM's structured output: {\"json\": schema})"
+    ).set_defaults(run=cmd_tool_schema)
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on the training data and activate it")
     train.add_argument("--resume", action="store_true", help="continue the last interrupted run from its checkpoint")
     train.add_argument("--if-needed", action="store_true", help="do nothing when a model already matches the data")
     train.add_argument("--force", action="store_true", help="activate the new model even if it fails the gate")
+    train.add_argument(
+        "--config", metavar="FILE", help="apply FILE's 'train:' section over config.yml's (e.g. the tuned.yml 'bot tune' writes)"
+    )
     train.set_defaults(run=cmd_train)
+
+    tune = commands.add_parser(
+        "tune",
+        help="grid-search learning rate, epochs, LoRA rank and layers on a validation split of the training dialogues",
+        description=TUNE_HELP.format(reduced_minutes=REDUCED_MINUTES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    search = tune.add_mutually_exclusive_group()
+    search.add_argument(
+        "--reduced", action="store_true", help=f"2 learning rates, 1 epoch each: about {REDUCED_MINUTES} min on a 2-core CPU (default without CUDA)"
+    )
+    search.add_argument("--full", action="store_true", help="the full 36-candidate grid (default on CUDA)")
+    tune.add_argument(
+        "--grid", metavar="FILE", help="YAML: dotted train settings to lists of values, e.g. 'lora.rank: [8, 16]' (replaces the built-in grid)"
+    )
+    tune.add_argument("--output", metavar="FILE", help="where to write the best settings (default: tuned.yml in the project)")
+    tune.set_defaults(run=cmd_tune)
 
     evaluate = commands.add_parser("eval", help="fine-tuned against zero-, one- and few-shot on the held-out dialogues")
     evaluate.add_argument("--model", metavar="ID", help="the model to evaluate (default: the active one)")

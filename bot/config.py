@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from bot.errors import InvalidFiles, Problem
-from bot.typed import Strict, parse
+from bot.errors import BotError, InvalidFiles, Problem
+from bot.typed import Strict, did_you_mean, parse
 from bot.yamlsource import load
 
 BUNDLED_BASE = "bundled"
@@ -50,6 +50,12 @@ class TrainConfig(Strict):
     epochs: int = Field(2, gt=0, description="Passes over the training dialogues.")
     batch_size: int = Field(2, gt=0, description="Sequences per micro-batch (per process).")
     gradient_accumulation: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    tokens_per_batch: int | None = Field(
+        None,
+        gt=0,
+        description="CUDA only: batch by a token budget (similar lengths together until rows x longest reaches it) "
+        "instead of batch_size. Ignored on the CPU. null: batch_size.",
+    )
     seed: int = Field(42, description="Same seed and data give the same adapter on CPU.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA and on CPUs with bf16 support.")
     checkpoint_every: int = Field(10, gt=0, description="Optimizer steps between checkpoints (for --resume).")
@@ -187,3 +193,62 @@ def load_settings(root: Path | str = ".") -> Settings:
     if problems or more:
         raise InvalidFiles(problems + more)
     return Settings(root, build, endpoints)
+
+
+# --- `bot train --config FILE`: settings applied over config.yml ------------------------------
+
+OVERLAY_SECTIONS = ("train",)
+
+
+class OverlayNotFound(BotError):
+    """`--config FILE` names a file that does not exist."""
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base`: mappings key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def nested(dotted: dict[str, Any]) -> dict:
+    """{'lora.rank': 8, 'epochs': 1} -> {'lora': {'rank': 8}, 'epochs': 1}."""
+    out: dict = {}
+    for path, value in dotted.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def apply_overlay(settings: Settings, file: Path | str, display: str | None = None) -> Settings:
+    """`settings` with the `train:` section of `file` deep-merged over them (how `bot train
+    --config tuned.yml` applies what `bot tune` found), validated by the same typed config as
+    config.yml; every problem names `file` (shown as `display`), the line and the key."""
+    file = Path(file)
+    display = display or str(file)
+    if not file.is_file():
+        raise OverlayNotFound(f"{display}: no such file (--config takes a YAML file with a 'train:' section, such as the tuned.yml 'bot tune' writes)")
+    doc = load(file, display)
+    if not isinstance(doc.value, dict):
+        raise InvalidFiles([doc.problem((), "must be a mapping with a 'train:' section of settings to apply over config.yml")])
+    problems = [
+        doc.problem((key,), f"only the 'train' section can be applied with --config, not '{key}'{did_you_mean(str(key), OVERLAY_SECTIONS)}: put other settings in config.yml", key=True)
+        for key in doc.value
+        if key not in OVERLAY_SECTIONS
+    ]
+    over = doc.value.get("train")
+    train = None
+    if "train" not in doc.value:
+        problems.append(doc.problem((), "no 'train:' section: nothing to apply"))
+    elif not isinstance(over, dict):
+        problems.append(doc.problem(("train",), "'train' must be a mapping of settings, as in config.yml"))
+    else:
+        train, found = parse(TrainConfig, deep_merge(settings.build.train.model_dump(), over), doc, ("train",))
+        problems += found
+    if problems:
+        raise InvalidFiles(problems)
+    return Settings(settings.root, settings.build.model_copy(update={"train": train}), settings.endpoints)

@@ -80,7 +80,9 @@ def test_loss_falls_on_data_it_can_overfit(tmp_path, tiny_base, cache_dir):
     assert before > 10  # a random model: about ln(49152) = 10.8 nats per token
     assert after < before / 2
     held_out = model.manifest["training"]["held_out_loss"]
-    assert len(held_out) == 40 and held_out[-1] < held_out[0]  # held-out bot turns differ: it falls less
+    # Held-out bot turns differ: their loss falls at first, less, and then (40 epochs at a high
+    # rate) may rise again as the model learns the training answer by heart.
+    assert len(held_out) == 40 and min(held_out) < held_out[0]
 
 
 def test_manifest_records_what_was_trained(trained):

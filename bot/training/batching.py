@@ -41,6 +41,34 @@ class LengthGroupedBatches:
             yield self.batches[i]
 
 
+class TokenBudgetBatches(LengthGroupedBatches):
+    """Batches by a token budget instead of a row count (`train.tokens_per_batch`, CUDA only):
+    indices sorted by length, and each batch takes the next ones while its padded size (rows x
+    its longest) stays within `tokens_per_batch`, so short dialogues go many to a batch and long
+    ones few, at about the same memory and step time. A sequence longer than the budget is a
+    batch of its own. Batches are shuffled per epoch as in LengthGroupedBatches."""
+
+    def __init__(self, lengths: Sequence[int], tokens_per_batch: int, seed: int, *, shuffle: bool = True):
+        super().__init__(lengths, 1, seed, shuffle=shuffle)
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        self.tokens_per_batch = tokens_per_batch
+        self.batches = []
+        for i in order:  # ascending: the newcomer is the batch's longest
+            batch = self.batches[-1] if self.batches else None
+            if batch is not None and lengths[i] * (len(batch) + 1) <= tokens_per_batch:
+                batch.append(i)
+            else:
+                self.batches.append([i])
+
+
+def batch_sampler(lengths: Sequence[int], train, *, cuda: bool, shuffle: bool = True) -> LengthGroupedBatches:
+    """The batches `train` (a TrainConfig) asks for: by token budget when `tokens_per_batch` is
+    set and training runs on CUDA, else `batch_size` rows (the budget is ignored on the CPU)."""
+    if train.tokens_per_batch and cuda:
+        return TokenBudgetBatches(lengths, train.tokens_per_batch, train.seed, shuffle=shuffle)
+    return LengthGroupedBatches(lengths, train.batch_size, train.seed, shuffle=shuffle)
+
+
 class RandomBatches(LengthGroupedBatches):
     """The naive baseline: random order, each batch padded to its longest (benchmarks only)."""
 

@@ -26,7 +26,7 @@ from bot.config import LoraSettings, Settings
 from bot.data.profile import PROFILE_FILE
 from bot.errors import BotError
 from bot.rendering import Example, render_within
-from bot.training.batching import LengthGroupedBatches, collate
+from bot.training.batching import batch_sampler, collate
 
 CHECKPOINT = "checkpoint"
 
@@ -228,12 +228,12 @@ def train(
     max_length = settings.build.model.max_length
     train_examples = load_examples(settings.build_dir / "train.jsonl", tokenizer, max_length)
     test_examples = load_examples(settings.build_dir / "test.jsonl", tokenizer, max_length)
-    sampler = LengthGroupedBatches([len(e) for e in train_examples], cfg.batch_size, cfg.seed)
+    sampler = batch_sampler([len(e) for e in train_examples], cfg, cuda=cuda)  # tokens_per_batch applies on CUDA only
     pad = tokenizer.pad_token_id
     loader = torch.utils.data.DataLoader(train_examples, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
     eval_loader = torch.utils.data.DataLoader(
         test_examples,
-        batch_sampler=LengthGroupedBatches([len(e) for e in test_examples], cfg.batch_size, cfg.seed, shuffle=False),
+        batch_sampler=batch_sampler([len(e) for e in test_examples], cfg, cuda=cuda, shuffle=False),
         collate_fn=lambda b: collate(b, pad),
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
