@@ -1,5 +1,5 @@
-"""A checker for OpenAI chat fine-tune JSONL, with the rules of OpenAI's format checker
-(shared/REFERENCE.md section 5). Returns a list of readable problems; empty means valid."""
+"""A checker for OpenAI chat fine-tune JSONL, with the rules of OpenAI's format checker.
+Returns a list of readable problems; empty means valid."""
 
 from __future__ import annotations
 

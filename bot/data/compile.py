@@ -1,4 +1,4 @@
-"""Dialogues -> OpenAI chat fine-tune JSONL (shared/REFERENCE.md section 5).
+"""Dialogues -> OpenAI chat fine-tune JSONL.
 
 One conversation per line: the system prompt from the persona, user and assistant messages,
 actions as assistant `tool_calls` followed by a `tool` message with the result, a handoff as a

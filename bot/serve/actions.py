@@ -1,5 +1,6 @@
-"""Calling custom actions on a rasa-sdk action server, with its protocol exactly (see
-shared/REFERENCE.md section 3), and turning what comes back into conversation events.
+"""Calling custom actions on a rasa-sdk action server, with its protocol exactly (rasa-sdk
+3.21.1's `POST /webhook`: next_action, sender_id, tracker, domain, version), and turning what
+comes back into conversation events.
 
 The model's arguments go to the action as slots (merged over the conversation's slots) and as
 entities of the latest message, so existing rasa-sdk code that reads either works unchanged.
