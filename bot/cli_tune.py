@@ -23,7 +23,7 @@ The full grid on that CPU would take about a day.
 
 Writes results/tune/<id>/tune.json and report.html, and the best settings to tuned.yml; apply
 them with 'bot train --config tuned.yml'."""
-REDUCED_MINUTES = "40"
+REDUCED_MINUTES = "47"
 
 
 def tune_table(document: dict) -> str:
