@@ -32,7 +32,6 @@ class Request:
         self.out: asyncio.Queue = asyncio.Queue()
         self.cancelled = False
         self.text = IncrementalText(tokenizer)
-        self.written = ""  # the pieces sent so far
         self.started = time.monotonic()
         self.first_token_s: float | None = None
         self.cached_tokens = 0
@@ -54,9 +53,8 @@ class Request:
         if self.first_token_s is None:
             self.first_token_s = time.monotonic() - self.started
         piece = self.text.add(token_id)
-        self.written += piece
         if self.calls:
-            self.calls.observe(self.generated, self.written)
+            self.calls.observe(self.generated, self.text.sent)
         if piece:
             self._send(piece)
 

@@ -11,6 +11,7 @@ class IncrementalText:
         self.ids: list[int] = []
         self._prefix_offset = 0  # window start: decoding from here gives stable text
         self._read_offset = 0  # tokens up to here are already sent as text
+        self.sent = ""  # every piece `add` has returned, joined
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
@@ -22,7 +23,9 @@ class IncrementalText:
         now = self._decode(self.ids[self._prefix_offset :])
         if len(now) > len(before) and not now.endswith("\ufffd"):
             self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
-            return now[len(before) :]
+            piece = now[len(before) :]
+            self.sent += piece
+            return piece
         return ""
 
     @property

@@ -37,12 +37,15 @@ def generate_replies(
     """Greedy replies for every item (set on `item.reply`) as the served bot gives them: a
     customer who asks for a person is handed off by `person_rule` before the model; the rest go
     through the batching engine that serves customers, with the same tool-call constraint."""
-    asked = [item for item in items if person_rule and person_rule.asks_for_person(last_user_text(item.messages))]
-    for item in asked:
-        item.reply = handoff_step(PERSON_ASKED)
-        if on_reply:
-            on_reply(1)
-    items = [item for item in items if item not in asked]
+    to_generate = []
+    for item in items:
+        if person_rule and person_rule.asks_for_person(last_user_text(item.messages)):
+            item.reply = handoff_step(PERSON_ASKED)
+            if on_reply:
+                on_reply(1)
+        else:
+            to_generate.append(item)
+    items = to_generate
     if not items:
         return
     prompts = [prompt_ids(tokenizer, item.messages) for item in items]
