@@ -110,7 +110,9 @@ async def _model_and_store(app: web.Application):
     await app[HOLDER].close()
 
 
-def run(settings: Settings, host: str, port: int, action_package: str | None = None) -> None:
+def run(
+    settings: Settings, host: str, port: int, action_package: str | None = None, *, load_model: Callable[[], ResponseModel] | None = None
+) -> None:
     """Serve until interrupted; a client that goes away cancels its handler (and generation)."""
-    app = create_app(settings, action_package=action_package)
+    app = create_app(settings, action_package=action_package, load_model=load_model)
     web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None)

@@ -1,0 +1,92 @@
+"""A real server process for tests that stop or kill it (SIGTERM, SIGKILL): `bot.serve.app.run`
+with the scripted engine, which writes slowly enough to be caught mid-reply.
+
+    python -m tests.server_process PROJECT PORT [--delay SECONDS] [--reply TEXT]
+
+`ServerProcess` starts it and waits for /health; the process is the server itself (no shell
+in between), so a signal sent to it reaches the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("project", type=Path)
+    parser.add_argument("port", type=int)
+    parser.add_argument("--delay", type=float, default=0.05, help="seconds per generated token")
+    parser.add_argument("--reply", default="Thanks for waiting, I am looking into that for you right now, one moment please.")
+    args = parser.parse_args()
+
+    from bot.base_model import load_tokenizer
+    from bot.serve.app import run
+    from tests.serve_support import scripted_model, settings_of
+
+    settings = settings_of(args.project)
+    tokenizer = load_tokenizer("bundled", settings.cache_dir)
+    run(settings, "127.0.0.1", args.port, load_model=lambda: scripted_model(settings, tokenizer, lambda prompt: args.reply, delay=args.delay))
+
+
+class ServerProcess:
+    """`with ServerProcess(project, port) as server:` a server process answering on `server.url`."""
+
+    def __init__(self, project: Path, port: int, *, delay: float = 0.05, reply: str | None = None, env: dict | None = None):
+        self.project, self.port, self.url = project, port, f"http://127.0.0.1:{port}"
+        self.command = [sys.executable, "-m", "tests.server_process", str(project), str(port), "--delay", str(delay)]
+        if reply is not None:
+            self.command += ["--reply", reply]
+        self.env = dict(os.environ, **(env or {}))
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}: {self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer /health within {timeout} s: {self.output()}")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def output(self) -> str:
+        """What the server wrote (once it has exited)."""
+        if self.process is None or self.process.poll() is None:
+            return ""
+        return self.process.stdout.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    main()
