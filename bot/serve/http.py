@@ -112,6 +112,7 @@ def errors_middleware():
 
 
 def cors_middleware(allowed_origins: list[str]):
+    """Answers CORS preflights; `cors_headers` marks the responses themselves."""
     allowed = set(allowed_origins)
 
     @web.middleware
@@ -128,14 +129,25 @@ def cors_middleware(allowed_origins: list[str]):
                     "Access-Control-Max-Age": "600",
                 }
             )
-        else:
-            response = await handler(request)
+            return response
+        return await handler(request)
+
+    return cors
+
+
+def cors_headers(allowed_origins: list[str]):
+    """An `on_response_prepare` handler: `Access-Control-Allow-Origin` for an allowed origin on
+    every response, set as its headers go out, so streamed replies (whose headers are sent
+    before their handler returns) carry it too."""
+    allowed = set(allowed_origins)
+
+    async def allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
         if origin and origin in allowed:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
-        return response
 
-    return cors
+    return allow_origin
 
 
 def metrics_middleware(metrics):
