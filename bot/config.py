@@ -90,6 +90,10 @@ class ServeConfig(Strict):
     history_events: int = Field(200, gt=0, description="Most recent events read to build the model's context.")
     lock_timeout_s: float = Field(120, gt=0, description="How long a message waits for the previous one of its conversation.")
     max_actions_per_message: int = Field(3, ge=0, description="Actions the bot may run to answer one customer message.")
+    admin_failures_allowed: int = Field(
+        5, gt=0, description="Wrong admin tokens one client address may send before it must wait (429); each further one doubles the wait."
+    )
+    admin_wait_max_s: float = Field(900, gt=0, description="Longest wait after wrong admin tokens; an address's failures are forgotten this long after its last.")
 
 
 class BuildConfig(Strict):

@@ -1,14 +1,17 @@
-"""Security headers on every response, CORS on streamed replies, and allowed origins checked
-when the settings load."""
+"""Security headers on every response, CORS on streamed replies, allowed origins checked when
+the settings load, and wrong admin tokens slowed per client address."""
 
 from __future__ import annotations
 
+import asyncio
 from html.parser import HTMLParser
 
+import aiohttp
 import pytest
 
 from bot.errors import InvalidFiles
-from serve_support import NO_ACTION_SERVER, make_project, settings_of
+from bot.serve.throttle import FailureThrottle
+from serve_support import ADMIN_TOKEN, NO_ACTION_SERVER, make_project, settings_of
 
 SHOP = "https://shop.example"
 
@@ -110,3 +113,58 @@ def test_an_allowed_origin_must_be_an_origin(tmp_path, cache_dir, origin):
     with pytest.raises(InvalidFiles) as error:
         settings_of(project)
     assert "endpoints.yml:2:" in str(error.value) and "is not a web origin" in str(error.value)
+
+
+def test_the_wait_doubles_after_the_allowed_failures_and_is_capped():
+    now = [0.0]
+    throttle = FailureThrottle(3, 60, clock=lambda: now[0])
+    assert [throttle.failed("a") for _ in range(2)] == [0, 0]
+    assert throttle.wait("a") == 0
+    assert throttle.failed("a") == 1  # the third
+    assert throttle.wait("a") == 1 and throttle.wait("b") == 0
+    now[0] += 1
+    assert [throttle.failed("a") for _ in range(7)] == [2, 4, 8, 16, 32, 60, 60]
+    assert throttle.wait("a") == 60
+    throttle.succeeded("a")
+    assert throttle.wait("a") == 0 and throttle.count("a") == 0
+
+
+def test_failures_are_forgotten_after_the_longest_wait_and_memory_is_bounded():
+    now = [0.0]
+    throttle = FailureThrottle(1, 30, max_keys=100, clock=lambda: now[0])
+    throttle.failed("old")
+    now[0] += 31
+    assert throttle.wait("old") == 0 and len(throttle) == 0  # forgotten
+    for i in range(1000):
+        throttle.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(throttle) == 100
+    assert throttle.count("10.0.3.231") == 1 and throttle.count("10.0.0.0") == 0  # the newest kept, the oldest gone
+
+
+async def test_wrong_admin_tokens_from_one_address_are_slowed_and_others_are_not(tmp_path, cache_dir, serve):
+    project = make_project(tmp_path / "a", cache_dir, config="serve:\n  admin_failures_allowed: 3\n")
+    client, _ = await serve(project)
+    wrong, right = {"Authorization": "Bearer guess"}, {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    assert (await client.get("/api/handoffs", headers=right)).status == 200
+    statuses = [(await client.get("/api/handoffs", headers=wrong)).status for _ in range(3)]
+    assert statuses == [401, 401, 401]
+    slowed = await client.get("/api/handoffs", headers=wrong)
+    assert slowed.status == 429 and slowed.headers["Retry-After"] == "1"
+    assert "too many wrong admin tokens" in (await slowed.json())["error"]
+    also_right = await client.get("/api/handoffs", headers=right)  # a guesser learns nothing while it waits
+    assert also_right.status == 429 and (await client.post("/api/model/reload", headers=right)).status == 429
+
+    # Another address, with the right token, is not held up (the test server listens on 127.0.0.1).
+    other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=other) as elsewhere:
+        async with elsewhere.get(client.make_url("/api/handoffs"), headers=right) as response:
+            assert response.status == 200
+
+    await asyncio.sleep(1.05)
+    assert (await client.get("/api/handoffs", headers=wrong)).status == 401  # its wait is over...
+    doubled = await client.get("/api/handoffs", headers=wrong)
+    assert doubled.status == 429 and doubled.headers["Retry-After"] == "2"  # ...and the next one is longer
+
+    # The chat routes are not admin routes: the address still chats.
+    assert (await client.get("/api/conversations/x1")).status == 200

@@ -30,6 +30,7 @@ from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMI
 from bot.serve.metrics import Metrics
 from bot.serve.security_headers import security_headers
 from bot.serve.store import open_store
+from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
 
 log = logging.getLogger("bot.serve")
 
@@ -53,6 +54,7 @@ def create_app(
     app[ADMIN_TOKEN] = admin_token if admin_token is not None else os.environ.get("BOT_ADMIN_TOKEN") or None
     app[CONVERSATION_LIMIT] = RateLimiter(serve.rate_per_conversation)
     app[CLIENT_LIMIT] = RateLimiter(serve.rate_per_client)
+    app[ADMIN_FAILURES] = FailureThrottle(serve.admin_failures_allowed, serve.admin_wait_max_s)
     app[RELOAD_LOCK] = asyncio.Lock()
     app.on_response_prepare.append(cors_headers(settings.endpoints.cors.allow_origins))
     app.on_response_prepare.append(security_headers(settings.endpoints.cors.allow_origins))
