@@ -6,10 +6,12 @@ that name the file, line and column.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
+from pydantic_core import PydanticCustomError
 
 from bot.errors import BotError, InvalidFiles, Problem
 from bot.typed import Strict, did_you_mean, parse
@@ -88,6 +90,10 @@ class ServeConfig(Strict):
     history_events: int = Field(200, gt=0, description="Most recent events read to build the model's context.")
     lock_timeout_s: float = Field(120, gt=0, description="How long a message waits for the previous one of its conversation.")
     max_actions_per_message: int = Field(3, ge=0, description="Actions the bot may run to answer one customer message.")
+    admin_failures_allowed: int = Field(
+        5, gt=0, description="Wrong admin tokens one client address may send before it must wait (429); each further one doubles the wait."
+    )
+    admin_wait_max_s: float = Field(900, gt=0, description="Longest wait after wrong admin tokens; an address's failures are forgotten this long after its last.")
 
 
 class BuildConfig(Strict):
@@ -116,8 +122,18 @@ class TrackerStore(Strict):
     lock_expiry_s: float = Field(60, gt=0, description="redis: a conversation lock whose holder died frees itself after this.")
 
 
+def _web_origin(value: str) -> str:
+    """A browser's Origin header is scheme://host[:port], nothing more; the CSP's frame-ancestors is built from these."""
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", value):
+        problem = "'{value}' is not a web origin: write scheme://host[:port], no path or slash (https://shop.example)"
+        raise PydanticCustomError("web_origin", problem, {"value": value})
+    return value
+
+
 class Cors(Strict):
-    allow_origins: list[str] = Field([], description="Web origins (https://shop.example) whose pages may call the bot.")
+    allow_origins: list[Annotated[str, AfterValidator(_web_origin)]] = Field(
+        [], description="Web origins (https://shop.example) whose pages may call the bot and frame its pages."
+    )
 
 
 class Endpoints(Strict):

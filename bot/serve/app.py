@@ -25,10 +25,12 @@ from bot.serve.conversations import Conversations
 from bot.serve.dialogue import Dialogue, ModelHolder
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
-from bot.serve.http import RateLimiter, cors_middleware, errors_middleware, metrics_middleware
+from bot.serve.http import RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
 from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.metrics import Metrics
+from bot.serve.security_headers import security_headers
 from bot.serve.store import open_store
+from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
 
 log = logging.getLogger("bot.serve")
 
@@ -52,7 +54,10 @@ def create_app(
     app[ADMIN_TOKEN] = admin_token if admin_token is not None else os.environ.get("BOT_ADMIN_TOKEN") or None
     app[CONVERSATION_LIMIT] = RateLimiter(serve.rate_per_conversation)
     app[CLIENT_LIMIT] = RateLimiter(serve.rate_per_client)
+    app[ADMIN_FAILURES] = FailureThrottle(serve.admin_failures_allowed, serve.admin_wait_max_s)
     app[RELOAD_LOCK] = asyncio.Lock()
+    app.on_response_prepare.append(cors_headers(settings.endpoints.cors.allow_origins))
+    app.on_response_prepare.append(security_headers(settings.endpoints.cors.allow_origins))
     app[CLOSING] = asyncio.Event()
     app.on_shutdown.append(_end_streams)
     if action_package:

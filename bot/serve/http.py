@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import time
 from collections import defaultdict, deque
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from bot.engine.protocol import EngineBusy, EngineClosed, PromptTooLong
 from bot.errors import BotError, RenderError
 from bot.serve.store import ConversationBusy, StoreUnavailable
+from bot.serve.throttle import ADMIN_FAILURES
 
 log = logging.getLogger("bot.serve")
 
@@ -85,12 +87,26 @@ class RateLimiter:
 
 
 def check_admin(request: web.Request, token: str | None) -> None:
-    """Admin routes need `Authorization: Bearer <BOT_ADMIN_TOKEN>`; with no token set they are closed."""
+    """Admin routes need `Authorization: Bearer <BOT_ADMIN_TOKEN>`; with no token set they are closed.
+    Repeated wrong tokens from one client address make it wait (429), see bot/serve/throttle.py."""
     if not token:
         raise web.HTTPForbidden(text="admin routes are closed: set BOT_ADMIN_TOKEN on the server")
+    failures, address = request.app[ADMIN_FAILURES], request.remote or "?"
+    if wait := failures.wait(address):
+        raise _admin_wait(wait)
     given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    if not hmac.compare_digest(given.encode(errors="surrogateescape"), f"Bearer {token}".encode()):
+        if wait := failures.failed(address):
+            log.warning("wrong admin token from %s (%d in a row): it waits %.0f s", address, failures.count(address), wait)
         raise web.HTTPUnauthorized(text="admin token missing or wrong (Authorization: Bearer ...)")
+    failures.succeeded(address)
+
+
+def _admin_wait(seconds: float) -> web.HTTPTooManyRequests:
+    retry_after = str(math.ceil(seconds))
+    return web.HTTPTooManyRequests(
+        text=f"too many wrong admin tokens from this address: try again in {retry_after} s", headers={"Retry-After": retry_after}
+    )
 
 
 def errors_middleware():
@@ -112,6 +128,7 @@ def errors_middleware():
 
 
 def cors_middleware(allowed_origins: list[str]):
+    """Answers CORS preflights; `cors_headers` marks the responses themselves."""
     allowed = set(allowed_origins)
 
     @web.middleware
@@ -128,14 +145,25 @@ def cors_middleware(allowed_origins: list[str]):
                     "Access-Control-Max-Age": "600",
                 }
             )
-        else:
-            response = await handler(request)
+            return response
+        return await handler(request)
+
+    return cors
+
+
+def cors_headers(allowed_origins: list[str]):
+    """An `on_response_prepare` handler: `Access-Control-Allow-Origin` for an allowed origin on
+    every response, set as its headers go out, so streamed replies (whose headers are sent
+    before their handler returns) carry it too."""
+    allowed = set(allowed_origins)
+
+    async def allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
         if origin and origin in allowed:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Vary"] = "Origin"
-        return response
 
-    return cors
+    return allow_origin
 
 
 def metrics_middleware(metrics):

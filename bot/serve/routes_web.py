@@ -1,4 +1,5 @@
-"""The widget (`/widget.js`) and a demo page that embeds it (`/`)."""
+"""The widget (`/widget.js`) and a demo page that embeds it (`/`, with its script and style in
+`/demo.js` and `/demo.css`: the page's Content-Security-Policy allows nothing inline)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ async def widget(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "widget.js", headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript; charset=utf-8"})
 
 
+async def demo_script(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "demo.js", headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript; charset=utf-8"})
+
+
+async def demo_style(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "demo.css", headers={"Cache-Control": "no-cache", "Content-Type": "text/css; charset=utf-8"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", demo_page)
     app.router.add_get("/widget.js", widget)
+    app.router.add_get("/demo.js", demo_script)
+    app.router.add_get("/demo.css", demo_style)

@@ -40,6 +40,26 @@
     "@media (max-width:767px){.bw-panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
   ].join("");
 
+  // The styles go in as a constructed stylesheet: a host page's Content-Security-Policy governs
+  // <style> elements and style attributes, not stylesheets built through the CSSOM, so the widget
+  // needs no 'unsafe-inline' (colours are set with style.setProperty, also CSSOM). A browser
+  // without constructed stylesheets (before Chrome 73, Firefox 101, Safari 16.4) gets a <style>
+  // element, which works on pages that don't forbid inline styles.
+  var styled = false;
+  function addStyles() {
+    if (styled) return;
+    styled = true;
+    if (window.CSSStyleSheet && "adoptedStyleSheets" in document && "replaceSync" in CSSStyleSheet.prototype) {
+      var sheet = new CSSStyleSheet();
+      sheet.replaceSync(CSS);
+      document.adoptedStyleSheets = document.adoptedStyleSheets.concat([sheet]);
+    } else {
+      var style = el("style");
+      style.textContent = CSS;
+      document.head.appendChild(style);
+    }
+  }
+
   function el(tag, className, text) {
     var node = document.createElement(tag);
     if (className) node.className = className;
@@ -71,12 +91,7 @@
 
   Widget.prototype.build = function (colors) {
     var self = this;
-    if (!document.getElementById("bw-style")) {
-      var style = el("style");
-      style.id = "bw-style";
-      style.textContent = CSS;
-      document.head.appendChild(style);
-    }
+    addStyles();
     var root = (this.root = el("div", "bw-root"));
     var names = {primary: "--bw-primary", onPrimary: "--bw-on-primary", background: "--bw-bg", text: "--bw-text", bot: "--bw-bot", agent: "--bw-agent"};
     Object.keys(colors).forEach(function (k) {
