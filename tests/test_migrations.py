@@ -25,7 +25,7 @@ OLD_EVENTS = 13  # in all three fixtures
 
 def fixture_events() -> dict[str, list[dict]]:
     """What the old code stored, read from the SQLite fixture without the store."""
-    db = sqlite3.connect(FIXTURES / "conversations.sqlite3")
+    db = sqlite3.connect(FIXTURES / "sqlite.sqlite3")
     try:
         rows = db.execute("SELECT seq, sender, body FROM events ORDER BY seq").fetchall()
     finally:
@@ -70,8 +70,8 @@ def sqlite_seq(sender: str, i: int) -> int:
 
 
 async def test_sqlite_database_from_before_migrations_is_upgraded_in_place(tmp_path):
-    path = tmp_path / "conversations.sqlite3"
-    shutil.copy(FIXTURES / "conversations.sqlite3", path)
+    path = tmp_path / "sqlite.sqlite3"
+    shutil.copy(FIXTURES / "sqlite.sqlite3", path)
     store = SQLiteStore(path)
     try:
         await check_upgraded(store, sqlite_seq)
@@ -144,7 +144,7 @@ def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
         assert db.execute("SELECT name FROM sqlite_master WHERE name = 'events_by_type'").fetchone()  # m002 came first
 
     path = tmp_path / "c.sqlite3"
-    shutil.copy(FIXTURES / "conversations.sqlite3", path)
+    shutil.copy(FIXTURES / "sqlite.sqlite3", path)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         assert migrate_sqlite(db, "test", migrations) == ["m001_events", "m002_customer_index", "m003_backfill"]
@@ -169,7 +169,7 @@ def test_a_failing_migration_changes_nothing(tmp_path):
         raise sqlite3.OperationalError("disk I/O error")
 
     path = tmp_path / "c.sqlite3"
-    shutil.copy(FIXTURES / "conversations.sqlite3", path)
+    shutil.copy(FIXTURES / "sqlite.sqlite3", path)
     db = sqlite3.connect(path, isolation_level=None)
     try:
         with pytest.raises(sqlite3.OperationalError):

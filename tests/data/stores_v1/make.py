@@ -3,7 +3,7 @@ schema before migrations existed), never since, so they stay what that code wrot
 
     PYTHONPATH=. python tests/data/stores_v1/make.py
 
-- conversations.sqlite3: SQLiteStore's file;
+- sqlite.sqlite3: SQLiteStore's file;
 - postgresql.sql: that commit's DDL and the rows PostgresStore wrote, to run in an empty schema;
 - redis.json: every key RedisStore wrote (without its `bot:` prefix), by type.
 """
@@ -57,7 +57,7 @@ async def main() -> None:
     convs = conversations()
     order = [(sender, e) for i in range(6) for sender, events in convs.items() if i < len(events) for e in [events[i]]]
 
-    path = HERE / "conversations.sqlite3"
+    path = HERE / "sqlite.sqlite3"
     path.unlink(missing_ok=True)
     sqlite = SQLiteStore(path)
     for sender, e in order:
