@@ -120,6 +120,12 @@ class TrackerStore(Strict):
     path: str = Field("conversations.sqlite3", description="sqlite: the database file, relative to the project.")
     url: str | None = Field(None, description="postgresql://host:port/db or redis://host:port/n.")
     lock_expiry_s: float = Field(60, gt=0, description="redis: a conversation lock whose holder died frees itself after this.")
+    sqlite_synchronous: Literal["full", "normal"] = Field(
+        "full",
+        description="sqlite (WAL mode): full syncs every stored event to the disk, so it survives a power cut; "
+        "normal survives a crash of the server but may lose the last events to a power cut.",
+    )
+    key_prefix: str = Field("bot:", min_length=1, description="redis: the start of every key, so several bots can share one database.")
 
 
 def _web_origin(value: str) -> str:

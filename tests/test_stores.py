@@ -303,21 +303,26 @@ async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_
         await store.close()
 
 
-async def test_postgres_gets_the_state_index_at_open(tmp_path):
-    store = await _connect("postgresql", tmp_path)
-    sender = _sender()
-    try:
-        await store.append(sender, new_event("slot", name="plan", value="gold"))
-        await store._pool.execute("DROP INDEX bot_events_by_sender_type")  # as a database from before the index
-    finally:
-        await store.close()
-    store = await _connect("postgresql", tmp_path)
-    try:
-        indexes = await store._pool.fetch("SELECT indexdef FROM pg_indexes WHERE indexname = 'bot_events_by_sender_type'")
-        assert [row["indexdef"].split(" USING ")[1] for row in indexes] == ["btree (sender, type, seq)"]
-        assert _state((await store.context(sender, 5))[1]) == ({"plan": "gold"}, False, None)
-    finally:
-        await store.close()
+async def test_postgres_gets_the_state_index_at_open():
+    from bot.serve.store_postgres import PostgresStore
+    from store_isolation import postgres_schema
+
+    async with postgres_schema() as (url, _):  # a schema of its own: other tests use the shared tables
+        store = await PostgresStore.connect(url)
+        sender = _sender()
+        try:
+            await store.append(sender, new_event("slot", name="plan", value="gold"))
+            # As a database from before the index (and before migrations were recorded):
+            await store._pool.execute("DROP INDEX bot_events_by_sender_type; DROP TABLE bot_migrations")
+        finally:
+            await store.close()
+        store = await PostgresStore.connect(url)
+        try:
+            indexes = await store._pool.fetch("SELECT indexdef FROM pg_indexes WHERE indexname = 'bot_events_by_sender_type' AND schemaname = current_schema()")
+            assert [row["indexdef"].split(" USING ")[1] for row in indexes] == ["btree (sender, type, seq)"]
+            assert _state((await store.context(sender, 5))[1]) == ({"plan": "gold"}, False, None)
+        finally:
+            await store.close()
 
 
 async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_path):

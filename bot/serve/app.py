@@ -28,6 +28,7 @@ from bot.serve.handoff import HandoffNotifier
 from bot.serve.http import RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
 from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.metrics import Metrics
+from bot.serve.recovery import mark_interrupted_in_background
 from bot.serve.security_headers import security_headers
 from bot.serve.store import open_store
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
@@ -109,7 +110,11 @@ async def _model_and_store(app: web.Application):
     app[CONVERSATIONS] = assemble(settings, model, store, session, metrics=app[METRICS])
     app[HOLDER] = app[CONVERSATIONS].dialogue.holder
     app[METRICS].watch(app[HOLDER])
+    tracker = settings.endpoints.tracker_store
+    recovery = asyncio.create_task(mark_interrupted_in_background(store, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)))
     yield
+    recovery.cancel()
+    await asyncio.gather(recovery, return_exceptions=True)
     await session.close()
     await store.close()
     await app[HOLDER].close()

@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.config import ServeConfig
 from bot.serve.dialogue import Dialogue, Piece, fold, to_messages
+from bot.serve.recovery import INTERRUPTED, mark_if_unanswered
 from bot.serve.store import HANDOFF, ConversationStore, Event, new_event
 
 
@@ -22,13 +23,13 @@ class Waiting:
 
 
 # What the customer sees of each event type, in the history and as it happens.
-VISIBLE = ("user", "bot", "agent", HANDOFF, "resume")
+VISIBLE = ("user", "bot", "agent", HANDOFF, "resume", INTERRUPTED)
 
 
 def visible(event: Event) -> dict[str, Any]:
     """An event as the widget shows it (no tool arguments, no internal details)."""
     shown = {"seq": event["seq"], "type": event["type"], "timestamp": event["timestamp"]}
-    for key in ("text", "buttons", "agent"):
+    for key in ("text", "buttons", "agent", "of"):
         if event.get(key) is not None:
             shown[key] = event[key]
     return shown
@@ -51,6 +52,7 @@ class Conversations:
         """Answer one customer message; yields the stored message, then Pieces as the reply is
         written and each event as it is stored."""
         async with self.store.lock(sender, self.config.lock_timeout_s):
+            await mark_if_unanswered(self.store, sender)  # a reply cut by a crash that startup did not mark
             latest = await self.store.append(sender, new_event("user", text=text, metadata=metadata or None))
             yield latest
             events, state_events = await self.store.context(sender, self.config.history_events)  # not the whole conversation

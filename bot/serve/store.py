@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import BotError
+from bot.serve.migrations import Migrations
 
+log = logging.getLogger("bot.serve")
 Event = dict[str, Any]
 HANDOFF, RESUME = "handoff", "resume"
 # The event types that change a conversation's state (what bot.serve.dialogue.fold looks at).
@@ -66,6 +69,10 @@ class ConversationStore(ABC):
     @abstractmethod
     async def waiting_for_agent(self) -> list[str]:
         """Conversations handed off to a person and not yet resumed."""
+
+    @abstractmethod
+    async def unanswered(self) -> list[tuple[str, int]]:
+        """(sender, seq) of each conversation whose last event is a customer message."""
 
     @abstractmethod
     def lock(self, sender: str, timeout: float) -> Any:
@@ -127,16 +134,40 @@ class LocalLocks:
                 self._locks[sender] = (lock, users - 1)
 
 
-SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    sender TEXT NOT NULL,
-    type TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_sender ON events (sender, seq);
-CREATE INDEX IF NOT EXISTS events_by_sender_type ON events (sender, type, seq);
-"""
+SQLITE_MIGRATIONS = Migrations("sqlite")
+
+
+@SQLITE_MIGRATIONS
+def m001_events(db: sqlite3.Connection) -> None:
+    """The schema from before migrations: a database made then already has all of it."""
+    db.execute("""CREATE TABLE IF NOT EXISTS events (
+                      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                      sender TEXT NOT NULL,
+                      type TEXT NOT NULL,
+                      body TEXT NOT NULL)""")
+    db.execute("CREATE INDEX IF NOT EXISTS events_by_sender ON events (sender, seq)")
+    db.execute("CREATE INDEX IF NOT EXISTS events_by_sender_type ON events (sender, type, seq)")
+
+
+def migrate_sqlite(db: sqlite3.Connection, where: str, migrations: Migrations = SQLITE_MIGRATIONS) -> list[str]:
+    """Apply the pending migrations in one transaction (BEGIN IMMEDIATE: a second process
+    opening the file at the same moment waits, then finds them applied); their names."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = [name for (name,) in db.execute("SELECT name FROM _migrations")]
+        pending = migrations.pending(done, where)
+        for name, step in pending:
+            step(db)
+            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, datetime('now'))", (name,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return [name for name, _ in pending]
+
+
+SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
 
 
 class SQLiteStore(ConversationStore):
@@ -144,14 +175,18 @@ class SQLiteStore(ConversationStore):
 
     kind = "sqlite"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, synchronous: str = "full"):
         super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed event survives a crash of the server
-            self._db.executescript(SQLITE_SCHEMA)
+            # WAL: a commit is one append to the log. FULL syncs the log to the disk at every
+            # commit, so a stored event survives a power cut too; NORMAL survives a crash of the
+            # server (the OS has the write) but may lose the last commits to a power cut.
+            self._db.execute(f"PRAGMA synchronous={SYNCHRONOUS[synchronous]}")
+            if applied := migrate_sqlite(self._db, f"the conversation database {path}"):
+                log.info("conversation database %s: applied migrations %s", path, ", ".join(applied))
         except sqlite3.Error as e:
             raise StoreUnavailable(f"can't open the conversation database {path}: {e}") from None
         self._guard = threading.Lock()  # one statement at a time, and never while closing
@@ -197,6 +232,10 @@ class SQLiteStore(ConversationStore):
                    SELECT max(seq) FROM events WHERE type IN (?, ?) GROUP BY sender) AND type = ? ORDER BY seq"""
         return [row[0] for row in await asyncio.to_thread(self._run, sql, (HANDOFF, RESUME, HANDOFF))]
 
+    async def unanswered(self) -> list[tuple[str, int]]:
+        sql = "SELECT sender, seq FROM events WHERE seq IN (SELECT max(seq) FROM events GROUP BY sender) AND type = 'user' ORDER BY seq"
+        return [(sender, seq) for sender, seq in await asyncio.to_thread(self._run, sql)]
+
     def lock(self, sender: str, timeout: float):
         return self._locks.hold(sender, timeout)
 
@@ -213,7 +252,7 @@ async def open_store(settings) -> ConversationStore:
     """The store `endpoints.yml` names (tracker_store), connected."""
     config = settings.endpoints.tracker_store
     if config.type == "sqlite":
-        return SQLiteStore(settings.root / config.path)
+        return SQLiteStore(settings.root / config.path, synchronous=config.sqlite_synchronous)
     if not config.url:
         raise StoreUnavailable(f"endpoints.yml: tracker_store.url is needed for type '{config.type}'")
     if config.type == "postgresql":
@@ -222,4 +261,4 @@ async def open_store(settings) -> ConversationStore:
         return await PostgresStore.connect(config.url)
     from bot.serve.store_redis import RedisStore
 
-    return await RedisStore.connect(config.url, lock_expiry_s=config.lock_expiry_s)
+    return await RedisStore.connect(config.url, lock_expiry_s=config.lock_expiry_s, prefix=config.key_prefix)

@@ -9,18 +9,40 @@ import json
 import time
 from contextlib import asynccontextmanager
 
-from bot.serve.store import HANDOFF, RESUME, STATE_EVENTS, ConversationBusy, ConversationStore, Event, StoreUnavailable
+from bot.serve.migrations import Migrations
+from bot.serve.store import HANDOFF, RESUME, STATE_EVENTS, ConversationBusy, ConversationStore, Event, StoreUnavailable, log
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS bot_events (
-    seq BIGSERIAL PRIMARY KEY,
-    sender TEXT NOT NULL,
-    type TEXT NOT NULL,
-    body JSONB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS bot_events_by_sender ON bot_events (sender, seq);
-CREATE INDEX IF NOT EXISTS bot_events_by_sender_type ON bot_events (sender, type, seq);
-"""
+POSTGRES_MIGRATIONS = Migrations("postgresql")
+# One key for every store's migrations: two processes starting at once apply them one after the other.
+MIGRATION_LOCK = int.from_bytes(hashlib.blake2b(b"bot migrations", digest_size=8).digest(), "big", signed=True)
+
+
+@POSTGRES_MIGRATIONS
+async def m001_events(connection) -> None:
+    """The schema from before migrations: a database made then already has all of it."""
+    await connection.execute("""
+        CREATE TABLE IF NOT EXISTS bot_events (
+            seq BIGSERIAL PRIMARY KEY,
+            sender TEXT NOT NULL,
+            type TEXT NOT NULL,
+            body JSONB NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS bot_events_by_sender ON bot_events (sender, seq);
+        CREATE INDEX IF NOT EXISTS bot_events_by_sender_type ON bot_events (sender, type, seq);
+    """)
+
+
+async def migrate_postgres(connection, where: str, migrations: Migrations = POSTGRES_MIGRATIONS) -> list[str]:
+    """Apply the pending migrations in one transaction, under an advisory lock; their names.
+    The tables are those of the connection's search_path (`?search_path=...` in the URL)."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute("CREATE TABLE IF NOT EXISTS bot_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        pending = migrations.pending([row["name"] for row in await connection.fetch("SELECT name FROM bot_migrations")], where)
+        for name, step in pending:
+            await step(connection)
+            await connection.execute("INSERT INTO bot_migrations (name) VALUES ($1)", name)
+    return [name for name, _ in pending]
 
 
 def _lock_key(sender: str) -> int:
@@ -41,10 +63,18 @@ class PostgresStore(ConversationStore):
 
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=10, timeout=10)
-            async with pool.acquire() as connection:
-                await connection.execute(SCHEMA)
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
             raise StoreUnavailable(f"can't reach the PostgreSQL tracker store at {url}: {e}") from None
+        try:
+            async with pool.acquire() as connection:
+                applied = await migrate_postgres(connection, f"the PostgreSQL tracker store at {url}")
+        except BaseException as e:
+            await pool.close()
+            if isinstance(e, (OSError, asyncpg.PostgresError, TimeoutError)):
+                raise StoreUnavailable(f"can't reach the PostgreSQL tracker store at {url}: {e}") from None
+            raise
+        if applied:
+            log.info("PostgreSQL tracker store: applied migrations %s", ", ".join(applied))
         return cls(pool)
 
     async def _append(self, sender: str, event: Event) -> int:
@@ -76,6 +106,11 @@ class PostgresStore(ConversationStore):
         sql = """SELECT sender FROM bot_events WHERE seq IN (
                    SELECT max(seq) FROM bot_events WHERE type IN ($1, $2) GROUP BY sender) AND type = $3 ORDER BY seq"""
         return [row["sender"] for row in await self._pool.fetch(sql, HANDOFF, RESUME, HANDOFF)]
+
+    async def unanswered(self) -> list[tuple[str, int]]:
+        sql = """SELECT sender, seq FROM bot_events WHERE seq IN (
+                   SELECT max(seq) FROM bot_events GROUP BY sender) AND type = 'user' ORDER BY seq"""
+        return [(row["sender"], row["seq"]) for row in await self._pool.fetch(sql)]
 
     @asynccontextmanager
     async def lock(self, sender: str, timeout: float):

@@ -1,15 +1,19 @@
 """Conversations in Redis: one list of events per conversation, a second list of just its state
 events (so a message is answered without reading the whole conversation), a set of conversations
 waiting for a person, and redis-py's lock, which works across processes and expires if its holder
-dies (it is extended while a reply is still being written)."""
+dies (it is extended while a reply is still being written). Every key starts with the store's
+prefix (`tracker_store.key_prefix`, default `bot:`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
-from bot.serve.store import HANDOFF, RESUME, STATE_EVENTS, ConversationBusy, ConversationStore, Event, StoreUnavailable
+from bot.serve.migrations import Migrations
+from bot.serve.store import HANDOFF, RESUME, STATE_EVENTS, ConversationBusy, ConversationStore, Event, StoreUnavailable, log
 
 PREFIX = "bot:"
 # The first entry of every state list: it holds all the conversation's state events. A list
@@ -17,29 +21,56 @@ PREFIX = "bot:"
 BUILT = "#built"
 
 
+REDIS_MIGRATIONS = Migrations("redis")
+
+
+@REDIS_MIGRATIONS
+async def m001_events(client, prefix: str) -> None:
+    """The layout from before migrations (events:SENDER, state:SENDER, waiting, lock:SENDER):
+    a database written then is already in it."""
+
+
+async def migrate_redis(client, prefix: str, where: str, migrations: Migrations = REDIS_MIGRATIONS) -> list[str]:
+    """Apply the pending migrations, one process at a time; their names. What has been applied is
+    the hash PREFIXmigrations (name: when)."""
+    done_key = f"{prefix}migrations"
+    async with client.lock(f"{prefix}migrations:lock", timeout=300, blocking_timeout=300):
+        pending = migrations.pending(await client.hkeys(done_key), where)
+        for name, step in pending:
+            await step(client, prefix)
+            await client.hset(done_key, name, datetime.now(UTC).isoformat(timespec="seconds"))
+    return [name for name, _ in pending]
+
+
 class RedisStore(ConversationStore):
     kind = "redis"
 
-    def __init__(self, client, lock_expiry_s: float):
+    def __init__(self, client, lock_expiry_s: float, prefix: str = PREFIX):
         super().__init__()
         self._redis = client
         self._expiry = lock_expiry_s
+        self._prefix = prefix
 
     @classmethod
-    async def connect(cls, url: str, *, lock_expiry_s: float = 60) -> RedisStore:
+    async def connect(cls, url: str, *, lock_expiry_s: float = 60, prefix: str = PREFIX) -> RedisStore:
         import redis.asyncio as redis
         from redis.exceptions import RedisError
 
         client = redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
         try:
             await client.ping()
-        except (RedisError, OSError) as e:
+            applied = await migrate_redis(client, prefix, f"the Redis tracker store at {url} (keys {prefix}*)")
+        except BaseException as e:
             await client.aclose()
-            raise StoreUnavailable(f"can't reach the Redis tracker store at {url}: {e}") from None
-        return cls(client, lock_expiry_s)
+            if isinstance(e, (RedisError, OSError)):
+                raise StoreUnavailable(f"can't reach the Redis tracker store at {url}: {e}") from None
+            raise
+        if applied:
+            log.info("Redis tracker store: applied migrations %s", ", ".join(applied))
+        return cls(client, lock_expiry_s, prefix)
 
     async def _append(self, sender: str, event: Event) -> int:
-        events_key, body = f"{PREFIX}events:{sender}", json.dumps(event, ensure_ascii=False)
+        events_key, body = f"{self._prefix}events:{sender}", json.dumps(event, ensure_ascii=False)
         if event["type"] not in STATE_EVENTS:
             async with self._redis.pipeline(transaction=True) as pipe:
                 (length,) = await pipe.rpush(events_key, body).execute()
@@ -51,18 +82,18 @@ class RedisStore(ConversationStore):
             seq = await pipe.llen(events_key) + 1
             pipe.multi()
             pipe.rpush(events_key, body)
-            pipe.rpush(f"{PREFIX}state:{sender}", json.dumps(dict(event, seq=seq), ensure_ascii=False))
+            pipe.rpush(f"{self._prefix}state:{sender}", json.dumps(dict(event, seq=seq), ensure_ascii=False))
             if event["type"] == HANDOFF:
-                pipe.zadd(f"{PREFIX}waiting", {sender: event["timestamp"]})
+                pipe.zadd(f"{self._prefix}waiting", {sender: event["timestamp"]})
             elif event["type"] == RESUME:
-                pipe.zrem(f"{PREFIX}waiting", sender)
+                pipe.zrem(f"{self._prefix}waiting", sender)
             return seq
 
         return await self._redis.transaction(write, events_key, value_from_callable=True)
 
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
-        start = after if last is None else max(after, await self._redis.llen(f"{PREFIX}events:{sender}") - last)
-        bodies = await self._redis.lrange(f"{PREFIX}events:{sender}", start, -1)
+        start = after if last is None else max(after, await self._redis.llen(f"{self._prefix}events:{sender}") - last)
+        bodies = await self._redis.lrange(f"{self._prefix}events:{sender}", start, -1)
         return [dict(json.loads(body), seq=start + i + 1) for i, body in enumerate(bodies)]
 
     async def context(self, sender: str, last: int) -> tuple[list[Event], list[Event]]:
@@ -76,16 +107,16 @@ class RedisStore(ConversationStore):
     async def _read_context(self, sender: str, last: int) -> tuple[int, list[str], list[str]]:
         """The events list's length, the state list and the last `last` events, in one MULTI."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.llen(f"{PREFIX}events:{sender}").lrange(f"{PREFIX}state:{sender}", 0, -1)
+            pipe.llen(f"{self._prefix}events:{sender}").lrange(f"{self._prefix}state:{sender}", 0, -1)
             if last > 0:
-                pipe.lrange(f"{PREFIX}events:{sender}", -last, -1)
+                pipe.lrange(f"{self._prefix}events:{sender}", -last, -1)
             length, state, *window = await pipe.execute()
         return length, state, window[0] if window else []
 
     async def _build_state(self, sender: str) -> None:
         """A conversation stored before this store kept state lists has none (or only the state
         events appended since): build its state list, once, from the whole events list."""
-        events_key, state_key = f"{PREFIX}events:{sender}", f"{PREFIX}state:{sender}"
+        events_key, state_key = f"{self._prefix}events:{sender}", f"{self._prefix}state:{sender}"
 
         async def build(pipe) -> None:
             events = [json.loads(body) for body in await pipe.lrange(events_key, 0, -1)]
@@ -96,14 +127,28 @@ class RedisStore(ConversationStore):
 
         await self._redis.transaction(build, events_key)  # redone if an event is appended meanwhile
 
+    async def unanswered(self) -> list[tuple[str, int]]:
+        events_key = f"{self._prefix}events:"
+        keys = [key async for key in self._redis.scan_iter(match=re.sub(r"([*?\[\]\\])", r"\\\1", events_key) + "*", count=1000)]
+        found = []
+        for start in range(0, len(keys), 500):
+            async with self._redis.pipeline(transaction=True) as pipe:  # each length with its last event
+                for key in keys[start : start + 500]:
+                    pipe.llen(key).lindex(key, -1)
+                replies = await pipe.execute()
+            for key, length, last in zip(keys[start : start + 500], replies[::2], replies[1::2]):
+                if last is not None and json.loads(last)["type"] == "user":
+                    found.append((key.removeprefix(events_key), length))
+        return sorted(found)
+
     async def waiting_for_agent(self) -> list[str]:
-        return await self._redis.zrange(f"{PREFIX}waiting", 0, -1)
+        return await self._redis.zrange(f"{self._prefix}waiting", 0, -1)
 
     @asynccontextmanager
     async def lock(self, sender: str, timeout: float):
         from redis.exceptions import LockError
 
-        lock = self._redis.lock(f"{PREFIX}lock:{sender}", timeout=self._expiry, blocking_timeout=timeout)
+        lock = self._redis.lock(f"{self._prefix}lock:{sender}", timeout=self._expiry, blocking_timeout=timeout)
         if not await lock.acquire():
             raise ConversationBusy(f"conversation '{sender}' is still answering its previous message")
 

@@ -85,6 +85,7 @@
     this.lastSeq = 0; // every event up to here is on screen
     this.busy = false; // a message is being answered
     this.deferred = []; // live events that arrived while a reply was streaming
+    this.sent = {}; // the customer's messages by seq, for "Try again"
     this.build(options.colors || {});
     this.loadHistory(0);
   }
@@ -225,7 +226,11 @@
   Widget.prototype.show = function (event) {
     if (event.seq && event.seq <= this.lastSeq) return;
     if (event.seq) this.lastSeq = event.seq;
-    if (event.type === "user") this.add("user", event.text);
+    if (event.type === "user") {
+      this.sent[event.seq] = event.text;
+      this.dropRetries();
+      this.add("user", event.text);
+    } else if (event.type === "interrupted") this.interrupted(event.of);
     else if (event.type === "bot") {
       if (event.text) this.add("bot", event.text);
       if (event.buttons && event.buttons.length) this.quickReplies(event.buttons);
@@ -237,6 +242,30 @@
       this.setStatus("");
       this.note("You're chatting with the assistant again.");
     }
+  };
+
+  // A reply cut off by a server crash: say so, and offer to send the message again.
+  Widget.prototype.interrupted = function (of) {
+    var self = this;
+    var payload = this.sent[of];
+    this.setStatus("");
+    this.add("bot", "Sorry, that reply was interrupted.");
+    if (payload === undefined) return;
+    var box = el("div", "bw-replies");
+    var button = el("button", "bw-reply bw-retry", "Try again");
+    button.type = "button";
+    button.addEventListener("click", function () {
+      if (self.busy) return;
+      box.remove();
+      self.send(payload, payload);
+    });
+    box.appendChild(button);
+    this.log.appendChild(box);
+    this.scroll();
+  };
+
+  Widget.prototype.dropRetries = function () {
+    Array.prototype.forEach.call(this.log.querySelectorAll(".bw-retry"), function (b) { b.parentNode.remove(); });
   };
 
   Widget.prototype.loadHistory = function (attempt) {
@@ -277,6 +306,7 @@
   };
 
   Widget.prototype.send = function (payload, shownText) {
+    this.dropRetries();
     this.add("user", shownText);
     this.busy = true;
     this.typing(true);
@@ -293,6 +323,8 @@
 
   Widget.prototype.post = function (payload, attempt) {
     var self = this;
+    this.received = null; // the seq the server stored this message under, once it says so
+    this.sending = payload;
     fetch(this.server + "/api/chat/stream", {
       method: "POST",
       headers: {"Content-Type": "application/json"},
@@ -313,6 +345,12 @@
         if (e && e.shown) {
           self.note("Sorry, that didn't go through: " + e.shown);
           self.finish();
+        } else if (self.received) {
+          // The message is stored, its reply was cut (the server went down): never send it
+          // twice. When the server is back, the live feed brings the reply's "interrupted" mark.
+          if (self.streaming) self.streaming.remove();
+          self.finish();
+          self.setStatus("Lost the connection to the chat server. Reconnecting…", true);
         } else {
           self.retry(attempt, function (n) { self.post(payload, n); });
         }
@@ -345,6 +383,8 @@
     var body = data ? JSON.parse(data) : {};
     if (name === "received") {
       this.lastSeq = Math.max(this.lastSeq, body.seq);
+      this.received = body.seq;
+      this.sent[body.seq] = this.sending;
     } else if (name === "token") {
       this.typing(false);
       if (!this.streaming) this.streaming = this.add("bot", "");

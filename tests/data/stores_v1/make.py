@@ -1,0 +1,111 @@
+"""How the fixtures in this folder were made: run once with the stores of commit 28fdf1c (the
+schema before migrations existed), never since, so they stay what that code wrote.
+
+    PYTHONPATH=. python tests/data/stores_v1/make.py
+
+- sqlite.sqlite3: SQLiteStore's file;
+- postgresql.sql: that commit's DDL and the rows PostgresStore wrote, to run in an empty schema;
+- redis.json: every key RedisStore wrote (without its `bot:` prefix), by type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+from bot.serve.store import SQLiteStore, new_event
+from bot.serve.store_postgres import SCHEMA, PostgresStore
+from bot.serve.store_redis import RedisStore
+
+HERE = Path(__file__).parent
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/14"
+
+
+def conversations() -> dict[str, list[dict]]:
+    clock = iter(range(1_790_000_000, 1_790_001_000, 7))
+
+    def event(type_, **fields):
+        return dict(new_event(type_, **fields), timestamp=float(next(clock)))
+
+    return {
+        "alice": [
+            event("user", text="Where is my order ES-1001?", metadata={"page": "/orders"}),
+            event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped", "note": "é 日本"}),
+            event("slot", name="order_id", value="ES-1001"),
+            event("bot", text="It shipped yesterday."),
+            event("user", text="Thanks!"),
+            event("bot", text="You're welcome.", buttons=[{"title": "More", "payload": "more"}]),
+        ],
+        "bob": [
+            event("user", text="I want a person."),
+            event("handoff", reason="asked for a person", text="I'm passing you to a colleague."),
+            event("user", text="Hello?"),
+            event("agent", text="Hi, I'm Alex.", agent="Alex"),
+        ],
+        "carol": [
+            event("user", text="Cancel my plan."),
+            event("bot", text="Sorry to hear that. Which plan?"),
+            event("user", text="The gold one."),
+        ],
+    }
+
+
+async def main() -> None:
+    convs = conversations()
+    order = [(sender, e) for i in range(6) for sender, events in convs.items() if i < len(events) for e in [events[i]]]
+
+    path = HERE / "sqlite.sqlite3"
+    path.unlink(missing_ok=True)
+    sqlite = SQLiteStore(path)
+    for sender, e in order:
+        await sqlite.append(sender, e)
+    await sqlite.close()
+
+    import asyncpg
+
+    schema = f"fixture_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(POSTGRES)
+    await admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        postgres = await PostgresStore.connect(f"{POSTGRES}?search_path={schema}")
+        for sender, e in order:
+            await postgres.append(sender, e)
+        rows = await postgres._pool.fetch("SELECT seq, sender, type, body::text FROM bot_events ORDER BY seq")
+        await postgres.close()
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    lines = ["-- Written by tests/data/stores_v1/make.py with the PostgresStore of commit 28fdf1c: its DDL, then its rows.", SCHEMA.strip()]
+    lines += [f"INSERT INTO bot_events (seq, sender, type, body) VALUES ({r['seq']}, {literal(r['sender'])}, {literal(r['type'])}, {literal(r['body'])});" for r in rows]
+    lines.append("SELECT setval(pg_get_serial_sequence('bot_events', 'seq'), (SELECT max(seq) FROM bot_events));")
+    (HERE / "postgresql.sql").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    prefix = f"fixture-{uuid.uuid4().hex[:8]}:"
+    redis = await RedisStore.connect(REDIS)
+    import bot.serve.store_redis as layout
+
+    layout.PREFIX = prefix  # that commit's key names, under a prefix of its own
+    try:
+        for sender, e in order:
+            await redis.append(sender, e)
+        await redis.context("alice", 20)  # a conversation that has been answered since: its state list is built
+        keys: dict = {}
+        for key in sorted(await redis._redis.keys(prefix + "*")):
+            kind = await redis._redis.type(key)
+            value = await (redis._redis.lrange(key, 0, -1) if kind == "list" else redis._redis.zrange(key, 0, -1, withscores=True))
+            keys[key.removeprefix(prefix)] = {"type": kind, "value": value}
+            await redis._redis.delete(key)
+    finally:
+        await redis.close()
+    (HERE / "redis.json").write_text(json.dumps(keys, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
