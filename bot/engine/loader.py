@@ -8,7 +8,7 @@ the wrong model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -65,6 +65,8 @@ def load_weights(settings: Settings, trained: models.TrainedModel | None, *, bas
     tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
     model = load_model(base, settings.cache_dir, dtype) if base_only else models.load_merged(trained, base, settings.cache_dir, dtype)
     profile = read_profile(trained.folder) or profile_of(validate(settings))
+    if profile.taught_replies is None:  # trained before profiles carried them: the project's, for the leak guard
+        profile = replace(profile, taught_replies=profile_of(validate(settings)).taught_replies)
     return Weights(model.eval().to(device()), tokenizer, profile, trained)
 
 
