@@ -62,6 +62,10 @@ def words(text: str) -> list[tuple[str, int, int]]:
 
 def letters(text: str) -> tuple[str, list[int]]:
     """The letters and digits of `text`, folded, and the index in `text` each comes from."""
+    if text.isascii():
+        low = text.lower()
+        origins = [i for i, c in enumerate(low) if c.isalnum()]
+        return "".join(low[i] for i in origins), origins
     chars, origins = [], []
     for i, ch in enumerate(text):
         for c in fold(ch):
@@ -127,7 +131,7 @@ class LeakGuard:
         said = [w for w, _, _ in found]
         if any(tuple(said[i : i + RUN_WORDS]) in self.runs for i in range(len(said) - RUN_WORDS + 1)):
             return Leak(PROMPT), 0
-        chars, origins = letters(text)
+        chars, origins = letters(text) if self.secret else ("", [])
         if self.secret and self.secret in chars:
             return Leak(SECRET), 0
         hold = len(text)
