@@ -209,7 +209,7 @@ class Dialogue:
                 if shown:
                     yield Piece(shown)
 
-    def _guarded(self, model: ResponseModel, sender: str, leak: Leak, where: str, **detail) -> Event:
+    def _guarded(self, sender: str, leak: Leak, where: str, **detail) -> Event:
         """Records a cut (log line, metric); the `guarded` event to store."""
         log.warning("conversation %s: the leak guard stopped a %s that would have shown the %s", sender, where.replace("_", " "), leak.kind)
         if self.metrics:
@@ -222,16 +222,16 @@ class Dialogue:
         if event["type"] == HANDOFF:
             checked = []
             if leak := guard.find(event.get("text") or ""):
-                checked.append(self._guarded(model, sender, leak, "handoff_message"))
+                checked.append(self._guarded(sender, leak, "handoff_message"))
                 event = dict(event, text=guard.refusal)
             if leak := guard.find(event.get("reason") or ""):  # agents read it; keep it clean too
-                checked.append(self._guarded(model, sender, leak, "handoff_reason"))
+                checked.append(self._guarded(sender, leak, "handoff_reason"))
                 event = dict(event, reason="")
             return checked + [event]
         if leak := guard.find_in([event.get(key) for key in ("text", "buttons", "image")]):
             by = event.get("by")
             where = ("action_message", {"action": by}) if by else ("reply", {})
-            return [self._guarded(model, sender, leak, where[0], **where[1]), new_event("bot", text=guard.refusal, by=GUARD)]
+            return [self._guarded(sender, leak, where[0], **where[1]), new_event("bot", text=guard.refusal, by=GUARD)]
         return [event]
 
     async def answer(
@@ -266,7 +266,7 @@ class Dialogue:
                     else:
                         yield item
             if leak:
-                yield self._guarded(model, sender, leak, "reply")
+                yield self._guarded(sender, leak, "reply")
                 yield new_event("bot", text=model.leak_guard.refusal, by=GUARD)
                 return
             reply = parse_reply(generated.text)
@@ -287,7 +287,7 @@ class Dialogue:
                 return
             name, arguments = reply.action, reply.arguments or {}
             if leak := model.leak_guard.find_in(arguments):  # never sent: an action may echo its arguments
-                yield self._guarded(model, sender, leak, "tool_call", action=name)
+                yield self._guarded(sender, leak, "tool_call", action=name)
                 yield new_event("bot", text=model.leak_guard.refusal, by=GUARD)
                 return
             problems = model.profile.argument_problems(name, arguments)
