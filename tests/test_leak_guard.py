@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.data.compile import write as compile_data
 from bot.data.loader import read_training_data
-from bot.data.profile import BotProfile, profile_of, read_profile
+from bot.data.profile import BotProfile, profile_of, read_profile, trained_profile
 from bot.data.project import validate
 from bot.data.schema import DEFAULT_REFUSAL, BotTurn
 from bot.serve.dialogue import GUARD
@@ -175,6 +175,16 @@ def test_the_profile_carries_the_taught_replies_and_the_refusal(project, tmp_pat
     del older["taught_replies"], older["refusal"]  # a profile.json written before the guard
     old = BotProfile.from_json(older)
     assert old.taught_replies is None and old.refusal == DEFAULT_REFUSAL
+
+    # a model trained then gets the project's taught replies, and keeps its own prompt
+    model_folder = tmp_path / "model"
+    model_folder.mkdir()
+    (model_folder / "profile.json").write_text(json.dumps(dict(older, system_prompt="You are Old.")))
+    project_profile = profile_of(data)
+    served = trained_profile(model_folder, lambda: project_profile)
+    assert served.system_prompt == "You are Old." and served.taught_replies == project_profile.taught_replies
+    assert trained_profile(tmp_path / "build", lambda: project_profile).taught_replies == profile.taught_replies  # its own
+    assert trained_profile(tmp_path / "none", lambda: project_profile) is project_profile
 
 
 def test_a_secret_too_short_to_guard_is_refused(project):

@@ -7,7 +7,8 @@ the model's folder, so a served model always gets the prompt it learned with.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -97,3 +98,15 @@ def profile_of(data: TrainingData) -> BotProfile:
 def read_profile(folder: Path) -> BotProfile | None:
     path = folder / PROFILE_FILE
     return BotProfile.from_json(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+
+
+def trained_profile(folder: Path, current: Callable[[], BotProfile]) -> BotProfile:
+    """The profile a trained model in `folder` was trained with. `current` (the project's profile,
+    built only if needed) stands in when the folder has none, and lends its taught replies to a
+    profile written before profiles kept them."""
+    profile = read_profile(folder)
+    if profile is None:
+        return current()
+    if profile.taught_replies is None:
+        profile = replace(profile, taught_replies=current().taught_replies)
+    return profile
