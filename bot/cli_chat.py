@@ -32,14 +32,20 @@ class _Shown:
 
     def __init__(self) -> None:
         self.streaming = False
+        self.streamed = ""
 
     def __call__(self, event: str | None, data: dict) -> None:
         if event == "token":
             _say(("" if self.streaming else "bot> ") + data["text"])
             self.streaming = True
+            self.streamed += data["text"]
         elif event == "message":
-            _say("\n" if self.streaming else f"bot> {data.get('text') or ''}\n")
-            self.streaming = False
+            text = data.get("text") or ""
+            if self.streaming and text.strip() != self.streamed.strip():  # it replaces what streamed (the leak guard's refusal)
+                _say(f"\nbot> {text}\n")
+            else:
+                _say("\n" if self.streaming else f"bot> {text}\n")
+            self.streaming, self.streamed = False, ""
         elif event == "waiting":
             _say("(a member of the team has this conversation; the bot is not answering)\n")
         elif event == "error":

@@ -19,6 +19,7 @@ from bot.data.schema import (
 from bot.data.grounding import source_text, ungrounded
 from bot.data.person_requests import PersonRequestRule
 from bot.errors import Problem
+from bot.serve.leak_guard import MIN_SECRET_CHARS, letters
 from bot.typed import did_you_mean
 from bot.yamlsource import Document
 
@@ -30,6 +31,14 @@ def check_person_requests(persona: Persona, doc: Document) -> list[Problem]:
     """Every pattern of `asking_for_a_person` must be a valid regular expression."""
     rule = PersonRequestRule.of(persona.asking_for_a_person)
     return [doc.problem(("asking_for_a_person", section, k), f"not a valid regular expression: {error}") for section, k, error in rule.problems()]
+
+
+def check_secret(persona: Persona, doc: Document) -> list[Problem]:
+    """The leak guard finds the secret in any spacing, so it must be long enough to be unmistakable."""
+    found = len(letters(persona.secret)[0])
+    if not persona.secret or found >= MIN_SECRET_CHARS:
+        return []
+    return [doc.problem(("secret",), f"the secret has {found} letters or digits; it needs at least {MIN_SECRET_CHARS}, or the leak guard would cut ordinary replies that spell it")]
 
 
 def check_actions(actions: dict[str, Action], doc: Document) -> list[Problem]:

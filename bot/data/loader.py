@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bot.data.checks import check_actions, check_person_requests
+from bot.data.checks import check_actions, check_person_requests, check_secret
 from bot.data.schema import (
     TURN_KINDS,
     Action,
@@ -107,7 +107,7 @@ def read_training_data(data_dir: Path, root: Path) -> tuple[TrainingData | None,
         persona, found = parse(Persona, doc.value, doc)
         problems += found
         if persona:
-            problems += check_person_requests(persona, doc)
+            problems += check_person_requests(persona, doc) + check_secret(persona, doc)
 
     actions: dict[str, Action] = {}
     actions_file = data_dir / "actions.yml"

@@ -1,19 +1,20 @@
 """What the server needs to know about the bot besides its weights: the system prompt it was
-trained with, the actions it may call (with their argument declarations) and what it says when
-it hands over. `bot data compile` writes it to build/profile.json and training copies it into
+trained with, the actions it may call (with their argument declarations), what it says when
+it hands over or refuses, and the replies it was taught (the leak guard never cuts those). `bot data compile` writes it to build/profile.json and training copies it into
 the model's folder, so a served model always gets the prompt it learned with.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 from bot.data.prompt import system_prompt
 from bot.data.person_requests import PersonRequestRule
-from bot.data.schema import Action, PersonRequests, TrainingData
+from bot.data.schema import DEFAULT_REFUSAL, Action, BotTurn, PersonRequests, TrainingData
 
 PROFILE_FILE = "profile.json"
 
@@ -25,6 +26,10 @@ class BotProfile:
     handoff_message: str
     secret: str = ""
     person_requests: PersonRequests = field(default_factory=PersonRequests)
+    refusal: str = DEFAULT_REFUSAL
+    # The bot turns of the training dialogues; None: not known (a model trained before profiles
+    # carried them), so the server takes them from the project's training data.
+    taught_replies: tuple[str, ...] | None = None
 
     @cached_property
     def person_rule(self) -> PersonRequestRule:
@@ -38,13 +43,24 @@ class BotProfile:
             "handoff_message": self.handoff_message,
             "secret": self.secret,
             "person_requests": self.person_requests.model_dump(mode="json"),
+            "refusal": self.refusal,
+            "taught_replies": list(self.taught_replies) if self.taught_replies is not None else None,
         }
 
     @classmethod
     def from_json(cls, value: dict) -> BotProfile:
         actions = {name: Action.model_validate(spec) for name, spec in value["actions"].items()}
         requests = PersonRequests.model_validate(value.get("person_requests", {}))
-        return cls(value["system_prompt"], actions, value["handoff_message"], value.get("secret", ""), requests)
+        taught = value.get("taught_replies")
+        return cls(
+            value["system_prompt"],
+            actions,
+            value["handoff_message"],
+            value.get("secret", ""),
+            requests,
+            value.get("refusal", DEFAULT_REFUSAL),
+            tuple(taught) if taught is not None else None,
+        )
 
     def argument_problems(self, name: str, arguments: dict) -> list[str]:
         """Why a call of `name` with `arguments` must not run (empty: it may)."""
@@ -67,11 +83,30 @@ class BotProfile:
 
 def profile_of(data: TrainingData) -> BotProfile:
     persona = data.persona
+    taught = dict.fromkeys(turn.bot for d in data.train for turn in d.turns if isinstance(turn, BotTurn))  # in order, once each
     return BotProfile(
-        system_prompt(persona, data.actions), dict(data.actions), persona.handoff_message, persona.secret, persona.asking_for_a_person
+        system_prompt(persona, data.actions),
+        dict(data.actions),
+        persona.handoff_message,
+        persona.secret,
+        persona.asking_for_a_person,
+        persona.refusal,
+        tuple(taught),
     )
 
 
 def read_profile(folder: Path) -> BotProfile | None:
     path = folder / PROFILE_FILE
     return BotProfile.from_json(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
+
+
+def trained_profile(folder: Path, current: Callable[[], BotProfile]) -> BotProfile:
+    """The profile a trained model in `folder` was trained with. `current` (the project's profile,
+    built only if needed) stands in when the folder has none, and lends its taught replies to a
+    profile written before profiles kept them."""
+    profile = read_profile(folder)
+    if profile is None:
+        return current()
+    if profile.taught_replies is None:
+        profile = replace(profile, taught_replies=current().taught_replies)
+    return profile

@@ -17,6 +17,7 @@ from bot.yamlsource import Document, Path_
 HANDOFF_TOOL = "handoff_to_human"
 DEFAULT_MAX_CHARS = 64  # a text argument's longest value in a tool call (ids, dates, codes)
 HANDOFF_REASON_MAX_CHARS = 160  # the handoff's free-text reason: one sentence for the agent
+DEFAULT_REFUSAL = "Sorry, I can't share that. Is there anything else I can help you with?"
 ArgType = Literal["string", "integer", "number", "boolean"]
 PYTHON_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
 
@@ -43,6 +44,11 @@ class Persona(Strict):
     asking_for_a_person: PersonRequests = Field(
         default_factory=lambda: PersonRequests(),
         description="Messages that ask for a person are handed off before the model answers.",
+    )
+    refusal: str = Field(
+        DEFAULT_REFUSAL,
+        min_length=1,
+        description="What the customer sees instead of a reply that would have repeated the instructions or the secret (the leak guard).",
     )
 
 

@@ -15,7 +15,7 @@ import torch
 from bot import models
 from bot.base_model import check_tokenizer, load_model, load_tokenizer
 from bot.config import ServeConfig, Settings
-from bot.data.profile import BotProfile, profile_of, read_profile
+from bot.data.profile import BotProfile, profile_of, trained_profile
 from bot.data.project import validate
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.batching import BatchingEngine
@@ -64,7 +64,7 @@ def load_weights(settings: Settings, trained: models.TrainedModel | None, *, bas
     base = settings.resolve_base(trained.manifest["base_model"])
     tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
     model = load_model(base, settings.cache_dir, dtype) if base_only else models.load_merged(trained, base, settings.cache_dir, dtype)
-    profile = read_profile(trained.folder) or profile_of(validate(settings))
+    profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
     return Weights(model.eval().to(device()), tokenizer, profile, trained)
 
 

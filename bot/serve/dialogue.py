@@ -4,7 +4,13 @@ training. Transport-free: the HTTP routes, `bot chat` and the OpenAI route all u
 
 `answer` yields `Piece`s (text of a bot message as it is generated) and events (dicts, see
 bot.serve.store) to be stored and shown: `bot`, `action`, `action_failed`, `action_rejected`,
-`slot`, `handoff`.
+`slot`, `handoff`, `guarded`.
+
+Every text a customer could see passes the leak guard (bot.serve.leak_guard) first: streamed
+pieces, each bot message (the model's, an action's), the handoff message, and a tool call's
+arguments before the action runs. What would leak is stopped: the generation ends, the customer
+gets the persona's refusal (a `bot` event `by: leak_guard`), and a `guarded` event records what
+kind of leak it was and where (never the text).
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from bot.data.schema import HANDOFF_TOOL
 from bot.rendering import parse_reply
 from bot.engine.protocol import Finished
 from bot.serve.generator import ResponseModel
+from bot.serve.leak_guard import Leak
 from bot.serve.store import HANDOFF, RESUME, Event, new_event
 
 log = logging.getLogger("bot.serve")
 
+GUARD = "leak_guard"  # `by` of the refusal that stands in for what the leak guard stopped
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it another way?"
 COULD_NOT_DO = "Sorry, I couldn't do that just now. Would you like me to pass you to a member of our team?"
 
@@ -175,39 +183,92 @@ class Dialogue:
         self.actions = actions  # bot.serve.actions.ActionRunner
         self.metrics = metrics
 
-    async def _generate(self, model: ResponseModel, messages: list[dict]) -> AsyncIterator[Piece | Finished]:
+    async def _generate(self, model: ResponseModel, messages: list[dict]) -> AsyncIterator[Piece | Finished | Leak]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
-        which the customer never sees."""
+        which the customer never sees, or grow into a leak. A leak ends the generation: the
+        `Leak` is the last item."""
         visible = VisibleText()
+        watch = model.leak_guard.stream()
         async with aclosing(model.stream(messages, self.config.max_new_tokens)) as pieces:
             async for item in pieces:
                 if isinstance(item, Finished):
                     if self.metrics:
                         self.metrics.generated(item)
-                    if rest := visible.flush():
+                    rest = watch.feed(visible.flush()) + watch.flush()
+                    if watch.leak:
+                        yield watch.leak
+                        return
+                    if rest:
                         yield Piece(rest)
                     yield item
                     return
-                if shown := visible.feed(item):
+                shown = watch.feed(visible.feed(item))
+                if watch.leak:
+                    yield watch.leak
+                    return  # leaving closes the model's stream: the generation stops here
+                if shown:
                     yield Piece(shown)
+
+    def _guarded(self, sender: str, leak: Leak, where: str, **detail) -> Event:
+        """Records a cut (log line, metric); the `guarded` event to store."""
+        log.warning("conversation %s: the leak guard stopped a %s that would have shown the %s", sender, where.replace("_", " "), leak.kind)
+        if self.metrics:
+            self.metrics.guarded.labels(kind=leak.kind, where=where).inc()
+        return new_event("guarded", kind=leak.kind, where=where, **detail)
+
+    def _screen(self, model: ResponseModel, sender: str, event: Event) -> list[Event]:
+        """A message on its way to the customer, checked: as it is, or the refusal instead."""
+        guard = model.leak_guard
+        if event["type"] == HANDOFF:
+            checked = []
+            if leak := guard.find(event.get("text") or ""):
+                checked.append(self._guarded(sender, leak, "handoff_message"))
+                event = dict(event, text=guard.refusal)
+            if leak := guard.find(event.get("reason") or ""):  # agents read it; keep it clean too
+                checked.append(self._guarded(sender, leak, "handoff_reason"))
+                event = dict(event, reason="")
+            return checked + [event]
+        if leak := guard.find_in([event.get(key) for key in ("text", "buttons", "image")]):
+            by = event.get("by")
+            where = ("action_message", {"action": by}) if by else ("reply", {})
+            return [self._guarded(sender, leak, where[0], **where[1]), new_event("bot", text=guard.refusal, by=GUARD)]
+        return [event]
 
     async def answer(
         self, model: ResponseModel, messages: list[dict], *, sender: str, state: ConversationState, latest: Event
     ) -> AsyncIterator[Piece | Event]:
         """`messages` starts with the system prompt and ends with the customer's message. One
-        model (borrowed from the holder) writes the whole answer, even if a reload happens meanwhile."""
+        model (borrowed from the holder) writes the whole answer, even if a reload happens
+        meanwhile. Every message passes the leak guard on its way out."""
+        async with aclosing(self._answer(model, messages, sender=sender, state=state, latest=latest)) as items:
+            async for item in items:
+                if isinstance(item, dict) and item["type"] in ("bot", HANDOFF) and item.get("by") != GUARD:
+                    for event in self._screen(model, sender, item):
+                        yield event
+                else:
+                    yield item
+
+    async def _answer(
+        self, model: ResponseModel, messages: list[dict], *, sender: str, state: ConversationState, latest: Event
+    ) -> AsyncIterator[Piece | Event]:
         messages = list(messages)
         if model.profile.person_rule.asks_for_person(last_user_text(messages)):
             yield new_event(HANDOFF, by="rule", reason=PERSON_ASKED, text=model.profile.handoff_message)
             return
         for step in range(self.config.max_actions_per_message + 1):
-            generated = None
+            generated = leak = None
             async with aclosing(self._generate(model, messages)) as items:
                 async for item in items:
                     if isinstance(item, Finished):
                         generated = item
+                    elif isinstance(item, Leak):
+                        leak = item
                     else:
                         yield item
+            if leak:
+                yield self._guarded(sender, leak, "reply")
+                yield new_event("bot", text=model.leak_guard.refusal, by=GUARD)
+                return
             reply = parse_reply(generated.text)
             if reply.broken_call is not None:  # opened a call and never finished it well: a failed call
                 log.warning("conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text)
@@ -225,6 +286,10 @@ class Dialogue:
                 yield new_event("bot", text=reply.text or NOT_UNDERSTOOD)
                 return
             name, arguments = reply.action, reply.arguments or {}
+            if leak := model.leak_guard.find_in(arguments):  # never sent: an action may echo its arguments
+                yield self._guarded(sender, leak, "tool_call", action=name)
+                yield new_event("bot", text=model.leak_guard.refusal, by=GUARD)
+                return
             problems = model.profile.argument_problems(name, arguments)
             if problems or step == self.config.max_actions_per_message:
                 # Never run: the call doesn't match its declaration, or this message had its share of actions.

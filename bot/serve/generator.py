@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from bot import models
 from bot.config import Settings
@@ -17,6 +18,7 @@ from bot.data.profile import BotProfile
 from bot.engine.loader import load_weights, start_engine
 from bot.engine.protocol import Engine, Finished
 from bot.rendering import fitted_prompt_ids
+from bot.serve.leak_guard import LeakGuard
 
 
 @dataclass
@@ -29,6 +31,11 @@ class ResponseModel:
     model_id: str | None  # None: the base model with the persona prompt, no trained model yet
     max_length: int
     loaded_at: float = field(default_factory=time.time)
+
+    @cached_property
+    def leak_guard(self) -> LeakGuard:
+        """Checks every text of this model's replies against its own prompt and secret."""
+        return LeakGuard.of(self.profile)
 
     @property
     def description(self) -> str:

@@ -23,6 +23,12 @@ class Metrics:
         self.cache_misses = Counter("bot_prompt_cache_misses", "Replies whose prompt was computed in full", registry=self.registry)
         self.cached_tokens = Counter("bot_prompt_cached_tokens", "Prompt tokens taken from the prompt cache", registry=self.registry)
         self.prompt_tokens = Counter("bot_prompt_tokens", "Prompt tokens of all replies (cached or computed)", registry=self.registry)
+        self.guarded = Counter(
+            "bot_leak_guard_cuts",
+            "Replies, messages and tool calls the leak guard stopped, by what they would have leaked (prompt, secret) and where",
+            ["kind", "where"],
+            registry=self.registry,
+        )
         engine = self._engine_stats
         for name, doc, field in (
             ("bot_engine_queue_length", "Requests waiting for a row of the batch", "queued"),

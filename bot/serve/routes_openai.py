@@ -14,7 +14,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.serve.dialogue import ConversationState, Piece
+from bot.serve.dialogue import GUARD, ConversationState, Piece
 from bot.serve.http import public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
@@ -116,7 +116,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                             await write(item.text)
                             in_message = True
                     elif item["type"] in SHOWN_TO_CUSTOMER:
-                        if not in_message:  # a message that was not generated token by token (an action's, a handoff)
+                        # A message that was not generated token by token (an action's, a handoff), or the
+                        # refusal after the leak guard stopped a streamed one (what went out before was checked).
+                        if not in_message or item.get("by") == GUARD:
                             await write(item["text"])
                         in_message = False
         except ConnectionError:

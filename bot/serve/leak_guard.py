@@ -1,0 +1,185 @@
+"""The leak guard: no text that reaches a customer may repeat the bot's instructions.
+
+Built from the model's profile (bot.data.profile): its system prompt, the persona's `secret` and
+the replies the bot was taught. Two rules:
+
+- **A run of the system prompt:** 8 or more consecutive words of the prompt, compared as words
+  (letter case, accents, punctuation, spacing and apostrophes aside: "DON'T  repeat" is
+  "dont repeat"). A run is allowed when every 8-word window of it appears in a reply the bot was
+  taught (`BotProfile.taught_replies`), so the guard never cuts a reply from the training data.
+- **The secret:** its letters and digits in order, whatever is between them (case, spaces,
+  punctuation: "s.i.l.v.e.r heron-CANARY"), anywhere. Always, taught or not.
+
+`LeakGuard.find(text)` checks a whole text. `LeakGuard.stream()` checks a reply as it is written
+and releases it piece by piece, holding back only what a leak could still grow out of: the
+newest words while they are a sequence of the prompt (at most 7, so usually none or one), and
+the tail of the text while it spells the start of the secret.
+
+Not caught, by design: a paraphrase, a translation, an encoding (base64, letters swapped for
+look-alikes) or the prompt spread over several replies; the adversarial training data is what
+teaches the model to refuse those.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.data.schema import DEFAULT_REFUSAL
+
+RUN_WORDS = 8  # a run this long (or longer) of the system prompt never reaches a customer
+MIN_SECRET_CHARS = 6  # letters and digits a secret needs, so that matching it in any spacing cuts nothing else
+
+PROMPT, SECRET = "prompt", "secret"
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+_APOSTROPHES = "'’"
+_NO_APOSTROPHES = str.maketrans("", "", _APOSTROPHES)
+
+
+@dataclass(frozen=True)
+class Leak:
+    """What a text would have leaked (never the text itself)."""
+
+    kind: str  # PROMPT or SECRET
+
+
+def fold(text: str) -> str:
+    """Letter case, accents and compatibility forms (full-width letters, ligatures) folded away."""
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def words(text: str) -> list[tuple[str, int, int]]:
+    """Each word of `text`, folded and without apostrophes, with where it starts and ends."""
+    return [(fold(m.group()).translate(_NO_APOSTROPHES), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def letters(text: str) -> tuple[str, list[int]]:
+    """The letters and digits of `text`, folded, and the index in `text` each comes from."""
+    if text.isascii():
+        low = text.lower()
+        origins = [i for i, c in enumerate(low) if c.isalnum()]
+        return "".join(low[i] for i in origins), origins
+    chars, origins = [], []
+    for i, ch in enumerate(text):
+        for c in fold(ch):
+            if c.isalnum():
+                chars.append(c)
+                origins.append(i)
+    return "".join(chars), origins
+
+
+def strings_in(value: Any) -> Iterable[str]:
+    """Every string, number and key in a JSON-like value (a tool call's arguments)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from strings_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from strings_in(item)
+    elif value is not None:
+        yield str(value)
+
+
+class LeakGuard:
+    def __init__(self, system_prompt: str, secret: str = "", taught_replies: Iterable[str] = (), refusal: str = DEFAULT_REFUSAL):
+        prompt = [w for w, _, _ in words(system_prompt)]
+        taught = set()
+        for reply in taught_replies:
+            said = [w for w, _, _ in words(reply)]
+            taught.update(tuple(said[i : i + RUN_WORDS]) for i in range(len(said) - RUN_WORDS + 1))
+        every_run = {tuple(prompt[i : i + RUN_WORDS]) for i in range(len(prompt) - RUN_WORDS + 1)}
+        self.runs = every_run - taught
+        self.taught_runs = len(every_run & taught)  # windows of the prompt that taught replies say
+        # Sequences of the prompt shorter than a run: a reply that ends in one may still grow into a run.
+        self.sequences = {tuple(prompt[i : i + n]) for n in range(1, RUN_WORDS) for i in range(len(prompt) - n + 1)}
+        self.word_starts = {w[:k] for w in prompt for k in range(1, len(w) + 1)}
+        self.secret = letters(secret)[0]
+        self.refusal = refusal if not self.find(refusal) else DEFAULT_REFUSAL  # what the customer gets instead of a leak
+
+    @classmethod
+    def of(cls, profile) -> LeakGuard:
+        """The guard for a model's profile (bot.data.profile.BotProfile)."""
+        return cls(profile.system_prompt, profile.secret, profile.taught_replies or (), profile.refusal)
+
+    def find(self, text: str) -> Leak | None:
+        """The leak in a whole text, if any."""
+        return self.scan(text, final=True)[0]
+
+    def find_in(self, value: Any) -> Leak | None:
+        """The leak in a JSON-like value (a tool call's arguments, a message with buttons)."""
+        return self.find("\n".join(strings_in(value)))
+
+    def stream(self) -> StreamGuard:
+        return StreamGuard(self)
+
+    def scan(self, text: str, final: bool) -> tuple[Leak | None, int]:
+        """The leak in `text`, and where the part that may still become one starts (len(text):
+        nothing need be held back). Unless `final`, the text may go on, so its last word may be
+        unfinished. `text` must start at the start of a word or between words."""
+        found = words(text)
+        partial = None
+        if not final and found and found[-1][2] == len(text.rstrip(_APOSTROPHES)):
+            partial = found.pop()  # it may go on: "Conf" of "Confidential"
+        said = [w for w, _, _ in found]
+        if any(tuple(said[i : i + RUN_WORDS]) in self.runs for i in range(len(said) - RUN_WORDS + 1)):
+            return Leak(PROMPT), 0
+        chars, origins = letters(text) if self.secret else ("", [])
+        if self.secret and self.secret in chars:
+            return Leak(SECRET), 0
+        hold = len(text)
+        if partial is None or partial[0] in self.word_starts:  # else no word of the prompt starts here: no run goes on
+            # The newest complete words that could be the first 7 of a run: an unfinished word
+            # may finish it with no new word at all.
+            k = next((k for k in range(min(RUN_WORDS - 1, len(said)), 0, -1) if tuple(said[-k:]) in self.sequences), 0)
+            hold = found[-k][1] if k else partial[1] if partial else len(text)
+        if self.secret:
+            j = next((j for j in range(min(len(self.secret) - 1, len(chars)), 0, -1) if chars.endswith(self.secret[:j])), 0)
+            if j:
+                hold = min(hold, origins[len(chars) - j])
+        return None, hold
+
+
+class StreamGuard:
+    """One reply as it is written: `feed` each piece and show what it returns, `flush` at the
+    end. Once `leak` is set nothing more comes out: stop the generation."""
+
+    def __init__(self, guard: LeakGuard):
+        self.guard = guard
+        self.text = ""
+        self.base = 0  # where the next scan starts: no leak still to come can begin before it
+        self.released = 0  # how much of the text was shown
+        self.leak: Leak | None = None
+
+    def feed(self, piece: str) -> str:
+        if self.leak or not piece:
+            return ""
+        self.text += piece
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        """The rest of the reply, once it is complete (unless it leaks)."""
+        return "" if self.leak else self._advance(final=True)
+
+    def _advance(self, final: bool) -> str:
+        # Only the held text and the new piece are scanned: what was released is no part of any
+        # leak still to come (if it were, it would have been held).
+        leak, hold = self.guard.scan(self.text[self.base :], final)
+        if leak:
+            self.leak = leak
+            return ""
+        upto = len(self.text) if final else self.base + hold
+        shown = self.text[self.released : upto]
+        self.released = max(self.released, upto)
+        base = upto
+        while base > self.base and (self.text[base - 1].isalnum() or self.text[base - 1] in _APOSTROPHES):
+            base -= 1  # a scan starts at the start of a word, never inside one
+        self.base = base
+        return shown
