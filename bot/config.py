@@ -88,6 +88,9 @@ class ServeConfig(Strict):
     history_events: int = Field(200, gt=0, description="Most recent events read to build the model's context.")
     lock_timeout_s: float = Field(120, gt=0, description="How long a message waits for the previous one of its conversation.")
     max_actions_per_message: int = Field(3, ge=0, description="Actions the bot may run to answer one customer message.")
+    max_messages: int = Field(200, gt=0, description="Messages one OpenAI-style request may carry (then 413).")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted, in bytes (then 413).")
+    max_json_depth: int = Field(32, gt=0, description="Deepest nesting of arrays and objects in a JSON body (then 400).")
 
 
 class BuildConfig(Strict):

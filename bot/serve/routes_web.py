@@ -6,6 +6,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bot.serve.openapi import Route, register
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -17,6 +19,11 @@ async def widget(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "widget.js", headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript; charset=utf-8"})
 
 
+ROUTES = [
+    Route("GET", "/", demo_page, "A demo page with the chat widget", "web", media="text/html"),
+    Route("GET", "/widget.js", widget, "The chat widget, to embed in any page", "web", media="text/javascript"),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", demo_page)
-    app.router.add_get("/widget.js", widget)
+    register(app, ROUTES)
