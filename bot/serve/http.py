@@ -96,8 +96,10 @@ class BadRequestLog(logging.LoggerAdapter):
         if not isinstance(error, HttpProcessingError):
             return False
         remote = args[0] if args else "?"
-        what = (error.message or "").strip().splitlines()[0].split(":", 1)[0] if error.message else "malformed"
-        self.log(level, "bad HTTP request from %s answered %d (%s): %s", remote, error.code, type(error).__name__, what)
+        # what went wrong, without what was sent (aiohttp quotes the offending bytes after a colon or in quotes)
+        first = next(iter(str(error.message or "").strip().splitlines()), "")
+        what = re.split(r"[:'\"]", first, maxsplit=1)[0].strip()[:100] or "malformed"
+        self.log(level, "bad HTTP request from %s answered 400 (%s): %s", remote, type(error).__name__, what)  # aiohttp's status for them all
         return True
 
     def exception(self, msg, *args, **kwargs):
