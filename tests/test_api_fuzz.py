@@ -30,8 +30,8 @@ from bot.serve.app import create_app
 from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of
 
 EXAMPLES = 200  # per operation, generation mode and (admin routes) with and without the token
-FEWER = {"POST /v1/chat/completions": 100, "GET /api/conversations/{sender}/events": 25}  # the slowest to generate; the feed never ends by itself
-FEED_READ_S = 0.1  # each request to the feed is read for this long
+FEWER = {"POST /v1/chat/completions": 100, "GET /api/conversations/{sender}/events": 20}  # the slowest to generate; the feed never ends by itself
+FEED_READ_S = 0.25  # a feed is read until it has been silent this long (also the most its answer may take to start)
 NO_INPUT_EXAMPLES = 3  # an operation with no parameters and no body: the same request each time
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXCEPTION_NAMES = sorted(n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException) and n != "Exception")
