@@ -3,6 +3,7 @@ app registers, built from the pydantic models that check request bodies."""
 
 from __future__ import annotations
 
+import openapi_spec_validator
 import pytest
 
 from bot.serve.openapi import REF
@@ -10,8 +11,6 @@ from bot.serve.routes_agent import AgentMessage
 from bot.serve.routes_chat import ChatRequest
 from bot.serve.routes_openai import CompletionRequest
 from serve_support import make_project
-
-openapi_spec_validator = pytest.importorskip("openapi_spec_validator")
 
 
 @pytest.fixture
