@@ -94,6 +94,9 @@ class ServeConfig(Strict):
         5, gt=0, description="Wrong admin tokens one client address may send before it must wait (429); each further one doubles the wait."
     )
     admin_wait_max_s: float = Field(900, gt=0, description="Longest wait after wrong admin tokens; an address's failures are forgotten this long after its last.")
+    max_messages: int = Field(200, gt=0, description="Messages one OpenAI-style request may carry (then 413).")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted, in bytes (then 413).")
+    max_json_depth: int = Field(32, gt=0, description="Deepest nesting of arrays and objects in a JSON body (then 400).")
 
 
 class BuildConfig(Strict):

@@ -18,14 +18,14 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import routes_admin, routes_agent, routes_chat, routes_openai, routes_web
+from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_openai, routes_web
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
 from bot.serve.dialogue import Dialogue, ModelHolder
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
-from bot.serve.http import RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
+from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
 from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
@@ -47,8 +47,13 @@ def create_app(
     admin token defaults to the environment variable BOT_ADMIN_TOKEN. With `action_package`,
     a rasa-sdk action server for it runs beside the bot, at action_endpoint.url's port."""
     metrics = Metrics()
-    app = web.Application(middlewares=[metrics_middleware(metrics), cors_middleware(settings.endpoints.cors.allow_origins), errors_middleware()])
     serve = settings.build.serve
+    app = web.Application(
+        middlewares=[metrics_middleware(metrics), cors_middleware(settings.endpoints.cors.allow_origins), errors_middleware()],
+        client_max_size=serve.max_body_bytes,
+        handler_args={"logger": BadRequestLog()},  # malformed HTTP: one log line, no traceback
+    )
+    app[JSON_DEPTH] = serve.max_json_depth
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[LOADER] = load_model or (lambda: load_response_model(settings))
@@ -69,6 +74,7 @@ def create_app(
     routes_admin.add_routes(app)
     routes_agent.add_routes(app)
     routes_web.add_routes(app)
+    openapi.add_routes(app)
     return app
 
 

@@ -10,10 +10,13 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from collections import defaultdict, deque
+from itertools import accumulate
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
 from bot.engine.protocol import EngineBusy, EngineClosed, PromptTooLong
@@ -39,17 +42,75 @@ def json_error(status: int, message: str, headers: dict | None = None) -> web.Re
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+JSON_DEPTH = web.AppKey("json_depth", int)  # serve.max_json_depth; the body size limit is the app's client_max_size
+
+_STRING = re.compile(r'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*"?')  # a string, or the rest of the text after an unclosed quote: never backtracks
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply arrays and objects nest in a JSON text, found without decoding it (strings
+    dropped, then a running count of brackets), so a hostile body never reaches the recursive
+    decoder. Linear in the text, with every step done by C code."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
 async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    """The request's JSON body as `model`, or 400 naming what is wrong."""
+    """The request's JSON body as `model`: 413 over the app's client_max_size (serve.max_body_bytes),
+    400 when it is not JSON, nests deeper than serve.max_json_depth, or does not match `model`."""
     try:
-        raw = await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raw = await request.read()  # raises 413 past client_max_size
+    except HttpProcessingError as e:  # broken framing of the body (chunk sizes, length)
+        raise web.HTTPBadRequest(text=f"request body is malformed: {(e.message or 'bad framing').splitlines()[0]}") from None
+    except ConnectionError:  # the client left before its body was complete: nobody to answer, nothing to log
+        raise web.HTTPBadRequest(text="request body is incomplete: the connection closed") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise web.HTTPBadRequest(text=f"request body is not UTF-8: {e.reason} at byte {e.start}") from None
+    limit = request.app[JSON_DEPTH]
+    if (depth := nesting_depth(text)) > limit:
+        raise web.HTTPBadRequest(text=f"request body is nested too deeply: {depth:,} levels of arrays or objects, at most {limit} are accepted")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as e:
         raise web.HTTPBadRequest(text=f"request body is not valid JSON: {e}") from None
     try:
-        return model.model_validate(raw)
+        return model.model_validate(parsed)
     except ValidationError as e:
         problems = [f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors()]
         raise web.HTTPBadRequest(text="invalid request: " + "; ".join(problems)) from None
+
+
+class BadRequestLog(logging.LoggerAdapter):
+    """aiohttp's server logger (the `logger` of its request handler, see create_app's
+    handler_args) with one change: a request that is not valid HTTP (oversized request line or
+    header, bad framing or chunking), which aiohttp answers 400 itself, is logged as one line
+    with no traceback. Every other error keeps its traceback: that one is a bug."""
+
+    def __init__(self, logger: logging.Logger | None = None):
+        super().__init__(logger or logging.getLogger("aiohttp.server"), {})
+
+    def _one_line(self, level: int, msg, args, kwargs) -> bool:
+        error = kwargs.get("exc_info")
+        if not isinstance(error, HttpProcessingError):
+            return False
+        remote = args[0] if args else "?"
+        # what went wrong, without what was sent (aiohttp quotes the offending bytes after a colon or in quotes)
+        first = next(iter(str(error.message or "").strip().splitlines()), "")
+        what = re.split(r"[:'\"]", first, maxsplit=1)[0].strip()[:100] or "malformed"
+        self.log(level, "bad HTTP request from %s answered 400 (%s): %s", remote, type(error).__name__, what)  # aiohttp's status for them all
+        return True
+
+    def exception(self, msg, *args, **kwargs):
+        if not self._one_line(logging.WARNING, msg, args, kwargs):
+            super().exception(msg, *args, **kwargs)
+
+    def debug(self, msg, *args, **kwargs):
+        if not self._one_line(logging.DEBUG, msg, args, kwargs):
+            super().debug(msg, *args, **kwargs)
 
 
 class RateLimiter:

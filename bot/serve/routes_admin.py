@@ -6,12 +6,36 @@ import asyncio
 import logging
 import time
 
+from typing import Literal
+
 from aiohttp import web
+from pydantic import BaseModel
 
 from bot.serve.http import check_admin
 from bot.serve.keys import ADMIN_TOKEN, HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
+from bot.serve.openapi import Route, register
 
 log = logging.getLogger("bot.serve")
+
+
+class ModelInfo(BaseModel):
+    id: str | None
+    trained: bool
+    description: str
+    engine: str
+    loaded_at: float
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: ModelInfo
+    store: str
+
+
+class Reloaded(BaseModel):
+    model: ModelInfo
+    previous: ModelInfo
+    seconds: float
 
 
 def model_info(model) -> dict:
@@ -47,7 +71,13 @@ async def reload_model(request: web.Request) -> web.Response:
     return web.json_response({"model": model_info(holder.current), "previous": model_info(previous), "seconds": seconds})
 
 
+ROUTES = [
+    Route("GET", "/health", health, "Whether the server answers, with the model in service and the store", "operator", ok=Health),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", "operator", media="text/plain"),
+    Route("POST", "/api/model/reload", reload_model, "Serve the now-active model, without dropping a request", "operator",
+          ok=Reloaded, admin=True, errors=(400, 503)),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/api/model/reload", reload_model)
+    register(app, ROUTES)

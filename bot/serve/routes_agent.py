@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from bot.serve.dialogue import fold
 from bot.serve.http import check_admin, json_error, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
-from bot.serve.routes_chat import conversation_id
+from bot.serve.openapi import Route, register
+from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
 from bot.serve.store import HANDOFF, RESUME, new_event
 
 TAKEN_OVER = "taken over by an agent"
@@ -19,6 +20,26 @@ TAKEN_OVER = "taken over by an agent"
 class AgentMessage(BaseModel):
     text: str = Field(min_length=1)
     agent: str | None = Field(None, max_length=80, description="The agent's name, shown to the customer.")
+
+
+class WaitingConversation(BaseModel):
+    sender: str
+    reason: str | None
+    since: float | None
+    last_customer_message: str | None
+
+
+class Handoffs(BaseModel):
+    waiting: list[WaitingConversation]
+
+
+class AgentReply(BaseModel):
+    event: Event
+    took_over: bool = Field(description="The bot had the conversation until this message.")
+
+
+class Resumed(BaseModel):
+    event: Event
 
 
 async def waiting(request: web.Request) -> web.Response:
@@ -59,7 +80,14 @@ async def resume(request: web.Request) -> web.Response:
     return web.json_response({"event": event})
 
 
+ROUTES = [
+    Route("GET", "/api/handoffs", waiting, "Conversations waiting for a person", "agents", ok=Handoffs, admin=True, errors=(503,)),
+    Route("POST", "/api/conversations/{sender}/messages", agent_message, "An agent writes to the customer (and takes the conversation over)",
+          "agents", body=AgentMessage, ok=AgentReply, params=(SENDER_PARAM,), admin=True, errors=(503,)),
+    Route("POST", "/api/conversations/{sender}/resume", resume, "Give the conversation back to the bot", "agents",
+          ok=Resumed, params=(SENDER_PARAM,), admin=True, errors=(409, 503)),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/handoffs", waiting)
-    app.router.add_post("/api/conversations/{sender}/messages", agent_message)
-    app.router.add_post("/api/conversations/{sender}/resume", resume)
+    register(app, ROUTES)

@@ -9,13 +9,16 @@ import re
 import time
 from contextlib import aclosing
 
+from typing import Any, Literal
+
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from bot.serve.conversations import VISIBLE, Waiting, visible
 from bot.serve.dialogue import Piece
 from bot.serve.http import json_error, public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, METRICS, SETTINGS, STORE
+from bot.serve.openapi import Param, Route, ServerSentEvent, register
 from bot.serve.store import HANDOFF, StoreUnavailable
 
 SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
@@ -26,6 +29,54 @@ class ChatRequest(BaseModel):
     sender: str = Field(pattern=f"^{SENDER}$", description="The conversation id (Rasa: sender).")
     message: str = Field(min_length=1)
     metadata: dict | None = None
+
+
+class RasaMessage(BaseModel):
+    """A bot message in Rasa's REST channel format (keys without a value are left out)."""
+
+    recipient_id: str
+    text: str | None = None
+    buttons: list[dict[str, Any]] | None = None
+    image: str | None = None
+    custom: dict[str, Any] | None = None
+
+
+class RasaReply(RootModel[list[RasaMessage]]):
+    """The bot's messages in answer to one customer message."""
+
+
+class Event(BaseModel):
+    """A stored event as the widget shows it."""
+
+    model_config = ConfigDict(extra="allow")
+    seq: int = Field(description="Its place in the conversation.")
+    type: str = Field(description="user, bot, agent, handoff, resume...")
+    timestamp: float
+    text: str | None = None
+    buttons: list[dict[str, Any]] | None = None
+    agent: str | None = None
+
+
+class History(BaseModel):
+    sender: str
+    events: list[Event]
+
+
+class ChatStreamEvent(ServerSentEvent):
+    """An event of the reply stream (see chat_stream)."""
+
+    event: Literal["received", "token", "message", "waiting", "error", "done"]
+
+
+class FeedEvent(ServerSentEvent):
+    """A stored event (an `Event`, as JSON in `data`); `id` is its seq."""
+
+    event: Literal["event"]
+    id: str
+
+
+SENDER_PARAM = Param("sender", "path", {"type": "string", "pattern": f"^{SENDER}$"}, "The conversation id.")
+MAX_SEQ = 2**63 - 1  # the stores keep seq in a signed 64-bit integer
 
 
 async def chat_request(request: web.Request) -> ChatRequest:
@@ -120,10 +171,12 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
     (by this process at once, by other processes within a second); a comment every 15 s keeps
     proxies from closing the stream. The browser's EventSource reconnects by itself."""
     sender = conversation_id(request)
-    try:
-        after = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)  # a reconnect resumes where it stopped
-    except ValueError:
-        return json_error(400, "'after' must be a whole number")
+    after = 0
+    for name, value in (("after", request.query.get("after")), ("Last-Event-ID", request.headers.get("Last-Event-ID"))):
+        if value is not None:  # Last-Event-ID, read second, wins: a reconnect resumes where it stopped
+            if not re.fullmatch("[0-9]{1,19}", value) or int(value) > MAX_SEQ:
+                return json_error(400, f"'{name}' must be a whole number from 0 to 2**63-1")
+            after = int(value)
     response = web.StreamResponse(headers=sse_headers())
     await response.prepare(request)
     store, closing = request.app[STORE], request.app[CLOSING]
@@ -148,8 +201,22 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
     return response
 
 
+AFTER = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
+ROUTES = [
+    Route("POST", "/webhooks/rest/webhook", rest_webhook, "Rasa's REST channel: a message in, the bot's messages out", "chat",
+          body=ChatRequest, ok=RasaReply, errors=(429, 503)),
+    Route("POST", "/api/chat/stream", chat_stream, "A message in, the reply as server-sent events (the widget's endpoint)", "chat",
+          body=ChatRequest, events=ChatStreamEvent, errors=(429, 503)),
+    Route("GET", "/api/conversations/{sender}", history, "The conversation as the widget shows it", "chat",
+          ok=History, params=(SENDER_PARAM,), errors=(503,)),
+    Route("GET", "/api/conversations/{sender}/events", live_feed, "The live feed: server-sent events as they are stored", "chat",
+          events=FeedEvent, errors=(503,), params=(
+              SENDER_PARAM,
+              Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
+              Param("Last-Event-ID", "header", AFTER, "Set by the browser's EventSource when it reconnects; wins over `after`."),
+          )),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/webhooks/rest/webhook", rest_webhook)
-    app.router.add_post("/api/chat/stream", chat_stream)
-    app.router.add_get("/api/conversations/{sender}", history)
-    app.router.add_get("/api/conversations/{sender}/events", live_feed)
+    register(app, ROUTES)

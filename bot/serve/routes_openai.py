@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from contextlib import aclosing
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,17 +17,28 @@ from pydantic import BaseModel, ConfigDict, Field
 from bot.serve.dialogue import GUARD, ConversationState, Piece
 from bot.serve.http import public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
+from bot.serve.openapi import Route, ServerSentEvent, register
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.store import new_event
+
+
+class ContentPart(BaseModel):
+    """A part of a message's content: only `text` parts are read."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
 
 
 class OpenAIMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
 
 
 class CompletionRequest(BaseModel):
+    """At most serve.max_messages messages, each at most serve.max_message_chars characters of text (413 beyond)."""
+
     model_config = ConfigDict(extra="allow")
     model: str = "bot"
     messages: list[OpenAIMessage] = Field(min_length=1)
@@ -35,10 +46,68 @@ class CompletionRequest(BaseModel):
     user: str | None = None
 
 
-def _text(content) -> str:
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop"]
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's chat completion object (without `stream`)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelEntry]
+
+
+class CompletionChunkEvent(ServerSentEvent):
+    """With `stream: true`: each event's data is a `chat.completion.chunk` object as JSON, or an
+    `{"error": {...}}` object, and the last one is `[DONE]`."""
+
+    event: Literal["message"] = Field("message", description="No `event:` line is sent: an EventSource's default name.")
+
+
+def _text(content: str | list[ContentPart] | None) -> str:
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        return "".join(part.text or "" for part in content if part.type == "text")
     return content or ""
+
+
+def check_size(body: CompletionRequest, max_messages: int, max_chars: int) -> None:
+    """413 when the request carries more than `max_messages` messages, or a message whose text
+    is longer than `max_chars`: the work a request can ask for is bounded before any of it starts."""
+    if len(body.messages) > max_messages:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=max_messages,
+            actual_size=len(body.messages),
+            text=f"{len(body.messages):,} messages; at most {max_messages:,} are accepted (serve.max_messages)",
+        )
+    for i, message in enumerate(body.messages):
+        if len(text := _text(message.content)) > max_chars:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=max_chars,
+                actual_size=len(text),
+                text=f"messages[{i}] is {len(text):,} characters; at most {max_chars:,} are accepted (serve.max_message_chars)",
+            )
 
 
 def _context(body: CompletionRequest, system_prompt: str, limit: int) -> list[dict]:
@@ -69,6 +138,8 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: st
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     body = await read_body(request, CompletionRequest)
+    serve = request.app[SETTINGS].build.serve
+    check_size(body, serve.max_messages, serve.max_message_chars)
     async with request.app[HOLDER].borrow() as model:  # one model for the whole reply, even across a reload
         messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
         sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
@@ -137,6 +208,12 @@ async def list_models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": [entry]})
 
 
+ROUTES = [
+    Route("POST", "/v1/chat/completions", chat_completions, "OpenAI's chat completions: the conversation in, the bot's reply out", "openai",
+          body=CompletionRequest, ok=ChatCompletion, events=CompletionChunkEvent, errors=(429, 503)),
+    Route("GET", "/v1/models", list_models, "OpenAI's model list: the model in service", "openai", ok=ModelList),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/v1/models", list_models)
+    register(app, ROUTES)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from bot.serve.openapi import Route, register
+
 STATIC = Path(__file__).parent / "static"
 
 
@@ -26,8 +28,13 @@ async def demo_style(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "demo.css", headers={"Cache-Control": "no-cache", "Content-Type": "text/css; charset=utf-8"})
 
 
+ROUTES = [
+    Route("GET", "/", demo_page, "A demo page with the chat widget", "web", media="text/html"),
+    Route("GET", "/widget.js", widget, "The chat widget, to embed in any page", "web", media="text/javascript"),
+    Route("GET", "/demo.js", demo_script, "The demo page's script (it sets the widget up)", "web", media="text/javascript"),
+    Route("GET", "/demo.css", demo_style, "The demo page's styles", "web", media="text/css"),
+]
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", demo_page)
-    app.router.add_get("/widget.js", widget)
-    app.router.add_get("/demo.js", demo_script)
-    app.router.add_get("/demo.css", demo_style)
+    register(app, ROUTES)

@@ -1,0 +1,169 @@
+"""The API described: one table of routes (method, path, handler, request model, response model,
+error statuses) both registers the handlers and builds the OpenAPI 3.1 document served at
+`/openapi.json`. Schemas come from the pydantic models that check request bodies
+(`http.read_body`), so the document cannot drift from what the server accepts; the fuzz test
+(tests/test_api_fuzz.py) checks every answer against it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REF = "#/components/schemas/{model}"
+ADMIN_SCHEME = "adminToken"
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a message for people, never a traceback."""
+
+    error: str = Field(description="What is wrong, and where.")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A path, query or header parameter, with its JSON schema."""
+
+    name: str
+    where: Literal["path", "query", "header"]
+    schema: dict[str, Any]
+    description: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route. `ok` is the model of a JSON success body, or the JSON schema of a body no model
+    describes; `events` the model of each server-sent event of a route that streams
+    (text/event-stream); `media` the success content type of a route that answers neither
+    (text/html...). `errors` are the statuses besides the ones implied (400 and 413 for a body,
+    401 and 403 for an admin route, 400 and 404 for a path parameter)."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: type[BaseModel] | None = None
+    ok: type[BaseModel] | dict[str, Any] | None = None
+    events: type[BaseModel] | None = None
+    media: str = "text/plain"
+    params: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = ()
+    admin: bool = False
+    ok_status: int = 200
+    description: str = field(default="", compare=False)
+
+
+API_ROUTES = web.AppKey("api_routes", list)  # every Route registered on the app, in order
+
+
+def register(app: web.Application, routes: list[Route]) -> None:
+    """Adds the routes to the app's router (a GET answers HEAD too, as aiohttp's add_get does)
+    and to the table the document is built from."""
+    for route in routes:
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler)
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
+    app.setdefault(API_ROUTES, []).extend(routes)
+
+
+def _statuses(route: Route) -> list[int]:
+    implied = set(route.errors)
+    if route.body is not None:
+        implied |= {400, 413}
+    if route.admin:
+        implied |= {401, 403}
+    if any(p.where == "path" for p in route.params):
+        implied |= {400, 404}
+    return sorted(implied)
+
+
+class ServerSentEvent(BaseModel):
+    """One server-sent event, as an EventSource reads it."""
+
+    event: str | None = Field(None, description="Its name (an EventSource's `message` when there is none).")
+    data: str = Field(description="JSON, unless said otherwise.")
+    id: str | None = Field(None, description="Where a reconnecting EventSource resumes (Last-Event-ID).")
+
+
+def _success(route: Route, refs: dict) -> dict[str, Any]:
+    content: dict[str, Any] = {}
+    if isinstance(route.ok, type):
+        content["application/json"] = {"schema": refs[(route.ok, "serialization")]}
+    elif route.ok is not None:
+        content["application/json"] = {"schema": route.ok}
+    if route.events is not None:
+        content["text/event-stream"] = {"schema": refs[(route.events, "serialization")]}
+    if not content:
+        content[route.media] = {"schema": {"type": "string"}}
+    return {"description": HTTPStatus(route.ok_status).phrase, "content": content}
+
+
+def _operation(route: Route, refs: dict) -> dict[str, Any]:
+    doc = route.description or inspect.cleandoc(route.handler.__doc__ or "")
+    operation: dict[str, Any] = {"operationId": route.handler.__name__, "summary": route.summary, "tags": [route.tag]}
+    if doc:
+        operation["description"] = doc
+    if route.params:
+        operation["parameters"] = [
+            {"name": p.name, "in": p.where, "required": p.required or p.where == "path", "description": p.description, "schema": p.schema}
+            for p in route.params
+        ]
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(route.body, "validation")]}}}
+    if route.admin:
+        operation["security"] = [{ADMIN_SCHEME: []}]
+    error = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
+    operation["responses"] = {str(route.ok_status): _success(route, refs)} | {
+        str(status): {"description": HTTPStatus(status).phrase, "content": error} for status in _statuses(route)
+    }
+    return operation
+
+
+def document(routes: list[Route], *, title: str = "bot", version: str = "1") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`; JSON schemas (draft 2020-12, as OpenAPI 3.1 uses)
+    under components/schemas, referenced with `$ref`."""
+    models = {(r.body, "validation") for r in routes if r.body is not None}
+    models |= {(r.ok, "serialization") for r in routes if isinstance(r.ok, type)}
+    models |= {(r.events, "serialization") for r in routes if r.events is not None}
+    models.add((ErrorBody, "serialization"))
+    ordered = sorted(models, key=lambda m: (m[0].__name__, m[1]))
+    refs, schemas = models_json_schema(ordered, ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "A contact-centre chatbot: Rasa's REST channel, a streaming chat endpoint, an OpenAI-compatible endpoint, "
+            "conversation history and live feed, human agents, operator routes.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {ADMIN_SCHEME: {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}},
+        },
+    }
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """This document, built from the route table the server registered."""
+    return web.json_response(document(request.app[API_ROUTES]))
+
+
+ROUTES = [Route("GET", "/openapi.json", openapi_document, "The OpenAPI 3.1 document of every route", "operator", ok={"type": "object"})]
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, ROUTES)

@@ -1,0 +1,104 @@
+"""Every route of the published API fuzzed from its own OpenAPI document (schemathesis, on
+hypothesis), against a real server on a real port with the scripted engine: valid and invalid
+requests, admin routes with and without the token. No answer may be a 5xx, break the document
+(status, content type, body schema), accept invalid data, or carry a traceback or an exception
+name; the server answers /health afterwards and logged no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import re
+import time
+from collections import Counter
+
+import requests
+import schemathesis
+from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from bot.serve.app import create_app
+from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of
+
+EXAMPLES = 200  # per operation, generation mode and (admin routes) with and without the token
+FEWER = {"POST /v1/chat/completions": 100, "GET /api/conversations/{sender}/events": 20}  # the slowest to generate; the feed never ends by itself
+FEED_READ_S = 0.25  # a feed is read until it has been silent this long (also the most its answer may take to start)
+NO_INPUT_EXAMPLES = 3  # an operation with no parameters and no body: the same request each time
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+EXCEPTION_NAMES = sorted(n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException) and n != "Exception")
+LEAK = re.compile(r"Traceback|\b(?:" + "|".join(EXCEPTION_NAMES) + r"|ValidationError|JSONDecodeError|HttpProcessingError|BadHttpMessage|LineTooLong)\b")
+
+# No limit may stop the fuzzer: it is the server's answers that are under test, not its rate limits.
+UNLIMITED = "serve:\n  rate_per_client: 1000000\n  rate_per_conversation: 1000000\n"
+
+
+def fuzz(base_url: str) -> Counter:
+    """Runs every operation of the served document; returns the requests sent per operation."""
+    session = requests.Session()
+    served = session.get(f"{base_url}/openapi.json", timeout=10)
+    assert served.status_code == 200
+    schema = schemathesis.openapi.from_dict(served.json())  # (from_url would leave out the document's own route)
+    sent: Counter = Counter()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        admin = "security" in operation.definition.raw
+        feed = operation.path.endswith("/events")
+        name = f"{operation.method.upper()} {operation.path}"
+        has_input = "parameters" in operation.definition.raw or "requestBody" in operation.definition.raw
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,):
+            for token in (ADMIN_TOKEN, None) if admin else (None,):
+                headers = {"Authorization": f"Bearer {token}"} if token else None
+                checks = CHECKS + [negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
+
+                @given(case=operation.as_strategy(generation_mode=mode))
+                @settings(
+                    max_examples=FEWER.get(name, EXAMPLES) if has_input else NO_INPUT_EXAMPLES,
+                    deadline=None,
+                    database=None,
+                    derandomize=True,  # the same requests on every run
+                    phases=[Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
+                def one(case):
+                    response = case.call(base_url=base_url, session=session, headers=headers, timeout=FEED_READ_S if feed else 30)
+                    sent[name] += 1
+                    case.validate_response(response, checks=checks, headers=headers)
+                    static = response.headers.get("content-type", [""])[0].startswith(("text/html", "text/javascript"))  # files, not answers
+                    assert static or not LEAK.search(response.text), f"{case.method} {case.formatted_path}: {response.text[:500]}"
+
+                one()
+    session.close()
+    return sent
+
+
+async def test_every_route_fuzzed_from_the_published_document(tmp_path, cache_dir, tokenizer, caplog):
+    project = make_project(tmp_path / "bot", cache_dir, config=UNLIMITED)
+    settings_ = settings_of(project)
+    app = create_app(settings_, load_model=lambda: scripted_model(settings_, tokenizer), admin_token=ADMIN_TOKEN)
+    server = TestServer(app, handler_cancellation=True, access_log=None)  # as `bot serve` runs: a client that leaves cancels its handler
+    await server.start_server()
+    caplog.set_level(logging.INFO)
+    try:
+        base_url = str(server.make_url("")).rstrip("/")
+        started = time.monotonic()
+        sent = await asyncio.to_thread(fuzz, base_url)
+        seconds = time.monotonic() - started
+        routes = {f"{r.method} {r.resource.canonical}" for r in app.router.routes() if r.method != "HEAD"}
+        assert set(sent) == routes  # every registered route was fuzzed
+        total = sum(sent.values())
+        print(f"\nfuzzed {total} requests on {len(sent)} routes in {seconds:.1f} s: {dict(sent)}")
+        assert total >= 3000
+        health = await asyncio.to_thread(requests.get, f"{base_url}/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()]
+    finally:
+        await server.close()

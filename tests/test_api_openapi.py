@@ -1,0 +1,76 @@
+"""The OpenAPI document at /openapi.json: valid OpenAPI 3.1, one operation for every route the
+app registers, built from the pydantic models that check request bodies."""
+
+from __future__ import annotations
+
+import openapi_spec_validator
+import pytest
+
+from bot.serve.openapi import REF
+from bot.serve.routes_agent import AgentMessage
+from bot.serve.routes_chat import ChatRequest
+from bot.serve.routes_openai import CompletionRequest
+from serve_support import make_project
+
+
+@pytest.fixture
+def project(tmp_path, cache_dir):
+    return make_project(tmp_path / "bot", cache_dir)
+
+
+async def test_the_document_is_valid_openapi_3_1_and_lists_every_route(project, serve):
+    client, _ = await serve(project)
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    doc = await response.json()
+    assert doc["openapi"] == "3.1.0"
+    openapi_spec_validator.validate(doc)  # raises on an invalid document
+
+    # aiohttp answers HEAD for every GET by itself; every other registered route is documented, and nothing more
+    registered = {(r.method.lower(), r.resource.canonical) for r in client.app.router.routes() if r.method != "HEAD"}
+    documented = {(method, path) for path, operations in doc["paths"].items() for method in operations}
+    assert documented == registered
+    assert len(registered) >= 15 and ("post", "/api/model/reload") in registered and ("get", "/openapi.json") in registered
+
+
+async def test_bodies_come_from_the_models_that_check_them(project, serve):
+    client, _ = await serve(project)
+    doc = await (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for path, method, model in [
+        ("/webhooks/rest/webhook", "post", ChatRequest),
+        ("/api/chat/stream", "post", ChatRequest),
+        ("/v1/chat/completions", "post", CompletionRequest),
+        ("/api/conversations/{sender}/messages", "post", AgentMessage),
+    ]:
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": REF.format(model=model.__name__)}
+        own = model.model_json_schema(ref_template=REF)
+        own.pop("$defs", None)
+        assert schemas[model.__name__] == own
+    assert schemas["ChatRequest"]["properties"]["sender"]["pattern"].startswith("^[A-Za-z0-9")
+    assert schemas["ErrorBody"]["required"] == ["error"]
+
+
+async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_error_schema(project, serve):
+    client, _ = await serve(project)
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["components"]["securitySchemes"]["adminToken"] == {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}
+    admin = {(m, p) for p, ops in doc["paths"].items() for m, op in ops.items() if "security" in op}
+    assert admin == {
+        ("post", "/api/model/reload"),
+        ("get", "/api/handoffs"),
+        ("post", "/api/conversations/{sender}/messages"),
+        ("post", "/api/conversations/{sender}/resume"),
+    }
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if "security" in op:
+                assert {"401", "403"} <= set(op["responses"])
+            for status, answer in op["responses"].items():
+                if int(status) >= 400:
+                    assert answer["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}, (method, path)
+    openai = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"200", "400", "413", "429"} <= set(openai) and set(openai["200"]["content"]) == {"application/json", "text/event-stream"}
+    feed = doc["paths"]["/api/conversations/{sender}/events"]["get"]
+    assert [(p["name"], p["in"]) for p in feed["parameters"]] == [("sender", "path"), ("after", "query"), ("Last-Event-ID", "header")]
