@@ -38,7 +38,7 @@ EXCEPTION_NAMES = sorted(n for n, v in vars(builtins).items() if isinstance(v, t
 LEAK = re.compile(r"Traceback|\b(?:" + "|".join(EXCEPTION_NAMES) + r"|ValidationError|JSONDecodeError|HttpProcessingError|BadHttpMessage|LineTooLong)\b")
 
 # No limit may stop the fuzzer: it is the server's answers that are under test, not its rate limits.
-UNLIMITED = "serve:\n  rate_per_client: 1000000\n  rate_per_conversation: 1000000\n"
+UNLIMITED = "serve:\n  rate_per_client: 1000000\n  rate_per_conversation: 1000000\n  admin_failures_allowed: 1000000\n"
 
 
 def fuzz(base_url: str) -> Counter:

@@ -44,7 +44,7 @@ class Route:
     describes; `events` the model of each server-sent event of a route that streams
     (text/event-stream); `media` the success content type of a route that answers neither
     (text/html...). `errors` are the statuses besides the ones implied (400 and 413 for a body,
-    401 and 403 for an admin route, 400 and 404 for a path parameter)."""
+    401, 403 and 429 for an admin route, 400 and 404 for a path parameter)."""
 
     method: str
     path: str
@@ -81,7 +81,7 @@ def _statuses(route: Route) -> list[int]:
     if route.body is not None:
         implied |= {400, 413}
     if route.admin:
-        implied |= {401, 403}
+        implied |= {401, 403, 429}  # 429: too many wrong tokens from one address (bot.serve.throttle)
     if any(p.where == "path" for p in route.params):
         implied |= {400, 404}
     return sorted(implied)
