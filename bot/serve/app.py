@@ -110,9 +110,23 @@ async def _model_and_store(app: web.Application):
     await app[HOLDER].close()
 
 
+CLOSE_RESERVE_S = 2.0  # of serve.shutdown_timeout_s: cancelling what is left, closing the engine and the store
+
+
+def drain_seconds(shutdown_timeout_s: float) -> float:
+    """How long replies in progress may go on after SIGTERM before they are cancelled: the
+    shutdown timeout less what closing takes (at most 2 s, at most half of it)."""
+    return shutdown_timeout_s - min(CLOSE_RESERVE_S, shutdown_timeout_s / 2)
+
+
 def run(
     settings: Settings, host: str, port: int, action_package: str | None = None, *, load_model: Callable[[], ResponseModel] | None = None
 ) -> None:
-    """Serve until interrupted; a client that goes away cancels its handler (and generation)."""
+    """Serve until SIGTERM or SIGINT; a client that goes away cancels its handler (and
+    generation). On a signal the server stops listening, live feeds end, replies in progress
+    may finish for `drain_seconds`, then they are cancelled (their customers' messages are
+    already stored; a cut reply is not), and the engine and the store close: the process
+    exits within `serve.shutdown_timeout_s`."""
     app = create_app(settings, action_package=action_package, load_model=load_model)
-    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None)
+    drain = drain_seconds(settings.build.serve.shutdown_timeout_s)
+    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=drain)
