@@ -133,3 +133,49 @@ def test_a_template_whose_counts_do_not_add_up_still_gets_the_same_window(tokeni
                 assert outcome(fitted_prompt_ids, tokenizer, messages, budget) == expected, (messages, budget)
     finally:
         tokenizer.chat_template = saved
+
+
+async def test_a_prompt_still_rendering_stops_soon_after_its_client_leaves(tmp_path, cache_dir, tokenizer, monkeypatch):
+    """With a context of 200,000 tokens the walk back over 20,000 exchanges takes seconds even
+    when linear: the rendering thread, which asyncio can't cancel, is told to stop."""
+    import asyncio
+    import threading
+
+    import bot.serve.generator as generator
+    from serve_support import make_project, scripted_model, settings_of
+
+    ended: dict = {}
+    real = generator.fitted_prompt_ids
+
+    def observed(*args, **kwargs):
+        try:
+            return real(*args, **kwargs)
+        except BaseException as e:
+            ended["error"] = e
+            raise
+        finally:
+            ended["at"] = time.monotonic()
+
+    monkeypatch.setattr(generator, "fitted_prompt_ids", observed)
+    model = scripted_model(settings_of(make_project(tmp_path / "bot", cache_dir)), tokenizer)
+    model.max_length = 200_000
+    messages = [{"role": "system", "content": "Be brief."}]
+    for i in range(20_000):
+        messages += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+    messages.append({"role": "user", "content": "the latest"})
+
+    async def consume():
+        async for _ in model.stream(messages, 16):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)  # rendering, in its thread
+    assert not ended
+    task.cancel()
+    left = time.monotonic()
+    for _ in range(50):
+        if ended:
+            break
+        await asyncio.to_thread(threading.Event().wait, 0.01)
+    assert isinstance(ended.get("error"), RenderCancelled) and ended["at"] - left < 0.1
+    assert not model.engine.prompts  # the engine never got it

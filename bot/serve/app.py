@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import routes_admin, routes_agent, routes_chat, routes_openai, routes_web
+from bot.serve import routes_admin, routes_agent, routes_chat, routes_openai, routes_web, shutdown
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
@@ -44,7 +44,14 @@ def create_app(
     admin token defaults to the environment variable BOT_ADMIN_TOKEN. With `action_package`,
     a rasa-sdk action server for it runs beside the bot, at action_endpoint.url's port."""
     metrics = Metrics()
-    app = web.Application(middlewares=[metrics_middleware(metrics), cors_middleware(settings.endpoints.cors.allow_origins), errors_middleware()])
+    app = web.Application(
+        middlewares=[
+            shutdown.in_flight_middleware,
+            metrics_middleware(metrics),
+            cors_middleware(settings.endpoints.cors.allow_origins),
+            errors_middleware(),
+        ]
+    )
     serve = settings.build.serve
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -54,7 +61,7 @@ def create_app(
     app[CLIENT_LIMIT] = RateLimiter(serve.rate_per_client)
     app[RELOAD_LOCK] = asyncio.Lock()
     app[CLOSING] = asyncio.Event()
-    app.on_shutdown.append(_end_streams)
+    shutdown.install(app, serve.shutdown_timeout_s)  # on shutdown: CLOSING is set, requests drain
     if action_package:
         app.cleanup_ctx.append(lambda app: _actions_beside(app, action_package))
     app.cleanup_ctx.append(_model_and_store)
@@ -64,10 +71,6 @@ def create_app(
     routes_agent.add_routes(app)
     routes_web.add_routes(app)
     return app
-
-
-async def _end_streams(app: web.Application) -> None:
-    app[CLOSING].set()
 
 
 def assemble(settings: Settings, model: ResponseModel, store, session: aiohttp.ClientSession, *, metrics: Metrics | None = None) -> Conversations:
@@ -110,23 +113,11 @@ async def _model_and_store(app: web.Application):
     await app[HOLDER].close()
 
 
-CLOSE_RESERVE_S = 2.0  # of serve.shutdown_timeout_s: cancelling what is left, closing the engine and the store
-
-
-def drain_seconds(shutdown_timeout_s: float) -> float:
-    """How long replies in progress may go on after SIGTERM before they are cancelled: the
-    shutdown timeout less what closing takes (at most 2 s, at most half of it)."""
-    return shutdown_timeout_s - min(CLOSE_RESERVE_S, shutdown_timeout_s / 2)
-
-
 def run(
     settings: Settings, host: str, port: int, action_package: str | None = None, *, load_model: Callable[[], ResponseModel] | None = None
 ) -> None:
     """Serve until SIGTERM or SIGINT; a client that goes away cancels its handler (and
-    generation). On a signal the server stops listening, live feeds end, replies in progress
-    may finish for `drain_seconds`, then they are cancelled (their customers' messages are
-    already stored; a cut reply is not), and the engine and the store close: the process
-    exits within `serve.shutdown_timeout_s`."""
+    generation). On a signal the server stops within serve.shutdown_timeout_s (bot.serve.shutdown)."""
     app = create_app(settings, action_package=action_package, load_model=load_model)
-    drain = drain_seconds(settings.build.serve.shutdown_timeout_s)
-    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=drain)
+    backstop = shutdown.aiohttp_timeout(settings.build.serve.shutdown_timeout_s)
+    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop)
