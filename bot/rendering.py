@@ -130,6 +130,9 @@ def prompt_ids(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
     return _ids(tokenizer, template_messages(messages, tokenizer), generation_prompt=True)
 
 
+WHOLE_FIRST_CHARS_PER_TOKEN = 4  # a conversation with fewer characters than this times the budget is tried whole first
+
+
 def fitted_prompt_ids(
     tokenizer, messages: list[dict[str, Any]], budget: int, *, cancelled: Callable[[], bool] | None = None
 ) -> list[int]:
@@ -137,8 +140,9 @@ def fitted_prompt_ids(
     the oldest exchanges go first, whole, so that no turn is cut in half. The latest exchange
     always stays; RenderError if even it doesn't fit.
 
-    Linear in the conversation: it walks back from the newest exchange counting each one's
-    tokens once, stops at the first that doesn't fit, and renders the chosen suffix once. Each
+    Linear in the conversation: a short one (fewer characters than 4 per token of the budget)
+    is first rendered whole, and kept if it fits; otherwise it walks back from the newest
+    exchange counting each one's tokens once, stops at the first that doesn't fit, and renders the chosen suffix once. Each
     exchange is counted as the template writes it after the system prompt; with a template
     whose messages each start with a special token (ChatML, as SmolLM2's) the counts add up
     exactly, and the one render confirms it. Where they don't add up, the window is settled by
@@ -162,6 +166,10 @@ def fitted_prompt_ids(
         if cancelled is not None and cancelled():
             raise RenderCancelled("the prompt was no longer wanted")
 
+    if sum(len(m.get("content") or "") for m in messages) <= WHOLE_FIRST_CHARS_PER_TOKEN * budget:
+        ids = rendered(0)  # most conversations are short and fit whole: one render, bounded by the budget
+        if len(ids) <= budget:
+            return ids
     last = len(exchanges) - 1
     ids = rendered(last)  # the system prompt, the latest exchange and the generation prompt, exactly
     if len(ids) > budget:
