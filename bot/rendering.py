@@ -141,12 +141,13 @@ def fitted_prompt_ids(
     always stays; RenderError if even it doesn't fit.
 
     Linear in the conversation: a short one (fewer characters than 4 per token of the budget)
-    is first rendered whole, and kept if it fits; otherwise it walks back from the newest
-    exchange counting each one's tokens once, stops at the first that doesn't fit, and renders the chosen suffix once. Each
-    exchange is counted as the template writes it after the system prompt; with a template
-    whose messages each start with a special token (ChatML, as SmolLM2's) the counts add up
-    exactly, and the one render confirms it. Where they don't add up, the window is settled by
-    rendering one exchange more or less at a time, work bounded by the budget, not the history.
+    is first rendered whole, and kept if it fits. Otherwise it walks back from the newest
+    exchange counting each one's tokens once, stops at the first that doesn't fit, and renders
+    the chosen window once. Each exchange is counted as the template writes it after the
+    system prompt; with a template whose messages each start with a special token (ChatML, as
+    SmolLM2's) the counts add up exactly, and the window's render confirms it. Where they don't
+    add up, the window is settled by rendering one exchange more or less at a time: work
+    bounded by the budget, not by the history.
     `cancelled` is asked between exchanges: RenderCancelled once it says so."""
     head, exchanges = _exchanges(messages)
     if not exchanges:
@@ -177,7 +178,7 @@ def fitted_prompt_ids(
     anchor = plain_head or [{"role": "system", "content": ""}]
     anchor_text = tokenizer.apply_chat_template(anchor, tokenize=False)
     longest = _longest_token(tokenizer)
-    total, start = len(ids), last
+    total, start, counted_out = len(ids), last, False
     while start > 0:
         check()
         text = tokenizer.apply_chat_template(anchor + plain_of(start - 1), tokenize=False)
@@ -186,12 +187,14 @@ def fitted_prompt_ids(
             break  # more characters than the tokens left could hold: it can't fit, no need to count
         cost = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         if total + cost > budget:
+            counted_out = True
             break
         total, start = total + cost, start - 1
-    if start == last:
-        return ids
-    ids = rendered(start)
-    if len(ids) != total:  # the counts don't add up with this template: settle the window by rendering
+    if start < last:
+        ids = rendered(start)  # the one render of the window; its length confirms the counts
+    elif not counted_out:
+        return ids  # only the latest exchange: the one before can't fit, or there is none
+    if len(ids) != total or start == last:  # counts not confirmed: settle the window by rendering
         while len(ids) > budget:
             check()
             start += 1
