@@ -12,11 +12,21 @@ import time
 
 import aiohttp
 
+from bot.config import ServeConfig
+from bot.serve.shutdown import aiohttp_timeout, drain_seconds, reserve_seconds
 from bot.serve.store import open_store
 from serve_support import make_project, settings_of
 from server_process import ServerProcess
 
 IDLE_CPU_S = 0.1  # CPU seconds a server that does nothing may use in the 1.5 s window (it uses ~0)
+
+
+def test_the_shutdown_timeout_is_split_into_drain_and_closing():
+    assert ServeConfig().shutdown_timeout_s == 10
+    assert (drain_seconds(10), reserve_seconds(10)) == (8, 2)  # 2 s to cancel, close and exit
+    assert (drain_seconds(3), reserve_seconds(3)) == (1.5, 1.5)  # a short timeout keeps half for closing
+    for timeout in (0.5, 3, 10, 60):  # cancelling, then aiohttp's backstop (waited twice): within the reserve
+        assert drain_seconds(timeout) + reserve_seconds(timeout) / 4 + 2 * aiohttp_timeout(timeout) < timeout
 
 
 def free_port() -> int:
