@@ -230,6 +230,7 @@ def cmd_serve(args) -> int:
 
     from bot.config import load_settings
     from bot.serve.app import run
+    from bot.serve.shutdown import exit_now
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(args.project)
@@ -239,7 +240,7 @@ def cmd_serve(args) -> int:
     host, port = args.host or settings.build.serve.host, args.port or settings.build.serve.port
     _say(f"starting the bot on http://{host}:{port} (widget demo at /, health at /health); Ctrl-C stops it")
     run(settings, host, port, args.actions)
-    return 0
+    exit_now(0)  # stopped and closed: the interpreter's slow teardown would overrun serve.shutdown_timeout_s
 
 
 def cmd_chat(args) -> int:

@@ -97,6 +97,9 @@ class ServeConfig(Strict):
     max_messages: int = Field(200, gt=0, description="Messages one OpenAI-style request may carry (then 413).")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted, in bytes (then 413).")
     max_json_depth: int = Field(32, gt=0, description="Deepest nesting of arrays and objects in a JSON body (then 400).")
+    shutdown_timeout_s: float = Field(
+        10, gt=0, description="On SIGTERM or Ctrl-C the server exits within this: replies in progress may finish, then they are cut."
+    )
 
 
 class BuildConfig(Strict):

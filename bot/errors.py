@@ -39,5 +39,9 @@ class RenderError(BotError):
     """A conversation can't be turned into model tokens (template mismatch, too long)."""
 
 
+class RenderCancelled(RenderError):
+    """Rendering was given up: the request it was for has gone."""
+
+
 class ProjectExists(BotError):
     """`bot init` was pointed at a folder that already holds a bot project."""

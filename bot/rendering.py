@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_TOOL
-from bot.errors import RenderError
+from bot.errors import RenderCancelled, RenderError
 
 IGNORE_INDEX = -100  # label ignored by torch's cross-entropy
 
@@ -128,16 +130,97 @@ def prompt_ids(tokenizer, messages: list[dict[str, Any]]) -> list[int]:
     return _ids(tokenizer, template_messages(messages, tokenizer), generation_prompt=True)
 
 
-def fitted_prompt_ids(tokenizer, messages: list[dict[str, Any]], budget: int) -> list[int]:
+WHOLE_FIRST_CHARS_PER_TOKEN = 4  # a conversation with fewer characters than this times the budget is tried whole first
+
+
+def fitted_prompt_ids(
+    tokenizer, messages: list[dict[str, Any]], budget: int, *, cancelled: Callable[[], bool] | None = None
+) -> list[int]:
     """`prompt_ids` of the system prompt and as much recent history as fits in `budget` tokens:
     the oldest exchanges go first, whole, so that no turn is cut in half. The latest exchange
-    always stays; RenderError if even it doesn't fit."""
+    always stays; RenderError if even it doesn't fit.
+
+    Linear in the conversation: a short one (fewer characters than 4 per token of the budget)
+    is first rendered whole, and kept if it fits. Otherwise it walks back from the newest
+    exchange counting each one's tokens once, stops at the first that doesn't fit, and renders
+    the chosen window once. Each exchange is counted as the template writes it after the
+    system prompt; with a template whose messages each start with a special token (ChatML, as
+    SmolLM2's) the counts add up exactly, and the window's render confirms it. Where they don't
+    add up, the window is settled by rendering one exchange more or less at a time: work
+    bounded by the budget, not by the history.
+    `cancelled` is asked between exchanges: RenderCancelled once it says so."""
     head, exchanges = _exchanges(messages)
-    for start in range(len(exchanges)):
-        ids = prompt_ids(tokenizer, head + [m for part in exchanges[start:] for m in part])
+    if not exchanges:
+        raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+    plain_head = template_messages(head, tokenizer)
+    plain: dict[int, list[dict[str, str]]] = {}  # exchange index -> its template messages, made when first needed
+
+    def plain_of(k: int) -> list[dict[str, str]]:
+        if k not in plain:
+            plain[k] = template_messages(exchanges[k], tokenizer)
+        return plain[k]
+
+    def rendered(start: int) -> list[int]:
+        return _ids(tokenizer, plain_head + [m for k in range(start, len(exchanges)) for m in plain_of(k)], generation_prompt=True)
+
+    def check() -> None:
+        if cancelled is not None and cancelled():
+            raise RenderCancelled("the prompt was no longer wanted")
+
+    if sum(len(m.get("content") or "") for m in messages) <= WHOLE_FIRST_CHARS_PER_TOKEN * budget:
+        ids = rendered(0)  # most conversations are short and fit whole: one render, bounded by the budget
         if len(ids) <= budget:
             return ids
-    raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+    last = len(exchanges) - 1
+    ids = rendered(last)  # the system prompt, the latest exchange and the generation prompt, exactly
+    if len(ids) > budget:
+        raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+    anchor = plain_head or [{"role": "system", "content": ""}]
+    anchor_text = tokenizer.apply_chat_template(anchor, tokenize=False)
+    longest = _longest_token(tokenizer)
+    total, start, counted_out = len(ids), last, False
+    while start > 0:
+        check()
+        text = tokenizer.apply_chat_template(anchor + plain_of(start - 1), tokenize=False)
+        text = text[len(anchor_text) :] if text.startswith(anchor_text) else text
+        if longest and len(text) > (budget - total) * longest:
+            break  # more characters than the tokens left could hold: it can't fit, no need to count
+        cost = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if total + cost > budget:
+            counted_out = True
+            break
+        total, start = total + cost, start - 1
+    if start < last:
+        ids = rendered(start)  # the one render of the window; its length confirms the counts
+    elif not counted_out:
+        return ids  # only the latest exchange: the one before can't fit, or there is none
+    if len(ids) != total or start == last:  # counts not confirmed: settle the window by rendering
+        while len(ids) > budget:
+            check()
+            start += 1
+            ids = rendered(start)
+        while start > 0:
+            check()
+            wider = rendered(start - 1)
+            if len(wider) > budget:
+                break
+            start, ids = start - 1, wider
+    return ids
+
+
+_LONGEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _longest_token(tokenizer) -> int:
+    """The most characters one token stands for, for tokenizers that never drop text (no
+    normalizer): a text longer than n times this is more than n tokens. 0 where unknown."""
+    if tokenizer not in _LONGEST:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None or backend.normalizer is not None:
+            _LONGEST[tokenizer] = 0
+        else:
+            _LONGEST[tokenizer] = max((len(piece) for piece in tokenizer.get_vocab()), default=0)
+    return _LONGEST[tokenizer]
 
 
 def render(tokenizer, messages: list[dict[str, Any]]) -> Example:

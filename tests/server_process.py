@@ -1,7 +1,9 @@
 """A real server process for tests that stop or kill it (SIGTERM, SIGKILL): `bot.serve.app.run`
-with the scripted engine, which writes slowly enough to be caught mid-reply.
+with the scripted engine, which writes slowly enough to be caught mid-reply, or with the
+project's own model (`--real-model`: model.base or the active trained model, the real loader
+and engine, as `bot serve` runs it).
 
-    python -m tests.server_process PROJECT PORT [--delay SECONDS] [--reply TEXT]
+    python -m tests.server_process PROJECT PORT [--delay SECONDS] [--reply TEXT] [--real-model]
 
 `ServerProcess` starts it and waits for /health; the process is the server itself (no shell
 in between), so a signal sent to it reaches the server."""
@@ -26,25 +28,35 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--delay", type=float, default=0.05, help="seconds per generated token")
     parser.add_argument("--reply", default="Thanks for waiting, I am looking into that for you right now, one moment please.")
+    parser.add_argument("--real-model", action="store_true", help="the project's model and engine instead of the scripted one")
     args = parser.parse_args()
 
     from bot.base_model import load_tokenizer
     from bot.serve.app import run
+    from bot.serve.shutdown import exit_now
     from tests.serve_support import scripted_model, settings_of
 
     settings = settings_of(args.project)
-    tokenizer = load_tokenizer("bundled", settings.cache_dir)
-    run(settings, "127.0.0.1", args.port, load_model=lambda: scripted_model(settings, tokenizer, lambda prompt: args.reply, delay=args.delay))
+    if args.real_model:
+        run(settings, "127.0.0.1", args.port)
+    else:
+        tokenizer = load_tokenizer("bundled", settings.cache_dir)
+        run(settings, "127.0.0.1", args.port, load_model=lambda: scripted_model(settings, tokenizer, lambda prompt: args.reply, delay=args.delay))
+    exit_now(0)  # as `bot serve` ends
 
 
 class ServerProcess:
     """`with ServerProcess(project, port) as server:` a server process answering on `server.url`."""
 
-    def __init__(self, project: Path, port: int, *, delay: float = 0.05, reply: str | None = None, env: dict | None = None):
+    def __init__(
+        self, project: Path, port: int, *, delay: float = 0.05, reply: str | None = None, real_model: bool = False, env: dict | None = None
+    ):
         self.project, self.port, self.url = project, port, f"http://127.0.0.1:{port}"
         self.command = [sys.executable, "-m", "tests.server_process", str(project), str(port), "--delay", str(delay)]
         if reply is not None:
             self.command += ["--reply", reply]
+        if real_model:
+            self.command.append("--real-model")
         self.env = dict(os.environ, **(env or {}))
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
         self.process: subprocess.Popen | None = None
@@ -69,6 +81,11 @@ class ServerProcess:
 
     def wait(self, timeout: float) -> int:
         return self.process.wait(timeout)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server has used so far, all its threads, user and system (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15 of stat
 
     def output(self) -> str:
         """What the server wrote (once it has exited)."""

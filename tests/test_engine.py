@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bot.engine.batching import BatchingEngine
-from bot.engine.protocol import EngineBusy, EngineError, Finished, PromptTooLong
+from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
 from bot.engine.serial import SerialEngine
 
 
@@ -238,3 +238,25 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
         assert gauge in metrics
     hits = next(line for line in metrics.splitlines() if line.startswith("bot_prompt_cache_hits_total"))
     assert float(hits.split()[-1]) >= 4  # at least the conversations after the reload reused the system prompt
+
+
+@pytest.mark.parametrize("kind", [BatchingEngine, SerialEngine])
+async def test_closing_mid_reply_stops_the_thread_at_once_and_the_reply_fails(tiny, tokenizer, kind):
+    """What a SIGTERM does to a reply still running when the server closes its engine: the
+    thread stops after the current step, and the reply ends in EngineClosed, never looks whole."""
+    import time
+
+    engine = kind(tiny, tokenizer, max_length=1024, ignore_eos=True)
+    stream = engine.stream(prompts_of(tokenizer, (3,))[0], 1000)
+    try:
+        assert isinstance(await anext(stream), str)  # generating
+        started = time.monotonic()
+        await engine.close()
+        closing = time.monotonic() - started
+        with pytest.raises(EngineClosed):
+            async for item in stream:
+                assert not isinstance(item, Finished)
+    finally:
+        await stream.aclose()
+    assert closing < 0.5 and not engine.thread.is_alive()
+    assert engine.stats().generated_tokens < 1000

@@ -10,7 +10,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
+from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineClosed, EngineError, EngineStats
 from bot.engine.requests import Request, ThreadedEngine
 
 log = logging.getLogger("bot.engine")
@@ -40,11 +40,14 @@ class _Tokens(BaseStreamer):
 
 
 class _Cancelled(StoppingCriteria):
-    def __init__(self, request: Request):
-        self.request = request
+    """Stops `generate` after the current token once its reader has gone or the engine is closing."""
+
+    def __init__(self, request: Request, engine: SerialEngine):
+        self.request, self.engine = request, engine
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.request.cancelled, dtype=torch.bool, device=input_ids.device)
+        stop = self.request.cancelled or self.engine.closed
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class _FollowCalls(LogitsProcessor):
@@ -103,9 +106,12 @@ class SerialEngine(ThreadedEngine):
             eos_token_id=list(self.stop_ids),
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([_Cancelled(request)]),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(request, self)]),
             logits_processor=LogitsProcessorList([_FollowCalls(request)]),
         )
+        if self.closed and not streamer.stopped and not request.cancelled:  # cut short by close(): not a reply
+            request.fail(EngineClosed("the model engine was closed before this request finished"))
+            return
         request.finish(STOP if streamer.stopped else LENGTH)
 
     def stats(self) -> EngineStats:

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_openai, routes_web
+from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_openai, routes_web, shutdown
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
@@ -49,7 +49,12 @@ def create_app(
     metrics = Metrics()
     serve = settings.build.serve
     app = web.Application(
-        middlewares=[metrics_middleware(metrics), cors_middleware(settings.endpoints.cors.allow_origins), errors_middleware()],
+        middlewares=[
+            shutdown.in_flight_middleware,
+            metrics_middleware(metrics),
+            cors_middleware(settings.endpoints.cors.allow_origins),
+            errors_middleware(),
+        ],
         client_max_size=serve.max_body_bytes,
         handler_args={"logger": BadRequestLog()},  # malformed HTTP: one log line, no traceback
     )
@@ -65,7 +70,7 @@ def create_app(
     app.on_response_prepare.append(cors_headers(settings.endpoints.cors.allow_origins))
     app.on_response_prepare.append(security_headers(settings.endpoints.cors.allow_origins))
     app[CLOSING] = asyncio.Event()
-    app.on_shutdown.append(_end_streams)
+    shutdown.install(app, serve.shutdown_timeout_s)  # on shutdown: CLOSING is set, requests drain
     if action_package:
         app.cleanup_ctx.append(lambda app: _actions_beside(app, action_package))
     app.cleanup_ctx.append(_model_and_store)
@@ -76,10 +81,6 @@ def create_app(
     routes_web.add_routes(app)
     openapi.add_routes(app)
     return app
-
-
-async def _end_streams(app: web.Application) -> None:
-    app[CLOSING].set()
 
 
 def assemble(settings: Settings, model: ResponseModel, store, session: aiohttp.ClientSession, *, metrics: Metrics | None = None) -> Conversations:
@@ -129,6 +130,8 @@ async def _model_and_store(app: web.Application):
 def run(
     settings: Settings, host: str, port: int, action_package: str | None = None, *, load_model: Callable[[], ResponseModel] | None = None
 ) -> None:
-    """Serve until interrupted; a client that goes away cancels its handler (and generation)."""
+    """Serve until SIGTERM or SIGINT; a client that goes away cancels its handler (and
+    generation). On a signal the server stops within serve.shutdown_timeout_s (bot.serve.shutdown)."""
     app = create_app(settings, action_package=action_package, load_model=load_model)
-    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None)
+    backstop = shutdown.aiohttp_timeout(settings.build.serve.shutdown_timeout_s)
+    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop)

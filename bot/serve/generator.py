@@ -7,6 +7,7 @@ The prompt is rendered by `bot.rendering`, exactly as in training.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,14 +44,20 @@ class ResponseModel:
             return f"trained model {self.model_id}"
         return "the base model with the persona prompt (no trained model yet: run 'bot train')"
 
-    def prompt(self, messages: list[dict], max_new_tokens: int) -> list[int]:
-        """System prompt + as much recent history as leaves room for the reply."""
-        return fitted_prompt_ids(self.tokenizer, messages, self.max_length - max_new_tokens)
+    def prompt(self, messages: list[dict], max_new_tokens: int, gone: threading.Event | None = None) -> list[int]:
+        """System prompt + as much recent history as leaves room for the reply. Once `gone` is
+        set, RenderCancelled (checked between exchanges)."""
+        return fitted_prompt_ids(self.tokenizer, messages, self.max_length - max_new_tokens, cancelled=gone.is_set if gone else None)
 
     async def stream(self, messages: list[dict], max_new_tokens: int) -> AsyncIterator[str | Finished]:
         """Text pieces of the greedy reply to `messages`, then the `Finished` record. Closing the
-        iterator early (the client went away) cancels the generation."""
-        ids = await asyncio.to_thread(self.prompt, messages, max_new_tokens)  # rendering takes a few ms: off the event loop
+        iterator early (the client went away) cancels the generation, and the prompt's
+        rendering if it is still running: a thread can't be cancelled, so it is told to stop."""
+        gone = threading.Event()
+        try:
+            ids = await asyncio.to_thread(self.prompt, messages, max_new_tokens, gone)  # a few ms: off the event loop
+        finally:
+            gone.set()  # the thread ends at its next check if this await was cancelled; a no-op otherwise
         async for item in self.engine.stream(ids, max_new_tokens):
             yield item
 
