@@ -214,7 +214,7 @@ class Dialogue:
         log.warning("conversation %s: the leak guard stopped a %s that would have shown the %s", sender, where.replace("_", " "), leak.kind)
         if self.metrics:
             self.metrics.guarded.labels(kind=leak.kind, where=where).inc()
-        return new_event("guarded", kind=leak.kind, where=where, **detail)
+        return new_event("guarded", kind=leak.kind, encoding=leak.encoding, where=where, **detail)
 
     def _screen(self, model: ResponseModel, sender: str, event: Event) -> list[Event]:
         """A message on its way to the customer, checked: as it is, or the refusal instead."""

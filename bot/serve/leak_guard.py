@@ -15,13 +15,21 @@ and releases it piece by piece, holding back only what a leak could still grow o
 newest words while they are a sequence of the prompt (at most 7, so usually none or one), and
 the tail of the text while it spells the start of the secret.
 
-Not caught, by design: a paraphrase, a translation, an encoding (base64, letters swapped for
-look-alikes) or the prompt spread over several replies; the adversarial training data is what
-teaches the model to refuse those.
+Encoded, both rules still hold: a reply is also read in ROT13, and every run of 16 or more
+base64 or hex characters in it is decoded and checked (a leak found so has `encoding` set).
+While a reply is streamed, a word that could be the start of such a run (8 or more of those
+characters) is held until it ends.
+
+Not caught, by design: a paraphrase, a translation, other encodings (letters swapped for
+look-alikes, spelled backwards) or the prompt spread over several replies; the adversarial
+training data is what teaches the model to refuse those.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import codecs
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -38,6 +46,10 @@ PROMPT, SECRET = "prompt", "secret"
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _APOSTROPHES = "'’"
 _NO_APOSTROPHES = str.maketrans("", "", _APOSTROPHES)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")  # standard and URL-safe alphabets
+_HEX_RUN = re.compile(r"(?:[0-9A-Fa-f]{2}){8,}")
+_CODE_TAIL = re.compile(r"[A-Za-z0-9+/_=-]{8,}$")  # may still grow into a run to decode: held
+ROT13 = "rot13"
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class Leak:
     """What a text would have leaked (never the text itself)."""
 
     kind: str  # PROMPT or SECRET
+    encoding: str | None = None  # "base64", "hex" or "rot13" when the leak was encoded
 
 
 def fold(text: str) -> str:
@@ -73,6 +86,20 @@ def letters(text: str) -> tuple[str, list[int]]:
                 chars.append(c)
                 origins.append(i)
     return "".join(chars), origins
+
+
+def decodings(text: str) -> Iterable[tuple[str, str]]:
+    """(encoding, decoded text) for each base64 or hex run in `text` that decodes to text."""
+    for encoding, pattern in (("hex", _HEX_RUN), ("base64", _BASE64_RUN)):
+        for m in pattern.finditer(text):
+            run = m.group().rstrip("=")
+            try:
+                raw = bytes.fromhex(run) if encoding == "hex" else base64.b64decode(run.replace("-", "+").replace("_", "/") + "=" * (-len(run) % 4))
+            except (ValueError, binascii.Error):
+                continue
+            decoded = raw.decode("utf-8", errors="ignore")
+            if decoded.isprintable() or sum(c.isprintable() or c.isspace() for c in decoded) >= 0.9 * len(decoded):
+                yield encoding, decoded
 
 
 def strings_in(value: Any) -> Iterable[str]:
@@ -123,7 +150,23 @@ class LeakGuard:
     def scan(self, text: str, final: bool) -> tuple[Leak | None, int]:
         """The leak in `text`, and where the part that may still become one starts (len(text):
         nothing need be held back). Unless `final`, the text may go on, so its last word may be
-        unfinished. `text` must start at the start of a word or between words."""
+        unfinished. `text` must start at the start of a word or between words. Read as it is,
+        in ROT13 (which keeps every letter in its place), and with its encoded runs decoded."""
+        leak, hold = self._scan_plain(text, final)
+        if leak:
+            return leak, 0
+        leak, rot_hold = self._scan_plain(codecs.encode(text, ROT13), final)
+        if leak:
+            return Leak(leak.kind, ROT13), 0
+        for encoding, decoded in decodings(text):
+            if leak := self._scan_plain(decoded, True)[0]:
+                return Leak(leak.kind, encoding), 0
+        hold = min(hold, rot_hold)
+        if not final and (tail := _CODE_TAIL.search(text)):
+            hold = min(hold, tail.start())
+        return None, hold
+
+    def _scan_plain(self, text: str, final: bool) -> tuple[Leak | None, int]:
         found = words(text)
         partial = None
         if not final and found and found[-1][2] == len(text.rstrip(_APOSTROPHES)):
