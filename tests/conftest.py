@@ -109,3 +109,16 @@ async def serve(tokenizer):
     yield start
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def browser():
+    """Headless chromium (serve_support.CHROMIUM), driven by Playwright."""
+    from playwright.async_api import async_playwright
+
+    from serve_support import CHROMIUM
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield browser
+        await browser.close()

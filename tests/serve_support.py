@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from bot.config import load_settings
 from bot.data.profile import profile_of
@@ -20,6 +23,13 @@ from bot.serve.generator import ResponseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "t0ken-for-tests"
+
+CHROMIUM = "/usr/bin/chromium"
+# Browser tests drive Debian's chromium (never a downloaded browser, see the `browser` fixture);
+# they skip without it, except in CI, where .ci/run installs it, so a missing browser fails there.
+requires_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and os.environ.get("CI") != "true", reason=f"{CHROMIUM} is not installed (apt-get install chromium)"
+)
 
 
 class ScriptedEngine(Engine):

@@ -4,30 +4,16 @@ browser). Skips without /usr/bin/chromium, except in CI, where .ci/run installs 
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from bot.serve.app import create_app
-from serve_support import make_project, scripted_model, settings_of
+from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
-CHROMIUM = "/usr/bin/chromium"
 XSS = 'Look: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> done.'
 
-if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        await browser.close()
+pytestmark = requires_chromium
 
 
 @pytest.fixture

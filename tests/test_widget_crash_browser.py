@@ -7,32 +7,16 @@ in CI, where .ci/run installs it."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import urllib.request
-from pathlib import Path
 
-import pytest
-
-from serve_support import make_project
+from serve_support import make_project, requires_chromium
 from server_process import ServerProcess
 
-CHROMIUM = "/usr/bin/chromium"
 REPLY = "Thanks for waiting, I am looking into that for you right now, one moment please."
 
-if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        await browser.close()
+pytestmark = requires_chromium
 
 
 def _free_port() -> int:

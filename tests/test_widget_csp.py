@@ -6,21 +6,16 @@ except in CI, where .ci/run installs it."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bot.serve.app import create_app
-from serve_support import NO_ACTION_SERVER, make_project, scripted_model, settings_of
+from serve_support import NO_ACTION_SERVER, make_project, requires_chromium, scripted_model, settings_of
 
-CHROMIUM = "/usr/bin/chromium"
 REPLY = "Your order ES-1001 is on its way and should arrive tomorrow."
 
-if not Path(CHROMIUM).exists() and os.environ.get("CI") != "true":
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+pytestmark = requires_chromium
 
 # Every CSP violation the page reports, and every console error, recorded from the first moment.
 WATCH_CSP = """
@@ -34,15 +29,6 @@ HOST_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Shop</title><link rel="stylesheet" href="/shop.css"></head>
 <body><h1>A shop with a strict CSP</h1><script src="{bot}/widget.js"></script><script src="/shop.js"></script></body></html>"""
 
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield browser
-        await browser.close()
 
 
 async def _watched_page(browser):
