@@ -27,18 +27,11 @@ from bot.base_model import load_tokenizer  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.data.profile import profile_of  # noqa: E402
 from bot.data.project import validate  # noqa: E402
-from bot.errors import RenderError  # noqa: E402
-from bot.rendering import _exchanges, fitted_prompt_ids, prompt_ids  # noqa: E402
+from bot.rendering import fitted_prompt_ids, prompt_ids  # noqa: E402
 
 
-def old_fitted_prompt_ids(tokenizer, messages, budget):
-    """The implementation fitted_prompt_ids replaced."""
-    head, exchanges = _exchanges(messages)
-    for start in range(len(exchanges)):
-        ids = prompt_ids(tokenizer, head + [m for part in exchanges[start:] for m in part])
-        if len(ids) <= budget:
-            return ids
-    raise RenderError("the latest message doesn't fit")
+# The implementation fitted_prompt_ids replaced, kept in the tests as the reference it must match.
+from tests.test_fitting import reference_fitted_prompt_ids as old_fitted_prompt_ids  # noqa: E402
 
 
 def conversation(system_prompt: str, n: int) -> list[dict]:
