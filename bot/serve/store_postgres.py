@@ -1,5 +1,9 @@
 """Conversations in PostgreSQL (asyncpg). Locks are session-level advisory locks, so they work
-across server processes and are released by the server if the process holding one dies."""
+across server processes and are released by the server if the process holding one dies.
+
+A lock holds its connection for the whole reply, so locks take their connections from a pool of
+their own: were they drawn from the pool that reads and writes events, as many conversations at
+once as that pool has connections would hold them all and wait forever for one to write with."""
 
 from __future__ import annotations
 
@@ -31,9 +35,12 @@ def _lock_key(sender: str) -> int:
 class PostgresStore(ConversationStore):
     kind = "postgresql"
 
-    def __init__(self, pool):
+    LOCK_CONNECTIONS = 32  # conversations answered at once by one server process; more wait their turn
+
+    def __init__(self, pool, lock_pool=None):
         super().__init__()
         self._pool = pool
+        self._lock_pool = lock_pool or pool
 
     @classmethod
     async def connect(cls, url: str) -> PostgresStore:
@@ -43,9 +50,10 @@ class PostgresStore(ConversationStore):
             pool = await asyncpg.create_pool(url, min_size=1, max_size=10, timeout=10)
             async with pool.acquire() as connection:
                 await connection.execute(SCHEMA)
+            lock_pool = await asyncpg.create_pool(url, min_size=0, max_size=cls.LOCK_CONNECTIONS, timeout=10)
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
             raise StoreUnavailable(f"can't reach the PostgreSQL tracker store at {url}: {e}") from None
-        return cls(pool)
+        return cls(pool, lock_pool)
 
     async def _append(self, sender: str, event: Event) -> int:
         sql = "INSERT INTO bot_events (sender, type, body) VALUES ($1, $2, $3::jsonb) RETURNING seq"
@@ -80,8 +88,12 @@ class PostgresStore(ConversationStore):
     @asynccontextmanager
     async def lock(self, sender: str, timeout: float):
         key = _lock_key(sender)
-        async with self._pool.acquire() as connection:  # the lock belongs to this connection's session
-            deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
+        try:
+            connection = await self._lock_pool.acquire(timeout=timeout)
+        except TimeoutError:
+            raise ConversationBusy(f"conversation '{sender}' waited {timeout:.0f} s: the server is answering too many at once") from None
+        try:  # the lock belongs to this connection's session
             while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
                 if time.monotonic() > deadline:
                     raise ConversationBusy(f"conversation '{sender}' is still answering its previous message")
@@ -90,6 +102,10 @@ class PostgresStore(ConversationStore):
                 yield
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", key)
+        finally:
+            await self._lock_pool.release(connection)
 
     async def close(self) -> None:
+        if self._lock_pool is not self._pool:
+            await self._lock_pool.close()
         await self._pool.close()
