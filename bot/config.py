@@ -88,6 +88,9 @@ class ServeConfig(Strict):
     history_events: int = Field(200, gt=0, description="Most recent events read to build the model's context.")
     lock_timeout_s: float = Field(120, gt=0, description="How long a message waits for the previous one of its conversation.")
     max_actions_per_message: int = Field(3, ge=0, description="Actions the bot may run to answer one customer message.")
+    max_feeds_per_client: int = Field(
+        100, gt=0, description="Live feeds (GET /api/conversations/{sender}/events) one client address may hold open at once (then 429)."
+    )
 
 
 class BuildConfig(Strict):

@@ -26,7 +26,8 @@ from bot.serve.dialogue import Dialogue, ModelHolder
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
 from bot.serve.http import RateLimiter, cors_middleware, errors_middleware, metrics_middleware
-from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
+from bot.serve.feeds import ConnectionCap
+from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.metrics import Metrics
 from bot.serve.store import open_store
 
@@ -52,6 +53,7 @@ def create_app(
     app[ADMIN_TOKEN] = admin_token if admin_token is not None else os.environ.get("BOT_ADMIN_TOKEN") or None
     app[CONVERSATION_LIMIT] = RateLimiter(serve.rate_per_conversation)
     app[CLIENT_LIMIT] = RateLimiter(serve.rate_per_client)
+    app[FEED_CAP] = ConnectionCap(serve.max_feeds_per_client)
     app[RELOAD_LOCK] = asyncio.Lock()
     app[CLOSING] = asyncio.Event()
     app.on_shutdown.append(_end_streams)

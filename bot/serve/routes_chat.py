@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from bot.serve.conversations import VISIBLE, Waiting, visible
 from bot.serve.dialogue import Piece
 from bot.serve.http import json_error, public_message, read_body
-from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, METRICS, SETTINGS, STORE
+from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.store import HANDOFF, StoreUnavailable
 
 SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
@@ -118,23 +118,28 @@ async def history(request: web.Request) -> web.Response:
 async def live_feed(request: web.Request) -> web.StreamResponse:
     """Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
     (by this process at once, by other processes within a second); a comment every 15 s keeps
-    proxies from closing the stream. The browser's EventSource reconnects by itself."""
+    proxies from closing the stream. The browser's EventSource reconnects by itself. One client
+    address holds at most `serve.max_feeds_per_client` feeds at once (then 429)."""
     sender = conversation_id(request)
     try:
         after = int(request.headers.get("Last-Event-ID") or request.query.get("after") or 0)  # a reconnect resumes where it stopped
     except ValueError:
         return json_error(400, "'after' must be a whole number")
+    with request.app[FEED_CAP].hold(request.remote or "?", "live feeds"), request.app[METRICS].live_feeds.track_inprogress():
+        return await _feed(request, sender, after)
+
+
+async def _feed(request: web.Request, sender: str, after: int) -> web.StreamResponse:
     response = web.StreamResponse(headers=sse_headers())
     await response.prepare(request)
     store, closing = request.app[STORE], request.app[CLOSING]
+    closer = asyncio.ensure_future(closing.wait())  # the server is shutting down: end the stream
+    waiter = None
     try:
-        while not closing.is_set():
+        while not closer.done():
             waiter = asyncio.ensure_future(store.wait_for_events(sender, after, FEED_WAIT_S))
-            closer = asyncio.ensure_future(closing.wait())  # the server is shutting down: end the stream
             await asyncio.wait({waiter, closer}, return_when=asyncio.FIRST_COMPLETED)
-            closer.cancel()
             if not waiter.done():
-                waiter.cancel()
                 break
             events = waiter.result()
             if not events:
@@ -145,6 +150,10 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
                     await response.write(f"id: {after}\nevent: event\ndata: {json.dumps(visible(event), ensure_ascii=False)}\n\n".encode())
     except (ConnectionError, StoreUnavailable):  # the client left, or the server is stopping
         pass
+    finally:  # also when the handler is cancelled (the client went away): leave no task behind
+        closer.cancel()
+        if waiter is not None:
+            waiter.cancel()
     return response
 
 
