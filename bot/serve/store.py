@@ -214,10 +214,10 @@ class SQLiteStore(ConversationStore):
     async def _written_elsewhere(self) -> object:
         # SQLite's data_version changes only when another connection commits, so a thousand idle
         # feeds cost one query a second, not one each.
-        if time.monotonic() - self._outside_at >= 1.0:
+        if time.monotonic() - self._outside_at >= 1.0:  # one look, shared by every feed asking meanwhile
             self._outside_at = time.monotonic()
-            self._outside = (await asyncio.to_thread(self._run, "PRAGMA data_version"))[0][0]
-        return self._outside
+            self._outside = asyncio.ensure_future(asyncio.to_thread(self._run, "PRAGMA data_version"))
+        return (await asyncio.shield(self._outside))[0][0]
 
     def _close(self) -> None:
         with self._guard:
