@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,13 @@ def main() -> None:
 
     settings = settings_of(args.project)
     tokenizer = load_tokenizer("bundled", settings.cache_dir)
-    run(settings, "127.0.0.1", args.port, load_model=lambda: scripted_model(settings, tokenizer, lambda prompt: args.reply, delay=args.delay))
+
+    def load():
+        model = scripted_model(settings, tokenizer, lambda prompt: args.reply, delay=args.delay)
+        model.engine.prompts = deque(maxlen=10)  # it runs for long (the soak): remember only the latest prompts
+        return model
+
+    run(settings, "127.0.0.1", args.port, load_model=load)
 
 
 class ServerProcess:
