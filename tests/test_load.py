@@ -75,21 +75,23 @@ async def test_a_hundred_customers_at_once_are_each_answered_and_stored_once_in_
 
 async def test_open_files_and_tasks_return_to_their_idle_level_after_a_short_soak(servers):
     server = _server(servers, "sqlite")
-    result = await soak(server.process.pid, server.url, seconds=12, rate=10, conversations=10, turns=3, every=1.0)
-    assert len(result.sent) >= 110 and not [m for m in result.sent if m.error or not m.answer]
+    result = await soak(server.process.pid, server.url, seconds=10, rate=10, conversations=10, turns=3, every=1.0)
+    assert len(result.sent) >= 90 and not [m for m in result.sent if m.error or not m.answer]
     peak = max(result.samples, key=lambda s: s.tasks)
     assert peak.tasks > result.start.tasks + 10 and max(s.feeds for s in result.samples) > 0  # the load was there
     assert result.end.fds <= result.start.fds and result.end.tasks <= result.start.tasks, (result.start, result.end)
 
 
-async def test_three_hundred_idle_live_feeds_do_not_slow_chat(servers):
-    server = _server(servers, "sqlite")
+@pytest.mark.parametrize("store", ["sqlite", "redis"])  # redis: more commands at once than redis-py's default pool allowed
+async def test_three_hundred_idle_live_feeds_do_not_slow_chat(servers, store):
+    server = _server(servers, store)
     await run_load(server.url, 20, 2)  # warm
     without = await run_load(server.url, 20, 5)
-    async with idle_feeds(server.url, 300, 100, run_id()) as feeds:  # 3 client addresses at the default cap
-        assert len(feeds) == 300
-        await asyncio.sleep(2.5)  # every feed has waited through a second or two of polling
-        beside = await run_load(server.url, 20, 5)
+    async with asyncio.timeout(30):  # a server that stops answering fails here, not hangs
+        async with idle_feeds(server.url, 300, 100, run_id()) as feeds:  # 3 client addresses at the default cap
+            assert len(feeds) == 300
+            await asyncio.sleep(2.5)  # every feed has waited through a second or two of polling
+            beside = await run_load(server.url, 20, 5)
     assert not (without.errors or beside.errors or without.problems or beside.problems)
     quiet, busy = percentile([s.seconds for s in without.sent], 90), percentile([s.seconds for s in beside.sent], 90)
     assert busy <= 2 * quiet + 0.1, f"p90 {busy:.3f} s beside 300 feeds against {quiet:.3f} s without"

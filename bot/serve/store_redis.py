@@ -19,6 +19,7 @@ BUILT = "#built"
 
 class RedisStore(ConversationStore):
     kind = "redis"
+    MAX_CONNECTIONS = 50
 
     def __init__(self, client, lock_expiry_s: float):
         super().__init__()
@@ -30,7 +31,12 @@ class RedisStore(ConversationStore):
         import redis.asyncio as redis
         from redis.exceptions import RedisError
 
-        client = redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        # A blocking pool: past MAX_CONNECTIONS commands at once (a thousand live feeds looking for
+        # new events), a command waits its turn; redis-py's default pool fails with "Too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=cls.MAX_CONNECTIONS, timeout=None, decode_responses=True, socket_connect_timeout=5
+        )
+        client = redis.Redis.from_pool(pool)
         try:
             await client.ping()
         except (RedisError, OSError) as e:
