@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.serve.app import create_app
 from bot.serve.store import SQLiteStore, new_event
-from load_support import STORES, idle_feeds, load_project, percentile, run_id, run_load, soak
+from load_support import POSTGRES_URL, STORES, idle_feeds, load_project, percentile, run_id, run_load, soak
 from serve_support import make_project, scripted_model, settings_of
 from server_process import ServerProcess
 
@@ -97,28 +97,45 @@ async def test_three_hundred_idle_live_feeds_do_not_slow_chat(servers, store):
     assert busy <= 2 * quiet + 0.1, f"p90 {busy:.3f} s beside 300 feeds against {quiet:.3f} s without"
 
 
-async def test_idle_feeds_on_sqlite_read_their_conversation_only_when_something_was_written(tmp_path):
-    """One PRAGMA data_version a second for all feeds, not one query per feed; a write by
-    another process (another connection to the file) still reaches a waiting feed."""
-    path = tmp_path / "conversations.sqlite3"
-
-    class Counting(SQLiteStore):
+def _counting(store_class):
+    class Counting(store_class):
         reads = 0
 
         async def events(self, sender, *, after=0, last=None):
             self.reads += 1
             return await super().events(sender, after=after, last=last)
 
-    store, other = Counting(path), SQLiteStore(path)
+    return Counting
+
+
+async def _two_stores(kind: str, tmp_path):
+    """The same store opened twice, as by two server processes; the first counts its reads."""
+    if kind == "sqlite":
+        path = tmp_path / "conversations.sqlite3"
+        return _counting(SQLiteStore)(path), SQLiteStore(path)
+    if why := _reachable(kind):
+        pytest.skip(why)
+    from bot.serve.store_postgres import PostgresStore
+
+    return await _counting(PostgresStore).connect(POSTGRES_URL), await PostgresStore.connect(POSTGRES_URL)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_idle_feeds_read_their_conversation_only_when_something_was_written(kind, tmp_path):
+    """Waiting feeds don't poll their conversation each second (SQLite: one PRAGMA data_version
+    a second for all of them; PostgreSQL: LISTEN/NOTIFY); a write by another process (another
+    connection) still reaches a waiting feed."""
+    store, other = await _two_stores(kind, tmp_path)
+    prefix = run_id()
     try:
-        waiters = [asyncio.create_task(store.wait_for_events(f"idle-{i}", 0, timeout=2.5)) for i in range(50)]
+        waiters = [asyncio.create_task(store.wait_for_events(f"{prefix}-idle-{i}", 0, timeout=2.5)) for i in range(50)]
         assert await asyncio.gather(*waiters) == [[]] * 50
         assert store.reads == 50  # each looked once, when it began
 
-        waiter = asyncio.create_task(store.wait_for_events("written-elsewhere", 0, timeout=5))
+        waiter = asyncio.create_task(store.wait_for_events(f"{prefix}-elsewhere", 0, timeout=5))
         await asyncio.sleep(0.2)
         started = time.monotonic()
-        await other.append("written-elsewhere", new_event("agent", text="Hi, I'm Alex."))
+        await other.append(f"{prefix}-elsewhere", new_event("agent", text="Hi, I'm Alex."))
         assert [e["text"] for e in await waiter] == ["Hi, I'm Alex."] and time.monotonic() - started < 2.5
     finally:
         await store.close()

@@ -27,6 +27,9 @@ CREATE INDEX IF NOT EXISTS bot_events_by_sender_type ON bot_events (sender, type
 """
 
 
+CHANNEL = "bot_events"  # LISTEN/NOTIFY: the conversation id of each event appended
+
+
 def _lock_key(sender: str) -> int:
     """A stable signed 64-bit key for pg_advisory_lock."""
     return int.from_bytes(hashlib.blake2b(sender.encode(), digest_size=8).digest(), "big", signed=True)
@@ -41,6 +44,21 @@ class PostgresStore(ConversationStore):
         super().__init__()
         self._pool = pool
         self._lock_pool = lock_pool or pool
+        self._listener = None
+
+    async def _listen(self, url: str) -> None:
+        """Every append notifies channel CHANNEL with its conversation id (pg_notify, sent at
+        commit to every listening session): waiting live feeds wake on any process's write and
+        never poll. Should this connection be lost, the feeds poll once a second again."""
+        import asyncpg
+
+        self._listener = await asyncpg.connect(url, timeout=10)
+        await self._listener.add_listener(CHANNEL, lambda connection, pid, channel, sender: self._notify(sender))
+
+    async def _written_elsewhere(self) -> object:
+        if self._listener is not None and not self._listener.is_closed():
+            return None  # notifications bring other processes' writes
+        return time.monotonic()
 
     @classmethod
     async def connect(cls, url: str) -> PostgresStore:
@@ -51,12 +69,15 @@ class PostgresStore(ConversationStore):
             async with pool.acquire() as connection:
                 await connection.execute(SCHEMA)
             lock_pool = await asyncpg.create_pool(url, min_size=0, max_size=cls.LOCK_CONNECTIONS, timeout=10)
+            store = cls(pool, lock_pool)
+            await store._listen(url)
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
             raise StoreUnavailable(f"can't reach the PostgreSQL tracker store at {url}: {e}") from None
-        return cls(pool, lock_pool)
+        return store
 
     async def _append(self, sender: str, event: Event) -> int:
-        sql = "INSERT INTO bot_events (sender, type, body) VALUES ($1, $2, $3::jsonb) RETURNING seq"
+        sql = f"""WITH stored AS (INSERT INTO bot_events (sender, type, body) VALUES ($1, $2, $3::jsonb) RETURNING seq)
+                  SELECT seq, pg_notify('{CHANNEL}', $1) FROM stored"""
         return await self._pool.fetchval(sql, sender, event["type"], json.dumps(event, ensure_ascii=False))
 
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
@@ -106,6 +127,8 @@ class PostgresStore(ConversationStore):
             await self._lock_pool.release(connection)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         if self._lock_pool is not self._pool:
             await self._lock_pool.close()
         await self._pool.close()
