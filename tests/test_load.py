@@ -137,6 +137,7 @@ async def test_idle_feeds_read_their_conversation_only_when_something_was_writte
         started = time.monotonic()
         await other.append(f"{prefix}-elsewhere", new_event("agent", text="Hi, I'm Alex."))
         assert [e["text"] for e in await waiter] == ["Hi, I'm Alex."] and time.monotonic() - started < 2.5
+        assert store._changed == {} and store._waiting == {}  # nothing kept for feeds that have gone
     finally:
         await store.close()
         await other.close()

@@ -49,6 +49,7 @@ class ConversationStore(ABC):
 
     def __init__(self) -> None:
         self._changed: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # feeds waiting per conversation: its entry in _changed goes with the last
 
     @abstractmethod
     async def _append(self, sender: str, event: Event) -> int:
@@ -87,6 +88,16 @@ class ConversationStore(ABC):
     async def wait_for_events(self, sender: str, after: int, timeout: float) -> list[Event]:
         """Events after `after`, waiting up to `timeout` seconds for one. Events written by this
         process wake the waiter at once; other processes' are seen by polling every second."""
+        self._waiting[sender] = self._waiting.get(sender, 0) + 1
+        try:
+            return await self._wait_for_events(sender, after, timeout)
+        finally:
+            self._waiting[sender] -= 1
+            if not self._waiting[sender]:
+                del self._waiting[sender]
+                self._changed.pop(sender, None)  # memory stays bounded by the feeds open now
+
+    async def _wait_for_events(self, sender: str, after: int, timeout: float) -> list[Event]:
         deadline, look, seen = time.monotonic() + timeout, True, None
         while True:
             changed = self._changed.setdefault(sender, asyncio.Event())
