@@ -16,9 +16,6 @@ class ConnectionCap:
         self.limit = limit
         self._open: dict[str, int] = {}
 
-    def open(self, key: str) -> int:
-        return self._open.get(key, 0)
-
     @contextmanager
     def hold(self, key: str, what: str) -> Iterator[None]:
         """One connection for `key` while the block runs; 429 when `key` already holds `limit`."""

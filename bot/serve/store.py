@@ -87,7 +87,8 @@ class ConversationStore(ABC):
 
     async def wait_for_events(self, sender: str, after: int, timeout: float) -> list[Event]:
         """Events after `after`, waiting up to `timeout` seconds for one. Events written by this
-        process wake the waiter at once; other processes' are seen by polling every second."""
+        process wake the waiter at once; other processes' within a second (`_written_elsewhere`
+        says whether the conversation needs reading again)."""
         self._waiting[sender] = self._waiting.get(sender, 0) + 1
         try:
             return await self._wait_for_events(sender, after, timeout)
