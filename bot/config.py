@@ -100,6 +100,9 @@ class ServeConfig(Strict):
     shutdown_timeout_s: float = Field(
         10, gt=0, description="On SIGTERM or Ctrl-C the server exits within this: replies in progress may finish, then they are cut."
     )
+    max_feeds_per_client: int = Field(
+        100, gt=0, description="Live feeds (GET /api/conversations/{sender}/events) one client address may hold open at once (then 429)."
+    )
 
 
 class BuildConfig(Strict):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,13 @@ def main() -> None:
         run(settings, "127.0.0.1", args.port)
     else:
         tokenizer = load_tokenizer("bundled", settings.cache_dir)
-        run(settings, "127.0.0.1", args.port, load_model=lambda: scripted_model(settings, tokenizer, lambda prompt: args.reply, delay=args.delay))
+
+        def load():
+            model = scripted_model(settings, tokenizer, lambda prompt: args.reply, delay=args.delay)
+            model.engine.prompts = deque(maxlen=10)  # it runs for long (the soak): remember only the latest prompts
+            return model
+
+        run(settings, "127.0.0.1", args.port, load_model=load)
     exit_now(0)  # as `bot serve` ends
 
 

@@ -25,8 +25,9 @@ from bot.serve.conversations import Conversations
 from bot.serve.dialogue import Dialogue, ModelHolder
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
+from bot.serve.feeds import ConnectionCap
 from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
-from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
+from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
 from bot.serve.security_headers import security_headers
@@ -66,6 +67,7 @@ def create_app(
     app[CONVERSATION_LIMIT] = RateLimiter(serve.rate_per_conversation)
     app[CLIENT_LIMIT] = RateLimiter(serve.rate_per_client)
     app[ADMIN_FAILURES] = FailureThrottle(serve.admin_failures_allowed, serve.admin_wait_max_s)
+    app[FEED_CAP] = ConnectionCap(serve.max_feeds_per_client)
     app[RELOAD_LOCK] = asyncio.Lock()
     app.on_response_prepare.append(cors_headers(settings.endpoints.cors.allow_origins))
     app.on_response_prepare.append(security_headers(settings.endpoints.cors.allow_origins))

@@ -10,6 +10,7 @@ from aiohttp import web
 from bot.config import Settings
 from bot.serve.conversations import Conversations
 from bot.serve.dialogue import ModelHolder
+from bot.serve.feeds import ConnectionCap
 from bot.serve.http import RateLimiter
 from bot.serve.metrics import Metrics
 from bot.serve.store import ConversationStore
@@ -25,3 +26,4 @@ CLOSING = web.AppKey("closing", asyncio.Event)  # set when the server shuts down
 HOLDER = web.AppKey("holder", ModelHolder)
 STORE = web.AppKey("store", ConversationStore)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
+FEED_CAP = web.AppKey("feed_cap", ConnectionCap)  # live feeds open per client address

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 ACTIVE_WINDOW_S = 15 * 60
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80)
@@ -42,6 +43,11 @@ class Metrics:
         )
         self.active.set_function(self._count_active)
         self._last_seen: dict[str, float] = {}
+        # What a leak would show first: the process's memory and open files (process_*), the
+        # asyncio tasks alive, and the live feeds held open by customers.
+        ProcessCollector(registry=self.registry)
+        Gauge("bot_asyncio_tasks", "asyncio tasks alive in the server's event loop", registry=self.registry).set_function(_tasks_alive)
+        self.live_feeds = Gauge("bot_live_feeds", "Live-feed connections open (GET /api/conversations/{sender}/events)", registry=self.registry)
 
     def seen(self, sender: str) -> None:
         self._last_seen[sender] = time.monotonic()
@@ -69,3 +75,10 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _tasks_alive() -> int:
+    try:
+        return len(asyncio.all_tasks())  # /metrics is answered in the event loop's thread
+    except RuntimeError:  # read from another thread: no running loop here
+        return 0

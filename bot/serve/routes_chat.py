@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from bot.serve.conversations import VISIBLE, Waiting, visible
 from bot.serve.dialogue import Piece
 from bot.serve.http import json_error, public_message, read_body
-from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, METRICS, SETTINGS, STORE
+from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, Route, ServerSentEvent, register
 from bot.serve.store import HANDOFF, StoreUnavailable
 
@@ -169,7 +169,8 @@ async def history(request: web.Request) -> web.Response:
 async def live_feed(request: web.Request) -> web.StreamResponse:
     """Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
     (by this process at once, by other processes within a second); a comment every 15 s keeps
-    proxies from closing the stream. The browser's EventSource reconnects by itself."""
+    proxies from closing the stream. The browser's EventSource reconnects by itself. One client
+    address holds at most `serve.max_feeds_per_client` feeds at once (then 429)."""
     sender = conversation_id(request)
     after = 0
     for name, value in (("after", request.query.get("after")), ("Last-Event-ID", request.headers.get("Last-Event-ID"))):
@@ -177,17 +178,21 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
             if not re.fullmatch("[0-9]{1,19}", value) or int(value) > MAX_SEQ:
                 return json_error(400, f"'{name}' must be a whole number from 0 to 2**63-1")
             after = int(value)
+    with request.app[FEED_CAP].hold(request.remote or "?", "live feeds"), request.app[METRICS].live_feeds.track_inprogress():
+        return await _feed(request, sender, after)
+
+
+async def _feed(request: web.Request, sender: str, after: int) -> web.StreamResponse:
     response = web.StreamResponse(headers=sse_headers())
     await response.prepare(request)
     store, closing = request.app[STORE], request.app[CLOSING]
+    closer = asyncio.ensure_future(closing.wait())  # the server is shutting down: end the stream
+    waiter = None
     try:
-        while not closing.is_set():
+        while not closer.done():
             waiter = asyncio.ensure_future(store.wait_for_events(sender, after, FEED_WAIT_S))
-            closer = asyncio.ensure_future(closing.wait())  # the server is shutting down: end the stream
             await asyncio.wait({waiter, closer}, return_when=asyncio.FIRST_COMPLETED)
-            closer.cancel()
             if not waiter.done():
-                waiter.cancel()
                 break
             events = waiter.result()
             if not events:
@@ -198,6 +203,10 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
                     await response.write(f"id: {after}\nevent: event\ndata: {json.dumps(visible(event), ensure_ascii=False)}\n\n".encode())
     except (ConnectionError, StoreUnavailable):  # the client left, or the server is stopping
         pass
+    finally:  # also when the handler is cancelled (the client went away): leave no task behind
+        closer.cancel()
+        if waiter is not None:
+            waiter.cancel()
     return response
 
 
@@ -210,7 +219,7 @@ ROUTES = [
     Route("GET", "/api/conversations/{sender}", history, "The conversation as the widget shows it", "chat",
           ok=History, params=(SENDER_PARAM,), errors=(503,)),
     Route("GET", "/api/conversations/{sender}/events", live_feed, "The live feed: server-sent events as they are stored", "chat",
-          events=FeedEvent, errors=(503,), params=(
+          events=FeedEvent, errors=(429, 503), params=(
               SENDER_PARAM,
               Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
               Param("Last-Event-ID", "header", AFTER, "Set by the browser's EventSource when it reconnects; wins over `after`."),

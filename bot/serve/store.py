@@ -52,6 +52,7 @@ class ConversationStore(ABC):
 
     def __init__(self) -> None:
         self._changed: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # feeds waiting per conversation: its entry in _changed goes with the last
 
     @abstractmethod
     async def _append(self, sender: str, event: Event) -> int:
@@ -93,18 +94,39 @@ class ConversationStore(ABC):
 
     async def wait_for_events(self, sender: str, after: int, timeout: float) -> list[Event]:
         """Events after `after`, waiting up to `timeout` seconds for one. Events written by this
-        process wake the waiter at once; other processes' are seen by polling every second."""
-        deadline = time.monotonic() + timeout
+        process wake the waiter at once; other processes' within a second (`_written_elsewhere`
+        says whether the conversation needs reading again)."""
+        self._waiting[sender] = self._waiting.get(sender, 0) + 1
+        try:
+            return await self._wait_for_events(sender, after, timeout)
+        finally:
+            self._waiting[sender] -= 1
+            if not self._waiting[sender]:
+                del self._waiting[sender]
+                self._changed.pop(sender, None)  # memory stays bounded by the feeds open now
+
+    async def _wait_for_events(self, sender: str, after: int, timeout: float) -> list[Event]:
+        deadline, look, seen = time.monotonic() + timeout, True, None
         while True:
             changed = self._changed.setdefault(sender, asyncio.Event())
-            found = await self.events(sender, after=after)
+            outside = await self._written_elsewhere()
+            if look or outside != seen:
+                found, seen = await self.events(sender, after=after), outside
+                if found:
+                    return found
             left = deadline - time.monotonic()
-            if found or left <= 0:
-                return found
+            if left <= 0:
+                return []
             try:
                 await asyncio.wait_for(changed.wait(), min(left, 1.0))
+                look = True
             except TimeoutError:
-                pass
+                look = False
+
+    async def _written_elsewhere(self) -> object:
+        """A value that changes when another process may have written (checked once a second by
+        every waiting feed, which reads its conversation again only then): here, every time."""
+        return time.monotonic()
 
 
 class LocalLocks:
@@ -192,6 +214,7 @@ class SQLiteStore(ConversationStore):
         self._guard = threading.Lock()  # one statement at a time, and never while closing
         self._closed = False
         self._locks = LocalLocks()
+        self._outside, self._outside_at = None, 0.0
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._guard:
@@ -238,6 +261,14 @@ class SQLiteStore(ConversationStore):
 
     def lock(self, sender: str, timeout: float):
         return self._locks.hold(sender, timeout)
+
+    async def _written_elsewhere(self) -> object:
+        # SQLite's data_version changes only when another connection commits, so a thousand idle
+        # feeds cost one query a second, not one each.
+        if time.monotonic() - self._outside_at >= 1.0:  # one look, shared by every feed asking meanwhile
+            self._outside_at = time.monotonic()
+            self._outside = asyncio.ensure_future(asyncio.to_thread(self._run, "PRAGMA data_version"))
+        return (await asyncio.shield(self._outside))[0][0]
 
     def _close(self) -> None:
         with self._guard:

@@ -1,5 +1,9 @@
 """Conversations in PostgreSQL (asyncpg). Locks are session-level advisory locks, so they work
-across server processes and are released by the server if the process holding one dies."""
+across server processes and are released by the server if the process holding one dies.
+
+A lock holds its connection for the whole reply, so locks take their connections from a pool of
+their own: were they drawn from the pool that reads and writes events, as many conversations at
+once as that pool has connections would hold them all and wait forever for one to write with."""
 
 from __future__ import annotations
 
@@ -45,6 +49,9 @@ async def migrate_postgres(connection, where: str, migrations: Migrations = POST
     return [name for name, _ in pending]
 
 
+CHANNEL = "bot_events"  # LISTEN/NOTIFY: the conversation id of each event appended
+
+
 def _lock_key(sender: str) -> int:
     """A stable signed 64-bit key for pg_advisory_lock."""
     return int.from_bytes(hashlib.blake2b(sender.encode(), digest_size=8).digest(), "big", signed=True)
@@ -53,9 +60,27 @@ def _lock_key(sender: str) -> int:
 class PostgresStore(ConversationStore):
     kind = "postgresql"
 
-    def __init__(self, pool):
+    LOCK_CONNECTIONS = 32  # conversations answered at once by one server process; more wait their turn
+
+    def __init__(self, pool, lock_pool=None):
         super().__init__()
         self._pool = pool
+        self._lock_pool = lock_pool or pool
+        self._listener = None
+
+    async def _listen(self, url: str) -> None:
+        """Every append notifies channel CHANNEL with its conversation id (pg_notify, sent at
+        commit to every listening session): waiting live feeds wake on any process's write and
+        never poll. Should this connection be lost, the feeds poll once a second again."""
+        import asyncpg
+
+        self._listener = await asyncpg.connect(url, timeout=10)
+        await self._listener.add_listener(CHANNEL, lambda connection, pid, channel, sender: self._notify(sender))
+
+    async def _written_elsewhere(self) -> object:
+        if self._listener is not None and not self._listener.is_closed():
+            return None  # notifications bring other processes' writes
+        return time.monotonic()
 
     @classmethod
     async def connect(cls, url: str) -> PostgresStore:
@@ -65,20 +90,25 @@ class PostgresStore(ConversationStore):
             pool = await asyncpg.create_pool(url, min_size=1, max_size=10, timeout=10)
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
             raise StoreUnavailable(f"can't reach the PostgreSQL tracker store at {url}: {e}") from None
+        store = None
         try:
             async with pool.acquire() as connection:
                 applied = await migrate_postgres(connection, f"the PostgreSQL tracker store at {url}")
+            lock_pool = await asyncpg.create_pool(url, min_size=0, max_size=cls.LOCK_CONNECTIONS, timeout=10)
+            store = cls(pool, lock_pool)
+            await store._listen(url)
         except BaseException as e:
-            await pool.close()
+            await (store.close() if store else pool.close())
             if isinstance(e, (OSError, asyncpg.PostgresError, TimeoutError)):
                 raise StoreUnavailable(f"can't reach the PostgreSQL tracker store at {url}: {e}") from None
             raise
         if applied:
             log.info("PostgreSQL tracker store: applied migrations %s", ", ".join(applied))
-        return cls(pool)
+        return store
 
     async def _append(self, sender: str, event: Event) -> int:
-        sql = "INSERT INTO bot_events (sender, type, body) VALUES ($1, $2, $3::jsonb) RETURNING seq"
+        sql = f"""WITH stored AS (INSERT INTO bot_events (sender, type, body) VALUES ($1, $2, $3::jsonb) RETURNING seq)
+                  SELECT seq, pg_notify('{CHANNEL}', $1) FROM stored"""
         return await self._pool.fetchval(sql, sender, event["type"], json.dumps(event, ensure_ascii=False))
 
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
@@ -115,8 +145,12 @@ class PostgresStore(ConversationStore):
     @asynccontextmanager
     async def lock(self, sender: str, timeout: float):
         key = _lock_key(sender)
-        async with self._pool.acquire() as connection:  # the lock belongs to this connection's session
-            deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
+        try:
+            connection = await self._lock_pool.acquire(timeout=timeout)
+        except TimeoutError:
+            raise ConversationBusy(f"conversation '{sender}' waited {timeout:.0f} s: the server is answering too many at once") from None
+        try:  # the lock belongs to this connection's session
             while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
                 if time.monotonic() > deadline:
                     raise ConversationBusy(f"conversation '{sender}' is still answering its previous message")
@@ -125,6 +159,12 @@ class PostgresStore(ConversationStore):
                 yield
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", key)
+        finally:
+            await self._lock_pool.release(connection)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        if self._lock_pool is not self._pool:
+            await self._lock_pool.close()
         await self._pool.close()

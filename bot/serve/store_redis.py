@@ -44,6 +44,7 @@ async def migrate_redis(client, prefix: str, where: str, migrations: Migrations 
 
 class RedisStore(ConversationStore):
     kind = "redis"
+    MAX_CONNECTIONS = 50
 
     def __init__(self, client, lock_expiry_s: float, prefix: str = PREFIX):
         super().__init__()
@@ -56,7 +57,12 @@ class RedisStore(ConversationStore):
         import redis.asyncio as redis
         from redis.exceptions import RedisError
 
-        client = redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
+        # A blocking pool: past MAX_CONNECTIONS commands at once (a thousand live feeds looking for
+        # new events), a command waits its turn; redis-py's default pool fails with "Too many connections".
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=cls.MAX_CONNECTIONS, timeout=None, decode_responses=True, socket_connect_timeout=5
+        )
+        client = redis.Redis.from_pool(pool)
         try:
             await client.ping()
             applied = await migrate_redis(client, prefix, f"the Redis tracker store at {url} (keys {prefix}*)")
