@@ -43,10 +43,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test helpers, imported as the suite imports them
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.load_support import (  # noqa: E402
+from load_support import (  # noqa: E402
     STORES,
     idle_feeds,
     load_project,
@@ -56,7 +57,7 @@ from tests.load_support import (  # noqa: E402
     run_load,
     soak,
 )
-from tests.server_process import ServerProcess  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 MEMORY_GROWTH_LIMIT = 0.05
 

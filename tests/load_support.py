@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.serve_support import make_project
+from serve_support import make_project
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
