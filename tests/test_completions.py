@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from bot.serve.stop_strings import StopStrings
-from serve_support import make_project, settings_of, sse_events
+from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of, sse_events
 
 REPLY = "Your order KM-104233 left our warehouse today and should arrive tomorrow."
 
@@ -209,6 +209,32 @@ async def test_a_client_that_leaves_stops_the_generation(project, serve):
             break
         await asyncio.sleep(0.02)
     assert model.engine.stopped == 1 and model.engine.generated < 100 and model.engine.in_flight() == 0
+
+
+async def test_a_reload_mid_request_finishes_on_the_model_it_started_with(project, serve, tokenizer):
+    settings = settings_of(project)
+    old, new = scripted_model(settings, tokenizer, [REPLY], delay=0.02, model_id="old"), scripted_model(settings, tokenizer, ["new"], model_id="new")
+    loads = iter([old, new])
+    client, _ = await serve(project, loader=lambda: next(loads))
+    response = await client.post("/v1/completions", json={"model": "old", "prompt": "hi", "max_tokens": 100, "stream": True})
+    assert response.status == 200  # the headers come with the first piece: generating
+    reload = asyncio.ensure_future(client.post("/api/model/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}))
+    chunks = stream_chunks(await response.text())
+    assert "".join(c["choices"][0]["text"] for c in chunks) == REPLY and all(c["model"] == "old" for c in chunks)
+    assert (await reload).status == 200 and old.engine.closed  # closed once the request was done with it
+    assert (await complete(client, model="old", prompt="hi"))[0] == 404
+    status, body = await complete(client, model="new", prompt="hi")
+    assert status == 200 and body["choices"][0]["text"] == "new"
+
+
+async def test_an_engine_that_refuses_gets_its_status_streaming_or_not(project, serve):
+    client, model = await serve(project)
+    await model.engine.close()  # what a request meets while the server stops
+    for stream in (False, True):
+        response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi", "stream": stream})
+        answer = await response.json()
+        assert response.status == 503 and response.content_type == "application/json"  # before any event went out
+        assert answer["error"]["type"] == "InternalServerError" and "closed" in answer["error"]["message"]
 
 
 async def test_the_openai_client_streaming_and_not(project, serve, tokenizer):
