@@ -64,6 +64,11 @@ async def test_max_tokens_ends_with_length(project, serve, tokenizer):
     assert body["usage"]["completion_tokens"] == 3
     body = await (await client.post("/v1/completions", json={"model": "scripted", "prompt": "x"})).json()  # no max_tokens
     assert body["usage"]["completion_tokens"] == 16 and body["choices"][0]["finish_reason"] == "length"  # OpenAI's default
+    client, _ = await serve(project, [REPLY])
+    status, body = await complete(client, prompt=[1] * 1020, max_tokens=None)  # null: the room the context leaves (1,024 tokens)
+    assert status == 200 and body["usage"]["completion_tokens"] == 4 and body["choices"][0]["finish_reason"] == "length"
+    status, body = await complete(client, prompt=[1] * 1024, max_tokens=None)
+    assert status == 400 and "1,024 tokens leave no room" in body["error"]["message"]
 
 
 async def test_stream_sends_pieces_then_the_finish_then_usage_then_done(project, serve, tokenizer):
