@@ -97,6 +97,8 @@ def adapter_config(model: TrainedModel) -> dict:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise IncompleteModel(f"{config_file} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise IncompleteModel(f"{config_file} is not a PEFT config (a JSON object)")
     return config
 
 
@@ -115,7 +117,7 @@ def check_servable(model_id: str, config: dict) -> None:
     if config.get("use_dora"):
         problems.append("it is a DoRA adapter")
     if config.get("bias", "none") != "none":
-        problems.append(f"bias is {config['bias']!r} (vLLM needs --enable-lora-bias for that; this export supports 'none')")
+        problems.append(f"bias is {config['bias']!r}, not 'none'")
     if problems:
         raise AdapterNotServable(f"vLLM can't serve the adapter of model {model_id}: " + "; ".join(problems))
 
@@ -136,9 +138,12 @@ def _write_folder(target: Path, write) -> None:
     tmp.mkdir()
     try:
         write(tmp)
-        if target.is_dir():
-            target.rmdir()  # empty: checked before
-        tmp.rename(target)
+        try:
+            if target.is_dir():
+                target.rmdir()  # empty when checked
+            tmp.rename(target)
+        except OSError:  # something was written there meanwhile
+            raise ExportTargetNotEmpty(f"{target} is not empty: name a new (or empty) folder to export to") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
