@@ -214,14 +214,24 @@ def cmd_models_activate(args) -> int:
 
 
 def cmd_models_export(args) -> int:
-    from bot import models
+    import shlex
+
+    from bot import export, models
     from bot.config import load_settings
 
     settings = load_settings(args.project)
     model = models.get(settings.models_dir, args.id)
     base = settings.resolve_base(model.manifest["base_model"])  # the base it was trained on, whatever config.yml says now
-    target = models.export_merged(model, base, settings.cache_dir, Path(args.merged))
-    print(f"wrote {target}: {model.id} merged into its base model, a plain Hugging Face folder")
+    if args.merged:
+        target = export.export_merged(model, base, settings.cache_dir, Path(args.merged))
+        print(f"wrote {target}: {model.id} merged into its base model, a plain Hugging Face folder")
+        print(f"serve it with vLLM:\n  {shlex.join(export.merged_vllm_command(model.id, target))}")
+    else:
+        done = export.export_adapter(model, base, settings.cache_dir, Path(args.adapter))
+        print(f"wrote {done.folder}: the LoRA adapter of {model.id} (rank {done.rank}) as a PEFT folder, with its tokenizer")
+        print(f"its base model (vLLM's --model): {done.base}")
+        print(f"serve it with vLLM:\n  {shlex.join(done.vllm_command())}")
+    print(f"then in endpoints.yml: model_server: {{url: http://HOST:8000, model: {model.id}}}")
     return 0
 
 
@@ -310,9 +320,13 @@ def parser() -> argparse.ArgumentParser:
     activate = model_actions.add_parser("activate", help="make a model the one the server loads")
     activate.add_argument("id")
     activate.set_defaults(run=cmd_models_activate)
-    export = model_actions.add_parser("export", help="merge a model's adapter into its base model")
+    export = model_actions.add_parser("export", help="write a model for an inference server such as vLLM")
     export.add_argument("id")
-    export.add_argument("--merged", required=True, metavar="DIR", help="folder to write (for vLLM or llama.cpp)")
+    form = export.add_mutually_exclusive_group(required=True)
+    form.add_argument(
+        "--adapter", metavar="DIR", help="the LoRA adapter as a PEFT folder with its tokenizer (vLLM: --enable-lora --lora-modules ID=DIR)"
+    )
+    form.add_argument("--merged", metavar="DIR", help="the adapter merged into the base model, a plain Hugging Face folder (vLLM, llama.cpp)")
     export.set_defaults(run=cmd_models_export)
 
     serve = commands.add_parser("serve", help="serve the active model: chat API, widget, OpenAI-compatible API")

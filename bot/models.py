@@ -104,14 +104,3 @@ def load_merged(model: TrainedModel, base: str, cache_dir: Path, dtype=None):
 
     return PeftModel.from_pretrained(load_model(base, cache_dir, dtype), model.adapter_dir).merge_and_unload().eval()
 
-
-def export_merged(model: TrainedModel, base: str, cache_dir: Path, target: Path) -> Path:
-    """The adapter merged into the base weights, saved as a plain Hugging Face folder."""
-    from transformers import AutoTokenizer
-
-    if target.exists() and any(target.iterdir()):
-        raise BotError(f"{target} is not empty: choose a new folder")
-    merged = load_merged(model, base, cache_dir)
-    merged.save_pretrained(target)
-    AutoTokenizer.from_pretrained(model.tokenizer_dir).save_pretrained(target)
-    return target
