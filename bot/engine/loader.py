@@ -48,6 +48,30 @@ class Weights:
     trained: models.TrainedModel | None
 
 
+@dataclass
+class Frontend:
+    """What serving needs besides the weights: the tokenizer and profile the model was trained with."""
+
+    tokenizer: object
+    profile: BotProfile
+    trained: models.TrainedModel | None
+    base: str  # the base model, as the loader takes it
+
+
+def load_frontend(settings: Settings, trained: models.TrainedModel | None) -> Frontend:
+    """The tokenizer and profile of `trained` (its own folder and manifest), or of config.yml's
+    base model and training data when `trained` is None. Loads no weights."""
+    if trained is None:
+        tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+        return Frontend(tokenizer, profile_of(validate(settings)), None, settings.base_model)
+    from transformers import AutoTokenizer
+
+    base = settings.resolve_base(trained.manifest["base_model"])
+    tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
+    profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
+    return Frontend(tokenizer, profile, trained, base)
+
+
 def load_weights(settings: Settings, trained: models.TrainedModel | None, *, base_only: bool = False, dtype=None) -> Weights:
     """`trained` with its adapter merged in (as fast as the base model), or the base model of
     config.yml when `trained` is None. `base_only`: the trained model's own base, no adapter
@@ -55,17 +79,12 @@ def load_weights(settings: Settings, trained: models.TrainedModel | None, *, bas
     from here on (`leave_cores_to_engines`)."""
     dtype = dtype or runtime_dtype()
     leave_cores_to_engines()
-    if trained is None:
-        tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-        model = load_model(settings.base_model, settings.cache_dir, dtype)
-        return Weights(model.eval().to(device()), tokenizer, profile_of(validate(settings)), None)
-    from transformers import AutoTokenizer
-
-    base = settings.resolve_base(trained.manifest["base_model"])
-    tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
-    model = load_model(base, settings.cache_dir, dtype) if base_only else models.load_merged(trained, base, settings.cache_dir, dtype)
-    profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
-    return Weights(model.eval().to(device()), tokenizer, profile, trained)
+    front = load_frontend(settings, trained)
+    if trained is None or base_only:
+        model = load_model(front.base, settings.cache_dir, dtype)
+    else:
+        model = models.load_merged(trained, front.base, settings.cache_dir, dtype)
+    return Weights(model.eval().to(device()), front.tokenizer, front.profile, trained)
 
 
 def shared_prefix(tokenizer, system_prompt: str) -> list[int]:

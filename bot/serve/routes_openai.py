@@ -14,6 +14,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot.engine.remote import RemoteEngine
 from bot.serve.dialogue import GUARD, ConversationState, Piece
 from bot.serve.http import public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
@@ -72,6 +73,7 @@ class ModelEntry(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    root: str | None = None  # with a remote model server: the model name it serves this under
 
 
 class ModelList(BaseModel):
@@ -205,6 +207,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def list_models(request: web.Request) -> web.Response:
     model = request.app[HOLDER].current
     entry = {"id": model.model_id or "base", "object": "model", "created": int(model.loaded_at), "owned_by": "bot"}
+    if isinstance(model.engine, RemoteEngine):  # the model server's name for it
+        entry["root"] = model.engine.model
     return web.json_response({"object": "list", "data": [entry]})
 
 
