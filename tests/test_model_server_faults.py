@@ -150,7 +150,7 @@ async def test_the_model_server_down_then_back(topology, caplog):
     client, server = topology
     await _assert_fault_handled(client, "down", "can't be reached", caplog)
     info = (await _health(client))["model"]
-    assert info["engine"] == "remote" and info["model_server"] == server_url(server) and info["served_as"] == "bundled"
+    assert info["engine"] == "remote" and info["model_server"] == server_url(server) and info["served_as"] == "base"
     await _assert_recovered(client, server, "down")
 
 
@@ -173,7 +173,7 @@ async def test_each_fault_gets_the_apology_and_recovers(topology, caplog, mode, 
     await server.start()
     assert _messages(await _stream(client, "warm", "Hello")) == [REPLY]
     sent = server.requests[-1]
-    assert sent["stream"] is True and sent["temperature"] == 0 and sent["model"] == "bundled"
+    assert sent["stream"] is True and sent["temperature"] == 0 and sent["model"] == "base"
     assert all(isinstance(t, int) for t in sent["prompt"]) and sent["max_tokens"] > 0
     server.mode = mode
     await _assert_fault_handled(client, mode, reason, caplog)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from bot import models
-from bot.base_model import check_tokenizer, load_model, load_tokenizer
+from bot.base_model import load_model
 from bot.config import ServeConfig, Settings
-from bot.data.profile import BotProfile, profile_of, trained_profile
-from bot.data.project import validate
+from bot.data.profile import BotProfile
+from bot.engine.frontend import load_frontend
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.batching import BatchingEngine
 from bot.engine.kv import common_prefix
@@ -46,30 +46,6 @@ class Weights:
     tokenizer: object
     profile: BotProfile
     trained: models.TrainedModel | None
-
-
-@dataclass
-class Frontend:
-    """What serving needs besides the weights: the tokenizer and profile the model was trained with."""
-
-    tokenizer: object
-    profile: BotProfile
-    trained: models.TrainedModel | None
-    base: str  # the base model, as the loader takes it
-
-
-def load_frontend(settings: Settings, trained: models.TrainedModel | None) -> Frontend:
-    """The tokenizer and profile of `trained` (its own folder and manifest), or of config.yml's
-    base model and training data when `trained` is None. Loads no weights."""
-    if trained is None:
-        tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-        return Frontend(tokenizer, profile_of(validate(settings)), None, settings.base_model)
-    from transformers import AutoTokenizer
-
-    base = settings.resolve_base(trained.manifest["base_model"])
-    tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
-    profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
-    return Frontend(tokenizer, profile, trained, base)
 
 
 def load_weights(settings: Settings, trained: models.TrainedModel | None, *, base_only: bool = False, dtype=None) -> Weights:

@@ -17,7 +17,7 @@ from functools import cached_property
 from bot import models
 from bot.config import Settings
 from bot.data.profile import BotProfile
-from bot.engine.loader import load_frontend, load_weights, start_engine
+from bot.engine.frontend import load_frontend
 from bot.engine.protocol import Engine, Finished
 from bot.engine.remote import ModelServerUnavailable, RemoteEngine
 from bot.rendering import fitted_prompt_ids
@@ -73,6 +73,8 @@ def load_response_model(settings: Settings, *, engine: str | None = None, ignore
     its full length. With endpoints.yml's `model_server.url`, a remote engine instead: no weights."""
     if settings.endpoints.model_server.url:
         return remote_response_model(settings)
+    from bot.engine.loader import load_weights, start_engine  # torch: only where the weights are
+
     weights = load_weights(settings, models.active(settings.models_dir))
     max_length = settings.build.model.max_length
     return ResponseModel(
@@ -86,11 +88,12 @@ def load_response_model(settings: Settings, *, engine: str | None = None, ignore
 
 def remote_response_model(settings: Settings) -> ResponseModel:
     """The tokenizer and profile of the active model (or the base model), generating on the
-    model server of endpoints.yml's `model_server`, under the model's id (vLLM's adapter name)
-    unless `model_server.model` names another."""
+    model server of endpoints.yml's `model_server`, under the model's id (vLLM's adapter name),
+    or `base` when none is trained (the name `bot serve` lists in /v1/models; give vLLM
+    `--served-model-name base`), unless `model_server.model` names another."""
     server = settings.endpoints.model_server
     front = load_frontend(settings, models.active(settings.models_dir))
-    name = server.model or (front.trained.id if front.trained else settings.build.model.base)
+    name = server.model or (front.trained.id if front.trained else "base")
     api_key = os.environ.get(server.api_key_env) if server.api_key_env else None
     if server.api_key_env and not api_key:
         raise ModelServerUnavailable(f"endpoints.yml model_server.api_key_env names {server.api_key_env}, which is not set")
