@@ -67,9 +67,13 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         for method, op in ops.items():
             if "security" in op:
                 assert {"401", "403"} <= set(op["responses"])
+            own = "OpenAIErrorBody" if path == "/v1/completions" else "ErrorBody"  # vLLM's route answers errors in OpenAI's shape
             for status, answer in op["responses"].items():
                 if int(status) >= 400:
-                    assert answer["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}, (method, path)
+                    assert answer["content"] == {"application/json": {"schema": {"$ref": f"#/components/schemas/{own}"}}}, (method, path)
+    assert doc["components"]["schemas"]["OpenAIErrorBody"]["required"] == ["error"]
+    completions = doc["paths"]["/v1/completions"]["post"]["responses"]
+    assert {"200", "400", "401", "404", "413", "429", "503"} <= set(completions) and set(completions["200"]["content"]) == {"application/json", "text/event-stream"}
     openai = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert {"200", "400", "413", "429"} <= set(openai) and set(openai["200"]["content"]) == {"application/json", "text/event-stream"}
     feed = doc["paths"]["/api/conversations/{sender}/events"]["get"]

@@ -60,6 +60,7 @@ class Route:
     admin: bool = False
     ok_status: int = 200
     description: str = field(default="", compare=False)
+    error_body: type[BaseModel] | None = None  # the model of its error answers, when not ErrorBody
 
 
 API_ROUTES = web.AppKey("api_routes", list)  # every Route registered on the app, in order
@@ -122,7 +123,7 @@ def _operation(route: Route, refs: dict) -> dict[str, Any]:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(route.body, "validation")]}}}
     if route.admin:
         operation["security"] = [{ADMIN_SCHEME: []}]
-    error = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
+    error = {"application/json": {"schema": {"$ref": REF.format(model=(route.error_body or ErrorBody).__name__)}}}
     operation["responses"] = {str(route.ok_status): _success(route, refs)} | {
         str(status): {"description": HTTPStatus(status).phrase, "content": error} for status in _statuses(route)
     }
@@ -135,6 +136,7 @@ def document(routes: list[Route], *, title: str = "bot", version: str = "1") -> 
     models = {(r.body, "validation") for r in routes if r.body is not None}
     models |= {(r.ok, "serialization") for r in routes if isinstance(r.ok, type)}
     models |= {(r.events, "serialization") for r in routes if r.events is not None}
+    models |= {(r.error_body, "serialization") for r in routes if r.error_body is not None}
     models.add((ErrorBody, "serialization"))
     ordered = sorted(models, key=lambda m: (m[0].__name__, m[1]))
     refs, schemas = models_json_schema(ordered, ref_template=REF)
