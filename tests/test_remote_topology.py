@@ -28,6 +28,8 @@ from server_process import ServerProcess
 from store_isolation import postgres_schema
 
 MAX_NEW_TOKENS = 24
+KEY_VARIABLE, KEY = "BOT_MODEL_SERVER_KEY", "k3y-of-the-model-server"  # the model server asks for it; the front-ends send it
+KEY_SETTING = f"model_server:\n  api_key_env: {KEY_VARIABLE}\n"
 CONVERSATIONS = 40
 
 
@@ -41,7 +43,7 @@ class BotServe(ServerProcess):
     """`python -m bot -C PROJECT serve --port PORT [ARGS]`: the real command line."""
 
     def __init__(self, project: Path, port: int, *args: str):
-        super().__init__(project, port)
+        super().__init__(project, port, env={KEY_VARIABLE: KEY})
         self.command = [sys.executable, "-m", "bot", "-C", str(project), "serve", "--port", str(port), *args]
 
     def start(self, timeout: float = 60.0) -> BotServe:
@@ -88,7 +90,7 @@ def topology(tmp_path_factory, cache_dir, tiny_base, postgres_url):
     root = tmp_path_factory.mktemp("topology")
     model_project = make_project(root / "model", cache_dir, base=tiny_base, config=_config(MAX_NEW_TOKENS))
     server = BotServe(model_project, _free_port())
-    endpoints = NO_ACTION_SERVER + f"tracker_store:\n  type: postgresql\n  url: {postgres_url}\n"
+    endpoints = NO_ACTION_SERVER + KEY_SETTING + f"tracker_store:\n  type: postgresql\n  url: {postgres_url}\n"
     front_project = make_project(root / "front", cache_dir, base=tiny_base, config=_config(MAX_NEW_TOKENS), endpoints=endpoints)
     fronts = [BotServe(front_project, _free_port(), "--model-server", server.url) for _ in range(2)]
     try:
@@ -181,7 +183,7 @@ async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(to
         await local.close()
 
 
-async def test_the_model_server_killed_mid_reply_then_restarted(topology, tmp_path, cache_dir, caplog):
+async def test_the_model_server_killed_mid_reply_then_restarted(topology, tmp_path, cache_dir, caplog, monkeypatch):
     """A front-end in this process (the real app, 200-token replies, so there is time to kill the
     model server mid-reply) on the module's model server, which is killed and started again."""
     from bot.serve.app import create_app
@@ -189,8 +191,18 @@ async def test_the_model_server_killed_mid_reply_then_restarted(topology, tmp_pa
     from bot.serve.keys import STORE
 
     server = topology["server"]
-    endpoints = NO_ACTION_SERVER + f"model_server:\n  url: {server.url}\n  timeout_s: 5\n"
-    settings = settings_of(make_project(tmp_path / "front2", cache_dir, base=_tiny_base_of(topology), config=_config(200), endpoints=endpoints))
+    endpoints = NO_ACTION_SERVER + f"model_server:\n  url: {server.url}\n  timeout_s: 5\n  api_key_env: {KEY_VARIABLE}\n"
+    settings = settings_of(make_project(tmp_path / "front", cache_dir, base=_tiny_base_of(topology), config=_config(200), endpoints=endpoints))
+    monkeypatch.setenv(KEY_VARIABLE, "not-the-key")
+    client = TestClient(TestServer(create_app(settings, load_model=lambda: remote_response_model(settings))))
+    await client.start_server()
+    try:  # a wrong key: the model server says 401, the customer gets the apology
+        response = await client.post("/webhooks/rest/webhook", json={"sender": "wrong-key", "message": "Hi"})
+        assert [m["text"] for m in await response.json()] == [COULD_NOT_DO]
+        assert "answered HTTP 401" in (await (await client.get("/health")).json())["reason"]
+    finally:
+        await client.close()
+    monkeypatch.setenv(KEY_VARIABLE, KEY)
     client = TestClient(TestServer(create_app(settings, load_model=lambda: remote_response_model(settings))))
     await client.start_server()
     try:
