@@ -124,6 +124,7 @@ async def test_forty_conversations_alternate_between_two_front_ends(topology, po
     for front in fronts:
         health = json.loads(_get(front.url + "/health"))
         assert health["status"] == "ok" and health["model"]["engine"] == "remote" and health["model"]["model_server"] == topology["server"].url
+        assert json.loads(_get(front.url + "/v1/models"))["data"][0]["root"] == "base"  # the name the model server serves it under
     messages = ["Hi, my bill looks wrong.", "It is account 40118822.", "Thanks, bye."]
     senders = [f"topo-{n:02d}-{time.monotonic_ns() % 10**6}" for n in range(CONVERSATIONS)]
 
@@ -230,6 +231,8 @@ async def test_the_model_server_killed_mid_reply_then_restarted(topology, tmp_pa
             async with aiohttp.ClientSession() as session:
                 events = await _say(session, front.url, f"after-{front.port}", "Hi")
             assert [d["text"] for name, d in events if name == "message"] != [COULD_NOT_DO]
+            log = front.log.read_text()
+            assert "Traceback" not in log and " ERROR " not in log, log[-2000:]
     finally:
         await client.close()
 
