@@ -184,6 +184,8 @@ async def test_each_fault_gets_the_apology_and_recovers(topology, caplog, mode, 
     sent = server.requests[-1]
     assert sent["stream"] is True and sent["temperature"] == 0 and sent["model"] == "base"
     assert all(isinstance(t, int) for t in sent["prompt"]) and sent["max_tokens"] > 0
+    metrics = await (await client.get("/metrics")).text()
+    assert f"bot_generated_tokens_total {len(REPLY.split())}.0" in metrics  # the server's usage count: no token ids come back
     server.mode = mode
     await _assert_fault_handled(client, mode, reason, caplog)
     await _assert_recovered(client, server, mode)
@@ -224,3 +226,13 @@ async def test_a_client_leaving_closes_the_request_to_the_model_server(topology)
 
     assert client.server.app[HOLDER].current.engine.in_flight() == 0
     assert server.cancelled == 1  # the model server saw its client leave mid-reply, long before the 3 s stall ended
+
+
+def test_a_missing_key_variable_is_named(tmp_path, cache_dir, monkeypatch):
+    from bot.errors import BotError
+
+    monkeypatch.delenv("NO_SUCH_KEY_VARIABLE", raising=False)
+    endpoints = NO_ACTION_SERVER + "model_server:\n  url: http://127.0.0.1:9\n  api_key_env: NO_SUCH_KEY_VARIABLE\n"
+    settings = settings_of(make_project(tmp_path / "bot", cache_dir, endpoints=endpoints))
+    with pytest.raises(BotError, match="api_key_env names NO_SUCH_KEY_VARIABLE, which is not set"):
+        remote_response_model(settings)
