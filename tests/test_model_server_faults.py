@@ -203,6 +203,12 @@ async def test_the_openai_route_and_rasa_channel_apologise_too(topology, caplog)
     assert COULD_NOT_DO in "".join(
         d["choices"][0]["delta"].get("content", "") for _, d in sse_events(body) if d != "[DONE]" and d.get("choices")
     )
+    server.mode = "break"  # two words streamed, then the break: the apology follows them in the stream
+    response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "stream": True})
+    body = await response.text()
+    content = "".join(d["choices"][0]["delta"].get("content", "") for _, d in sse_events(body) if d != "[DONE]" and d.get("choices"))
+    assert content.startswith("Happy") and content.endswith("\n\n" + COULD_NOT_DO), content
+    server.mode = "http500"
     response = await client.post("/webhooks/rest/webhook", json={"sender": "rasa", "message": "Hi"})
     assert response.status == 200 and [m["text"] for m in await response.json()] == [COULD_NOT_DO]
     assert [e["type"] for e in await _stored(client, "rasa")] == ["user", MODEL_UNAVAILABLE, "bot"]

@@ -9,7 +9,7 @@ sent (vLLM drops special tokens from the text, so a stop string could never matc
 Differences from the in-process engines:
 - The tool-call constraint (bot.engine.constraint) can't run inside a remote decode loop, so
   none is applied: a malformed call becomes a failed call in the dialogue (parse_reply), as
-  with any engine. `tool_call=True` is not supported.
+  with any engine. `tool_call=True` (a reply that must be a call) raises EngineError.
 - The server sends text, not token ids: `Finished.token_ids` is empty and
   `Finished.completion_tokens` carries the server's usage count.
 - Any failure to get a reply (server down, slower than `timeout_s` to the first text or between
@@ -74,6 +74,8 @@ class RemoteEngine(Engine):
     async def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False) -> AsyncIterator[str | Finished]:
         if self.closed:
             raise EngineClosed("the model engine is closed")
+        if tool_call:
+            raise EngineError("a remote model server can't force a tool call (the constraint runs only in process)")
         body = {
             "model": self.model,
             "prompt": list(prompt_ids),

@@ -274,7 +274,7 @@ class Dialogue:
                 if self.metrics:
                     self.metrics.model_server_failures.inc()
                 yield new_event(MODEL_UNAVAILABLE, error=str(e))
-                yield new_event("bot", text=COULD_NOT_DO)
+                yield new_event("bot", text=COULD_NOT_DO, by=MODEL_UNAVAILABLE)  # stands in for any text streamed before the break
                 return
             if leak:
                 yield self._guarded(sender, leak, "reply")

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.remote import RemoteEngine
-from bot.serve.dialogue import GUARD, ConversationState, Piece
+from bot.serve.dialogue import GUARD, MODEL_UNAVAILABLE, ConversationState, Piece
 from bot.serve.http import public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import Route, ServerSentEvent, register
@@ -190,8 +190,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                             in_message = True
                     elif item["type"] in SHOWN_TO_CUSTOMER:
                         # A message that was not generated token by token (an action's, a handoff), or the
-                        # refusal after the leak guard stopped a streamed one (what went out before was checked).
-                        if not in_message or item.get("by") == GUARD:
+                        # refusal after the leak guard stopped a streamed one (what went out before was checked),
+                        # or the apology after a model server broke off a streamed one.
+                        if not in_message or item.get("by") in (GUARD, MODEL_UNAVAILABLE):
                             await write(item["text"])
                         in_message = False
         except ConnectionError:
