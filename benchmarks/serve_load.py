@@ -4,6 +4,7 @@ batching engine and, in the same run, with the serial engine (the baseline).
 
     .venv/bin/python benchmarks/serve_load.py [--customers 16] [--turns 3] [--full-length]
                                              [--engines batching,serial] [--project .]
+                                             [--via-model-server]
 
 Defaults: 16 customers x 3 turns on CPU, 64 x 3 on CUDA, the project's active model (the base
 model when none is trained), greedy decoding. Customers arrive spread over `--ramp` seconds
@@ -16,6 +17,11 @@ Reported: time to first token p50/p90 (overall and per turn), per-stream tokens/
 the first token), aggregate tokens/s (the server's own count of generated tokens over the
 wall-clock time of the run), and goodput: the share of replies whose first token came within 1 s
 and which then streamed at 10 tokens/s or more. Then the ratios batching / serial.
+
+`--via-model-server` runs the same load through a front-end (`bot serve --model-server`, no
+weights) and a model server (`bot serve` with the batching engine, its `/v1/completions`), then
+against the model server's engine in process (plain `bot serve`, batching): the ratio is the
+extra cost of the hop (target: at most 10% of aggregate tokens/s).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ MESSAGES = [
     ["Can I get an eSIM instead of a physical SIM?", "It's an iPhone 15.", "How long does activation take?"],
 ]
 GOOD_FIRST_TOKEN_S, GOOD_STREAM_RATE = 1.0, 10.0
+VIA = "via-model-server"  # the run through a front-end and a model server
 
 
 @dataclass
@@ -67,8 +74,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(project: str, engine: str, port: int, tokens: int, full_length: bool, max_batch: int | None, folder: str) -> None:
-    """The server process: `bot serve` with the given engine, nothing else changed but the store."""
+def serve(
+    project: str, engine: str, port: int, tokens: int, full_length: bool, max_batch: int | None, folder: str, model_server: str | None = None
+) -> None:
+    """The server process: `bot serve` with the given engine, nothing else changed but the store;
+    with `model_server`, a front-end generating there."""
     import logging
 
     from aiohttp import web
@@ -81,6 +91,9 @@ def serve(project: str, engine: str, port: int, tokens: int, full_length: bool, 
     settings = load_settings(project)
     store = settings.endpoints.tracker_store.model_copy(update={"type": "sqlite", "path": str(Path(folder) / f"{engine}.sqlite3")})
     settings.endpoints = settings.endpoints.model_copy(update={"tracker_store": store})
+    if model_server:
+        remote = settings.endpoints.model_server.model_copy(update={"url": model_server, "timeout_s": 600})
+        settings.endpoints = settings.endpoints.model_copy(update={"model_server": remote})
     limits = {"max_new_tokens": tokens, "rate_per_conversation": 10_000, "rate_per_client": 100_000, "engine": engine}
     if max_batch:
         limits["max_batch"] = max_batch
@@ -122,18 +135,19 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
-async def load_run(url: str, args, tokenizer, run: str) -> dict:
+async def load_run(url: str, args, tokenizer, run: str, model_server: str | None = None) -> dict:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        for _ in range(600):  # wait for the server to load its model
-            try:
-                async with session.get(f"{url}/health") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.5)
+        for server in filter(None, [model_server, url]):
+            for _ in range(600):  # wait for the server to load its model
+                try:
+                    async with session.get(f"{server}/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.5)
         await customer(session, url, 0, 1, 0, 0, f"{run}-warmup")  # not counted
         before = await generated_tokens(session, url)
         started = time.monotonic()
@@ -177,7 +191,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=None, help="serve.max_batch (default: config.yml)")
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which the customers arrive")
     parser.add_argument("--think", type=float, default=1.0, help="seconds a customer reads before the next message")
+    parser.add_argument("--via-model-server", action="store_true", help="a front-end + a model server against the model server's engine in process")
     args = parser.parse_args()
+    if args.via_model_server:
+        args.engines = f"{VIA},batching"
 
     from transformers import AutoTokenizer
 
@@ -195,18 +212,26 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="serve-load-")
     runs = {}
     for engine in args.engines.split(","):
-        port = free_port()
-        process = multiprocessing.get_context("spawn").Process(
-            target=serve, args=(args.project, engine, port, args.tokens, args.full_length, args.max_batch, folder), daemon=True
-        )
-        process.start()
+        spawn = multiprocessing.get_context("spawn")
+        port, processes, model_server = free_port(), [], None
+        if engine == VIA:
+            model_port = free_port()
+            model_server = f"http://127.0.0.1:{model_port}"
+            processes.append(spawn.Process(target=serve, args=(args.project, "batching", model_port, args.tokens, args.full_length, args.max_batch, folder), daemon=True))
+            front = (args.project, "front-end", port, args.tokens, False, args.max_batch, folder, model_server)
+            processes.append(spawn.Process(target=serve, args=front, daemon=True))
+        else:
+            processes.append(spawn.Process(target=serve, args=(args.project, engine, port, args.tokens, args.full_length, args.max_batch, folder), daemon=True))
+        for process in processes:
+            process.start()
         try:
-            runs[engine] = asyncio.run(load_run(f"http://127.0.0.1:{port}", args, tokenizer, engine))
+            runs[engine] = asyncio.run(load_run(f"http://127.0.0.1:{port}", args, tokenizer, engine, model_server))
         except BotError as e:  # the server refused or went away
             raise SystemExit(f"{engine}: {e}") from None
         finally:
-            process.terminate()
-            process.join(30)
+            for process in processes:
+                process.terminate()
+                process.join(30)
         r = runs[engine]
         turns = "  ".join(f"turn {t}: {p50:.2f}/{p90:.2f} s" for t, (p50, p90) in r["by_turn"].items())
         print(f"\n[{engine}] {len(r['replies'])} replies, {r['tokens']:.0f} tokens in {r['wall']:.1f} s")

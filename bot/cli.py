@@ -247,6 +247,9 @@ def cmd_serve(args) -> int:
     if args.engine:
         serve = settings.build.serve.model_copy(update={"engine": args.engine})
         settings.build = settings.build.model_copy(update={"serve": serve})
+    if args.model_server:
+        server = settings.endpoints.model_server.model_copy(update={"url": args.model_server})
+        settings.endpoints = settings.endpoints.model_copy(update={"model_server": server})
     host, port = args.host or settings.build.serve.host, args.port or settings.build.serve.port
     _say(f"starting the bot on http://{host}:{port} (widget demo at /, health at /health); Ctrl-C stops it")
     run(settings, host, port, args.actions)
@@ -333,6 +336,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default: serve.host in config.yml, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serve.port in config.yml, 5005)")
     serve.add_argument("--engine", choices=["batching", "serial"], help="generation engine (default: serve.engine in config.yml, batching)")
+    serve.add_argument("--model-server", metavar="URL", help="generate on this OpenAI-compatible model server (vLLM or a bot serve); no weights are loaded here (default: model_server.url in endpoints.yml)")
     serve.add_argument("--actions", metavar="PACKAGE", help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot")
     serve.set_defaults(run=cmd_serve)
 

@@ -151,11 +151,21 @@ class Cors(Strict):
     )
 
 
+class ModelServer(Strict):
+    url: str | None = Field(
+        None, description="An OpenAI-compatible model server (vLLM, or another `bot serve`): replies come from its /v1/completions and this process loads no weights."
+    )
+    model: str | None = Field(None, description="The model name sent to it; default: the active trained model's id (vLLM's adapter name), else `base`.")
+    api_key_env: str | None = Field(None, description="The environment variable holding its API key (sent as Authorization: Bearer).")
+    timeout_s: float = Field(30, gt=0, description="Longest wait for the first text of a reply and between two chunks; a slower server fails the reply.")
+
+
 class Endpoints(Strict):
     action_endpoint: ActionEndpoint = ActionEndpoint()
     handoff_webhook: HandoffWebhook = HandoffWebhook()
     tracker_store: TrackerStore = TrackerStore()
     cors: Cors = Cors()
+    model_server: ModelServer = ModelServer()
 
 
 class Settings:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from bot import models
-from bot.base_model import check_tokenizer, load_model, load_tokenizer
+from bot.base_model import load_model
 from bot.config import ServeConfig, Settings
-from bot.data.profile import BotProfile, profile_of, trained_profile
-from bot.data.project import validate
+from bot.data.profile import BotProfile
+from bot.engine.frontend import load_frontend
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.batching import BatchingEngine
 from bot.engine.kv import common_prefix
@@ -55,17 +55,12 @@ def load_weights(settings: Settings, trained: models.TrainedModel | None, *, bas
     from here on (`leave_cores_to_engines`)."""
     dtype = dtype or runtime_dtype()
     leave_cores_to_engines()
-    if trained is None:
-        tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-        model = load_model(settings.base_model, settings.cache_dir, dtype)
-        return Weights(model.eval().to(device()), tokenizer, profile_of(validate(settings)), None)
-    from transformers import AutoTokenizer
-
-    base = settings.resolve_base(trained.manifest["base_model"])
-    tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
-    model = load_model(base, settings.cache_dir, dtype) if base_only else models.load_merged(trained, base, settings.cache_dir, dtype)
-    profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
-    return Weights(model.eval().to(device()), tokenizer, profile, trained)
+    front = load_frontend(settings, trained)
+    if trained is None or base_only:
+        model = load_model(front.base, settings.cache_dir, dtype)
+    else:
+        model = models.load_merged(trained, front.base, settings.cache_dir, dtype)
+    return Weights(model.eval().to(device()), front.tokenizer, front.profile, trained)
 
 
 def shared_prefix(tokenizer, system_prompt: str) -> list[int]:

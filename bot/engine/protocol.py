@@ -3,9 +3,9 @@ evaluation, the GPU check and the benchmarks. Shaped after vLLM's `EngineClient`
 (vllm/engine/protocol.py): `stream()` is an async iterator per request, closing it cancels
 that request only, and `close()` stops the engine's threads and frees its memory.
 
-Two engines implement it: `BatchingEngine` (the default: one decode loop for every active
-request, a shared prompt cache) and `SerialEngine` (one `generate` call at a time, the
-baseline it is measured against).
+Three engines implement it: `BatchingEngine` (the default: one decode loop for every active
+request, a shared prompt cache), `SerialEngine` (one `generate` call at a time, the
+baseline it is measured against) and `RemoteEngine` (a model server's `/v1/completions`).
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ class Finished:
     finish_reason: str  # STOP (end of turn), LENGTH (max_new_tokens) or CANCELLED
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens taken from the prompt cache instead of computed
+    completion_tokens: int | None = None  # set by an engine that gets a count but no ids (the remote engine)
 
     @property
     def tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) if self.completion_tokens is None else self.completion_tokens
 
 
 @dataclass(frozen=True)

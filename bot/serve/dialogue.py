@@ -4,7 +4,8 @@ training. Transport-free: the HTTP routes, `bot chat` and the OpenAI route all u
 
 `answer` yields `Piece`s (text of a bot message as it is generated) and events (dicts, see
 bot.serve.store) to be stored and shown: `bot`, `action`, `action_failed`, `action_rejected`,
-`slot`, `handoff`, `guarded`.
+`slot`, `handoff`, `guarded`, `model_unavailable` (a remote model server gave no reply: the
+customer gets the apology and the offer of a person, as for a failed action).
 
 Every text a customer could see passes the leak guard (bot.serve.leak_guard) first: streamed
 pieces, each bot message (the model's, an action's), the handoff message, and a tool call's
@@ -31,6 +32,7 @@ from bot.data.person_requests import PERSON_ASKED, last_user_text
 from bot.data.schema import HANDOFF_TOOL
 from bot.rendering import parse_reply
 from bot.engine.protocol import Finished
+from bot.engine.remote import ModelServerUnavailable
 from bot.serve.generator import ResponseModel
 from bot.serve.leak_guard import Leak
 from bot.serve.store import HANDOFF, RESUME, Event, new_event
@@ -39,6 +41,7 @@ log = logging.getLogger("bot.serve")
 
 GUARD = "leak_guard"  # `by` of the refusal that stands in for what the leak guard stopped
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it another way?"
+MODEL_UNAVAILABLE = "model_unavailable"  # the event recording a reply the model server could not give, with the reason
 COULD_NOT_DO = "Sorry, I couldn't do that just now. Would you like me to pass you to a member of our team?"
 
 
@@ -257,14 +260,22 @@ class Dialogue:
             return
         for step in range(self.config.max_actions_per_message + 1):
             generated = leak = None
-            async with aclosing(self._generate(model, messages)) as items:
-                async for item in items:
-                    if isinstance(item, Finished):
-                        generated = item
-                    elif isinstance(item, Leak):
-                        leak = item
-                    else:
-                        yield item
+            try:
+                async with aclosing(self._generate(model, messages)) as items:
+                    async for item in items:
+                        if isinstance(item, Finished):
+                            generated = item
+                        elif isinstance(item, Leak):
+                            leak = item
+                        else:
+                            yield item
+            except ModelServerUnavailable as e:  # as for a failed action: an apology and the offer of a person
+                log.warning("conversation %s: no reply: %s", sender, e)
+                if self.metrics:
+                    self.metrics.model_server_failures.inc()
+                yield new_event(MODEL_UNAVAILABLE, error=str(e))
+                yield new_event("bot", text=COULD_NOT_DO, by=MODEL_UNAVAILABLE)  # stands in for any text streamed before the break
+                return
             if leak:
                 yield self._guarded(sender, leak, "reply")
                 yield new_event("bot", text=model.leak_guard.refusal, by=GUARD)

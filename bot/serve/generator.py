@@ -7,6 +7,7 @@ The prompt is rendered by `bot.rendering`, exactly as in training.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -16,8 +17,9 @@ from functools import cached_property
 from bot import models
 from bot.config import Settings
 from bot.data.profile import BotProfile
-from bot.engine.loader import load_weights, start_engine
+from bot.engine.frontend import load_frontend
 from bot.engine.protocol import Engine, Finished
+from bot.engine.remote import ModelServerUnavailable, RemoteEngine
 from bot.rendering import fitted_prompt_ids
 from bot.serve.leak_guard import LeakGuard
 
@@ -68,7 +70,11 @@ class ResponseModel:
 def load_response_model(settings: Settings, *, engine: str | None = None, ignore_eos: bool = False) -> ResponseModel:
     """The active trained model (adapter merged in), or the base model when none is trained.
     `engine` overrides `serve.engine`; `ignore_eos` (benchmarks only) writes every reply to
-    its full length."""
+    its full length. With endpoints.yml's `model_server.url`, a remote engine instead: no weights."""
+    if settings.endpoints.model_server.url:
+        return remote_response_model(settings)
+    from bot.engine.loader import load_weights, start_engine  # torch: only where the weights are
+
     weights = load_weights(settings, models.active(settings.models_dir))
     max_length = settings.build.model.max_length
     return ResponseModel(
@@ -78,3 +84,18 @@ def load_response_model(settings: Settings, *, engine: str | None = None, ignore
         weights.trained.id if weights.trained else None,
         max_length,
     )
+
+
+def remote_response_model(settings: Settings) -> ResponseModel:
+    """The tokenizer and profile of the active model (or the base model), generating on the
+    model server of endpoints.yml's `model_server`, under the model's id (vLLM's adapter name),
+    or `base` when none is trained (the name `bot serve` lists in /v1/models; give vLLM
+    `--served-model-name base`), unless `model_server.model` names another."""
+    server = settings.endpoints.model_server
+    front = load_frontend(settings, models.active(settings.models_dir))
+    name = server.model or (front.trained.id if front.trained else "base")
+    api_key = os.environ.get(server.api_key_env) if server.api_key_env else None
+    if server.api_key_env and not api_key:
+        raise ModelServerUnavailable(f"endpoints.yml model_server.api_key_env names {server.api_key_env}, which is not set")
+    engine = RemoteEngine(server.url, name, timeout_s=server.timeout_s, api_key=api_key)
+    return ResponseModel(engine, front.tokenizer, front.profile, front.trained.id if front.trained else None, settings.build.model.max_length)

@@ -30,6 +30,9 @@ class Metrics:
             ["kind", "where"],
             registry=self.registry,
         )
+        self.model_server_failures = Counter(
+            "bot_model_server_failures", "Replies the remote model server could not give (down, too slow, HTTP error, broken stream)", registry=self.registry
+        )
         engine = self._engine_stats
         for name, doc, field in (
             ("bot_engine_queue_length", "Requests waiting for a row of the batch", "queued"),

@@ -11,6 +11,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel
 
+from bot.engine.remote import RemoteEngine
 from bot.serve.http import check_admin
 from bot.serve.keys import ADMIN_TOKEN, HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
 from bot.serve.openapi import Route, register
@@ -24,12 +25,18 @@ class ModelInfo(BaseModel):
     description: str
     engine: str
     loaded_at: float
+    model_server: str | None = None  # the remote engine's model server
+    served_as: str | None = None  # the model name it is asked for
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    """200 in both states: a degraded front-end still stores messages and answers with an apology,
+    and restarting it would not help (it recovers by itself when the model server is back)."""
+
+    status: Literal["ok", "degraded"]
     model: ModelInfo
     store: str
+    reason: str | None = None  # why it is degraded: the model server's last failure
 
 
 class Reloaded(BaseModel):
@@ -45,11 +52,19 @@ def model_info(model) -> dict:
         "description": model.description,
         "engine": model.engine.name,
         "loaded_at": model.loaded_at,
+        **({"model_server": model.engine.url, "served_as": model.engine.model} if isinstance(model.engine, RemoteEngine) else {}),
     }
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "model": model_info(request.app[HOLDER].current), "store": request.app[STORE].kind})
+    """`degraded`, with the reason, while a remote model server fails; asked again each time, so
+    health is `ok` again as soon as the model server answers."""
+    model = request.app[HOLDER].current
+    body = {"status": "ok", "model": model_info(model), "store": request.app[STORE].kind}
+    engine = model.engine
+    if isinstance(engine, RemoteEngine) and engine.fault and not await engine.probe():
+        body.update(status="degraded", reason=f"model server: {engine.fault}")
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -14,7 +14,8 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.serve.dialogue import GUARD, ConversationState, Piece
+from bot.engine.remote import RemoteEngine
+from bot.serve.dialogue import GUARD, MODEL_UNAVAILABLE, ConversationState, Piece
 from bot.serve.http import public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import Route, ServerSentEvent, register
@@ -72,6 +73,7 @@ class ModelEntry(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    root: str | None = None  # with a remote model server: the model name it serves this under
 
 
 class ModelList(BaseModel):
@@ -188,8 +190,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                             in_message = True
                     elif item["type"] in SHOWN_TO_CUSTOMER:
                         # A message that was not generated token by token (an action's, a handoff), or the
-                        # refusal after the leak guard stopped a streamed one (what went out before was checked).
-                        if not in_message or item.get("by") == GUARD:
+                        # refusal after the leak guard stopped a streamed one (what went out before was checked),
+                        # or the apology after a model server broke off a streamed one.
+                        if not in_message or item.get("by") in (GUARD, MODEL_UNAVAILABLE):
                             await write(item["text"])
                         in_message = False
         except ConnectionError:
@@ -205,6 +208,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def list_models(request: web.Request) -> web.Response:
     model = request.app[HOLDER].current
     entry = {"id": model.model_id or "base", "object": "model", "created": int(model.loaded_at), "owned_by": "bot"}
+    if isinstance(model.engine, RemoteEngine):  # the model server's name for it
+        entry["root"] = model.engine.model
     return web.json_response({"object": "list", "data": [entry]})
 
 
