@@ -68,8 +68,11 @@ class ServerProcess:
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.env.get("PYTHONPATH")]))
         self.process: subprocess.Popen | None = None
 
+    def _launch(self) -> subprocess.Popen:
+        return subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.process = self._launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
