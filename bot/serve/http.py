@@ -170,20 +170,32 @@ def _admin_wait(seconds: float) -> web.HTTPTooManyRequests:
     )
 
 
+def status_of(error: Exception) -> int:
+    """A typed error's status (STATUS_OF), 400 for the library's other typed errors, else 500."""
+    return next((s for kind, s in STATUS_OF.items() if isinstance(error, kind)), 400 if isinstance(error, BotError) else 500)
+
+
+def error_response(request: web.Request, error: Exception, respond=None) -> web.StreamResponse:
+    """The answer to an error a handler raised, built by `respond(status, message, headers)`
+    (`json_error` by default): an HTTP exception's status and text, a typed error's status and
+    message, anything else a 500 with no details (logged). A non-error HTTP exception is raised."""
+    respond = respond or json_error
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
+        headers = {k: v for k, v in error.headers.items() if k.lower() not in ("content-type", "content-length")}
+        message = error.reason if error.text is None or error.text.startswith(f"{error.status}:") else error.text  # aiohttp's default text
+        return respond(error.status, message, headers)
+    return respond(status_of(error), public_message(error, f"handling {request.method} {request.path}"), None)
+
+
 def errors_middleware():
     @web.middleware
     async def errors(request: web.Request, handler):
         try:
             return await handler(request)
-        except web.HTTPException as e:
-            if e.status < 400:
-                raise
-            headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
-            message = e.reason if e.text is None or e.text.startswith(f"{e.status}:") else e.text  # aiohttp's default text
-            return json_error(e.status, message, headers=headers)
         except Exception as e:
-            status = next((s for kind, s in STATUS_OF.items() if isinstance(e, kind)), 400 if isinstance(e, BotError) else 500)
-            return json_error(status, public_message(e, f"handling {request.method} {request.path}"))
+            return error_response(request, e)
 
     return errors
 

@@ -32,9 +32,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.protocol import LENGTH, Finished
-from bot.errors import BotError
 from bot.serve.generator import ResponseModel
-from bot.serve.http import STATUS_OF, public_message, read_body
+from bot.serve.http import error_response, public_message, read_body, status_of
 from bot.serve.keys import CLIENT_LIMIT, HOLDER, METRICS
 from bot.serve.openapi import Route, ServerSentEvent, register
 from bot.serve.routes_chat import sse_headers
@@ -148,11 +147,6 @@ ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "Permiss
 
 def error_type(status: int) -> str:
     return ERROR_TYPES.get(status) or ("InternalServerError" if status >= 500 else "BadRequestError")
-
-
-def _status_of(error: Exception) -> int:
-    """As errors_middleware decides: a typed error's status, 400 for other typed errors, else 500."""
-    return next((s for kind, s in STATUS_OF.items() if isinstance(error, kind)), 400 if isinstance(error, BotError) else 500)
 
 
 def openai_error(status: int, message: str, headers: dict | None = None) -> web.Response:
@@ -269,14 +263,8 @@ def _data(payload) -> bytes:
 async def completions(request: web.Request) -> web.StreamResponse:
     try:
         return await _completions(request)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        headers = {k: v for k, v in e.headers.items() if k.lower() not in ("content-type", "content-length")}
-        message = e.reason if e.text is None or e.text.startswith(f"{e.status}:") else e.text  # aiohttp's default text
-        return openai_error(e.status, message, headers)
-    except Exception as e:  # the library's typed errors (EngineBusy: 503...), or a bug (500, logged)
-        return openai_error(_status_of(e), public_message(e, f"handling {request.method} {request.path}"))
+    except Exception as e:  # in OpenAI's error shape, as errors_middleware decides the status
+        return error_response(request, e, openai_error)
 
 
 async def _completions(request: web.Request) -> web.StreamResponse:
@@ -321,7 +309,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
             except ConnectionError:  # the client left: leaving closes the generation
                 return response
             except Exception as e:
-                status = _status_of(e)
+                status = status_of(e)
                 message = public_message(e, f"completing for {request.remote}")
                 await response.write(_data({"error": {"message": message, "type": error_type(status), "param": None, "code": status}}))
         await response.write(b"data: [DONE]\n\n")
