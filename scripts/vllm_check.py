@@ -8,7 +8,7 @@
 3. A front-end `bot serve --model-server` starts on it, in a throw-away copy of the project
    (its own conversation store; the project's `training_data/` and `models/` are linked).
 4. The first customer messages of the held-out dialogues go through the front-end, and through
-   the same app generating in this process; the replies must be equal. Both sides run the
+   the same app generating in this process (on that copy's store too); the replies must be equal. Both sides run the
    weights in `--dtype` (fp32 by default: bf16 matmuls round differently in every engine, so
    equal greedy replies are only to be expected in fp32).
 
@@ -79,14 +79,14 @@ def vllm_command(settings, merged: bool, work: Path) -> tuple[list[str], str]:
     return export_adapter(trained, base, settings.cache_dir, work / "adapter").vllm_command(), trained.id
 
 
-def front_project(work: Path, model_server: str) -> Path:
+def front_project(root: Path, work: Path, model_server: str) -> Path:
     """A copy of the project for the front-end: its own store, the model server set."""
     project = work / "front"
     project.mkdir()
-    shutil.copy(ROOT / "config.yml", project / "config.yml")
+    shutil.copy(root / "config.yml", project / "config.yml")
     for shared in ("training_data", "models", "actions"):
-        if (ROOT / shared).exists():
-            (project / shared).symlink_to(ROOT / shared)
+        if (root / shared).exists():
+            (project / shared).symlink_to(root / shared)
     (project / "endpoints.yml").write_text(
         "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"  # no action server: an action call fails alike on both sides
         f"tracker_store:\n  type: sqlite\n  path: {work / 'front.sqlite3'}\n"
@@ -159,13 +159,15 @@ def main() -> None:
     parser.add_argument("--merged", action="store_true", help="serve the merged model, not the adapter")
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--project", type=Path, default=ROOT, help="the bot project (default: this repository)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "vllm_check.json")
     args = parser.parse_args()
 
     from bot.config import load_settings
 
-    settings = load_settings(ROOT)
+    settings = load_settings(args.project)
     work = Path(tempfile.mkdtemp(prefix="vllm-check-"))
+    root = settings.root
     vllm_port, front_port = free_port(), free_port()
     command, served = vllm_command(settings, args.merged, work)
     command = [str(args.vllm_python), *command[1:], "--host", "127.0.0.1", "--port", str(vllm_port), "--dtype", DTYPES[args.dtype],
@@ -179,7 +181,7 @@ def main() -> None:
         up = wait_healthy(f"http://127.0.0.1:{vllm_port}/health", processes[-1], vllm_log, 600)
         print(f"vLLM up in {up:.0f} s, serving '{served}' ({args.dtype})", flush=True)
 
-        project = front_project(work, f"http://127.0.0.1:{vllm_port}")
+        project = front_project(root, work, f"http://127.0.0.1:{vllm_port}")
         front_log = work / "front.log"
         front = [sys.executable, "-m", "bot", "-C", str(project), "serve", "--port", str(front_port)]
         processes.append(subprocess.Popen(front, cwd=project, stdout=front_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
@@ -187,7 +189,8 @@ def main() -> None:
 
         talks = conversations(settings, args.conversations)
         remote, remote_s = asyncio.run(replies(f"http://127.0.0.1:{front_port}", None, talks, "front"))
-        local, local_s = asyncio.run(replies(None, in_process_app(settings, args.dtype), talks, "local"))
+        # The in-process side in the same throw-away project: never in the project's own store.
+        local, local_s = asyncio.run(replies(None, in_process_app(load_settings(project), args.dtype), talks, "local"))
     finally:
         for process in processes:
             if process.poll() is None:
