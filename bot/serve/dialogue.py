@@ -232,9 +232,9 @@ class Dialogue:
                 event = dict(event, reason="")
             return checked + [event]
         if leak := guard.find_in([event.get(key) for key in ("text", "buttons", "image")]):
-            by = event.get("by")
-            where = ("action_message", {"action": by}) if by else ("reply", {})
-            return [self._guarded(sender, leak, where[0], **where[1]), new_event("bot", text=guard.refusal, by=GUARD)]
+            by = event.get("by")  # the action whose message it is, if any
+            cut = self._guarded(sender, leak, "action_message", action=by) if by else self._guarded(sender, leak, "reply")
+            return [cut, new_event("bot", text=guard.refusal, by=GUARD)]
         return [event]
 
     async def answer(

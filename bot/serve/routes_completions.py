@@ -149,9 +149,12 @@ def error_type(status: int) -> str:
     return ERROR_TYPES.get(status) or ("InternalServerError" if status >= 500 else "BadRequestError")
 
 
+def openai_error_body(status: int, message: str) -> dict:
+    return {"error": {"message": message, "type": error_type(status), "param": None, "code": status}}
+
+
 def openai_error(status: int, message: str, headers: dict | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": error_type(status), "param": None, "code": status}}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(openai_error_body(status, message), status=status, headers=headers)
 
 
 def _check_key(request: web.Request) -> None:
@@ -309,9 +312,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
             except ConnectionError:  # the client left: leaving closes the generation
                 return response
             except Exception as e:
-                status = status_of(e)
-                message = public_message(e, f"completing for {request.remote}")
-                await response.write(_data({"error": {"message": message, "type": error_type(status), "param": None, "code": status}}))
+                await response.write(_data(openai_error_body(status_of(e), public_message(e, f"completing for {request.remote}"))))
         await response.write(b"data: [DONE]\n\n")
         return response
 
