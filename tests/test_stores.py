@@ -14,6 +14,7 @@ import pytest
 
 from bot.serve.dialogue import fold
 from bot.serve.store import STATE_EVENTS, ConversationBusy, SQLiteStore, StoreUnavailable, new_event
+from store_isolation import postgres_schema, redis_prefix
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -401,3 +402,79 @@ async def test_answering_a_message_reads_only_the_context(serve, tmp_path, cache
     assert await response.json() == [] and len(model.engine.prompts) == 1  # the old handoff still holds: no reply
     assert all(window.get("last") is not None or window.get("after") for _, window in reads), reads
     assert contexts == [(answered, 6), (waiting, 6)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "redis"])
+async def own_store(request, tmp_path):
+    """A store that holds only this test's conversations (a schema or key prefix of its own)."""
+    if request.param == "sqlite":
+        store = SQLiteStore(tmp_path / "own.sqlite3")
+        yield store
+        await store.close()
+        return
+    if request.param == "postgresql":
+        from bot.serve.store_postgres import PostgresStore
+
+        async with postgres_schema() as (url, _):
+            store = await PostgresStore.connect(url)
+            yield store
+            await store.close()
+        return
+    from bot.serve.store_redis import RedisStore
+
+    async with redis_prefix() as (_, prefix):
+        store = await RedisStore.connect(REDIS_URL, prefix=prefix)
+        yield store
+        await store.close()
+
+
+async def _conversation(store, sender: str, *timestamps: float) -> None:
+    for i, at in enumerate(timestamps):
+        await store.append(sender, dict(new_event("user", text=f"message {i}"), timestamp=at))
+
+
+async def test_conversations_are_listed_most_recently_active_first(own_store):
+    assert await own_store.conversations() == []
+    await _conversation(own_store, "old", 100.0, 200.0)
+    await _conversation(own_store, "new", 150.0, 160.0, 300.0)
+    await _conversation(own_store, "middle", 250.0)
+    listed = await own_store.conversations()
+    assert [(c.sender, c.started, c.last_active, c.events) for c in listed] == [
+        ("new", 150.0, 300.0, 3),
+        ("middle", 250.0, 250.0, 1),
+        ("old", 100.0, 200.0, 2),
+    ]
+
+
+async def test_forgetting_inactive_conversations_deletes_those_and_nothing_else(own_store):
+    await _conversation(own_store, "stale", 100.0, 200.0)
+    await _conversation(own_store, "stale-handed-off", 100.0)
+    await own_store.append("stale-handed-off", dict(new_event("handoff", reason="asked"), timestamp=210.0))
+    await _conversation(own_store, "recent", 100.0, 1000.0)  # started long ago, active since: kept
+    assert sorted(await own_store.forget_inactive(500.0)) == ["stale", "stale-handed-off"]
+    assert [c.sender for c in await own_store.conversations()] == ["recent"]
+    assert await own_store.events("stale") == [] and await own_store.waiting_for_agent() == []
+    assert [e["text"] for e in await own_store.events("recent")] == ["message 0", "message 1"]
+    assert await own_store.forget_inactive(500.0) == [] and await own_store.delete([]) == 0
+    await own_store.append("stale", new_event("user", text="back again"))  # a deleted id starts afresh
+    assert [(e["seq"] > 0, e["text"]) for e in await own_store.events("stale")] == [(True, "back again")]
+
+
+async def test_rewriting_events_keeps_their_place_and_state(own_store):
+    sender = "rewritten"
+    await own_store.append(sender, new_event("user", text="my email is ann@example.com"))
+    await own_store.append(sender, new_event("slot", name="email", value="ann@example.com"))
+    await own_store.append(sender, new_event("bot", text="thanks"))
+    before = await own_store.events(sender)
+    changed = [dict(before[0], text="my email is [email]"), dict(before[1], value="[email]")]
+    await own_store.rewrite(sender, changed)
+    after = await own_store.events(sender)
+    assert [e["seq"] for e in after] == [e["seq"] for e in before]
+    assert after[:2] == changed and after[2] == before[2]
+    recent, state = await own_store.context(sender, 1)
+    assert [e.get("value") for e in state] == ["[email]"] and recent == after[2:]
+    with pytest.raises(ValueError, match="no event with seq"):
+        await own_store.rewrite(sender, [dict(before[2], seq=before[2]["seq"] + 100)])
+    with pytest.raises(ValueError, match="is a bot event, not user"):
+        await own_store.rewrite(sender, [dict(before[2], type="user")])
+    assert await own_store.events(sender) == after

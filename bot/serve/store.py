@@ -20,6 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,16 @@ class ConversationBusy(BotError):
 
 def new_event(type_: str, **fields: Any) -> Event:
     return {"type": type_, "timestamp": time.time(), **{k: v for k, v in fields.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """One stored conversation, as listed (for operators, exports and retention)."""
+
+    sender: str
+    started: float  # its first event's timestamp
+    last_active: float  # its last event's timestamp
+    events: int
 
 
 class ConversationStore(ABC):
@@ -78,6 +89,37 @@ class ConversationStore(ABC):
     @abstractmethod
     def lock(self, sender: str, timeout: float) -> Any:
         """Async context manager: one holder per conversation; ConversationBusy after `timeout`."""
+
+    @abstractmethod
+    async def conversations(self) -> list[ConversationSummary]:
+        """Every stored conversation, the most recently active first."""
+
+    @abstractmethod
+    async def delete(self, senders: list[str]) -> int:
+        """Delete these conversations with all their events; how many existed."""
+
+    @abstractmethod
+    async def _rewrite(self, sender: str, events: list[Event]) -> None:
+        """Replace each of these events (found by its `seq`) with the new one; the only change
+        ever made to a stored event (a customer's data-protection request)."""
+
+    async def rewrite(self, sender: str, events: list[Event]) -> None:
+        """Replace stored events in place, keeping their seq and type (hold the conversation's
+        lock). ValueError if one is not in the conversation or would change its type."""
+        stored = {e["seq"]: e for e in await self.events(sender)}
+        for event in events:
+            if event.get("seq") not in stored:
+                raise ValueError(f"conversation '{sender}' has no event with seq {event.get('seq')}")
+            if event["type"] != stored[event["seq"]]["type"]:
+                raise ValueError(f"event {event['seq']} of '{sender}' is a {stored[event['seq']]['type']} event, not {event['type']}")
+        await self._rewrite(sender, [e for e in events if e != stored[e["seq"]]])
+
+    async def forget_inactive(self, before: float) -> list[str]:
+        """Delete every conversation whose last event is older than `before` (a timestamp); their ids."""
+        old = [c.sender for c in await self.conversations() if c.last_active < before]
+        if old:
+            await self.delete(old)
+        return old
 
     async def close(self) -> None:
         pass
@@ -261,6 +303,35 @@ class SQLiteStore(ConversationStore):
 
     def lock(self, sender: str, timeout: float):
         return self._locks.hold(sender, timeout)
+
+    async def conversations(self) -> list[ConversationSummary]:
+        sql = """SELECT s.sender, s.count, json_extract(f.body, '$.timestamp') AS started, json_extract(l.body, '$.timestamp') AS last_active
+                 FROM (SELECT sender, count(*) AS count, min(seq) AS first, max(seq) AS last FROM events GROUP BY sender) AS s
+                 JOIN events AS f ON f.seq = s.first JOIN events AS l ON l.seq = s.last
+                 ORDER BY last_active DESC"""
+        rows = await asyncio.to_thread(self._run, sql)
+        return [ConversationSummary(sender, first, last, count) for sender, count, first, last in rows]
+
+    async def delete(self, senders: list[str]) -> int:
+        if not senders:
+            return 0
+        marks = ", ".join("?" * len(senders))
+        found = await asyncio.to_thread(self._run, f"SELECT count(DISTINCT sender) FROM events WHERE sender IN ({marks})", tuple(senders))
+        await asyncio.to_thread(self._run, f"DELETE FROM events WHERE sender IN ({marks})", tuple(senders))
+        return found[0][0]
+
+    async def _rewrite(self, sender: str, events: list[Event]) -> None:
+        def write() -> None:
+            with self._guard:
+                if self._closed:
+                    raise StoreUnavailable("the conversation store is closed (the server is shutting down)")
+                with self._db:  # one transaction: all the events or none
+                    self._db.execute("BEGIN")
+                    for event in events:
+                        body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
+                        self._db.execute("UPDATE events SET body = ? WHERE sender = ? AND seq = ?", (body, sender, event["seq"]))
+
+        await asyncio.to_thread(write)
 
     async def _written_elsewhere(self) -> object:
         # SQLite's data_version changes only when another connection commits, so a thousand idle

@@ -14,7 +14,17 @@ import time
 from contextlib import asynccontextmanager
 
 from bot.serve.migrations import Migrations
-from bot.serve.store import HANDOFF, RESUME, STATE_EVENTS, ConversationBusy, ConversationStore, Event, StoreUnavailable, log
+from bot.serve.store import (
+    HANDOFF,
+    RESUME,
+    STATE_EVENTS,
+    ConversationBusy,
+    ConversationStore,
+    ConversationSummary,
+    Event,
+    StoreUnavailable,
+    log,
+)
 
 POSTGRES_MIGRATIONS = Migrations("postgresql")
 # One key for every store's migrations: two processes starting at once apply them one after the other.
@@ -141,6 +151,26 @@ class PostgresStore(ConversationStore):
         sql = """SELECT sender, seq FROM bot_events WHERE seq IN (
                    SELECT max(seq) FROM bot_events GROUP BY sender) AND type = 'user' ORDER BY seq"""
         return [(row["sender"], row["seq"]) for row in await self._pool.fetch(sql)]
+
+    async def conversations(self) -> list[ConversationSummary]:
+        sql = """SELECT s.sender, s.count, (f.body->>'timestamp')::float8 AS started, (l.body->>'timestamp')::float8 AS last_active
+                 FROM (SELECT sender, count(*) AS count, min(seq) AS first, max(seq) AS last FROM bot_events GROUP BY sender) AS s
+                 JOIN bot_events AS f ON f.seq = s.first JOIN bot_events AS l ON l.seq = s.last
+                 ORDER BY last_active DESC"""
+        rows = await self._pool.fetch(sql)
+        return [ConversationSummary(row["sender"], row["started"], row["last_active"], row["count"]) for row in rows]
+
+    async def delete(self, senders: list[str]) -> int:
+        if not senders:
+            return 0
+        sql = "WITH gone AS (DELETE FROM bot_events WHERE sender = ANY($1::text[]) RETURNING sender) SELECT count(DISTINCT sender) FROM gone"
+        return await self._pool.fetchval(sql, senders)
+
+    async def _rewrite(self, sender: str, events: list[Event]) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            for event in events:
+                body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
+                await connection.execute("UPDATE bot_events SET body = $1::jsonb WHERE sender = $2 AND seq = $3", body, sender, event["seq"])
 
     @asynccontextmanager
     async def lock(self, sender: str, timeout: float):

@@ -13,7 +13,17 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from bot.serve.migrations import Migrations
-from bot.serve.store import HANDOFF, RESUME, STATE_EVENTS, ConversationBusy, ConversationStore, Event, StoreUnavailable, log
+from bot.serve.store import (
+    HANDOFF,
+    RESUME,
+    STATE_EVENTS,
+    ConversationBusy,
+    ConversationStore,
+    ConversationSummary,
+    Event,
+    StoreUnavailable,
+    log,
+)
 
 PREFIX = "bot:"
 # The first entry of every state list: it holds all the conversation's state events. A list
@@ -133,9 +143,14 @@ class RedisStore(ConversationStore):
 
         await self._redis.transaction(build, events_key)  # redone if an event is appended meanwhile
 
+    async def _event_keys(self) -> list[str]:
+        """Every conversation's events key (SCAN, so the server is never blocked)."""
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self._prefix}events:") + "*"
+        return [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
+
     async def unanswered(self) -> list[tuple[str, int]]:
         events_key = f"{self._prefix}events:"
-        keys = [key async for key in self._redis.scan_iter(match=re.sub(r"([*?\[\]\\])", r"\\\1", events_key) + "*", count=1000)]
+        keys = await self._event_keys()
         found = []
         for start in range(0, len(keys), 500):
             async with self._redis.pipeline(transaction=True) as pipe:  # each length with its last event
@@ -149,6 +164,39 @@ class RedisStore(ConversationStore):
 
     async def waiting_for_agent(self) -> list[str]:
         return await self._redis.zrange(f"{self._prefix}waiting", 0, -1)
+
+    async def conversations(self) -> list[ConversationSummary]:
+        keys, events_key, found = await self._event_keys(), f"{self._prefix}events:", []
+        for start in range(0, len(keys), 500):
+            async with self._redis.pipeline(transaction=True) as pipe:  # each length with its first and last event
+                for key in keys[start : start + 500]:
+                    pipe.llen(key).lindex(key, 0).lindex(key, -1)
+                replies = await pipe.execute()
+            for key, length, first, last in zip(keys[start : start + 500], replies[::3], replies[1::3], replies[2::3]):
+                if length:
+                    started, last_active = json.loads(first)["timestamp"], json.loads(last)["timestamp"]
+                    found.append(ConversationSummary(key.removeprefix(events_key), started, last_active, length))
+        return sorted(found, key=lambda c: c.last_active, reverse=True)
+
+    async def delete(self, senders: list[str]) -> int:
+        if not senders:
+            return 0
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for sender in senders:
+                pipe.exists(f"{self._prefix}events:{sender}")
+            pipe.delete(*(f"{self._prefix}{kind}:{sender}" for sender in senders for kind in ("events", "state")))
+            pipe.zrem(f"{self._prefix}waiting", *senders)
+            *existed, _, _ = await pipe.execute()
+        return sum(existed)
+
+    async def _rewrite(self, sender: str, events: list[Event]) -> None:
+        events_key = f"{self._prefix}events:{sender}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for event in events:
+                pipe.lset(events_key, event["seq"] - 1, json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False))
+            # the state list is built again from the events when next read (see _build_state)
+            pipe.delete(f"{self._prefix}state:{sender}")
+            await pipe.execute()
 
     @asynccontextmanager
     async def lock(self, sender: str, timeout: float):
