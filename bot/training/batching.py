@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from bot.rendering import IGNORE_INDEX, Example
+from bot.rendering import Example
+from bot.training.loss import IGNORE_INDEX
 
 
 class LengthGroupedBatches:
