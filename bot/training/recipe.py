@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bot import models
+from bot import atomic, models
 from bot.base_model import load_model, load_tokenizer
 from bot.config import LoraSettings, Settings
 from bot.data.profile import PROFILE_FILE
@@ -113,8 +113,7 @@ def save_training_state(folder: Path, accelerator, model, optimizer, scheduler) 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
         }
-        torch.save(state, folder / "state.pt.tmp")
-        (folder / "state.pt.tmp").replace(folder / "state.pt")
+        atomic.write_file(folder / "state.pt", lambda tmp: torch.save(state, tmp))
     accelerator.wait_for_everyone()
 
 
