@@ -29,6 +29,10 @@ def _table(stats) -> str:
         rows.append((name, tag, c.dialogues, c.turns, c.trained_turns, c.tokens, c.trained_tokens))
     cells = [header] + [tuple(f"{v:,}" if isinstance(v, int) else v for v in row) for row in rows]
     out = text_table(cells, left=2)
+    for (name, tag), c in sorted(stats.rows.items(), key=lambda kv: kv[0][0] != "train"):
+        if tag == "(all)" and c.sequences != c.dialogues:
+            out += (f"\n({name}: {c.dialogues:,} dialogue(s) make {c.sequences:,} sequences: a dialogue longer than "
+                    f"model.max_length is split at user turns)")
     if stats.drafts:
         out += f"\n({stats.drafts} draft dialogue(s) awaiting review, not compiled)"
     return out
