@@ -8,10 +8,9 @@ a GGUF takes seconds, so the converted tokenizer is cached as a plain Hugging Fa
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
+from bot import atomic
 from bot.config import BUNDLED_BASE
 from bot.errors import BaseModelUnavailable
 
@@ -36,17 +35,6 @@ def bundled_cache(cache_dir: Path) -> Path:
     return cache_dir / BUNDLED_NAME
 
 
-def _save_atomically(obj, folder: Path) -> None:
-    """Write a save_pretrained folder so that a reader never sees half of it."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    obj.save_pretrained(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def load_tokenizer(base: str, cache_dir: Path):
     """The tokenizer of `base` ('bundled', a local folder or a Hugging Face id), checked."""
     from transformers import AutoTokenizer
@@ -55,7 +43,7 @@ def load_tokenizer(base: str, cache_dir: Path):
         folder = bundled_cache(cache_dir) / "tokenizer"
         if not (folder / "tokenizer_config.json").is_file():
             gguf = bundled_gguf()
-            _save_atomically(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), folder)
+            atomic.write_folder(folder, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     elif Path(base).is_dir():
         tokenizer = AutoTokenizer.from_pretrained(base)
@@ -106,7 +94,7 @@ def model_folder(base: str, cache_dir: Path) -> str:
         gguf = bundled_gguf()
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         _clear_gguf_marks(model)
-        _save_atomically(model, folder)
+        atomic.write_folder(folder, model.save_pretrained)  # False: another process finished first
     return str(folder)
 
 

@@ -7,12 +7,12 @@ Ids are UTC timestamps (`20261126-171502`), so they sort by time.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot import atomic
 from bot.errors import BotError
 
 ACTIVE_FILE = "ACTIVE"
@@ -49,9 +49,7 @@ def new_id(models_dir: Path) -> str:
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def trained_models(models_dir: Path) -> list[TrainedModel]:
@@ -85,9 +83,7 @@ def active(models_dir: Path) -> TrainedModel | None:
 def activate(models_dir: Path, model_id: str) -> TrainedModel:
     """Make `model_id` the one the server loads (an atomic rename: readers never see half a file)."""
     model = get(models_dir, model_id)
-    tmp = models_dir / f"{ACTIVE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(model_id + "\n", encoding="utf-8")
-    os.replace(tmp, models_dir / ACTIVE_FILE)
+    atomic.write_text(models_dir / ACTIVE_FILE, model_id + "\n")
     return model
 
 

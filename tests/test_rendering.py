@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import RenderError
-from bot.rendering import IGNORE_INDEX, prompt_ids, render, render_within
+from bot.rendering import prompt_ids, render, render_within
+from bot.training.loss import IGNORE_INDEX
 
 IM_START, IM_END, NL = 1, 2, 198
 
