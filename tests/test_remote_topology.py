@@ -22,7 +22,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.rendering import parse_reply
-from bot.serve.dialogue import COULD_NOT_DO, MODEL_UNAVAILABLE, NOT_UNDERSTOOD
+from bot.serve.responder import COULD_NOT_DO, MODEL_UNAVAILABLE, NOT_UNDERSTOOD
 from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
 from server_process import ServerProcess
 from store_isolation import postgres_schema
@@ -154,7 +154,7 @@ def _get(url: str) -> str:
 
 
 async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(topology, postgres_url):
-    from bot.serve.dialogue import to_messages
+    from bot.serve.responder import to_messages
     from bot.serve.generator import load_response_model
     from bot.engine.protocol import Finished
 

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from bot.serve.dialogue import fold
+from bot.serve.responder import fold
 from bot.serve.store import STATE_EVENTS, ConversationBusy, SQLiteStore, StoreUnavailable, new_event
 from store_isolation import postgres_schema, redis_prefix
 

@@ -22,7 +22,7 @@ from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_c
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
-from bot.serve.dialogue import Dialogue, ModelHolder
+from bot.serve.responder import ModelHolder, Responder
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
 from bot.serve.feeds import ConnectionCap
@@ -92,9 +92,9 @@ def assemble(settings: Settings, model: ResponseModel, store, session: aiohttp.C
     endpoints = settings.endpoints
     action = endpoints.action_endpoint
     actions = ActionRunner(session, action.url, timeout_s=action.timeout_s, tracker_events=action.tracker_events)
-    dialogue = Dialogue(ModelHolder(model), settings.build.serve, actions, metrics=metrics)
+    responder = Responder(ModelHolder(model), settings.build.serve, actions, metrics=metrics)
     notify = HandoffNotifier(session, endpoints.handoff_webhook.url, endpoints.handoff_webhook.timeout_s, store)
-    return Conversations(store, dialogue, settings.build.serve, on_handoff=notify)
+    return Conversations(store, responder, settings.build.serve, on_handoff=notify)
 
 
 async def _actions_beside(app: web.Application, package: str):
@@ -118,7 +118,7 @@ async def _model_and_store(app: web.Application):
     session = aiohttp.ClientSession()  # for the action server and the handoff webhook
     app[STORE] = store
     app[CONVERSATIONS] = assemble(settings, model, store, session, metrics=app[METRICS])
-    app[HOLDER] = app[CONVERSATIONS].dialogue.holder
+    app[HOLDER] = app[CONVERSATIONS].responder.holder
     app[METRICS].watch(app[HOLDER])
     tracker = settings.endpoints.tracker_store
     recovery = asyncio.create_task(mark_interrupted_in_background(store, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)))

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.serve.conversations import Conversations
-from bot.serve.dialogue import ModelHolder
+from bot.serve.responder import ModelHolder
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import RateLimiter
 from bot.serve.metrics import Metrics

@@ -63,7 +63,7 @@ class Metrics:
         return len(self._last_seen)
 
     def watch(self, holder) -> None:
-        """Read the engine gauges from the model in service (bot.serve.dialogue.ModelHolder)."""
+        """Read the engine gauges from the model in service (bot.serve.responder.ModelHolder)."""
         self._holder = holder
 
     def _engine_stats(self):

@@ -30,7 +30,7 @@ from bot.serve.migrations import Migrations
 log = logging.getLogger("bot.serve")
 Event = dict[str, Any]
 HANDOFF, RESUME = "handoff", "resume"
-# The event types that change a conversation's state (what bot.serve.dialogue.fold looks at).
+# The event types that change a conversation's state (what bot.serve.responder.fold looks at).
 STATE_EVENTS = ("slot", "reset_slots", HANDOFF, RESUME)
 
 
