@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_openai, routes_web, shutdown
+from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_openai, routes_ratings, routes_web, shutdown
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
@@ -27,9 +27,10 @@ from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
-from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
+from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, RETENTION, SETTINGS, STORE
 from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
+from bot.serve.retention import start_retention
 from bot.serve.security_headers import security_headers
 from bot.serve.store import open_store
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
@@ -81,6 +82,7 @@ def create_app(
     routes_completions.add_routes(app)
     routes_admin.add_routes(app)
     routes_agent.add_routes(app)
+    routes_ratings.add_routes(app)
     routes_web.add_routes(app)
     openapi.add_routes(app)
     return app
@@ -122,9 +124,14 @@ async def _model_and_store(app: web.Application):
     app[METRICS].watch(app[HOLDER])
     tracker = settings.endpoints.tracker_store
     recovery = asyncio.create_task(mark_interrupted_in_background(store, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)))
+    retention, forgetting = start_retention(store, tracker.retention_days)  # none when retention_days is null
+    if retention:
+        app[RETENTION] = retention
     yield
-    recovery.cancel()
-    await asyncio.gather(recovery, return_exceptions=True)
+    tasks = [t for t in (recovery, forgetting) if t]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await session.close()
     await store.close()
     await app[HOLDER].close()
