@@ -1,6 +1,8 @@
 """Conversations are kept for `tracker_store.retention_days` of inactivity (endpoints.yml; null,
 the default, keeps them forever). `bot serve` deletes the older ones when it starts, then every
-hour, in a task beside the server that stops with it. Only how many were deleted is logged:
+hour, in a task beside the server that stops with it (bot.serve.app: the first pass runs before
+the crash-recovery pass, which would otherwise mark a stale conversation's unanswered last
+message `interrupted` and so make it look active). Only how many were deleted is logged:
 never their ids or what they said."""
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ async def forget_inactive_conversations(store: ConversationStore, days: float, n
 
 
 class Retention:
-    """The periodic pass: `run()` deletes, then sleeps `every_s`, until it is cancelled. A store
-    error is logged and the next pass tries again; it never stops the server."""
+    """The passes: `run_once()` deletes; `repeat()` does it every `every_s` until it is cancelled.
+    A store error is logged and the next pass tries again; it never stops the server."""
 
     def __init__(self, store: ConversationStore, days: float, every_s: float = EVERY_S):
         self.store, self.days, self.every_s = store, days, every_s
@@ -44,16 +46,15 @@ class Retention:
         self.passes += 1
         self.passed.set()
 
-    async def run(self) -> None:
+    async def repeat(self) -> None:
         while True:
-            await self.run_once()
             await asyncio.sleep(self.every_s)
+            await self.run_once()
 
 
-def start_retention(store: ConversationStore, days: float | None) -> tuple[Retention | None, asyncio.Task | None]:
-    """The retention task for `tracker_store.retention_days`, started; (None, None) when it is null."""
+def retention_of(store: ConversationStore, days: float | None) -> Retention | None:
+    """The retention of `tracker_store.retention_days`; None when it is null (kept forever)."""
     if days is None:
-        return None, None
-    retention = Retention(store, days)
-    log.info("conversations inactive for more than %g days are deleted (tracker_store.retention_days), now and every %.0f minutes", days, EVERY_S / 60)
-    return retention, asyncio.create_task(retention.run(), name="retention")
+        return None
+    log.info("conversations inactive for more than %g days are deleted (tracker_store.retention_days), at start and every %.0f minutes", days, EVERY_S / 60)
+    return Retention(store, days)
