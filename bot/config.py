@@ -135,6 +135,9 @@ class TrackerStore(Strict):
         "normal survives a crash of the server but may lose the last events to a power cut.",
     )
     key_prefix: str = Field("bot:", min_length=1, description="redis: the start of every key, so several bots can share one database.")
+    retention_days: float | None = Field(
+        None, gt=0, description="Delete conversations with no activity for this many days (at start, then hourly); null keeps them forever."
+    )
 
 
 def _web_origin(value: str) -> str:

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_openai, routes_web, shutdown
+from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_openai, routes_ratings, routes_web, shutdown
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
@@ -27,9 +27,10 @@ from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
-from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
+from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, RETENTION, SETTINGS, STORE
 from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
+from bot.serve.retention import Retention, retention_of
 from bot.serve.security_headers import security_headers
 from bot.serve.store import open_store
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
@@ -81,6 +82,7 @@ def create_app(
     routes_completions.add_routes(app)
     routes_admin.add_routes(app)
     routes_agent.add_routes(app)
+    routes_ratings.add_routes(app)
     routes_web.add_routes(app)
     openapi.add_routes(app)
     return app
@@ -121,13 +123,27 @@ async def _model_and_store(app: web.Application):
     app[HOLDER] = app[CONVERSATIONS].responder.holder
     app[METRICS].watch(app[HOLDER])
     tracker = settings.endpoints.tracker_store
-    recovery = asyncio.create_task(mark_interrupted_in_background(store, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)))
+    retention = retention_of(store, tracker.retention_days)  # None when retention_days is null
+    if retention:
+        app[RETENTION] = retention
+    passes = asyncio.create_task(_background_passes(store, retention, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)), name="background-passes")
     yield
-    recovery.cancel()
-    await asyncio.gather(recovery, return_exceptions=True)
+    passes.cancel()
+    await asyncio.gather(passes, return_exceptions=True)
     await session.close()
     await store.close()
     await app[HOLDER].close()
+
+
+async def _background_passes(store, retention: Retention | None, *, retry_s: float) -> None:
+    """Beside the server, in this order: retention's first pass (a conversation past it is
+    deleted, not marked interrupted, which would make it look active), the crash-recovery
+    pass, then retention every hour until the server stops."""
+    if retention:
+        await retention.run_once()
+    await mark_interrupted_in_background(store, retry_s=retry_s)
+    if retention:
+        await retention.repeat()
 
 
 def run(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import ServeConfig
+from bot.serve.conversation_search import latest_ratings
 from bot.serve.responder import Piece, Responder, fold, to_messages
 from bot.serve.recovery import INTERRUPTED, mark_if_unanswered
 from bot.serve.store import HANDOFF, ConversationStore, Event, new_event
@@ -73,4 +74,11 @@ class Conversations:
                         yield item
 
     async def history(self, sender: str) -> list[dict]:
-        return [visible(e) for e in await self.store.events(sender) if e["type"] in VISIBLE]
+        """The visible events; a bot message the customer rated carries its vote (`rating`)."""
+        events = await self.store.events(sender)
+        votes = latest_ratings(events)
+        shown = [visible(e) for e in events if e["type"] in VISIBLE]
+        for event in shown:
+            if event["type"] == "bot" and event["seq"] in votes:
+                event["rating"] = votes[event["seq"]]["rating"]
+        return shown

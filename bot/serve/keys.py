@@ -13,6 +13,7 @@ from bot.serve.responder import ModelHolder
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import RateLimiter
 from bot.serve.metrics import Metrics
+from bot.serve.retention import Retention
 from bot.serve.store import ConversationStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,3 +28,4 @@ HOLDER = web.AppKey("holder", ModelHolder)
 STORE = web.AppKey("store", ConversationStore)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 FEED_CAP = web.AppKey("feed_cap", ConnectionCap)  # live feeds open per client address
+RETENTION = web.AppKey("retention", Retention)  # there when tracker_store.retention_days is set

@@ -55,6 +55,7 @@ class Event(BaseModel):
     text: str | None = None
     buttons: list[dict[str, Any]] | None = None
     agent: str | None = None
+    rating: Literal["up", "down"] | None = Field(None, description="bot messages in the history: the customer's vote, if they rated it.")
 
 
 class History(BaseModel):
