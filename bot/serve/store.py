@@ -6,7 +6,8 @@ updated in place: the state of a conversation (its slots, whether a person has i
 from its events, so a crash can lose at most the event being written.
 
 Three stores share this interface: SQLite (the default, one server process), PostgreSQL and
-Redis (several server processes: their locks work across processes).
+Redis (several server processes: their locks work across processes); bot/serve/stores.py opens
+the one endpoints.yml names.
 """
 
 from __future__ import annotations
@@ -349,18 +350,3 @@ class SQLiteStore(ConversationStore):
     async def close(self) -> None:
         await asyncio.to_thread(self._close)
 
-
-async def open_store(settings) -> ConversationStore:
-    """The store `endpoints.yml` names (tracker_store), connected."""
-    config = settings.endpoints.tracker_store
-    if config.type == "sqlite":
-        return SQLiteStore(settings.root / config.path, synchronous=config.sqlite_synchronous)
-    if not config.url:
-        raise StoreUnavailable(f"endpoints.yml: tracker_store.url is needed for type '{config.type}'")
-    if config.type == "postgresql":
-        from bot.serve.store_postgres import PostgresStore
-
-        return await PostgresStore.connect(config.url)
-    from bot.serve.store_redis import RedisStore
-
-    return await RedisStore.connect(config.url, lock_expiry_s=config.lock_expiry_s, prefix=config.key_prefix)
