@@ -149,6 +149,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         latest = new_event("user", text=messages[-1]["content"])
         answer = request.app[CONVERSATIONS].responder.answer(model, messages, sender=sender, state=ConversationState(), latest=latest)
         completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
+
         if not body.stream:
             texts = []
             async with aclosing(answer) as items:
