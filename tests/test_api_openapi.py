@@ -62,6 +62,9 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         ("get", "/api/handoffs"),
         ("post", "/api/conversations/{sender}/messages"),
         ("post", "/api/conversations/{sender}/resume"),
+        ("post", "/api/train"),
+        ("get", "/api/train"),
+        ("post", "/api/train/cancel"),
     }
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
