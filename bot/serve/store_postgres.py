@@ -143,7 +143,7 @@ class PostgresStore(ConversationStore):
         return [(row["sender"], row["seq"]) for row in await self._pool.fetch(sql)]
 
     @asynccontextmanager
-    async def lock(self, sender: str, timeout: float):
+    async def _own_lock(self, sender: str, timeout: float):
         key = _lock_key(sender)
         deadline = time.monotonic() + timeout
         try:
@@ -162,7 +162,7 @@ class PostgresStore(ConversationStore):
         finally:
             await self._lock_pool.release(connection)
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
         if self._lock_pool is not self._pool:
