@@ -33,8 +33,9 @@ from bot.data.project import LazyTokenizer
 from bot.data.redaction import Redactor, describe
 from bot.data.schema import ActionTurn, BotTurn, Dialogue, HandoffTurn, TrainingData, UserTurn
 from bot.errors import BotError, InvalidFiles, Problem
-from bot.serve.conversation_search import ConversationFilter, find_conversations
-from bot.serve.store import ConversationStore, Event
+from bot.serve.conversation_search import ConversationFilter, find_conversations, matches
+from bot.serve.conversation_search import describe as describe_conversation
+from bot.serve.store import ConversationStore, ConversationSummary, Event
 from bot.yamlsource import load_bytes
 
 DRAFTS = "drafts"
@@ -269,10 +270,16 @@ async def export(
     store: ConversationStore, settings: Settings, wanted: ConversationFilter = ConversationFilter(), *,
     conversation: str | None = None, rng: random.Random | None = None,
 ) -> list[NewDraft | Skipped]:
-    """Drafts of the conversations that match (or of one conversation): a conversation already
-    drafted or accepted is skipped, unless it is the one asked for by id."""
+    """Drafts of the conversations that match (or of one conversation, if it matches): a
+    conversation already drafted or accepted is skipped, unless it is the one asked for by id."""
     if conversation is not None:
-        return [await draft_conversation(store, settings, conversation, rng=rng)]
+        events = await store.events(conversation)
+        if not events:
+            raise UnknownConversation(f"no stored conversation '{conversation}'")
+        summary = ConversationSummary(conversation, events[0]["timestamp"], events[-1]["timestamp"], len(events))
+        if not matches(describe_conversation(summary, events), events, wanted):
+            return [Skipped(conversation, "it does not match the other filters")]
+        return [write_draft(settings, conversation, events, rng=rng)]
     done = drafted_sources(settings)
     out: list[NewDraft | Skipped] = []
     for found in await find_conversations(store, wanted):
