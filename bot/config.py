@@ -109,7 +109,7 @@ def _regex(value: str) -> str:
     try:
         re.compile(value)
     except re.error as e:
-        raise PydanticCustomError("regex", "not a valid regular expression: {error}", {"error": str(e)}) from None
+        raise PydanticCustomError("regex", "is not a valid regular expression: {error}", {"error": str(e)}) from None
     return value
 
 
