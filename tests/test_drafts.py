@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from bot.cli import main
 from bot.config import load_settings
 from bot.data import drafts
 from bot.data.redaction import luhn_valid
@@ -72,6 +73,20 @@ async def test_a_conversation_full_of_personal_data_gives_a_clean_consistent_val
     card = re.search(r"card (\d{4} \d{4} \d{4} \d{4})", d.turns[6].user).group(1)
     assert luhn_valid(card.replace(" ", ""))
     assert "@example." in d.turns[2].user and verify.result["email_on_file"].endswith(("@example.com", "@example.org", "@example.net"))
+
+    # Once reviewed, it is training data the project's validator accepts.
+    drafts.accept(settings, made.name, "dialogues")
+    assert main(["-C", str(project), "data", "validate"]) == 0
+
+
+async def test_a_conversation_id_holding_personal_data_is_kept_as_a_digest(project, store):
+    settings = load_settings(project)
+    await store_conversation(store, "priya.shah@gmail.com", handed_off_events())
+    made = await drafts.draft_conversation(store, settings, "priya.shah@gmail.com")
+    assert made.source.startswith("sha256-") and made.name == f"conversation-{made.source}"
+    assert "priya" not in made.text and "gmail" not in made.text and made.valid
+    assert drafts.drafted_sources(settings) == {made.source: f"draft '{made.name}'"}
+    assert drafts.source_of(settings, "web-123") == "web-123"
 
 
 async def test_agent_messages_become_bot_turns_marked_for_review(project, store):
