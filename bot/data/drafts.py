@@ -21,7 +21,7 @@ import hashlib
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -76,7 +76,7 @@ class DraftInfo:
 
 @dataclass(frozen=True)
 class NewDraft(DraftInfo):
-    redacted: dict[str, int] = None  # type: ignore[assignment]  # different values replaced, per kind
+    redacted: dict[str, int] = field(default_factory=dict)  # different values replaced, per kind
 
 
 # -- where drafts live ------------------------------------------------------------------------------
