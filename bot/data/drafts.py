@@ -214,6 +214,7 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
             t.turn["result"] = redactor.value(t.turn.get("result"))
         else:
             t.turn[t.kind] = redactor.text(t.turn[t.kind])
+    notes = ["; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns]  # a failure's error may quote data
     summary = redactor.summary()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     header = [
@@ -237,8 +238,8 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
         "    tags: []",
         "    turns:",
     ]
-    for t in found.turns:
-        lines += turn_lines(t.turn, "; ".join(t.notes) or None)
+    for t, note in zip(found.turns, notes):
+        lines += turn_lines(t.turn, note)
     return "\n".join(lines) + "\n", summary
 
 
