@@ -132,10 +132,10 @@ class RedactionConfig(Strict):
     patterns: RedactionPatterns = RedactionPatterns()
     phone_region: str = Field("GB", min_length=2, max_length=2, description="Phone numbers written without +country are read as this country's (ISO 3166 code).")
     name_phrases: list[str] = Field(
-        ["my name is", "my name's", "call me"], description="The word or two after these (any case) are the customer's name."
+        ["my name is", "my name's"], description="The word or two after these (any case) are the customer's name."
     )
     name_intros: list[str] = Field(
-        ["i'm", "i am", "this is", "it's"],
+        ["i'm", "i am", "this is", "it's", "call me"],
         description="A capitalised word or two after these is a name when the sentence ends there or goes on with 'and', 'from' or 'here'.",
     )
     name_fields: list[str] = Field(
