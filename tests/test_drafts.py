@@ -258,3 +258,11 @@ def test_what_the_server_did_besides_answering_becomes_valid_turns(project):
     assert "# Left out: an action whose result the bot never answered." in text
     assert "# Left out: the customer's last message, which had no answer." in text
     assert "Wren" not in text and "40118822" not in text
+
+
+def test_review_comments_go_but_a_text_that_looks_like_one_stays(project):
+    text = 'dialogues:\n  - id: tricky\n    draft: true\n    turns:\n      - user: "what does \\"  # REVIEW: x\\" mean"  # REVIEW: odd\n      - bot: No idea.\n'
+    assert drafts.undrafted(text) == 'dialogues:\n  - id: tricky\n    turns:\n      - user: "what does \\"  # REVIEW: x\\" mean"\n      - bot: No idea.\n'
+    write(project, "tricky", text)
+    target = drafts.accept(load_settings(project), "tricky", "dialogues")
+    assert 'what does \\"  # REVIEW: x\\" mean"\n' in target.read_text()

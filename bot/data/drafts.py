@@ -347,7 +347,7 @@ def _refusal(draft: Dialogue, existing: list[Dialogue], into: Into) -> str | Non
     return None
 
 
-_REVIEW_COMMENT = re.compile(r"\s+# REVIEW:.*$")
+_REVIEW_COMMENT = re.compile(r"\s+# REVIEW:")
 _DRAFT_LINE = re.compile(r"^\s*draft:\s*true\s*(#.*)?$")
 
 
@@ -366,8 +366,10 @@ def undrafted(text: str) -> str:
     for line in lines:
         if _DRAFT_LINE.match(line):
             continue
-        if (m := _REVIEW_COMMENT.search(line)) and _balanced_quotes(line[: m.start()]):
-            line = line[: m.start()]
+        for m in _REVIEW_COMMENT.finditer(line):  # the first one outside a quoted text
+            if _balanced_quotes(line[: m.start()]):
+                line = line[: m.start()]
+                break
         out.append(line)
     return "\n".join(out) + "\n"
 
