@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from bot.cli_table import text_table
+from bot.cli_drafts import EXPORT_HELP, cmd_export, cmd_redact, cmd_review
 from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
 from bot.errors import BotError, InvalidFiles
 
@@ -83,7 +85,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cmd_train(args) -> int:
+def _train(args, progress):
     from transformers.utils import logging as transformers_logging
 
     from bot.config import apply_overlay, load_settings
@@ -93,9 +95,32 @@ def cmd_train(args) -> int:
     settings = load_settings(args.project)
     if args.config:
         settings = apply_overlay(settings, Path(args.config), args.config)
-    outcome = train_and_activate(settings, resume=args.resume, if_needed=args.if_needed, force=args.force, report=_say)
+    return train_and_activate(
+        settings, resume=args.resume, if_needed=args.if_needed, force=args.force, report=_say,
+        progress_bar=progress is None, on_step=progress.step if progress else None,
+    )
+
+
+def cmd_train(args) -> int:
+    from bot.training.progress_file import ProgressFile
+
+    progress = None
+    if args.progress_file and os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, the main process writes it
+        progress = ProgressFile(args.progress_file)  # it replaces the progress bars
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # as a shell's background job: the program following it stops it with SIGINT
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        outcome = _train(args, progress)
+    except BotError as e:
+        if progress:
+            progress.failed(str(e))
+        raise
     if not outcome.main_process:
         return 0
+    if progress:
+        progress.done(
+            outcome.model.id, trained=outcome.trained, activated=outcome.activated, gate_passed=outcome.passed_gate, gate_summary=outcome.reason
+        )
     if not outcome.trained:
         state = "active" if outcome.activated else "not active: it did not pass the gate; 'bot models activate' overrides"
         print(f"model {outcome.model.id} already matches the training data: nothing to train ({state})")
@@ -277,6 +302,18 @@ def parser() -> argparse.ArgumentParser:
     data_commands.add_parser(
         "tool-schema", help="the JSON Schema of a tool call (vLLM's structured output: {\"json\": schema})"
     ).set_defaults(run=cmd_tool_schema)
+    export_data = data_commands.add_parser(
+        "export", help="stored conversations into redacted dialogue drafts under training_data/drafts/",
+        description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export_data.add_argument("--conversation", metavar="ID", help="only this conversation (drafted again even if it was before)")
+    export_data.add_argument("--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)")
+    export_data.add_argument("--handed-off", action="store_true", help="only conversations handed to a person")
+    export_data.add_argument("--rated", choices=["down", "up"], help="only conversations with a bot message the customer rated so")
+    export_data.set_defaults(run=cmd_export)
+    data_commands.add_parser(
+        "review", help="walk the drafts: show each with its validation; accept into dialogues/ or tests/, edit, or reject"
+    ).set_defaults(run=cmd_review)
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on the training data and activate it")
     train.add_argument("--resume", action="store_true", help="continue the last interrupted run from its checkpoint")
@@ -284,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="activate the new model even if it fails the gate")
     train.add_argument(
         "--config", metavar="FILE", help="apply FILE's 'train:' section over config.yml's (e.g. the tuned.yml 'bot tune' writes)"
+    )
+    train.add_argument(
+        "--progress-file", metavar="FILE", help="write progress as JSON lines to FILE instead of progress bars (steps, ETA, loss, the gate's verdict)"
     )
     train.set_defaults(run=cmd_train)
 
@@ -336,6 +376,12 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--url", help="a running server (http://127.0.0.1:5005); default: the active model in process")
     chat.add_argument("--sender", help="conversation id (default: a new one)")
     chat.set_defaults(run=cmd_chat)
+
+    conversations = commands.add_parser("conversations", help="stored conversations")
+    conversation_actions = conversations.add_subparsers(dest="conversations_command", required=True, metavar="ACTION")
+    redact = conversation_actions.add_parser("redact", help="replace the personal data of one stored conversation in place (a data-protection request)")
+    redact.add_argument("id", help="the conversation id (sender)")
+    redact.set_defaults(run=cmd_redact)
 
     init = commands.add_parser("init", help="create a new bot project with an example persona and dialogues")
     init.add_argument("dir", help="folder to create (must not hold a bot project yet)")

@@ -18,7 +18,19 @@ from collections.abc import Callable
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_openai, routes_ratings, routes_web, shutdown
+from bot.serve import (
+    openapi,
+    routes_admin,
+    routes_agent,
+    routes_chat,
+    routes_completions,
+    routes_drafts,
+    routes_openai,
+    routes_ratings,
+    routes_train,
+    routes_web,
+    shutdown,
+)
 from bot.serve.action_server import action_server
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.feeds import ConnectionCap
@@ -79,6 +91,8 @@ def create_app(
     routes_admin.add_routes(app)
     routes_agent.add_routes(app)
     routes_ratings.add_routes(app)
+    routes_train.add_routes(app)
+    routes_drafts.add_routes(app)
     routes_web.add_routes(app)
     openapi.add_routes(app)
     return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from bot.serve.redis_locks import RedisLocks
 from bot.serve.store import ConversationStore, SQLiteStore, StoreUnavailable
 from bot.serve.store_postgres import PostgresStore
 from bot.serve.store_redis import RedisStore
@@ -37,9 +38,17 @@ OPENERS: dict[str, Callable[..., Awaitable[ConversationStore]]] = {"sqlite": _sq
 
 
 async def open_store(settings) -> ConversationStore:
-    """The store `endpoints.yml` names (tracker_store), connected."""
-    kind = settings.endpoints.tracker_store.type
-    opener = OPENERS.get(kind)
+    """The store `endpoints.yml` names (tracker_store), connected, with its locks from the Redis
+    server of tracker_store.lock_url when that is set."""
+    config = settings.endpoints.tracker_store
+    opener = OPENERS.get(config.type)
     if opener is None:  # the config's validation refuses it first; this guards a settings object built otherwise
-        raise StoreUnavailable(f"endpoints.yml: tracker_store.type '{kind}' is not one of {', '.join(OPENERS)}")
-    return await opener(settings)
+        raise StoreUnavailable(f"endpoints.yml: tracker_store.type '{config.type}' is not one of {', '.join(OPENERS)}")
+    store = await opener(settings)
+    if config.lock_url:
+        try:
+            store.take_locks_from(await RedisLocks.connect(config.lock_url, expiry_s=config.lock_expiry_s, prefix=config.key_prefix))
+        except BaseException:
+            await store.close()
+            raise
+    return store
