@@ -36,7 +36,7 @@ from bot.data.profile import profile_of  # noqa: E402
 from bot.data.schema import BotTurn  # noqa: E402
 from bot.serve.responder import ConversationState, ModelHolder, Piece, Responder  # noqa: E402
 from bot.serve.generator import ResponseModel  # noqa: E402
-from bot.serve.store import new_event  # noqa: E402
+from bot.serve.events import new_event  # noqa: E402
 from serve_support import ScriptedEngine  # noqa: E402
 
 MESSAGE = "Hi, can you help me with something?"

@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 
 async def per_event_ms(synchronous: str, events: int, folder: Path) -> float:
-    from bot.serve.store import SQLiteStore, new_event
+    from bot.serve.events import new_event
+    from bot.serve.store import SQLiteStore
 
     store = SQLiteStore(folder / f"{synchronous}-{time.monotonic_ns()}.sqlite3", synchronous=synchronous)
     try:

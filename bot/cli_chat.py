@@ -55,6 +55,7 @@ class _Shown:
 async def chat_in_process(settings, sender: str, *, load_model=None) -> None:
     """`load_model` defaults to loading the active trained model (or the base model)."""
     from bot.serve.conversations import Waiting
+    from bot.serve.events import ACTION, ACTION_PROBLEMS, BOT, HANDOFF
     from bot.serve.responder import Piece
     from bot.serve.services import open_services
 
@@ -69,9 +70,9 @@ async def chat_in_process(settings, sender: str, *, load_model=None) -> None:
                         shown("token", {"text": item.text})
                     elif isinstance(item, Waiting):
                         shown("waiting", {})
-                    elif item["type"] in ("bot", "handoff"):
+                    elif item["type"] in (BOT, HANDOFF):
                         shown("message", item)
-                    elif item["type"] in ("action", "action_failed", "action_rejected"):
+                    elif item["type"] in (ACTION, *ACTION_PROBLEMS):
                         _say(f"  [{item['type']}: {item['name']}]\n")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bot.serve.store import new_event
+from bot.serve.events import new_event
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bot.serve.conversation_search import RATING, ConversationFilter, find_conversations, latest_ratings
-from bot.serve.store import SQLiteStore, new_event
+from bot.serve.events import new_event
+from bot.serve.store import SQLiteStore
 
 
 async def _store(tmp_path):

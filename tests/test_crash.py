@@ -16,8 +16,10 @@ from contextlib import AsyncExitStack
 import aiohttp
 import pytest
 
-from bot.serve.recovery import INTERRUPTED, mark_interrupted
-from bot.serve.store import SQLiteStore, new_event
+from bot.serve.events import INTERRUPTED
+from bot.serve.recovery import mark_interrupted
+from bot.serve.events import new_event
+from bot.serve.store import SQLiteStore
 from serve_support import NO_ACTION_SERVER, make_project
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix

@@ -12,7 +12,8 @@ from bot.cli import main
 from bot.config import load_settings
 from bot.data import drafts
 from bot.data.redaction import luhn_valid
-from bot.serve.store import SQLiteStore, new_event
+from bot.serve.events import new_event
+from bot.serve.store import SQLiteStore
 from draft_support import PERSONAL, golden_events, handed_off_events, rate, starter_project, store_conversation
 
 

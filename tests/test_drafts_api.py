@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bot.serve.keys import STORE
-from bot.serve.store import new_event
+from bot.serve.events import new_event
 from draft_support import store_conversation
 from serve_support import ADMIN_TOKEN, make_project
 

@@ -12,7 +12,8 @@ import pytest
 from bot.cli import main
 from bot.config import load_settings
 from bot.data import drafts
-from bot.serve.store import SQLiteStore, new_event
+from bot.serve.events import new_event
+from bot.serve.store import SQLiteStore
 from draft_support import PERSONAL, golden_events, handed_off_events, rate, starter_project, store_conversation
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 

@@ -16,7 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from bot.serve.app import create_app
-from bot.serve.store import SQLiteStore, new_event
+from bot.serve.events import new_event
+from bot.serve.store import SQLiteStore
 from load_support import POSTGRES_URL, STORES, idle_feeds, load_project, percentile, run_id, run_load, soak
 from serve_support import make_project, scripted_model, settings_of
 from server_process import ServerProcess

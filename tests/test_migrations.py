@@ -15,7 +15,8 @@ import pytest
 
 from bot.serve.responder import fold
 from bot.serve.migrations import MigrationError, Migrations
-from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite, new_event
+from bot.serve.events import new_event
+from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
 from store_isolation import postgres_schema, redis_prefix
 
 FIXTURES = Path(__file__).parent / "data" / "stores_v1"

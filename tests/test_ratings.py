@@ -7,7 +7,7 @@ import pytest
 
 from bot.serve.conversation_search import RATING, latest_ratings
 from bot.serve.keys import STORE
-from bot.serve.store import new_event
+from bot.serve.events import new_event
 from serve_support import make_project
 
 

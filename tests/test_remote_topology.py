@@ -23,7 +23,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.rendering import parse_reply
-from bot.serve.responder import COULD_NOT_DO, MODEL_UNAVAILABLE, NOT_UNDERSTOOD
+from bot.serve.events import MODEL_UNAVAILABLE
+from bot.serve.responder import COULD_NOT_DO, NOT_UNDERSTOOD
 from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix

@@ -13,7 +13,7 @@ from bot.rendering import fitted_prompt_ids, prompt_ids
 from bot.serve.responder import fold, to_messages
 from bot.engine.protocol import Finished
 from bot.serve.generator import load_response_model
-from bot.serve.store import new_event
+from bot.serve.events import new_event
 from serve_support import make_project, settings_of
 
 SYSTEM = "You are Ember, the support assistant of Ember Supplies."

@@ -13,7 +13,8 @@ import uuid
 import pytest
 
 from bot.serve.responder import fold
-from bot.serve.store import STATE_EVENTS, ConversationBusy, SQLiteStore, StoreUnavailable, new_event
+from bot.serve.events import STATE_EVENTS, new_event
+from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
 from store_isolation import postgres_schema, redis_prefix
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -130,7 +130,7 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
 
 async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp_path, cache_dir, tokenizer):
     from bot.serve.keys import STORE
-    from bot.serve.store import new_event
+    from bot.serve.events import new_event
 
     settings = settings_of(make_project(tmp_path / "q", cache_dir))
     model = scripted_model(settings, tokenizer, ["Good choice."])

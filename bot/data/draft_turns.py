@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.responder import GUARD, MODEL_UNAVAILABLE
-from bot.serve.store import HANDOFF, RESUME, Event
+from bot.serve.events import ACTION, ACTION_PROBLEMS, ACTION_REJECTED, AGENT, BOT, HANDOFF, MODEL_UNAVAILABLE, RESUME, USER, Event
+from bot.serve.responder import GUARD, UNGROUNDED
 
-APOLOGY_AFTER = ("action_failed", "action_rejected", MODEL_UNAVAILABLE)
+APOLOGY_AFTER = (*ACTION_PROBLEMS, MODEL_UNAVAILABLE)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class _Builder:
     def failed(self, event: Event) -> None:
         if event["type"] == MODEL_UNAVAILABLE:
             self.failure = "the model server gave no reply"
-        elif event["type"] == "action_rejected" and event.get("reason") == "ungrounded":
+        elif event["type"] == ACTION_REJECTED and event.get("reason") == UNGROUNDED:
             self.failure = None  # the bot asked the customer for the value: a good reply to learn
         else:
             detail = event.get("status") or event.get("error") or "refused"
@@ -156,7 +156,7 @@ class _Builder:
 def conversation_turns(events: list[Event]) -> ConversationTurns:
     """The dialogue turns of a stored conversation's events (oldest first)."""
     builder = _Builder(events)
-    steps = {"user": builder.user, "bot": builder.bot, "agent": builder.agent, "action": builder.action, HANDOFF: builder.handoff_event, RESUME: builder.resume}
+    steps = {USER: builder.user, BOT: builder.bot, AGENT: builder.agent, ACTION: builder.action, HANDOFF: builder.handoff_event, RESUME: builder.resume}
     for event in events:
         kind = event.get("type")
         if kind in steps:

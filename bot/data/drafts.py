@@ -36,7 +36,8 @@ from bot.data.schema import ActionTurn, BotTurn, Dialogue, HandoffTurn, Training
 from bot.errors import BotError, InvalidFiles, Problem
 from bot.serve.conversation_search import ConversationFilter, find_conversations, matches
 from bot.serve.conversation_search import describe as describe_conversation
-from bot.serve.store import ConversationStore, ConversationSummary, Event
+from bot.serve.events import SLOT, USER, Event
+from bot.serve.store import ConversationStore, ConversationSummary
 from bot.yamlsource import load_bytes
 
 DRAFTS = "drafts"
@@ -428,12 +429,12 @@ async def redact_conversation(store: ConversationStore, settings: Settings, send
             raise UnknownConversation(f"no stored conversation '{sender}'")
         redactor = Redactor(settings.build.redaction, rng)
         redactor.learn_names(
-            [e.get("text") or "" for e in events if e["type"] == "user"],
-            [v for e in events for k, v in e.items() if k not in KEPT_FIELDS] + [{e["name"]: e.get("value")} for e in events if e["type"] == "slot" and "name" in e],
+            [e.get("text") or "" for e in events if e["type"] == USER],
+            [v for e in events for k, v in e.items() if k not in KEPT_FIELDS] + [{e["name"]: e.get("value")} for e in events if e["type"] == SLOT and "name" in e],
         )
         redacted = []
         for event in events:
-            key = event.get("name") if event["type"] == "slot" else None
+            key = event.get("name") if event["type"] == SLOT else None
             redacted.append({k: v if k in KEPT_FIELDS else redactor.value(v, key if k == "value" else k) for k, v in event.items()})
         await store.rewrite(sender, redacted)
     return redactor.summary()

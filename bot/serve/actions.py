@@ -24,14 +24,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import rasa_sdk.events as rasa
 
 from bot.data.profile import BotProfile
 from bot.data.schema import HANDOFF_TOOL
-from bot.serve.store import Event, new_event
+from bot.serve.events import ACTION, AGENT, BOT, SLOT, USER, Event, action_executed, action_failed, bot_message, slot_set, slots_reset
 
 log = logging.getLogger("bot.serve.actions")
 
 RASA_SDK_VERSION = "3.21.1"
+# The names of the events an action server answers with (rasa-sdk's wire format, made by
+# rasa_sdk.events.SlotSet, AllSlotsReset, ConversationPaused and FollowupAction): not ours.
+RASA_SLOT, RASA_RESET_SLOTS, RASA_PAUSE, RASA_FOLLOWUP = "slot", "reset_slots", "pause", "followup"
 SORRY = "Sorry, I can't look that up right now. Would you like me to pass you to a member of our team?"
 
 
@@ -71,14 +75,15 @@ def rasa_events(events: list[Event]) -> list[dict]:
     out = []
     for e in events:
         kind, ts = e["type"], e.get("timestamp")
-        if kind == "user":
-            out.append({"event": "user", "timestamp": ts, "text": e.get("text"), "parse_data": {"text": e.get("text"), "intent": {}, "entities": []}, "input_channel": "rest"})
-        elif kind in ("bot", "agent"):
-            out.append({"event": "bot", "timestamp": ts, "text": e.get("text"), "data": {}, "metadata": {"from": kind}})
-        elif kind == "action":
-            out.append({"event": "action", "timestamp": ts, "name": e["name"]})
-        elif kind == "slot":
-            out.append({"event": "slot", "timestamp": ts, "name": e["name"], "value": e.get("value")})
+        if kind == USER:
+            parse_data = {"text": e.get("text"), "intent": {}, "entities": []}
+            out.append(rasa.UserUttered(e.get("text"), parse_data=parse_data, timestamp=ts, input_channel="rest"))
+        elif kind in (BOT, AGENT):
+            out.append(rasa.BotUttered(e.get("text"), data={}, metadata={"from": kind}, timestamp=ts))
+        elif kind == ACTION:
+            out.append(rasa.ActionExecuted(e["name"], timestamp=ts))
+        elif kind == SLOT:
+            out.append(rasa.SlotSet(e["name"], e.get("value"), timestamp=ts))
     return out
 
 
@@ -139,8 +144,8 @@ class ActionRunner:
             answer = await self.call(name, arguments, sender=sender, state=state, latest=latest, profile=profile)
         except ActionFailed as e:
             log.warning("action %s failed for conversation %s: %s (%s)", name, sender, e.status, e.detail)
-            failed = new_event("action_failed", name=name, arguments=arguments, status=e.status, error=e.detail)
-            return ActionOutcome([failed, new_event("bot", text=SORRY)], failed=True)
+            failed = action_failed(name, arguments, e.detail, status=e.status)
+            return ActionOutcome([failed, bot_message(SORRY)], failed=True)
         return outcome_of(name, arguments, answer)
 
 
@@ -149,12 +154,12 @@ def outcome_of(name: str, arguments: dict, answer: dict) -> ActionOutcome:
     slots: dict[str, Any] = {}
     for event in answer.get("events") or []:
         kind = event.get("event") if isinstance(event, dict) else None
-        if kind == "slot":
+        if kind == RASA_SLOT:
             slots[event["name"]] = event.get("value")
-            outcome.events.append(new_event("slot", name=event["name"], value=event.get("value"), by=name))
-        elif kind == "reset_slots":
-            outcome.events.append(new_event("reset_slots", by=name))
-        elif kind == "pause" or (kind == "followup" and event.get("name") == HANDOFF_TOOL):
+            outcome.events.append(slot_set(event["name"], event.get("value"), by=name))
+        elif kind == RASA_RESET_SLOTS:
+            outcome.events.append(slots_reset(by=name))
+        elif kind == RASA_PAUSE or (kind == RASA_FOLLOWUP and event.get("name") == HANDOFF_TOOL):
             outcome.handoff = True
     payloads, texts = [], []
     messages = []
@@ -166,8 +171,8 @@ def outcome_of(name: str, arguments: dict, answer: dict) -> ActionOutcome:
         shown = {k: response.get(k) or None for k in ("text", "buttons", "image")}
         if any(shown.values()):
             texts += [shown["text"]] if shown["text"] else []
-            messages.append(new_event("bot", by=name, **shown))
+            messages.append(bot_message(by=name, **shown))
     result = payloads[0] if len(payloads) == 1 else payloads or slots or ({"messages": texts} if texts else {})
-    outcome.action_event = new_event("action", name=name, arguments=arguments, result=result)
+    outcome.action_event = action_executed(name, arguments, result)
     outcome.events = [outcome.action_event] + outcome.events + messages
     return outcome

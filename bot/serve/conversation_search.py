@@ -2,18 +2,17 @@
 a person took them over, how customers rated the bot's messages, and words in them. Used by the
 operator console's list and by `bot data export`'s filters, so both find the same conversations.
 
-A rating is an event `{"type": "rating", "rated_seq": SEQ, "rating": "up" | "down", "comment": ...}`
-stored in the conversation it rates; SEQ is the rated bot message's seq. A customer may change a
-vote: the latest rating event for a message is the one that counts."""
+A rating is an event (bot.serve.events.rating) stored in the conversation it rates; a customer
+may change a vote: the latest rating event for a message is the one that counts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bot.serve.store import HANDOFF, ConversationStore, ConversationSummary, Event
+from bot.serve.events import HANDOFF, RATING, USER, Event
+from bot.serve.store import ConversationStore, ConversationSummary
 
-RATING = "rating"
 Rating = Literal["up", "down"]
 
 
@@ -48,7 +47,7 @@ def describe(summary: ConversationSummary, events: list[Event]) -> FoundConversa
         summary=summary,
         handed_off=any(e["type"] == HANDOFF for e in events),
         ratings={"up": votes.count("up"), "down": votes.count("down")},
-        last_customer_message=next((e.get("text") for e in reversed(events) if e["type"] == "user"), None),
+        last_customer_message=next((e.get("text") for e in reversed(events) if e["type"] == USER), None),
     )
 
 

@@ -12,8 +12,9 @@ from typing import Any
 from bot.config import ServeConfig
 from bot.serve.conversation_search import latest_ratings
 from bot.serve.responder import Piece, Responder, fold, to_messages
-from bot.serve.recovery import INTERRUPTED, mark_if_unanswered
-from bot.serve.store import HANDOFF, ConversationStore, Event, new_event
+from bot.serve.recovery import mark_if_unanswered
+from bot.serve.events import BOT, HANDOFF, VISIBLE, Event, user_message
+from bot.serve.store import ConversationStore
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,6 @@ class Waiting:
 
 
 # What the customer sees of each event type, in the history and as it happens.
-VISIBLE = ("user", "bot", "agent", HANDOFF, "resume", INTERRUPTED)
 
 
 def visible(event: Event) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class Conversations:
         written and each event as it is stored."""
         async with self.store.lock(sender, self.config.lock_timeout_s):
             await mark_if_unanswered(self.store, sender)  # a reply cut by a crash that startup did not mark
-            latest = await self.store.append(sender, new_event("user", text=text, metadata=metadata or None))
+            latest = await self.store.append(sender, user_message(text, metadata))
             yield latest
             events, state_events = await self.store.context(sender, self.config.history_events)  # not the whole conversation
             state = fold(state_events)
@@ -79,6 +79,6 @@ class Conversations:
         votes = latest_ratings(events)
         shown = [visible(e) for e in events if e["type"] in VISIBLE]
         for event in shown:
-            if event["type"] == "bot" and event["seq"] in votes:
+            if event["type"] == BOT and event["seq"] in votes:
                 event["rating"] = votes[event["seq"]]["rating"]
         return shown

@@ -8,18 +8,18 @@ import logging
 
 import aiohttp
 
-from bot.serve.store import Event
+from bot.serve.events import AGENT, BOT, HANDOFF, USER, Event
 
 log = logging.getLogger("bot.serve.handoff")
 SUMMARY_MESSAGES = 6
+SPEAKERS = {USER: "customer", BOT: "bot", AGENT: "agent"}  # the messages a summary is made of, and who wrote them
 
 
 def summary(events: list[Event]) -> str:
     """The last few messages, one line each: what an agent reads first."""
     lines = []
     for event in events:
-        if event["type"] in ("user", "bot", "agent") and event.get("text"):
-            who = {"user": "customer", "bot": "bot", "agent": "agent"}[event["type"]]
+        if (who := SPEAKERS.get(event["type"])) and event.get("text"):
             lines.append(f"{who}: {event['text']}")
     return "\n".join(lines[-SUMMARY_MESSAGES:])
 
@@ -33,7 +33,7 @@ class HandoffNotifier:
         if not self.url:
             return
         body = {
-            "event": "handoff",
+            "event": HANDOFF,
             "sender": sender,
             "reason": handoff.get("reason") or "",
             "by": handoff.get("by"),

@@ -19,9 +19,9 @@ import time
 
 from bot.errors import BotError
 from bot.serve.responder import fold
-from bot.serve.store import ConversationBusy, ConversationStore, Event, new_event
+from bot.serve.events import USER, Event, interrupted
+from bot.serve.store import ConversationBusy, ConversationStore
 
-INTERRUPTED = "interrupted"
 TRY_LOCK_S = 0.1  # "without waiting", with time for one round trip to the store
 
 log = logging.getLogger("bot.serve")
@@ -31,12 +31,12 @@ async def mark_if_unanswered(store: ConversationStore, sender: str, seq: int | N
     """With the conversation's lock held: if its last event is a customer message (the one with
     `seq`, when given) and no person has the conversation, store and return `interrupted`."""
     last = await store.events(sender, last=1)
-    if not last or last[0]["type"] != "user" or (seq is not None and last[0]["seq"] != seq):
+    if not last or last[0]["type"] != USER or (seq is not None and last[0]["seq"] != seq):
         return None
     _, state = await store.context(sender, 0)
     if fold(state).handed_off:
         return None
-    return await store.append(sender, new_event(INTERRUPTED, of=last[0]["seq"]))
+    return await store.append(sender, interrupted(last[0]["seq"]))
 
 
 async def mark_interrupted(store: ConversationStore, *, retry_s: float) -> list[Event]:

@@ -35,13 +35,30 @@ from bot.engine.protocol import Finished
 from bot.engine.remote import ModelServerUnavailable
 from bot.serve.generator import ResponseModel
 from bot.serve.leak_guard import Leak
-from bot.serve.store import HANDOFF, RESUME, Event, new_event
+from bot.serve.events import (
+    ACTION,
+    AGENT,
+    BOT,
+    HANDOFF,
+    MODEL_UNAVAILABLE,
+    RESET_SLOTS,
+    RESUME,
+    SLOT,
+    USER,
+    Event,
+    action_failed,
+    action_rejected,
+    bot_message,
+    handed_off,
+    leak_guarded,
+    model_unavailable,
+)
 
 log = logging.getLogger("bot.serve")
 
 GUARD = "leak_guard"  # `by` of the refusal that stands in for what the leak guard stopped
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it another way?"
-MODEL_UNAVAILABLE = "model_unavailable"  # the event recording a reply the model server could not give, with the reason
+UNGROUNDED = "ungrounded"  # the reason of an action_rejected event whose values the customer never gave
 COULD_NOT_DO = "Sorry, I couldn't do that just now. Would you like me to pass you to a member of our team?"
 
 
@@ -64,9 +81,9 @@ def fold(events: list[Event]) -> ConversationState:
     """The state a conversation's events add up to."""
     state = ConversationState(recent=events)
     for event in events:
-        if event["type"] == "slot":
+        if event["type"] == SLOT:
             state.slots[event["name"]] = event.get("value")
-        elif event["type"] == "reset_slots":
+        elif event["type"] == RESET_SLOTS:
             state.slots.clear()
         elif event["type"] == HANDOFF:
             state.handed_off, state.handoff_reason = True, event.get("reason")
@@ -85,11 +102,11 @@ def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
     messages: list[dict] = [{"role": "system", "content": system_prompt}]
     for event in events:
         kind = event["type"]
-        if kind == "user":
+        if kind == USER:
             messages.append({"role": "user", "content": event["text"]})
-        elif kind in ("bot", "agent"):  # an agent speaks for the company, as the bot does
+        elif kind in (BOT, AGENT):  # an agent speaks for the company, as the bot does
             messages.append({"role": "assistant", "content": event["text"]})
-        elif kind == "action":
+        elif kind == ACTION:
             call_id = f"call_{event.get('seq', len(messages))}"
             messages.append(tool_call_message(call_id, event["name"], event.get("arguments", {})))
             messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(event.get("result"), ensure_ascii=False)})
@@ -217,7 +234,7 @@ class Responder:
         log.warning("conversation %s: the leak guard stopped a %s that would have shown the %s", sender, where.replace("_", " "), leak.kind)
         if self.metrics:
             self.metrics.guarded.labels(kind=leak.kind, where=where).inc()
-        return new_event("guarded", kind=leak.kind, encoding=leak.encoding, where=where, **detail)
+        return leak_guarded(leak.kind, where, leak.encoding, **detail)
 
     def _screen(self, model: ResponseModel, sender: str, event: Event) -> list[Event]:
         """A message on its way to the customer, checked: as it is, or the refusal instead."""
@@ -234,7 +251,7 @@ class Responder:
         if leak := guard.find_in([event.get(key) for key in ("text", "buttons", "image")]):
             by = event.get("by")  # the action whose message it is, if any
             cut = self._guarded(sender, leak, "action_message", action=by) if by else self._guarded(sender, leak, "reply")
-            return [cut, new_event("bot", text=guard.refusal, by=GUARD)]
+            return [cut, bot_message(guard.refusal, by=GUARD)]
         return [event]
 
     async def answer(
@@ -245,7 +262,7 @@ class Responder:
         meanwhile. Every message passes the leak guard on its way out."""
         async with aclosing(self._answer(model, messages, sender=sender, state=state, latest=latest)) as items:
             async for item in items:
-                if isinstance(item, dict) and item["type"] in ("bot", HANDOFF) and item.get("by") != GUARD:
+                if isinstance(item, dict) and item["type"] in (BOT, HANDOFF) and item.get("by") != GUARD:
                     for event in self._screen(model, sender, item):
                         yield event
                 else:
@@ -256,7 +273,7 @@ class Responder:
     ) -> AsyncIterator[Piece | Event]:
         messages = list(messages)
         if model.profile.person_rule.asks_for_person(last_user_text(messages)):
-            yield new_event(HANDOFF, by="rule", reason=PERSON_ASKED, text=model.profile.handoff_message)
+            yield handed_off("rule", PERSON_ASKED, text=model.profile.handoff_message)
             return
         for step in range(self.config.max_actions_per_message + 1):
             generated = leak = None
@@ -273,57 +290,61 @@ class Responder:
                 log.warning("conversation %s: no reply: %s", sender, e)
                 if self.metrics:
                     self.metrics.model_server_failures.inc()
-                yield new_event(MODEL_UNAVAILABLE, error=str(e))
-                yield new_event("bot", text=COULD_NOT_DO, by=MODEL_UNAVAILABLE)  # stands in for any text streamed before the break
+                yield model_unavailable(str(e))
+                yield bot_message(COULD_NOT_DO, by=MODEL_UNAVAILABLE)  # stands in for any text streamed before the break
                 return
             if leak:
                 yield self._guarded(sender, leak, "reply")
-                yield new_event("bot", text=model.leak_guard.refusal, by=GUARD)
+                yield bot_message(model.leak_guard.refusal, by=GUARD)
                 return
             reply = parse_reply(generated.text)
             if reply.broken_call is not None:  # opened a call and never finished it well: a failed call
                 log.warning("conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text)
                 if reply.broken_call == HANDOFF_TOOL:
-                    yield new_event(HANDOFF, by="model", reason="", text=model.profile.handoff_message)
+                    yield handed_off("model", "", text=model.profile.handoff_message)
                     return
-                yield new_event("action_failed", name=reply.broken_call, arguments={}, error=f"malformed tool call ({generated.finish_reason})")
-                yield new_event("bot", text=COULD_NOT_DO)
+                yield action_failed(reply.broken_call, {}, f"malformed tool call ({generated.finish_reason})")
+                yield bot_message(COULD_NOT_DO)
                 return
             if reply.handoff:
                 reason = str((reply.arguments or {}).get("reason", ""))
-                yield new_event(HANDOFF, by="model", reason=reason, text=model.profile.handoff_message)
+                yield handed_off("model", reason, text=model.profile.handoff_message)
                 return
             if not reply.calls_action:
-                yield new_event("bot", text=reply.text or NOT_UNDERSTOOD)
+                yield bot_message(reply.text or NOT_UNDERSTOOD)
                 return
             name, arguments = reply.action, reply.arguments or {}
             if leak := model.leak_guard.find_in(arguments):  # never sent: an action may echo its arguments
                 yield self._guarded(sender, leak, "tool_call", action=name)
-                yield new_event("bot", text=model.leak_guard.refusal, by=GUARD)
+                yield bot_message(model.leak_guard.refusal, by=GUARD)
                 return
             problems = model.profile.argument_problems(name, arguments)
             if problems or step == self.config.max_actions_per_message:
                 # Never run: the call doesn't match its declaration, or this message had its share of actions.
-                kind, detail = ("action_rejected", {"problems": problems}) if problems else ("action_failed", {"error": "too many actions for one message"})
-                log.warning("conversation %s: not running %s(%s): %s", sender, name, json.dumps(arguments), "; ".join(problems) or detail["error"])
-                yield new_event(kind, name=name, arguments=arguments, **detail)
-                yield new_event("bot", text=COULD_NOT_DO)
+                if problems:
+                    refused = action_rejected(name, arguments, problems)
+                else:
+                    refused = action_failed(name, arguments, "too many actions for one message")
+                why = "; ".join(problems) or refused["error"]
+                log.warning("conversation %s: not running %s(%s): %s", sender, name, json.dumps(arguments), why)
+                yield refused
+                yield bot_message(COULD_NOT_DO)
                 return
             invented = ungrounded(model.profile.actions[name], arguments, conversation_sources(messages))
             if invented:  # never sent: the customer is asked for the value instead
                 log.warning("conversation %s: not running %s(%s): %s not from the conversation", sender, name, json.dumps(arguments), ", ".join(invented))
                 problems = [f"'{a}' {json.dumps(arguments[a])} appears nowhere in the conversation" for a in invented]
-                yield new_event("action_rejected", name=name, arguments=arguments, problems=problems, reason="ungrounded")
-                yield new_event("bot", text=asked_for(invented))
+                yield action_rejected(name, arguments, problems, reason=UNGROUNDED)
+                yield bot_message(asked_for(invented))
                 return
             outcome = await self.actions.run(name, arguments, sender=sender, state=state, latest=latest, profile=model.profile)
             for event in outcome.events:
-                if event["type"] == "slot":
+                if event["type"] == SLOT:
                     state.slots[event["name"]] = event.get("value")
                 yield event
             if outcome.failed:
                 return
             messages += to_messages([outcome.action_event], "")[1:]
             if outcome.handoff:
-                yield new_event(HANDOFF, by="action", reason=f"action {name} asked for a person", text=model.profile.handoff_message)
+                yield handed_off("action", f"action {name} asked for a person", text=model.profile.handoff_message)
                 return

@@ -12,7 +12,7 @@ from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
 from bot.serve.openapi import Route, register
 from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
-from bot.serve.store import HANDOFF, RESUME, new_event
+from bot.serve.events import HANDOFF, USER, agent_message, handed_off, resumed
 
 TAKEN_OVER = "taken over by an agent"
 
@@ -49,12 +49,12 @@ async def waiting(request: web.Request) -> web.Response:
     for sender in await store.waiting_for_agent():
         events = await store.events(sender, last=50)
         handoff = next((e for e in reversed(events) if e["type"] == HANDOFF), {})
-        last_customer = next((e["text"] for e in reversed(events) if e["type"] == "user"), None)
+        last_customer = next((e["text"] for e in reversed(events) if e["type"] == USER), None)
         listed.append({"sender": sender, "reason": handoff.get("reason"), "since": handoff.get("timestamp"), "last_customer_message": last_customer})
     return web.json_response({"waiting": listed})
 
 
-async def agent_message(request: web.Request) -> web.Response:
+async def write_as_agent(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     body = await read_body(request, AgentMessage)
@@ -64,27 +64,27 @@ async def agent_message(request: web.Request) -> web.Response:
     async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):  # after any reply being written
         taken = None
         if not fold(await store.events(sender)).handed_off:
-            taken = await store.append(sender, new_event(HANDOFF, by="agent", reason=TAKEN_OVER, agent=body.agent))
-        event = await store.append(sender, new_event("agent", text=body.text, agent=body.agent))
+            taken = await store.append(sender, handed_off("agent", TAKEN_OVER, agent=body.agent))
+        event = await store.append(sender, agent_message(body.text, body.agent))
     return web.json_response({"event": event, "took_over": taken is not None})
 
 
-async def resume(request: web.Request) -> web.Response:
+async def give_back(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     store = request.app[STORE]
     async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
         if not fold(await store.events(sender)).handed_off:
             raise web.HTTPConflict(text=f"conversation '{sender}' is not with an agent")
-        event = await store.append(sender, new_event(RESUME))
+        event = await store.append(sender, resumed())
     return web.json_response({"event": event})
 
 
 ROUTES = [
     Route("GET", "/api/handoffs", waiting, "Conversations waiting for a person", "agents", ok=Handoffs, admin=True, errors=(503,)),
-    Route("POST", "/api/conversations/{sender}/messages", agent_message, "An agent writes to the customer (and takes the conversation over)",
+    Route("POST", "/api/conversations/{sender}/messages", write_as_agent, "An agent writes to the customer (and takes the conversation over)",
           "agents", body=AgentMessage, ok=AgentReply, params=(SENDER_PARAM,), admin=True, errors=(503,)),
-    Route("POST", "/api/conversations/{sender}/resume", resume, "Give the conversation back to the bot", "agents",
+    Route("POST", "/api/conversations/{sender}/resume", give_back, "Give the conversation back to the bot", "agents",
           ok=Resumed, params=(SENDER_PARAM,), admin=True, errors=(409, 503)),
 ]
 

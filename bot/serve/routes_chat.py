@@ -13,12 +13,13 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-from bot.serve.conversations import VISIBLE, Waiting, visible
+from bot.serve.conversations import Waiting, visible
 from bot.serve.responder import Piece
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, Route, ServerSentEvent, register
-from bot.serve.store import HANDOFF, StoreUnavailable
+from bot.serve.events import BOT, HANDOFF, USER, VISIBLE
+from bot.serve.store import StoreUnavailable
 
 SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
 FEED_WAIT_S = 15.0
@@ -101,7 +102,7 @@ def rasa_message(sender: str, event: dict) -> dict:
     return {k: v for k, v in message.items() if v is not None}
 
 
-SHOWN_TO_CUSTOMER = ("bot", HANDOFF)
+SHOWN_TO_CUSTOMER = (BOT, HANDOFF)
 
 
 async def rest_webhook(request: web.Request) -> web.Response:
@@ -141,7 +142,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     try:
         async with aclosing(request.app[CONVERSATIONS].handle(body.sender, body.message, body.metadata)) as items:
             async for item in items:
-                if isinstance(item, dict) and item["type"] == "user":
+                if isinstance(item, dict) and item["type"] == USER:
                     await send_event(response, "received", {"seq": item["seq"]})
                 elif isinstance(item, Piece):
                     first_token(request, request.app[METRICS])

@@ -15,13 +15,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.remote import RemoteEngine
-from bot.serve.responder import GUARD, MODEL_UNAVAILABLE, ConversationState, Piece
+from bot.serve.events import MODEL_UNAVAILABLE
+from bot.serve.responder import GUARD, ConversationState, Piece
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import Route, ServerSentEvent, register
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.routes_completions import openai_stream_error
-from bot.serve.store import new_event
+from bot.serve.events import user_message
 
 
 class ContentPart(BaseModel):
@@ -146,7 +147,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async with request.app[HOLDER].borrow() as model:  # one model for the whole reply, even across a reload
         messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
         sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
-        latest = new_event("user", text=messages[-1]["content"])
+        latest = user_message(messages[-1]["content"])
         answer = request.app[CONVERSATIONS].responder.answer(model, messages, sender=sender, state=ConversationState(), latest=latest)
         completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
 

@@ -1,7 +1,7 @@
 """Customers rate the bot's messages: thumbs up or down on each, from the widget (a customer-side
 route, like the other /api/conversations/{sender} chat routes: no admin token).
 
-A vote is stored in the rated conversation as a rating event (bot.serve.conversation_search), under
+A vote is stored in the rated conversation as a rating event (bot.serve.events.rated), under
 the conversation's lock, so it lands between two turns, never inside a reply being written. The
 latest vote for a message counts: voting again changes it; the same vote again stores nothing."""
 
@@ -10,15 +10,14 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.serve.conversation_search import RATING, Rating, latest_ratings
+from bot.serve.conversation_search import Rating, latest_ratings
 from bot.serve.http import read_body
 from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Route, register
 from bot.serve.routes_chat import MAX_SEQ, SENDER_PARAM, conversation_id
-from bot.serve.store import new_event
+from bot.serve.events import BOT, rated
 
 MAX_COMMENT_CHARS = 1000
-RATED_TYPE = "bot"  # only the bot's own messages are rated: not an agent's, not a notice
 
 
 class RatingRequest(BaseModel):
@@ -45,11 +44,11 @@ async def rate_message(request: web.Request) -> web.Response:
     store = request.app[STORE]
     async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
         events = await store.events(sender)
-        if not any(e["seq"] == body.seq and e["type"] == RATED_TYPE for e in events):
+        if not any(e["seq"] == body.seq and e["type"] == BOT for e in events):
             raise web.HTTPNotFound(text=f"conversation '{sender}' has no bot message with seq {body.seq}: only the bot's messages can be rated")
         current = latest_ratings(events).get(body.seq)
         if current is None or (current["rating"], current.get("comment")) != (body.rating, comment):
-            await store.append(sender, new_event(RATING, rated_seq=body.seq, rating=body.rating, comment=comment))
+            await store.append(sender, rated(body.seq, body.rating, comment))
             request.app[METRICS].ratings.labels(body.rating).inc()
     return web.json_response(Rated(sender=sender, seq=body.seq, rating=body.rating, comment=comment).model_dump(exclude_none=True))
 

@@ -1,9 +1,10 @@
 """Conversations as append-only event logs, and a lock per conversation.
 
-An event is a JSON object with a `type` (user, bot, action, slot, handoff, agent, resume, ...)
-and a `timestamp`; the store adds `seq`, which grows within a conversation. Nothing is ever
-updated in place: the state of a conversation (its slots, whether a person has it) is folded
-from its events, so a crash can lose at most the event being written.
+An event is a JSON object with a `type` and a `timestamp` (bot/serve/events.py has every type and
+its fields); the store adds `seq`, which grows within a conversation. Events are only appended
+(the one exception: `rewrite`, for a customer's data-protection request): the state of a
+conversation (its slots, whether a person has it) is folded from its events, so a crash can lose
+at most the event being written.
 
 Three stores share this interface: SQLite (the default, one server process), PostgreSQL and
 Redis (several server processes: their locks work across processes). Any of them may take its
@@ -27,13 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import BotError
+from bot.serve.events import HANDOFF, RESUME, STATE_EVENTS, USER, Event
 from bot.serve.migrations import Migrations
 
 log = logging.getLogger("bot.serve")
-Event = dict[str, Any]
-HANDOFF, RESUME = "handoff", "resume"
-# The event types that change a conversation's state (what bot.serve.responder.fold looks at).
-STATE_EVENTS = ("slot", "reset_slots", HANDOFF, RESUME)
 
 
 class StoreUnavailable(BotError):
@@ -42,10 +40,6 @@ class StoreUnavailable(BotError):
 
 class ConversationBusy(BotError):
     """The conversation's previous message is still being answered after the lock timeout."""
-
-
-def new_event(type_: str, **fields: Any) -> Event:
-    return {"type": type_, "timestamp": time.time(), **{k: v for k, v in fields.items() if v is not None}}
 
 
 @dataclass(frozen=True)
@@ -320,8 +314,8 @@ class SQLiteStore(ConversationStore):
         return [row[0] for row in await asyncio.to_thread(self._run, sql, (HANDOFF, RESUME, HANDOFF))]
 
     async def unanswered(self) -> list[tuple[str, int]]:
-        sql = "SELECT sender, seq FROM events WHERE seq IN (SELECT max(seq) FROM events GROUP BY sender) AND type = 'user' ORDER BY seq"
-        return [(sender, seq) for sender, seq in await asyncio.to_thread(self._run, sql)]
+        sql = "SELECT sender, seq FROM events WHERE seq IN (SELECT max(seq) FROM events GROUP BY sender) AND type = ? ORDER BY seq"
+        return [(sender, seq) for sender, seq in await asyncio.to_thread(self._run, sql, (USER,))]
 
     def _own_lock(self, sender: str, timeout: float):
         return self._locks.hold(sender, timeout)

@@ -14,17 +14,8 @@ import time
 from contextlib import asynccontextmanager
 
 from bot.serve.migrations import Migrations
-from bot.serve.store import (
-    HANDOFF,
-    RESUME,
-    STATE_EVENTS,
-    ConversationBusy,
-    ConversationStore,
-    ConversationSummary,
-    Event,
-    StoreUnavailable,
-    log,
-)
+from bot.serve.events import HANDOFF, RESUME, STATE_EVENTS, USER, Event
+from bot.serve.store import ConversationBusy, ConversationStore, ConversationSummary, StoreUnavailable, log
 
 POSTGRES_MIGRATIONS = Migrations("postgresql")
 # One key for every store's migrations: two processes starting at once apply them one after the other.
@@ -149,8 +140,8 @@ class PostgresStore(ConversationStore):
 
     async def unanswered(self) -> list[tuple[str, int]]:
         sql = """SELECT sender, seq FROM bot_events WHERE seq IN (
-                   SELECT max(seq) FROM bot_events GROUP BY sender) AND type = 'user' ORDER BY seq"""
-        return [(row["sender"], row["seq"]) for row in await self._pool.fetch(sql)]
+                   SELECT max(seq) FROM bot_events GROUP BY sender) AND type = $1 ORDER BY seq"""
+        return [(row["sender"], row["seq"]) for row in await self._pool.fetch(sql, USER)]
 
     async def conversations(self) -> list[ConversationSummary]:
         sql = """SELECT s.sender, s.count, (f.body->>'timestamp')::float8 AS started, (l.body->>'timestamp')::float8 AS last_active

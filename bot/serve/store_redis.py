@@ -12,16 +12,8 @@ from datetime import UTC, datetime
 
 from bot.serve.migrations import Migrations
 from bot.serve.redis_locks import RedisLocks
-from bot.serve.store import (
-    HANDOFF,
-    RESUME,
-    STATE_EVENTS,
-    ConversationStore,
-    ConversationSummary,
-    Event,
-    StoreUnavailable,
-    log,
-)
+from bot.serve.events import HANDOFF, RESUME, STATE_EVENTS, USER, Event
+from bot.serve.store import ConversationStore, ConversationSummary, StoreUnavailable, log
 
 PREFIX = "bot:"
 # The first entry of every state list: it holds all the conversation's state events. A list
@@ -156,7 +148,7 @@ class RedisStore(ConversationStore):
                     pipe.llen(key).lindex(key, -1)
                 replies = await pipe.execute()
             for key, length, last in zip(keys[start : start + 500], replies[::2], replies[1::2]):
-                if last is not None and json.loads(last)["type"] == "user":
+                if last is not None and json.loads(last)["type"] == USER:
                     found.append((key.removeprefix(events_key), length))
         return sorted(found)
 

@@ -15,7 +15,8 @@ import json
 import uuid
 from pathlib import Path
 
-from bot.serve.store import SQLiteStore, new_event
+from bot.serve.events import new_event
+from bot.serve.store import SQLiteStore
 from bot.serve.store_postgres import SCHEMA, PostgresStore
 from bot.serve.store_redis import RedisStore
 
