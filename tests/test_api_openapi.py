@@ -62,6 +62,11 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         ("get", "/api/handoffs"),
         ("post", "/api/conversations/{sender}/messages"),
         ("post", "/api/conversations/{sender}/resume"),
+        ("get", "/api/admin/conversations"),
+        ("get", "/api/admin/conversations/{sender}"),
+        ("get", "/api/models"),
+        ("get", "/api/models/{model_id}/report"),
+        ("post", "/api/models/{model_id}/activate"),
     }
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
