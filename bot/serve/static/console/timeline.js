@@ -41,7 +41,7 @@ function describe(event) {
         rest(event, ["name", "arguments", "result"])];
     }
     case "rating":
-      return [el("span", { className: "who" }, "Rating: " + (event.rating === "down" ? "👎 down" : "👍 " + event.rating)),
+      return [el("span", { className: "who" }, "Rating: " + event.rating),
         el("p", {}, "of message #" + event.rated_seq + (event.comment ? ": " + event.comment : "")), rest(event, ["rating", "rated_seq", "comment"])];
     case "slot":
       return [el("span", { className: "who" }, "Slot " + event.name), el("pre", { className: "data" }, json(event.value)), rest(event, ["name", "value"])];

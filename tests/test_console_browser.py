@@ -1,0 +1,192 @@
+"""The operator console in a real browser (Debian's chromium driven by Playwright, as in
+test_widget_browser.py): signing in with the admin token, finding a rated-down conversation and
+reading its timeline, hostile text shown as text, activating and rolling back a model, the
+keyboard alone, a 375 px wide phone, and no CSP violation. Skips without /usr/bin/chromium,
+except in CI, where .ci/run installs it."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from bot import models
+from bot.serve.app import create_app
+from bot.serve.keys import STORE
+from bot.serve.store import new_event
+from console_support import active_model_loader, add_model, rate, talk
+from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
+
+pytestmark = requires_chromium
+
+HOSTILE = 'Look <img src=x onerror="window.__pwned=1"> here <script>window.__pwned=2</script>'
+LONG = "a-very-long-word-without-any-space-" * 12  # must wrap at 375 px, not push the page wider
+WATCH = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.__violations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));
+"""
+
+
+@pytest.fixture
+async def console(tmp_path, cache_dir, tokenizer):
+    """(server, project): two trained models (the older active) and stored conversations."""
+    project = make_project(tmp_path / "p", cache_dir)
+    settings = settings_of(project)
+    add_model(settings, "20261127-100000")
+    add_model(settings, "20261127-110000")
+    models.activate(settings.models_dir, "20261127-100000")
+    server = TestServer(create_app(settings, load_model=active_model_loader(settings, tokenizer), admin_token=ADMIN_TOKEN), port=0)
+    await server.start_server()
+    store = server.app[STORE]
+    await talk(store, "calm-1", [("What plans do you have?", "We have Plus and Unlimited.")], start=1_800_000_000.0)
+    angry = await talk(store, "angry-2", [(HOSTILE, "Sorry, I did not understand."), (LONG, "Could you say that again?")], start=1_800_000_100.0)
+    await rate(store, "angry-2", angry[1]["seq"], "down", comment="useless <b>answer</b>", at=1_800_000_150.0)
+    await store.append("angry-2", dict(new_event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped"}),
+                                       timestamp=1_800_000_160.0))
+    await store.append("angry-2", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_170.0))
+    await store.append("angry-2", dict(new_event("agent", text="Hi, Alex here.", agent="Alex"), timestamp=1_800_000_180.0))
+    await store.append("angry-2", dict(new_event("resume"), timestamp=1_800_000_190.0))
+    yield server, project
+    await server.close()
+
+
+async def _page(browser, server, **options):
+    page = await browser.new_page(**options)
+    errors: list[str] = []
+    # Script errors, and failed requests other than the favicon (named by URL, not the console's bare "Failed to load resource").
+    page.on("console", lambda message: message.type == "error" and not message.text.startswith("Failed to load resource") and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("response", lambda r: r.status >= 400 and not r.url.endswith("/favicon.ico") and errors.append(f"{r.status} {r.url}"))
+    await page.add_init_script(WATCH)
+    await page.goto(str(server.make_url("/console")))
+    return page, errors
+
+
+async def _sign_in(page, token: str = ADMIN_TOKEN) -> None:
+    await page.get_by_label("Admin token").fill(token)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def _clean(page, errors) -> None:
+    assert await page.evaluate("window.__pwned") is None
+    assert await page.evaluate("window.__violations") == []
+    assert errors == []
+
+
+async def test_sign_in_keeps_the_token_in_the_tab_only(browser, console):
+    server, _ = console
+    page, errors = await _page(browser, server)
+    await _sign_in(page, "wrong")
+    alert = page.get_by_role("alert")
+    await alert.wait_for()
+    assert "admin token is wrong" in await alert.inner_text()
+    assert await page.get_by_role("navigation", name="Panels").is_hidden()
+    assert await page.evaluate("sessionStorage.getItem('bot-console-token')") is None
+
+    await _sign_in(page)
+    await page.get_by_role("heading", name="Conversations", exact=True).wait_for()
+    assert await page.evaluate("sessionStorage.getItem('bot-console-token')") == ADMIN_TOKEN
+    assert await page.evaluate("localStorage.length") == 0
+    await page.reload()  # the same tab: still signed in
+    await page.get_by_role("heading", name="Conversations", exact=True).wait_for()
+    other, _ = await _page(browser, server)  # another tab (its own session): asked again
+    await other.get_by_label("Admin token").wait_for()
+    assert await other.get_by_role("navigation", name="Panels").is_hidden()
+
+    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_label("Admin token").wait_for()
+    assert await page.evaluate("sessionStorage.getItem('bot-console-token')") is None
+    assert errors[0].startswith("401 ") and errors[0].endswith("/api/handoffs")  # the wrong token
+    await _clean(page, errors[1:])
+
+
+async def test_a_rated_down_conversation_and_its_timeline_with_hostile_text_shown_as_text(browser, console):
+    server, _ = console
+    page, errors = await _page(browser, server)
+    await _sign_in(page)
+    found = page.get_by_role("list", name="Conversations found")
+    await found.get_by_role("button").nth(1).wait_for()
+    assert await found.get_by_role("button").count() == 2
+
+    await page.get_by_label("Rated down").check()
+    await page.get_by_role("button", name="Search").click()
+    await page.get_by_role("status").filter(has_text="1 found").wait_for()
+    row = found.get_by_role("button")
+    assert await row.count() == 1 and "angry-2" in await row.inner_text() and "rated down ×1" in await row.inner_text()
+    await row.click()
+
+    timeline = page.get_by_role("list", name="Timeline").first
+    await timeline.locator("li").nth(8).wait_for()
+    items = await timeline.locator("li.event").all_inner_texts()
+    assert items[0].startswith("#") and "Customer" in items[0] and HOSTILE in items[0]
+    rated = items[1].split(" ")[0]  # "#seq" of the bot's first answer
+    assert "Rating: down" in items[4] and f"of message {rated}: useless <b>answer</b>" in items[4]
+    assert "Action check_order" in items[5] and '"order_id": "ES-1001"' in items[5] and '"status": "shipped"' in items[5]
+    assert "Handed off to a person" in items[6] and "asked for a person" in items[6]
+    assert "Agent Alex" in items[7] and "Given back to the bot" in items[8]
+    assert await page.locator("main img, main script, main b").count() == 0  # nothing from the data became an element
+    await _clean(page, errors)
+
+    await page.get_by_label("Rated down").uncheck()
+    await page.get_by_label("Words").fill("plans")
+    await page.get_by_role("button", name="Search").click()
+    await page.get_by_role("status").filter(has_text="1 found").wait_for()
+    assert "calm-1" in await found.get_by_role("button").inner_text()
+
+
+async def test_a_model_is_activated_and_rolled_back_with_the_keyboard_alone(browser, console):
+    server, project = console
+    page, errors = await _page(browser, server)
+    await page.keyboard.type(ADMIN_TOKEN)  # the token field has the focus when the page opens
+    await page.keyboard.press("Enter")
+    await page.get_by_role("heading", name="Conversations", exact=True).wait_for()
+
+    async def tab_to(name: str) -> None:
+        for _ in range(60):
+            await page.keyboard.press("Tab")
+            focused = await page.evaluate("document.activeElement.textContent.trim()")
+            if focused == name:
+                outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+                assert outline != "none", f"no visible focus on {name}"
+                return
+        raise AssertionError(f"Tab never reached {name}")
+
+    await tab_to("Models")
+    await page.keyboard.press("Enter")
+    await page.get_by_role("heading", name="20261127-110000").wait_for()
+    cards = page.get_by_role("list", name="Trained models").locator("li.card")
+    assert "adversarial passed" in await cards.first.inner_text() and "Gate: passed" in await cards.first.inner_text()
+    await tab_to("Activate 20261127-110000")
+    await page.keyboard.press("Enter")
+    await page.get_by_role("status").filter(has_text="Now serving 20261127-110000").wait_for()
+    health = await (await page.request.get(str(server.make_url("/health")))).json()
+    assert health["model"]["id"] == "20261127-110000"
+    assert models.active_id(project / "models") == "20261127-110000"
+
+    await tab_to("Roll back to 20261127-100000")  # the one active before is marked as such
+    await page.keyboard.press("Enter")
+    await page.get_by_role("status").filter(has_text="Now serving 20261127-100000").wait_for()
+    health = await (await page.request.get(str(server.make_url("/health")))).json()
+    assert health["model"]["id"] == "20261127-100000"
+
+    await tab_to("Report of 20261127-100000")
+    await page.keyboard.press("Enter")
+    report = page.locator("#model-report")
+    await report.get_by_role("heading", name="fine-tuned").wait_for()
+    assert "chrF" in await report.inner_text() and "90%" in await report.inner_text()
+    await _clean(page, errors)
+
+
+async def test_every_panel_fits_a_375_px_phone(browser, console):
+    server, _ = console
+    page, errors = await _page(browser, server, viewport={"width": 375, "height": 740})
+    await _sign_in(page)
+    await page.get_by_role("list", name="Conversations found").get_by_role("button").nth(1).wait_for()
+    await page.get_by_role("list", name="Conversations found").get_by_role("button", name="angry-2").click()
+    await page.get_by_role("list", name="Timeline").first.locator("li").nth(8).wait_for()
+    for panel in ("Conversations", "Handoff queue", "Drafts", "Models", "Train"):
+        await page.get_by_role("navigation", name="Panels").get_by_role("button", name=panel).click()
+        await page.get_by_role("heading", name=panel, exact=True).wait_for()
+        await page.wait_for_load_state("networkidle")
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, f"{panel}: the page is {width} px wide"
+    assert await page.evaluate("window.__pwned") is None and await page.evaluate("window.__violations") == []
