@@ -83,7 +83,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cmd_train(args) -> int:
+def _train(args, progress):
     from transformers.utils import logging as transformers_logging
 
     from bot.config import apply_overlay, load_settings
@@ -93,9 +93,28 @@ def cmd_train(args) -> int:
     settings = load_settings(args.project)
     if args.config:
         settings = apply_overlay(settings, Path(args.config), args.config)
-    outcome = train_and_activate(settings, resume=args.resume, if_needed=args.if_needed, force=args.force, report=_say)
+    return train_and_activate(
+        settings, resume=args.resume, if_needed=args.if_needed, force=args.force, report=_say,
+        progress_bar=progress is None, on_step=progress.step if progress else None,
+    )
+
+
+def cmd_train(args) -> int:
+    from bot.training.progress_file import ProgressFile
+
+    progress = ProgressFile(args.progress_file) if args.progress_file else None  # it replaces the progress bars
+    try:
+        outcome = _train(args, progress)
+    except BotError as e:
+        if progress:
+            progress.failed(str(e))
+        raise
     if not outcome.main_process:
         return 0
+    if progress:
+        progress.done(
+            outcome.model.id, trained=outcome.trained, activated=outcome.activated, gate_passed=outcome.passed_gate, gate_summary=outcome.reason
+        )
     if not outcome.trained:
         state = "active" if outcome.activated else "not active: it did not pass the gate; 'bot models activate' overrides"
         print(f"model {outcome.model.id} already matches the training data: nothing to train ({state})")
@@ -292,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--force", action="store_true", help="activate the new model even if it fails the gate")
     train.add_argument(
         "--config", metavar="FILE", help="apply FILE's 'train:' section over config.yml's (e.g. the tuned.yml 'bot tune' writes)"
+    )
+    train.add_argument(
+        "--progress-file", metavar="FILE", help="write progress as JSON lines to FILE instead of progress bars (steps, ETA, loss, the gate's verdict)"
     )
     train.set_defaults(run=cmd_train)
 

@@ -10,6 +10,7 @@ import asyncio
 import builtins
 import logging
 import re
+import sys
 import time
 from collections import Counter
 
@@ -27,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from bot.serve.app import create_app
+from bot.serve.routes_train import TRAINING
 from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of
 
 EXAMPLES = 200  # per operation, generation mode and (admin routes) with and without the token
@@ -84,6 +86,7 @@ async def test_every_route_fuzzed_from_the_published_document(tmp_path, cache_di
     project = make_project(tmp_path / "bot", cache_dir, config=UNLIMITED)
     settings_ = settings_of(project)
     app = create_app(settings_, load_model=lambda: scripted_model(settings_, tokenizer), admin_token=ADMIN_TOKEN)
+    app[TRAINING].command = [sys.executable, "-c", "pass"]  # POST /api/train starts this stand-in, never a real training
     server = TestServer(app, handler_cancellation=True, access_log=None)  # as `bot serve` runs: a client that leaves cancels its handler
     await server.start_server()
     caplog.set_level(logging.INFO)

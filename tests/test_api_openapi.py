@@ -67,6 +67,9 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         ("get", "/api/models"),
         ("get", "/api/models/{model_id}/report"),
         ("post", "/api/models/{model_id}/activate"),
+        ("post", "/api/train"),
+        ("get", "/api/train"),
+        ("post", "/api/train/cancel"),
     }
     for path, ops in doc["paths"].items():
         for method, op in ops.items():

@@ -156,6 +156,26 @@ def test_resume_without_an_interrupted_run_is_a_clear_error(tmp_path, tiny_base,
     assert "no interrupted training run" in capsys.readouterr().err
 
 
+def test_progress_file_has_every_step_then_the_gates_verdict(tmp_path, tiny_base, cache_dir, capsys):
+    project = make_tiny_project(tmp_path / "bot", tiny_base, cache_dir, epochs=2)
+    progress = tmp_path / "progress.jsonl"
+    assert main(["-C", str(project), "train", "--progress-file", str(progress)]) == 0
+    records = [json.loads(line) for line in progress.read_text().splitlines()]
+    steps, (done,) = records[:-1], records[-1:]
+    assert [r["event"] for r in steps] == ["step"] * len(steps)
+    assert [r["step"] for r in steps] == list(range(len(steps))) and {r["steps"] for r in steps} == {len(steps) - 1}
+    assert steps[0]["eta_s"] is None and steps[0]["loss"] is None  # before the first step
+    assert all(r["eta_s"] >= 0 and isinstance(r["loss"], float) for r in steps[1:]) and steps[-1]["eta_s"] == 0
+    model = models.active(load_settings(project).models_dir)
+    assert done == {"event": "done", "model_id": model.id, "trained": True, "activated": True,
+                    "gate": {"passed": True, "summary": model.manifest["activation"]["reason"]}}
+    assert "\r" not in capsys.readouterr().err  # the file replaces the progress bars
+
+    assert main(["-C", str(project), "train", "--resume", "--progress-file", str(progress)]) == 1
+    (failed,) = [json.loads(line) for line in progress.read_text().splitlines()]  # the file starts anew
+    assert failed["event"] == "failed" and failed["error"].startswith("no interrupted training run")
+
+
 def test_if_needed_skips_when_a_model_matches_the_data(trained, capsys):
     project, model = trained
     assert main(["-C", str(project), "train", "--if-needed"]) == 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bot import models
 from bot.config import Settings
 from bot.data.project import compile_data
-from bot.training.recipe import train
+from bot.training.recipe import StepProgress, train
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Outcome:
     reason: str = ""
     report_dir: object = None
     main_process: bool = True  # under `accelerate launch`, only the main process reports
+    passed_gate: bool | None = None  # None: no gate ran (nothing was trained)
 
 
 def train_and_activate(
@@ -30,6 +31,7 @@ def train_and_activate(
     force: bool = False,
     progress_bar: bool = True,
     report: Callable[[str], None] = lambda message: None,
+    on_step: Callable[[StepProgress], None] | None = None,
 ) -> Outcome:
     from accelerate import PartialState
 
@@ -44,7 +46,7 @@ def train_and_activate(
         if chosen.id != active and chosen.manifest.get("activation", {}).get("activated", True):
             models.activate(settings.models_dir, chosen.id)
         return Outcome(chosen, trained=False, activated=chosen.id == models.active_id(settings.models_dir))
-    result = train(settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report)
+    result = train(settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step)
     if not PartialState().is_main_process:
         return Outcome(models.get(settings.models_dir, result.model_id), trained=True, main_process=False)
 
@@ -56,4 +58,4 @@ def train_and_activate(
     models.write_json(result.folder / models.MANIFEST, manifest)
     if activate:
         models.activate(settings.models_dir, result.model_id)
-    return Outcome(models.get(settings.models_dir, result.model_id), True, activate, decision.reason, folder)
+    return Outcome(models.get(settings.models_dir, result.model_id), True, activate, decision.reason, folder, passed_gate=decision.activate)

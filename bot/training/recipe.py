@@ -52,6 +52,17 @@ class Progress:
     held_out_losses: list[float] = field(default_factory=list)  # one per finished epoch
 
 
+@dataclass(frozen=True)
+class StepProgress:
+    """Where training is: optimizer steps done of all, the estimated seconds left (None before
+    the first step) and the smoothed training loss."""
+
+    step: int
+    steps: int
+    eta_s: float | None
+    loss: float | None
+
+
 def choose_precision(requested: str, cuda: bool) -> str:
     """bf16 on CUDA, and on a CPU whose oneDNN has bf16 kernels (AVX-512 BF16/AMX); else fp32."""
     if requested != "auto":
@@ -186,8 +197,10 @@ def train(
     resume: bool = False,
     progress_bar: bool = True,
     report: Callable[[str], None] = lambda message: None,
+    on_step: Callable[[StepProgress], None] | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter on build/train.jsonl; writes models/<id>/ and returns it."""
+    """Fine-tune a LoRA adapter on build/train.jsonl; writes models/<id>/ and returns it.
+    `on_step` (main process only) hears of the start and of every optimizer step."""
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
     from tqdm.auto import tqdm
@@ -265,6 +278,16 @@ def train(
     started = time.monotonic() - state.seconds
     window_tokens, window_start = 0, time.monotonic()
     smoothed_loss = None
+    first_step, run_start = state.step, time.monotonic()  # this run's pace gives the ETA (a resumed run's earlier pace may differ)
+
+    def tell(step: int) -> None:
+        if on_step is None or not accelerator.is_main_process:
+            return
+        done, elapsed = step - first_step, time.monotonic() - run_start
+        eta = round(elapsed / done * (total_steps - step), 1) if done else None
+        on_step(StepProgress(step, total_steps, eta, None if smoothed_loss is None else round(smoothed_loss, 4)))
+
+    tell(state.step)
     model.train()
     try:
         while state.epoch < cfg.epochs:
@@ -290,6 +313,7 @@ def train(
                 if accelerator.sync_gradients:
                     state.step += 1
                     state.seconds = time.monotonic() - started
+                    tell(state.step)
                     if state.step % cfg.checkpoint_every == 0 and state.step < total_steps:
                         save_checkpoint()
             state.epoch += 1

@@ -1,0 +1,99 @@
+"""Operator routes (admin token): train the served project's model in a child process, follow it,
+cancel it. bot/serve/training_job.py runs the job; a trained model is not served until the
+operator reloads (see JobStatus.next_step)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.serve.http import check_admin, read_body
+from bot.serve.keys import ADMIN_TOKEN, SETTINGS
+from bot.serve.openapi import Route, register
+from bot.serve.training_job import JobRunning, NoJobRunning, TrainingJobs
+
+TRAINING = web.AppKey("training", TrainingJobs)
+
+
+class TrainRequest(BaseModel):
+    """No options yet: it trains with the project's config.yml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobProgress(BaseModel):
+    step: int = Field(description="Optimizer steps done.")
+    steps: int = Field(description="Optimizer steps in all.")
+    eta_s: float | None = Field(description="Estimated seconds of training left (null before the first step).")
+    loss: float | None = Field(description="The smoothed training loss (null before the first step).")
+
+
+class GateVerdict(BaseModel):
+    passed: bool = Field(description="Whether the new model passed the evaluation gate (and so became the active model on disk).")
+    summary: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: Literal["running", "succeeded", "failed", "cancelled"]
+    started: float = Field(description="Unix time.")
+    finished: float | None
+    progress: JobProgress | None = Field(description="Null until the child has loaded the model and data.")
+    model_id: str | None = Field(description="The model trained, once it is saved.")
+    gate: GateVerdict | None
+    log_tail: list[str] = Field(description="The last lines of `bot train`'s output.")
+    error: str | None = Field(description="Why it failed: `bot train`'s own message.")
+    next_step: str | None = Field(None, description="What the operator does next, once the job has ended (e.g. reload to serve the new model).")
+
+
+class JobAnswer(BaseModel):
+    job: JobStatus | None
+
+
+async def start_training(request: web.Request) -> web.Response:
+    """Starts `bot train` for this project in a child process (one job at a time: 409 while one runs).
+    The new model becomes the active model on disk if it passes the gate; this server serves it
+    after a reload (POST /api/model/reload)."""
+    check_admin(request, request.app[ADMIN_TOKEN])
+    await read_body(request, TrainRequest)
+    try:
+        job = await request.app[TRAINING].start()
+    except JobRunning as e:
+        raise web.HTTPConflict(text=str(e)) from None
+    return web.json_response({"job": job.status()}, status=202)
+
+
+async def training_status(request: web.Request) -> web.Response:
+    """The running training job, or the last one (null when none has run since the server started)."""
+    check_admin(request, request.app[ADMIN_TOKEN])
+    return web.json_response({"job": request.app[TRAINING].status()})
+
+
+async def cancel_training(request: web.Request) -> web.Response:
+    """Stops the running training job and answers once its process has ended (409 if none runs)."""
+    check_admin(request, request.app[ADMIN_TOKEN])
+    try:
+        job = await request.app[TRAINING].cancel()
+    except NoJobRunning as e:
+        raise web.HTTPConflict(text=str(e)) from None
+    return web.json_response({"job": job.status()})
+
+
+ROUTES = [
+    Route("POST", "/api/train", start_training, "Train a new model for this project in the background", "operator",
+          body=TrainRequest, ok=JobAnswer, ok_status=202, admin=True, errors=(409,)),
+    Route("GET", "/api/train", training_status, "The running or last training job", "operator", ok=JobAnswer, admin=True),
+    Route("POST", "/api/train/cancel", cancel_training, "Cancel the running training job", "operator", ok=JobAnswer, admin=True, errors=(409,)),
+]
+
+
+async def _stop_on_cleanup(app: web.Application) -> None:
+    await app[TRAINING].close()
+
+
+def add_routes(app: web.Application) -> None:
+    app[TRAINING] = TrainingJobs(app[SETTINGS])
+    app.on_cleanup.append(_stop_on_cleanup)
+    register(app, ROUTES)
