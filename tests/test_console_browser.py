@@ -6,12 +6,15 @@ except in CI, where .ci/run installs it."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from aiohttp.test_utils import TestServer
 
 from bot import models
 from bot.serve.app import create_app
 from bot.serve.keys import STORE
+from bot.serve.routes_train import TRAINING
 from bot.serve.store import new_event
 from console_support import active_model_loader, add_model, rate, talk
 from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
@@ -47,6 +50,32 @@ async def console(tmp_path, cache_dir, tokenizer):
     await store.append("angry-2", dict(new_event("resume"), timestamp=1_800_000_190.0))
     yield server, project
     await server.close()
+
+
+# Stands in for `bot train` (called with `-C PROJECT train --progress-file FILE`): writes the progress
+# file as training does; after its first step it waits for the test to create PROJECT/release.
+FAKE_TRAIN = """
+import json, pathlib, sys, time
+args = sys.argv[1:]
+root, progress = pathlib.Path(args[args.index("-C") + 1]), pathlib.Path(args[args.index("--progress-file") + 1])
+progress.parent.mkdir(parents=True, exist_ok=True)
+def write(record):
+    with progress.open("a") as out:
+        out.write(json.dumps(record) + "\\n")
+print("training <b>4</b> steps", flush=True)
+write({"event": "step", "step": 1, "steps": 4, "eta_s": 30.0, "loss": 2.5})
+while not (root / "release").exists():
+    time.sleep(0.05)
+for step in (2, 3, 4):
+    write({"event": "step", "step": step, "steps": 4, "eta_s": 10.0 * (4 - step), "loss": 2.5 - step / 4})
+folder = root / "models" / "20261127-120000"
+folder.mkdir(parents=True)
+(folder / "manifest.json").write_text(json.dumps({"id": "20261127-120000", "base_model": "bundled"}))
+(root / "models" / "ACTIVE").write_text("20261127-120000\\n")
+write({"event": "done", "model_id": "20261127-120000", "trained": True, "activated": True,
+       "gate": {"passed": True, "summary": "it passes 100% of adversarial tests and leaks nothing"}})
+print("done", flush=True)
+"""
 
 
 async def _page(browser, server, **options):
@@ -190,3 +219,32 @@ async def test_every_panel_fits_a_375_px_phone(browser, console):
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= 375, f"{panel}: the page is {width} px wide"
     assert await page.evaluate("window.__pwned") is None and await page.evaluate("window.__violations") == []
+
+
+async def test_training_shows_its_progress_and_gate_and_the_new_model_is_served(browser, console, tmp_path):
+    server, project = console
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    server.app[TRAINING].command = [sys.executable, str(script)]
+    page, errors = await _page(browser, server)
+    await _sign_in(page)
+    await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Train").click()
+    await page.get_by_role("button", name="Start training").click()
+    facts = page.locator("#train-facts")
+    await facts.filter(has_text="1 of 4").wait_for()
+    assert "running" in await facts.inner_text() and "2.500" in await facts.inner_text()
+    assert await page.get_by_role("button", name="Start training").is_disabled()
+    assert await page.get_by_role("button", name="Cancel training").is_visible()
+    await page.locator("#train-log").filter(has_text="training <b>4</b> steps").wait_for()  # the child's output, as text
+
+    (project / "release").write_text("")
+    await facts.filter(has_text="succeeded").wait_for(timeout=20000)  # followed by polling GET /api/train
+    assert "4 of 4" in await facts.inner_text() and "20261127-120000" in await facts.inner_text()
+    assert await page.get_by_role("progressbar", name="Training progress").get_attribute("value") == "4"
+    assert "Gate: passed" in await page.locator("#train-gate").inner_text()
+    await page.get_by_role("button", name="Serve 20261127-120000 now").click()
+    await page.get_by_role("status").filter(has_text="Now serving 20261127-120000").wait_for()
+    health = await (await page.request.get(str(server.make_url("/health")))).json()
+    assert health["model"]["id"] == "20261127-120000"
+    assert await page.locator("main b").count() == 0
+    await _clean(page, errors)

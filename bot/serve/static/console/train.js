@@ -1,5 +1,5 @@
 // Training: start a job, follow its progress (GET /api/train every few seconds), read the gate's verdict.
-import { api, explain } from "./api.js";
+import { api, explain, path } from "./api.js";
 import { byId, clear, el, say, when } from "./dom.js";
 
 const POLL_MS = 2000;
@@ -29,9 +29,30 @@ function show(job) {
   bar.max = job.progress && job.progress.steps ? job.progress.steps : 1;
   bar.value = job.progress ? job.progress.step : job.state === "succeeded" ? 1 : 0;
   byId("train-gate").textContent = job.gate
-    ? "Gate: " + (job.gate.passed ? "passed — the new model is live. " : "refused — the model in service stays. ") + job.gate.summary
+    ? "Gate: " + (job.gate.passed ? "passed. " : "refused: the active model stays as it was. ") + job.gate.summary
     : job.state === "running" ? "Gate: not decided yet." : "";
+  byId("train-next").textContent = job.next_step || "";
+  const serve = byId("train-serve");
+  serve.hidden = !(job.state === "succeeded" && job.model_id);
+  if (!serve.hidden) {
+    serve.textContent = "Serve " + job.model_id + " now";
+    serve.dataset.model = job.model_id;
+  }
   byId("train-log").textContent = (job.log_tail || []).join("\n");
+}
+
+// Activate the new model and swap it in (the server goes on serving what it loaded until then).
+async function serveNew() {
+  const id = byId("train-serve").dataset.model;
+  const result = byId("train-result");
+  say(result, "Loading " + id + "… the current model keeps answering meanwhile.");
+  try {
+    const answer = await api("POST", path("models", id, "activate"));
+    say(result, "Now serving " + answer.model.id + " (was " + (answer.previous.id || "the base model") + ").");
+    byId("train-serve").hidden = true;
+  } catch (error) {
+    say(result, "Not activated: " + explain(error), true);
+  }
 }
 
 function poll(job) {
@@ -78,4 +99,5 @@ export function stop() {
 export function setUp() {
   byId("train-start").addEventListener("click", start);
   byId("train-cancel").addEventListener("click", cancel);
+  byId("train-serve").addEventListener("click", serveNew);
 }
