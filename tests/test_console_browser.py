@@ -15,6 +15,7 @@ from bot import models
 from bot.serve.app import create_app
 from bot.serve.keys import STORE
 from bot.serve.routes_train import TRAINING
+from bot.serve.throttle import ADMIN_FAILURES
 from bot.serve.store import new_event
 from console_support import active_model_loader, add_model, rate, talk
 from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
@@ -126,6 +127,21 @@ async def test_sign_in_keeps_the_token_in_the_tab_only(browser, console):
     assert await page.evaluate("sessionStorage.getItem('bot-console-token')") is None
     assert errors[0].startswith("401 ") and errors[0].endswith("/api/handoffs")  # the wrong token
     await _clean(page, errors[1:])
+
+
+async def test_too_many_wrong_tokens_say_how_long_to_wait(browser, console):
+    server, _ = console
+    server.app[ADMIN_FAILURES].clock = lambda: 1000.0  # time stands still: the wait never runs out
+    page, _ = await _page(browser, server)
+    alert = page.get_by_role("alert")
+    for _ in range(server.app[ADMIN_FAILURES].allowed):
+        await _sign_in(page, "guess")
+        await alert.filter(has_text="admin token is wrong").wait_for()
+        await page.evaluate("document.getElementById('notice').textContent = ''")
+    await _sign_in(page)  # even the right token waits now
+    await alert.filter(has_text="Too many wrong tokens").wait_for()
+    assert "try again in 1 s." in await alert.inner_text()
+    assert await page.get_by_role("navigation", name="Panels").is_hidden()
 
 
 async def test_a_rated_down_conversation_and_its_timeline_with_hostile_text_shown_as_text(browser, console):

@@ -31,7 +31,7 @@ export function explain(error) {
   if (error.status === 401) return "That admin token is wrong. Check BOT_ADMIN_TOKEN on the server and try again.";
   if (error.status === 403) return "The server's admin routes are closed: set BOT_ADMIN_TOKEN where the server runs.";
   if (error.status === 429)
-    return "Too many wrong tokens or requests from this address. Wait " + (error.retryAfter || "a few") + " seconds and try again.";
+    return "Too many wrong tokens or requests from this address: try again in " + (error.retryAfter ? error.retryAfter + " s." : "a minute.");
   return error.message;
 }
 
