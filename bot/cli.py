@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from bot.cli_drafts import EXPORT_HELP, cmd_export, cmd_redact, cmd_review
 from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
 from bot.errors import BotError, InvalidFiles
 
@@ -304,6 +305,18 @@ def parser() -> argparse.ArgumentParser:
     data_commands.add_parser(
         "tool-schema", help="the JSON Schema of a tool call (vLLM's structured output: {\"json\": schema})"
     ).set_defaults(run=cmd_tool_schema)
+    export_data = data_commands.add_parser(
+        "export", help="stored conversations into redacted dialogue drafts under training_data/drafts/",
+        description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export_data.add_argument("--conversation", metavar="ID", help="only this conversation (drafted again even if it was before)")
+    export_data.add_argument("--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)")
+    export_data.add_argument("--handed-off", action="store_true", help="only conversations handed to a person")
+    export_data.add_argument("--rated", choices=["down", "up"], help="only conversations with a bot message the customer rated so")
+    export_data.set_defaults(run=cmd_export)
+    data_commands.add_parser(
+        "review", help="walk the drafts: show each with its validation; accept into dialogues/ or tests/, edit, or reject"
+    ).set_defaults(run=cmd_review)
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on the training data and activate it")
     train.add_argument("--resume", action="store_true", help="continue the last interrupted run from its checkpoint")
@@ -366,6 +379,12 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--url", help="a running server (http://127.0.0.1:5005); default: the active model in process")
     chat.add_argument("--sender", help="conversation id (default: a new one)")
     chat.set_defaults(run=cmd_chat)
+
+    conversations = commands.add_parser("conversations", help="stored conversations")
+    conversation_actions = conversations.add_subparsers(dest="conversations_command", required=True, metavar="ACTION")
+    redact = conversation_actions.add_parser("redact", help="replace the personal data of one stored conversation in place (a data-protection request)")
+    redact.add_argument("id", help="the conversation id (sender)")
+    redact.set_defaults(run=cmd_redact)
 
     init = commands.add_parser("init", help="create a new bot project with an example persona and dialogues")
     init.add_argument("dir", help="folder to create (must not hold a bot project yet)")

@@ -105,12 +105,51 @@ class ServeConfig(Strict):
     )
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise PydanticCustomError("regex", "is not a valid regular expression: {error}", {"error": str(e)}) from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+class RedactionPatterns(Strict):
+    """Regular expressions of the personal data `bot data export` and `bot conversations redact`
+    replace (bot/data/redaction.py). Phone numbers are found by the phonenumbers library and names
+    by the phrases of `redaction`, not by a pattern."""
+
+    email: Regex = Field(r"[A-Za-z0-9._%+*-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", description="Email addresses (masked ones such as j****@icloud.com too).")
+    card: Regex = Field(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)", description="Payment card numbers: 13 to 19 digits; only those that pass the Luhn check are cards.")
+    postcode: Regex = Field(r"(?i)\b(?:[A-Z]{1,2}[0-9][A-Z0-9]?|GIR) ?[0-9][ABD-HJLNP-UW-Z]{2}\b", description="UK postcodes, in any case, with or without the space.")
+    account: Regex = Field(r"(?<!\d)\d{8}(?!\d)", description="Account numbers (the 8 digits of verify_customer's account_id).")
+    order: Regex = Field(r"\b[A-Z]{2,3}-\d{4,8}\b", description="Order numbers and other references (KM-104233, ES-1001, RT-233019, ENG-470912).")
+
+
+class RedactionConfig(Strict):
+    patterns: RedactionPatterns = RedactionPatterns()
+    phone_region: str = Field("GB", min_length=2, max_length=2, description="Phone numbers written without +country are read as this country's (ISO 3166 code).")
+    name_phrases: list[str] = Field(
+        ["my name is", "my name's", "call me"], description="The word or two after these (any case) are the customer's name."
+    )
+    name_intros: list[str] = Field(
+        ["i'm", "i am", "this is", "it's"],
+        description="A capitalised word or two after these is a name when the sentence ends there or goes on with 'and', 'from' or 'here'.",
+    )
+    name_fields: list[str] = Field(
+        ["first_name", "last_name", "full_name", "customer_name"], description="Keys of action arguments and results that hold a person's name."
+    )
+
+
 class BuildConfig(Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
+    redaction: RedactionConfig = RedactionConfig()
 
 
 class ActionEndpoint(Strict):

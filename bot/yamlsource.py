@@ -71,11 +71,15 @@ def _pos(mark: yaml.Mark) -> tuple[int, int]:
 
 def load(file: Path, display_path: str) -> Document:
     """Parse one YAML file; raises InvalidFiles with a single located problem if it can't."""
+    return load_bytes(file.read_bytes(), display_path)
+
+
+def load_bytes(data: bytes, display_path: str) -> Document:
+    """Parse a YAML file's content (shown as `display_path` in problems)."""
 
     def fail(line: int, col: int, message: str) -> InvalidFiles:
         return InvalidFiles([Problem(display_path, line, col, message)])
 
-    data = file.read_bytes()
     if len(data) > MAX_FILE_BYTES:
         raise fail(1, 1, f"file is {len(data):,} bytes; the limit is {MAX_FILE_BYTES:,}: split it into several files")
     try:

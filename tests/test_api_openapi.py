@@ -70,6 +70,12 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         ("post", "/api/train"),
         ("get", "/api/train"),
         ("post", "/api/train/cancel"),
+        ("get", "/api/drafts"),
+        ("get", "/api/drafts/{name}"),
+        ("put", "/api/drafts/{name}"),
+        ("post", "/api/drafts/{name}/accept"),
+        ("post", "/api/drafts/{name}/reject"),
+        ("post", "/api/conversations/{sender}/draft"),
     }
     for path, ops in doc["paths"].items():
         for method, op in ops.items():

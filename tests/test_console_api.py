@@ -63,7 +63,7 @@ async def test_conversations_are_found_by_rating_handoff_words_and_date(project,
 
 @pytest.mark.parametrize("query, named", [
     ("?rated=sideways", "rated"), ("?since=27/11/2026", "since"), ("?limit=0", "limit"), ("?limit=many", "limit"),
-    ("?limit=501", "limit"), ("?handed_off=maybe", "handed_off"),
+    ("?limit=501", "limit"), ("?handed_off=maybe", "handed_off"), ("?rated=", "rated"), ("?since=", "since"), ("?handed_off=", "handed_off"), ("?rating=down", "rating"),
 ])
 async def test_a_wrong_filter_is_a_400_naming_it(project, serve, query, named):
     client, _ = await serve(project)

@@ -54,7 +54,7 @@ def _parse_turn(value: Any, doc: Document, loc: tuple) -> tuple[Turn | None, lis
     return parse(TURN_KINDS[kinds[0]], value, doc, loc)
 
 
-def _dialogues_in(doc: Document, held_out: bool) -> tuple[list[Dialogue], list[Problem]]:
+def dialogues_in(doc: Document, held_out: bool) -> tuple[list[Dialogue], list[Problem]]:
     if not isinstance(doc.value, dict):
         return [], [doc.problem((), "a dialogue file is a mapping with a 'dialogues' list")]
     file, problems = parse(DialogueFile, doc.value, doc)
@@ -87,6 +87,7 @@ def _dialogues_in(doc: Document, held_out: bool) -> tuple[list[Dialogue], list[P
                 held_out=held_out,
                 doc=doc,
                 loc=loc,
+                source=header.source,
             )
         )
     return dialogues, problems
@@ -122,7 +123,7 @@ def read_training_data(data_dir: Path, root: Path) -> tuple[TrainingData | None,
     for folder, held_out in ((data_dir / "dialogues", False), (data_dir / "tests", True)):
         for file in yaml_files(folder):
             if doc := _read(file, root, problems):
-                found_dialogues, found = _dialogues_in(doc, held_out)
+                found_dialogues, found = dialogues_in(doc, held_out)
                 dialogues += found_dialogues
                 problems += found
     if not any(not d.held_out for d in dialogues) and not problems:

@@ -125,6 +125,7 @@ class DialogueHeader(Strict):
     draft: bool = False
     turns: list[Any]
     expect: Expectations | None = None
+    source: str = Field("", description="The stored conversation it was drafted from (`bot data export`).")
 
 
 class DialogueFile(Strict):
@@ -141,6 +142,7 @@ class Dialogue:
     held_out: bool
     doc: Document = field(compare=False, repr=False)
     loc: Path_ = field(compare=False, repr=False)
+    source: str = field(default="", compare=False)  # the stored conversation it was drafted from
 
     def problem(self, *subpath: str | int, message: str, key: bool = False):
         """A problem located at `subpath` inside this dialogue (e.g. 'turns', 2, 'user')."""

@@ -18,7 +18,10 @@ import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve import openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_console, routes_console_api, routes_openai, routes_train, routes_web, shutdown
+from bot.serve import (
+    openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_console, routes_console_api, routes_drafts, routes_openai,
+    routes_train, routes_web, shutdown,
+)
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
@@ -82,6 +85,7 @@ def create_app(
     routes_admin.add_routes(app)
     routes_agent.add_routes(app)
     routes_train.add_routes(app)
+    routes_drafts.add_routes(app)
     routes_web.add_routes(app)
     routes_console_api.add_routes(app)
     routes_console.add_routes(app)

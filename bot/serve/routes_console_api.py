@@ -66,20 +66,22 @@ class Activated(BaseModel):
 
 
 def _query_bool(request: web.Request, name: str) -> bool:
-    value = request.query.get(name, "").lower()
-    if value not in ("", "true", "false", "1", "0"):
+    value = request.query.get(name, "false")
+    if value not in ("true", "false"):
         raise web.HTTPBadRequest(text=f"query parameter '{name}' must be true or false, not '{value[:40]}'")
-    return value in ("true", "1")
+    return value == "true"
 
 
 def conversation_filter(request: web.Request) -> tuple[ConversationFilter, int]:
-    """The filter and limit of the list's query string (400 names the wrong parameter)."""
+    """The filter and limit of the list's query string; a parameter given is checked (400 names it)."""
     query = request.query
-    rated = query.get("rated") or None
+    if unknown := sorted(set(query) - {p.name for p in LIST_PARAMS}):
+        raise web.HTTPBadRequest(text=f"unknown query parameter '{unknown[0][:40]}': use q, handed_off, rated, since or limit")
+    rated = query.get("rated")
     if rated not in (None, "up", "down"):
         raise web.HTTPBadRequest(text=f"query parameter 'rated' must be up or down, not '{rated[:40]}'")
     since = None
-    if raw := query.get("since"):
+    if (raw := query.get("since")) is not None:
         try:
             since = dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp()
         except ValueError:

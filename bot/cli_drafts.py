@@ -1,0 +1,168 @@
+"""`bot data export`, `bot data review` and `bot conversations redact`: the terminal side of
+bot/data/drafts.py (which does the work and raises typed errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+from bot.errors import BotError
+
+EXPORT_HELP = """Stored conversations (the store of endpoints.yml) become YAML dialogue drafts under
+training_data/drafts/, with personal data replaced by placeholders (config.yml `redaction:`).
+A conversation already drafted or accepted is skipped, unless asked for with --conversation.
+Drafts are never trained on until a person accepts them: see 'bot data review'."""
+
+REVIEW_CHOICES = "a) accept into dialogues  t) accept into tests  e) edit in $EDITOR  r) reject  s) skip  q) quit"
+
+
+class BadDate(BotError):
+    """A command-line date that is not YYYY-MM-DD."""
+
+
+def since_timestamp(text: str) -> float:
+    """Midnight UTC at the start of a YYYY-MM-DD day."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        raise BadDate(f"--since takes a date as YYYY-MM-DD (UTC), not '{text}'") from None
+
+
+async def _with_store(settings, work):
+    from bot.serve.store import open_store
+
+    store = await open_store(settings)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def _shown(settings, path) -> str:
+    """A path as the project knows it (training_data/...), whatever folder the command runs in."""
+    try:
+        return path.relative_to(settings.root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _state(info) -> str:
+    count = len(info.problems)
+    return "valid" if not count else f"{count} problem{'s' if count != 1 else ''}: see 'bot data review'"
+
+
+def cmd_export(args) -> int:
+    from bot.config import load_settings
+    from bot.data import drafts
+    from bot.data.redaction import describe
+    from bot.serve.conversation_search import ConversationFilter
+
+    settings = load_settings(args.project)
+    wanted = ConversationFilter(since=since_timestamp(args.since) if args.since else None, handed_off=args.handed_off, rated=args.rated)
+    done = asyncio.run(_with_store(settings, lambda store: drafts.export(store, settings, wanted, conversation=args.conversation)))
+    written = [d for d in done if isinstance(d, drafts.NewDraft)]
+    for item in done:
+        if isinstance(item, drafts.NewDraft):
+            print(f"wrote {_shown(settings, item.path)} ({_state(item)}); redacted: {describe(item.redacted)}")
+        else:
+            print(f"skipped {item.sender}: {item.reason}")
+    if not done:
+        print("no stored conversation matches")
+    elif written:
+        print(f"{len(written)} draft{'s' if len(written) != 1 else ''} written: review with 'bot data review'")
+    return 0
+
+
+def _show(info, index: int, total: int) -> None:
+    print(f"\n=== draft {index} of {total}: {info.name} ===")
+    for number, line in enumerate(info.text.splitlines(), start=1):
+        print(f"{number:4} | {line}")
+    if info.valid:
+        print("valid: it passes 'bot data validate'")
+    else:
+        for problem in info.problems:
+            print(problem)
+
+
+def _edit(path) -> None:
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor:
+        print("set $EDITOR (or $VISUAL) to edit drafts, e.g. EDITOR=nano")
+        return
+    try:
+        subprocess.run([*shlex.split(editor), str(path)], check=False)
+    except OSError as e:
+        print(f"could not start the editor '{editor}': {e}")
+
+
+def cmd_review(args) -> int:
+    from bot.config import load_settings
+    from bot.data import drafts
+
+    settings = load_settings(args.project)
+    names = drafts.draft_names(settings)
+    if not names:
+        print("no drafts to review: 'bot data export' makes them from stored conversations")
+        return 0
+    counts = {"dialogues": 0, "tests": 0, "rejected": 0, "skipped": 0}
+    for index, name in enumerate(names, start=1):
+        while True:
+            info = drafts.read_draft(settings, name)
+            _show(info, index, len(names))
+            print(REVIEW_CHOICES)
+            try:
+                choice = input("> ").strip().lower()
+            except EOFError:
+                choice = "q"
+            if choice in ("a", "t"):
+                into = "dialogues" if choice == "a" else "tests"
+                try:
+                    path = drafts.accept(settings, name, into)
+                except drafts.DraftRefused as e:
+                    print(f"refused: {e}")
+                    continue
+                print(f"accepted into {_shown(settings, path)}")
+                counts[into] += 1
+            elif choice == "e":
+                _edit(info.path)
+                continue
+            elif choice == "r":
+                drafts.reject(settings, name)
+                print(f"rejected: {name} deleted")
+                counts["rejected"] += 1
+            elif choice == "s":
+                counts["skipped"] += 1
+            elif choice == "q":
+                return _summary(counts, settings)
+            else:
+                print(f"'{choice}'? choose one of: {REVIEW_CHOICES}")
+                continue
+            break
+    return _summary(counts, settings)
+
+
+def _summary(counts: dict, settings) -> int:
+    from bot.data import drafts
+
+    left = len(drafts.draft_names(settings))
+    print(
+        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests, rejected {counts['rejected']}, "
+        f"skipped {counts['skipped']}; {left} draft{'s' if left != 1 else ''} left"
+    )
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_redact(args) -> int:
+    from bot.config import load_settings
+    from bot.data import drafts
+    from bot.data.redaction import describe
+
+    settings = load_settings(args.project)
+    summary = asyncio.run(_with_store(settings, lambda store: drafts.redact_conversation(store, settings, args.id)))
+    print(f"redacted conversation {args.id} in place: {describe(summary)}")
+    return 0

@@ -1,0 +1,155 @@
+"""The drafts admin API (admin token): stored conversations made into redacted dialogue drafts,
+and the drafts under training_data/drafts/ listed, read, edited (validated on every save, with
+line numbers), accepted into dialogues/ or tests/, or rejected. The operator console uses it;
+`bot data export` and `bot data review` do the same from the terminal (bot/data/drafts.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from bot.data import drafts
+from bot.errors import Problem
+from bot.serve.http import check_admin, json_error, read_body
+from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
+from bot.serve.openapi import Param, Route, register
+from bot.serve.routes_chat import SENDER_PARAM, conversation_id
+
+NAME_PARAM = Param("name", "path", {"type": "string", "pattern": f"^{drafts.NAME.pattern}$"}, "The draft's name: its file name under training_data/drafts/ without .yml.")
+
+
+class DraftProblem(BaseModel):
+    line: int | None = Field(description="The line in the draft's text (1-based), when known.")
+    where: str = Field(description="file:line:column, as `bot data validate` prints it.")
+    message: str
+
+
+class DraftListed(BaseModel):
+    name: str
+    valid: bool
+    problems: list[DraftProblem]
+    source: str | None = Field(description="The conversation it was drafted from.")
+
+
+class DraftList(BaseModel):
+    drafts: list[DraftListed]
+
+
+class DraftText(BaseModel):
+    name: str
+    text: str
+    valid: bool
+    problems: list[DraftProblem]
+
+
+class NewDraft(DraftText):
+    redacted: dict[str, int] = Field(description="Different values replaced, per kind (email, card, phone, postcode, account, order, name).")
+
+
+class DraftEdit(BaseModel):
+    text: str = Field(description="The draft's whole YAML text; saved even when it is not valid.")
+
+
+class AcceptDraft(BaseModel):
+    into: Literal["dialogues", "tests"] = Field(description="dialogues: trained on; tests: held out for evaluation.")
+
+
+class Accepted(BaseModel):
+    path: str = Field(description="Where the dialogue now is, relative to the project.")
+
+
+class Rejected(BaseModel):
+    rejected: str
+
+
+def problem_json(problem: Problem) -> dict:
+    return {"line": problem.line, "where": f"{problem.path}:{problem.line}:{problem.col}", "message": problem.message}
+
+
+def draft_json(info: drafts.DraftInfo) -> dict:
+    return {"name": info.name, "text": info.text, "valid": info.valid, "problems": [problem_json(p) for p in info.problems]}
+
+
+async def _call(function, *args):
+    """A drafts library call off the event loop; an unknown draft is a 404, a refusal a 409."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except drafts.DraftNotFound as e:
+        raise web.HTTPNotFound(text=str(e)) from None
+
+
+async def list_drafts(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_TOKEN])
+    found = await _call(drafts.list_drafts, request.app[SETTINGS])
+    listed = [{"name": d.name, "valid": d.valid, "problems": [problem_json(p) for p in d.problems], "source": d.source} for d in found]
+    return web.json_response({"drafts": listed})
+
+
+async def get_draft(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_TOKEN])
+    return web.json_response(draft_json(await _call(drafts.read_draft, request.app[SETTINGS], request.match_info["name"])))
+
+
+async def save_draft(request: web.Request) -> web.Response:
+    """Saves the text as it is (a person is editing it) and answers with its validation."""
+    check_admin(request, request.app[ADMIN_TOKEN])
+    body = await read_body(request, DraftEdit)
+    return web.json_response(draft_json(await _call(drafts.save_draft, request.app[SETTINGS], request.match_info["name"], body.text)))
+
+
+async def accept_draft(request: web.Request) -> web.Response:
+    """409 with the reason when the draft is invalid, duplicates a dialogue, or would leak a
+    training conversation into the tests (or a test into training)."""
+    check_admin(request, request.app[ADMIN_TOKEN])
+    body = await read_body(request, AcceptDraft)
+    settings = request.app[SETTINGS]
+    try:
+        path = await _call(drafts.accept, settings, request.match_info["name"], body.into)
+    except drafts.DraftRefused as e:
+        return json_error(409, str(e))
+    return web.json_response({"path": path.relative_to(settings.root).as_posix()})
+
+
+async def reject_draft(request: web.Request) -> web.Response:
+    check_admin(request, request.app[ADMIN_TOKEN])
+    name = request.match_info["name"]
+    await _call(drafts.reject, request.app[SETTINGS], name)
+    return web.json_response({"rejected": name})
+
+
+async def draft_from_conversation(request: web.Request) -> web.Response:
+    """A redacted draft of one stored conversation, written under training_data/drafts/."""
+    check_admin(request, request.app[ADMIN_TOKEN])
+    sender = conversation_id(request)
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    events = await store.events(sender)
+    if not events:
+        raise web.HTTPNotFound(text=f"no stored conversation '{sender}'")
+    try:
+        made = await asyncio.to_thread(drafts.write_draft, settings, sender, events)
+    except drafts.NothingToDraft as e:
+        return json_error(409, str(e))
+    return web.json_response(draft_json(made) | {"redacted": made.redacted}, status=201)
+
+
+ROUTES = [
+    Route("GET", "/api/drafts", list_drafts, "The dialogue drafts awaiting review, each with its validation", "drafts",
+          ok=DraftList, admin=True),
+    Route("GET", "/api/drafts/{name}", get_draft, "A draft's YAML text and its validation problems", "drafts",
+          ok=DraftText, params=(NAME_PARAM,), admin=True),
+    Route("PUT", "/api/drafts/{name}", save_draft, "Save a draft's edited text; answers with its validation", "drafts",
+          body=DraftEdit, ok=DraftText, params=(NAME_PARAM,), admin=True),
+    Route("POST", "/api/drafts/{name}/accept", accept_draft, "Accept a draft into training_data/dialogues/ or tests/", "drafts",
+          body=AcceptDraft, ok=Accepted, params=(NAME_PARAM,), admin=True, errors=(409,)),
+    Route("POST", "/api/drafts/{name}/reject", reject_draft, "Reject a draft (its file is deleted)", "drafts",
+          ok=Rejected, params=(NAME_PARAM,), admin=True),
+    Route("POST", "/api/conversations/{sender}/draft", draft_from_conversation, "Make a redacted dialogue draft of a stored conversation",
+          "drafts", ok=NewDraft, ok_status=201, params=(SENDER_PARAM,), admin=True, errors=(409, 503)),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, ROUTES)
