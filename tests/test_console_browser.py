@@ -264,3 +264,53 @@ async def test_training_shows_its_progress_and_gate_and_the_new_model_is_served(
     assert health["model"]["id"] == "20261127-120000"
     assert await page.locator("main b").count() == 0
     await _clean(page, errors)
+
+
+async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(browser, console):
+    server, project = console
+    page, errors = await _page(browser, server)
+    await _sign_in(page)
+    await page.get_by_label("Rated down").check()
+    await page.get_by_role("button", name="Search").click()
+    await page.get_by_role("status").filter(has_text="1 found").wait_for()
+    await page.get_by_role("list", name="Conversations found").get_by_role("button", name="angry-2").click()
+    await page.get_by_role("button", name="Make a draft from this conversation").click()
+
+    title = page.get_by_role("heading", name="Draft conversation-angry-2")
+    await title.wait_for()
+    assert await page.get_by_role("heading", name="Drafts", exact=True).is_visible()  # the Drafts panel opened on it
+    text = page.get_by_label("Draft text (YAML)")
+    draft = await text.input_value()
+    assert "draft: true" in draft and HOSTILE.replace('"', '\\"') in draft  # the customer's words, quoted in YAML
+    problems = page.locator("#draft-problems-title")
+    assert await problems.inner_text() == "No problems: the draft is valid."
+
+    # A mistake (with hostile text in it) is saved: the problem shows with its line, and goes away once fixed.
+    broken = draft.replace("      - bot:", '      - <img src=x onerror="window.__pwned=3">:', 1)
+    await text.fill(broken)
+    await page.get_by_role("button", name="Save and check").click()
+    await problems.filter(has_text="1 problem(s)").wait_for()
+    line = broken.splitlines().index(next(x for x in broken.splitlines() if "onerror" in x and x.lstrip().startswith("- <img"))) + 1
+    problem = page.locator("#draft-problems li")
+    assert await problem.count() == 1 and f"Line {line}:" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
+    assert await text.get_attribute("aria-invalid") == "true"
+    await page.get_by_role("button", name=f"Go to line {line}").click()
+    selected = await text.evaluate("t => t.value.slice(t.selectionStart, t.selectionEnd)")
+    assert selected.lstrip().startswith("- <img") and await page.evaluate("document.activeElement.id") == "draft-text"
+    accept = page.get_by_role("button", name="Accept", exact=True)
+    await accept.click()
+    await page.get_by_role("status").filter(has_text="Not accepted").wait_for()  # refused while invalid
+
+    await text.fill(broken.replace('- <img src=x onerror="window.__pwned=3">:', "- bot:"))
+    await page.get_by_role("button", name="Save and check").click()
+    await problems.filter(has_text="No problems").wait_for()
+    assert await problem.count() == 0 and await text.get_attribute("aria-invalid") == "false"
+
+    await accept.click()
+    await page.get_by_role("status").filter(has_text="accepted: written to training_data/dialogues/conversation-angry-2.yml").wait_for()
+    written = (project / "training_data" / "dialogues" / "conversation-angry-2.yml").read_text(encoding="utf-8")
+    assert "draft: true" not in written and "window.__pwned=1" in written
+    assert not (project / "training_data" / "drafts" / "conversation-angry-2.yml").exists()
+    assert await page.get_by_role("list", name="Drafts").get_by_role("button").count() == 0
+    assert await page.locator("main img, main script").count() == 0
+    await _clean(page, [e for e in errors if not e.startswith("409 ")])  # the refused accept
