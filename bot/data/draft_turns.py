@@ -65,11 +65,16 @@ class _Builder:
         turn = {"bot": text} if train else {"bot": text, "train": False}
         self.turns.append(DraftTurn(turn, [note] if note else []))
 
-    def _close_action(self) -> None:
-        """An action's result must be followed by a bot message: what the action showed, if the model said nothing."""
+    def _close_action(self, *, drop: bool = True) -> None:
+        """An action's result must be followed by a bot message: what the action showed, if the
+        model said nothing; with nothing at all (the server stopped there), the actions go."""
         if self._last("action") is not None and self.action_messages:
             self._bot("\n".join(self.action_messages), "the action's own message, shown to the customer: the model never wrote it")
         self.action_messages = []
+        if drop and self._last("action") is not None:
+            while self._last("action") is not None:
+                self.turns.pop()
+            self.left_out.append("an action whose result the bot never answered")
 
     def user(self, event: Event) -> None:
         if self.handoff is not None:
@@ -100,7 +105,7 @@ class _Builder:
     def agent(self, event: Event) -> None:
         self.by_agent = self.handed_off = True
         self._answered()  # a person answered: no handoff, their message is the bot's turn
-        self._close_action()
+        self._close_action(drop=False)
         who = f"agent {event['agent']}" if event.get("agent") else "an agent"
         self._bot(event.get("text") or "", f"written by {who} after the handoff: check it says what the bot should say")
 
@@ -123,7 +128,7 @@ class _Builder:
         self.handed_off = True
         if event.get("by") == "agent":
             return  # an agent took over: their messages follow
-        self._close_action()
+        self._close_action(drop=False)
         if self.turns and self.turns[-1].kind in ("user", "action"):
             self.handoff = DraftTurn({"handoff": event.get("reason") or ""})
 
@@ -136,7 +141,7 @@ class _Builder:
         self._answered()  # given back to the bot: it answers next
 
     def finish(self) -> ConversationTurns:
-        self._close_action()
+        self._close_action(drop=self.handoff is None)
         if self.handoff is not None:
             if self.waiting:
                 self.left_out.append("the customer's messages after the handoff, which nobody answered")

@@ -17,10 +17,11 @@ thin layers over these functions."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -75,7 +76,7 @@ class DraftInfo:
 
 @dataclass(frozen=True)
 class NewDraft(DraftInfo):
-    redacted: dict[str, int] = None  # type: ignore[assignment]  # different values replaced, per kind
+    redacted: dict[str, int] = field(default_factory=dict)  # different values replaced, per kind
 
 
 # -- where drafts live ------------------------------------------------------------------------------
@@ -102,6 +103,15 @@ def draft_path(settings: Settings, name: str) -> Path:
 def draft_names(settings: Settings) -> list[str]:
     folder = drafts_dir(settings)
     return sorted(p.stem for p in folder.glob("*.yml") if p.is_file() and NAME.fullmatch(p.stem)) if folder.is_dir() else []
+
+
+def source_of(settings: Settings, sender: str) -> str:
+    """The conversation id as a draft keeps it: as it is, unless the id itself holds personal data
+    (a channel that uses the customer's email address or phone number as the id): then a digest
+    of it, the same for the same id, so a second draft of it is still recognised."""
+    if Redactor(settings.build.redaction).text(sender) == sender:
+        return sender
+    return "sha256-" + hashlib.sha256(sender.encode("utf-8", errors="surrogateescape")).hexdigest()[:20]
 
 
 def safe_name(sender: str) -> str:
@@ -188,11 +198,11 @@ def save_draft(settings: Settings, name: str, text: str) -> DraftInfo:
 
 # -- making drafts ----------------------------------------------------------------------------------
 
-def draft_text(sender: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None) -> tuple[str, dict[str, int]]:
+def draft_text(source: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None) -> tuple[str, dict[str, int]]:
     """The YAML of a redacted draft of this conversation, and what redaction replaced."""
     found = conversation_turns(events)
     if not any(t.kind == "user" for t in found.turns):
-        raise NothingToDraft(f"conversation '{sender}' has no customer message with an answer: nothing to draft")
+        raise NothingToDraft(f"conversation '{source}' has no customer message with an answer: nothing to draft")
     redactor = Redactor(settings.build.redaction, rng)
     redactor.learn_names(
         [t.turn["user"] for t in found.turns if t.kind == "user"],
@@ -207,7 +217,7 @@ def draft_text(sender: str, events: list[Event], settings: Settings, *, name: st
     summary = redactor.summary()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     header = [
-        f"{HEADER_MARK} {sender}, drafted on {day}.",
+        f"{HEADER_MARK} {source}, drafted on {day}.",
         f"# Personal data was replaced by placeholders: {describe(summary)}.",
         "# Look at every line marked REVIEW, then accept or reject it with `bot data review` (or the console);",
         "# until then it is never trained on.",
@@ -222,7 +232,7 @@ def draft_text(sender: str, events: list[Event], settings: Settings, *, name: st
         "dialogues:",
         f"  - id: {name}",
         "    draft: true",
-        f"    source: {scalar(sender)}",
+        f"    source: {scalar(source)}",
         f"    description: {scalar(description)}",
         "    tags: []",
         "    turns:",
@@ -234,14 +244,15 @@ def draft_text(sender: str, events: list[Event], settings: Settings, *, name: st
 
 def write_draft(settings: Settings, sender: str, events: list[Event], *, rng: random.Random | None = None) -> NewDraft:
     """A new redacted draft of a conversation under training_data/drafts/ (never overwriting one)."""
-    name = _free_name(settings, sender)
-    text, summary = draft_text(sender, events, settings, name=name, rng=rng)
+    source = source_of(settings, sender)
+    name = _free_name(settings, source)
+    text, summary = draft_text(source, events, settings, name=name, rng=rng)
     folder = drafts_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yml"
     path.write_text(text, encoding="utf-8")
     dialogues, problems = parse_draft(settings, text, _display(settings, path))
-    return NewDraft(name, path, text, problems, sender, summary)
+    return NewDraft(name, path, text, problems, source, summary)
 
 
 async def draft_conversation(store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None) -> NewDraft:
@@ -283,8 +294,8 @@ async def export(
     done = drafted_sources(settings)
     out: list[NewDraft | Skipped] = []
     for found in await find_conversations(store, wanted):
-        if found.sender in done:
-            out.append(Skipped(found.sender, f"already drafted: {done[found.sender]}"))
+        if (source := source_of(settings, found.sender)) in done:
+            out.append(Skipped(found.sender, f"already drafted: {done[source]}"))
             continue
         try:
             out.append(write_draft(settings, found.sender, await store.events(found.sender), rng=rng))
