@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -103,7 +104,11 @@ def _train(args, progress):
 def cmd_train(args) -> int:
     from bot.training.progress_file import ProgressFile
 
-    progress = ProgressFile(args.progress_file) if args.progress_file else None  # it replaces the progress bars
+    progress = None
+    if args.progress_file and os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, the main process writes it
+        progress = ProgressFile(args.progress_file)  # it replaces the progress bars
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # as a shell's background job: the program following it stops it with SIGINT
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = _train(args, progress)
     except BotError as e:

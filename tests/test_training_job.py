@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
 import pytest
 
@@ -94,8 +95,14 @@ async def test_a_broken_dialogue_file_fails_the_job_with_the_clis_message(projec
     assert "Traceback" not in job["error"] and not any("Traceback" in line for line in job["log_tail"])
 
 
-async def test_cancel_stops_the_child_and_another_job_may_start(long_project, serve):
+# `bot` started with SIGINT ignored, as a shell starts a background job's children
+IGNORING_SIGINT = [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                   "sys.argv[0] = 'bot'; runpy.run_module('bot', run_name='__main__')"]
+
+
+async def test_cancel_stops_training_at_a_checkpoint_and_another_job_may_start(long_project, serve):
     client, _ = await serve(long_project)
+    client.app[TRAINING].command = IGNORING_SIGINT  # `bot train --progress-file` still stops on SIGINT
     assert (await client.post("/api/train/cancel", headers=ADMIN)).status == 409
     assert (await client.post("/api/train", json={}, headers=ADMIN)).status == 202
     pid = client.app[TRAINING].current.process.pid
@@ -106,6 +113,7 @@ async def test_cancel_stops_the_child_and_another_job_may_start(long_project, se
     job = (await cancelled.json())["job"]
     assert job["state"] == "cancelled" and job["finished"] is not None and job["error"] is None
     assert gone(pid)
+    assert any("training interrupted; checkpoint saved at step" in line for line in job["log_tail"]), job["log_tail"]  # not killed
     assert (await job_of(client))["state"] == "cancelled"
     assert (await client.post("/api/train", json={}, headers=ADMIN)).status == 202  # one at a time, and none runs now
     await client.post("/api/train/cancel", headers=ADMIN)

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bot
 from bot.config import Settings
 from bot.errors import BotError
 from bot.training.progress_file import DONE, FAILED, STEP, ProgressReader
@@ -123,6 +124,14 @@ class TrainingJobs:
     def arguments(self) -> list[str]:
         return [*self.command, "-C", str(self.root), "train", "--progress-file", str(self.progress_file)]
 
+    @staticmethod
+    def environment() -> dict[str, str]:
+        """The server's environment, with output unbuffered and this server's own `bot` package
+        first on the path (the child runs in the project's folder, where it may not be found)."""
+        package_parent = str(Path(bot.__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+        return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
     async def start(self) -> TrainingJob:
         if self.current and self.current.state == RUNNING:
             raise JobRunning(f"training job {self.current.id} is already running: cancel it first, or wait for it to end")
@@ -136,7 +145,7 @@ class TrainingJobs:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.root,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=self.environment(),
                 start_new_session=True,  # its own process group: a signal reaches anything it starts
             )
         except OSError as e:

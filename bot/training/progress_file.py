@@ -2,9 +2,8 @@
 (one object a line, appended and flushed as it happens):
 
   {"event": "step", "step": 3, "steps": 40, "eta_s": 12.5, "loss": 2.31}   at the start and after each optimizer step
-  {"event": "evaluating"}                                                  the held-out evaluation (the gate) runs
   {"event": "done", "model_id": "...", "trained": true, "activated": true,
-   "gate": {"passed": true, "summary": "..."}}                             it finished (gate: null when nothing was trained)
+   "gate": {"passed": true, "summary": "..."}}                             it finished, after the gate's evaluation (gate: null when nothing was trained)
   {"event": "failed", "error": "..."}                                      it stopped on an error (the CLI's message)
 
 The server's training job (bot/serve/training_job.py) reads it; nothing here imports torch."""
@@ -15,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-STEP, EVALUATING, DONE, FAILED = "step", "evaluating", "done", "failed"
+STEP, DONE, FAILED = "step", "done", "failed"
 
 
 class ProgressFile:
@@ -33,9 +32,6 @@ class ProgressFile:
     def step(self, progress) -> None:
         """`progress`: a bot.training.recipe.StepProgress."""
         self._write({"event": STEP, "step": progress.step, "steps": progress.steps, "eta_s": progress.eta_s, "loss": progress.loss})
-
-    def evaluating(self) -> None:
-        self._write({"event": EVALUATING})
 
     def done(self, model_id: str, *, trained: bool, activated: bool, gate_passed: bool | None, gate_summary: str) -> None:
         gate = None if gate_passed is None else {"passed": gate_passed, "summary": gate_summary}
