@@ -314,3 +314,34 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     assert await page.get_by_role("list", name="Drafts").get_by_role("button").count() == 0
     assert await page.locator("main img, main script").count() == 0
     await _clean(page, [e for e in errors if not e.startswith("409 ")])  # the refused accept
+
+
+async def test_the_handoff_queue_an_agent_reply_and_giving_back(browser, console):
+    server, _ = console
+    store = server.app[STORE]
+    await talk(store, "waiting-4", [("I want a person <img src=x onerror=window.__pwned=4>", "Passing you to a colleague.")], start=1_800_000_300.0)
+    await store.append("waiting-4", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_302.0))
+    page, errors = await _page(browser, server)
+    await _sign_in(page)
+    await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Handoff queue").click()
+    queue = page.get_by_role("list", name="Waiting for a person")
+    await queue.get_by_role("button").first.wait_for()
+    assert await queue.get_by_role("button").count() == 1  # angry-2 was given back to the bot
+    assert "asked for a person" in await queue.inner_text() and "<img src=x" in await queue.inner_text()
+    await queue.get_by_role("button", name="waiting-4").click()
+    await page.get_by_label("Your name (shown to the customer)").fill("Sam")
+    await page.get_by_label("Reply to the customer").fill("Hello, Sam here <b>now</b>.")
+    await page.get_by_role("button", name="Send reply").click()
+    await page.get_by_role("status").filter(has_text="Sent.").wait_for()
+    timeline = page.locator("#handoff-timeline")
+    await timeline.locator("li.event-agent").wait_for()
+    assert "Agent Sam" in await timeline.inner_text() and "Hello, Sam here <b>now</b>." in await timeline.inner_text()
+    stored = await store.events("waiting-4")
+    assert (stored[-1]["type"], stored[-1]["text"], stored[-1]["agent"]) == ("agent", "Hello, Sam here <b>now</b>.", "Sam")
+
+    await page.get_by_role("button", name="Give back to the bot").click()
+    await page.get_by_role("status").filter(has_text="The bot has the conversation again.").wait_for()
+    await page.get_by_role("status").filter(has_text="Nobody is waiting for a person.").wait_for()
+    assert (await store.events("waiting-4"))[-1]["type"] == "resume"
+    assert await page.locator("main img, main b").count() == 0
+    await _clean(page, errors)
