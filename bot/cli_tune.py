@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from bot.cli_table import text_table
+
 TUNE_HELP = """\
 Grid-search the training settings that matter (learning rate, epochs, LoRA rank, lora.top_layers)
 on a validation split carved from training_data/dialogues/ (15% of the dialogues by id hash, at
@@ -41,10 +43,7 @@ def tune_table(document: dict) -> str:
                 f"{c['train_seconds']:.0f}", f"{c['score_seconds']:.0f}",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows, left=0)
 
 
 def cmd_tune(args) -> int:

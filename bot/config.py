@@ -132,10 +132,10 @@ class RedactionConfig(Strict):
     patterns: RedactionPatterns = RedactionPatterns()
     phone_region: str = Field("GB", min_length=2, max_length=2, description="Phone numbers written without +country are read as this country's (ISO 3166 code).")
     name_phrases: list[str] = Field(
-        ["my name is", "my name's", "call me"], description="The word or two after these (any case) are the customer's name."
+        ["my name is", "my name's"], description="The word or two after these (any case) are the customer's name."
     )
     name_intros: list[str] = Field(
-        ["i'm", "i am", "this is", "it's"],
+        ["i'm", "i am", "this is", "it's", "call me"],
         description="A capitalised word or two after these is a name when the sentence ends there or goes on with 'and', 'from' or 'here'.",
     )
     name_fields: list[str] = Field(
@@ -163,17 +163,31 @@ class HandoffWebhook(Strict):
     timeout_s: float = Field(5, gt=0, description="A slower webhook is logged as failed; the handoff stands.")
 
 
+def _redis_url(value: str) -> str:
+    if not re.match(r"(redis|rediss|unix)://", value):
+        raise PydanticCustomError("redis_url", "'{value}' is not a Redis URL: write redis://host:port/n", {"value": value})
+    return value
+
+
 class TrackerStore(Strict):
     type: Literal["sqlite", "postgresql", "redis"] = Field("sqlite", description="Where conversations are stored.")
     path: str = Field("conversations.sqlite3", description="sqlite: the database file, relative to the project.")
     url: str | None = Field(None, description="postgresql://host:port/db or redis://host:port/n.")
-    lock_expiry_s: float = Field(60, gt=0, description="redis: a conversation lock whose holder died frees itself after this.")
+    lock_expiry_s: float = Field(60, gt=0, description="redis, or lock_url set: a conversation lock whose holder died frees itself after this.")
     sqlite_synchronous: Literal["full", "normal"] = Field(
         "full",
         description="sqlite (WAL mode): full syncs every stored event to the disk, so it survives a power cut; "
         "normal survives a crash of the server but may lose the last events to a power cut.",
     )
-    key_prefix: str = Field("bot:", min_length=1, description="redis: the start of every key, so several bots can share one database.")
+    key_prefix: str = Field("bot:", min_length=1, description="redis, or lock_url set: the start of every key, so several bots can share one database.")
+    retention_days: float | None = Field(
+        None, gt=0, description="Delete conversations with no activity for this many days (at start, then hourly); null keeps them forever."
+    )
+    lock_url: Annotated[str, AfterValidator(_redis_url)] | None = Field(
+        None,
+        description="redis://host:port/n: take the per-conversation locks from this Redis server (any store type), so several "
+        "server processes on one PostgreSQL or SQLite database share them; null: the store's own locks.",
+    )
 
 
 def _web_origin(value: str) -> str:

@@ -15,11 +15,11 @@ base only from `--model`; on another machine copy that folder too and pass its n
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot import atomic
 from bot.base_model import model_folder
 from bot.config import BUNDLED_BASE
 from bot.errors import BaseModelUnavailable, BotError
@@ -132,20 +132,8 @@ def _tokenizer_files(model: TrainedModel) -> list[Path]:
 def _write_folder(target: Path, write) -> None:
     """Fill a new folder beside `target`, then rename it into place: an export that fails
     leaves nothing half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        try:
-            if target.is_dir():
-                target.rmdir()  # empty when checked
-            tmp.rename(target)
-        except OSError:  # something was written there meanwhile
-            raise ExportTargetNotEmpty(f"{target} is not empty: name a new (or empty) folder to export to") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not atomic.write_folder(target, write):  # something was written there meanwhile
+        raise ExportTargetNotEmpty(f"{target} is not empty: name a new (or empty) folder to export to")
 
 
 def export_adapter(model: TrainedModel, base: str, cache_dir: Path, target: Path) -> AdapterExport:

@@ -10,12 +10,12 @@ Ids are UTC timestamps (`20261126-171502`), so they sort by time.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot import atomic
 from bot.errors import BotError
 
 ACTIVE_FILE = "ACTIVE"
@@ -53,9 +53,7 @@ def new_id(models_dir: Path) -> str:
 
 
 def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def trained_models(models_dir: Path) -> list[TrainedModel]:
@@ -93,9 +91,7 @@ def previous_id(models_dir: Path) -> str | None:
 
 
 def write_marker(models_dir: Path, name: str, model_id: str) -> None:
-    tmp = models_dir / f"{name}.{os.getpid()}.tmp"
-    tmp.write_text(model_id + "\n", encoding="utf-8")
-    os.replace(tmp, models_dir / name)
+    atomic.write_text(models_dir / name, model_id + "\n")
 
 
 def activate(models_dir: Path, model_id: str) -> TrainedModel:

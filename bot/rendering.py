@@ -19,8 +19,7 @@ from typing import Any
 from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_TOOL
 from bot.errors import RenderCancelled, RenderError
-
-IGNORE_INDEX = -100  # label ignored by torch's cross-entropy
+from bot.training.loss import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

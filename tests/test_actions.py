@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bot.serve.actions import SORRY
-from bot.serve.dialogue import COULD_NOT_DO
+from bot.serve.responder import COULD_NOT_DO
 from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 ROOT = Path(__file__).resolve().parent.parent

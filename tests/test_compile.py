@@ -113,3 +113,12 @@ def test_stats_prints_the_table_and_writes_nothing(tmp_path, capsys, cache_dir):
     rows = {tuple(line.split()[:3]) for line in capsys.readouterr().out.splitlines()}
     assert {("train", "(all)", "3"), ("train", "orders", "2"), ("train", "returns", "1"), ("test", "(all)", "1")} <= rows
     assert not (tmp_path / "build").exists()
+
+
+def test_stats_says_how_many_sequences_the_split_dialogues_make(tmp_path, capsys, cache_dir):
+    shutil.copytree(ROOT / "bot" / "templates" / "project" / "training_data", tmp_path / "training_data")
+    write_config(tmp_path, cache_dir, extra="  max_length: 270\n")  # one training dialogue is longer, none of its exchanges
+    assert main(["-C", str(tmp_path), "data", "stats"]) == 0
+    out = capsys.readouterr().out
+    assert "(train: 3 dialogue(s) make 4 sequences: a dialogue longer than model.max_length is split at user turns)" in out
+    assert "(test:" not in out  # its one dialogue fits

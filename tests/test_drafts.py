@@ -109,7 +109,7 @@ def test_a_handoff_nobody_answered_ends_the_draft_and_failures_are_context_only(
     settings = load_settings(project)
     events = stored([
         new_event("user", text="Where is order KM-175402?"),
-        new_event("action_failed", name="check_order", arguments={"order_id": "KM-175402"}, status="timeout", error="no answer within 10 s"),
+        new_event("action_failed", name="check_order", arguments={"order_id": "KM-175402"}, error="KM-175402 is not on account 40118822"),
         new_event("bot", text="Sorry, I can't look that up right now. Would you like me to pass you to a member of our team?"),
         new_event("user", text="yes please"),
         new_event("handoff", by="model", reason="order lookup failed", text="I'm passing you to a member of our team."),
@@ -121,7 +121,8 @@ def test_a_handoff_nobody_answered_ends_the_draft_and_failures_are_context_only(
     turns = dialogues[0].turns
     assert [type(t).__name__ for t in turns] == ["UserTurn", "BotTurn", "UserTurn", "HandoffTurn"]
     assert turns[1].train is False and turns[3].handoff == "order lookup failed"
-    assert "the call of check_order failed here (timeout)" in text
+    assert re.search(r"the call of check_order failed here \(KM-\d{6} is not on account \d{8}\)", text)
+    assert "KM-175402" not in text and "40118822" not in text
     assert "# Left out: the customer's messages after the handoff, which nobody answered." in text
 
 
@@ -257,3 +258,11 @@ def test_what_the_server_did_besides_answering_becomes_valid_turns(project):
     assert "# Left out: an action whose result the bot never answered." in text
     assert "# Left out: the customer's last message, which had no answer." in text
     assert "Wren" not in text and "40118822" not in text
+
+
+def test_review_comments_go_but_a_text_that_looks_like_one_stays(project):
+    text = 'dialogues:\n  - id: tricky\n    draft: true\n    turns:\n      - user: "what does \\"  # REVIEW: x\\" mean"  # REVIEW: odd\n      - bot: No idea.\n'
+    assert drafts.undrafted(text) == 'dialogues:\n  - id: tricky\n    turns:\n      - user: "what does \\"  # REVIEW: x\\" mean"\n      - bot: No idea.\n'
+    write(project, "tricky", text)
+    target = drafts.accept(load_settings(project), "tricky", "dialogues")
+    assert 'what does \\"  # REVIEW: x\\" mean"\n' in target.read_text()

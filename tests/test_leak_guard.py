@@ -18,7 +18,7 @@ from bot.data.loader import read_training_data
 from bot.data.profile import BotProfile, profile_of, read_profile, trained_profile
 from bot.data.project import validate
 from bot.data.schema import DEFAULT_REFUSAL, BotTurn
-from bot.serve.dialogue import GUARD
+from bot.serve.responder import GUARD
 from bot.serve.keys import STORE
 from bot.serve.leak_guard import PROMPT, SECRET, LeakGuard
 from serve_support import ROOT, make_project, requires_chromium, settings_of, sse_events

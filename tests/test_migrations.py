@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.serve.dialogue import fold
+from bot.serve.responder import fold
 from bot.serve.migrations import MigrationError, Migrations
 from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite, new_event
 from store_isolation import postgres_schema, redis_prefix

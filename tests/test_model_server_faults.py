@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.serve.app import create_app
-from bot.serve.dialogue import COULD_NOT_DO, MODEL_UNAVAILABLE
+from bot.serve.responder import COULD_NOT_DO, MODEL_UNAVAILABLE
 from bot.serve.generator import remote_response_model
 from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
 

@@ -99,3 +99,12 @@ def test_the_patterns_come_from_config_yml_and_a_bad_one_is_located(tmp_path):
 def test_draft_scalars_read_back_exactly(text):
     doc = load_bytes(f"a: {scalar(text)}\nb: {flow({'k': text, text or 'e': [text, 1, None, True]})}\n".encode(), "t.yml")
     assert doc.value == {"a": text, "b": {"k": text, text or "e": [text, 1, None, True]}}
+
+
+def test_words_after_the_phrases_that_are_not_names_stay():
+    r = redactor()
+    texts = ["call me back tomorrow", "It's Monday.", "my name is not important", "this is Ridiculous!", "Call me Ishmael."]
+    r.learn_names(texts)
+    out = [r.text(t) for t in texts]
+    assert out[:4] == texts[:4] and out[4] != texts[4] and out[4].startswith("Call me ")
+    assert r.text("I want my money back") == "I want my money back" and r.summary() == {"name": 1}

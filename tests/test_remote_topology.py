@@ -1,8 +1,9 @@
 """The scaled-out topology with real processes: one `bot serve` (the tiny model, in process) is
-the model server, and two `bot serve --model-server URL` front-ends, which load no weights, share
-one PostgreSQL store. 40 conversations alternate their messages between the front-ends; greedy
-replies through a front-end equal the in-process engine's; the model server killed (SIGKILL)
-mid-reply gives the customer the apology, and the front-end recovers once it is started again.
+the model server, and two `bot serve --model-server URL` front-ends, which load no weights and
+no torch, share one PostgreSQL store and the Redis lock (tracker_store.lock_url). 40
+conversations alternate their messages between the front-ends; greedy replies through a
+front-end equal the in-process engine's; the model server killed (SIGKILL) mid-reply gives the
+customer the apology, and the front-end recovers once it is started again.
 
 Process starts cost several seconds each here, so the processes are shared by the module."""
 
@@ -22,10 +23,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.rendering import parse_reply
-from bot.serve.dialogue import COULD_NOT_DO, MODEL_UNAVAILABLE, NOT_UNDERSTOOD
+from bot.serve.responder import COULD_NOT_DO, MODEL_UNAVAILABLE, NOT_UNDERSTOOD
 from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
 from server_process import ServerProcess
-from store_isolation import postgres_schema
+from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 MAX_NEW_TOKENS = 24
 KEY_VARIABLE, KEY = "BOT_MODEL_SERVER_KEY", "k3y-of-the-model-server"  # the model server asks for it; the front-ends send it
@@ -60,6 +61,10 @@ class BotServe(ServerProcess):
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
+    def has_torch(self) -> bool:
+        """Whether torch is loaded in the process: its native library is then mapped."""
+        return "libtorch" in Path(f"/proc/{self.process.pid}/maps").read_text()
+
 
 def _config(max_new_tokens: int) -> str:
     return f"serve:\n  max_new_tokens: {max_new_tokens}\n  rate_per_conversation: 1000\n  rate_per_client: 100000\n"
@@ -76,13 +81,29 @@ def postgres_url():
 
 
 @pytest.fixture(scope="module")
-def topology(tmp_path_factory, cache_dir, tiny_base, postgres_url):
+def lock_prefix():
+    """The key prefix of this module's conversation locks in Redis (its keys deleted afterwards)."""
+    loop = asyncio.new_event_loop()
+    keys = redis_prefix()
+    _, prefix = loop.run_until_complete(keys.__aenter__())
+    yield prefix
+    loop.run_until_complete(keys.__aexit__(None, None, None))
+    loop.close()
+
+
+FRONT_LOCK_TIMEOUT_S = 3  # a message waits this long for its conversation's lock, then gets 503
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory, cache_dir, tiny_base, postgres_url, lock_prefix):
     """{'server': the model server, 'fronts': [two front-ends], 'model_project', 'front_project'}."""
     root = tmp_path_factory.mktemp("topology")
     model_project = make_project(root / "model", cache_dir, base=tiny_base, config=_config(MAX_NEW_TOKENS))
     server = BotServe(model_project, _free_port())
-    endpoints = NO_ACTION_SERVER + KEY_SETTING + f"tracker_store:\n  type: postgresql\n  url: {postgres_url}\n"
-    front_project = make_project(root / "front", cache_dir, base=tiny_base, config=_config(MAX_NEW_TOKENS), endpoints=endpoints)
+    store = f"tracker_store:\n  type: postgresql\n  url: {postgres_url}\n  lock_url: {REDIS_URL}\n  key_prefix: \"{lock_prefix}\"\n"
+    endpoints = NO_ACTION_SERVER + KEY_SETTING + store
+    config = _config(MAX_NEW_TOKENS) + f"  lock_timeout_s: {FRONT_LOCK_TIMEOUT_S}\n"
+    front_project = make_project(root / "front", cache_dir, base=tiny_base, config=config, endpoints=endpoints)
     fronts = [BotServe(front_project, _free_port(), "--model-server", server.url) for _ in range(2)]
     try:
         server.start()
@@ -143,7 +164,33 @@ async def test_forty_conversations_alternate_between_two_front_ends(topology, po
         assert [e["seq"] for e in stored[sender]] == sorted({e["seq"] for e in stored[sender]})
     server_mb, front_mb = topology["server"].rss_mb(), max(front.rss_mb() for front in fronts)
     print(f"\n{CONVERSATIONS * len(messages)} replies in {seconds:.1f} s; RSS: model server {server_mb:.0f} MB, front-end {front_mb:.0f} MB")
-    assert front_mb < 0.75 * server_mb  # it holds no weights, no engine
+    assert topology["server"].has_torch() and not any(front.has_torch() for front in fronts)  # no weights, no torch
+    assert front_mb < 0.5 * server_mb
+
+
+async def test_the_front_ends_lock_conversations_in_redis(topology, lock_prefix, postgres_url):
+    """The lock of a conversation held in Redis (as by another front-end writing its reply):
+    a message to either front-end waits for it, then gets 503 and is not stored; once it is
+    released, the message is answered."""
+    import redis.asyncio as redis
+
+    client = redis.from_url(REDIS_URL)
+    sender = f"locked-{time.monotonic_ns() % 10**9}"
+    held = client.lock(f"{lock_prefix}lock:{sender}", timeout=60)
+    assert await held.acquire(blocking=False)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for front in topology["fronts"]:
+                async with session.post(front.url + "/webhooks/rest/webhook", json={"sender": sender, "message": "Hi"}) as response:
+                    assert response.status == 503
+            assert (await _stored(postgres_url, [sender]))[sender] == []
+            await held.release()
+            async with session.post(topology["fronts"][1].url + "/webhooks/rest/webhook", json={"sender": sender, "message": "Hi"}) as response:
+                assert response.status == 200 and [m["text"] for m in await response.json()] != [COULD_NOT_DO]
+    finally:
+        if await held.owned():
+            await held.release()
+        await client.aclose()
 
 
 def _get(url: str) -> str:
@@ -154,7 +201,7 @@ def _get(url: str) -> str:
 
 
 async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(topology, postgres_url):
-    from bot.serve.dialogue import to_messages
+    from bot.serve.responder import to_messages
     from bot.serve.generator import load_response_model
     from bot.engine.protocol import Finished
 
@@ -232,3 +279,15 @@ def _tiny_base_of(topology) -> str:
     import yaml
 
     return yaml.safe_load((topology["model_project"] / "config.yml").read_text())["model"]["base"]
+
+
+def test_a_front_end_whose_lock_server_is_down_stops_with_one_clear_line(tmp_path, cache_dir, tiny_base):
+    import subprocess
+
+    endpoints = NO_ACTION_SERVER + "tracker_store:\n  lock_url: redis://127.0.0.1:1/0\n"  # nothing listens on port 1
+    project = make_project(tmp_path / "front", cache_dir, base=tiny_base, endpoints=endpoints)
+    command = [sys.executable, "-m", "bot", "-C", str(project), "serve", "--port", str(_free_port()), "--model-server", "http://127.0.0.1:9"]
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "error: can't reach the Redis lock server at redis://127.0.0.1:1/0 (tracker_store.lock_url)" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bot.errors import RenderError
-from bot.rendering import IGNORE_INDEX, prompt_ids, render, render_within
+from bot.rendering import prompt_ids, render, render_within
+from bot.training.loss import IGNORE_INDEX
 
 IM_START, IM_END, NL = 1, 2, 198
 
@@ -126,3 +127,38 @@ def test_exchange_longer_than_the_limit_is_reported(tokenizer):
     messages[1]["content"] = "word " * 200
     with pytest.raises(RenderError, match=r"dialogue 'x': the exchange starting at user turn 1 is \d+ tokens"):
         render_within(tokenizer, messages, max_length=100, name="dialogue 'x'")
+
+
+def test_the_torch_free_tokenizer_loads_what_autotokenizer_loads(tokenizer, tiny_base, cache_dir, tmp_path):
+    """A front-end on a model server reads its tokenizer without transformers' AutoTokenizer
+    (which imports torch): for the bundled tokenizer and a local Llama folder, it is the same
+    class and renders the same token ids as AutoTokenizer's."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+    from transformers.models.auto.tokenization_auto import MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS, TOKENIZER_MAPPING_NAMES
+
+    from bot.base_model import PLAIN_TOKENIZER_MODEL_TYPES, _plain_tokenizer, bundled_cache, tokenizer_from_folder
+
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "My bill says 40,00 €, <|im_end|> is that right?"},
+        {"role": "assistant", "content": "Let me check.", "weight": 1},
+        {"role": "user", "content": "Danke schön!"},
+    ]
+    for folder in (bundled_cache(cache_dir) / "tokenizer", tiny_base):
+        assert _plain_tokenizer(folder)
+        light, auto = tokenizer_from_folder(folder), AutoTokenizer.from_pretrained(folder)
+        assert type(light) is type(auto)
+        assert render(light, conversation).input_ids == render(auto, conversation).input_ids
+        assert prompt_ids(light, conversation[:2]) == prompt_ids(auto, conversation[:2])
+        assert light.get_vocab() == auto.get_vocab() and light.all_special_tokens == auto.all_special_tokens
+        assert (light.eos_token_id, light.pad_token_id) == (auto.eos_token_id, auto.pad_token_id)
+    for model_type in PLAIN_TOKENIZER_MODEL_TYPES:  # AutoTokenizer keeps the folder's TokenizersBackend for these
+        assert model_type not in MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS
+        assert "Mistral" not in (TOKENIZER_MAPPING_NAMES.get(model_type) or "")
+    other = tmp_path / "qwen"  # a model type not known to keep it: AutoTokenizer decides
+    shutil.copytree(tiny_base, other)
+    (other / "config.json").write_text(json.dumps(dict(json.loads((tiny_base / "config.json").read_text()), model_type="qwen2")))
+    assert not _plain_tokenizer(other)

@@ -36,7 +36,7 @@ def free_port() -> int:
 
 
 def long_conversation(n: int) -> list[dict]:
-    """The denial of service of issue 12: thousands of short messages in one OpenAI request."""
+    """A denial of service: thousands of short messages in one OpenAI request."""
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message number {i}, about my bill"} for i in range(n)]
     return messages + [{"role": "user", "content": "and what about now?"}]
 

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from bot.serve.dialogue import fold
+from bot.serve.responder import fold
 from bot.serve.store import STATE_EVENTS, ConversationBusy, SQLiteStore, StoreUnavailable, new_event
 from store_isolation import postgres_schema, redis_prefix
 
@@ -180,6 +180,59 @@ async def test_postgres_lock_is_freed_when_its_connection_dies(tmp_path):
             pass
     finally:
         await store.close()
+
+
+async def _open_with_lock_server(kind: str, url: str, folder, lock_url: str, prefix: str, lock_expiry_s: float = 60):
+    """open_store as a server process would, from endpoints.yml: `kind` at `url` (sqlite: a file
+    in `folder`), its locks from the Redis server at `lock_url`."""
+    from bot.config import load_settings
+    from bot.serve.store import open_store
+
+    folder.mkdir(exist_ok=True)
+    where = f"url: {url}" if kind != "sqlite" else "path: conversations.sqlite3"
+    (folder / "endpoints.yml").write_text(
+        f'tracker_store:\n  type: {kind}\n  {where}\n  lock_url: {lock_url}\n  key_prefix: "{prefix}"\n  lock_expiry_s: {lock_expiry_s}\n'
+    )
+    return await open_store(load_settings(folder))
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+async def test_two_stores_share_the_redis_lock_server(kind, tmp_path):
+    """tracker_store.lock_url: two store instances (two PostgreSQL pools, or two connections to
+    one SQLite file: two server processes) exclude each other through the Redis lock, not the
+    store's own, and a holder that died frees it after lock_expiry_s."""
+    from store_isolation import REDIS_URL, postgres_schema, redis_prefix
+
+    async with postgres_schema() as (url, _), redis_prefix() as (redis, prefix):
+        folder = tmp_path / "project"  # both open the same project (the same SQLite file)
+        one = await _open_with_lock_server(kind, url, folder, REDIS_URL, prefix, lock_expiry_s=1)
+        two = await _open_with_lock_server(kind, url, folder, REDIS_URL, prefix, lock_expiry_s=1)
+        sender = _sender()
+        try:
+            async with one.lock(sender, timeout=5):
+                assert await redis.exists(f"{prefix}lock:{sender}")  # the lock is in Redis, under the prefix
+                with pytest.raises(ConversationBusy):
+                    async with two.lock(sender, timeout=0.3):
+                        pass
+                async with one._own_lock(sender, timeout=0.3):  # the store's own lock is not taken
+                    pass
+            async with two.lock(sender, timeout=1):  # released
+                pass
+            dead = redis.lock(f"{prefix}lock:{sender}", timeout=1)  # taken by a process that then died
+            assert await dead.acquire(blocking=False)
+            with pytest.raises(ConversationBusy):
+                async with two.lock(sender, timeout=0.3):
+                    pass
+            async with two.lock(sender, timeout=5):  # free once its expiry has passed
+                assert await redis.pttl(f"{prefix}lock:{sender}") > 0
+        finally:
+            await one.close()
+            await two.close()
+
+
+async def test_an_unreachable_lock_server_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreUnavailable, match=r"can't reach the Redis lock server at redis://127.0.0.1:1/0 \(tracker_store.lock_url\)"):
+        await _open_with_lock_server("sqlite", "", tmp_path / "p", "redis://127.0.0.1:1/0", "bot:")
 
 
 async def test_unreachable_servers_are_a_clear_error():

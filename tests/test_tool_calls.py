@@ -19,7 +19,7 @@ from bot.engine.constraint import ToolCallConstraint
 from bot.engine.loader import load_weights
 from bot.engine.protocol import Finished
 from bot.rendering import parse_reply, prompt_ids
-from bot.serve.dialogue import COULD_NOT_DO
+from bot.serve.responder import COULD_NOT_DO
 from serve_support import make_project, settings_of, sse_events
 
 ROOT = Path(__file__).resolve().parent.parent

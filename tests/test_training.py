@@ -23,6 +23,7 @@ from bot.rendering import prompt_ids
 from bot.training import recipe
 from bot.training.batching import collate
 from bot.training.command import train_and_activate
+from bot.training.loss import bot_token_loss
 from conftest import ROOT, make_tiny_project
 
 
@@ -60,7 +61,7 @@ def test_lora_weights_change_and_base_weights_do_not(trained, tiny_base):
 
 def training_loss(model, examples) -> float:
     with torch.no_grad():
-        return recipe.bot_token_loss(model, collate(examples, examples[0].input_ids[-1])).item()
+        return bot_token_loss(model, collate(examples, examples[0].input_ids[-1])).item()
 
 
 def test_loss_falls_on_data_it_can_overfit(tmp_path, tiny_base, cache_dir):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot import atomic
 from bot.data.profile import PROFILE_FILE, profile_of
 from bot.data.prompt import system_prompt
 from bot.data.schema import (
@@ -114,7 +114,5 @@ def write(data: TrainingData, build_dir: Path) -> CompiledData:
     profile = json.dumps(profile_of(data).to_json(), indent=2, ensure_ascii=False) + "\n"
     outputs = [(files.train_file, train_text), (files.test_file, test_text), (files.index_file, json.dumps(index, indent=2) + "\n")]
     for path, text in outputs + [(build_dir / PROFILE_FILE, profile)]:
-        tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # unique: processes may compile at once
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic.write_text(path, text)  # processes may compile at once
     return files

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.dialogue import GUARD, MODEL_UNAVAILABLE
+from bot.serve.responder import GUARD, MODEL_UNAVAILABLE
 from bot.serve.store import HANDOFF, RESUME, Event
 
 APOLOGY_AFTER = ("action_failed", "action_rejected", MODEL_UNAVAILABLE)

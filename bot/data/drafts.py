@@ -214,6 +214,7 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
             t.turn["result"] = redactor.value(t.turn.get("result"))
         else:
             t.turn[t.kind] = redactor.text(t.turn[t.kind])
+    notes = ["; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns]  # a failure's error may quote data
     summary = redactor.summary()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     header = [
@@ -237,8 +238,8 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
         "    tags: []",
         "    turns:",
     ]
-    for t in found.turns:
-        lines += turn_lines(t.turn, "; ".join(t.notes) or None)
+    for t, note in zip(found.turns, notes):
+        lines += turn_lines(t.turn, note)
     return "\n".join(lines) + "\n", summary
 
 
@@ -346,7 +347,7 @@ def _refusal(draft: Dialogue, existing: list[Dialogue], into: Into) -> str | Non
     return None
 
 
-_REVIEW_COMMENT = re.compile(r"\s+# REVIEW:.*$")
+_REVIEW_COMMENT = re.compile(r"\s+# REVIEW:")
 _DRAFT_LINE = re.compile(r"^\s*draft:\s*true\s*(#.*)?$")
 
 
@@ -365,8 +366,10 @@ def undrafted(text: str) -> str:
     for line in lines:
         if _DRAFT_LINE.match(line):
             continue
-        if (m := _REVIEW_COMMENT.search(line)) and _balanced_quotes(line[: m.start()]):
-            line = line[: m.start()]
+        for m in _REVIEW_COMMENT.finditer(line):  # the first one outside a quoted text
+            if _balanced_quotes(line[: m.start()]):
+                line = line[: m.start()]
+                break
         out.append(line)
     return "\n".join(out) + "\n"
 

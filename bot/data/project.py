@@ -50,7 +50,7 @@ class Counts:
     trained_turns: int = 0
     tokens: int = 0
     trained_tokens: int = 0
-    pieces: int = 0
+    sequences: int = 0  # training sequences: a dialogue over model.max_length is split at user turns
 
     def add(self, other: Counts) -> None:
         for name in self.__dataclass_fields__:
@@ -78,7 +78,7 @@ def _count(data: TrainingData, dialogue: Dialogue, tokenizer, max_length: int) -
         trained_turns=len(trained),
         tokens=sum(len(e) for e in examples),
         trained_tokens=sum(e.trained_tokens for e in examples),
-        pieces=len(examples),
+        sequences=len(examples),
     )
 
 

@@ -46,7 +46,16 @@ TEST_CARDS = (
 )
 POSTCODE_AREAS = ("LS", "M", "B", "BD", "S", "NE", "EH", "G", "CF", "BS", "L", "NG", "LE", "YO", "HU", "SO", "PL", "EX", "OX", "CB")
 INWARD_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
-STOP_WORDS = {"and", "from", "here", "i", "im", "my", "the", "please", "thanks", "thank", "but", "so", "on", "at", "with", "to", "is"}
+STOP_WORDS = {
+    "and", "from", "here", "i", "im", "my", "the", "a", "please", "thanks", "thank", "but", "so", "on", "at", "with", "to", "is",
+    "not", "in", "back", "later", "now", "again", "still", "also", "just", "really", "very",
+}
+# Capitalised words that follow "it's" or "this is" without being anyone's name.
+NOT_NAMES = {
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may",
+    "june", "july", "august", "september", "october", "november", "december", "today", "tomorrow", "yesterday", "fine", "okay",
+    "ok", "urgent", "important", "ridiculous", "done", "sorted", "broken", "me", "us", "him", "her", "them", "it",
+}
 NAME_WORD = r"[^\W\d_][\w'’-]*"
 
 
@@ -117,10 +126,12 @@ class Redactor:
                 words = match.group(1).split()
                 while words and words[-1].casefold().strip("'’") in STOP_WORDS:
                     words.pop()
-                if words and words[0].casefold() not in STOP_WORDS:
+                if words and words[0].casefold() not in STOP_WORDS | NOT_NAMES:
                     self._add_name(words)
             for match in self._introduced.finditer(text):
-                self._add_name(match.group(1).split())
+                words = match.group(1).split()
+                if words[0].casefold().strip("'’") not in NOT_NAMES:
+                    self._add_name(words)
         for value in values:
             self._learn_fields(value)
         self._name_pattern = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot import models
-from bot.base_model import check_tokenizer, load_tokenizer
+from bot.base_model import check_tokenizer, load_tokenizer, tokenizer_from_folder
 from bot.config import Settings
 from bot.data.profile import BotProfile, profile_of, trained_profile
 from bot.data.project import validate
@@ -31,9 +31,7 @@ def load_frontend(settings: Settings, trained: models.TrainedModel | None) -> Fr
     if trained is None:
         tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
         return Frontend(tokenizer, profile_of(validate(settings)), None, settings.base_model)
-    from transformers import AutoTokenizer
-
     base = settings.resolve_base(trained.manifest["base_model"])
-    tokenizer = check_tokenizer(AutoTokenizer.from_pretrained(trained.tokenizer_dir), base)
+    tokenizer = check_tokenizer(tokenizer_from_folder(trained.tokenizer_dir), base)
     profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
     return Frontend(tokenizer, profile, trained, base)

@@ -15,7 +15,7 @@ from bot.data.person_requests import PERSON_ASKED, PersonRequestRule, last_user_
 from bot.engine.constraint import ToolCallConstraint
 from bot.rendering import handoff_step, parse_reply, prompt_ids, render
 from bot.training.batching import collate
-from bot.training.recipe import bot_token_nll
+from bot.training.loss import bot_token_nll
 
 
 def _batches(items: list[Prompted], size: int, key) -> list[list[Prompted]]:

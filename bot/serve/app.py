@@ -19,20 +19,32 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.serve import (
-    openapi, routes_admin, routes_agent, routes_chat, routes_completions, routes_console, routes_console_api, routes_drafts, routes_openai,
-    routes_train, routes_web, shutdown,
+    openapi,
+    routes_admin,
+    routes_agent,
+    routes_chat,
+    routes_completions,
+    routes_console,
+    routes_console_api,
+    routes_drafts,
+    routes_openai,
+    routes_ratings,
+    routes_train,
+    routes_web,
+    shutdown,
 )
 from bot.serve.action_server import action_server
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
-from bot.serve.dialogue import Dialogue, ModelHolder
+from bot.serve.responder import ModelHolder, Responder
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
-from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
+from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, RETENTION, SETTINGS, STORE
 from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
+from bot.serve.retention import Retention, retention_of
 from bot.serve.security_headers import security_headers
 from bot.serve.store import open_store
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
@@ -84,6 +96,7 @@ def create_app(
     routes_completions.add_routes(app)
     routes_admin.add_routes(app)
     routes_agent.add_routes(app)
+    routes_ratings.add_routes(app)
     routes_train.add_routes(app)
     routes_drafts.add_routes(app)
     routes_web.add_routes(app)
@@ -99,9 +112,9 @@ def assemble(settings: Settings, model: ResponseModel, store, session: aiohttp.C
     endpoints = settings.endpoints
     action = endpoints.action_endpoint
     actions = ActionRunner(session, action.url, timeout_s=action.timeout_s, tracker_events=action.tracker_events)
-    dialogue = Dialogue(ModelHolder(model), settings.build.serve, actions, metrics=metrics)
+    responder = Responder(ModelHolder(model), settings.build.serve, actions, metrics=metrics)
     notify = HandoffNotifier(session, endpoints.handoff_webhook.url, endpoints.handoff_webhook.timeout_s, store)
-    return Conversations(store, dialogue, settings.build.serve, on_handoff=notify)
+    return Conversations(store, responder, settings.build.serve, on_handoff=notify)
 
 
 async def _actions_beside(app: web.Application, package: str):
@@ -125,16 +138,30 @@ async def _model_and_store(app: web.Application):
     session = aiohttp.ClientSession()  # for the action server and the handoff webhook
     app[STORE] = store
     app[CONVERSATIONS] = assemble(settings, model, store, session, metrics=app[METRICS])
-    app[HOLDER] = app[CONVERSATIONS].dialogue.holder
+    app[HOLDER] = app[CONVERSATIONS].responder.holder
     app[METRICS].watch(app[HOLDER])
     tracker = settings.endpoints.tracker_store
-    recovery = asyncio.create_task(mark_interrupted_in_background(store, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)))
+    retention = retention_of(store, tracker.retention_days)  # None when retention_days is null
+    if retention:
+        app[RETENTION] = retention
+    passes = asyncio.create_task(_background_passes(store, retention, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)), name="background-passes")
     yield
-    recovery.cancel()
-    await asyncio.gather(recovery, return_exceptions=True)
+    passes.cancel()
+    await asyncio.gather(passes, return_exceptions=True)
     await session.close()
     await store.close()
     await app[HOLDER].close()
+
+
+async def _background_passes(store, retention: Retention | None, *, retry_s: float) -> None:
+    """Beside the server, in this order: retention's first pass (a conversation past it is
+    deleted, not marked interrupted, which would make it look active), the crash-recovery
+    pass, then retention every hour until the server stops."""
+    if retention:
+        await retention.run_once()
+    await mark_interrupted_in_background(store, retry_s=retry_s)
+    if retention:
+        await retention.repeat()
 
 
 def run(

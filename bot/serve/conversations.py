@@ -1,4 +1,4 @@
-"""Stored conversations around the dialogue loop: the customer's message is stored before the
+"""Stored conversations around the reply loop (Responder): the customer's message is stored before the
 model starts, each event the moment it happens, and one conversation answers one message at a
 time (the store's lock), while different conversations proceed concurrently."""
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import ServeConfig
-from bot.serve.dialogue import Dialogue, Piece, fold, to_messages
+from bot.serve.conversation_search import latest_ratings
+from bot.serve.responder import Piece, Responder, fold, to_messages
 from bot.serve.recovery import INTERRUPTED, mark_if_unanswered
 from bot.serve.store import HANDOFF, ConversationStore, Event, new_event
 
@@ -39,12 +40,12 @@ class Conversations:
     def __init__(
         self,
         store: ConversationStore,
-        dialogue: Dialogue,
+        responder: Responder,
         config: ServeConfig,
         on_handoff: Callable[[str, Event], Awaitable[None]] | None = None,
     ):
         self.store = store
-        self.dialogue = dialogue
+        self.responder = responder
         self.config = config
         self.on_handoff = on_handoff
 
@@ -61,9 +62,9 @@ class Conversations:
             if state.handed_off:
                 yield Waiting(state.handoff_reason)
                 return
-            async with self.dialogue.holder.borrow() as model:  # one model for the whole answer, even across a reload
+            async with self.responder.holder.borrow() as model:  # one model for the whole answer, even across a reload
                 messages = to_messages(events, model.profile.system_prompt)
-                answer = self.dialogue.answer(model, messages, sender=sender, state=state, latest=latest)
+                answer = self.responder.answer(model, messages, sender=sender, state=state, latest=latest)
                 async with aclosing(answer) as items:
                     async for item in items:
                         if isinstance(item, dict):
@@ -73,4 +74,11 @@ class Conversations:
                         yield item
 
     async def history(self, sender: str) -> list[dict]:
-        return [visible(e) for e in await self.store.events(sender) if e["type"] in VISIBLE]
+        """The visible events; a bot message the customer rated carries its vote (`rating`)."""
+        events = await self.store.events(sender)
+        votes = latest_ratings(events)
+        shown = [visible(e) for e in events if e["type"] in VISIBLE]
+        for event in shown:
+            if event["type"] == "bot" and event["seq"] in votes:
+                event["rating"] = votes[event["seq"]]["rating"]
+        return shown

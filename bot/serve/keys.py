@@ -9,10 +9,11 @@ from aiohttp import web
 
 from bot.config import Settings
 from bot.serve.conversations import Conversations
-from bot.serve.dialogue import ModelHolder
+from bot.serve.responder import ModelHolder
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import RateLimiter
 from bot.serve.metrics import Metrics
+from bot.serve.retention import Retention
 from bot.serve.store import ConversationStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -27,3 +28,4 @@ HOLDER = web.AppKey("holder", ModelHolder)
 STORE = web.AppKey("store", ConversationStore)
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 FEED_CAP = web.AppKey("feed_cap", ConnectionCap)  # live feeds open per client address
+RETENTION = web.AppKey("retention", Retention)  # there when tracker_store.retention_days is set

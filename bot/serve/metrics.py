@@ -51,6 +51,9 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         Gauge("bot_asyncio_tasks", "asyncio tasks alive in the server's event loop", registry=self.registry).set_function(_tasks_alive)
         self.live_feeds = Gauge("bot_live_feeds", "Live-feed connections open (GET /api/conversations/{sender}/events)", registry=self.registry)
+        self.ratings = Counter("bot_ratings", "Votes customers gave the bot's messages (a changed vote counts again)", ["rating"], registry=self.registry)
+        for rating in ("up", "down"):
+            self.ratings.labels(rating)  # both shown from the start, at 0
 
     def seen(self, sender: str) -> None:
         self._last_seen[sender] = time.monotonic()
@@ -63,7 +66,7 @@ class Metrics:
         return len(self._last_seen)
 
     def watch(self, holder) -> None:
-        """Read the engine gauges from the model in service (bot.serve.dialogue.ModelHolder)."""
+        """Read the engine gauges from the model in service (bot.serve.responder.ModelHolder)."""
         self._holder = holder
 
     def _engine_stats(self):

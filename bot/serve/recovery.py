@@ -18,7 +18,7 @@ import logging
 import time
 
 from bot.errors import BotError
-from bot.serve.dialogue import fold
+from bot.serve.responder import fold
 from bot.serve.store import ConversationBusy, ConversationStore, Event, new_event
 
 INTERRUPTED = "interrupted"

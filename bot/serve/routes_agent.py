@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.serve.dialogue import fold
+from bot.serve.responder import fold
 from bot.serve.http import check_admin, json_error, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
 from bot.serve.openapi import Route, register

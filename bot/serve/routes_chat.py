@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from bot.serve.conversations import VISIBLE, Waiting, visible
-from bot.serve.dialogue import Piece
+from bot.serve.responder import Piece
 from bot.serve.http import json_error, public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, Route, ServerSentEvent, register
@@ -55,6 +55,7 @@ class Event(BaseModel):
     text: str | None = None
     buttons: list[dict[str, Any]] | None = None
     agent: str | None = None
+    rating: Literal["up", "down"] | None = Field(None, description="bot messages in the history: the customer's vote, if they rated it.")
 
 
 class History(BaseModel):

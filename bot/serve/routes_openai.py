@@ -1,6 +1,6 @@
 """An OpenAI-compatible chat endpoint, so any OpenAI client can talk to the bot. Stateless: the
 conversation comes with each request. The bot's own persona is always the system prompt (a
-client's system messages are ignored), and the reply goes through the same dialogue loop as the
+client's system messages are ignored), and the reply goes through the same reply loop (Responder) as the
 widget's, actions included."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.remote import RemoteEngine
-from bot.serve.dialogue import GUARD, MODEL_UNAVAILABLE, ConversationState, Piece
+from bot.serve.responder import GUARD, MODEL_UNAVAILABLE, ConversationState, Piece
 from bot.serve.http import public_message, read_body
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import Route, ServerSentEvent, register
@@ -146,7 +146,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
         sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
         latest = new_event("user", text=messages[-1]["content"])
-        answer = request.app[CONVERSATIONS].dialogue.answer(model, messages, sender=sender, state=ConversationState(), latest=latest)
+        answer = request.app[CONVERSATIONS].responder.answer(model, messages, sender=sender, state=ConversationState(), latest=latest)
         completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
         started = time.monotonic()
 

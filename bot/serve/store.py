@@ -6,7 +6,8 @@ updated in place: the state of a conversation (its slots, whether a person has i
 from its events, so a crash can lose at most the event being written.
 
 Three stores share this interface: SQLite (the default, one server process), PostgreSQL and
-Redis (several server processes: their locks work across processes).
+Redis (several server processes: their locks work across processes). Any of them may take its
+locks from a Redis server instead (`tracker_store.lock_url`, bot.serve.redis_locks).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from bot.serve.migrations import Migrations
 log = logging.getLogger("bot.serve")
 Event = dict[str, Any]
 HANDOFF, RESUME = "handoff", "resume"
-# The event types that change a conversation's state (what bot.serve.dialogue.fold looks at).
+# The event types that change a conversation's state (what bot.serve.responder.fold looks at).
 STATE_EVENTS = ("slot", "reset_slots", HANDOFF, RESUME)
 
 
@@ -57,13 +58,14 @@ class ConversationSummary:
 
 
 class ConversationStore(ABC):
-    """Where conversations live. Subclasses implement the storage and the lock."""
+    """Where conversations live. Subclasses implement the storage and their own lock."""
 
     kind = "?"
 
     def __init__(self) -> None:
         self._changed: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}  # feeds waiting per conversation: its entry in _changed goes with the last
+        self.lock_server: Any = None  # set by take_locks_from: e.g. bot.serve.redis_locks.RedisLocks
 
     @abstractmethod
     async def _append(self, sender: str, event: Event) -> int:
@@ -87,8 +89,23 @@ class ConversationStore(ABC):
         """(sender, seq) of each conversation whose last event is a customer message."""
 
     @abstractmethod
+    def _own_lock(self, sender: str, timeout: float) -> Any:
+        """The store's own lock (see `lock`)."""
+
+    async def _close(self) -> None:
+        pass
+
     def lock(self, sender: str, timeout: float) -> Any:
-        """Async context manager: one holder per conversation; ConversationBusy after `timeout`."""
+        """Async context manager: one holder per conversation; ConversationBusy after `timeout`.
+        The lock server's lock when the store has one (take_locks_from), else its own."""
+        if self.lock_server is not None:
+            return self.lock_server.hold(sender, timeout)
+        return self._own_lock(sender, timeout)
+
+    def take_locks_from(self, locks: Any) -> None:
+        """Lock conversations with `locks` (`hold(sender, timeout)`, `close()`) from now on; it
+        is closed with the store."""
+        self.lock_server = locks
 
     @abstractmethod
     async def conversations(self) -> list[ConversationSummary]:
@@ -122,7 +139,11 @@ class ConversationStore(ABC):
         return old
 
     async def close(self) -> None:
-        pass
+        try:
+            await self._close()
+        finally:
+            if self.lock_server is not None:
+                await self.lock_server.close()
 
     async def append(self, sender: str, event: Event) -> Event:
         stored = dict(event, seq=await self._append(sender, event))
@@ -301,7 +322,7 @@ class SQLiteStore(ConversationStore):
         sql = "SELECT sender, seq FROM events WHERE seq IN (SELECT max(seq) FROM events GROUP BY sender) AND type = 'user' ORDER BY seq"
         return [(sender, seq) for sender, seq in await asyncio.to_thread(self._run, sql)]
 
-    def lock(self, sender: str, timeout: float):
+    def _own_lock(self, sender: str, timeout: float):
         return self._locks.hold(sender, timeout)
 
     async def conversations(self) -> list[ConversationSummary]:
@@ -341,17 +362,32 @@ class SQLiteStore(ConversationStore):
             self._outside = asyncio.ensure_future(asyncio.to_thread(self._run, "PRAGMA data_version"))
         return (await asyncio.shield(self._outside))[0][0]
 
-    def _close(self) -> None:
+    def _close_db(self) -> None:
         with self._guard:
             self._closed = True
             self._db.close()
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self._close)
+    async def _close(self) -> None:
+        await asyncio.to_thread(self._close_db)
 
 
 async def open_store(settings) -> ConversationStore:
-    """The store `endpoints.yml` names (tracker_store), connected."""
+    """The store `endpoints.yml` names (tracker_store), connected, with its locks from the Redis
+    server of tracker_store.lock_url when that is set."""
+    config = settings.endpoints.tracker_store
+    store = await _open_storage(settings)
+    if config.lock_url:
+        from bot.serve.redis_locks import RedisLocks
+
+        try:
+            store.take_locks_from(await RedisLocks.connect(config.lock_url, expiry_s=config.lock_expiry_s, prefix=config.key_prefix))
+        except BaseException:
+            await store.close()
+            raise
+    return store
+
+
+async def _open_storage(settings) -> ConversationStore:
     config = settings.endpoints.tracker_store
     if config.type == "sqlite":
         return SQLiteStore(settings.root / config.path, synchronous=config.sqlite_synchronous)

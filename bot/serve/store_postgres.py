@@ -173,7 +173,7 @@ class PostgresStore(ConversationStore):
                 await connection.execute("UPDATE bot_events SET body = $1::jsonb WHERE sender = $2 AND seq = $3", body, sender, event["seq"])
 
     @asynccontextmanager
-    async def lock(self, sender: str, timeout: float):
+    async def _own_lock(self, sender: str, timeout: float):
         key = _lock_key(sender)
         deadline = time.monotonic() + timeout
         try:
@@ -192,7 +192,7 @@ class PostgresStore(ConversationStore):
         finally:
             await self._lock_pool.release(connection)
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
         if self._lock_pool is not self._pool:

@@ -1,23 +1,21 @@
 """Conversations in Redis: one list of events per conversation, a second list of just its state
 events (so a message is answered without reading the whole conversation), a set of conversations
-waiting for a person, and redis-py's lock, which works across processes and expires if its holder
-dies (it is extended while a reply is still being written). Every key starts with the store's
-prefix (`tracker_store.key_prefix`, default `bot:`)."""
+waiting for a person, and the locks of bot.serve.redis_locks (redis-py's lock, which works across
+processes and expires if its holder dies). Every key starts with the store's prefix
+(`tracker_store.key_prefix`, default `bot:`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from bot.serve.migrations import Migrations
+from bot.serve.redis_locks import RedisLocks
 from bot.serve.store import (
     HANDOFF,
     RESUME,
     STATE_EVENTS,
-    ConversationBusy,
     ConversationStore,
     ConversationSummary,
     Event,
@@ -59,8 +57,8 @@ class RedisStore(ConversationStore):
     def __init__(self, client, lock_expiry_s: float, prefix: str = PREFIX):
         super().__init__()
         self._redis = client
-        self._expiry = lock_expiry_s
         self._prefix = prefix
+        self._locks = RedisLocks(client, lock_expiry_s, prefix)
 
     @classmethod
     async def connect(cls, url: str, *, lock_expiry_s: float = 60, prefix: str = PREFIX) -> RedisStore:
@@ -198,28 +196,8 @@ class RedisStore(ConversationStore):
             pipe.delete(f"{self._prefix}state:{sender}")
             await pipe.execute()
 
-    @asynccontextmanager
-    async def lock(self, sender: str, timeout: float):
-        from redis.exceptions import LockError
+    def _own_lock(self, sender: str, timeout: float):
+        return self._locks.hold(sender, timeout)
 
-        lock = self._redis.lock(f"{self._prefix}lock:{sender}", timeout=self._expiry, blocking_timeout=timeout)
-        if not await lock.acquire():
-            raise ConversationBusy(f"conversation '{sender}' is still answering its previous message")
-
-        async def keep_alive() -> None:
-            while True:
-                await asyncio.sleep(self._expiry / 3)
-                await lock.reacquire()
-
-        keeper = asyncio.create_task(keep_alive())
-        try:
-            yield
-        finally:
-            keeper.cancel()
-            try:
-                await lock.release()
-            except LockError:  # expired meanwhile (the process stalled): nothing left to release
-                pass
-
-    async def close(self) -> None:
+    async def _close(self) -> None:
         await self._redis.aclose()

@@ -3,7 +3,7 @@
 Runs on CUDA with bf16 when there is a GPU, on the CPU otherwise (bf16 where the CPU supports
 it, else fp32). Several processes or machines work through `accelerate launch` unchanged.
 A checkpoint is written every `checkpoint_every` optimizer steps and when training stops on
-Ctrl-C or an error; `bot train --resume` continues from it.
+Ctrl-C or an error; `bot train --resume` continues from it. The loss is bot/training/loss.py's.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bot import models
+from bot import atomic, models
 from bot.base_model import load_model, load_tokenizer
 from bot.config import LoraSettings, Settings
 from bot.data.profile import PROFILE_FILE
 from bot.errors import BotError
 from bot.rendering import Example, render_within
 from bot.training.batching import batch_sampler, collate
+from bot.training.loss import bot_token_loss, trained_tokens
 
 CHECKPOINT = "checkpoint"
 
@@ -123,8 +124,7 @@ def save_training_state(folder: Path, accelerator, model, optimizer, scheduler) 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
         }
-        torch.save(state, folder / "state.pt.tmp")
-        (folder / "state.pt.tmp").replace(folder / "state.pt")
+        atomic.write_file(folder / "state.pt", lambda tmp: torch.save(state, tmp))
     accelerator.wait_for_everyone()
 
 
@@ -148,26 +148,6 @@ def _unfinished_run(models_dir: Path) -> Path | None:
     return runs[-1].parent if runs else None
 
 
-def bot_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(nll, mask), each rows x positions: the loss of every trained (bot) token and where they
-    are. The output layer runs only at positions that predict one of them (a sixth of a
-    dialogue): projecting every position onto the 49k-token vocabulary would cost a fifth of the
-    step and a gigabyte of logits."""
-    # Position i predicts token i+1: the labels are shifted left by one against the logits.
-    targets = batch["labels"][:, 1:]
-    positions = (targets != -100).any(dim=0).nonzero().squeeze(1)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions).logits
-    targets = targets[:, positions]
-    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
-    return nll, targets != -100
-
-
-def bot_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy over the trained (bot) tokens of a batch: their mean, or their sum."""
-    nll, mask = bot_token_nll(model, batch)
-    return nll.sum() / mask.sum() if reduction == "mean" else nll.sum()
-
-
 @torch.no_grad()
 def held_out_loss(model, loader, accelerator) -> float:
     """Mean loss per trained token over the held-out dialogues."""
@@ -177,7 +157,7 @@ def held_out_loss(model, loader, accelerator) -> float:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             total += bot_token_loss(model, batch, reduction="sum").item()
-        count += int((batch["labels"][:, 1:] != -100).sum())
+        count += trained_tokens(batch)
     model.train()
     return total / max(count, 1)
 

@@ -14,6 +14,7 @@
     ".bw-root{--bw-primary:#0b5fff;--bw-on-primary:#fff;--bw-bg:#fff;--bw-text:#1b1b1f;--bw-bot:#eef1f6;--bw-agent:#fff4d6;",
     "font:15px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;color:var(--bw-text);position:fixed;right:20px;bottom:20px;z-index:2147483000}",
     ".bw-launcher{width:56px;height:56px;border-radius:50%;border:0;background:var(--bw-primary);color:var(--bw-on-primary);font-size:26px;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.25)}",
+    ".bw-launcher svg{display:block;width:28px;height:28px;margin:auto}",
     ".bw-panel{position:absolute;right:0;bottom:70px;width:360px;height:540px;max-height:calc(100vh - 100px);background:var(--bw-bg);border-radius:12px;",
     "box-shadow:0 8px 30px rgba(0,0,0,.25);display:flex;flex-direction:column;overflow:hidden}",
     ".bw-panel[hidden]{display:none}",
@@ -36,6 +37,12 @@
     ".bw-form{display:flex;border-top:1px solid #ddd}",
     ".bw-input{flex:1;border:0;padding:12px;font:inherit;min-width:0}",
     ".bw-send{border:0;background:var(--bw-primary);color:var(--bw-on-primary);padding:0 16px;font:inherit;cursor:pointer}",
+    ".bw-rate{display:flex;gap:2px;align-self:flex-start;margin-top:-4px}",
+    ".bw-vote{border:1px solid transparent;background:none;color:#5f6368;border-radius:6px;padding:3px;cursor:pointer;line-height:0}",
+    ".bw-vote svg{width:16px;height:16px}",
+    ".bw-vote:hover{color:var(--bw-text)}",
+    ".bw-vote[aria-pressed=true]{color:var(--bw-primary);border-color:var(--bw-primary)}",
+    ".bw-vote[aria-pressed=true] svg{fill:currentColor;fill-opacity:.25}",
     ".bw-sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0)}",
     "@media (max-width:767px){.bw-panel{position:fixed;inset:0;width:auto;height:auto;max-height:none;border-radius:0}}",
   ].join("");
@@ -65,6 +72,36 @@
     if (className) node.className = className;
     if (text !== undefined) node.textContent = text; // text, never HTML
     return node;
+  }
+
+  // Icons are drawn as inline SVG (DOM nodes, which no CSP blocks): a character such as an emoji
+  // shows as an empty box where the system has no font with it.
+  var SVG = "http://www.w3.org/2000/svg";
+  var ICONS = {
+    chat: {fill: "currentColor", d: "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2h-9l-5 4v-4H4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z"},
+    up: {d: "M3 10h4v10H3zM7 10l4-7c1.4 0 2.5 1.1 2.5 2.5V9h5.1a2 2 0 0 1 2 2.3l-1.2 7A2 2 0 0 1 17.4 20H7"},
+  };
+
+  function icon(name, flipped) {
+    var shape = ICONS[name];
+    var svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    var path = document.createElementNS(SVG, "path");
+    path.setAttribute("d", shape.d);
+    if (shape.fill) {
+      path.setAttribute("fill", shape.fill);
+    } else {
+      svg.setAttribute("fill", "none");
+      path.setAttribute("stroke", "currentColor");
+      path.setAttribute("stroke-width", "2");
+      path.setAttribute("stroke-linejoin", "round");
+      path.setAttribute("stroke-linecap", "round");
+    }
+    if (flipped) path.setAttribute("transform", "rotate(180 12 12)");
+    svg.appendChild(path);
+    return svg;
   }
 
   function newId() {
@@ -99,7 +136,8 @@
       if (names[k]) root.style.setProperty(names[k], colors[k]);
     });
 
-    this.launcher = el("button", "bw-launcher", "\u{1F4AC}");
+    this.launcher = el("button", "bw-launcher");
+    this.launcher.appendChild(icon("chat"));
     this.launcher.type = "button";
     this.launcher.setAttribute("aria-label", "Open chat: " + this.title);
     this.launcher.setAttribute("aria-expanded", "false");
@@ -210,6 +248,48 @@
     this.scroll();
   };
 
+  // Thumbs up and down under a bot message (`seq`: its place in the conversation; `current`: the
+  // customer's vote so far). One vote per message; pressing the other button changes it.
+  Widget.prototype.ratingButtons = function (message, seq, current) {
+    if (!seq) return; // the greeting is not stored: nothing to rate
+    var self = this;
+    var bar = el("div", "bw-rate");
+    bar.setAttribute("role", "group");
+    bar.setAttribute("aria-label", "Rate this answer");
+    var votes = {};
+    [["up", "Helpful", false], ["down", "Not helpful", true]].forEach(function (spec) {
+      var button = el("button", "bw-vote");
+      button.type = "button";
+      button.setAttribute("aria-label", spec[1]);
+      button.setAttribute("aria-pressed", String(current === spec[0]));
+      button.appendChild(icon("up", spec[2]));
+      button.addEventListener("click", function () { self.rate(seq, spec[0], votes); });
+      votes[spec[0]] = button;
+      bar.appendChild(button);
+    });
+    message.parentNode.insertBefore(bar, message.nextSibling);
+  };
+
+  Widget.prototype.rate = function (seq, rating, votes) {
+    var self = this;
+    var before = Object.keys(votes).filter(function (k) { return votes[k].getAttribute("aria-pressed") === "true"; })[0];
+    if (before === rating) return;
+    function press(which) {
+      Object.keys(votes).forEach(function (k) { votes[k].setAttribute("aria-pressed", String(k === which)); });
+    }
+    press(rating); // at once; undone if the server does not take it
+    fetch(this.server + "/api/conversations/" + encodeURIComponent(this.sender) + "/ratings", {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({seq: seq, rating: rating}),
+    })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); })
+      .catch(function () {
+        press(before);
+        self.note("Sorry, your rating wasn't saved. Please try again.");
+      });
+  };
+
   Widget.prototype.typing = function (on) {
     if (on && !this.typingNode) {
       this.typingNode = el("div", "bw-typing", "•••");
@@ -232,7 +312,7 @@
       this.add("user", event.text);
     } else if (event.type === "interrupted") this.interrupted(event.of);
     else if (event.type === "bot") {
-      if (event.text) this.add("bot", event.text);
+      if (event.text) this.ratingButtons(this.add("bot", event.text), event.seq, event.rating);
       if (event.buttons && event.buttons.length) this.quickReplies(event.buttons);
     } else if (event.type === "agent") this.add("agent", event.text, event.agent || "Agent");
     else if (event.type === "handoff") {
@@ -395,6 +475,7 @@
       if (this.streaming && body.type === "bot") {
         this.streaming.lastChild.textContent = body.text || "";
         this.lastSeq = Math.max(this.lastSeq, body.seq);
+        this.ratingButtons(this.streaming, body.seq);
         if (body.buttons && body.buttons.length) this.quickReplies(body.buttons);
       } else {
         this.show({seq: body.seq, type: body.type, text: body.text, buttons: body.buttons});

@@ -10,7 +10,7 @@ import pytest
 from bot.data.compile import tool_call_message
 from bot.errors import RenderError
 from bot.rendering import fitted_prompt_ids, prompt_ids
-from bot.serve.dialogue import fold, to_messages
+from bot.serve.responder import fold, to_messages
 from bot.engine.protocol import Finished
 from bot.serve.generator import load_response_model
 from bot.serve.store import new_event

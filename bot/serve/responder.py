@@ -179,7 +179,7 @@ class ModelHolder:
         await self.current.close()
 
 
-class Dialogue:
+class Responder:
     def __init__(self, holder: ModelHolder, config: ServeConfig, actions, *, metrics=None):
         self.holder = holder
         self.config = config

@@ -1,0 +1,64 @@
+"""Customers rate the bot's messages: thumbs up or down on each, from the widget (a customer-side
+route, like the other /api/conversations/{sender} chat routes: no admin token).
+
+A vote is stored in the rated conversation as a rating event (bot.serve.conversation_search), under
+the conversation's lock, so it lands between two turns, never inside a reply being written. The
+latest vote for a message counts: voting again changes it; the same vote again stores nothing."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.serve.conversation_search import RATING, Rating, latest_ratings
+from bot.serve.http import read_body
+from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
+from bot.serve.openapi import Route, register
+from bot.serve.routes_chat import MAX_SEQ, SENDER_PARAM, conversation_id
+from bot.serve.store import new_event
+
+MAX_COMMENT_CHARS = 1000
+RATED_TYPE = "bot"  # only the bot's own messages are rated: not an agent's, not a notice
+
+
+class RatingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seq: int = Field(ge=1, le=MAX_SEQ, strict=True, description="The seq of the bot message rated (from the conversation's history or stream).")
+    rating: Rating = Field(description="up (helpful) or down (not helpful).")
+    comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS, description="What the customer adds, if anything.")
+
+
+class Rated(BaseModel):
+    """The vote that now counts for the message."""
+
+    sender: str
+    seq: int
+    rating: Rating
+    comment: str | None = None
+
+
+async def rate_message(request: web.Request) -> web.Response:
+    sender = conversation_id(request)
+    request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
+    body = await read_body(request, RatingRequest)
+    comment = (body.comment or "").strip() or None
+    store = request.app[STORE]
+    async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
+        events = await store.events(sender)
+        if not any(e["seq"] == body.seq and e["type"] == RATED_TYPE for e in events):
+            raise web.HTTPNotFound(text=f"conversation '{sender}' has no bot message with seq {body.seq}: only the bot's messages can be rated")
+        current = latest_ratings(events).get(body.seq)
+        if current is None or (current["rating"], current.get("comment")) != (body.rating, comment):
+            await store.append(sender, new_event(RATING, rated_seq=body.seq, rating=body.rating, comment=comment))
+            request.app[METRICS].ratings.labels(body.rating).inc()
+    return web.json_response(Rated(sender=sender, seq=body.seq, rating=body.rating, comment=comment).model_dump(exclude_none=True))
+
+
+ROUTES = [
+    Route("POST", "/api/conversations/{sender}/ratings", rate_message, "Rate one of the bot's messages: thumbs up or down (the widget's buttons)", "chat",
+          body=RatingRequest, ok=Rated, params=(SENDER_PARAM,), errors=(429, 503)),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    register(app, ROUTES)

@@ -1,0 +1,42 @@
+"""The loss on the bot's tokens, shared by training (bot/training/recipe.py), its held-out loss,
+and evaluation's reference losses (bot/evaluation/generation.py).
+
+torch is imported inside the functions: bot/rendering.py builds its labels with IGNORE_INDEX,
+and validating or compiling data should not have to load torch for a constant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100  # a label that torch's cross-entropy ignores: the token is not trained
+
+
+def bot_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nll, mask), each rows x positions: the loss of every trained (bot) token and where they
+    are. The output layer runs only at positions that predict one of them (a sixth of a
+    dialogue): projecting every position onto the 49k-token vocabulary would cost a fifth of the
+    step and a gigabyte of logits."""
+    import torch
+
+    # Position i predicts token i+1: the labels are shifted left by one against the logits.
+    targets = batch["labels"][:, 1:]
+    positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions).logits
+    targets = targets[:, positions]
+    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll, targets != IGNORE_INDEX
+
+
+def bot_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the trained (bot) tokens of a batch: their mean, or their sum."""
+    nll, mask = bot_token_nll(model, batch)
+    return nll.sum() / mask.sum() if reduction == "mean" else nll.sum()
+
+
+def trained_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """How many tokens of a batch the loss counts (the labels' non-ignored targets)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
