@@ -172,7 +172,10 @@ async def test_the_console_page_and_its_files_are_served_under_the_page_policy(p
     client, _ = await serve(project)
     page = await client.get("/console")
     assert page.status == 200 and page.content_type == "text/html"
-    assert "script-src 'self'" in page.headers["Content-Security-Policy"] and "unsafe-inline" not in page.headers["Content-Security-Policy"]
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "unsafe-inline" not in policy
+    assert "frame-ancestors 'none'" in policy  # an admin page: never in another site's frame
+    assert "frame-ancestors 'self'" in (await client.get("/")).headers["Content-Security-Policy"]  # the demo page's is unchanged
     html = await page.text()
     assert '<script type="module" src="/console/main.js">' in html and "<style" not in html and " style=" not in html
     script = await client.get("/console/main.js")
