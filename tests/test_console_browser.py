@@ -228,6 +228,11 @@ async def test_every_panel_fits_a_375_px_phone(browser, console):
     await page.get_by_role("list", name="Conversations found").get_by_role("button").nth(1).wait_for()
     await page.get_by_role("list", name="Conversations found").get_by_role("button", name="angry-2").click()
     await page.get_by_role("list", name="Timeline").first.locator("li").nth(8).wait_for()
+    await page.get_by_role("button", name="Make a draft from this conversation").click()  # the draft editor stays open in Drafts
+    await page.get_by_role("heading", name="Draft conversation-angry-2").wait_for()
+    await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Models").click()
+    await page.get_by_role("button", name="Report of 20261127-110000").click()
+    await page.locator("#model-report").get_by_role("heading", name="fine-tuned").wait_for()
     for panel in ("Conversations", "Handoff queue", "Drafts", "Models", "Train"):
         await page.get_by_role("navigation", name="Panels").get_by_role("button", name=panel).click()
         await page.get_by_role("heading", name=panel, exact=True).wait_for()
@@ -292,7 +297,8 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     await problems.filter(has_text="1 problem(s)").wait_for()
     line = broken.splitlines().index(next(x for x in broken.splitlines() if "onerror" in x and x.lstrip().startswith("- <img"))) + 1
     problem = page.locator("#draft-problems li")
-    assert await problem.count() == 1 and f"Line {line}:" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
+    assert await problem.count() == 1 and f"Go to line {line}" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
+    await page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()  # the list follows the save
     assert await text.get_attribute("aria-invalid") == "true"
     await page.get_by_role("button", name=f"Go to line {line}").click()
     selected = await text.evaluate("t => t.value.slice(t.selectionStart, t.selectionEnd)")

@@ -6,7 +6,7 @@ import { byId, clear, el, focus, say } from "./dom.js";
 let opened = null;
 
 function problemText(p) {
-  return (p.line ? "Line " + p.line + ": " : "") + (p.where ? p.where + ": " : "") + p.message;
+  return p.line ? p.message : (p.where ? p.where + ": " : "") + p.message; // with a line, its button names it
 }
 
 // Select line `n` (1-based) of the textarea, so the person lands on the problem.
@@ -72,6 +72,7 @@ async function save() {
     const draft = await api("PUT", path("drafts", opened), { text: byId("draft-text").value });
     showProblems(draft);
     say(result, draft.valid ? "Saved. The draft is valid." : "Saved, with problems to fix before it can be accepted.", !draft.valid);
+    await refresh(); // the list shows whether it is valid now
   } catch (error) {
     say(result, explain(error), true);
   }
