@@ -52,25 +52,18 @@ class _Shown:
             _say(f"(error: {data['error']})\n")
 
 
-async def chat_in_process(settings, sender: str) -> None:
-    import aiohttp
-
-    from bot.serve.app import assemble
+async def chat_in_process(settings, sender: str, *, load_model=None) -> None:
+    """`load_model` defaults to loading the active trained model (or the base model)."""
     from bot.serve.conversations import Waiting
     from bot.serve.responder import Piece
-    from bot.serve.generator import load_response_model
-    from bot.serve.store import open_store
+    from bot.serve.services import open_services
 
     _say("loading the model...\n")
-    model = await asyncio.to_thread(load_response_model, settings)
-    store = await open_store(settings)
-    session = aiohttp.ClientSession()
-    conversations = assemble(settings, model, store, session)
-    _say(f"chatting with {model.description} as '{sender}' (/quit to leave)\n")
-    try:
+    async with open_services(settings, load_model=load_model) as services:
+        _say(f"chatting with {services.holder.current.description} as '{sender}' (/quit to leave)\n")
         async for line in _lines():
             shown = _Shown()
-            async with aclosing(conversations.handle(sender, line)) as items:
+            async with aclosing(services.conversations.handle(sender, line)) as items:
                 async for item in items:
                     if isinstance(item, Piece):
                         shown("token", {"text": item.text})
@@ -80,10 +73,6 @@ async def chat_in_process(settings, sender: str) -> None:
                         shown("message", item)
                     elif item["type"] in ("action", "action_failed", "action_rejected"):
                         _say(f"  [{item['type']}: {item['name']}]\n")
-    finally:
-        await session.close()
-        await store.close()
-        await conversations.responder.holder.close()
 
 
 async def chat_over_http(url: str, sender: str) -> None:

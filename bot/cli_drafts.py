@@ -33,7 +33,7 @@ def since_timestamp(text: str) -> float:
 
 
 async def _with_store(settings, work):
-    from bot.serve.store import open_store
+    from bot.serve.stores import open_store
 
     store = await open_store(settings)
     try:

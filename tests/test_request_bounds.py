@@ -14,7 +14,7 @@ import aiohttp
 
 from bot.config import ServeConfig
 from bot.serve.shutdown import aiohttp_timeout, drain_seconds, reserve_seconds
-from bot.serve.store import open_store
+from bot.serve.stores import open_store
 from serve_support import make_project, settings_of
 from server_process import ServerProcess
 

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestServer
 from bot.serve.app import create_app
 from bot.serve.keys import RETENTION, STORE
 from bot.serve.retention import DAY_S, Retention
-from bot.serve.store import SQLiteStore, StoreUnavailable, new_event, open_store
+from bot.serve.store import SQLiteStore, StoreUnavailable, new_event
+from bot.serve.stores import open_store
 from serve_support import NO_ACTION_SERVER, make_project, scripted_model, settings_of
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 

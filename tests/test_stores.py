@@ -186,7 +186,7 @@ async def _open_with_lock_server(kind: str, url: str, folder, lock_url: str, pre
     """open_store as a server process would, from endpoints.yml: `kind` at `url` (sqlite: a file
     in `folder`), its locks from the Redis server at `lock_url`."""
     from bot.config import load_settings
-    from bot.serve.store import open_store
+    from bot.serve.stores import open_store
 
     folder.mkdir(exist_ok=True)
     where = f"url: {url}" if kind != "sqlite" else "path: conversations.sqlite3"
@@ -531,3 +531,36 @@ async def test_rewriting_events_keeps_their_place_and_state(own_store):
     with pytest.raises(ValueError, match="is a bot event, not user"):
         await own_store.rewrite(sender, [dict(before[2], type="user")])
     assert await own_store.events(sender) == after
+
+
+def test_stores_are_chosen_by_a_registry_the_base_module_knows_nothing_of():
+    import subprocess
+    import sys
+    import typing
+
+    from bot.config import TrackerStore
+    from bot.serve.stores import OPENERS
+
+    assert list(OPENERS) == list(typing.get_args(TrackerStore.model_fields["type"].annotation))  # every type the config accepts
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, bot.serve.store; print(sorted(m for m in sys.modules if m.startswith('bot.serve.store')))"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert loaded.strip() == "['bot.serve.store']"  # no backend, so no import cycle
+
+
+async def test_an_unknown_store_type_is_a_clear_error(tmp_path):
+    from types import SimpleNamespace
+
+    from bot.config import load_settings
+    from bot.errors import InvalidFiles
+    from bot.serve.stores import open_store
+
+    (tmp_path / "config.yml").write_text("model:\n  base: bundled\n")
+    (tmp_path / "endpoints.yml").write_text("tracker_store:\n  type: mongodb\n")
+    with pytest.raises(InvalidFiles, match="endpoints.yml:2:9: error: 'type' input should be 'sqlite', 'postgresql' or 'redis'"):
+        load_settings(tmp_path)  # the config refuses it first
+
+    settings = SimpleNamespace(root=tmp_path, endpoints=SimpleNamespace(tracker_store=SimpleNamespace(type="mongodb", url="mongodb://x")))
+    with pytest.raises(StoreUnavailable, match="tracker_store.type 'mongodb' is not one of sqlite, postgresql, redis"):
+        await open_store(settings)

@@ -1,5 +1,6 @@
 """The chat server: `create_app(settings)` builds the aiohttp application. The model, the
-conversation store and the generation threads are opened in `cleanup_ctx` and closed with it;
+conversation store and the generation threads are opened in `cleanup_ctx` and closed with it
+(bot/serve/services.py's `open_services`, which `bot chat` shares);
 app state lives under typed `web.AppKey`s.
 
 Routes (see README): Rasa's REST channel, a streaming chat endpoint (server-sent events), an
@@ -14,7 +15,6 @@ import logging
 import os
 from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 
 from bot.config import Settings
@@ -34,11 +34,7 @@ from bot.serve import (
     shutdown,
 )
 from bot.serve.action_server import action_server
-from bot.serve.actions import ActionRunner
-from bot.serve.conversations import Conversations
-from bot.serve.responder import ModelHolder, Responder
 from bot.serve.generator import ResponseModel, load_response_model
-from bot.serve.handoff import HandoffNotifier
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
 from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, RETENTION, SETTINGS, STORE
@@ -46,7 +42,7 @@ from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
 from bot.serve.retention import Retention, retention_of
 from bot.serve.security_headers import security_headers
-from bot.serve.store import open_store
+from bot.serve.services import open_services
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
 
 log = logging.getLogger("bot.serve")
@@ -90,7 +86,7 @@ def create_app(
     shutdown.install(app, serve.shutdown_timeout_s)  # on shutdown: CLOSING is set, requests drain
     if action_package:
         app.cleanup_ctx.append(lambda app: _actions_beside(app, action_package))
-    app.cleanup_ctx.append(_model_and_store)
+    app.cleanup_ctx.append(_services)
     routes_chat.add_routes(app)
     routes_openai.add_routes(app)
     routes_completions.add_routes(app)
@@ -106,17 +102,6 @@ def create_app(
     return app
 
 
-def assemble(settings: Settings, model: ResponseModel, store, session: aiohttp.ClientSession, *, metrics: Metrics | None = None) -> Conversations:
-    """The conversation service around a model and a store, with the action server and the
-    handoff webhook of endpoints.yml (the server and `bot chat` share it)."""
-    endpoints = settings.endpoints
-    action = endpoints.action_endpoint
-    actions = ActionRunner(session, action.url, timeout_s=action.timeout_s, tracker_events=action.tracker_events)
-    responder = Responder(ModelHolder(model), settings.build.serve, actions, metrics=metrics)
-    notify = HandoffNotifier(session, endpoints.handoff_webhook.url, endpoints.handoff_webhook.timeout_s, store)
-    return Conversations(store, responder, settings.build.serve, on_handoff=notify)
-
-
 async def _actions_beside(app: web.Application, package: str):
     settings = app[SETTINGS]
     async with action_server(package, settings.endpoints.action_endpoint.url, settings.root):
@@ -125,32 +110,22 @@ async def _actions_beside(app: web.Application, package: str):
     log.info("action server stopped")
 
 
-async def _model_and_store(app: web.Application):
+async def _services(app: web.Application):
     settings = app[SETTINGS]
-    model = await asyncio.to_thread(app[LOADER])
-    log.info("serving %s with the %s engine", model.description, model.engine.name)
-    try:
-        store = await open_store(settings)
-    except BaseException:
-        await model.close()
-        raise
-    log.info("conversations are stored in %s; actions at %s", store.kind, settings.endpoints.action_endpoint.url)
-    session = aiohttp.ClientSession()  # for the action server and the handoff webhook
-    app[STORE] = store
-    app[CONVERSATIONS] = assemble(settings, model, store, session, metrics=app[METRICS])
-    app[HOLDER] = app[CONVERSATIONS].responder.holder
-    app[METRICS].watch(app[HOLDER])
-    tracker = settings.endpoints.tracker_store
-    retention = retention_of(store, tracker.retention_days)  # None when retention_days is null
-    if retention:
-        app[RETENTION] = retention
-    passes = asyncio.create_task(_background_passes(store, retention, retry_s=max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)), name="background-passes")
-    yield
-    passes.cancel()
-    await asyncio.gather(passes, return_exceptions=True)
-    await session.close()
-    await store.close()
-    await app[HOLDER].close()
+    async with open_services(settings, load_model=app[LOADER], metrics=app[METRICS]) as services:
+        app[STORE] = store = services.store
+        app[CONVERSATIONS] = services.conversations
+        app[HOLDER] = services.holder
+        app[METRICS].watch(app[HOLDER])
+        tracker = settings.endpoints.tracker_store
+        retention = retention_of(store, tracker.retention_days)  # None when retention_days is null
+        if retention:
+            app[RETENTION] = retention
+        retry_s = max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)
+        passes = asyncio.create_task(_background_passes(store, retention, retry_s=retry_s), name="background-passes")
+        yield
+        passes.cancel()
+        await asyncio.gather(passes, return_exceptions=True)
 
 
 async def _background_passes(store, retention: Retention | None, *, retry_s: float) -> None:

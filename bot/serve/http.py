@@ -2,7 +2,10 @@
 model, CORS for the origins in endpoints.yml, rate limits, the admin token, request metrics.
 
 Handlers raise aiohttp's HTTP exceptions with a plain message, or the library's typed errors;
-`errors_middleware` alone turns both into `{"error": message}` with the right status."""
+`errors_middleware` alone turns both into `{"error": message}` with the status of `status_of`
+(a route with another error shape gives `error_response` its own `respond`). An error met once a
+stream's headers are out is written into the stream by `write_stream_error`, with the same
+status and message in the stream's own format."""
 
 from __future__ import annotations
 
@@ -19,15 +22,37 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
-from bot.engine.protocol import EngineBusy, EngineClosed, PromptTooLong
-from bot.errors import BotError, RenderError
+from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, PromptTooLong
+from bot.engine.remote import ModelServerUnavailable
+from bot.errors import BaseModelUnavailable, BotError, InvalidFiles, RenderError
+from bot.models import UnknownModel
+from bot.serve.migrations import MigrationError
 from bot.serve.store import ConversationBusy, StoreUnavailable
 from bot.serve.throttle import ADMIN_FAILURES
 
 log = logging.getLogger("bot.serve")
 
-# Typed errors of the library -> HTTP status; anything else is a 500 with no details.
-STATUS_OF = {ConversationBusy: 503, StoreUnavailable: 503, RenderError: 413, PromptTooLong: 413, EngineBusy: 503, EngineClosed: 503}
+# The typed errors a request can meet -> HTTP status; the first entry the error is an instance of
+# wins, so a subclass comes before its base. Faults of the request answer 4xx, faults of the
+# server's own making (its store, its engine, the model server it relies on) 5xx. Any other
+# error is a 500: a typed one with its message, anything else with no details (it is logged).
+# tests/test_http_errors.py walks the table.
+STATUS_OF: dict[type[BotError], int] = {
+    # the request's
+    PromptTooLong: 413,  # the prompt and the reply's room don't fit in the model's context
+    RenderError: 413,  # the conversation doesn't fit (RenderCancelled too: its client has gone)
+    UnknownModel: 400,  # these three: an admin's reload found the active model unusable; the one in service stays
+    BaseModelUnavailable: 400,
+    InvalidFiles: 400,
+    # the server's own
+    ConversationBusy: 503,  # the conversation's previous message is still being answered
+    StoreUnavailable: 503,
+    EngineBusy: 503,  # the engine's queue is full
+    EngineClosed: 503,  # the server is stopping, or a reload retired the engine
+    ModelServerUnavailable: 502,  # the remote model server failed
+    EngineError: 500,  # generation failed
+    MigrationError: 500,
+}
 
 
 def public_message(error: Exception, doing: str) -> str:
@@ -171,22 +196,55 @@ def _admin_wait(seconds: float) -> web.HTTPTooManyRequests:
 
 
 def status_of(error: Exception) -> int:
-    """A typed error's status (STATUS_OF), 400 for the library's other typed errors, else 500."""
-    return next((s for kind, s in STATUS_OF.items() if isinstance(error, kind)), 400 if isinstance(error, BotError) else 500)
+    """A typed error's status (STATUS_OF), else 500."""
+    return next((s for kind, s in STATUS_OF.items() if isinstance(error, kind)), 500)
 
 
-def error_response(request: web.Request, error: Exception, respond=None) -> web.StreamResponse:
-    """The answer to an error a handler raised, built by `respond(status, message, headers)`
-    (`json_error` by default): an HTTP exception's status and text, a typed error's status and
-    message, anything else a 500 with no details (logged). A non-error HTTP exception is raised."""
-    respond = respond or json_error
+def _answer_to(request: web.Request, error: Exception) -> tuple[int, str, dict | None]:
+    """(status, message, headers) for an error a handler raised: an HTTP exception's status and
+    text, a typed error's status and message, anything else a 500 with no details (logged). A
+    non-error HTTP exception (a redirect) is raised again."""
     if isinstance(error, web.HTTPException):
         if error.status < 400:
             raise error
         headers = {k: v for k, v in error.headers.items() if k.lower() not in ("content-type", "content-length")}
         message = error.reason if error.text is None or error.text.startswith(f"{error.status}:") else error.text  # aiohttp's default text
-        return respond(error.status, message, headers)
-    return respond(status_of(error), public_message(error, f"handling {request.method} {request.path}"), None)
+        return error.status, message, headers
+    return status_of(error), public_message(error, f"handling {request.method} {request.path}"), None
+
+
+def error_response(request: web.Request, error: Exception, respond=None) -> web.StreamResponse:
+    """The answer to an error a handler raised, built by `respond(status, message, headers)`
+    (`json_error` by default)."""
+    return (respond or json_error)(*_answer_to(request, error))
+
+
+async def write_stream_error(request: web.Request, response: web.StreamResponse, error: Exception, frame) -> None:
+    """An error met once a stream's headers are out (its status can no longer change), written
+    into the stream as `frame(status, message)` gives it, in the stream's format: the status and
+    message `errors_middleware` would have answered with, never a traceback."""
+    status, message, _ = _answer_to(request, error)
+    await response.write(frame(status, message))
+
+
+ARRIVED = web.RequestKey("arrived", float)  # _now() when the request came in (set by metrics_middleware)
+_FIRST_TOKEN_SEEN = web.RequestKey("first_token_seen", bool)
+
+
+def first_token(request: web.Request, metrics) -> None:
+    """Time to first token (`bot_time_to_first_token_seconds`), measured here and only here: from
+    when the request arrived, so the wait a client sees is all in it (reading its body, the
+    checks, borrowing the model, rendering the prompt, the engine's queue), to its reply's first
+    text. Every route that generates calls it as that text comes; once per request."""
+    if request.get(_FIRST_TOKEN_SEEN):
+        return
+    request[_FIRST_TOKEN_SEEN] = True
+    metrics.first_token.observe(_now() - request[ARRIVED])
+
+
+def _now() -> float:
+    """The clock of time to first token (a test sets it)."""
+    return time.monotonic()
 
 
 def errors_middleware():
@@ -242,7 +300,7 @@ def cors_headers(allowed_origins: list[str]):
 def metrics_middleware(metrics):
     @web.middleware
     async def measure(request: web.Request, handler):
-        started = time.monotonic()
+        request[ARRIVED] = started = _now()
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         status = 500
         try:

@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from bot.serve.responder import fold
-from bot.serve.http import check_admin, json_error, read_body
+from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
 from bot.serve.openapi import Route, register
 from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
@@ -58,8 +58,8 @@ async def agent_message(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     body = await read_body(request, AgentMessage)
-    if len(body.text) > request.app[SETTINGS].build.serve.max_message_chars * 4:
-        return json_error(413, "agent message too long")
+    if len(body.text) > (limit := request.app[SETTINGS].build.serve.max_message_chars * 4):
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body.text), text="agent message too long")
     store = request.app[STORE]
     async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):  # after any reply being written
         taken = None
@@ -75,7 +75,7 @@ async def resume(request: web.Request) -> web.Response:
     store = request.app[STORE]
     async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
         if not fold(await store.events(sender)).handed_off:
-            return json_error(409, f"conversation '{sender}' is not with an agent")
+            raise web.HTTPConflict(text=f"conversation '{sender}' is not with an agent")
         event = await store.append(sender, new_event(RESUME))
     return web.json_response({"event": event})
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from contextlib import aclosing
 
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from bot.serve.conversations import VISIBLE, Waiting, visible
 from bot.serve.responder import Piece
-from bot.serve.http import json_error, public_message, read_body
+from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, Route, ServerSentEvent, register
 from bot.serve.store import HANDOFF, StoreUnavailable
@@ -119,28 +118,33 @@ def sse_headers() -> dict[str, str]:
     return {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def sse_event(event: str, data) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
 async def send_event(response: web.StreamResponse, event: str, data) -> None:
-    await response.write(f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+    await response.write(sse_event(event, data))
+
+
+def error_event(status: int, message: str) -> bytes:
+    """An error in the reply stream (its status is not sent: the widget shows the message)."""
+    return sse_event("error", {"error": message})
 
 
 async def chat_stream(request: web.Request) -> web.StreamResponse:
     """The reply as server-sent events: `received` (the customer's message is stored, with its
     seq), `token` (text as it is written), `message` (each whole
     message: bot or handoff), `waiting` (a person has the conversation), `error`, then `done`."""
-    started = time.monotonic()
     body = await chat_request(request)
     response = web.StreamResponse(headers=sse_headers())
     await response.prepare(request)
-    first = True
     try:
         async with aclosing(request.app[CONVERSATIONS].handle(body.sender, body.message, body.metadata)) as items:
             async for item in items:
                 if isinstance(item, dict) and item["type"] == "user":
                     await send_event(response, "received", {"seq": item["seq"]})
                 elif isinstance(item, Piece):
-                    if first:
-                        request.app[METRICS].first_token.observe(time.monotonic() - started)
-                        first = False
+                    first_token(request, request.app[METRICS])
                     await send_event(response, "token", {"text": item.text})
                 elif isinstance(item, Waiting):
                     await send_event(response, "waiting", {"reason": item.reason})
@@ -149,7 +153,7 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     except ConnectionError:
         return response  # the client went away; closing the answer above stopped the generation
     except Exception as e:  # headers are sent: report in the stream, never as a traceback
-        await send_event(response, "error", {"error": public_message(e, f"answering {body.sender}")})
+        await write_stream_error(request, response, e, error_event)
     await send_event(response, "done", {})
     return response
 
@@ -177,7 +181,7 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
     for name, value in (("after", request.query.get("after")), ("Last-Event-ID", request.headers.get("Last-Event-ID"))):
         if value is not None:  # Last-Event-ID, read second, wins: a reconnect resumes where it stopped
             if not re.fullmatch("[0-9]{1,19}", value) or int(value) > MAX_SEQ:
-                return json_error(400, f"'{name}' must be a whole number from 0 to 2**63-1")
+                raise web.HTTPBadRequest(text=f"'{name}' must be a whole number from 0 to 2**63-1")
             after = int(value)
     with request.app[FEED_CAP].hold(request.remote or "?", "live feeds"), request.app[METRICS].live_feeds.track_inprogress():
         return await _feed(request, sender, after)

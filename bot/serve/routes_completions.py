@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.protocol import LENGTH, Finished
 from bot.serve.generator import ResponseModel
-from bot.serve.http import error_response, public_message, read_body, status_of
+from bot.serve.http import error_response, first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, HOLDER, METRICS
 from bot.serve.openapi import Route, ServerSentEvent, register
 from bot.serve.routes_chat import sse_headers
@@ -153,6 +153,11 @@ def openai_error_body(status: int, message: str) -> dict:
     return {"error": {"message": message, "type": error_type(status), "param": None, "code": status}}
 
 
+def openai_stream_error(status: int, message: str) -> bytes:
+    """An error in an OpenAI stream whose headers are out: a data line in OpenAI's error shape."""
+    return _data(openai_error_body(status, message))
+
+
 def openai_error(status: int, message: str, headers: dict | None = None) -> web.Response:
     return web.json_response(openai_error_body(status, message), status=status, headers=headers)
 
@@ -228,7 +233,6 @@ class _Generation:
         self.completion_tokens = 0
 
     async def pieces(self):
-        started, first = time.monotonic(), True
         async with aclosing(self.model.engine.stream(self.prompt_ids, self.max_tokens)) as items:
             async for item in items:
                 if isinstance(item, Finished):
@@ -238,9 +242,7 @@ class _Generation:
                     if rest := self.stops.flush():
                         yield rest
                     return
-                if first:
-                    self.request.app[METRICS].first_token.observe(time.monotonic() - started)
-                    first = False
+                first_token(self.request, self.request.app[METRICS])
                 text = self.stops.feed(item)
                 if text:
                     yield text
@@ -312,7 +314,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
             except ConnectionError:  # the client left: leaving closes the generation
                 return response
             except Exception as e:
-                await response.write(_data(openai_error_body(status_of(e), public_message(e, f"completing for {request.remote}"))))
+                await write_stream_error(request, response, e, openai_stream_error)
         await response.write(b"data: [DONE]\n\n")
         return response
 

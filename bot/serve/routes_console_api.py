@@ -229,7 +229,7 @@ ROUTES = [
     Route("GET", "/api/models/{model_id}/report", model_report, "A trained model's evaluation report (JSON)", "console",
           ok={"type": "object"}, params=(MODEL_PARAM,), admin=True),
     Route("POST", "/api/models/{model_id}/activate", activate_model, "Make a trained model the active one and serve it, without downtime",
-          "console", ok=Activated, params=(MODEL_PARAM,), admin=True, errors=(503,)),
+          "console", ok=Activated, params=(MODEL_PARAM,), admin=True, errors=(502, 503)),
 ]
 
 

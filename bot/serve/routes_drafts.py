@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from bot.data import drafts
 from bot.errors import Problem
-from bot.serve.http import check_admin, json_error, read_body
+from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
 from bot.serve.openapi import Param, Route, register
 from bot.serve.routes_chat import SENDER_PARAM, conversation_id
@@ -109,7 +109,7 @@ async def accept_draft(request: web.Request) -> web.Response:
     try:
         path = await _call(drafts.accept, settings, request.match_info["name"], body.into)
     except drafts.DraftRefused as e:
-        return json_error(409, str(e))
+        raise web.HTTPConflict(text=str(e)) from None
     return web.json_response({"path": path.relative_to(settings.root).as_posix()})
 
 
@@ -131,7 +131,7 @@ async def draft_from_conversation(request: web.Request) -> web.Response:
     try:
         made = await asyncio.to_thread(drafts.write_draft, settings, sender, events)
     except drafts.NothingToDraft as e:
-        return json_error(409, str(e))
+        raise web.HTTPConflict(text=str(e)) from None
     return web.json_response(draft_json(made) | {"redacted": made.redacted}, status=201)
 
 

@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.remote import RemoteEngine
 from bot.serve.responder import GUARD, MODEL_UNAVAILABLE, ConversationState, Piece
-from bot.serve.http import public_message, read_body
+from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import Route, ServerSentEvent, register
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
+from bot.serve.routes_completions import openai_stream_error
 from bot.serve.store import new_event
 
 
@@ -148,7 +149,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         latest = new_event("user", text=messages[-1]["content"])
         answer = request.app[CONVERSATIONS].responder.answer(model, messages, sender=sender, state=ConversationState(), latest=latest)
         completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
-        started = time.monotonic()
 
         if not body.stream:
             texts = []
@@ -181,8 +181,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             async with aclosing(answer) as items:
                 async for item in items:
                     if isinstance(item, Piece):
-                        if not written:
-                            request.app[METRICS].first_token.observe(time.monotonic() - started)
+                        first_token(request, request.app[METRICS])
                         if in_message:
                             await response.write(_chunk(completion_id, created, name, {"content": item.text}))
                         else:
@@ -198,8 +197,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         except ConnectionError:
             return response
         except Exception as e:
-            error = {"error": {"message": public_message(e, f"answering {sender}"), "type": "server_error"}}
-            await response.write(f"data: {json.dumps(error)}\n\n".encode())
+            await write_stream_error(request, response, e, openai_stream_error)
         await response.write(_chunk(completion_id, created, name, {}, "stop"))
         await response.write(b"data: [DONE]\n\n")
         return response

@@ -8,6 +8,7 @@ from its events, so a crash can lose at most the event being written.
 Three stores share this interface: SQLite (the default, one server process), PostgreSQL and
 Redis (several server processes: their locks work across processes). Any of them may take its
 locks from a Redis server instead (`tracker_store.lock_url`, bot.serve.redis_locks).
+bot/serve/stores.py opens the one endpoints.yml names.
 """
 
 from __future__ import annotations
@@ -369,34 +370,3 @@ class SQLiteStore(ConversationStore):
 
     async def _close(self) -> None:
         await asyncio.to_thread(self._close_db)
-
-
-async def open_store(settings) -> ConversationStore:
-    """The store `endpoints.yml` names (tracker_store), connected, with its locks from the Redis
-    server of tracker_store.lock_url when that is set."""
-    config = settings.endpoints.tracker_store
-    store = await _open_storage(settings)
-    if config.lock_url:
-        from bot.serve.redis_locks import RedisLocks
-
-        try:
-            store.take_locks_from(await RedisLocks.connect(config.lock_url, expiry_s=config.lock_expiry_s, prefix=config.key_prefix))
-        except BaseException:
-            await store.close()
-            raise
-    return store
-
-
-async def _open_storage(settings) -> ConversationStore:
-    config = settings.endpoints.tracker_store
-    if config.type == "sqlite":
-        return SQLiteStore(settings.root / config.path, synchronous=config.sqlite_synchronous)
-    if not config.url:
-        raise StoreUnavailable(f"endpoints.yml: tracker_store.url is needed for type '{config.type}'")
-    if config.type == "postgresql":
-        from bot.serve.store_postgres import PostgresStore
-
-        return await PostgresStore.connect(config.url)
-    from bot.serve.store_redis import RedisStore
-
-    return await RedisStore.connect(config.url, lock_expiry_s=config.lock_expiry_s, prefix=config.key_prefix)
