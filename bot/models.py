@@ -1,6 +1,9 @@
 """Trained models on disk: `models/<id>/` with the adapter, the tokenizer and chat template it
 was trained with, and `manifest.json`; `models/ACTIVE` names the model the server loads.
 
+`models/PREVIOUS` names the model that was active before the last change of ACTIVE (what a
+roll back goes back to).
+
 Ids are UTC timestamps (`20261126-171502`), so they sort by time.
 """
 
@@ -16,6 +19,7 @@ from bot import atomic
 from bot.errors import BotError
 
 ACTIVE_FILE = "ACTIVE"
+PREVIOUS_FILE = "PREVIOUS"
 MANIFEST = "manifest.json"
 
 
@@ -80,10 +84,24 @@ def active(models_dir: Path) -> TrainedModel | None:
     return get(models_dir, model_id) if model_id else None
 
 
+def previous_id(models_dir: Path) -> str | None:
+    """The model that was active before the last activation of another one, if any."""
+    marker = models_dir / PREVIOUS_FILE
+    return marker.read_text(encoding="utf-8").strip() or None if marker.is_file() else None
+
+
+def write_marker(models_dir: Path, name: str, model_id: str) -> None:
+    atomic.write_text(models_dir / name, model_id + "\n")
+
+
 def activate(models_dir: Path, model_id: str) -> TrainedModel:
-    """Make `model_id` the one the server loads (an atomic rename: readers never see half a file)."""
+    """Make `model_id` the one the server loads (an atomic rename: readers never see half a file);
+    the one it replaces is remembered as the previous model."""
     model = get(models_dir, model_id)
-    atomic.write_text(models_dir / ACTIVE_FILE, model_id + "\n")
+    current = active_id(models_dir)
+    if current and current != model_id:
+        write_marker(models_dir, PREVIOUS_FILE, current)
+    write_marker(models_dir, ACTIVE_FILE, model_id)
     return model
 
 

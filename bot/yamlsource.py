@@ -118,6 +118,10 @@ def load_bytes(data: bytes, display_path: str) -> Document:
             if e.context_mark and e.context_mark is not mark:
                 detail += " started at line {}:{}".format(*_pos(e.context_mark))
         raise fail(line, col, f"YAML syntax: {detail}") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow in a file (control characters)
+        before = text[: e.position]
+        line, col = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
+        raise fail(line, col, f"character U+{e.character:04X} is not allowed in YAML: remove it, or write it escaped in a double-quoted text") from None
 
     if not nodes or nodes[0] is None:
         raise fail(1, 1, "file is empty")

@@ -17,7 +17,7 @@ from collections import Counter
 import requests
 import schemathesis
 from aiohttp.test_utils import TestServer
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -71,6 +71,9 @@ def fuzz(base_url: str) -> Counter:
                     suppress_health_check=list(HealthCheck),
                 )
                 def one(case):
+                    # requests leaves out a query parameter whose value is None or []: an invalid
+                    # case built that way reaches the server as a valid request, so it is not one
+                    assume(mode is GenerationMode.POSITIVE or all(v is not None and v != [] for v in (case.query or {}).values()))
                     response = case.call(base_url=base_url, session=session, headers=headers, timeout=FEED_READ_S if feed else 30)
                     sent[name] += 1
                     case.validate_response(response, checks=checks, headers=headers)

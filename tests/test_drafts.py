@@ -267,3 +267,14 @@ def test_review_comments_go_but_a_text_that_looks_like_one_stays(project):
     write(project, "tricky", text)
     target = drafts.accept(load_settings(project), "tricky", "dialogues")
     assert 'what does \\"  # REVIEW: x\\" mean"\n' in target.read_text()
+
+
+async def test_control_characters_anywhere_in_a_conversation_give_a_readable_draft(project, store):
+    settings = load_settings(project)
+    events = [new_event("user", text="hi\x13 there"), new_event("bot", text="Hello\x13!"), new_event("handoff", by="agent", reason="r\x13"),
+              new_event("agent", text="Dana\x13 here", agent="Dana\x13")]
+    await store_conversation(store, "control", events)
+    made = await drafts.draft_conversation(store, settings, "control")
+    assert "\x13" not in made.text and not [p for p in made.problems if "not allowed in YAML" in p.message]
+    saved = drafts.save_draft(settings, made.name, made.text + "# \x13\n")  # a person pastes one: a problem, not a crash
+    assert not saved.valid and "U+0013" in saved.problems[0].message

@@ -59,7 +59,7 @@ def flow(value: Any) -> str:
 
 
 def comment(note: str | None) -> str:
-    return f"  # REVIEW: {' '.join(note.split())}" if note else ""
+    return f"  # REVIEW: {' '.join(_UNSAFE.sub(' ', note).split())}" if note else ""  # a comment cannot escape a character
 
 
 def turn_lines(turn: dict, note: str | None, indent: str = "      ") -> list[str]:

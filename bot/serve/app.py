@@ -24,6 +24,8 @@ from bot.serve import (
     routes_agent,
     routes_chat,
     routes_completions,
+    routes_console,
+    routes_console_api,
     routes_drafts,
     routes_openai,
     routes_ratings,
@@ -94,6 +96,8 @@ def create_app(
     routes_train.add_routes(app)
     routes_drafts.add_routes(app)
     routes_web.add_routes(app)
+    routes_console_api.add_routes(app)
+    routes_console.add_routes(app)
     openapi.add_routes(app)
     return app
 

@@ -77,13 +77,20 @@ async def reload_model(request: web.Request) -> web.Response:
     answers already running finish on the old engine, new ones go to the new one, none fails.
     Answers once the old engine is closed."""
     check_admin(request, request.app[ADMIN_TOKEN])
-    holder = request.app[HOLDER]
     async with request.app[RELOAD_LOCK]:
-        started = time.monotonic()
-        previous = await holder.swap(await asyncio.to_thread(request.app[LOADER]))
+        body = await swap_in_active_model(request.app)
+    return web.json_response(body)
+
+
+async def swap_in_active_model(app: web.Application) -> dict:
+    """Loads the now-active model beside the one in service and swaps them (the caller holds
+    RELOAD_LOCK); returns {"model", "previous", "seconds"} as the reload route answers."""
+    holder = app[HOLDER]
+    started = time.monotonic()
+    previous = await holder.swap(await asyncio.to_thread(app[LOADER]))
     seconds = round(time.monotonic() - started, 2)
     log.info("reloaded: now serving %s (was %s; %.1f s)", holder.current.description, previous.description, seconds)
-    return web.json_response({"model": model_info(holder.current), "previous": model_info(previous), "seconds": seconds})
+    return {"model": model_info(holder.current), "previous": model_info(previous), "seconds": seconds}
 
 
 ROUTES = [

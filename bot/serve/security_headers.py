@@ -6,6 +6,7 @@ script or a page), `Referrer-Policy: no-referrer`, and a Content-Security-Policy
 - an HTML page (the demo page) may load scripts, styles, images and connections from the bot's
   own origin only: no inline script or style, no plugins, no `<base>`, no form posted away; and
   only the bot itself and the origins in `cors.allow_origins` may show it in a frame;
+- the operator console (`/console`) the same, but no one may show it in a frame (an admin page);
 - anything else (JSON, server-sent events, the widget script) may load nothing and be framed by
   no one.
 
@@ -29,6 +30,9 @@ PAGE_SOURCES = (
 OTHER_POLICY = "default-src 'none'; frame-ancestors 'none'"
 
 
+CONSOLE_POLICY = "; ".join((*PAGE_SOURCES, "frame-ancestors 'none'"))  # the operator console: never in a frame
+
+
 def page_policy(frame_origins: list[str]) -> str:
     """The CSP of the server's HTML pages; `frame_origins` may frame them besides the bot itself."""
     return "; ".join((*PAGE_SOURCES, "frame-ancestors " + " ".join(["'self'", *frame_origins])))
@@ -46,6 +50,9 @@ def security_headers(frame_origins: list[str]):
         headers = response.headers
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "no-referrer"
-        headers["Content-Security-Policy"] = html_policy if response.content_type == "text/html" else OTHER_POLICY
+        if response.content_type != "text/html":
+            headers["Content-Security-Policy"] = OTHER_POLICY
+        else:
+            headers["Content-Security-Policy"] = CONSOLE_POLICY if request.path == "/console" else html_policy
 
     return add_headers

@@ -1,0 +1,66 @@
+// The admin API: the token lives in sessionStorage (this tab only) and goes in the
+// Authorization header, as the server's admin routes expect.
+
+const KEY = "bot-console-token";
+
+export class ApiError extends Error {
+  constructor(status, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+export function token() {
+  return sessionStorage.getItem(KEY);
+}
+
+export function setToken(value) {
+  if (value) sessionStorage.setItem(KEY, value);
+  else sessionStorage.removeItem(KEY);
+}
+
+let onSignedOut = () => {};
+export function whenSignedOut(callback) {
+  onSignedOut = callback;
+}
+
+// What a person should read for an error answer.
+export function explain(error) {
+  if (!(error instanceof ApiError)) return "Can't reach the server: " + error.message;
+  if (error.status === 401) return "That admin token is wrong. Check BOT_ADMIN_TOKEN on the server and try again.";
+  if (error.status === 403) return "The server's admin routes are closed: set BOT_ADMIN_TOKEN where the server runs.";
+  if (error.status === 429)
+    return "Too many wrong tokens or requests from this address: try again in " + (error.retryAfter ? error.retryAfter + " s." : "a minute.");
+  return error.message;
+}
+
+export async function api(method, path, body, given) {
+  const headers = { Authorization: "Bearer " + (given || token() || "") };
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (e) {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = (data && typeof data.error === "string" && data.error) || "the server answered " + response.status;
+    const error = new ApiError(response.status, message, response.headers.get("Retry-After"));
+    if (response.status === 401 && !given) {
+      setToken(null);
+      onSignedOut(explain(error));
+    }
+    throw error;
+  }
+  return data;
+}
+
+export function path(...parts) {
+  return "/api/" + parts.map(encodeURIComponent).join("/");
+}

@@ -1,0 +1,81 @@
+// Conversations: find stored conversations, read one's timeline, make a training draft of it.
+import { api, explain, path } from "./api.js";
+import { byId, clear, el, focus, say, when } from "./dom.js";
+import { showTimeline } from "./timeline.js";
+
+let opened = null; // the sender whose timeline is shown
+let onDraft = () => {};
+
+function query() {
+  const form = byId("conversation-search");
+  const params = new URLSearchParams();
+  const words = form.elements.q.value.trim();
+  if (words) params.set("q", words);
+  if (form.elements.handed_off.checked) params.set("handed_off", "true");
+  if (form.elements.rated_down.checked) params.set("rated", "down");
+  if (form.elements.since.value) params.set("since", form.elements.since.value);
+  return params.toString();
+}
+
+function row(found) {
+  const badges = [];
+  if (found.handed_off) badges.push(el("span", { className: "badge" }, "handed off"));
+  if (found.ratings.down) badges.push(el("span", { className: "badge bad" }, "rated down ×" + found.ratings.down));
+  if (found.ratings.up) badges.push(el("span", { className: "badge good" }, "rated up ×" + found.ratings.up));
+  return el("li", {},
+    el("button", { type: "button", className: "row", onclick: () => open(found.sender) },
+      el("strong", {}, found.sender), " ", badges,
+      el("span", { className: "muted block" }, "last active " + when(found.last_active) + " · " + found.events + " events"),
+      el("span", { className: "block quote" }, found.last_customer_message ?? "")));
+}
+
+export async function search() {
+  const count = byId("conversation-count");
+  const list = clear(byId("conversation-list"));
+  say(count, "Searching…");
+  try {
+    const { conversations } = await api("GET", "/api/admin/conversations" + (query() ? "?" + query() : ""));
+    say(count, conversations.length ? conversations.length + " found" : "No conversation matches.");
+    for (const found of conversations) list.append(row(found));
+  } catch (error) {
+    say(count, explain(error), true);
+  }
+}
+
+export async function open(sender) {
+  opened = sender;
+  const view = byId("conversation-view");
+  view.hidden = false;
+  byId("conversation-title").textContent = "Conversation " + sender;
+  say(byId("make-draft-result"), "");
+  try {
+    const { events } = await api("GET", path("admin", "conversations", sender));
+    showTimeline(byId("conversation-timeline"), events);
+  } catch (error) {
+    clear(byId("conversation-timeline"));
+    say(byId("make-draft-result"), explain(error), true);
+  }
+  focus(byId("conversation-title"));
+}
+
+async function makeDraft() {
+  const result = byId("make-draft-result");
+  say(result, "Making a draft…");
+  try {
+    const draft = await api("POST", path("conversations", opened, "draft"), {});
+    const redacted = Object.entries(draft.redacted || {}).map(([kind, n]) => n + " " + kind).join(", ");
+    say(result, "Draft " + draft.name + " made" + (redacted ? " (redacted: " + redacted + ")" : "") + ".");
+    onDraft(draft.name);
+  } catch (error) {
+    say(result, explain(error), true);
+  }
+}
+
+export function setUp({ draftMade }) {
+  onDraft = draftMade;
+  byId("conversation-search").addEventListener("submit", (e) => {
+    e.preventDefault();
+    search();
+  });
+  byId("make-draft").addEventListener("click", makeDraft);
+}

@@ -1,0 +1,117 @@
+// Drafts of training dialogues: edit the YAML with its problems listed by line, save, accept
+// into the training dialogues or the held-out tests, or reject.
+import { api, explain, path } from "./api.js";
+import { byId, clear, el, focus, say } from "./dom.js";
+
+let opened = null;
+
+function problemText(p) {
+  return p.line ? p.message : (p.where ? p.where + ": " : "") + p.message; // with a line, its button names it
+}
+
+// Select line `n` (1-based) of the textarea, so the person lands on the problem.
+function goToLine(n) {
+  const area = byId("draft-text");
+  const lines = area.value.split("\n");
+  const start = lines.slice(0, n - 1).reduce((sum, line) => sum + line.length + 1, 0);
+  area.focus();
+  area.setSelectionRange(start, start + (lines[n - 1] || "").length);
+}
+
+function showProblems(draft) {
+  const list = clear(byId("draft-problems"));
+  const title = byId("draft-problems-title");
+  const area = byId("draft-text");
+  title.textContent = draft.valid ? "No problems: the draft is valid." : draft.problems.length + " problem(s)";
+  area.setAttribute("aria-invalid", draft.valid ? "false" : "true");
+  for (const p of draft.problems) {
+    list.append(el("li", { className: "problem" },
+      p.line ? el("button", { type: "button", className: "link", onclick: () => goToLine(p.line) }, "Go to line " + p.line) : null,
+      " ", el("span", {}, problemText(p))));
+  }
+}
+
+export async function refresh() {
+  const count = byId("draft-count");
+  const list = clear(byId("draft-list"));
+  try {
+    const { drafts } = await api("GET", "/api/drafts");
+    say(count, drafts.length ? drafts.length + " draft(s)" : "No drafts. Make one from a conversation, or with 'bot data review'.");
+    for (const d of drafts) {
+      list.append(el("li", {},
+        el("button", { type: "button", className: "row", onclick: () => open(d.name) },
+          el("strong", {}, d.name), " ",
+          el("span", { className: d.valid ? "badge good" : "badge bad" }, d.valid ? "valid" : d.problems.length + " problem(s)"),
+          d.source ? el("span", { className: "muted block" }, "from conversation " + d.source) : null)));
+    }
+  } catch (error) {
+    say(count, explain(error), true);
+  }
+}
+
+export async function open(name) {
+  opened = name;
+  const view = byId("draft-view");
+  view.hidden = false;
+  byId("draft-title").textContent = "Draft " + name;
+  byId("draft-reject-confirm").hidden = true;
+  say(byId("draft-result"), "");
+  try {
+    const draft = await api("GET", path("drafts", name));
+    byId("draft-text").value = draft.text;
+    showProblems(draft);
+  } catch (error) {
+    say(byId("draft-result"), explain(error), true);
+  }
+  focus(byId("draft-title"));
+}
+
+async function save() {
+  const result = byId("draft-result");
+  try {
+    const draft = await api("PUT", path("drafts", opened), { text: byId("draft-text").value });
+    showProblems(draft);
+    say(result, draft.valid ? "Saved. The draft is valid." : "Saved, with problems to fix before it can be accepted.", !draft.valid);
+    await refresh(); // the list shows whether it is valid now
+  } catch (error) {
+    say(result, explain(error), true);
+  }
+}
+
+async function accept() {
+  const result = byId("draft-result");
+  try {
+    await api("PUT", path("drafts", opened), { text: byId("draft-text").value }); // what is on screen is what is accepted
+    const answer = await api("POST", path("drafts", opened, "accept"), { into: byId("draft-into").value });
+    byId("draft-view").hidden = true;
+    await refresh();
+    say(byId("draft-count"), "Draft " + opened + " accepted: written to " + answer.path + ".");
+    focus(byId("drafts-title"));
+  } catch (error) {
+    say(result, "Not accepted: " + explain(error), true);
+  }
+}
+
+async function reject() {
+  const result = byId("draft-result");
+  try {
+    await api("POST", path("drafts", opened, "reject"));
+    byId("draft-view").hidden = true;
+    await refresh();
+    say(byId("draft-count"), "Draft " + opened + " rejected and deleted.");
+    focus(byId("drafts-title"));
+  } catch (error) {
+    say(result, explain(error), true);
+  }
+}
+
+export function setUp() {
+  byId("drafts-refresh").addEventListener("click", refresh);
+  byId("draft-save").addEventListener("click", save);
+  byId("draft-accept").addEventListener("click", accept);
+  byId("draft-reject").addEventListener("click", () => {
+    byId("draft-reject-confirm").hidden = false;
+    byId("draft-reject-confirm").focus();
+  });
+  byId("draft-reject-confirm").addEventListener("click", reject);
+}

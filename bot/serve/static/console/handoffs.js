@@ -1,0 +1,76 @@
+// The handoff queue: conversations waiting for a person; reply as an agent, give back to the bot.
+import { api, explain, path } from "./api.js";
+import { byId, clear, el, focus, say, when } from "./dom.js";
+import { showTimeline } from "./timeline.js";
+
+let opened = null;
+
+export async function refresh() {
+  const count = byId("handoff-count");
+  const list = clear(byId("handoff-list"));
+  try {
+    const { waiting } = await api("GET", "/api/handoffs");
+    say(count, waiting.length ? waiting.length + " waiting" : "Nobody is waiting for a person.");
+    for (const w of waiting) {
+      list.append(el("li", {},
+        el("button", { type: "button", className: "row", onclick: () => open(w.sender) },
+          el("strong", {}, w.sender),
+          el("span", { className: "muted block" }, "since " + when(w.since) + (w.reason ? " · " + w.reason : "")),
+          el("span", { className: "block quote" }, w.last_customer_message ?? ""))));
+    }
+  } catch (error) {
+    say(count, explain(error), true);
+  }
+}
+
+async function showEvents() {
+  const { events } = await api("GET", path("admin", "conversations", opened));
+  showTimeline(byId("handoff-timeline"), events);
+}
+
+async function open(sender) {
+  opened = sender;
+  byId("handoff-view").hidden = false;
+  byId("handoff-title").textContent = "Conversation " + sender;
+  say(byId("handoff-result"), "");
+  try {
+    await showEvents();
+  } catch (error) {
+    say(byId("handoff-result"), explain(error), true);
+  }
+  focus(byId("handoff-title"));
+}
+
+async function reply(e) {
+  e.preventDefault();
+  const form = byId("agent-reply");
+  const result = byId("handoff-result");
+  const body = { text: form.elements.text.value };
+  if (form.elements.agent.value.trim()) body.agent = form.elements.agent.value.trim();
+  try {
+    const answer = await api("POST", path("conversations", opened, "messages"), body);
+    form.elements.text.value = "";
+    say(result, answer.took_over ? "Sent; you have taken the conversation over from the bot." : "Sent.");
+    await showEvents();
+  } catch (error) {
+    say(result, explain(error), true);
+  }
+}
+
+async function giveBack() {
+  const result = byId("handoff-result");
+  try {
+    await api("POST", path("conversations", opened, "resume"));
+    say(result, "The bot has the conversation again.");
+    await showEvents();
+    await refresh();
+  } catch (error) {
+    say(result, explain(error), true);
+  }
+}
+
+export function setUp() {
+  byId("handoffs-refresh").addEventListener("click", refresh);
+  byId("agent-reply").addEventListener("submit", reply);
+  byId("give-back").addEventListener("click", giveBack);
+}
