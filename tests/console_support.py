@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from bot import models
 from bot.serve.conversation_search import RATING
-from bot.serve.store import new_event
+from bot.serve.events import new_event
 from serve_support import scripted_model
 
 SUMMARY = {"chrf": 0.61, "action_accuracy": 0.9, "handoff_accuracy": 1.0, "expectation_pass_rate": 0.75, "turns": 40, "dialogues": 8,

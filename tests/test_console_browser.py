@@ -16,7 +16,7 @@ from bot.serve.app import create_app
 from bot.serve.keys import STORE
 from bot.serve.routes_train import TRAINING
 from bot.serve.throttle import ADMIN_FAILURES
-from bot.serve.store import new_event
+from bot.serve.events import new_event
 from console_support import active_model_loader, add_model, rate, talk
 from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
 
