@@ -10,8 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from bot.cli_table import text_table
 from bot.cli_drafts import EXPORT_HELP, cmd_export, cmd_redact, cmd_review
+from bot.cli_table import text_table
 from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
 from bot.errors import BotError, InvalidFiles
 
@@ -24,10 +24,16 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _stats_row_order(item) -> tuple[bool, bool, str]:
+    """The training set first, and in each set the "(all)" row first, then the tags by name."""
+    (name, tag), _counts = item
+    return (name != "train", tag != "(all)", tag)
+
+
 def _table(stats) -> str:
     header = ("set", "tag", "dialogues", "turns", "trained turns", "tokens", "trained tokens")
     rows = []
-    for (name, tag), c in sorted(stats.rows.items(), key=lambda kv: (kv[0][0] != "train", kv[0][1] != "(all)", kv[0][1])):
+    for (name, tag), c in sorted(stats.rows.items(), key=_stats_row_order):
         rows.append((name, tag, c.dialogues, c.turns, c.trained_turns, c.tokens, c.trained_tokens))
     cells = [header] + [tuple(f"{v:,}" if isinstance(v, int) else v for v in row) for row in rows]
     out = text_table(cells, left=2)
@@ -122,7 +128,8 @@ def cmd_train(args) -> int:
             outcome.model.id, trained=outcome.trained, activated=outcome.activated, gate_passed=outcome.passed_gate, gate_summary=outcome.reason
         )
     if not outcome.trained:
-        state = "active" if outcome.activated else "not active: it did not pass the gate; 'bot models activate' overrides"
+        inactive = "not active: it did not pass the gate; 'bot models activate' overrides"
+        state = "active" if outcome.activated else inactive
         print(f"model {outcome.model.id} already matches the training data: nothing to train ({state})")
         return 0
     t = outcome.model.manifest["training"]
@@ -141,6 +148,12 @@ def cmd_train(args) -> int:
 
 def _percent(value) -> str:
     return "-" if value is None else f"{value:.0%}"
+
+
+def _failure_classes(counts: dict[str, int]) -> str:
+    """'3 wrong action, 1 bad arguments': the classes that occurred, else 'none'."""
+    occurred = [f"{n} {name}" for name, n in counts.items() if n]
+    return ", ".join(occurred) or "none"
 
 
 def eval_table(document: dict) -> str:
@@ -167,8 +180,9 @@ def eval_table(document: dict) -> str:
     actions = document.get("actions") or {}
     width = max(len(m) for m in document["modes"])
     class_lines = ["action failures"] + [
-        f"{mode.ljust(width)}  " + (", ".join(f"{n} {c}" for c, n in actions[mode]["failure_classes"].items() if n) or "none")
-        for mode in document["modes"] if mode in actions
+        f"{mode.ljust(width)}  " + _failure_classes(actions[mode]["failure_classes"])
+        for mode in document["modes"]
+        if mode in actions
     ]
     return text_table(rows) + "\n\n" + text_table(tag_rows) + ("\n\n" + "\n".join(class_lines) if actions else "")
 

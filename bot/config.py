@@ -302,7 +302,8 @@ def deep_merge(base: dict, over: dict) -> dict:
     """`over` merged into a copy of `base`: mappings key by key, anything else replaced."""
     merged = dict(base)
     for key, value in over.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_mappings else value
     return merged
 
 
@@ -329,11 +330,15 @@ def apply_overlay(settings: Settings, file: Path | str, display: str | None = No
     doc = load(file, display)
     if not isinstance(doc.value, dict):
         raise InvalidFiles([doc.problem((), "must be a mapping with a 'train:' section of settings to apply over config.yml")])
-    problems = [
-        doc.problem((key,), f"only the 'train' section can be applied with --config, not '{key}'{did_you_mean(str(key), OVERLAY_SECTIONS)}: put other settings in config.yml", key=True)
-        for key in doc.value
-        if key not in OVERLAY_SECTIONS
-    ]
+    problems = []
+    for key in doc.value:
+        if key in OVERLAY_SECTIONS:
+            continue
+        hint = did_you_mean(str(key), OVERLAY_SECTIONS)
+        message = (
+            f"only the 'train' section can be applied with --config, not '{key}'{hint}: put other settings in config.yml"
+        )
+        problems.append(doc.problem((key,), message, key=True))
     over = doc.value.get("train")
     train = None
     if "train" not in doc.value:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -58,8 +58,9 @@ def template_messages(messages: list[dict[str, Any]], tokenizer) -> list[dict[st
     for m in messages:
         content = m.get("content") or ""
         calls = m.get("tool_calls") or []
-        if calls:
-            content = content + "".join(tool_call_text(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls)
+        for call in calls:
+            function = call["function"]
+            content += tool_call_text(function["name"], json.loads(function["arguments"]))
         result.append({"role": m["role"], "content": _neutralize(content, special)})
     return result
 
@@ -102,7 +103,10 @@ def parse_reply(text: str) -> BotStep:
             call = json.loads(body[len(TOOL_CALL_OPEN) : -len(TOOL_CALL_CLOSE)])
         except json.JSONDecodeError:
             call = None
-        if isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments", {}), dict):
+        well_formed = (
+            isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments", {}), dict)
+        )
+        if well_formed:
             return BotStep(text, call["name"], call.get("arguments", {}))
     named = re.search(r'"name"\s*:\s*"([^"]*)"', body)
     return BotStep(body, broken_call=named.group(1) if named else "")
@@ -160,7 +164,8 @@ def fitted_prompt_ids(
         return plain[k]
 
     def rendered(start: int) -> list[int]:
-        return _ids(tokenizer, plain_head + [m for k in range(start, len(exchanges)) for m in plain_of(k)], generation_prompt=True)
+        kept = [m for k in range(start, len(exchanges)) for m in plain_of(k)]
+        return _ids(tokenizer, plain_head + kept, generation_prompt=True)
 
     def check() -> None:
         if cancelled is not None and cancelled():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from bot.data.grounding import source_text, ungrounded
+from bot.data.person_requests import PersonRequestRule
 from bot.data.schema import (
     HANDOFF_TOOL,
     Action,
@@ -16,8 +18,6 @@ from bot.data.schema import (
     TrainingData,
     UserTurn,
 )
-from bot.data.grounding import source_text, ungrounded
-from bot.data.person_requests import PersonRequestRule
 from bot.errors import Problem
 from bot.serve.leak_guard import MIN_SECRET_CHARS, letters
 from bot.typed import did_you_mean
@@ -30,7 +30,10 @@ TURN_NAMES = {UserTurn: "user", BotTurn: "bot", ActionTurn: "action", HandoffTur
 def check_person_requests(persona: Persona, doc: Document) -> list[Problem]:
     """Every pattern of `asking_for_a_person` must be a valid regular expression."""
     rule = PersonRequestRule.of(persona.asking_for_a_person)
-    return [doc.problem(("asking_for_a_person", section, k), f"not a valid regular expression: {error}") for section, k, error in rule.problems()]
+    return [
+        doc.problem(("asking_for_a_person", section, k), f"not a valid regular expression: {error}")
+        for section, k, error in rule.problems()
+    ]
 
 
 def check_secret(persona: Persona, doc: Document) -> list[Problem]:

@@ -95,6 +95,12 @@ def _jsonl(examples: list[dict]) -> str:
     return "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in examples)
 
 
+def _test_entry(d: Dialogue) -> dict[str, Any]:
+    """A held-out dialogue's index entry: where it is and what its replies are expected to do."""
+    expect = d.expect.model_dump() if d.expect else None
+    return {"id": d.id, "tags": list(d.tags), "file": d.doc.path, "expect": expect}
+
+
 def write(data: TrainingData, build_dir: Path) -> CompiledData:
     """Write train.jsonl, test.jsonl, index.json (ids, tags, expectations and the data hash) and
     profile.json (what the server needs: system prompt, actions, handoff message)."""
@@ -105,10 +111,7 @@ def write(data: TrainingData, build_dir: Path) -> CompiledData:
     index = {
         "data_hash": data_hash,
         "train": [{"id": d.id, "tags": list(d.tags), "file": d.doc.path} for d in data.train],
-        "test": [
-            {"id": d.id, "tags": list(d.tags), "file": d.doc.path, "expect": d.expect.model_dump() if d.expect else None}
-            for d in data.test
-        ],
+        "test": [_test_entry(d) for d in data.test],
     }
     files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", data_hash)
     profile = json.dumps(profile_of(data).to_json(), indent=2, ensure_ascii=False) + "\n"

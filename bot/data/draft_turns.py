@@ -13,7 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.events import ACTION, ACTION_PROBLEMS, ACTION_REJECTED, AGENT, BOT, HANDOFF, MODEL_UNAVAILABLE, RESUME, USER, Event
+from bot.serve.events import (
+    ACTION,
+    ACTION_PROBLEMS,
+    ACTION_REJECTED,
+    AGENT,
+    BOT,
+    HANDOFF,
+    MODEL_UNAVAILABLE,
+    RESUME,
+    USER,
+    Event,
+)
 from bot.serve.responder import GUARD, UNGROUNDED
 
 APOLOGY_AFTER = (*ACTION_PROBLEMS, MODEL_UNAVAILABLE)

@@ -44,6 +44,7 @@ DRAFTS = "drafts"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 Into = Literal["dialogues", "tests"]
 HEADER_MARK = "# Draft of conversation"
+EVERY_CONVERSATION = ConversationFilter()  # the default filter: no condition
 
 
 class DraftNotFound(BotError):
@@ -103,7 +104,9 @@ def draft_path(settings: Settings, name: str) -> Path:
 
 def draft_names(settings: Settings) -> list[str]:
     folder = drafts_dir(settings)
-    return sorted(p.stem for p in folder.glob("*.yml") if p.is_file() and NAME.fullmatch(p.stem)) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.yml") if p.is_file() and NAME.fullmatch(p.stem))
 
 
 def source_of(settings: Settings, sender: str) -> str:
@@ -239,7 +242,7 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
         "    tags: []",
         "    turns:",
     ]
-    for t, note in zip(found.turns, notes):
+    for t, note in zip(found.turns, notes, strict=True):
         lines += turn_lines(t.turn, note)
     return "\n".join(lines) + "\n", summary
 
@@ -280,7 +283,7 @@ def drafted_sources(settings: Settings) -> dict[str, str]:
 
 
 async def export(
-    store: ConversationStore, settings: Settings, wanted: ConversationFilter = ConversationFilter(), *,
+    store: ConversationStore, settings: Settings, wanted: ConversationFilter = EVERY_CONVERSATION, *,
     conversation: str | None = None, rng: random.Random | None = None,
 ) -> list[NewDraft | Skipped]:
     """Drafts of the conversations that match (or of one conversation, if it matches): a
@@ -336,14 +339,19 @@ def _refusal(draft: Dialogue, existing: list[Dialogue], into: Into) -> str | Non
     turns = tuple(_turn_key(t) for t in draft.turns)
     for e in existing:
         same_turns = turns == tuple(_turn_key(t) for t in e.turns)
-        same_conversation = same_turns or (draft.source and draft.source == e.source) or _customer_side(draft) == _customer_side(e)
-        if not same_conversation:
+        same_source = bool(draft.source) and draft.source == e.source
+        if not (same_turns or same_source or _customer_side(draft) == _customer_side(e)):
             continue
         if into == "tests" and not e.held_out:
             return f"a training conversation can't go into the tests: it is already {_where(e)}, and a test the model trained on measures nothing"
         if into == "dialogues" and e.held_out:
             return f"a held-out test conversation can't go into training: it is {_where(e)}, and the evaluation would then measure memory"
-        why = "the same turns" if same_turns else ("the same conversation" if draft.source == e.source and draft.source else "the same customer messages")
+        if same_turns:
+            why = "the same turns"
+        elif same_source:
+            why = "the same conversation"
+        else:
+            why = "the same customer messages"
         return f"duplicate of {_where(e)}: {why}"
     return None
 
@@ -375,8 +383,12 @@ def undrafted(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _content(d: Dialogue) -> tuple:
+    return (d.id, d.tags, d.turns, d.expect, d.source)
+
+
 def _same(a: list[Dialogue], b: list[Dialogue]) -> bool:
-    return [(d.id, d.tags, d.turns, d.expect, d.source) for d in a] == [(d.id, d.tags, d.turns, d.expect, d.source) for d in b]
+    return [_content(d) for d in a] == [_content(d) for d in b]
 
 
 def accept(settings: Settings, name: str, into: Into) -> Path:
@@ -420,6 +432,14 @@ def reject(settings: Settings, name: str) -> None:
 KEPT_FIELDS = {"type", "timestamp", "seq", "by", "name", "rating", "rated_seq", "kind", "encoding", "where", "status", "agent", "action", "of"}
 
 
+def _redacted_field(redactor: Redactor, name: str, value, slot: str | None):
+    """A kept field as it is; a slot's value redacted as the slot's name says, any other field
+    as its own name says."""
+    if name in KEPT_FIELDS:
+        return value
+    return redactor.value(value, slot if name == "value" else name)
+
+
 async def redact_conversation(store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None) -> dict[str, int]:
     """Redact one stored conversation in place (under its lock): every text and value of its
     events, with the same placeholders throughout; what was replaced, per kind."""
@@ -428,13 +448,13 @@ async def redact_conversation(store: ConversationStore, settings: Settings, send
         if not events:
             raise UnknownConversation(f"no stored conversation '{sender}'")
         redactor = Redactor(settings.build.redaction, rng)
-        redactor.learn_names(
-            [e.get("text") or "" for e in events if e["type"] == USER],
-            [v for e in events for k, v in e.items() if k not in KEPT_FIELDS] + [{e["name"]: e.get("value")} for e in events if e["type"] == SLOT and "name" in e],
-        )
+        customer_texts = [e.get("text") or "" for e in events if e["type"] == USER]
+        field_values = [v for e in events for k, v in e.items() if k not in KEPT_FIELDS]
+        slot_values = [{e["name"]: e.get("value")} for e in events if e["type"] == SLOT and "name" in e]
+        redactor.learn_names(customer_texts, field_values + slot_values)
         redacted = []
         for event in events:
-            key = event.get("name") if event["type"] == SLOT else None
-            redacted.append({k: v if k in KEPT_FIELDS else redactor.value(v, key if k == "value" else k) for k, v in event.items()})
+            slot = event.get("name") if event["type"] == SLOT else None
+            redacted.append({k: _redacted_field(redactor, k, v, slot) for k, v in event.items()})
         await store.rewrite(sender, redacted)
     return redactor.summary()

@@ -16,6 +16,7 @@ each kind were replaced, never which.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter
@@ -156,7 +157,8 @@ class Redactor:
             if key not in self._names:
                 choices = SURNAMES if surname or i > 0 else FIRST_NAMES
                 used = {p for p, _ in self._names.values()}
-                free = [n for n in choices if n not in used and n.casefold() != key] or [n for n in choices if n.casefold() != key]
+                other_names = [n for n in choices if n.casefold() != key]
+                free = [n for n in other_names if n not in used] or other_names
                 self._names[key] = (self.rng.choice(free), set())
                 self._counts["name"] += 1
             self._names[key][1].update({word, word[:1].upper() + word[1:]})
@@ -254,16 +256,16 @@ class Redactor:
         """Every value found, by kind: (start, end, what makes its placeholder)."""
         found: dict[str, list] = {kind: [] for kind in PRIORITY}
         for m in self._patterns["email"].finditer(text):
-            found["email"].append((m.start(), m.end(), lambda g=m.group(): self._email(g)))
+            found["email"].append((m.start(), m.end(), functools.partial(self._email, m.group())))
         for m in self._patterns["card"].finditer(text):
             if luhn_valid(_digits(m.group())):
-                found["card"].append((m.start(), m.end(), lambda g=m.group(): self._card(g)))
+                found["card"].append((m.start(), m.end(), functools.partial(self._card, m.group())))
         for kind in ("account", "order"):
             for m in self._patterns[kind].finditer(text):
-                found[kind].append((m.start(), m.end(), lambda g=m.group(), kind=kind: self._shaped(kind, g)))
+                found[kind].append((m.start(), m.end(), functools.partial(self._shaped, kind, m.group())))
         found["phone"] = self._phones(text)
         for m in self._patterns["postcode"].finditer(text):
-            found["postcode"].append((m.start(), m.end(), lambda g=m.group(): self._postcode(g)))
+            found["postcode"].append((m.start(), m.end(), functools.partial(self._postcode, m.group())))
         found["name"] = [(start, end, lambda p=p: p) for start, end, p in self._name_spans(text)]
         return found
 

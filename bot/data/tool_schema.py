@@ -50,7 +50,8 @@ def _call_schema(name: str, arguments: dict[str, Argument]) -> dict:
 def tool_call_schema(actions: dict[str, Action]) -> dict:
     """JSON Schema of one call: `{"name", "arguments"}` of a declared action or the handoff."""
     handoff = {"reason": Argument(type="string", max_chars=HANDOFF_REASON_MAX_CHARS)}
-    calls = [_call_schema(name, action.arguments) for name, action in actions.items()] + [_call_schema(HANDOFF_TOOL, handoff)]
+    declared = [_call_schema(name, action.arguments) for name, action in actions.items()]
+    calls = declared + [_call_schema(HANDOFF_TOOL, handoff)]
     return {"anyOf": calls}
 
 

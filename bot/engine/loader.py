@@ -16,9 +16,9 @@ from bot import models
 from bot.base_model import load_model
 from bot.config import ServeConfig, Settings
 from bot.data.profile import BotProfile
-from bot.engine.frontend import load_frontend
-from bot.engine.constraint import ToolCallConstraint
 from bot.engine.batching import BatchingEngine
+from bot.engine.constraint import ToolCallConstraint
+from bot.engine.frontend import load_frontend
 from bot.engine.kv import common_prefix
 from bot.engine.protocol import Engine
 from bot.engine.requests import leave_cores_to_engines

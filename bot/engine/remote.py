@@ -111,7 +111,7 @@ class RemoteEngine(Engine):
                             reason = choice.get("finish_reason") or reason
             except ModelServerUnavailable:
                 raise
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._failed(f"sent nothing for {self.timeout_s:g} s") from None
             except aiohttp.ClientConnectorError:
                 raise self._failed("can't be reached") from None

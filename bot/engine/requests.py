@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import torch
 
-from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
 from bot.engine.constraint import CallFollower, ToolCallConstraint
+from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
 from bot.engine.text import IncrementalText
 
 _ids = itertools.count(1)

@@ -96,12 +96,12 @@ def bar_chart(key: str, label: str, kind: str, modes: list[str], summary: dict) 
     step, bar_w, top, plot_h = 90, 60, 24, 140
     width, height = 20 + step * len(modes), top + plot_h + 28
     values = [summary.get(m, {}).get(key) for m in modes]
-    aria = f"{label} by mode: " + ", ".join(f"{m} {fmt(v, kind)}" for m, v in zip(modes, values))
+    aria = f"{label} by mode: " + ", ".join(f"{m} {fmt(v, kind)}" for m, v in zip(modes, values, strict=True))
     parts = [f"<svg class=\"chart\" data-metric=\"{key}\" role=\"img\" aria-label=\"{esc(aria)}\" "
              f"width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">",
              f"<title>{esc(aria)}</title>",
              f"<line x1=\"10\" y1=\"{top + plot_h}\" x2=\"{width - 10}\" y2=\"{top + plot_h}\" stroke=\"#9aa2b1\"/>"]
-    for i, (mode, value) in enumerate(zip(modes, values)):
+    for i, (mode, value) in enumerate(zip(modes, values, strict=True)):
         x, centre = 20 + i * step, 20 + i * step + bar_w / 2
         h = 0.0 if value is None else max(0.0, min(value / scale, 1.0)) * plot_h
         parts.append(f"<rect class=\"bar\" data-mode=\"{esc(mode)}\" x=\"{x}\" y=\"{top + plot_h - h:.2f}\" "
@@ -136,7 +136,7 @@ def shade(count: int, top: int, right: bool) -> str:
         return ""
     low, high = GREEN if right else RED
     t = 0.2 + 0.8 * min(count / top, 1.0)  # a single turn still shows
-    rgb = "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high))
+    rgb = "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high, strict=True))
     return f" style=\"background:#{rgb};color:{'#fff' if t > 0.6 else '#1d2330'}\""
 
 
@@ -148,7 +148,7 @@ def heat_map(mode: str, table: dict) -> str:
     top = {right: max([c for r, c in counts if r == right], default=0) for right in (True, False)}
     head = "".join(f"<th scope=\"col\">{esc(label)}</th>" for label in labels)
     rows = []
-    for i, (label, row) in enumerate(zip(labels, matrix)):
+    for i, (label, row) in enumerate(zip(labels, matrix, strict=True)):
         cells = "".join(f"<td data-count=\"{esc(c)}\"{shade(c, top[i == j], i == j)}>{esc(c) if c else ''}</td>"
                         for j, c in enumerate(row))
         rows.append(f"<tr><th scope=\"row\">{esc(label)}</th>{cells}</tr>")
@@ -162,6 +162,11 @@ def _label_key(label: str) -> tuple[int, str]:
     return SPECIAL_LABELS.get(label, 0), label
 
 
+def _accuracy_cell(stats: dict) -> str:
+    """'75% (3 of 4)'."""
+    return f"{fmt(stats.get('accuracy'), 'pct')} ({stats.get('correct')} of {stats.get('turns')})"
+
+
 def accuracy_table(modes: list[str], actions: dict) -> str:
     """Per expected step (each action, `handoff`, `no call`), the share of turns each mode got right."""
     labels = sorted({label for m in modes for label in actions.get(m, {}).get("per_action", {})}, key=_label_key)
@@ -171,7 +176,7 @@ def accuracy_table(modes: list[str], actions: dict) -> str:
         cells = []
         for mode in modes:
             stats = actions.get(mode, {}).get("per_action", {}).get(label)
-            text = DASH if stats is None else f"{fmt(stats.get('accuracy'), 'pct')} ({stats.get('correct')} of {stats.get('turns')})"
+            text = DASH if stats is None else _accuracy_cell(stats)
             cells.append(f"<td>{esc(text)}</td>")
         rows.append(f"<tr><th scope=\"row\">{esc(label)}</th>{''.join(cells)}</tr>")
     return ("<p>Turns right, by what the reference did: the right action with the right arguments; for handoff, a "
@@ -186,7 +191,8 @@ def classes_table(modes: list[str], actions: dict) -> str:
     head = "".join(f"<th>{esc(m)}</th>" for m in modes)
     rows = []
     for name in classes:
-        cells = "".join(f"<td>{esc(fmt(actions.get(m, {}).get('failure_classes', {}).get(name), 'int'))}</td>" for m in modes)
+        counts = [actions.get(m, {}).get("failure_classes", {}).get(name) for m in modes]
+        cells = "".join(f"<td>{esc(fmt(count, 'int'))}</td>" for count in counts)
         rows.append(f"<tr><th scope=\"row\">{esc(name)}</th><td>{esc(CLASS_NOTES.get(name, ''))}</td>{cells}</tr>")
     return (f"<table class=\"classes\"><thead><tr><th>Failure</th><th>Meaning</th>{head}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")

@@ -10,13 +10,13 @@ import torch
 
 from bot import models
 from bot.config import Settings
+from bot.data.person_requests import PersonRequestRule
 from bot.data.project import validate
+from bot.engine.loader import call_constraint, load_weights
 from bot.errors import BotError
 from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
 from bot.evaluation.generation import generate_replies, reference_losses
 from bot.evaluation.metrics import Failure, action_failures, action_table, step_label, summarize
-from bot.data.person_requests import PersonRequestRule
-from bot.engine.loader import call_constraint, load_weights
 from bot.evaluation.report_html import render_html
 from bot.rendering import message_step
 
@@ -107,7 +107,8 @@ def evaluate(
         results["failures"] += [_failure_entry(mode, f) for f in failures]
     bar.close()
 
-    compiled_hash = json.loads((settings.build_dir / "index.json").read_text())["data_hash"] if (settings.build_dir / "index.json").exists() else None
+    index_file = settings.build_dir / "index.json"
+    compiled_hash = json.loads(index_file.read_text())["data_hash"] if index_file.exists() else None
     document = {
         "model_id": trained.id if trained else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

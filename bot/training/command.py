@@ -54,7 +54,9 @@ def train_and_activate(
     evaluation, folder = evaluate(settings, model_id=result.model_id, modes=("fine-tuned",), progress_bar=progress_bar)
     decision = decide(settings, evaluation)
     activate = decision.activate or force
-    manifest = dict(result.manifest, activation={"activated": activate, "forced": force and not decision.activate, "reason": decision.reason})
+    forced = force and not decision.activate
+    activation = {"activated": activate, "forced": forced, "reason": decision.reason}
+    manifest = dict(result.manifest, activation=activation)
     models.write_json(result.folder / models.MANIFEST, manifest)
     if activate:
         models.activate(settings.models_dir, result.model_id)

@@ -84,7 +84,8 @@ def linear_layer_names(model) -> list[str]:
     """Names of the linear layers inside the transformer blocks (what peft's 'all-linear' means;
     spelled out because peft accepts a layer range only with a list)."""
     output = model.get_output_embeddings()
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not output})
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not output]
+    return sorted({name.rsplit(".", 1)[-1] for name in linear})
 
 
 def add_lora(model, lora: LoraSettings):
@@ -229,7 +230,8 @@ def train(
         batch_sampler=batch_sampler([len(e) for e in test_examples], cfg, cuda=cuda, shuffle=False),
         collate_fn=lambda b: collate(b, pad),
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
     batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
     total_steps = steps_per_epoch * cfg.epochs
@@ -304,7 +306,10 @@ def train(
         bar.close()
         state.seconds = time.monotonic() - started
         save_checkpoint()
-        stopped = "interrupted" if isinstance(error, KeyboardInterrupt) else f"stopped by {type(error).__name__}: {error}"
+        if isinstance(error, KeyboardInterrupt):
+            stopped = "interrupted"
+        else:
+            stopped = f"stopped by {type(error).__name__}: {error}"
         raise TrainingInterrupted(
             f"training {stopped}; checkpoint saved at step {state.step} in {checkpoint}: continue with 'bot train --resume'"
         ) from error

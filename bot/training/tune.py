@@ -82,7 +82,7 @@ class Grid:
     def candidates(self) -> list[dict[str, Any]]:
         """Every combination, the first key varying slowest."""
         keys = list(self.values)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.values[k] for k in keys))]
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(self.values[k] for k in keys))]
 
 
 def with_values(train: TrainConfig, values: dict[str, Any]) -> TrainConfig:
@@ -120,7 +120,11 @@ def load_grid(file: Path, display: str | None = None) -> Grid:
             problems.append(doc.problem(loc, f"'{dotted}' is not searched by bot tune: set it in config.yml", key=True))
             continue
         if dotted not in keys:
-            problems.append(doc.problem(loc, f"unknown setting '{dotted}'{did_you_mean(dotted, keys)}: a grid key is a train setting such as 'learning_rate' or 'lora.rank'", key=True))
+            hint = did_you_mean(dotted, keys)
+            message = (
+                f"unknown setting '{dotted}'{hint}: a grid key is a train setting such as 'learning_rate' or 'lora.rank'"
+            )
+            problems.append(doc.problem(loc, message, key=True))
             continue
         if dotted in grid:
             problems.append(doc.problem(loc, f"'{dotted}' is listed twice", key=True))
@@ -145,7 +149,9 @@ def _example(dotted: str) -> str:
 
 
 def builtin_grid(reduced: bool) -> Grid:
-    return Grid(dict(REDUCED_GRID), "built-in reduced grid") if reduced else Grid(dict(FULL_GRID), "built-in full grid")
+    if reduced:
+        return Grid(dict(REDUCED_GRID), "built-in reduced grid")
+    return Grid(dict(FULL_GRID), "built-in full grid")
 
 
 # --- the data: training dialogues only, and the validation split ------------------------------
@@ -347,15 +353,18 @@ def tune(
         workdir = Path(work)
         data, training, validation = split_data(read_training_dialogues(settings, workdir))
         compiled = write(data, workdir / "build")  # train.jsonl: training minus validation; test.jsonl: validation
+        mode = "reduced" if reduced else "full"
+        fixed_note = f"; every candidate trains {describe(fixed)}" if fixed else ""
         report(
-            f"tuning {len(candidates)} candidate(s) ({'reduced' if reduced else 'full'} search, {grid.source}"
-            f"{'; every candidate trains ' + describe(fixed) if fixed else ''}) on {len(training)} training dialogues, "
+            f"tuning {len(candidates)} candidate(s) ({mode} search, {grid.source}"
+            f"{fixed_note}) on {len(training)} training dialogues, "
             f"scored on {len(validation)} validation dialogue(s) left out of training ({VALIDATION_SHARE:.0%} by id hash)"
         )
-        build = settings.build.model_copy(update={"data": settings.build.data.model_copy(update={"build_dir": str(workdir / "build")})})
+        data_config = settings.build.data.model_copy(update={"build_dir": str(workdir / "build")})
+        build = settings.build.model_copy(update={"data": data_config})
         outer = tqdm(total=sum(c.epochs for c in configs), disable=not progress_bar, unit="epoch", desc="tuning", dynamic_ncols=True)
         try:
-            for candidate, cfg in zip(candidates, configs):
+            for candidate, cfg in zip(candidates, configs, strict=True):
                 outer.set_postfix_str(f"candidate {candidate.number}/{len(candidates)}")
                 report(f"candidate {candidate.number}/{len(candidates)}: {describe(candidate.values)}")
                 cfg = cfg.model_copy(update={"models_dir": str(workdir / "models")})

@@ -7,6 +7,7 @@ from typing import Any
 
 from bot.evaluation.report_html import esc
 from bot.evaluation.report_html import fmt as report_fmt
+
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;color:#1d2330;max-width:1100px;margin:2em auto;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em}.meta{color:#5a6272;margin-top:0}
@@ -44,10 +45,12 @@ def candidates_table(document: dict) -> str:
         cells = "".join(f"<td>{esc(setting(c['settings'].get(k)))}</td>" for k in keys)
         for key, _, kind in SCORES:
             value = c["scores"].get(key)
-            bar = f'<span class="bar" style="width:{value * 4:.1f}em"></span>' if kind == "pct" and value is not None else ""
+            has_bar = kind == "pct" and value is not None
+            bar = f'<span class="bar" style="width:{value * 4:.1f}em"></span>' if has_bar else ""
             cells += f"<td>{fmt(value, kind)}{bar}</td>"
         cells += f"<td>{fmt(c['validation_loss'], 'loss')}</td><td>{fmt(c['train_seconds'], 'num')}</td><td>{fmt(c['score_seconds'], 'num')}</td>"
-        rows.append(f'<tr class="{"best" if c["rank"] == 1 else ""}"><td>{c["rank"]}</td><td>{c["number"]}</td>{cells}</tr>')
+        row_class = "best" if c["rank"] == 1 else ""
+        rows.append(f'<tr class="{row_class}"><td>{c["rank"]}</td><td>{c["number"]}</td>{cells}</tr>')
     return f"<table><thead><tr><th>Rank</th><th>#</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -55,8 +58,13 @@ def render_tune_html(document: dict) -> str:
     data = document["data"]
     best = document["candidates"][0]
     fixed = document["fixed"]
-    trained_as = f"every candidate trained with {', '.join(f'{k}={setting(v)}' for k, v in fixed.items())}" if fixed else "each candidate trained as its settings say"
-    grid = "".join(f"<dt>{esc(k)}</dt><dd>{esc(', '.join(setting(v) for v in values))}</dd>" for k, values in document["grid"].items())
+    if fixed:
+        fixed_settings = ", ".join(f"{k}={setting(v)}" for k, v in fixed.items())
+        trained_as = f"every candidate trained with {fixed_settings}"
+    else:
+        trained_as = "each candidate trained as its settings say"
+    tried = {k: ", ".join(setting(v) for v in values) for k, values in document["grid"].items()}
+    grid = "".join(f"<dt>{esc(k)}</dt><dd>{esc(values)}</dd>" for k, values in tried.items())
     best_settings = "\n".join(f"{k}: {setting(v)}" for k, v in best["settings"].items())
     validation = ", ".join(data["validation_dialogues"])
     return f"""<!doctype html>
