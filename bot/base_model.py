@@ -85,7 +85,9 @@ def load_tokenizer(base: str, cache_dir: Path):
             from transformers import AutoTokenizer
 
             gguf = bundled_gguf()
-            atomic.write_folder(folder, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained)
+            atomic.write_folder(
+                folder, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained
+            )
         tokenizer = tokenizer_from_folder(folder)
     elif Path(base).is_dir():
         tokenizer = tokenizer_from_folder(base)

@@ -118,4 +118,3 @@ def load_merged(model: TrainedModel, base: str, cache_dir: Path, dtype=None):
     from bot.base_model import load_model
 
     return PeftModel.from_pretrained(load_model(base, cache_dir, dtype), model.adapter_dir).merge_and_unload().eval()
-

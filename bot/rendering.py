@@ -104,7 +104,9 @@ def parse_reply(text: str) -> BotStep:
         except json.JSONDecodeError:
             call = None
         well_formed = (
-            isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments", {}), dict)
+            isinstance(call, dict)
+            and isinstance(call.get("name"), str)
+            and isinstance(call.get("arguments", {}), dict)
         )
         if well_formed:
             return BotStep(text, call["name"], call.get("arguments", {}))
@@ -154,7 +156,9 @@ def fitted_prompt_ids(
     `cancelled` is asked between exchanges: RenderCancelled once it says so."""
     head, exchanges = _exchanges(messages)
     if not exchanges:
-        raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+        raise RenderError(
+            f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)"
+        )
     plain_head = template_messages(head, tokenizer)
     plain: dict[int, list[dict[str, str]]] = {}  # exchange index -> its template messages, made when first needed
 
@@ -178,7 +182,9 @@ def fitted_prompt_ids(
     last = len(exchanges) - 1
     ids = rendered(last)  # the system prompt, the latest exchange and the generation prompt, exactly
     if len(ids) > budget:
-        raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+        raise RenderError(
+            f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)"
+        )
     anchor = plain_head or [{"role": "system", "content": ""}]
     anchor_text = tokenizer.apply_chat_template(anchor, tokenize=False)
     longest = _longest_token(tokenizer)
@@ -240,10 +246,14 @@ def render(tokenizer, messages: list[dict[str, Any]]) -> Example:
         start = len(_ids(tokenizer, plain[:i], generation_prompt=True))
         upto = _ids(tokenizer, plain[: i + 1])
         if input_ids[:start] != upto[:start] or input_ids[: len(upto)] != upto:
-            raise RenderError(f"message {i}: the chat template does not render conversation prefixes as token prefixes")
+            raise RenderError(
+                f"message {i}: the chat template does not render conversation prefixes as token prefixes"
+            )
         turn = upto[start:]
         if eos not in turn:
-            raise RenderError(f"message {i}: the chat template does not close the bot turn with {tokenizer.eos_token!r}")
+            raise RenderError(
+                f"message {i}: the chat template does not close the bot turn with {tokenizer.eos_token!r}"
+            )
         stop = start + len(turn) - turn[::-1].index(eos)  # through the last end-of-turn token
         labels[start:stop] = input_ids[start:stop]
     return Example(input_ids, labels)
@@ -260,7 +270,9 @@ def _exchanges(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
     return head, exchanges
 
 
-def render_within(tokenizer, messages: list[dict[str, Any]], max_length: int, name: str = "conversation") -> list[Example]:
+def render_within(
+    tokenizer, messages: list[dict[str, Any]], max_length: int, name: str = "conversation"
+) -> list[Example]:
     """`render`, split at user turns into several examples when the conversation is longer than
     `max_length` tokens; each piece keeps the system prompt. Never cuts silently: an exchange
     that can't fit on its own raises RenderError."""

@@ -44,19 +44,32 @@ def tools_schema(actions: dict[str, Action]) -> list[dict]:
             properties[arg_name] = prop
         required = [a for a, spec in action.arguments.items() if spec.required]
         parameters = {"type": "object", "properties": properties, "required": required}
-        tools.append({"type": "function", "function": {"name": name, "description": action.description, "parameters": parameters}})
+        tools.append(
+            {
+                "type": "function",
+                "function": {"name": name, "description": action.description, "parameters": parameters},
+            }
+        )
     handoff_parameters = {"type": "object", "properties": {"reason": {"type": "string"}}, "required": ["reason"]}
     tools.append(
         {
             "type": "function",
-            "function": {"name": HANDOFF_TOOL, "description": "Pass the conversation to a human agent.", "parameters": handoff_parameters},
+            "function": {
+                "name": HANDOFF_TOOL,
+                "description": "Pass the conversation to a human agent.",
+                "parameters": handoff_parameters,
+            },
         }
     )
     return tools
 
 
 def tool_call_message(call_id: str, name: str, arguments: dict, weight: int = 1) -> Message:
-    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+    call = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
     return {"role": "assistant", "content": "", "tool_calls": [call], "weight": weight}
 
 
@@ -115,7 +128,11 @@ def write(data: TrainingData, build_dir: Path) -> CompiledData:
     }
     files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", data_hash)
     profile = json.dumps(profile_of(data).to_json(), indent=2, ensure_ascii=False) + "\n"
-    outputs = [(files.train_file, train_text), (files.test_file, test_text), (files.index_file, json.dumps(index, indent=2) + "\n")]
+    outputs = [
+        (files.train_file, train_text),
+        (files.test_file, test_text),
+        (files.index_file, json.dumps(index, indent=2) + "\n"),
+    ]
     for path, text in outputs + [(build_dir / PROFILE_FILE, profile)]:
         atomic.write_text(path, text)  # processes may compile at once
     return files

@@ -83,6 +83,7 @@ class NewDraft(DraftInfo):
 
 # -- where drafts live ------------------------------------------------------------------------------
 
+
 def drafts_dir(settings: Settings) -> Path:
     return settings.data_dir / DRAFTS
 
@@ -142,7 +143,12 @@ def _project(settings: Settings) -> tuple[TrainingData | None, list[Dialogue]]:
     """The project's data as it is (whatever problems it has): its actions and dialogues. Read
     again only when one of its files changed (reading is the slow part of checking a draft)."""
     folder = settings.data_dir
-    files = [folder / "persona.yml", folder / "actions.yml", *yaml_files(folder / "dialogues"), *yaml_files(folder / "tests")]
+    files = [
+        folder / "persona.yml",
+        folder / "actions.yml",
+        *yaml_files(folder / "dialogues"),
+        *yaml_files(folder / "tests"),
+    ]
     stamp = tuple((str(f), st.st_mtime_ns, st.st_size) for f in files if f.is_file() and (st := f.stat()))
     cached = _read_cache.get(folder)
     if cached is None or cached[0] != stamp:
@@ -154,7 +160,9 @@ def _project(settings: Settings) -> tuple[TrainingData | None, list[Dialogue]]:
     return data, list(data.dialogues) if data else []
 
 
-def parse_draft(settings: Settings, text: str, display: str, *, held_out: bool = False) -> tuple[list[Dialogue], list[Problem]]:
+def parse_draft(
+    settings: Settings, text: str, display: str, *, held_out: bool = False
+) -> tuple[list[Dialogue], list[Problem]]:
     """The dialogues of a draft's text and every problem the validator finds in them, located in
     the text; a dialogue id already used in dialogues/ or tests/ is a problem too."""
     try:
@@ -165,12 +173,19 @@ def parse_draft(settings: Settings, text: str, display: str, *, held_out: bool =
     data, existing = _project(settings)
     if data is not None:
         draft_data = TrainingData(data.persona, data.actions, tuple(dialogues))
-        problems += check(draft_data, max_length=settings.build.model.max_length, count_tokens=LazyTokenizer(settings).count)
+        problems += check(
+            draft_data, max_length=settings.build.model.max_length, count_tokens=LazyTokenizer(settings).count
+        )
     used = {d.id: d for d in existing}
     for d in dialogues:
         if first := used.get(d.id):
             line, col = first.doc.where(first.loc + ("id",))
-            problems.append(d.problem("id", message=f"dialogue id '{d.id}' is already used at {first.doc.path}:{line}:{col}: choose another"))
+            problems.append(
+                d.problem(
+                    "id",
+                    message=f"dialogue id '{d.id}' is already used at {first.doc.path}:{line}:{col}: choose another",
+                )
+            )
     if not dialogues and not problems:
         problems.append(Problem(display, 1, 1, "no dialogue in the draft (a 'dialogues' list with one dialogue)"))
     return dialogues, sorted(problems)
@@ -202,7 +217,10 @@ def save_draft(settings: Settings, name: str, text: str) -> DraftInfo:
 
 # -- making drafts ----------------------------------------------------------------------------------
 
-def draft_text(source: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None) -> tuple[str, dict[str, int]]:
+
+def draft_text(
+    source: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None
+) -> tuple[str, dict[str, int]]:
     """The YAML of a redacted draft of this conversation, and what redaction replaced."""
     found = conversation_turns(events)
     if not any(t.kind == "user" for t in found.turns):
@@ -218,7 +236,9 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
             t.turn["result"] = redactor.value(t.turn.get("result"))
         else:
             t.turn[t.kind] = redactor.text(t.turn[t.kind])
-    notes = ["; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns]  # a failure's error may quote data
+    notes = [
+        "; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns
+    ]  # a failure's error may quote data
     summary = redactor.summary()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     header = [
@@ -260,7 +280,9 @@ def write_draft(settings: Settings, sender: str, events: list[Event], *, rng: ra
     return NewDraft(name, path, text, problems, source, summary)
 
 
-async def draft_conversation(store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None) -> NewDraft:
+async def draft_conversation(
+    store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None
+) -> NewDraft:
     events = await store.events(sender)
     if not events:
         raise UnknownConversation(f"no stored conversation '{sender}'")
@@ -283,8 +305,12 @@ def drafted_sources(settings: Settings) -> dict[str, str]:
 
 
 async def export(
-    store: ConversationStore, settings: Settings, wanted: ConversationFilter = EVERY_CONVERSATION, *,
-    conversation: str | None = None, rng: random.Random | None = None,
+    store: ConversationStore,
+    settings: Settings,
+    wanted: ConversationFilter = EVERY_CONVERSATION,
+    *,
+    conversation: str | None = None,
+    rng: random.Random | None = None,
 ) -> list[NewDraft | Skipped]:
     """Drafts of the conversations that match (or of one conversation, if it matches): a
     conversation already drafted or accepted is skipped, unless it is the one asked for by id."""
@@ -310,6 +336,7 @@ async def export(
 
 
 # -- accepting and rejecting ------------------------------------------------------------------------
+
 
 def _plain(text: str) -> str:
     return " ".join(text.split()).casefold()
@@ -411,12 +438,16 @@ def accept(settings: Settings, name: str, into: Into) -> Path:
         raise DraftRefused(f"{_display(settings, target)} already exists: rename the draft's file or reject it")
     final = undrafted(text)
     reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
-    expected = [Dialogue(d.id, d.tags, d.turns, False, d.expect, d.held_out, d.doc, d.loc, d.source) for d in dialogues]
+    expected = [
+        Dialogue(d.id, d.tags, d.turns, False, d.expect, d.held_out, d.doc, d.loc, d.source) for d in dialogues
+    ]
     if problems or not _same(reviewed, expected):  # the comments could not be taken out safely: only the draft mark
         final = "\n".join(line for line in text.splitlines() if not _DRAFT_LINE.match(line)) + "\n"
         reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
         if problems or not _same(reviewed, expected):
-            raise DraftRefused("the draft's 'draft: true' line could not be removed: remove it by hand, then accept it")
+            raise DraftRefused(
+                "the draft's 'draft: true' line could not be removed: remove it by hand, then accept it"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(final, encoding="utf-8")
     path.unlink()
@@ -429,7 +460,22 @@ def reject(settings: Settings, name: str) -> None:
 
 # -- a customer's data-protection request -------------------------------------------------------------
 
-KEPT_FIELDS = {"type", "timestamp", "seq", "by", "name", "rating", "rated_seq", "kind", "encoding", "where", "status", "agent", "action", "of"}
+KEPT_FIELDS = {
+    "type",
+    "timestamp",
+    "seq",
+    "by",
+    "name",
+    "rating",
+    "rated_seq",
+    "kind",
+    "encoding",
+    "where",
+    "status",
+    "agent",
+    "action",
+    "of",
+}
 
 
 def _redacted_field(redactor: Redactor, name: str, value, slot: str | None):
@@ -440,7 +486,9 @@ def _redacted_field(redactor: Redactor, name: str, value, slot: str | None):
     return redactor.value(value, slot if name == "value" else name)
 
 
-async def redact_conversation(store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None) -> dict[str, int]:
+async def redact_conversation(
+    store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None
+) -> dict[str, int]:
     """Redact one stored conversation in place (under its lock): every text and value of its
     events, with the same placeholders throughout; what was replaced, per kind."""
     async with store.lock(sender, settings.build.serve.lock_timeout_s):

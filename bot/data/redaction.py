@@ -32,30 +32,168 @@ KINDS = ("email", "card", "phone", "postcode", "account", "order", "name")
 PRIORITY = ("email", "card", "account", "order", "phone", "postcode", "name")
 
 FIRST_NAMES = (
-    "Alex", "Sam", "Jordan", "Morgan", "Casey", "Robin", "Jamie", "Taylor", "Riley", "Avery", "Quinn", "Rowan",
-    "Charlie", "Frankie", "Harper", "Elliot", "Kit", "Logan", "Reese", "Sasha", "Toni", "Drew", "Emery", "Finley",
+    "Alex",
+    "Sam",
+    "Jordan",
+    "Morgan",
+    "Casey",
+    "Robin",
+    "Jamie",
+    "Taylor",
+    "Riley",
+    "Avery",
+    "Quinn",
+    "Rowan",
+    "Charlie",
+    "Frankie",
+    "Harper",
+    "Elliot",
+    "Kit",
+    "Logan",
+    "Reese",
+    "Sasha",
+    "Toni",
+    "Drew",
+    "Emery",
+    "Finley",
 )
 SURNAMES = (
-    "Smith", "Jones", "Taylor", "Brown", "Evans", "Walker", "Wright", "Hughes", "Green", "Hall", "Wood", "Clarke",
-    "Turner", "Hill", "Cooper", "Ward", "Morris", "Baker", "Harris", "Carter", "Bennett", "Price", "Russell", "Mason",
+    "Smith",
+    "Jones",
+    "Taylor",
+    "Brown",
+    "Evans",
+    "Walker",
+    "Wright",
+    "Hughes",
+    "Green",
+    "Hall",
+    "Wood",
+    "Clarke",
+    "Turner",
+    "Hill",
+    "Cooper",
+    "Ward",
+    "Morris",
+    "Baker",
+    "Harris",
+    "Carter",
+    "Bennett",
+    "Price",
+    "Russell",
+    "Mason",
 )
 # Card numbers published for testing payments: Luhn-valid, never a real customer's.
 TEST_CARDS = (
-    "4242424242424242", "4000056655665556", "5555555555554444", "2223003122003222", "5200828282828210",
-    "5105105105105100", "6011111111111117", "6011000990139424", "3566002020360505", "378282246310005",
-    "371449635398431", "30569309025904", "38520000023237", "4000002500003155", "4000000000003220",
+    "4242424242424242",
+    "4000056655665556",
+    "5555555555554444",
+    "2223003122003222",
+    "5200828282828210",
+    "5105105105105100",
+    "6011111111111117",
+    "6011000990139424",
+    "3566002020360505",
+    "378282246310005",
+    "371449635398431",
+    "30569309025904",
+    "38520000023237",
+    "4000002500003155",
+    "4000000000003220",
 )
-POSTCODE_AREAS = ("LS", "M", "B", "BD", "S", "NE", "EH", "G", "CF", "BS", "L", "NG", "LE", "YO", "HU", "SO", "PL", "EX", "OX", "CB")
+POSTCODE_AREAS = (
+    "LS",
+    "M",
+    "B",
+    "BD",
+    "S",
+    "NE",
+    "EH",
+    "G",
+    "CF",
+    "BS",
+    "L",
+    "NG",
+    "LE",
+    "YO",
+    "HU",
+    "SO",
+    "PL",
+    "EX",
+    "OX",
+    "CB",
+)
 INWARD_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
 STOP_WORDS = {
-    "and", "from", "here", "i", "im", "my", "the", "a", "please", "thanks", "thank", "but", "so", "on", "at", "with", "to", "is",
-    "not", "in", "back", "later", "now", "again", "still", "also", "just", "really", "very",
+    "and",
+    "from",
+    "here",
+    "i",
+    "im",
+    "my",
+    "the",
+    "a",
+    "please",
+    "thanks",
+    "thank",
+    "but",
+    "so",
+    "on",
+    "at",
+    "with",
+    "to",
+    "is",
+    "not",
+    "in",
+    "back",
+    "later",
+    "now",
+    "again",
+    "still",
+    "also",
+    "just",
+    "really",
+    "very",
 }
 # Capitalised words that follow "it's" or "this is" without being anyone's name.
 NOT_NAMES = {
-    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may",
-    "june", "july", "august", "september", "october", "november", "december", "today", "tomorrow", "yesterday", "fine", "okay",
-    "ok", "urgent", "important", "ridiculous", "done", "sorted", "broken", "me", "us", "him", "her", "them", "it",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "fine",
+    "okay",
+    "ok",
+    "urgent",
+    "important",
+    "ridiculous",
+    "done",
+    "sorted",
+    "broken",
+    "me",
+    "us",
+    "him",
+    "her",
+    "them",
+    "it",
 }
 NAME_WORD = r"[^\W\d_][\w'’-]*"
 
@@ -102,12 +240,16 @@ class Redactor:
         self.config = config
         self.rng = rng or random.SystemRandom()
         p = config.patterns
-        self._patterns = {kind: re.compile(getattr(p, kind)) for kind in ("email", "card", "postcode", "account", "order")}
+        self._patterns = {
+            kind: re.compile(getattr(p, kind)) for kind in ("email", "card", "postcode", "account", "order")
+        }
         strong = "|".join(_phrase(w) for w in config.name_phrases) or r"(?!x)x"
         weak = "|".join(_phrase(w) for w in config.name_intros) or r"(?!x)x"
         self._said = re.compile(rf"(?i:\b(?:{strong}))\s+({NAME_WORD}(?:\s+{NAME_WORD})?)")
         capital = r"[A-Z][a-z'’-]+"
-        self._introduced = re.compile(rf"(?i:\b(?:{weak}))\s+({capital}(?:\s+{capital})?)(?=\s*(?:$|[.,!?;:)]|\s(?:and|from|here)\b))")
+        self._introduced = re.compile(
+            rf"(?i:\b(?:{weak}))\s+({capital}(?:\s+{capital})?)(?=\s*(?:$|[.,!?;:)]|\s(?:and|from|here)\b))"
+        )
         self._placeholders: dict[tuple[str, str], str] = {}  # (kind, normalised value) -> placeholder
         self._originals: set[str] = set()
         self._names: dict[str, tuple[str, set[str]]] = {}  # name word (casefolded) -> (placeholder, forms seen)
@@ -245,7 +387,9 @@ class Redactor:
         """Phone numbers the phonenumbers library finds: valid ones, or possible ones written as
         phone numbers (from + or 0, at least 9 digits), such as 07700 900123."""
         spans = []
-        for m in phonenumbers.PhoneNumberMatcher(text, self.config.phone_region, leniency=phonenumbers.Leniency.POSSIBLE):
+        for m in phonenumbers.PhoneNumberMatcher(
+            text, self.config.phone_region, leniency=phonenumbers.Leniency.POSSIBLE
+        ):
             raw, number = m.raw_string, m.number
             written_as_phone = raw.lstrip().startswith(("+", "0")) and len(str(number.national_number)) >= 9
             if phonenumbers.is_valid_number(number) or written_as_phone:

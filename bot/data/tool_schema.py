@@ -59,8 +59,10 @@ def tool_call_grammar(actions: dict[str, Action]) -> str:
     """A Lark grammar (llguidance's dialect) of a whole call reply: optional leading whitespace,
     the opening tag, the JSON of `tool_call_schema`, the closing tag."""
     schema = dict(tool_call_schema(actions), **{"x-guidance": LAYOUT})
-    return "\n".join([
-        f"start: SPACE? {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)}",
-        r"SPACE: /[ \n]{1,2}/",  # bounded: a forced call can't be whitespace for ever
-        f"call: %json {json.dumps(schema)}",
-    ])
+    return "\n".join(
+        [
+            f"start: SPACE? {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)}",
+            r"SPACE: /[ \n]{1,2}/",  # bounded: a forced call can't be whitespace for ever
+            f"call: %json {json.dumps(schema)}",
+        ]
+    )

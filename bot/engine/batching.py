@@ -47,7 +47,9 @@ class BatchingEngine(ThreadedEngine):
         ignore_eos: bool = False,
         constraint: ToolCallConstraint | None = None,
     ):
-        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint)
+        super().__init__(
+            model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint
+        )
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.spec = KVSpec.of(model)
         self.max_batch, self.prefill_tokens = max_batch, prefill_tokens
@@ -104,7 +106,9 @@ class BatchingEngine(ThreadedEngine):
         self.rows, self.cache = [], None
         return running
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache, requests=()) -> list[int]:
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache, requests=()
+    ) -> list[int]:
         """The next token of each row (greedy); `cache` grows by ids' width. `requests` are the
         rows' requests in batch order, for the tool-call constraint."""
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)

@@ -111,7 +111,13 @@ class BatchCache(Cache):
         return cls(layers), shifts
 
     @classmethod
-    def from_prefixes(cls, prefixes: list[list[tuple[torch.Tensor, torch.Tensor]] | None], lengths: list[int], spec: KVSpec, spare: int) -> BatchCache:
+    def from_prefixes(
+        cls,
+        prefixes: list[list[tuple[torch.Tensor, torch.Tensor]] | None],
+        lengths: list[int],
+        spec: KVSpec,
+        spare: int,
+    ) -> BatchCache:
         """Rows made of the first `lengths[b]` cached columns of `prefixes[b]`, right-aligned,
         with `spare` free columns after them."""
         width = max(lengths)

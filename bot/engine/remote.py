@@ -71,7 +71,9 @@ class RemoteEngine(Engine):
         self.fault = reason
         return ModelServerUnavailable(f"the model server at {self.url} {reason}")
 
-    async def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False) -> AsyncIterator[str | Finished]:
+    async def stream(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False
+    ) -> AsyncIterator[str | Finished]:
         if self.closed:
             raise EngineClosed("the model engine is closed")
         if tool_call:
@@ -162,4 +164,3 @@ class RemoteEngine(Engine):
 
     def in_flight(self) -> int:
         return self._in_flight
-

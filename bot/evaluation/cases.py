@@ -57,7 +57,9 @@ def check_overlap(data: TrainingData) -> None:
             clashes.append(f"held-out dialogue '{d.id}' has the id of a training dialogue ({train[d.id].doc.path})")
         elif _turn_key(d) in train_turns:
             twin = train_turns[_turn_key(d)]
-            clashes.append(f"held-out dialogue '{d.id}' repeats the turns of training dialogue '{twin.id}' ({twin.doc.path})")
+            clashes.append(
+                f"held-out dialogue '{d.id}' repeats the turns of training dialogue '{twin.id}' ({twin.doc.path})"
+            )
     if clashes:
         listed = "\n  ".join(clashes)
         raise HeldOutOverlap(f"refusing to score, the held-out set overlaps the training data:\n  {listed}")

@@ -68,13 +68,21 @@ def evaluate(
     if "fine-tuned" in modes:
         trained = models.get(settings.models_dir, model_id) if model_id else models.active(settings.models_dir)
         if trained is None:
-            raise NoTrainedModel("no trained model to evaluate: run 'bot train', or evaluate the baselines with --modes")
+            raise NoTrainedModel(
+                "no trained model to evaluate: run 'bot train', or evaluate the baselines with --modes"
+            )
     all_cases = cases(data)
     budget = settings.build.model.max_length - cfg.max_new_tokens
     torch.manual_seed(settings.build.train.seed)
     base = None  # the baselines' model: the trained model's own base, in the precision serving uses
     results: dict[str, dict] = {"summary": {}, "by_tag": {}, "actions": {}, "failures": []}
-    bar = tqdm(total=len(all_cases) * len(modes), disable=not progress_bar, unit="reply", desc="evaluating", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(all_cases) * len(modes),
+        disable=not progress_bar,
+        unit="reply",
+        desc="evaluating",
+        dynamic_ncols=True,
+    )
     for mode in modes:
         bar.set_postfix(mode=mode)
         started = time.monotonic()

@@ -46,7 +46,9 @@ def train_and_activate(
         if chosen.id != active and chosen.manifest.get("activation", {}).get("activated", True):
             models.activate(settings.models_dir, chosen.id)
         return Outcome(chosen, trained=False, activated=chosen.id == models.active_id(settings.models_dir))
-    result = train(settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step)
+    result = train(
+        settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step
+    )
     if not PartialState().is_main_process:
         return Outcome(models.get(settings.models_dir, result.model_id), trained=True, main_process=False)
 
@@ -60,4 +62,11 @@ def train_and_activate(
     models.write_json(result.folder / models.MANIFEST, manifest)
     if activate:
         models.activate(settings.models_dir, result.model_id)
-    return Outcome(models.get(settings.models_dir, result.model_id), True, activate, decision.reason, folder, passed_gate=decision.activate)
+    return Outcome(
+        models.get(settings.models_dir, result.model_id),
+        True,
+        activate,
+        decision.reason,
+        folder,
+        passed_gate=decision.activate,
+    )

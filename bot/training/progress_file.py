@@ -31,9 +31,19 @@ class ProgressFile:
 
     def step(self, progress) -> None:
         """`progress`: a bot.training.recipe.StepProgress."""
-        self._write({"event": STEP, "step": progress.step, "steps": progress.steps, "eta_s": progress.eta_s, "loss": progress.loss})
+        self._write(
+            {
+                "event": STEP,
+                "step": progress.step,
+                "steps": progress.steps,
+                "eta_s": progress.eta_s,
+                "loss": progress.loss,
+            }
+        )
 
-    def done(self, model_id: str, *, trained: bool, activated: bool, gate_passed: bool | None, gate_summary: str) -> None:
+    def done(
+        self, model_id: str, *, trained: bool, activated: bool, gate_passed: bool | None, gate_summary: str
+    ) -> None:
         gate = None if gate_passed is None else {"passed": gate_passed, "summary": gate_summary}
         self._write({"event": DONE, "model_id": model_id, "trained": trained, "activated": activated, "gate": gate})
 

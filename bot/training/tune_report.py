@@ -68,21 +68,21 @@ def render_tune_html(document: dict) -> str:
     best_settings = "\n".join(f"{k}: {setting(v)}" for k, v in best["settings"].items())
     validation = ", ".join(data["validation_dialogues"])
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>bot tune {esc(document['created'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>bot tune {esc(document["created"])}</title>
 <style>{CSS}</style></head><body>
 <h1>Training settings search</h1>
-<p class="meta">{esc(document['created'])} &middot; {esc(document['mode'])} search ({esc(document['grid_source'])}) &middot;
-{len(document['candidates'])} candidates &middot; {esc(document['device'])} &middot; {fmt(document['seconds'], 'num')} s in all &middot;
-base model {esc(document['base_model'])}</p>
-<p>Each candidate was trained on {len(data['training_dialogues'])} training dialogues and scored on the
-{len(data['validation_dialogues'])} left out of its training ({data['validation_share']:.0%} of the training dialogues, chosen by
-a hash of their ids; {data['validation_turns']} bot turns), never on the held-out tests; {esc(trained_as)}. A validation
+<p class="meta">{esc(document["created"])} &middot; {esc(document["mode"])} search ({esc(document["grid_source"])}) &middot;
+{len(document["candidates"])} candidates &middot; {esc(document["device"])} &middot; {fmt(document["seconds"], "num")} s in all &middot;
+base model {esc(document["base_model"])}</p>
+<p>Each candidate was trained on {len(data["training_dialogues"])} training dialogues and scored on the
+{len(data["validation_dialogues"])} left out of its training ({data["validation_share"]:.0%} of the training dialogues, chosen by
+a hash of their ids; {data["validation_turns"]} bot turns), never on the held-out tests; {esc(trained_as)}. A validation
 dialogue passes its expectations when the replies call every action its reference calls, hand off exactly when it does,
-and never show the persona's secret. Ranked by {esc(document['ranking'])}.</p>
+and never show the persona's secret. Ranked by {esc(document["ranking"])}.</p>
 {candidates_table(document)}
-<h2>Best: candidate {best['number']}</h2>
+<h2>Best: candidate {best["number"]}</h2>
 <pre>{esc(best_settings)}</pre>
-<p>Written to <code>{esc(document['tuned_file'])}</code>; apply it with <code>bot train --config {esc(document['tuned_file'])}</code>
+<p>Written to <code>{esc(document["tuned_file"])}</code>; apply it with <code>bot train --config {esc(document["tuned_file"])}</code>
 (its <code>train:</code> section is merged over config.yml's).</p>
 <h2>Grid</h2><dl>{grid}</dl>
 <h2>Validation dialogues</h2><p>{esc(validation)}</p>
