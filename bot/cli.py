@@ -54,7 +54,8 @@ def cmd_validate(args) -> int:
 
     data = validate(load_settings(args.project))
     print(
-        f"ok: {len(data.train)} training and {len(data.test)} held-out dialogues, {len(data.actions)} actions, no problems"
+        f"ok: {len(data.train)} training and {len(data.test)} held-out dialogues, {len(data.actions)} actions, "
+        "no problems"
     )
     return 0
 
@@ -152,7 +153,8 @@ def cmd_train(args) -> int:
     t = outcome.model.manifest["training"]
     print(
         f"trained {outcome.model.id} in {t['seconds']:.0f} s: {t['steps']} steps, {t['tokens']:,} tokens "
-        f"({t['tokens_per_second']:.0f}/s on {t['device']}, {t['precision']}), held-out loss {t['held_out_loss'][-1]:.3f}"
+        f"({t['tokens_per_second']:.0f}/s on {t['device']}, {t['precision']}), "
+        f"held-out loss {t['held_out_loss'][-1]:.3f}"
     )
     report = os.path.relpath(outcome.report_dir / "report.html")
     if outcome.activated:
@@ -289,7 +291,8 @@ def cmd_models_export(args) -> int:
     else:
         done = export.export_adapter(model, base, settings.cache_dir, Path(args.adapter))
         print(
-            f"wrote {done.folder}: the LoRA adapter of {model.id} (rank {done.rank}) as a PEFT folder, with its tokenizer"
+            f"wrote {done.folder}: the LoRA adapter of {model.id} (rank {done.rank}) as a PEFT folder, "
+            "with its tokenizer"
         )
         print(f"its base model (vLLM's --model): {done.base}")
         print(f"serve it with vLLM:\n  {shlex.join(done.vllm_command())}")
@@ -455,7 +458,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--model-server",
         metavar="URL",
-        help="generate on this OpenAI-compatible model server (vLLM or a bot serve); no weights are loaded here (default: model_server.url in endpoints.yml)",
+        help="generate on this OpenAI-compatible model server (vLLM or a bot serve); no weights are loaded here "
+        "(default: model_server.url in endpoints.yml)",
     )
     serve.add_argument(
         "--actions",

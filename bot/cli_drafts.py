@@ -155,7 +155,8 @@ def _summary(counts: dict, settings) -> int:
 
     left = len(drafts.draft_names(settings))
     print(
-        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests, rejected {counts['rejected']}, "
+        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests, "
+        f"rejected {counts['rejected']}, "
         f"skipped {counts['skipped']}; {left} draft{'s' if left != 1 else ''} left"
     )
     sys.stdout.flush()

@@ -113,12 +113,14 @@ class ServeConfig(Strict):
     admin_failures_allowed: int = Field(
         5,
         gt=0,
-        description="Wrong admin tokens one client address may send before it must wait (429); each further one doubles the wait.",
+        description="Wrong admin tokens one client address may send before it must wait (429); "
+        "each further one doubles the wait.",
     )
     admin_wait_max_s: float = Field(
         900,
         gt=0,
-        description="Longest wait after wrong admin tokens; an address's failures are forgotten this long after its last.",
+        description="Longest wait after wrong admin tokens; "
+        "an address's failures are forgotten this long after its last.",
     )
     max_messages: int = Field(200, gt=0, description="Messages one OpenAI-style request may carry (then 413).")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted, in bytes (then 413).")
@@ -128,12 +130,14 @@ class ServeConfig(Strict):
     shutdown_timeout_s: float = Field(
         10,
         gt=0,
-        description="On SIGTERM or Ctrl-C the server exits within this: replies in progress may finish, then they are cut.",
+        description="On SIGTERM or Ctrl-C the server exits within this: replies in progress may finish, "
+        "then they are cut.",
     )
     max_feeds_per_client: int = Field(
         100,
         gt=0,
-        description="Live feeds (GET /api/conversations/{sender}/events) one client address may hold open at once (then 429).",
+        description="Live feeds (GET /api/conversations/{sender}/events) one client address may hold open at once "
+        "(then 429).",
     )
 
 
@@ -187,7 +191,8 @@ class RedactionConfig(Strict):
     )
     name_intros: list[str] = Field(
         ["i'm", "i am", "this is", "it's", "call me"],
-        description="A capitalised word or two after these is a name when the sentence ends there or goes on with 'and', 'from' or 'here'.",
+        description="A capitalised word or two after these is a name when the sentence ends there "
+        "or goes on with 'and', 'from' or 'here'.",
     )
     name_fields: list[str] = Field(
         ["first_name", "last_name", "full_name", "customer_name"],
@@ -243,17 +248,19 @@ class TrackerStore(Strict):
     retention_days: float | None = Field(
         None,
         gt=0,
-        description="Delete conversations with no activity for this many days (at start, then hourly); null keeps them forever.",
+        description="Delete conversations with no activity for this many days (at start, then hourly); "
+        "null keeps them forever.",
     )
     lock_url: Annotated[str, AfterValidator(_redis_url)] | None = Field(
         None,
-        description="redis://host:port/n: take the per-conversation locks from this Redis server (any store type), so several "
-        "server processes on one PostgreSQL or SQLite database share them; null: the store's own locks.",
+        description="redis://host:port/n: take the per-conversation locks from this Redis server (any store type), "
+        "so several server processes on one PostgreSQL or SQLite database share them; null: the store's own locks.",
     )
 
 
 def _web_origin(value: str) -> str:
-    """A browser's Origin header is scheme://host[:port], nothing more; the CSP's frame-ancestors is built from these."""
+    """A browser's Origin header is scheme://host[:port], nothing more; the CSP's frame-ancestors is
+    built from these."""
     if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", value):
         problem = "'{value}' is not a web origin: write scheme://host[:port], no path or slash (https://shop.example)"
         raise PydanticCustomError("web_origin", problem, {"value": value})
@@ -269,11 +276,13 @@ class Cors(Strict):
 class ModelServer(Strict):
     url: str | None = Field(
         None,
-        description="An OpenAI-compatible model server (vLLM, or another `bot serve`): replies come from its /v1/completions and this process loads no weights.",
+        description="An OpenAI-compatible model server (vLLM, or another `bot serve`): "
+        "replies come from its /v1/completions and this process loads no weights.",
     )
     model: str | None = Field(
         None,
-        description="The model name sent to it; default: the active trained model's id (vLLM's adapter name), else `base`.",
+        description="The model name sent to it; default: the active trained model's id (vLLM's adapter name), "
+        "else `base`.",
     )
     api_key_env: str | None = Field(
         None, description="The environment variable holding its API key (sent as Authorization: Bearer)."
@@ -281,7 +290,8 @@ class ModelServer(Strict):
     timeout_s: float = Field(
         30,
         gt=0,
-        description="Longest wait for the first text of a reply and between two chunks; a slower server fails the reply.",
+        description="Longest wait for the first text of a reply and between two chunks; "
+        "a slower server fails the reply.",
     )
 
 
@@ -399,7 +409,8 @@ def apply_overlay(settings: Settings, file: Path | str, display: str | None = No
     display = display or str(file)
     if not file.is_file():
         raise OverlayNotFound(
-            f"{display}: no such file (--config takes a YAML file with a 'train:' section, such as the tuned.yml 'bot tune' writes)"
+            f"{display}: no such file (--config takes a YAML file with a 'train:' section, "
+            "such as the tuned.yml 'bot tune' writes)"
         )
     doc = load(file, display)
     if not isinstance(doc.value, dict):
@@ -411,7 +422,10 @@ def apply_overlay(settings: Settings, file: Path | str, display: str | None = No
         if key in OVERLAY_SECTIONS:
             continue
         hint = did_you_mean(str(key), OVERLAY_SECTIONS)
-        message = f"only the 'train' section can be applied with --config, not '{key}'{hint}: put other settings in config.yml"
+        message = (
+            f"only the 'train' section can be applied with --config, not '{key}'{hint}: "
+            "put other settings in config.yml"
+        )
         problems.append(doc.problem((key,), message, key=True))
     over = doc.value.get("train")
     train = None

@@ -295,8 +295,8 @@ def render_within(
         single = render(tokenizer, flat([exchange]))
         if len(single) > max_length:
             raise RenderError(
-                f"{name}: the exchange starting at user turn {k + 1} is {len(single):,} tokens with the system prompt, "
-                f"more than max_length {max_length:,}: shorten it or raise model.max_length"
+                f"{name}: the exchange starting at user turn {k + 1} is {len(single):,} tokens "
+                f"with the system prompt, more than max_length {max_length:,}: shorten it or raise model.max_length"
             )
         window = [exchange]
     examples.append(render(tokenizer, flat(window)))

@@ -132,7 +132,8 @@ def load_bytes(data: bytes, display_path: str) -> Document:
         raise fail(
             line,
             col,
-            f"character U+{e.character:04X} is not allowed in YAML: remove it, or write it escaped in a double-quoted text",
+            f"character U+{e.character:04X} is not allowed in YAML: remove it, "
+            "or write it escaped in a double-quoted text",
         ) from None
 
     if not nodes or nodes[0] is None:

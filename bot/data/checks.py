@@ -44,7 +44,8 @@ def check_secret(persona: Persona, doc: Document) -> list[Problem]:
     return [
         doc.problem(
             ("secret",),
-            f"the secret has {found} letters or digits; it needs at least {MIN_SECRET_CHARS}, or the leak guard would cut ordinary replies that spell it",
+            f"the secret has {found} letters or digits; it needs at least {MIN_SECRET_CHARS}, "
+            "or the leak guard would cut ordinary replies that spell it",
         )
     ]
 
@@ -112,7 +113,8 @@ def _check_order(d: Dialogue) -> list[Problem]:
                 d.problem(
                     "turns",
                     j,
-                    message="two user turns in a row: the bot must answer the first before the next user turn (merge them or add a bot turn)",
+                    message="two user turns in a row: the bot must answer the first before the next user turn "
+                    "(merge them or add a bot turn)",
                 )
             )
         elif isinstance(previous, BotTurn) and not isinstance(turn, UserTurn):
@@ -120,7 +122,8 @@ def _check_order(d: Dialogue) -> list[Problem]:
                 d.problem(
                     "turns",
                     j,
-                    message=f"a {kind} turn can't follow a bot turn: the bot takes one step per user turn or action result",
+                    message=f"a {kind} turn can't follow a bot turn: the bot takes one step per user turn or action "
+                    "result",
                 )
             )
         elif isinstance(previous, ActionTurn) and isinstance(turn, UserTurn):
@@ -167,7 +170,11 @@ def _check_grounding(d: Dialogue, actions: dict[str, Action]) -> list[Problem]:
             seen.append(turn.user)
         elif isinstance(turn, ActionTurn) and turn.action in actions:
             for name in ungrounded(actions[turn.action], turn.args, seen):
-                message = f"'{name}' {json.dumps(turn.args[name])} appears nowhere before this call: the customer must give it (or an earlier action's result hold it) first"
+                value = json.dumps(turn.args[name])
+                message = (
+                    f"'{name}' {value} appears nowhere before this call: "
+                    "the customer must give it (or an earlier action's result hold it) first"
+                )
                 problems.append(d.problem("turns", j, "args", name, message=message))
             seen.append(source_text(turn.result))
     return problems
@@ -188,7 +195,8 @@ def _check_dialogue(
                         "turns",
                         j,
                         key,
-                        message=f"turn is {n:,} tokens, longer than the model's context of {max_length:,} (model.max_length in config.yml)",
+                        message=f"turn is {n:,} tokens, longer than the model's context of {max_length:,} "
+                        "(model.max_length in config.yml)",
                     )
                 )
         if isinstance(turn, ActionTurn):

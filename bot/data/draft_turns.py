@@ -113,7 +113,8 @@ class _Builder:
             self.action_messages = []
             self._bot(
                 text,
-                f"{failure}: this apology is context only (train: false); write the answer a person would give, or leave it",
+                f"{failure}: this apology is context only (train: false); write the answer a person would give, "
+                "or leave it",
                 train=False,
             )
             return

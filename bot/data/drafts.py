@@ -370,9 +370,15 @@ def _refusal(draft: Dialogue, existing: list[Dialogue], into: Into) -> str | Non
         if not (same_turns or same_source or _customer_side(draft) == _customer_side(e)):
             continue
         if into == "tests" and not e.held_out:
-            return f"a training conversation can't go into the tests: it is already {_where(e)}, and a test the model trained on measures nothing"
+            return (
+                f"a training conversation can't go into the tests: it is already {_where(e)}, "
+                "and a test the model trained on measures nothing"
+            )
         if into == "dialogues" and e.held_out:
-            return f"a held-out test conversation can't go into training: it is {_where(e)}, and the evaluation would then measure memory"
+            return (
+                f"a held-out test conversation can't go into training: it is {_where(e)}, "
+                "and the evaluation would then measure memory"
+            )
         if same_turns:
             why = "the same turns"
         elif same_source:

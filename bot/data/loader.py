@@ -47,7 +47,8 @@ def _parse_turn(value: Any, doc: Document, loc: tuple) -> tuple[Turn | None, lis
         return None, [
             doc.problem(
                 loc,
-                f"a turn has exactly one of 'user', 'bot', 'action' or 'handoff', not both '{kinds[0]}' and '{kinds[1]}'",
+                "a turn has exactly one of 'user', 'bot', 'action' or 'handoff', "
+                f"not both '{kinds[0]}' and '{kinds[1]}'",
             )
         ]
     if not kinds:

@@ -1,7 +1,8 @@
 """What the server needs to know about the bot besides its weights: the system prompt it was
 trained with, the actions it may call (with their argument declarations), what it says when
-it hands over or refuses, and the replies it was taught (the leak guard never cuts those). `bot data compile` writes it to build/profile.json and training copies it into
-the model's folder, so a served model always gets the prompt it learned with.
+it hands over or refuses, and the replies it was taught (the leak guard never cuts those).
+`bot data compile` writes it to build/profile.json and training copies it into the model's folder,
+so a served model always gets the prompt it learned with.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class Persona(Strict):
     refusal: str = Field(
         DEFAULT_REFUSAL,
         min_length=1,
-        description="What the customer sees instead of a reply that would have repeated the instructions or the secret (the leak guard).",
+        description="What the customer sees instead of a reply that would have repeated the instructions "
+        "or the secret (the leak guard).",
     )
 
 

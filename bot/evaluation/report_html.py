@@ -50,9 +50,11 @@ svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 .dialogue{border:1px solid #d8dce3;border-radius:6px;padding:.6em 1em;margin:1em 0}
 .tag{display:inline-block;background:#eef1f6;border-radius:3px;padding:0 .4em;margin-right:.3em;font-size:.85em}
 .turn{margin:.3em 0}.role{font-weight:600;display:inline-block;min-width:7.5em}
-pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;padding:.5em;margin:.2em 0 .6em;font:13px ui-monospace,monospace}
+pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;padding:.5em;margin:.2em 0 .6em;
+font:13px ui-monospace,monospace}
 .expect{color:#a12a2a}
-.cls{display:inline-block;border:1px solid #a12a2a;color:#a12a2a;border-radius:3px;padding:0 .4em;margin-left:.4em;font-size:.8em}
+.cls{display:inline-block;border:1px solid #a12a2a;color:#a12a2a;border-radius:3px;padding:0 .4em;margin-left:.4em;
+font-size:.8em}
 table.confusion td{min-width:3.2em;text-align:center;border:1px solid #e3e6eb}
 table.confusion caption{caption-side:top;text-align:left;font-weight:600;padding-bottom:.4em}
 """
@@ -283,7 +285,8 @@ def failures_section(failures: list[dict]) -> str:
 
 
 def render_html(report: dict) -> str:
-    """A self-contained HTML page (no external scripts, fonts, images or CSS; inline CSS and inline SVG only) for a support lead."""
+    """A self-contained HTML page (no external scripts, fonts, images or CSS; inline CSS and inline
+    SVG only) for a support lead."""
     modes = list(report.get("modes") or report.get("summary", {}))
     summary, by_tag = report.get("summary", {}), report.get("by_tag", {})
     title = f"Evaluation of model {report.get('model_id', '?')}"

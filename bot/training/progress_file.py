@@ -3,7 +3,8 @@
 
   {"event": "step", "step": 3, "steps": 40, "eta_s": 12.5, "loss": 2.31}   at the start and after each optimizer step
   {"event": "done", "model_id": "...", "trained": true, "activated": true,
-   "gate": {"passed": true, "summary": "..."}}                             it finished, after the gate's evaluation (gate: null when nothing was trained)
+   "gate": {"passed": true, "summary": "..."}}                             it finished, after the gate's evaluation
+                                                                            (gate: null when nothing was trained)
   {"event": "failed", "error": "..."}                                      it stopped on an error (the CLI's message)
 
 The server's training job (bot/serve/training_job.py) reads it; nothing here imports torch."""

@@ -313,7 +313,8 @@ def train(
             state.batches_done = 0
             state.held_out_losses.append(held_out_loss(model, eval_loader, accelerator))
             bar.write(
-                f"epoch {state.epoch}/{cfg.epochs}: train loss {smoothed_loss:.3f}, held-out loss {state.held_out_losses[-1]:.3f}"
+                f"epoch {state.epoch}/{cfg.epochs}: train loss {smoothed_loss:.3f}, "
+                f"held-out loss {state.held_out_losses[-1]:.3f}"
             )
     except (KeyboardInterrupt, Exception) as error:
         bar.close()
@@ -324,7 +325,8 @@ def train(
         else:
             stopped = f"stopped by {type(error).__name__}: {error}"
         raise TrainingInterrupted(
-            f"training {stopped}; checkpoint saved at step {state.step} in {checkpoint}: continue with 'bot train --resume'"
+            f"training {stopped}; checkpoint saved at step {state.step} in {checkpoint}: "
+            "continue with 'bot train --resume'"
         ) from error
     bar.close()
     state.seconds = time.monotonic() - started

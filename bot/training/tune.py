@@ -125,7 +125,10 @@ def load_grid(file: Path, display: str | None = None) -> Grid:
             continue
         if dotted not in keys:
             hint = did_you_mean(dotted, keys)
-            message = f"unknown setting '{dotted}'{hint}: a grid key is a train setting such as 'learning_rate' or 'lora.rank'"
+            message = (
+                f"unknown setting '{dotted}'{hint}: "
+                "a grid key is a train setting such as 'learning_rate' or 'lora.rank'"
+            )
             problems.append(doc.problem(loc, message, key=True))
             continue
         if dotted in grid:
@@ -327,13 +330,17 @@ def tuned_yaml(best: Candidate, document: dict) -> str:
     """The winner's searched settings as a config.yml-shaped `train:` section, with where they came from."""
     fixed = document["fixed"]
     lines = [
-        f"# Written by `bot tune` ({document['mode']} search, {document['created']}): the best of {len(document['candidates'])} candidates",
-        f"# on {len(document['data']['validation_dialogues'])} validation dialogues carved from the training data, ranked by {RANKING}.",
-        f"# Action accuracy {best.scores['action_accuracy']:.0%}, expectations passed {best.scores['expectation_pass_rate']:.0%}, chrF {best.scores['chrf']:.1f}.",
+        f"# Written by `bot tune` ({document['mode']} search, {document['created']}): "
+        f"the best of {len(document['candidates'])} candidates",
+        f"# on {len(document['data']['validation_dialogues'])} validation dialogues carved from the training data, "
+        f"ranked by {RANKING}.",
+        f"# Action accuracy {best.scores['action_accuracy']:.0%}, "
+        f"expectations passed {best.scores['expectation_pass_rate']:.0%}, chrF {best.scores['chrf']:.1f}.",
     ]
     if fixed:
         lines.append(
-            f"# Every candidate trained with {describe(fixed)} to save time; that is not applied here (config.yml's stays)."
+            f"# Every candidate trained with {describe(fixed)} to save time; that is not applied here "
+            "(config.yml's stays)."
         )
     lines += [
         f"# Report: {document['report']}",
@@ -384,7 +391,8 @@ def tune(
         report(
             f"tuning {len(candidates)} candidate(s) ({mode} search, {grid.source}"
             f"{fixed_note}) on {len(training)} training dialogues, "
-            f"scored on {len(validation)} validation dialogue(s) left out of training ({VALIDATION_SHARE:.0%} by id hash)"
+            f"scored on {len(validation)} validation dialogue(s) left out of training "
+            f"({VALIDATION_SHARE:.0%} by id hash)"
         )
         data_config = settings.build.data.model_copy(update={"build_dir": str(workdir / "build")})
         build = settings.build.model_copy(update={"data": data_config})
@@ -423,7 +431,8 @@ def tune(
                 s = candidate.scores
                 report(
                     f"candidate {candidate.number}: action accuracy {s['action_accuracy']:.0%}, expectations passed "
-                    f"{s['expectation_pass_rate']:.0%}, chrF {s['chrf']:.1f}, validation loss {candidate.validation_loss}, "
+                    f"{s['expectation_pass_rate']:.0%}, chrF {s['chrf']:.1f}, "
+                    f"validation loss {candidate.validation_loss}, "
                     f"trained in {candidate.train_seconds:.0f} s, scored in {candidate.score_seconds:.0f} s"
                 )
                 outer.update(cfg.epochs)
