@@ -51,7 +51,8 @@ def _plain_tokenizer(folder: Path) -> bool:
     and its model (if the folder has one) is of a type that keeps the named class."""
     try:
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        model = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
+        model_file = folder / "config.json"
+        model = json.loads(model_file.read_text(encoding="utf-8")) if model_file.is_file() else {}
     except (OSError, ValueError):
         return False
     return (
@@ -84,7 +85,9 @@ def load_tokenizer(base: str, cache_dir: Path):
             from transformers import AutoTokenizer
 
             gguf = bundled_gguf()
-            atomic.write_folder(folder, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained)
+            atomic.write_folder(
+                folder, AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained
+            )
         tokenizer = tokenizer_from_folder(folder)
     elif Path(base).is_dir():
         tokenizer = tokenizer_from_folder(base)

@@ -10,8 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from bot.cli_table import text_table
 from bot.cli_drafts import EXPORT_HELP, cmd_export, cmd_redact, cmd_review
+from bot.cli_table import text_table
 from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
 from bot.errors import BotError, InvalidFiles
 
@@ -24,17 +24,25 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _stats_row_order(item) -> tuple[bool, bool, str]:
+    """The training set first, and in each set the "(all)" row first, then the tags by name."""
+    (name, tag), _counts = item
+    return (name != "train", tag != "(all)", tag)
+
+
 def _table(stats) -> str:
     header = ("set", "tag", "dialogues", "turns", "trained turns", "tokens", "trained tokens")
     rows = []
-    for (name, tag), c in sorted(stats.rows.items(), key=lambda kv: (kv[0][0] != "train", kv[0][1] != "(all)", kv[0][1])):
+    for (name, tag), c in sorted(stats.rows.items(), key=_stats_row_order):
         rows.append((name, tag, c.dialogues, c.turns, c.trained_turns, c.tokens, c.trained_tokens))
     cells = [header] + [tuple(f"{v:,}" if isinstance(v, int) else v for v in row) for row in rows]
     out = text_table(cells, left=2)
     for (name, tag), c in sorted(stats.rows.items(), key=lambda kv: kv[0][0] != "train"):
         if tag == "(all)" and c.sequences != c.dialogues:
-            out += (f"\n({name}: {c.dialogues:,} dialogue(s) make {c.sequences:,} sequences: a dialogue longer than "
-                    f"model.max_length is split at user turns)")
+            out += (
+                f"\n({name}: {c.dialogues:,} dialogue(s) make {c.sequences:,} sequences: a dialogue longer than "
+                f"model.max_length is split at user turns)"
+            )
     if stats.drafts:
         out += f"\n({stats.drafts} draft dialogue(s) awaiting review, not compiled)"
     return out
@@ -45,7 +53,10 @@ def cmd_validate(args) -> int:
     from bot.data.project import validate
 
     data = validate(load_settings(args.project))
-    print(f"ok: {len(data.train)} training and {len(data.test)} held-out dialogues, {len(data.actions)} actions, no problems")
+    print(
+        f"ok: {len(data.train)} training and {len(data.test)} held-out dialogues, {len(data.actions)} actions, "
+        "no problems"
+    )
     return 0
 
 
@@ -96,8 +107,13 @@ def _train(args, progress):
     if args.config:
         settings = apply_overlay(settings, Path(args.config), args.config)
     return train_and_activate(
-        settings, resume=args.resume, if_needed=args.if_needed, force=args.force, report=_say,
-        progress_bar=progress is None, on_step=progress.step if progress else None,
+        settings,
+        resume=args.resume,
+        if_needed=args.if_needed,
+        force=args.force,
+        report=_say,
+        progress_bar=progress is None,
+        on_step=progress.step if progress else None,
     )
 
 
@@ -105,9 +121,13 @@ def cmd_train(args) -> int:
     from bot.training.progress_file import ProgressFile
 
     progress = None
-    if args.progress_file and os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, the main process writes it
+    if (
+        args.progress_file and os.environ.get("RANK", "0") == "0"
+    ):  # under `accelerate launch`, the main process writes it
         progress = ProgressFile(args.progress_file)  # it replaces the progress bars
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # as a shell's background job: the program following it stops it with SIGINT
+        if (
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        ):  # as a shell's background job: the program following it stops it with SIGINT
             signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = _train(args, progress)
@@ -119,16 +139,22 @@ def cmd_train(args) -> int:
         return 0
     if progress:
         progress.done(
-            outcome.model.id, trained=outcome.trained, activated=outcome.activated, gate_passed=outcome.passed_gate, gate_summary=outcome.reason
+            outcome.model.id,
+            trained=outcome.trained,
+            activated=outcome.activated,
+            gate_passed=outcome.passed_gate,
+            gate_summary=outcome.reason,
         )
     if not outcome.trained:
-        state = "active" if outcome.activated else "not active: it did not pass the gate; 'bot models activate' overrides"
+        inactive = "not active: it did not pass the gate; 'bot models activate' overrides"
+        state = "active" if outcome.activated else inactive
         print(f"model {outcome.model.id} already matches the training data: nothing to train ({state})")
         return 0
     t = outcome.model.manifest["training"]
     print(
         f"trained {outcome.model.id} in {t['seconds']:.0f} s: {t['steps']} steps, {t['tokens']:,} tokens "
-        f"({t['tokens_per_second']:.0f}/s on {t['device']}, {t['precision']}), held-out loss {t['held_out_loss'][-1]:.3f}"
+        f"({t['tokens_per_second']:.0f}/s on {t['device']}, {t['precision']}), "
+        f"held-out loss {t['held_out_loss'][-1]:.3f}"
     )
     report = os.path.relpath(outcome.report_dir / "report.html")
     if outcome.activated:
@@ -143,6 +169,12 @@ def _percent(value) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _failure_classes(counts: dict[str, int]) -> str:
+    """'3 wrong action, 1 bad arguments': the classes that occurred, else 'none'."""
+    occurred = [f"{n} {name}" for name, n in counts.items() if n]
+    return ", ".join(occurred) or "none"
+
+
 def eval_table(document: dict) -> str:
     """The four modes side by side, then expectations passed and chrF per tag, then one line per
     mode with its action failures by class."""
@@ -150,11 +182,19 @@ def eval_table(document: dict) -> str:
     rows = [("mode",) + columns]
     for mode in document["modes"]:
         s = document["summary"][mode]
-        rows.append((
-            mode, f"{s['chrf']:.1f}", _percent(s["action_accuracy"]), _percent(s["handoff_accuracy"]),
-            _percent(s["expectation_pass_rate"]), _percent(s["adversarial_pass_rate"]), str(s["leaks"]),
-            "-" if s["loss"] is None else f"{s['loss']:.3f}", f"{s['seconds']:.0f}",
-        ))
+        rows.append(
+            (
+                mode,
+                f"{s['chrf']:.1f}",
+                _percent(s["action_accuracy"]),
+                _percent(s["handoff_accuracy"]),
+                _percent(s["expectation_pass_rate"]),
+                _percent(s["adversarial_pass_rate"]),
+                str(s["leaks"]),
+                "-" if s["loss"] is None else f"{s['loss']:.3f}",
+                f"{s['seconds']:.0f}",
+            )
+        )
     tags = sorted({t for m in document["modes"] for t in document["by_tag"][m]}, key=lambda t: (t != "adversarial", t))
     tag_rows = [("tag (expect pass / chrF)",) + tuple(document["modes"])]
     for tag in tags:
@@ -167,8 +207,9 @@ def eval_table(document: dict) -> str:
     actions = document.get("actions") or {}
     width = max(len(m) for m in document["modes"])
     class_lines = ["action failures"] + [
-        f"{mode.ljust(width)}  " + (", ".join(f"{n} {c}" for c, n in actions[mode]["failure_classes"].items() if n) or "none")
-        for mode in document["modes"] if mode in actions
+        f"{mode.ljust(width)}  " + _failure_classes(actions[mode]["failure_classes"])
+        for mode in document["modes"]
+        if mode in actions
     ]
     return text_table(rows) + "\n\n" + text_table(tag_rows) + ("\n\n" + "\n".join(class_lines) if actions else "")
 
@@ -208,15 +249,17 @@ def cmd_models_list(args) -> int:
     for m in found:
         t = m.manifest.get("training", {})
         held = t.get("held_out_loss") or [None]
-        rows.append((
-            m.id,
-            m.manifest.get("created", "?"),
-            m.manifest.get("base_model", "?"),
-            m.manifest.get("data_hash", "?"),
-            f"{t['final_train_loss']:.3f}" if t.get("final_train_loss") is not None else "-",
-            f"{held[-1]:.3f}" if held[-1] is not None else "-",
-            "*" if m.id == active else "",
-        ))
+        rows.append(
+            (
+                m.id,
+                m.manifest.get("created", "?"),
+                m.manifest.get("base_model", "?"),
+                m.manifest.get("data_hash", "?"),
+                f"{t['final_train_loss']:.3f}" if t.get("final_train_loss") is not None else "-",
+                f"{held[-1]:.3f}" if held[-1] is not None else "-",
+                "*" if m.id == active else "",
+            )
+        )
     print(text_table(rows, left=len(header), rule=False))
     return 0
 
@@ -238,14 +281,19 @@ def cmd_models_export(args) -> int:
 
     settings = load_settings(args.project)
     model = models.get(settings.models_dir, args.id)
-    base = settings.resolve_base(model.manifest["base_model"])  # the base it was trained on, whatever config.yml says now
+    base = settings.resolve_base(
+        model.manifest["base_model"]
+    )  # the base it was trained on, whatever config.yml says now
     if args.merged:
         target = export.export_merged(model, base, settings.cache_dir, Path(args.merged))
         print(f"wrote {target}: {model.id} merged into its base model, a plain Hugging Face folder")
         print(f"serve it with vLLM:\n  {shlex.join(export.merged_vllm_command(model.id, target))}")
     else:
         done = export.export_adapter(model, base, settings.cache_dir, Path(args.adapter))
-        print(f"wrote {done.folder}: the LoRA adapter of {model.id} (rank {done.rank}) as a PEFT folder, with its tokenizer")
+        print(
+            f"wrote {done.folder}: the LoRA adapter of {model.id} (rank {done.rank}) as a PEFT folder, "
+            "with its tokenizer"
+        )
         print(f"its base model (vLLM's --model): {done.base}")
         print(f"serve it with vLLM:\n  {shlex.join(done.vllm_command())}")
     print(f"then in endpoints.yml: model_server: {{url: http://HOST:8000, model: {model.id}}}")
@@ -290,29 +338,44 @@ def cmd_init(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bot", description="Contact-center chatbot: data, training, evaluation and serving.")
+    p = argparse.ArgumentParser(
+        prog="bot", description="Contact-center chatbot: data, training, evaluation and serving."
+    )
     p.add_argument("-C", "--project", default=".", metavar="DIR", help="the bot project's folder (default: here)")
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="check and compile training_data/")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     data_commands.add_parser("validate", help="check every file; list every problem").set_defaults(run=cmd_validate)
-    data_commands.add_parser("compile", help="write build/train.jsonl and build/test.jsonl").set_defaults(run=cmd_compile)
-    data_commands.add_parser("stats", help="dialogues, turns and tokens per tag, without writing").set_defaults(run=cmd_stats)
+    data_commands.add_parser("compile", help="write build/train.jsonl and build/test.jsonl").set_defaults(
+        run=cmd_compile
+    )
+    data_commands.add_parser("stats", help="dialogues, turns and tokens per tag, without writing").set_defaults(
+        run=cmd_stats
+    )
     data_commands.add_parser(
-        "tool-schema", help="the JSON Schema of a tool call (vLLM's structured output: {\"json\": schema})"
+        "tool-schema", help='the JSON Schema of a tool call (vLLM\'s structured output: {"json": schema})'
     ).set_defaults(run=cmd_tool_schema)
     export_data = data_commands.add_parser(
-        "export", help="stored conversations into redacted dialogue drafts under training_data/drafts/",
-        description=EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "export",
+        help="stored conversations into redacted dialogue drafts under training_data/drafts/",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    export_data.add_argument("--conversation", metavar="ID", help="only this conversation (drafted again even if it was before)")
-    export_data.add_argument("--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)")
+    export_data.add_argument(
+        "--conversation", metavar="ID", help="only this conversation (drafted again even if it was before)"
+    )
+    export_data.add_argument(
+        "--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)"
+    )
     export_data.add_argument("--handed-off", action="store_true", help="only conversations handed to a person")
-    export_data.add_argument("--rated", choices=["down", "up"], help="only conversations with a bot message the customer rated so")
+    export_data.add_argument(
+        "--rated", choices=["down", "up"], help="only conversations with a bot message the customer rated so"
+    )
     export_data.set_defaults(run=cmd_export)
     data_commands.add_parser(
-        "review", help="walk the drafts: show each with its validation; accept into dialogues/ or tests/, edit, or reject"
+        "review",
+        help="walk the drafts: show each with its validation; accept into dialogues/ or tests/, edit, or reject",
     ).set_defaults(run=cmd_review)
 
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on the training data and activate it")
@@ -320,10 +383,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--if-needed", action="store_true", help="do nothing when a model already matches the data")
     train.add_argument("--force", action="store_true", help="activate the new model even if it fails the gate")
     train.add_argument(
-        "--config", metavar="FILE", help="apply FILE's 'train:' section over config.yml's (e.g. the tuned.yml 'bot tune' writes)"
+        "--config",
+        metavar="FILE",
+        help="apply FILE's 'train:' section over config.yml's (e.g. the tuned.yml 'bot tune' writes)",
     )
     train.add_argument(
-        "--progress-file", metavar="FILE", help="write progress as JSON lines to FILE instead of progress bars (steps, ETA, loss, the gate's verdict)"
+        "--progress-file",
+        metavar="FILE",
+        help="write progress as JSON lines to FILE instead of progress bars (steps, ETA, loss, the gate's verdict)",
     )
     train.set_defaults(run=cmd_train)
 
@@ -335,18 +402,28 @@ def parser() -> argparse.ArgumentParser:
     )
     search = tune.add_mutually_exclusive_group()
     search.add_argument(
-        "--reduced", action="store_true", help=f"2 learning rates, 1 epoch each: about {REDUCED_MINUTES} min on a 2-core CPU (default without CUDA)"
+        "--reduced",
+        action="store_true",
+        help=f"2 learning rates, 1 epoch each: about {REDUCED_MINUTES} min on a 2-core CPU (default without CUDA)",
     )
     search.add_argument("--full", action="store_true", help="the full 36-candidate grid (default on CUDA)")
     tune.add_argument(
-        "--grid", metavar="FILE", help="YAML: dotted train settings to lists of values, e.g. 'lora.rank: [8, 16]' (replaces the built-in grid)"
+        "--grid",
+        metavar="FILE",
+        help="YAML: dotted train settings to lists of values, e.g. 'lora.rank: [8, 16]' (replaces the built-in grid)",
     )
-    tune.add_argument("--output", metavar="FILE", help="where to write the best settings (default: tuned.yml in the project)")
+    tune.add_argument(
+        "--output", metavar="FILE", help="where to write the best settings (default: tuned.yml in the project)"
+    )
     tune.set_defaults(run=cmd_tune)
 
-    evaluate = commands.add_parser("eval", help="fine-tuned against zero-, one- and few-shot on the held-out dialogues")
+    evaluate = commands.add_parser(
+        "eval", help="fine-tuned against zero-, one- and few-shot on the held-out dialogues"
+    )
     evaluate.add_argument("--model", metavar="ID", help="the model to evaluate (default: the active one)")
-    evaluate.add_argument("--modes", metavar="LIST", help="comma-separated subset of zero-shot,one-shot,few-shot,fine-tuned")
+    evaluate.add_argument(
+        "--modes", metavar="LIST", help="comma-separated subset of zero-shot,one-shot,few-shot,fine-tuned"
+    )
     evaluate.set_defaults(run=cmd_eval)
 
     model_cmds = commands.add_parser("models", help="list, activate and export trained models")
@@ -359,17 +436,36 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("id")
     form = export.add_mutually_exclusive_group(required=True)
     form.add_argument(
-        "--adapter", metavar="DIR", help="the LoRA adapter as a PEFT folder with its tokenizer (vLLM: --enable-lora --lora-modules ID=DIR)"
+        "--adapter",
+        metavar="DIR",
+        help="the LoRA adapter as a PEFT folder with its tokenizer (vLLM: --enable-lora --lora-modules ID=DIR)",
     )
-    form.add_argument("--merged", metavar="DIR", help="the adapter merged into the base model, a plain Hugging Face folder (vLLM, llama.cpp)")
+    form.add_argument(
+        "--merged",
+        metavar="DIR",
+        help="the adapter merged into the base model, a plain Hugging Face folder (vLLM, llama.cpp)",
+    )
     export.set_defaults(run=cmd_models_export)
 
     serve = commands.add_parser("serve", help="serve the active model: chat API, widget, OpenAI-compatible API")
     serve.add_argument("--host", help="address to listen on (default: serve.host in config.yml, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: serve.port in config.yml, 5005)")
-    serve.add_argument("--engine", choices=["batching", "serial"], help="generation engine (default: serve.engine in config.yml, batching)")
-    serve.add_argument("--model-server", metavar="URL", help="generate on this OpenAI-compatible model server (vLLM or a bot serve); no weights are loaded here (default: model_server.url in endpoints.yml)")
-    serve.add_argument("--actions", metavar="PACKAGE", help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot")
+    serve.add_argument(
+        "--engine",
+        choices=["batching", "serial"],
+        help="generation engine (default: serve.engine in config.yml, batching)",
+    )
+    serve.add_argument(
+        "--model-server",
+        metavar="URL",
+        help="generate on this OpenAI-compatible model server (vLLM or a bot serve); no weights are loaded here "
+        "(default: model_server.url in endpoints.yml)",
+    )
+    serve.add_argument(
+        "--actions",
+        metavar="PACKAGE",
+        help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot",
+    )
     serve.set_defaults(run=cmd_serve)
 
     chat = commands.add_parser("chat", help="chat with the bot in the terminal")
@@ -379,7 +475,9 @@ def parser() -> argparse.ArgumentParser:
 
     conversations = commands.add_parser("conversations", help="stored conversations")
     conversation_actions = conversations.add_subparsers(dest="conversations_command", required=True, metavar="ACTION")
-    redact = conversation_actions.add_parser("redact", help="replace the personal data of one stored conversation in place (a data-protection request)")
+    redact = conversation_actions.add_parser(
+        "redact", help="replace the personal data of one stored conversation in place (a data-protection request)"
+    )
     redact.add_argument("id", help="the conversation id (sender)")
     redact.set_defaults(run=cmd_redact)
 

@@ -41,7 +41,9 @@ class _Shown:
             self.streamed += data["text"]
         elif event == "message":
             text = data.get("text") or ""
-            if self.streaming and text.strip() != self.streamed.strip():  # it replaces what streamed (the leak guard's refusal)
+            if (
+                self.streaming and text.strip() != self.streamed.strip()
+            ):  # it replaces what streamed (the leak guard's refusal)
                 _say(f"\nbot> {text}\n")
             else:
                 _say("\n" if self.streaming else f"bot> {text}\n")

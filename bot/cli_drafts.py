@@ -8,7 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bot.errors import BotError
 
@@ -27,7 +27,7 @@ class BadDate(BotError):
 def since_timestamp(text: str) -> float:
     """Midnight UTC at the start of a YYYY-MM-DD day."""
     try:
-        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise BadDate(f"--since takes a date as YYYY-MM-DD (UTC), not '{text}'") from None
 
@@ -62,8 +62,13 @@ def cmd_export(args) -> int:
     from bot.serve.conversation_search import ConversationFilter
 
     settings = load_settings(args.project)
-    wanted = ConversationFilter(since=since_timestamp(args.since) if args.since else None, handed_off=args.handed_off, rated=args.rated)
-    done = asyncio.run(_with_store(settings, lambda store: drafts.export(store, settings, wanted, conversation=args.conversation)))
+    since = since_timestamp(args.since) if args.since else None
+    wanted = ConversationFilter(since=since, handed_off=args.handed_off, rated=args.rated)
+
+    def export_from(store):
+        return drafts.export(store, settings, wanted, conversation=args.conversation)
+
+    done = asyncio.run(_with_store(settings, export_from))
     written = [d for d in done if isinstance(d, drafts.NewDraft)]
     for item in done:
         if isinstance(item, drafts.NewDraft):
@@ -150,7 +155,8 @@ def _summary(counts: dict, settings) -> int:
 
     left = len(drafts.draft_names(settings))
     print(
-        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests, rejected {counts['rejected']}, "
+        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests, "
+        f"rejected {counts['rejected']}, "
         f"skipped {counts['skipped']}; {left} draft{'s' if left != 1 else ''} left"
     )
     sys.stdout.flush()

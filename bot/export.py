@@ -58,8 +58,16 @@ class AdapterExport:
     def vllm_command(self) -> list[str]:
         """vLLM's OpenAI server for this adapter; requests name it by the model id."""
         return [
-            *VLLM_SERVER, "--model", self.base, "--tokenizer", str(self.folder),
-            "--enable-lora", "--lora-modules", f"{self.model_id}={self.folder}", "--max-lora-rank", str(self.max_lora_rank),
+            *VLLM_SERVER,
+            "--model",
+            self.base,
+            "--tokenizer",
+            str(self.folder),
+            "--enable-lora",
+            "--lora-modules",
+            f"{self.model_id}={self.folder}",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
         ]
 
 
@@ -125,7 +133,9 @@ def check_servable(model_id: str, config: dict) -> None:
 def _tokenizer_files(model: TrainedModel) -> list[Path]:
     files = [f for f in sorted(model.tokenizer_dir.glob("*")) if f.is_file()] if model.tokenizer_dir.is_dir() else []
     if not any(f.name == "tokenizer_config.json" for f in files):
-        raise IncompleteModel(f"model {model.id} has no tokenizer: {model.tokenizer_dir / 'tokenizer_config.json'} is missing")
+        raise IncompleteModel(
+            f"model {model.id} has no tokenizer: {model.tokenizer_dir / 'tokenizer_config.json'} is missing"
+        )
     return files
 
 

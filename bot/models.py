@@ -107,7 +107,8 @@ def activate(models_dir: Path, model_id: str) -> TrainedModel:
 
 def matching(models_dir: Path, data_hash: str, base: str) -> list[TrainedModel]:
     """Models trained on exactly this compiled data and base model."""
-    return [m for m in trained_models(models_dir) if m.manifest.get("data_hash") == data_hash and m.manifest.get("base_model") == base]
+    wanted = {"data_hash": data_hash, "base_model": base}
+    return [m for m in trained_models(models_dir) if all(m.manifest.get(k) == v for k, v in wanted.items())]
 
 
 def load_merged(model: TrainedModel, base: str, cache_dir: Path, dtype=None):
@@ -117,4 +118,3 @@ def load_merged(model: TrainedModel, base: str, cache_dir: Path, dtype=None):
     from bot.base_model import load_model
 
     return PeftModel.from_pretrained(load_model(base, cache_dir, dtype), model.adapter_dir).merge_and_unload().eval()
-

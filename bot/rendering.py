@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import re
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -58,8 +58,9 @@ def template_messages(messages: list[dict[str, Any]], tokenizer) -> list[dict[st
     for m in messages:
         content = m.get("content") or ""
         calls = m.get("tool_calls") or []
-        if calls:
-            content = content + "".join(tool_call_text(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls)
+        for call in calls:
+            function = call["function"]
+            content += tool_call_text(function["name"], json.loads(function["arguments"]))
         result.append({"role": m["role"], "content": _neutralize(content, special)})
     return result
 
@@ -102,7 +103,12 @@ def parse_reply(text: str) -> BotStep:
             call = json.loads(body[len(TOOL_CALL_OPEN) : -len(TOOL_CALL_CLOSE)])
         except json.JSONDecodeError:
             call = None
-        if isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments", {}), dict):
+        well_formed = (
+            isinstance(call, dict)
+            and isinstance(call.get("name"), str)
+            and isinstance(call.get("arguments", {}), dict)
+        )
+        if well_formed:
             return BotStep(text, call["name"], call.get("arguments", {}))
     named = re.search(r'"name"\s*:\s*"([^"]*)"', body)
     return BotStep(body, broken_call=named.group(1) if named else "")
@@ -150,7 +156,9 @@ def fitted_prompt_ids(
     `cancelled` is asked between exchanges: RenderCancelled once it says so."""
     head, exchanges = _exchanges(messages)
     if not exchanges:
-        raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+        raise RenderError(
+            f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)"
+        )
     plain_head = template_messages(head, tokenizer)
     plain: dict[int, list[dict[str, str]]] = {}  # exchange index -> its template messages, made when first needed
 
@@ -160,7 +168,8 @@ def fitted_prompt_ids(
         return plain[k]
 
     def rendered(start: int) -> list[int]:
-        return _ids(tokenizer, plain_head + [m for k in range(start, len(exchanges)) for m in plain_of(k)], generation_prompt=True)
+        kept = [m for k in range(start, len(exchanges)) for m in plain_of(k)]
+        return _ids(tokenizer, plain_head + kept, generation_prompt=True)
 
     def check() -> None:
         if cancelled is not None and cancelled():
@@ -173,7 +182,9 @@ def fitted_prompt_ids(
     last = len(exchanges) - 1
     ids = rendered(last)  # the system prompt, the latest exchange and the generation prompt, exactly
     if len(ids) > budget:
-        raise RenderError(f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)")
+        raise RenderError(
+            f"the latest message doesn't fit in the model's context ({budget:,} tokens left for the prompt)"
+        )
     anchor = plain_head or [{"role": "system", "content": ""}]
     anchor_text = tokenizer.apply_chat_template(anchor, tokenize=False)
     longest = _longest_token(tokenizer)
@@ -235,10 +246,14 @@ def render(tokenizer, messages: list[dict[str, Any]]) -> Example:
         start = len(_ids(tokenizer, plain[:i], generation_prompt=True))
         upto = _ids(tokenizer, plain[: i + 1])
         if input_ids[:start] != upto[:start] or input_ids[: len(upto)] != upto:
-            raise RenderError(f"message {i}: the chat template does not render conversation prefixes as token prefixes")
+            raise RenderError(
+                f"message {i}: the chat template does not render conversation prefixes as token prefixes"
+            )
         turn = upto[start:]
         if eos not in turn:
-            raise RenderError(f"message {i}: the chat template does not close the bot turn with {tokenizer.eos_token!r}")
+            raise RenderError(
+                f"message {i}: the chat template does not close the bot turn with {tokenizer.eos_token!r}"
+            )
         stop = start + len(turn) - turn[::-1].index(eos)  # through the last end-of-turn token
         labels[start:stop] = input_ids[start:stop]
     return Example(input_ids, labels)
@@ -255,7 +270,9 @@ def _exchanges(messages: list[dict]) -> tuple[list[dict], list[list[dict]]]:
     return head, exchanges
 
 
-def render_within(tokenizer, messages: list[dict[str, Any]], max_length: int, name: str = "conversation") -> list[Example]:
+def render_within(
+    tokenizer, messages: list[dict[str, Any]], max_length: int, name: str = "conversation"
+) -> list[Example]:
     """`render`, split at user turns into several examples when the conversation is longer than
     `max_length` tokens; each piece keeps the system prompt. Never cuts silently: an exchange
     that can't fit on its own raises RenderError."""
@@ -278,8 +295,8 @@ def render_within(tokenizer, messages: list[dict[str, Any]], max_length: int, na
         single = render(tokenizer, flat([exchange]))
         if len(single) > max_length:
             raise RenderError(
-                f"{name}: the exchange starting at user turn {k + 1} is {len(single):,} tokens with the system prompt, "
-                f"more than max_length {max_length:,}: shorten it or raise model.max_length"
+                f"{name}: the exchange starting at user turn {k + 1} is {len(single):,} tokens "
+                f"with the system prompt, more than max_length {max_length:,}: shorten it or raise model.max_length"
             )
         window = [exchange]
     examples.append(render(tokenizer, flat(window)))

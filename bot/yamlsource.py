@@ -29,8 +29,12 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans and without implicit timestamps."""
 
 
+_YAML_11_ONLY = (
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:timestamp",
+)  # YAML 1.1 ones; 1.2 booleans are added below
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML_11_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(
@@ -38,7 +42,9 @@ _Loader.add_implicit_resolver(
 )
 # YAML 1.2 floats: `2e-4` is a number (PyYAML's 1.1 rule wants a dot).
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"), list("-+0123456789.")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
@@ -87,7 +93,9 @@ def load_bytes(data: bytes, display_path: str) -> Document:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise fail(line, col, f"file is not UTF-8 text (byte 0x{data[e.start]:02x} can't be decoded): save it as UTF-8") from None
+        raise fail(
+            line, col, f"file is not UTF-8 text (byte 0x{data[e.start]:02x} can't be decoded): save it as UTF-8"
+        ) from None
     text = text.removeprefix("\ufeff")
 
     for number, line_text in enumerate(text.splitlines(), start=1):
@@ -121,7 +129,12 @@ def load_bytes(data: bytes, display_path: str) -> Document:
     except yaml.reader.ReaderError as e:  # a character YAML does not allow in a file (control characters)
         before = text[: e.position]
         line, col = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
-        raise fail(line, col, f"character U+{e.character:04X} is not allowed in YAML: remove it, or write it escaped in a double-quoted text") from None
+        raise fail(
+            line,
+            col,
+            f"character U+{e.character:04X} is not allowed in YAML: remove it, "
+            "or write it escaped in a double-quoted text",
+        ) from None
 
     if not nodes or nodes[0] is None:
         raise fail(1, 1, "file is empty")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from bot.data.grounding import source_text, ungrounded
+from bot.data.person_requests import PersonRequestRule
 from bot.data.schema import (
     HANDOFF_TOOL,
     Action,
@@ -16,8 +18,6 @@ from bot.data.schema import (
     TrainingData,
     UserTurn,
 )
-from bot.data.grounding import source_text, ungrounded
-from bot.data.person_requests import PersonRequestRule
 from bot.errors import Problem
 from bot.serve.leak_guard import MIN_SECRET_CHARS, letters
 from bot.typed import did_you_mean
@@ -30,7 +30,10 @@ TURN_NAMES = {UserTurn: "user", BotTurn: "bot", ActionTurn: "action", HandoffTur
 def check_person_requests(persona: Persona, doc: Document) -> list[Problem]:
     """Every pattern of `asking_for_a_person` must be a valid regular expression."""
     rule = PersonRequestRule.of(persona.asking_for_a_person)
-    return [doc.problem(("asking_for_a_person", section, k), f"not a valid regular expression: {error}") for section, k, error in rule.problems()]
+    return [
+        doc.problem(("asking_for_a_person", section, k), f"not a valid regular expression: {error}")
+        for section, k, error in rule.problems()
+    ]
 
 
 def check_secret(persona: Persona, doc: Document) -> list[Problem]:
@@ -38,19 +41,29 @@ def check_secret(persona: Persona, doc: Document) -> list[Problem]:
     found = len(letters(persona.secret)[0])
     if not persona.secret or found >= MIN_SECRET_CHARS:
         return []
-    return [doc.problem(("secret",), f"the secret has {found} letters or digits; it needs at least {MIN_SECRET_CHARS}, or the leak guard would cut ordinary replies that spell it")]
+    return [
+        doc.problem(
+            ("secret",),
+            f"the secret has {found} letters or digits; it needs at least {MIN_SECRET_CHARS}, "
+            "or the leak guard would cut ordinary replies that spell it",
+        )
+    ]
 
 
 def check_actions(actions: dict[str, Action], doc: Document) -> list[Problem]:
     problems = []
     for name, action in actions.items():
         if name == HANDOFF_TOOL:
-            problems.append(doc.problem(("actions", name), f"'{HANDOFF_TOOL}' is built in: use a 'handoff' turn", key=True))
+            problems.append(
+                doc.problem(("actions", name), f"'{HANDOFF_TOOL}' is built in: use a 'handoff' turn", key=True)
+            )
         for arg_name, arg in action.arguments.items():
             for k, value in enumerate(arg.enum or []):
                 if not arg.has_type(value):
                     loc = ("actions", name, "arguments", arg_name, "enum", k)
-                    problems.append(doc.problem(loc, f"enum value {value!r} is not of the argument's type '{arg.type}'"))
+                    problems.append(
+                        doc.problem(loc, f"enum value {value!r} is not of the argument's type '{arg.type}'")
+                    )
     return problems
 
 
@@ -60,7 +73,16 @@ def _check_args(d: Dialogue, j: int, turn: ActionTurn, action: Action) -> list[P
         declared = action.arguments.get(name)
         if declared is None:
             hint = did_you_mean(name, action.arguments)
-            problems.append(d.problem("turns", j, "args", name, message=f"action '{turn.action}' has no argument '{name}'{hint}", key=True))
+            problems.append(
+                d.problem(
+                    "turns",
+                    j,
+                    "args",
+                    name,
+                    message=f"action '{turn.action}' has no argument '{name}'{hint}",
+                    key=True,
+                )
+            )
             continue
         if not declared.has_type(value):
             hint = " (put it in quotes)" if declared.type == "string" and isinstance(value, (int, float)) else ""
@@ -68,7 +90,11 @@ def _check_args(d: Dialogue, j: int, turn: ActionTurn, action: Action) -> list[P
             problems.append(d.problem("turns", j, "args", name, message=message))
         elif declared.enum is not None and value not in declared.enum:
             allowed = ", ".join(str(v) for v in declared.enum)
-            problems.append(d.problem("turns", j, "args", name, message=f"argument '{name}' must be one of: {allowed}; not '{value}'"))
+            problems.append(
+                d.problem(
+                    "turns", j, "args", name, message=f"argument '{name}' must be one of: {allowed}; not '{value}'"
+                )
+            )
     for name, declared in action.arguments.items():
         if declared.required and name not in turn.args:
             problems.append(d.problem("turns", j, "action", message=f"action '{turn.action}' needs argument '{name}'"))
@@ -83,20 +109,44 @@ def _check_order(d: Dialogue) -> list[Problem]:
         if previous is None and not isinstance(turn, UserTurn):
             problems.append(d.problem("turns", j, message=f"a dialogue starts with a user turn, not a {kind} turn"))
         elif isinstance(previous, UserTurn) and isinstance(turn, UserTurn):
-            problems.append(d.problem("turns", j, message="two user turns in a row: the bot must answer the first before the next user turn (merge them or add a bot turn)"))
+            problems.append(
+                d.problem(
+                    "turns",
+                    j,
+                    message="two user turns in a row: the bot must answer the first before the next user turn "
+                    "(merge them or add a bot turn)",
+                )
+            )
         elif isinstance(previous, BotTurn) and not isinstance(turn, UserTurn):
-            problems.append(d.problem("turns", j, message=f"a {kind} turn can't follow a bot turn: the bot takes one step per user turn or action result"))
+            problems.append(
+                d.problem(
+                    "turns",
+                    j,
+                    message=f"a {kind} turn can't follow a bot turn: the bot takes one step per user turn or action "
+                    "result",
+                )
+            )
         elif isinstance(previous, ActionTurn) and isinstance(turn, UserTurn):
-            problems.append(d.problem("turns", j, message="the bot must reply to an action's result before the next user turn"))
+            problems.append(
+                d.problem("turns", j, message="the bot must reply to an action's result before the next user turn")
+            )
         if isinstance(turn, HandoffTurn) and j != len(d.turns) - 1:
             problems.append(d.problem("turns", j, message="a handoff ends the conversation: it must be the last turn"))
         previous = turn
     if not any(isinstance(t, BOT_STEPS) for t in d.turns):
         problems.append(d.problem("id", message=f"dialogue '{d.id}' has no bot turn: add the bot's reply"))
     elif isinstance(previous, UserTurn):
-        problems.append(d.problem("turns", len(d.turns) - 1, message="the dialogue ends with a user turn: add the bot's reply"))
+        problems.append(
+            d.problem("turns", len(d.turns) - 1, message="the dialogue ends with a user turn: add the bot's reply")
+        )
     elif isinstance(previous, ActionTurn):
-        problems.append(d.problem("turns", len(d.turns) - 1, message="the dialogue ends with an action: add the bot's reply that uses its result"))
+        problems.append(
+            d.problem(
+                "turns",
+                len(d.turns) - 1,
+                message="the dialogue ends with an action: add the bot's reply that uses its result",
+            )
+        )
     return problems
 
 
@@ -120,13 +170,19 @@ def _check_grounding(d: Dialogue, actions: dict[str, Action]) -> list[Problem]:
             seen.append(turn.user)
         elif isinstance(turn, ActionTurn) and turn.action in actions:
             for name in ungrounded(actions[turn.action], turn.args, seen):
-                message = f"'{name}' {json.dumps(turn.args[name])} appears nowhere before this call: the customer must give it (or an earlier action's result hold it) first"
+                value = json.dumps(turn.args[name])
+                message = (
+                    f"'{name}' {value} appears nowhere before this call: "
+                    "the customer must give it (or an earlier action's result hold it) first"
+                )
                 problems.append(d.problem("turns", j, "args", name, message=message))
             seen.append(source_text(turn.result))
     return problems
 
 
-def _check_dialogue(d: Dialogue, data: TrainingData, max_length: int, count_tokens: Callable[[str], int]) -> list[Problem]:
+def _check_dialogue(
+    d: Dialogue, data: TrainingData, max_length: int, count_tokens: Callable[[str], int]
+) -> list[Problem]:
     problems = _check_order(d) + _check_grounding(d, data.actions)
     for j, turn in enumerate(d.turns):
         for key, text in _turn_texts(turn):
@@ -134,12 +190,27 @@ def _check_dialogue(d: Dialogue, data: TrainingData, max_length: int, count_toke
                 problems.append(d.problem("turns", j, key, message=f"empty {key} message"))
             # A token covers at least one byte, so only long texts need the tokenizer.
             elif len(text.encode()) > max_length and (n := count_tokens(text)) > max_length:
-                problems.append(d.problem("turns", j, key, message=f"turn is {n:,} tokens, longer than the model's context of {max_length:,} (model.max_length in config.yml)"))
+                problems.append(
+                    d.problem(
+                        "turns",
+                        j,
+                        key,
+                        message=f"turn is {n:,} tokens, longer than the model's context of {max_length:,} "
+                        "(model.max_length in config.yml)",
+                    )
+                )
         if isinstance(turn, ActionTurn):
             action = data.actions.get(turn.action)
             if action is None:
                 hint = did_you_mean(turn.action, data.actions)
-                problems.append(d.problem("turns", j, "action", message=f"unknown action '{turn.action}'{hint}: declare it in actions.yml"))
+                problems.append(
+                    d.problem(
+                        "turns",
+                        j,
+                        "action",
+                        message=f"unknown action '{turn.action}'{hint}: declare it in actions.yml",
+                    )
+                )
             else:
                 problems += _check_args(d, j, turn, action)
     if d.expect:
@@ -158,7 +229,11 @@ def check(data: TrainingData, *, max_length: int, count_tokens: Callable[[str], 
         if d.id in first_seen:
             first = first_seen[d.id]
             line, col = first.doc.where(first.loc + ("id",))
-            problems.append(d.problem("id", message=f"duplicate dialogue id '{d.id}' (first used at {first.doc.path}:{line}:{col})"))
+            problems.append(
+                d.problem(
+                    "id", message=f"duplicate dialogue id '{d.id}' (first used at {first.doc.path}:{line}:{col})"
+                )
+            )
         else:
             first_seen[d.id] = d
         problems += _check_dialogue(d, data, max_length, count_tokens)

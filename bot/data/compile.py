@@ -44,19 +44,32 @@ def tools_schema(actions: dict[str, Action]) -> list[dict]:
             properties[arg_name] = prop
         required = [a for a, spec in action.arguments.items() if spec.required]
         parameters = {"type": "object", "properties": properties, "required": required}
-        tools.append({"type": "function", "function": {"name": name, "description": action.description, "parameters": parameters}})
+        tools.append(
+            {
+                "type": "function",
+                "function": {"name": name, "description": action.description, "parameters": parameters},
+            }
+        )
     handoff_parameters = {"type": "object", "properties": {"reason": {"type": "string"}}, "required": ["reason"]}
     tools.append(
         {
             "type": "function",
-            "function": {"name": HANDOFF_TOOL, "description": "Pass the conversation to a human agent.", "parameters": handoff_parameters},
+            "function": {
+                "name": HANDOFF_TOOL,
+                "description": "Pass the conversation to a human agent.",
+                "parameters": handoff_parameters,
+            },
         }
     )
     return tools
 
 
 def tool_call_message(call_id: str, name: str, arguments: dict, weight: int = 1) -> Message:
-    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+    call = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
     return {"role": "assistant", "content": "", "tool_calls": [call], "weight": weight}
 
 
@@ -95,6 +108,12 @@ def _jsonl(examples: list[dict]) -> str:
     return "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in examples)
 
 
+def _test_entry(d: Dialogue) -> dict[str, Any]:
+    """A held-out dialogue's index entry: where it is and what its replies are expected to do."""
+    expect = d.expect.model_dump() if d.expect else None
+    return {"id": d.id, "tags": list(d.tags), "file": d.doc.path, "expect": expect}
+
+
 def write(data: TrainingData, build_dir: Path) -> CompiledData:
     """Write train.jsonl, test.jsonl, index.json (ids, tags, expectations and the data hash) and
     profile.json (what the server needs: system prompt, actions, handoff message)."""
@@ -105,14 +124,15 @@ def write(data: TrainingData, build_dir: Path) -> CompiledData:
     index = {
         "data_hash": data_hash,
         "train": [{"id": d.id, "tags": list(d.tags), "file": d.doc.path} for d in data.train],
-        "test": [
-            {"id": d.id, "tags": list(d.tags), "file": d.doc.path, "expect": d.expect.model_dump() if d.expect else None}
-            for d in data.test
-        ],
+        "test": [_test_entry(d) for d in data.test],
     }
     files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", data_hash)
     profile = json.dumps(profile_of(data).to_json(), indent=2, ensure_ascii=False) + "\n"
-    outputs = [(files.train_file, train_text), (files.test_file, test_text), (files.index_file, json.dumps(index, indent=2) + "\n")]
+    outputs = [
+        (files.train_file, train_text),
+        (files.test_file, test_text),
+        (files.index_file, json.dumps(index, indent=2) + "\n"),
+    ]
     for path, text in outputs + [(build_dir / PROFILE_FILE, profile)]:
         atomic.write_text(path, text)  # processes may compile at once
     return files

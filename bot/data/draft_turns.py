@@ -13,7 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.events import ACTION, ACTION_PROBLEMS, ACTION_REJECTED, AGENT, BOT, HANDOFF, MODEL_UNAVAILABLE, RESUME, USER, Event
+from bot.serve.events import (
+    ACTION,
+    ACTION_PROBLEMS,
+    ACTION_REJECTED,
+    AGENT,
+    BOT,
+    HANDOFF,
+    MODEL_UNAVAILABLE,
+    RESUME,
+    USER,
+    Event,
+)
 from bot.serve.responder import GUARD, UNGROUNDED
 
 APOLOGY_AFTER = (*ACTION_PROBLEMS, MODEL_UNAVAILABLE)
@@ -69,7 +80,10 @@ class _Builder:
         """An action's result must be followed by a bot message: what the action showed, if the
         model said nothing; with nothing at all (the server stopped there), the actions go."""
         if self._last("action") is not None and self.action_messages:
-            self._bot("\n".join(self.action_messages), "the action's own message, shown to the customer: the model never wrote it")
+            self._bot(
+                "\n".join(self.action_messages),
+                "the action's own message, shown to the customer: the model never wrote it",
+            )
         self.action_messages = []
         if drop and self._last("action") is not None:
             while self._last("action") is not None:
@@ -97,7 +111,12 @@ class _Builder:
             failure = self.failure or "the model server gave no reply"
             self.failure = None
             self.action_messages = []
-            self._bot(text, f"{failure}: this apology is context only (train: false); write the answer a person would give, or leave it", train=False)
+            self._bot(
+                text,
+                f"{failure}: this apology is context only (train: false); write the answer a person would give, "
+                "or leave it",
+                train=False,
+            )
             return
         self.action_messages = []
         self._bot(text, note)
@@ -107,13 +126,17 @@ class _Builder:
         self._answered()  # a person answered: no handoff, their message is the bot's turn
         self._close_action(drop=False)
         who = f"agent {event['agent']}" if event.get("agent") else "an agent"
-        self._bot(event.get("text") or "", f"written by {who} after the handoff: check it says what the bot should say")
+        self._bot(
+            event.get("text") or "", f"written by {who} after the handoff: check it says what the bot should say"
+        )
 
     def action(self, event: Event) -> None:
         self.action_messages = []
         if self._last("user") is None and self._last("action") is None:
             return  # an action must answer the customer or follow another action
-        self.turns.append(DraftTurn({"action": event["name"], "args": event.get("arguments") or {}, "result": event.get("result")}))
+        self.turns.append(
+            DraftTurn({"action": event["name"], "args": event.get("arguments") or {}, "result": event.get("result")})
+        )
 
     def failed(self, event: Event) -> None:
         if event["type"] == MODEL_UNAVAILABLE:
@@ -156,7 +179,14 @@ class _Builder:
 def conversation_turns(events: list[Event]) -> ConversationTurns:
     """The dialogue turns of a stored conversation's events (oldest first)."""
     builder = _Builder(events)
-    steps = {USER: builder.user, BOT: builder.bot, AGENT: builder.agent, ACTION: builder.action, HANDOFF: builder.handoff_event, RESUME: builder.resume}
+    steps = {
+        USER: builder.user,
+        BOT: builder.bot,
+        AGENT: builder.agent,
+        ACTION: builder.action,
+        HANDOFF: builder.handoff_event,
+        RESUME: builder.resume,
+    }
     for event in events:
         kind = event.get("type")
         if kind in steps:

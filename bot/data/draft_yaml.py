@@ -59,14 +59,18 @@ def flow(value: Any) -> str:
 
 
 def comment(note: str | None) -> str:
-    return f"  # REVIEW: {' '.join(_UNSAFE.sub(' ', note).split())}" if note else ""  # a comment cannot escape a character
+    if not note:
+        return ""
+    one_line = " ".join(_UNSAFE.sub(" ", note).split())  # a comment cannot escape a character
+    return f"  # REVIEW: {one_line}"
 
 
 def turn_lines(turn: dict, note: str | None, indent: str = "      ") -> list[str]:
     """One turn of the `turns:` list (user, bot with train, action with args and result, handoff)."""
     more = indent + "  "
     if "action" in turn:
-        lines = [f"{indent}- action: {scalar(turn['action'])}{comment(note)}", f"{more}args: {flow(turn.get('args') or {})}"]
+        args = flow(turn.get("args") or {})
+        lines = [f"{indent}- action: {scalar(turn['action'])}{comment(note)}", f"{more}args: {args}"]
         if "result" in turn:
             lines.append(f"{more}result: {flow(turn['result'])}")
         return lines

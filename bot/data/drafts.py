@@ -44,6 +44,7 @@ DRAFTS = "drafts"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 Into = Literal["dialogues", "tests"]
 HEADER_MARK = "# Draft of conversation"
+EVERY_CONVERSATION = ConversationFilter()  # the default filter: no condition
 
 
 class DraftNotFound(BotError):
@@ -82,6 +83,7 @@ class NewDraft(DraftInfo):
 
 # -- where drafts live ------------------------------------------------------------------------------
 
+
 def drafts_dir(settings: Settings) -> Path:
     return settings.data_dir / DRAFTS
 
@@ -103,7 +105,9 @@ def draft_path(settings: Settings, name: str) -> Path:
 
 def draft_names(settings: Settings) -> list[str]:
     folder = drafts_dir(settings)
-    return sorted(p.stem for p in folder.glob("*.yml") if p.is_file() and NAME.fullmatch(p.stem)) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.yml") if p.is_file() and NAME.fullmatch(p.stem))
 
 
 def source_of(settings: Settings, sender: str) -> str:
@@ -139,7 +143,12 @@ def _project(settings: Settings) -> tuple[TrainingData | None, list[Dialogue]]:
     """The project's data as it is (whatever problems it has): its actions and dialogues. Read
     again only when one of its files changed (reading is the slow part of checking a draft)."""
     folder = settings.data_dir
-    files = [folder / "persona.yml", folder / "actions.yml", *yaml_files(folder / "dialogues"), *yaml_files(folder / "tests")]
+    files = [
+        folder / "persona.yml",
+        folder / "actions.yml",
+        *yaml_files(folder / "dialogues"),
+        *yaml_files(folder / "tests"),
+    ]
     stamp = tuple((str(f), st.st_mtime_ns, st.st_size) for f in files if f.is_file() and (st := f.stat()))
     cached = _read_cache.get(folder)
     if cached is None or cached[0] != stamp:
@@ -151,7 +160,9 @@ def _project(settings: Settings) -> tuple[TrainingData | None, list[Dialogue]]:
     return data, list(data.dialogues) if data else []
 
 
-def parse_draft(settings: Settings, text: str, display: str, *, held_out: bool = False) -> tuple[list[Dialogue], list[Problem]]:
+def parse_draft(
+    settings: Settings, text: str, display: str, *, held_out: bool = False
+) -> tuple[list[Dialogue], list[Problem]]:
     """The dialogues of a draft's text and every problem the validator finds in them, located in
     the text; a dialogue id already used in dialogues/ or tests/ is a problem too."""
     try:
@@ -162,12 +173,19 @@ def parse_draft(settings: Settings, text: str, display: str, *, held_out: bool =
     data, existing = _project(settings)
     if data is not None:
         draft_data = TrainingData(data.persona, data.actions, tuple(dialogues))
-        problems += check(draft_data, max_length=settings.build.model.max_length, count_tokens=LazyTokenizer(settings).count)
+        problems += check(
+            draft_data, max_length=settings.build.model.max_length, count_tokens=LazyTokenizer(settings).count
+        )
     used = {d.id: d for d in existing}
     for d in dialogues:
         if first := used.get(d.id):
             line, col = first.doc.where(first.loc + ("id",))
-            problems.append(d.problem("id", message=f"dialogue id '{d.id}' is already used at {first.doc.path}:{line}:{col}: choose another"))
+            problems.append(
+                d.problem(
+                    "id",
+                    message=f"dialogue id '{d.id}' is already used at {first.doc.path}:{line}:{col}: choose another",
+                )
+            )
     if not dialogues and not problems:
         problems.append(Problem(display, 1, 1, "no dialogue in the draft (a 'dialogues' list with one dialogue)"))
     return dialogues, sorted(problems)
@@ -199,7 +217,10 @@ def save_draft(settings: Settings, name: str, text: str) -> DraftInfo:
 
 # -- making drafts ----------------------------------------------------------------------------------
 
-def draft_text(source: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None) -> tuple[str, dict[str, int]]:
+
+def draft_text(
+    source: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None
+) -> tuple[str, dict[str, int]]:
     """The YAML of a redacted draft of this conversation, and what redaction replaced."""
     found = conversation_turns(events)
     if not any(t.kind == "user" for t in found.turns):
@@ -215,7 +236,9 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
             t.turn["result"] = redactor.value(t.turn.get("result"))
         else:
             t.turn[t.kind] = redactor.text(t.turn[t.kind])
-    notes = ["; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns]  # a failure's error may quote data
+    notes = [
+        "; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns
+    ]  # a failure's error may quote data
     summary = redactor.summary()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     header = [
@@ -239,7 +262,7 @@ def draft_text(source: str, events: list[Event], settings: Settings, *, name: st
         "    tags: []",
         "    turns:",
     ]
-    for t, note in zip(found.turns, notes):
+    for t, note in zip(found.turns, notes, strict=True):
         lines += turn_lines(t.turn, note)
     return "\n".join(lines) + "\n", summary
 
@@ -257,7 +280,9 @@ def write_draft(settings: Settings, sender: str, events: list[Event], *, rng: ra
     return NewDraft(name, path, text, problems, source, summary)
 
 
-async def draft_conversation(store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None) -> NewDraft:
+async def draft_conversation(
+    store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None
+) -> NewDraft:
     events = await store.events(sender)
     if not events:
         raise UnknownConversation(f"no stored conversation '{sender}'")
@@ -280,8 +305,12 @@ def drafted_sources(settings: Settings) -> dict[str, str]:
 
 
 async def export(
-    store: ConversationStore, settings: Settings, wanted: ConversationFilter = ConversationFilter(), *,
-    conversation: str | None = None, rng: random.Random | None = None,
+    store: ConversationStore,
+    settings: Settings,
+    wanted: ConversationFilter = EVERY_CONVERSATION,
+    *,
+    conversation: str | None = None,
+    rng: random.Random | None = None,
 ) -> list[NewDraft | Skipped]:
     """Drafts of the conversations that match (or of one conversation, if it matches): a
     conversation already drafted or accepted is skipped, unless it is the one asked for by id."""
@@ -307,6 +336,7 @@ async def export(
 
 
 # -- accepting and rejecting ------------------------------------------------------------------------
+
 
 def _plain(text: str) -> str:
     return " ".join(text.split()).casefold()
@@ -336,14 +366,25 @@ def _refusal(draft: Dialogue, existing: list[Dialogue], into: Into) -> str | Non
     turns = tuple(_turn_key(t) for t in draft.turns)
     for e in existing:
         same_turns = turns == tuple(_turn_key(t) for t in e.turns)
-        same_conversation = same_turns or (draft.source and draft.source == e.source) or _customer_side(draft) == _customer_side(e)
-        if not same_conversation:
+        same_source = bool(draft.source) and draft.source == e.source
+        if not (same_turns or same_source or _customer_side(draft) == _customer_side(e)):
             continue
         if into == "tests" and not e.held_out:
-            return f"a training conversation can't go into the tests: it is already {_where(e)}, and a test the model trained on measures nothing"
+            return (
+                f"a training conversation can't go into the tests: it is already {_where(e)}, "
+                "and a test the model trained on measures nothing"
+            )
         if into == "dialogues" and e.held_out:
-            return f"a held-out test conversation can't go into training: it is {_where(e)}, and the evaluation would then measure memory"
-        why = "the same turns" if same_turns else ("the same conversation" if draft.source == e.source and draft.source else "the same customer messages")
+            return (
+                f"a held-out test conversation can't go into training: it is {_where(e)}, "
+                "and the evaluation would then measure memory"
+            )
+        if same_turns:
+            why = "the same turns"
+        elif same_source:
+            why = "the same conversation"
+        else:
+            why = "the same customer messages"
         return f"duplicate of {_where(e)}: {why}"
     return None
 
@@ -375,8 +416,12 @@ def undrafted(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _content(d: Dialogue) -> tuple:
+    return (d.id, d.tags, d.turns, d.expect, d.source)
+
+
 def _same(a: list[Dialogue], b: list[Dialogue]) -> bool:
-    return [(d.id, d.tags, d.turns, d.expect, d.source) for d in a] == [(d.id, d.tags, d.turns, d.expect, d.source) for d in b]
+    return [_content(d) for d in a] == [_content(d) for d in b]
 
 
 def accept(settings: Settings, name: str, into: Into) -> Path:
@@ -399,12 +444,16 @@ def accept(settings: Settings, name: str, into: Into) -> Path:
         raise DraftRefused(f"{_display(settings, target)} already exists: rename the draft's file or reject it")
     final = undrafted(text)
     reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
-    expected = [Dialogue(d.id, d.tags, d.turns, False, d.expect, d.held_out, d.doc, d.loc, d.source) for d in dialogues]
+    expected = [
+        Dialogue(d.id, d.tags, d.turns, False, d.expect, d.held_out, d.doc, d.loc, d.source) for d in dialogues
+    ]
     if problems or not _same(reviewed, expected):  # the comments could not be taken out safely: only the draft mark
         final = "\n".join(line for line in text.splitlines() if not _DRAFT_LINE.match(line)) + "\n"
         reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
         if problems or not _same(reviewed, expected):
-            raise DraftRefused("the draft's 'draft: true' line could not be removed: remove it by hand, then accept it")
+            raise DraftRefused(
+                "the draft's 'draft: true' line could not be removed: remove it by hand, then accept it"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(final, encoding="utf-8")
     path.unlink()
@@ -417,10 +466,35 @@ def reject(settings: Settings, name: str) -> None:
 
 # -- a customer's data-protection request -------------------------------------------------------------
 
-KEPT_FIELDS = {"type", "timestamp", "seq", "by", "name", "rating", "rated_seq", "kind", "encoding", "where", "status", "agent", "action", "of"}
+KEPT_FIELDS = {
+    "type",
+    "timestamp",
+    "seq",
+    "by",
+    "name",
+    "rating",
+    "rated_seq",
+    "kind",
+    "encoding",
+    "where",
+    "status",
+    "agent",
+    "action",
+    "of",
+}
 
 
-async def redact_conversation(store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None) -> dict[str, int]:
+def _redacted_field(redactor: Redactor, name: str, value, slot: str | None):
+    """A kept field as it is; a slot's value redacted as the slot's name says, any other field
+    as its own name says."""
+    if name in KEPT_FIELDS:
+        return value
+    return redactor.value(value, slot if name == "value" else name)
+
+
+async def redact_conversation(
+    store: ConversationStore, settings: Settings, sender: str, *, rng: random.Random | None = None
+) -> dict[str, int]:
     """Redact one stored conversation in place (under its lock): every text and value of its
     events, with the same placeholders throughout; what was replaced, per kind."""
     async with store.lock(sender, settings.build.serve.lock_timeout_s):
@@ -428,13 +502,13 @@ async def redact_conversation(store: ConversationStore, settings: Settings, send
         if not events:
             raise UnknownConversation(f"no stored conversation '{sender}'")
         redactor = Redactor(settings.build.redaction, rng)
-        redactor.learn_names(
-            [e.get("text") or "" for e in events if e["type"] == USER],
-            [v for e in events for k, v in e.items() if k not in KEPT_FIELDS] + [{e["name"]: e.get("value")} for e in events if e["type"] == SLOT and "name" in e],
-        )
+        customer_texts = [e.get("text") or "" for e in events if e["type"] == USER]
+        field_values = [v for e in events for k, v in e.items() if k not in KEPT_FIELDS]
+        slot_values = [{e["name"]: e.get("value")} for e in events if e["type"] == SLOT and "name" in e]
+        redactor.learn_names(customer_texts, field_values + slot_values)
         redacted = []
         for event in events:
-            key = event.get("name") if event["type"] == SLOT else None
-            redacted.append({k: v if k in KEPT_FIELDS else redactor.value(v, key if k == "value" else k) for k, v in event.items()})
+            slot = event.get("name") if event["type"] == SLOT else None
+            redacted.append({k: _redacted_field(redactor, k, v, slot) for k, v in event.items()})
         await store.rewrite(sender, redacted)
     return redactor.summary()

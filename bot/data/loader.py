@@ -44,7 +44,13 @@ def _parse_turn(value: Any, doc: Document, loc: tuple) -> tuple[Turn | None, lis
         return None, [doc.problem(loc, "a turn must be a mapping such as 'user: text' or 'bot: text'")]
     kinds = [k for k in TURN_KINDS if k in value]
     if len(kinds) > 1:
-        return None, [doc.problem(loc, f"a turn has exactly one of 'user', 'bot', 'action' or 'handoff', not both '{kinds[0]}' and '{kinds[1]}'")]
+        return None, [
+            doc.problem(
+                loc,
+                "a turn has exactly one of 'user', 'bot', 'action' or 'handoff', "
+                f"not both '{kinds[0]}' and '{kinds[1]}'",
+            )
+        ]
     if not kinds:
         unknown = next(iter(value), "")
         hint = did_you_mean(str(unknown), TURN_KINDS)
@@ -69,7 +75,9 @@ def dialogues_in(doc: Document, held_out: bool) -> tuple[list[Dialogue], list[Pr
         header, found = parse(DialogueHeader, raw, doc, loc)
         problems += found
         if "expect" in raw and not held_out:
-            problems.append(doc.problem(loc + ("expect",), "'expect' is only for held-out dialogues in tests/", key=True))
+            problems.append(
+                doc.problem(loc + ("expect",), "'expect' is only for held-out dialogues in tests/", key=True)
+            )
         turns = []
         for j, raw_turn in enumerate(raw.get("turns") if isinstance(raw.get("turns"), list) else []):
             turn, found = _parse_turn(raw_turn, doc, loc + ("turns", j))
@@ -103,7 +111,14 @@ def read_training_data(data_dir: Path, root: Path) -> tuple[TrainingData | None,
     persona_file = data_dir / "persona.yml"
     persona = None
     if not persona_file.exists():
-        problems.append(Problem(_display(persona_file, root), 1, 1, "missing: every bot needs a persona (run 'bot init' for an example)"))
+        problems.append(
+            Problem(
+                _display(persona_file, root),
+                1,
+                1,
+                "missing: every bot needs a persona (run 'bot init' for an example)",
+            )
+        )
     elif doc := _read(persona_file, root, problems):
         persona, found = parse(Persona, doc.value, doc)
         problems += found
@@ -127,7 +142,14 @@ def read_training_data(data_dir: Path, root: Path) -> tuple[TrainingData | None,
                 dialogues += found_dialogues
                 problems += found
     if not any(not d.held_out for d in dialogues) and not problems:
-        problems.append(Problem(_display(data_dir / "dialogues", root), 1, 1, "no training dialogues found (*.yml files with a 'dialogues' list)"))
+        problems.append(
+            Problem(
+                _display(data_dir / "dialogues", root),
+                1,
+                1,
+                "no training dialogues found (*.yml files with a 'dialogues' list)",
+            )
+        )
     if persona is None:
         return None, problems
     return TrainingData(persona, actions, tuple(dialogues)), problems

@@ -56,7 +56,9 @@ class PersonRequestRule:
 
     @cached_property
     def _compiled(self) -> tuple[list[re.Pattern], list[re.Pattern]]:
-        return ([re.compile(self._expand(p)) for p in self.patterns], [re.compile(self._expand(p)) for p in self.unless])
+        patterns = [re.compile(self._expand(p)) for p in self.patterns]
+        unless = [re.compile(self._expand(p)) for p in self.unless]
+        return (patterns, unless)
 
     @cached_property
     def vocabulary(self) -> frozenset[str]:
@@ -69,7 +71,9 @@ class PersonRequestRule:
             return word
         for known in difflib.get_close_matches(word, self.vocabulary, n=3, cutoff=TYPO_SIMILARITY):
             # One slip, not another form of the word: "manage" is not a typo of "manager".
-            if known[0] == word[0] and abs(len(known) - len(word)) <= 1 and not (known.startswith(word) or word.startswith(known)):
+            one_slip = known[0] == word[0] and abs(len(known) - len(word)) <= 1
+            other_form = known.startswith(word) or word.startswith(known)
+            if one_slip and not other_form:
                 return known
         return word
 

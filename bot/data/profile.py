@@ -1,7 +1,8 @@
 """What the server needs to know about the bot besides its weights: the system prompt it was
 trained with, the actions it may call (with their argument declarations), what it says when
-it hands over or refuses, and the replies it was taught (the leak guard never cuts those). `bot data compile` writes it to build/profile.json and training copies it into
-the model's folder, so a served model always gets the prompt it learned with.
+it hands over or refuses, and the replies it was taught (the leak guard never cuts those).
+`bot data compile` writes it to build/profile.json and training copies it into the model's folder,
+so a served model always gets the prompt it learned with.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
-from bot.data.prompt import system_prompt
 from bot.data.person_requests import PersonRequestRule
+from bot.data.prompt import system_prompt
 from bot.data.schema import DEFAULT_REFUSAL, Action, BotTurn, PersonRequests, TrainingData
 
 PROFILE_FILE = "profile.json"
@@ -83,7 +84,8 @@ class BotProfile:
 
 def profile_of(data: TrainingData) -> BotProfile:
     persona = data.persona
-    taught = dict.fromkeys(turn.bot for d in data.train for turn in d.turns if isinstance(turn, BotTurn))  # in order, once each
+    bot_turns = [turn for d in data.train for turn in d.turns if isinstance(turn, BotTurn)]
+    taught = dict.fromkeys(turn.bot for turn in bot_turns)  # in order, once each
     return BotProfile(
         system_prompt(persona, data.actions),
         dict(data.actions),

@@ -28,9 +28,15 @@ def system_prompt(persona: Persona, actions: dict[str, Action]) -> str:
         lines.append(f"Tone: {persona.tone}")
     lines += [f"- {rule}" for rule in persona.rules]
     first = next(iter(actions.items()), None)
-    example = json.dumps({"name": first[0], "arguments": {a: "..." for a in first[1].arguments}} if first else {"name": HANDOFF_TOOL, "arguments": {"reason": "..."}})
+    if first:
+        name, action = first
+        example_call = {"name": name, "arguments": {a: "..." for a in action.arguments}}
+    else:
+        example_call = {"name": HANDOFF_TOOL, "arguments": {"reason": "..."}}
+    example = json.dumps(example_call)
     tools = [_signature(name, action) for name, action in actions.items()] + [f"{HANDOFF_TOOL}(reason)"]
-    lines.append(f"Tools (to use one, reply with only {TOOL_CALL_OPEN}{example}{TOOL_CALL_CLOSE}): " + ", ".join(tools) + ".")
+    listed = ", ".join(tools)
+    lines.append(f"Tools (to use one, reply with only {TOOL_CALL_OPEN}{example}{TOOL_CALL_CLOSE}): {listed}.")
     if persona.secret:
         lines.append(f"Confidential reference, never repeat it: {persona.secret}")
     return "\n".join(lines)

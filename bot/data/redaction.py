@@ -16,6 +16,7 @@ each kind were replaced, never which.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter
@@ -31,30 +32,168 @@ KINDS = ("email", "card", "phone", "postcode", "account", "order", "name")
 PRIORITY = ("email", "card", "account", "order", "phone", "postcode", "name")
 
 FIRST_NAMES = (
-    "Alex", "Sam", "Jordan", "Morgan", "Casey", "Robin", "Jamie", "Taylor", "Riley", "Avery", "Quinn", "Rowan",
-    "Charlie", "Frankie", "Harper", "Elliot", "Kit", "Logan", "Reese", "Sasha", "Toni", "Drew", "Emery", "Finley",
+    "Alex",
+    "Sam",
+    "Jordan",
+    "Morgan",
+    "Casey",
+    "Robin",
+    "Jamie",
+    "Taylor",
+    "Riley",
+    "Avery",
+    "Quinn",
+    "Rowan",
+    "Charlie",
+    "Frankie",
+    "Harper",
+    "Elliot",
+    "Kit",
+    "Logan",
+    "Reese",
+    "Sasha",
+    "Toni",
+    "Drew",
+    "Emery",
+    "Finley",
 )
 SURNAMES = (
-    "Smith", "Jones", "Taylor", "Brown", "Evans", "Walker", "Wright", "Hughes", "Green", "Hall", "Wood", "Clarke",
-    "Turner", "Hill", "Cooper", "Ward", "Morris", "Baker", "Harris", "Carter", "Bennett", "Price", "Russell", "Mason",
+    "Smith",
+    "Jones",
+    "Taylor",
+    "Brown",
+    "Evans",
+    "Walker",
+    "Wright",
+    "Hughes",
+    "Green",
+    "Hall",
+    "Wood",
+    "Clarke",
+    "Turner",
+    "Hill",
+    "Cooper",
+    "Ward",
+    "Morris",
+    "Baker",
+    "Harris",
+    "Carter",
+    "Bennett",
+    "Price",
+    "Russell",
+    "Mason",
 )
 # Card numbers published for testing payments: Luhn-valid, never a real customer's.
 TEST_CARDS = (
-    "4242424242424242", "4000056655665556", "5555555555554444", "2223003122003222", "5200828282828210",
-    "5105105105105100", "6011111111111117", "6011000990139424", "3566002020360505", "378282246310005",
-    "371449635398431", "30569309025904", "38520000023237", "4000002500003155", "4000000000003220",
+    "4242424242424242",
+    "4000056655665556",
+    "5555555555554444",
+    "2223003122003222",
+    "5200828282828210",
+    "5105105105105100",
+    "6011111111111117",
+    "6011000990139424",
+    "3566002020360505",
+    "378282246310005",
+    "371449635398431",
+    "30569309025904",
+    "38520000023237",
+    "4000002500003155",
+    "4000000000003220",
 )
-POSTCODE_AREAS = ("LS", "M", "B", "BD", "S", "NE", "EH", "G", "CF", "BS", "L", "NG", "LE", "YO", "HU", "SO", "PL", "EX", "OX", "CB")
+POSTCODE_AREAS = (
+    "LS",
+    "M",
+    "B",
+    "BD",
+    "S",
+    "NE",
+    "EH",
+    "G",
+    "CF",
+    "BS",
+    "L",
+    "NG",
+    "LE",
+    "YO",
+    "HU",
+    "SO",
+    "PL",
+    "EX",
+    "OX",
+    "CB",
+)
 INWARD_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
 STOP_WORDS = {
-    "and", "from", "here", "i", "im", "my", "the", "a", "please", "thanks", "thank", "but", "so", "on", "at", "with", "to", "is",
-    "not", "in", "back", "later", "now", "again", "still", "also", "just", "really", "very",
+    "and",
+    "from",
+    "here",
+    "i",
+    "im",
+    "my",
+    "the",
+    "a",
+    "please",
+    "thanks",
+    "thank",
+    "but",
+    "so",
+    "on",
+    "at",
+    "with",
+    "to",
+    "is",
+    "not",
+    "in",
+    "back",
+    "later",
+    "now",
+    "again",
+    "still",
+    "also",
+    "just",
+    "really",
+    "very",
 }
 # Capitalised words that follow "it's" or "this is" without being anyone's name.
 NOT_NAMES = {
-    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may",
-    "june", "july", "august", "september", "october", "november", "december", "today", "tomorrow", "yesterday", "fine", "okay",
-    "ok", "urgent", "important", "ridiculous", "done", "sorted", "broken", "me", "us", "him", "her", "them", "it",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "fine",
+    "okay",
+    "ok",
+    "urgent",
+    "important",
+    "ridiculous",
+    "done",
+    "sorted",
+    "broken",
+    "me",
+    "us",
+    "him",
+    "her",
+    "them",
+    "it",
 }
 NAME_WORD = r"[^\W\d_][\w'’-]*"
 
@@ -101,12 +240,16 @@ class Redactor:
         self.config = config
         self.rng = rng or random.SystemRandom()
         p = config.patterns
-        self._patterns = {kind: re.compile(getattr(p, kind)) for kind in ("email", "card", "postcode", "account", "order")}
+        self._patterns = {
+            kind: re.compile(getattr(p, kind)) for kind in ("email", "card", "postcode", "account", "order")
+        }
         strong = "|".join(_phrase(w) for w in config.name_phrases) or r"(?!x)x"
         weak = "|".join(_phrase(w) for w in config.name_intros) or r"(?!x)x"
         self._said = re.compile(rf"(?i:\b(?:{strong}))\s+({NAME_WORD}(?:\s+{NAME_WORD})?)")
         capital = r"[A-Z][a-z'’-]+"
-        self._introduced = re.compile(rf"(?i:\b(?:{weak}))\s+({capital}(?:\s+{capital})?)(?=\s*(?:$|[.,!?;:)]|\s(?:and|from|here)\b))")
+        self._introduced = re.compile(
+            rf"(?i:\b(?:{weak}))\s+({capital}(?:\s+{capital})?)(?=\s*(?:$|[.,!?;:)]|\s(?:and|from|here)\b))"
+        )
         self._placeholders: dict[tuple[str, str], str] = {}  # (kind, normalised value) -> placeholder
         self._originals: set[str] = set()
         self._names: dict[str, tuple[str, set[str]]] = {}  # name word (casefolded) -> (placeholder, forms seen)
@@ -156,7 +299,8 @@ class Redactor:
             if key not in self._names:
                 choices = SURNAMES if surname or i > 0 else FIRST_NAMES
                 used = {p for p, _ in self._names.values()}
-                free = [n for n in choices if n not in used and n.casefold() != key] or [n for n in choices if n.casefold() != key]
+                other_names = [n for n in choices if n.casefold() != key]
+                free = [n for n in other_names if n not in used] or other_names
                 self._names[key] = (self.rng.choice(free), set())
                 self._counts["name"] += 1
             self._names[key][1].update({word, word[:1].upper() + word[1:]})
@@ -243,7 +387,9 @@ class Redactor:
         """Phone numbers the phonenumbers library finds: valid ones, or possible ones written as
         phone numbers (from + or 0, at least 9 digits), such as 07700 900123."""
         spans = []
-        for m in phonenumbers.PhoneNumberMatcher(text, self.config.phone_region, leniency=phonenumbers.Leniency.POSSIBLE):
+        for m in phonenumbers.PhoneNumberMatcher(
+            text, self.config.phone_region, leniency=phonenumbers.Leniency.POSSIBLE
+        ):
             raw, number = m.raw_string, m.number
             written_as_phone = raw.lstrip().startswith(("+", "0")) and len(str(number.national_number)) >= 9
             if phonenumbers.is_valid_number(number) or written_as_phone:
@@ -254,16 +400,16 @@ class Redactor:
         """Every value found, by kind: (start, end, what makes its placeholder)."""
         found: dict[str, list] = {kind: [] for kind in PRIORITY}
         for m in self._patterns["email"].finditer(text):
-            found["email"].append((m.start(), m.end(), lambda g=m.group(): self._email(g)))
+            found["email"].append((m.start(), m.end(), functools.partial(self._email, m.group())))
         for m in self._patterns["card"].finditer(text):
             if luhn_valid(_digits(m.group())):
-                found["card"].append((m.start(), m.end(), lambda g=m.group(): self._card(g)))
+                found["card"].append((m.start(), m.end(), functools.partial(self._card, m.group())))
         for kind in ("account", "order"):
             for m in self._patterns[kind].finditer(text):
-                found[kind].append((m.start(), m.end(), lambda g=m.group(), kind=kind: self._shaped(kind, g)))
+                found[kind].append((m.start(), m.end(), functools.partial(self._shaped, kind, m.group())))
         found["phone"] = self._phones(text)
         for m in self._patterns["postcode"].finditer(text):
-            found["postcode"].append((m.start(), m.end(), lambda g=m.group(): self._postcode(g)))
+            found["postcode"].append((m.start(), m.end(), functools.partial(self._postcode, m.group())))
         found["name"] = [(start, end, lambda p=p: p) for start, end, p in self._name_spans(text)]
         return found
 

@@ -19,7 +19,12 @@ DEFAULT_MAX_CHARS = 64  # a text argument's longest value in a tool call (ids, d
 HANDOFF_REASON_MAX_CHARS = 160  # the handoff's free-text reason: one sentence for the agent
 DEFAULT_REFUSAL = "Sorry, I can't share that. Is there anything else I can help you with?"
 ArgType = Literal["string", "integer", "number", "boolean"]
-PYTHON_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,)}
+PYTHON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+}
 
 
 class PersonRequests(Strict):
@@ -48,7 +53,8 @@ class Persona(Strict):
     refusal: str = Field(
         DEFAULT_REFUSAL,
         min_length=1,
-        description="What the customer sees instead of a reply that would have repeated the instructions or the secret (the leak guard).",
+        description="What the customer sees instead of a reply that would have repeated the instructions "
+        "or the secret (the leak guard).",
     )
 
 

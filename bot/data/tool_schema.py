@@ -50,7 +50,8 @@ def _call_schema(name: str, arguments: dict[str, Argument]) -> dict:
 def tool_call_schema(actions: dict[str, Action]) -> dict:
     """JSON Schema of one call: `{"name", "arguments"}` of a declared action or the handoff."""
     handoff = {"reason": Argument(type="string", max_chars=HANDOFF_REASON_MAX_CHARS)}
-    calls = [_call_schema(name, action.arguments) for name, action in actions.items()] + [_call_schema(HANDOFF_TOOL, handoff)]
+    declared = [_call_schema(name, action.arguments) for name, action in actions.items()]
+    calls = declared + [_call_schema(HANDOFF_TOOL, handoff)]
     return {"anyOf": calls}
 
 
@@ -58,8 +59,10 @@ def tool_call_grammar(actions: dict[str, Action]) -> str:
     """A Lark grammar (llguidance's dialect) of a whole call reply: optional leading whitespace,
     the opening tag, the JSON of `tool_call_schema`, the closing tag."""
     schema = dict(tool_call_schema(actions), **{"x-guidance": LAYOUT})
-    return "\n".join([
-        f"start: SPACE? {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)}",
-        r"SPACE: /[ \n]{1,2}/",  # bounded: a forced call can't be whitespace for ever
-        f"call: %json {json.dumps(schema)}",
-    ])
+    return "\n".join(
+        [
+            f"start: SPACE? {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)}",
+            r"SPACE: /[ \n]{1,2}/",  # bounded: a forced call can't be whitespace for ever
+            f"call: %json {json.dumps(schema)}",
+        ]
+    )

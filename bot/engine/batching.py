@@ -47,7 +47,9 @@ class BatchingEngine(ThreadedEngine):
         ignore_eos: bool = False,
         constraint: ToolCallConstraint | None = None,
     ):
-        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint)
+        super().__init__(
+            model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint
+        )
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.spec = KVSpec.of(model)
         self.max_batch, self.prefill_tokens = max_batch, prefill_tokens
@@ -104,7 +106,9 @@ class BatchingEngine(ThreadedEngine):
         self.rows, self.cache = [], None
         return running
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache, requests=()) -> list[int]:
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache, requests=()
+    ) -> list[int]:
         """The next token of each row (greedy); `cache` grows by ids' width. `requests` are the
         rows' requests in batch order, for the tool-call constraint."""
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)
@@ -174,7 +178,8 @@ class BatchingEngine(ThreadedEngine):
         right-aligned), and their first tokens."""
         suffix = max(len(r.prompt) - reused for r, _, reused in group)
         reuse = [max(0, len(r.prompt) - suffix) for r, _, _ in group]  # never more than was found
-        cache = BatchCache.from_prefixes([e.kv if e else None for _, e, _ in group], reuse, self.spec, spare=suffix + 32)
+        prefixes = [e.kv if e else None for _, e, _ in group]
+        cache = BatchCache.from_prefixes(prefixes, reuse, self.spec, spare=suffix + 32)
         width = cache.width + suffix
         ids = torch.full((len(group), suffix), self.pad_id, dtype=torch.long)
         starts = []
@@ -190,9 +195,10 @@ class BatchingEngine(ThreadedEngine):
         device = self.spec.device
         starts_t = torch.tensor(starts, device=device)
         positions = (torch.arange(cache.width, width, device=device)[None, :] - starts_t[:, None]).clamp(min=0)
-        tokens = self._forward(ids.to(device), positions, self._mask(starts_t, cache.width, suffix), cache, [r for r, _, _ in group])
+        mask = self._mask(starts_t, cache.width, suffix)
+        tokens = self._forward(ids.to(device), positions, mask, cache, [r for r, _, _ in group])
         rows = []
-        for b, ((request, _, _), start, token) in enumerate(zip(group, starts, tokens)):
+        for b, ((request, _, _), start, token) in enumerate(zip(group, starts, tokens, strict=True)):
             row = _Row(request, start)
             if not self._advance(row, token, cache, b):
                 rows.append(row)
@@ -219,7 +225,8 @@ class BatchingEngine(ThreadedEngine):
         cache = BatchCache.from_prefixes([None], [0], self.spec, spare=len(prefix))
         starts = torch.zeros(1, dtype=torch.long, device=self.spec.device)
         positions = torch.arange(len(prefix), device=self.spec.device)[None]
-        self._forward(torch.tensor([prefix], device=self.spec.device), positions, self._mask(starts, 0, len(prefix)), cache)
+        ids = torch.tensor([prefix], device=self.spec.device)
+        self._forward(ids, positions, self._mask(starts, 0, len(prefix)), cache)
         self.prompts.add(prefix, cache.row(0, 0, len(prefix)), pinned=True)
 
     # -- decode ----------------------------------------------------------------------------
@@ -228,8 +235,11 @@ class BatchingEngine(ThreadedEngine):
         width = cache.width
         starts = torch.tensor([row.start for row in self.rows], device=device)
         ids = torch.tensor([[row.last] for row in self.rows], device=device)
-        tokens = self._forward(ids, (width - starts)[:, None], self._mask(starts, width, 1), cache, [row.request for row in self.rows])
-        finished = {b for b, (row, token) in enumerate(zip(self.rows, tokens)) if self._advance(row, token, cache, b)}
+        positions = (width - starts)[:, None]
+        requests = [row.request for row in self.rows]
+        tokens = self._forward(ids, positions, self._mask(starts, width, 1), cache, requests)
+        next_tokens = enumerate(zip(self.rows, tokens, strict=True))
+        finished = {b for b, (row, token) in next_tokens if self._advance(row, token, cache, b)}
         if finished:
             keep = [b for b in range(len(self.rows)) if b not in finished]
             self.rows = [self.rows[b] for b in keep]

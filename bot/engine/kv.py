@@ -78,7 +78,8 @@ class BatchCache(Cache):
 
     def row(self, b: int, start: int, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Row b's columns start..stop-1, copied out (one [1, heads, n, dim] pair per layer)."""
-        return [(layer.keys[b : b + 1, :, start:stop].clone(), layer.values[b : b + 1, :, start:stop].clone()) for layer in self.layers]
+        columns = (slice(b, b + 1), slice(None), slice(start, stop))
+        return [(layer.keys[columns].clone(), layer.values[columns].clone()) for layer in self.layers]
 
     def keep(self, rows: list[int], trim: int) -> None:
         """Keep only `rows` (in this order) and drop the first `trim` columns (padding for all)."""
@@ -100,7 +101,7 @@ class BatchCache(Cache):
             shape = (rows, first.keys.shape[1], width + spare, first.keys.shape[3])
             keys, values = first.keys.new_zeros(shape), first.values.new_zeros(shape)
             at = 0
-            for part, shift in zip(parts, shifts):
+            for part, shift in zip(parts, shifts, strict=True):
                 layer = part.layers[i]
                 n = layer.keys.shape[0]
                 keys[at : at + n, :, shift:width] = layer.keys[:, :, : layer.width]
@@ -110,7 +111,13 @@ class BatchCache(Cache):
         return cls(layers), shifts
 
     @classmethod
-    def from_prefixes(cls, prefixes: list[list[tuple[torch.Tensor, torch.Tensor]] | None], lengths: list[int], spec: KVSpec, spare: int) -> BatchCache:
+    def from_prefixes(
+        cls,
+        prefixes: list[list[tuple[torch.Tensor, torch.Tensor]] | None],
+        lengths: list[int],
+        spec: KVSpec,
+        spare: int,
+    ) -> BatchCache:
         """Rows made of the first `lengths[b]` cached columns of `prefixes[b]`, right-aligned,
         with `spare` free columns after them."""
         width = max(lengths)
@@ -119,7 +126,7 @@ class BatchCache(Cache):
         for i in range(spec.layers):
             keys = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
             values = torch.zeros(shape, dtype=spec.dtype, device=spec.device)
-            for b, (prefix, n) in enumerate(zip(prefixes, lengths)):
+            for b, (prefix, n) in enumerate(zip(prefixes, lengths, strict=True)):
                 if n:
                     keys[b, :, width - n : width] = prefix[i][0][0, :, :n]
                     values[b, :, width - n : width] = prefix[i][1][0, :, :n]
@@ -151,7 +158,7 @@ def common_prefix(sequences: list[list[int]]) -> list[int]:
     first = sequences[0]
     n = len(first)
     for other in sequences[1:]:
-        n = next((i for i, (a, b) in enumerate(zip(first[:n], other)) if a != b), min(n, len(other)))
+        n = next((i for i, (a, b) in enumerate(zip(first[:n], other, strict=False)) if a != b), min(n, len(other)))
     return first[:n]
 
 
@@ -201,7 +208,8 @@ class PromptCache:
             return False
         new = torch.tensor(tokens)
         for key, entry in list(self.entries.items()):
-            if not entry.pinned and len(entry.tokens) <= len(new) and self._common(entry.tokens, new) == len(entry.tokens):
+            is_prefix_of_new = len(entry.tokens) <= len(new) and self._common(entry.tokens, new) == len(entry.tokens)
+            if not entry.pinned and is_prefix_of_new:
                 self._drop(key)
         for key, entry in list(self.entries.items()):
             if self.nbytes + nbytes <= self.limit_bytes:

@@ -16,9 +16,9 @@ from bot import models
 from bot.base_model import load_model
 from bot.config import ServeConfig, Settings
 from bot.data.profile import BotProfile
-from bot.engine.frontend import load_frontend
-from bot.engine.constraint import ToolCallConstraint
 from bot.engine.batching import BatchingEngine
+from bot.engine.constraint import ToolCallConstraint
+from bot.engine.frontend import load_frontend
 from bot.engine.kv import common_prefix
 from bot.engine.protocol import Engine
 from bot.engine.requests import leave_cores_to_engines
@@ -48,7 +48,9 @@ class Weights:
     trained: models.TrainedModel | None
 
 
-def load_weights(settings: Settings, trained: models.TrainedModel | None, *, base_only: bool = False, dtype=None) -> Weights:
+def load_weights(
+    settings: Settings, trained: models.TrainedModel | None, *, base_only: bool = False, dtype=None
+) -> Weights:
     """`trained` with its adapter merged in (as fast as the base model), or the base model of
     config.yml when `trained` is None. `base_only`: the trained model's own base, no adapter
     (the evaluation's prompting baselines). The calling thread's torch work stays on one core
@@ -71,7 +73,9 @@ def shared_prefix(tokenizer, system_prompt: str) -> list[int]:
     return common_prefix([prompt_ids(tokenizer, [system, {"role": "user", "content": text}]) for text in ("a", "b")])
 
 
-def start_engine(weights: Weights, serve: ServeConfig, max_length: int, *, kind: str | None = None, ignore_eos: bool = False) -> Engine:
+def start_engine(
+    weights: Weights, serve: ServeConfig, max_length: int, *, kind: str | None = None, ignore_eos: bool = False
+) -> Engine:
     """The engine config.yml's `serve` section asks for (or `kind`), around loaded weights."""
     kind = kind or serve.engine
     return ENGINES[kind](

@@ -69,7 +69,9 @@ class Engine(ABC):
     name = "?"
 
     @abstractmethod
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False) -> AsyncIterator[str | Finished]:
+    def stream(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False
+    ) -> AsyncIterator[str | Finished]:
         """Text pieces as they are generated, then one `Finished`. Raises an EngineError
         subclass for a request that can't be served. Closing the iterator early cancels this
         request alone. An engine with the tool-call constraint keeps any call the reply opens

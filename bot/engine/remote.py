@@ -71,7 +71,9 @@ class RemoteEngine(Engine):
         self.fault = reason
         return ModelServerUnavailable(f"the model server at {self.url} {reason}")
 
-    async def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False) -> AsyncIterator[str | Finished]:
+    async def stream(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False
+    ) -> AsyncIterator[str | Finished]:
         if self.closed:
             raise EngineClosed("the model engine is closed")
         if tool_call:
@@ -111,7 +113,7 @@ class RemoteEngine(Engine):
                             reason = choice.get("finish_reason") or reason
             except ModelServerUnavailable:
                 raise
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise self._failed(f"sent nothing for {self.timeout_s:g} s") from None
             except aiohttp.ClientConnectorError:
                 raise self._failed("can't be reached") from None
@@ -162,4 +164,3 @@ class RemoteEngine(Engine):
 
     def in_flight(self) -> int:
         return self._in_flight
-

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import torch
 
-from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
 from bot.engine.constraint import CallFollower, ToolCallConstraint
+from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
 from bot.engine.text import IncrementalText
 
 _ids = itertools.count(1)
@@ -103,7 +103,16 @@ class ThreadedEngine(Engine):
     sends back into an async iterator. That thread alone uses all the cores for torch (see
     `leave_cores_to_engines`). A subclass sets itself up, then calls `self.thread.start()`."""
 
-    def __init__(self, model, tokenizer, *, max_length: int, max_queue: int, ignore_eos: bool, constraint: ToolCallConstraint | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_length: int,
+        max_queue: int,
+        ignore_eos: bool,
+        constraint: ToolCallConstraint | None = None,
+    ):
         self.model = model.eval()
         self.constraint = constraint
         self.tokenizer = tokenizer
@@ -168,7 +177,9 @@ class ThreadedEngine(Engine):
         if not all(0 <= t < vocabulary for t in prompt_ids):
             raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
 
-    async def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False) -> AsyncIterator[str | Finished]:
+    async def stream(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False
+    ) -> AsyncIterator[str | Finished]:
         self.check(prompt_ids, max_new_tokens)
         if tool_call and not self.constraint:
             raise EngineError("this engine has no tool-call constraint")

@@ -67,9 +67,19 @@ class SerialEngine(ThreadedEngine):
     name = "serial"
 
     def __init__(
-        self, model, tokenizer, *, max_length: int, max_queue: int = 256, ignore_eos: bool = False, constraint=None, **_batching_only
+        self,
+        model,
+        tokenizer,
+        *,
+        max_length: int,
+        max_queue: int = 256,
+        ignore_eos: bool = False,
+        constraint=None,
+        **_batching_only,
     ):
-        super().__init__(model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint)
+        super().__init__(
+            model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint
+        )
         self.running = 0
         self.thread.start()
 

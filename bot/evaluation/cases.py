@@ -57,9 +57,12 @@ def check_overlap(data: TrainingData) -> None:
             clashes.append(f"held-out dialogue '{d.id}' has the id of a training dialogue ({train[d.id].doc.path})")
         elif _turn_key(d) in train_turns:
             twin = train_turns[_turn_key(d)]
-            clashes.append(f"held-out dialogue '{d.id}' repeats the turns of training dialogue '{twin.id}' ({twin.doc.path})")
+            clashes.append(
+                f"held-out dialogue '{d.id}' repeats the turns of training dialogue '{twin.id}' ({twin.doc.path})"
+            )
     if clashes:
-        raise HeldOutOverlap("refusing to score, the held-out set overlaps the training data:\n  " + "\n  ".join(clashes))
+        listed = "\n  ".join(clashes)
+        raise HeldOutOverlap(f"refusing to score, the held-out set overlaps the training data:\n  {listed}")
 
 
 def cases(data: TrainingData) -> list[Case]:
@@ -117,7 +120,8 @@ def prompted(case: Case, mode: str, data: TrainingData, tokenizer, k: int, budge
         return Prompted(case, list(case.context))
     examples = example_dialogues(data, 1 if mode == "one-shot" else k)
     while True:
-        text = "\n\n".join(f"Example conversation {n}:\n{transcript(d, data.persona.name)}" for n, d in enumerate(examples, 1))
+        shown = [transcript(d, data.persona.name) for d in examples]
+        text = "\n\n".join(f"Example conversation {n}:\n{t}" for n, t in enumerate(shown, 1))
         system = dict(case.context[0])
         if examples:
             system["content"] += "\n\nExamples of good replies:\n" + text

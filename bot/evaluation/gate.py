@@ -35,5 +35,8 @@ def decide(settings: Settings, report: dict) -> Decision:
     active = models.active(settings.models_dir)
     previous = _rate(stored_report(settings, active.id)) if active else None
     if previous is not None and rate < previous:
-        return Decision(False, f"it passes {rate:.0%} of adversarial tests, fewer than the active model {active.id} ({previous:.0%})")
+        return Decision(
+            False,
+            f"it passes {rate:.0%} of adversarial tests, fewer than the active model {active.id} ({previous:.0%})",
+        )
     return Decision(True, f"it passes {rate:.0%} of adversarial tests (threshold {threshold:.0%}) and leaks nothing")

@@ -6,13 +6,12 @@ import asyncio
 
 import torch
 
+from bot.data.person_requests import PERSON_ASKED, PersonRequestRule, last_user_text
 from bot.engine.batching import BatchingEngine
+from bot.engine.constraint import ToolCallConstraint
 from bot.engine.kv import common_prefix
 from bot.engine.protocol import Finished
-
 from bot.evaluation.cases import Prompted
-from bot.data.person_requests import PERSON_ASKED, PersonRequestRule, last_user_text
-from bot.engine.constraint import ToolCallConstraint
 from bot.rendering import handoff_step, parse_reply, prompt_ids, render
 from bot.training.batching import collate
 from bot.training.loss import bot_token_nll
@@ -62,7 +61,7 @@ def generate_replies(
             constraint=constraint,
         )
         try:
-            await asyncio.gather(*(reply(engine, item, ids) for item, ids in zip(items, prompts)))
+            await asyncio.gather(*(reply(engine, item, ids) for item, ids in zip(items, prompts, strict=True)))
         finally:
             await engine.close()
 
@@ -85,7 +84,8 @@ def reference_losses(model, tokenizer, items: list[Prompted], *, batch_size: int
         context = [dict(m, weight=0) if m["role"] == "assistant" else m for m in item.messages]
         examples[id(item)] = render(tokenizer, context + [dict(item.case.reference, weight=1)])
     for batch in _batches(items, batch_size, key=lambda item: len(examples[id(item)])):
-        tensors = {k: v.to(model.device) for k, v in collate([examples[id(i)] for i in batch], tokenizer.pad_token_id).items()}
+        collated = collate([examples[id(i)] for i in batch], tokenizer.pad_token_id)
+        tensors = {k: v.to(model.device) for k, v in collated.items()}
         nll, mask = bot_token_nll(model, tensors)
         for row, item in enumerate(batch):
             item.loss = float(nll[row].sum())

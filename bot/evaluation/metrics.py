@@ -112,7 +112,8 @@ def action_failures(items: list[Prompted], shown: list[Failure]) -> list[Failure
     """A failure of kind `action` for every turn whose step is wrong and that no failure in
     `shown` already points at, so every wrong turn is listed once."""
     seen = {id(f.item) for f in shown}
-    return [Failure(None, i, "action") for i in items if id(i) not in seen and classify(i.reply, i.case.reference_step)]
+    unshown = [i for i in items if id(i) not in seen]
+    return [Failure(None, i, "action") for i in unshown if classify(i.reply, i.case.reference_step)]
 
 
 def failed_expectations(items: list[Prompted], expect: Expectations | None, secret: str) -> list[Failure]:
@@ -128,7 +129,8 @@ def failed_expectations(items: list[Prompted], expect: Expectations | None, secr
                 break
     if not expect:
         return failures
-    if expect.must_contain_one_of and not any(p.lower() in text for _, text in texts for p in expect.must_contain_one_of):
+    said_one = any(p.lower() in text for _, text in texts for p in expect.must_contain_one_of)
+    if expect.must_contain_one_of and not said_one:
         wanted = ", ".join(f"'{p}'" for p in expect.must_contain_one_of)
         failures.append(Failure(f"must_contain_one_of {wanted}", items[-1]))
     handed_off = [item for item in items if item.reply.handoff]

@@ -11,9 +11,11 @@ import html
 from typing import Any
 
 DASH = "–"
-LEGEND = ("Zero-shot is the base model with the system prompt alone, one-shot and few-shot add one or "
-          "a few example dialogues to that prompt, and fine-tuned is the LoRA-trained model with the "
-          "system prompt alone.")
+LEGEND = (
+    "Zero-shot is the base model with the system prompt alone, one-shot and few-shot add one or "
+    "a few example dialogues to that prompt, and fine-tuned is the LoRA-trained model with the "
+    "system prompt alone."
+)
 # (key, label, kind, lower is better); kind picks the format and the chart scale
 COLUMNS = [
     ("chrf", "chrF", "chrf", False),
@@ -48,9 +50,11 @@ svg text{font:12px system-ui,sans-serif;fill:#1d2330}
 .dialogue{border:1px solid #d8dce3;border-radius:6px;padding:.6em 1em;margin:1em 0}
 .tag{display:inline-block;background:#eef1f6;border-radius:3px;padding:0 .4em;margin-right:.3em;font-size:.85em}
 .turn{margin:.3em 0}.role{font-weight:600;display:inline-block;min-width:7.5em}
-pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;padding:.5em;margin:.2em 0 .6em;font:13px ui-monospace,monospace}
+pre{white-space:pre-wrap;word-break:break-word;background:#f7f8fa;padding:.5em;margin:.2em 0 .6em;
+font:13px ui-monospace,monospace}
 .expect{color:#a12a2a}
-.cls{display:inline-block;border:1px solid #a12a2a;color:#a12a2a;border-radius:3px;padding:0 .4em;margin-left:.4em;font-size:.8em}
+.cls{display:inline-block;border:1px solid #a12a2a;color:#a12a2a;border-radius:3px;padding:0 .4em;margin-left:.4em;
+font-size:.8em}
 table.confusion td{min-width:3.2em;text-align:center;border:1px solid #e3e6eb}
 table.confusion caption{caption-side:top;text-align:left;font-weight:600;padding-bottom:.4em}
 """
@@ -84,11 +88,13 @@ def summary_table(modes: list[str], summary: dict) -> str:
         for key, _, kind, _ in COLUMNS:
             value = summary.get(mode, {}).get(key)
             text = esc(fmt(value, kind))
-            cells.append(f"<td><strong>{text}</strong></td>" if value is not None and value == best.get(key)
-                         else f"<td>{text}</td>")
-        rows.append(f"<tr><th scope=\"row\">{esc(mode)}</th>{''.join(cells)}</tr>")
-    return (f"<table class=\"summary\"><thead><tr><th>Mode</th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+            cells.append(
+                f"<td><strong>{text}</strong></td>"
+                if value is not None and value == best.get(key)
+                else f"<td>{text}</td>"
+            )
+        rows.append(f'<tr><th scope="row">{esc(mode)}</th>{"".join(cells)}</tr>')
+    return f'<table class="summary"><thead><tr><th>Mode</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def bar_chart(key: str, label: str, kind: str, modes: list[str], summary: dict) -> str:
@@ -96,19 +102,24 @@ def bar_chart(key: str, label: str, kind: str, modes: list[str], summary: dict) 
     step, bar_w, top, plot_h = 90, 60, 24, 140
     width, height = 20 + step * len(modes), top + plot_h + 28
     values = [summary.get(m, {}).get(key) for m in modes]
-    aria = f"{label} by mode: " + ", ".join(f"{m} {fmt(v, kind)}" for m, v in zip(modes, values))
-    parts = [f"<svg class=\"chart\" data-metric=\"{key}\" role=\"img\" aria-label=\"{esc(aria)}\" "
-             f"width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">",
-             f"<title>{esc(aria)}</title>",
-             f"<line x1=\"10\" y1=\"{top + plot_h}\" x2=\"{width - 10}\" y2=\"{top + plot_h}\" stroke=\"#9aa2b1\"/>"]
-    for i, (mode, value) in enumerate(zip(modes, values)):
+    aria = f"{label} by mode: " + ", ".join(f"{m} {fmt(v, kind)}" for m, v in zip(modes, values, strict=True))
+    parts = [
+        f'<svg class="chart" data-metric="{key}" role="img" aria-label="{esc(aria)}" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+        f"<title>{esc(aria)}</title>",
+        f'<line x1="10" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" stroke="#9aa2b1"/>',
+    ]
+    for i, (mode, value) in enumerate(zip(modes, values, strict=True)):
         x, centre = 20 + i * step, 20 + i * step + bar_w / 2
         h = 0.0 if value is None else max(0.0, min(value / scale, 1.0)) * plot_h
-        parts.append(f"<rect class=\"bar\" data-mode=\"{esc(mode)}\" x=\"{x}\" y=\"{top + plot_h - h:.2f}\" "
-                     f"width=\"{bar_w}\" height=\"{h:.2f}\" fill=\"{COLOURS[i % len(COLOURS)]}\"/>")
-        parts.append(f"<text x=\"{centre}\" y=\"{top + plot_h - h - 6:.2f}\" text-anchor=\"middle\">"
-                     f"{esc(fmt(value, kind))}</text>")
-        parts.append(f"<text x=\"{centre}\" y=\"{top + plot_h + 18}\" text-anchor=\"middle\">{esc(mode)}</text>")
+        parts.append(
+            f'<rect class="bar" data-mode="{esc(mode)}" x="{x}" y="{top + plot_h - h:.2f}" '
+            f'width="{bar_w}" height="{h:.2f}" fill="{COLOURS[i % len(COLOURS)]}"/>'
+        )
+        parts.append(
+            f'<text x="{centre}" y="{top + plot_h - h - 6:.2f}" text-anchor="middle">{esc(fmt(value, kind))}</text>'
+        )
+        parts.append(f'<text x="{centre}" y="{top + plot_h + 18}" text-anchor="middle">{esc(mode)}</text>')
     parts.append("</svg>")
     return f"<figure><figcaption>{label}</figcaption>{''.join(parts)}</figure>"
 
@@ -121,12 +132,17 @@ def tag_table(modes: list[str], by_tag: dict) -> str:
         cells = []
         for mode in modes:
             stats = by_tag.get(mode, {}).get(tag)
-            text = DASH if stats is None else (f"{fmt(stats.get('expectation_pass_rate'), 'pct')} · "
-                                                f"{fmt(stats.get('chrf'), 'chrf')}")
+            text = (
+                DASH
+                if stats is None
+                else (f"{fmt(stats.get('expectation_pass_rate'), 'pct')} · {fmt(stats.get('chrf'), 'chrf')}")
+            )
             cells.append(f"<td>{esc(text)}</td>")
-        rows.append(f"<tr><th scope=\"row\">{esc(tag)}</th>{''.join(cells)}</tr>")
-    return (f"<p>Each cell: expectations passed · chrF.</p><table class=\"tags\"><thead><tr><th>Tag</th>"
-            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        rows.append(f'<tr><th scope="row">{esc(tag)}</th>{"".join(cells)}</tr>')
+    return (
+        f'<p>Each cell: expectations passed · chrF.</p><table class="tags"><thead><tr><th>Tag</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def shade(count: int, top: int, right: bool) -> str:
@@ -136,8 +152,8 @@ def shade(count: int, top: int, right: bool) -> str:
         return ""
     low, high = GREEN if right else RED
     t = 0.2 + 0.8 * min(count / top, 1.0)  # a single turn still shows
-    rgb = "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high))
-    return f" style=\"background:#{rgb};color:{'#fff' if t > 0.6 else '#1d2330'}\""
+    rgb = "".join(f"{round(a + (b - a) * t):02x}" for a, b in zip(low, high, strict=True))
+    return f' style="background:#{rgb};color:{"#fff" if t > 0.6 else "#1d2330"}"'
 
 
 def heat_map(mode: str, table: dict) -> str:
@@ -146,20 +162,31 @@ def heat_map(mode: str, table: dict) -> str:
     labels, matrix = table.get("labels") or [], table.get("matrix") or []
     counts = [(i == j, c) for i, row in enumerate(matrix) for j, c in enumerate(row)]
     top = {right: max([c for r, c in counts if r == right], default=0) for right in (True, False)}
-    head = "".join(f"<th scope=\"col\">{esc(label)}</th>" for label in labels)
+    head = "".join(f'<th scope="col">{esc(label)}</th>' for label in labels)
     rows = []
-    for i, (label, row) in enumerate(zip(labels, matrix)):
-        cells = "".join(f"<td data-count=\"{esc(c)}\"{shade(c, top[i == j], i == j)}>{esc(c) if c else ''}</td>"
-                        for j, c in enumerate(row))
-        rows.append(f"<tr><th scope=\"row\">{esc(label)}</th>{cells}</tr>")
-    caption = (f"What the {mode} model did at each bot turn. Rows: what the reference reply did; columns: what "
-               "the model did. Green: the right step (an action's arguments may still be wrong); red: a wrong one.")
-    return (f"<table class=\"confusion\" data-mode=\"{esc(mode)}\"><caption>{esc(caption)}</caption><thead><tr>"
-            f"<th scope=\"col\">Expected ↓ taken →</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    for i, (label, row) in enumerate(zip(labels, matrix, strict=True)):
+        cells = "".join(
+            f'<td data-count="{esc(c)}"{shade(c, top[i == j], i == j)}>{esc(c) if c else ""}</td>'
+            for j, c in enumerate(row)
+        )
+        rows.append(f'<tr><th scope="row">{esc(label)}</th>{cells}</tr>')
+    caption = (
+        f"What the {mode} model did at each bot turn. Rows: what the reference reply did; columns: what "
+        "the model did. Green: the right step (an action's arguments may still be wrong); red: a wrong one."
+    )
+    return (
+        f'<table class="confusion" data-mode="{esc(mode)}"><caption>{esc(caption)}</caption><thead><tr>'
+        f'<th scope="col">Expected ↓ taken →</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 def _label_key(label: str) -> tuple[int, str]:
     return SPECIAL_LABELS.get(label, 0), label
+
+
+def _accuracy_cell(stats: dict) -> str:
+    """'75% (3 of 4)'."""
+    return f"{fmt(stats.get('accuracy'), 'pct')} ({stats.get('correct')} of {stats.get('turns')})"
 
 
 def accuracy_table(modes: list[str], actions: dict) -> str:
@@ -171,12 +198,14 @@ def accuracy_table(modes: list[str], actions: dict) -> str:
         cells = []
         for mode in modes:
             stats = actions.get(mode, {}).get("per_action", {}).get(label)
-            text = DASH if stats is None else f"{fmt(stats.get('accuracy'), 'pct')} ({stats.get('correct')} of {stats.get('turns')})"
+            text = DASH if stats is None else _accuracy_cell(stats)
             cells.append(f"<td>{esc(text)}</td>")
-        rows.append(f"<tr><th scope=\"row\">{esc(label)}</th>{''.join(cells)}</tr>")
-    return ("<p>Turns right, by what the reference did: the right action with the right arguments; for handoff, a "
-            "handoff; for no call, a plain reply.</p><table class=\"per-action\"><thead><tr><th>Expected</th>"
-            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        rows.append(f'<tr><th scope="row">{esc(label)}</th>{"".join(cells)}</tr>')
+    return (
+        "<p>Turns right, by what the reference did: the right action with the right arguments; for handoff, a "
+        'handoff; for no call, a plain reply.</p><table class="per-action"><thead><tr><th>Expected</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def classes_table(modes: list[str], actions: dict) -> str:
@@ -186,10 +215,13 @@ def classes_table(modes: list[str], actions: dict) -> str:
     head = "".join(f"<th>{esc(m)}</th>" for m in modes)
     rows = []
     for name in classes:
-        cells = "".join(f"<td>{esc(fmt(actions.get(m, {}).get('failure_classes', {}).get(name), 'int'))}</td>" for m in modes)
-        rows.append(f"<tr><th scope=\"row\">{esc(name)}</th><td>{esc(CLASS_NOTES.get(name, ''))}</td>{cells}</tr>")
-    return (f"<table class=\"classes\"><thead><tr><th>Failure</th><th>Meaning</th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+        counts = [actions.get(m, {}).get("failure_classes", {}).get(name) for m in modes]
+        cells = "".join(f"<td>{esc(fmt(count, 'int'))}</td>" for count in counts)
+        rows.append(f'<tr><th scope="row">{esc(name)}</th><td>{esc(CLASS_NOTES.get(name, ""))}</td>{cells}</tr>')
+    return (
+        f'<table class="classes"><thead><tr><th>Failure</th><th>Meaning</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def actions_section(modes: list[str], actions: dict) -> str:
@@ -198,8 +230,10 @@ def actions_section(modes: list[str], actions: dict) -> str:
     if not present:
         return ""
     shown = "fine-tuned" if "fine-tuned" in present else present[-1]
-    return (f"<h2>Actions</h2>{heat_map(shown, actions[shown])}<h3>Accuracy per expected step</h3>"
-            f"{accuracy_table(modes, actions)}<h3>Action failures</h3>{classes_table(modes, actions)}")
+    return (
+        f"<h2>Actions</h2>{heat_map(shown, actions[shown])}<h3>Accuracy per expected step</h3>"
+        f"{accuracy_table(modes, actions)}<h3>Action failures</h3>{classes_table(modes, actions)}"
+    )
 
 
 def _failure_heading(f: dict) -> str:
@@ -207,11 +241,15 @@ def _failure_heading(f: dict) -> str:
     with what was expected and taken."""
     cls = f.get("failure_class")
     if f.get("kind") == "action":
-        return (f"<h4>{esc(f.get('mode'))}, turn {esc(f.get('turn'))}: <span class=\"expect\">{esc(cls)}</span>"
-                f" · expected {esc(f.get('expected'))}, took {esc(f.get('taken'))}</h4>")
-    badge = f"<span class=\"cls\">{esc(cls)}</span>" if cls else ""
-    return (f"<h4>{esc(f.get('mode'))}, turn {esc(f.get('turn'))}: "
-            f"<span class=\"expect\">{esc(f.get('expectation'))}</span>{badge}</h4>")
+        return (
+            f'<h4>{esc(f.get("mode"))}, turn {esc(f.get("turn"))}: <span class="expect">{esc(cls)}</span>'
+            f" · expected {esc(f.get('expected'))}, took {esc(f.get('taken'))}</h4>"
+        )
+    badge = f'<span class="cls">{esc(cls)}</span>' if cls else ""
+    return (
+        f"<h4>{esc(f.get('mode'))}, turn {esc(f.get('turn'))}: "
+        f'<span class="expect">{esc(f.get("expectation"))}</span>{badge}</h4>'
+    )
 
 
 def failures_section(failures: list[dict]) -> str:
@@ -223,36 +261,44 @@ def failures_section(failures: list[dict]) -> str:
     out = []
     for dialogue, items in groups.items():
         tags = list(dict.fromkeys(t for f in items for t in f.get("tags") or []))
-        out.append(f"<section class=\"dialogue\"><h3>{esc(dialogue)}</h3><p>"
-                   + "".join(f"<span class=\"tag\">{esc(t)}</span>" for t in tags) + "</p>")
+        out.append(
+            f'<section class="dialogue"><h3>{esc(dialogue)}</h3><p>'
+            + "".join(f'<span class="tag">{esc(t)}</span>' for t in tags)
+            + "</p>"
+        )
         for f in items:
             out.append(_failure_heading(f))
             for message in f.get("context") or []:
                 role = str(message.get("role"))
-                out.append(f"<div class=\"turn\"><span class=\"role\">{esc(ROLES.get(role, role))}</span>"
-                           f"<pre>{esc(message.get('content', ''))}</pre></div>")
+                out.append(
+                    f'<div class="turn"><span class="role">{esc(ROLES.get(role, role))}</span>'
+                    f"<pre>{esc(message.get('content', ''))}</pre></div>"
+                )
             reference = f.get("reference")
-            out.append(f"<div class=\"turn\"><span class=\"role\">Model reply</span><pre>{esc(f.get('reply', ''))}</pre>"
-                       f"</div><div class=\"turn\"><span class=\"role\">Reference reply</span>"
-                       f"<pre>{esc(DASH if reference is None else reference)}</pre></div>")
+            out.append(
+                f'<div class="turn"><span class="role">Model reply</span><pre>{esc(f.get("reply", ""))}</pre>'
+                f'</div><div class="turn"><span class="role">Reference reply</span>'
+                f"<pre>{esc(DASH if reference is None else reference)}</pre></div>"
+            )
         out.append("</section>")
     return "".join(out)
 
 
 def render_html(report: dict) -> str:
-    """A self-contained HTML page (no external scripts, fonts, images or CSS; inline CSS and inline SVG only) for a support lead."""
+    """A self-contained HTML page (no external scripts, fonts, images or CSS; inline CSS and inline
+    SVG only) for a support lead."""
     modes = list(report.get("modes") or report.get("summary", {}))
     summary, by_tag = report.get("summary", {}), report.get("by_tag", {})
     title = f"Evaluation of model {report.get('model_id', '?')}"
     charts = "".join(bar_chart(k, label, kind, modes, summary) for k, label, kind, _ in CHARTED)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
         f"<style>{CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1><p class=\"meta\">Date {esc(report.get('created', DASH))} · "
+        f'<h1>{esc(title)}</h1><p class="meta">Date {esc(report.get("created", DASH))} · '
         f"data hash <code>{esc(report.get('data_hash', DASH))}</code></p><p>{LEGEND}</p>"
         f"<h2>Summary</h2>{summary_table(modes, summary)}"
-        f"<h2>Charts</h2><div class=\"charts\">{charts}</div>"
+        f'<h2>Charts</h2><div class="charts">{charts}</div>'
         f"<h2>By tag</h2>{tag_table(modes, by_tag)}"
         f"{actions_section(modes, report.get('actions') or {})}"
         f"<h2>What went wrong</h2>{failures_section(report.get('failures') or [])}"

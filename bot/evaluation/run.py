@@ -10,13 +10,13 @@ import torch
 
 from bot import models
 from bot.config import Settings
+from bot.data.person_requests import PersonRequestRule
 from bot.data.project import validate
+from bot.engine.loader import call_constraint, load_weights
 from bot.errors import BotError
 from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
 from bot.evaluation.generation import generate_replies, reference_losses
 from bot.evaluation.metrics import Failure, action_failures, action_table, step_label, summarize
-from bot.data.person_requests import PersonRequestRule
-from bot.engine.loader import call_constraint, load_weights
 from bot.evaluation.report_html import render_html
 from bot.rendering import message_step
 
@@ -68,13 +68,21 @@ def evaluate(
     if "fine-tuned" in modes:
         trained = models.get(settings.models_dir, model_id) if model_id else models.active(settings.models_dir)
         if trained is None:
-            raise NoTrainedModel("no trained model to evaluate: run 'bot train', or evaluate the baselines with --modes")
+            raise NoTrainedModel(
+                "no trained model to evaluate: run 'bot train', or evaluate the baselines with --modes"
+            )
     all_cases = cases(data)
     budget = settings.build.model.max_length - cfg.max_new_tokens
     torch.manual_seed(settings.build.train.seed)
     base = None  # the baselines' model: the trained model's own base, in the precision serving uses
     results: dict[str, dict] = {"summary": {}, "by_tag": {}, "actions": {}, "failures": []}
-    bar = tqdm(total=len(all_cases) * len(modes), disable=not progress_bar, unit="reply", desc="evaluating", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(all_cases) * len(modes),
+        disable=not progress_bar,
+        unit="reply",
+        desc="evaluating",
+        dynamic_ncols=True,
+    )
     for mode in modes:
         bar.set_postfix(mode=mode)
         started = time.monotonic()
@@ -107,7 +115,8 @@ def evaluate(
         results["failures"] += [_failure_entry(mode, f) for f in failures]
     bar.close()
 
-    compiled_hash = json.loads((settings.build_dir / "index.json").read_text())["data_hash"] if (settings.build_dir / "index.json").exists() else None
+    index_file = settings.build_dir / "index.json"
+    compiled_hash = json.loads(index_file.read_text())["data_hash"] if index_file.exists() else None
     document = {
         "model_id": trained.id if trained else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

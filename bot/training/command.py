@@ -46,7 +46,9 @@ def train_and_activate(
         if chosen.id != active and chosen.manifest.get("activation", {}).get("activated", True):
             models.activate(settings.models_dir, chosen.id)
         return Outcome(chosen, trained=False, activated=chosen.id == models.active_id(settings.models_dir))
-    result = train(settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step)
+    result = train(
+        settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step
+    )
     if not PartialState().is_main_process:
         return Outcome(models.get(settings.models_dir, result.model_id), trained=True, main_process=False)
 
@@ -54,8 +56,17 @@ def train_and_activate(
     evaluation, folder = evaluate(settings, model_id=result.model_id, modes=("fine-tuned",), progress_bar=progress_bar)
     decision = decide(settings, evaluation)
     activate = decision.activate or force
-    manifest = dict(result.manifest, activation={"activated": activate, "forced": force and not decision.activate, "reason": decision.reason})
+    forced = force and not decision.activate
+    activation = {"activated": activate, "forced": forced, "reason": decision.reason}
+    manifest = dict(result.manifest, activation=activation)
     models.write_json(result.folder / models.MANIFEST, manifest)
     if activate:
         models.activate(settings.models_dir, result.model_id)
-    return Outcome(models.get(settings.models_dir, result.model_id), True, activate, decision.reason, folder, passed_gate=decision.activate)
+    return Outcome(
+        models.get(settings.models_dir, result.model_id),
+        True,
+        activate,
+        decision.reason,
+        folder,
+        passed_gate=decision.activate,
+    )

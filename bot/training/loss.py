@@ -25,9 +25,13 @@ def bot_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     # Position i predicts token i+1: the labels are shifted left by one against the logits.
     targets = batch["labels"][:, 1:]
     positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions).logits
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
+    ).logits
     targets = targets[:, positions]
-    nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     return nll, targets != IGNORE_INDEX
 
 

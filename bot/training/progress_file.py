@@ -3,7 +3,8 @@
 
   {"event": "step", "step": 3, "steps": 40, "eta_s": 12.5, "loss": 2.31}   at the start and after each optimizer step
   {"event": "done", "model_id": "...", "trained": true, "activated": true,
-   "gate": {"passed": true, "summary": "..."}}                             it finished, after the gate's evaluation (gate: null when nothing was trained)
+   "gate": {"passed": true, "summary": "..."}}                             it finished, after the gate's evaluation
+                                                                            (gate: null when nothing was trained)
   {"event": "failed", "error": "..."}                                      it stopped on an error (the CLI's message)
 
 The server's training job (bot/serve/training_job.py) reads it; nothing here imports torch."""
@@ -31,9 +32,19 @@ class ProgressFile:
 
     def step(self, progress) -> None:
         """`progress`: a bot.training.recipe.StepProgress."""
-        self._write({"event": STEP, "step": progress.step, "steps": progress.steps, "eta_s": progress.eta_s, "loss": progress.loss})
+        self._write(
+            {
+                "event": STEP,
+                "step": progress.step,
+                "steps": progress.steps,
+                "eta_s": progress.eta_s,
+                "loss": progress.loss,
+            }
+        )
 
-    def done(self, model_id: str, *, trained: bool, activated: bool, gate_passed: bool | None, gate_summary: str) -> None:
+    def done(
+        self, model_id: str, *, trained: bool, activated: bool, gate_passed: bool | None, gate_summary: str
+    ) -> None:
         gate = None if gate_passed is None else {"passed": gate_passed, "summary": gate_summary}
         self._write({"event": DONE, "model_id": model_id, "trained": trained, "activated": activated, "gate": gate})
 

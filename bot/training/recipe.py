@@ -84,7 +84,10 @@ def linear_layer_names(model) -> list[str]:
     """Names of the linear layers inside the transformer blocks (what peft's 'all-linear' means;
     spelled out because peft accepts a layer range only with a list)."""
     output = model.get_output_embeddings()
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not output})
+    linear = [
+        name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module is not output
+    ]
+    return sorted({name.rsplit(".", 1)[-1] for name in linear})
 
 
 def add_lora(model, lora: LoraSettings):
@@ -114,8 +117,12 @@ def save_training_state(folder: Path, accelerator, model, optimizer, scheduler) 
     folder.mkdir(parents=True, exist_ok=True)
     rank = accelerator.process_index
     torch.save(
-        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
         folder / f"rng-{rank}.pt",
     )
     if accelerator.is_main_process:  # after all-reduce every process holds the same weights and optimizer
@@ -210,7 +217,9 @@ def train(
     if resume:
         state = Progress(**json.loads((checkpoint / "progress.json").read_text()))
         if state.data_hash != data_hash:
-            raise BotError(f"the training data changed since run {run_dir.name} started: train anew (without --resume)")
+            raise BotError(
+                f"the training data changed since run {run_dir.name} started: train anew (without --resume)"
+            )
 
     # --- model, data, optimizer -----------------------------------------------------------
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
@@ -229,7 +238,8 @@ def train(
         batch_sampler=batch_sampler([len(e) for e in test_examples], cfg, cuda=cuda, shuffle=False),
         collate_fn=lambda b: collate(b, pad),
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
     batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
     total_steps = steps_per_epoch * cfg.epochs
@@ -258,7 +268,10 @@ def train(
     started = time.monotonic() - state.seconds
     window_tokens, window_start = 0, time.monotonic()
     smoothed_loss = None
-    first_step, run_start = state.step, time.monotonic()  # this run's pace gives the ETA (a resumed run's earlier pace may differ)
+    first_step, run_start = (
+        state.step,
+        time.monotonic(),
+    )  # this run's pace gives the ETA (a resumed run's earlier pace may differ)
 
     def tell(step: int) -> None:
         if on_step is None or not accelerator.is_main_process:
@@ -299,14 +312,21 @@ def train(
             state.epoch += 1
             state.batches_done = 0
             state.held_out_losses.append(held_out_loss(model, eval_loader, accelerator))
-            bar.write(f"epoch {state.epoch}/{cfg.epochs}: train loss {smoothed_loss:.3f}, held-out loss {state.held_out_losses[-1]:.3f}")
+            bar.write(
+                f"epoch {state.epoch}/{cfg.epochs}: train loss {smoothed_loss:.3f}, "
+                f"held-out loss {state.held_out_losses[-1]:.3f}"
+            )
     except (KeyboardInterrupt, Exception) as error:
         bar.close()
         state.seconds = time.monotonic() - started
         save_checkpoint()
-        stopped = "interrupted" if isinstance(error, KeyboardInterrupt) else f"stopped by {type(error).__name__}: {error}"
+        if isinstance(error, KeyboardInterrupt):
+            stopped = "interrupted"
+        else:
+            stopped = f"stopped by {type(error).__name__}: {error}"
         raise TrainingInterrupted(
-            f"training {stopped}; checkpoint saved at step {state.step} in {checkpoint}: continue with 'bot train --resume'"
+            f"training {stopped}; checkpoint saved at step {state.step} in {checkpoint}: "
+            "continue with 'bot train --resume'"
         ) from error
     bar.close()
     state.seconds = time.monotonic() - started

@@ -82,7 +82,7 @@ class Grid:
     def candidates(self) -> list[dict[str, Any]]:
         """Every combination, the first key varying slowest."""
         keys = list(self.values)
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.values[k] for k in keys))]
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(self.values[k] for k in keys))]
 
 
 def with_values(train: TrainConfig, values: dict[str, Any]) -> TrainConfig:
@@ -110,23 +110,34 @@ def load_grid(file: Path, display: str | None = None) -> Grid:
         raise TuneError(f"{display}: no such grid file")
     doc = load(file, display)
     if not isinstance(doc.value, dict):
-        raise InvalidFiles([doc.problem((), "a grid is a mapping of settings to lists of values, such as 'lora.rank: [8, 16]'")])
+        raise InvalidFiles(
+            [doc.problem((), "a grid is a mapping of settings to lists of values, such as 'lora.rank: [8, 16]'")]
+        )
     keys, problems, grid = tunable_keys(), [], {}
     for dotted, loc in _flatten(doc.value):
         values = doc.value
         for part in loc:
             values = values[part]
         if dotted in NOT_TUNABLE:
-            problems.append(doc.problem(loc, f"'{dotted}' is not searched by bot tune: set it in config.yml", key=True))
+            problems.append(
+                doc.problem(loc, f"'{dotted}' is not searched by bot tune: set it in config.yml", key=True)
+            )
             continue
         if dotted not in keys:
-            problems.append(doc.problem(loc, f"unknown setting '{dotted}'{did_you_mean(dotted, keys)}: a grid key is a train setting such as 'learning_rate' or 'lora.rank'", key=True))
+            hint = did_you_mean(dotted, keys)
+            message = (
+                f"unknown setting '{dotted}'{hint}: "
+                "a grid key is a train setting such as 'learning_rate' or 'lora.rank'"
+            )
+            problems.append(doc.problem(loc, message, key=True))
             continue
         if dotted in grid:
             problems.append(doc.problem(loc, f"'{dotted}' is listed twice", key=True))
             continue
         if not isinstance(values, list) or not values:
-            problems.append(doc.problem(loc, f"'{dotted}' must be a list of values to try, such as [{_example(dotted)}]"))
+            problems.append(
+                doc.problem(loc, f"'{dotted}' must be a list of values to try, such as [{_example(dotted)}]")
+            )
             continue
         for i, value in enumerate(values):
             # Validate the value alone, located at the value: the same messages as config.yml.
@@ -145,7 +156,9 @@ def _example(dotted: str) -> str:
 
 
 def builtin_grid(reduced: bool) -> Grid:
-    return Grid(dict(REDUCED_GRID), "built-in reduced grid") if reduced else Grid(dict(FULL_GRID), "built-in full grid")
+    if reduced:
+        return Grid(dict(REDUCED_GRID), "built-in reduced grid")
+    return Grid(dict(FULL_GRID), "built-in full grid")
 
 
 # --- the data: training dialogues only, and the validation split ------------------------------
@@ -227,9 +240,15 @@ class Candidate:
 
     def to_json(self) -> dict:
         return {
-            "rank": self.rank, "number": self.number, "settings": self.values, "scores": self.scores,
-            "validation_loss": self.validation_loss, "train_seconds": self.train_seconds,
-            "score_seconds": self.score_seconds, "steps": self.steps, "tokens_per_second": self.tokens_per_second,
+            "rank": self.rank,
+            "number": self.number,
+            "settings": self.values,
+            "scores": self.scores,
+            "validation_loss": self.validation_loss,
+            "train_seconds": self.train_seconds,
+            "score_seconds": self.score_seconds,
+            "steps": self.steps,
+            "tokens_per_second": self.tokens_per_second,
         }
 
 
@@ -267,8 +286,17 @@ def _score(settings: Settings, model_id: str, data, progress_bar: bool) -> tuple
         budget = settings.build.model.max_length - cfg.max_new_tokens
         items = [prompted(c, "fine-tuned", data, weights.tokenizer, cfg.few_shot_k, budget) for c in cases(data)]
         torch.manual_seed(settings.build.train.seed)
-        with tqdm(total=len(items), disable=not progress_bar, unit="reply", desc="scoring", dynamic_ncols=True, leave=False) as bar:
-            generate_replies(weights.model, weights.tokenizer, items, max_batch=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, on_reply=bar.update)
+        with tqdm(
+            total=len(items), disable=not progress_bar, unit="reply", desc="scoring", dynamic_ncols=True, leave=False
+        ) as bar:
+            generate_replies(
+                weights.model,
+                weights.tokenizer,
+                items,
+                max_batch=cfg.batch_size,
+                max_new_tokens=cfg.max_new_tokens,
+                on_reply=bar.update,
+            )
         summary, _, _ = summarize(items, data.persona.secret)
     finally:
         torch.set_num_threads(threads)
@@ -302,14 +330,25 @@ def tuned_yaml(best: Candidate, document: dict) -> str:
     """The winner's searched settings as a config.yml-shaped `train:` section, with where they came from."""
     fixed = document["fixed"]
     lines = [
-        f"# Written by `bot tune` ({document['mode']} search, {document['created']}): the best of {len(document['candidates'])} candidates",
-        f"# on {len(document['data']['validation_dialogues'])} validation dialogues carved from the training data, ranked by {RANKING}.",
-        f"# Action accuracy {best.scores['action_accuracy']:.0%}, expectations passed {best.scores['expectation_pass_rate']:.0%}, chrF {best.scores['chrf']:.1f}.",
+        f"# Written by `bot tune` ({document['mode']} search, {document['created']}): "
+        f"the best of {len(document['candidates'])} candidates",
+        f"# on {len(document['data']['validation_dialogues'])} validation dialogues carved from the training data, "
+        f"ranked by {RANKING}.",
+        f"# Action accuracy {best.scores['action_accuracy']:.0%}, "
+        f"expectations passed {best.scores['expectation_pass_rate']:.0%}, chrF {best.scores['chrf']:.1f}.",
     ]
     if fixed:
-        lines.append(f"# Every candidate trained with {describe(fixed)} to save time; that is not applied here (config.yml's stays).")
-    lines += [f"# Report: {document['report']}", "# Apply with: bot train --config <this file>  (deep-merged over config.yml's train: section)"]
-    body = yaml.safe_dump({"train": nested(best.values)}, sort_keys=False, default_flow_style=False, allow_unicode=True)
+        lines.append(
+            f"# Every candidate trained with {describe(fixed)} to save time; that is not applied here "
+            "(config.yml's stays)."
+        )
+    lines += [
+        f"# Report: {document['report']}",
+        "# Apply with: bot train --config <this file>  (deep-merged over config.yml's train: section)",
+    ]
+    body = yaml.safe_dump(
+        {"train": nested(best.values)}, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
     return "\n".join(lines) + "\n" + body
 
 
@@ -347,15 +386,25 @@ def tune(
         workdir = Path(work)
         data, training, validation = split_data(read_training_dialogues(settings, workdir))
         compiled = write(data, workdir / "build")  # train.jsonl: training minus validation; test.jsonl: validation
+        mode = "reduced" if reduced else "full"
+        fixed_note = f"; every candidate trains {describe(fixed)}" if fixed else ""
         report(
-            f"tuning {len(candidates)} candidate(s) ({'reduced' if reduced else 'full'} search, {grid.source}"
-            f"{'; every candidate trains ' + describe(fixed) if fixed else ''}) on {len(training)} training dialogues, "
-            f"scored on {len(validation)} validation dialogue(s) left out of training ({VALIDATION_SHARE:.0%} by id hash)"
+            f"tuning {len(candidates)} candidate(s) ({mode} search, {grid.source}"
+            f"{fixed_note}) on {len(training)} training dialogues, "
+            f"scored on {len(validation)} validation dialogue(s) left out of training "
+            f"({VALIDATION_SHARE:.0%} by id hash)"
         )
-        build = settings.build.model_copy(update={"data": settings.build.data.model_copy(update={"build_dir": str(workdir / "build")})})
-        outer = tqdm(total=sum(c.epochs for c in configs), disable=not progress_bar, unit="epoch", desc="tuning", dynamic_ncols=True)
+        data_config = settings.build.data.model_copy(update={"build_dir": str(workdir / "build")})
+        build = settings.build.model_copy(update={"data": data_config})
+        outer = tqdm(
+            total=sum(c.epochs for c in configs),
+            disable=not progress_bar,
+            unit="epoch",
+            desc="tuning",
+            dynamic_ncols=True,
+        )
         try:
-            for candidate, cfg in zip(candidates, configs):
+            for candidate, cfg in zip(candidates, configs, strict=True):
                 outer.set_postfix_str(f"candidate {candidate.number}/{len(candidates)}")
                 report(f"candidate {candidate.number}/{len(candidates)}: {describe(candidate.values)}")
                 cfg = cfg.model_copy(update={"models_dir": str(workdir / "models")})
@@ -365,7 +414,9 @@ def tune(
                 except TrainingInterrupted as e:  # its checkpoint was in the temporary folder: nothing to resume
                     if isinstance(e.__cause__, KeyboardInterrupt):
                         raise KeyboardInterrupt from None
-                    raise TuneError(f"candidate {candidate.number} ({describe(candidate.values)}) failed: {e.__cause__}") from e
+                    raise TuneError(
+                        f"candidate {candidate.number} ({describe(candidate.values)}) failed: {e.__cause__}"
+                    ) from e
                 model_id, training_record = result.model_id, result.manifest["training"]
                 del result
                 gc.collect()
@@ -380,7 +431,8 @@ def tune(
                 s = candidate.scores
                 report(
                     f"candidate {candidate.number}: action accuracy {s['action_accuracy']:.0%}, expectations passed "
-                    f"{s['expectation_pass_rate']:.0%}, chrF {s['chrf']:.1f}, validation loss {candidate.validation_loss}, "
+                    f"{s['expectation_pass_rate']:.0%}, chrF {s['chrf']:.1f}, "
+                    f"validation loss {candidate.validation_loss}, "
                     f"trained in {candidate.train_seconds:.0f} s, scored in {candidate.score_seconds:.0f} s"
                 )
                 outer.update(cfg.epochs)
