@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from bot import models
 from bot.config import Settings
-from bot.evaluation.run import stored_report
+from bot.evaluation.stored import stored_report
 
 
 @dataclass(frozen=True)

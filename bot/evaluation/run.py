@@ -18,6 +18,7 @@ from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
 from bot.evaluation.generation import generate_replies, reference_losses
 from bot.evaluation.metrics import Failure, action_failures, action_table, step_label, summarize
 from bot.evaluation.report_html import render_html
+from bot.evaluation.stored import REPORT_FILE, report_folder
 from bot.rendering import message_step
 
 BASELINE_ONLY = "base"  # results folder when no fine-tuned model is evaluated
@@ -124,13 +125,8 @@ def evaluate(
         "modes": list(modes),
         **results,
     }
-    folder = settings.results_dir / (trained.id if trained else BASELINE_ONLY)
+    folder = report_folder(settings, trained.id if trained else BASELINE_ONLY)
     folder.mkdir(parents=True, exist_ok=True)
-    models.write_json(folder / "report.json", document)
+    models.write_json(folder / REPORT_FILE, document)
     (folder / "report.html").write_text(render_html(document), encoding="utf-8")
     return document, folder
-
-
-def stored_report(settings: Settings, model_id: str) -> dict | None:
-    path = settings.results_dir / model_id / "report.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

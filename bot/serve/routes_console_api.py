@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from bot import models
-from bot.evaluation.run import stored_report
+from bot.evaluation.stored import stored_report
 from bot.serve.conversation_search import ConversationFilter, find_conversations
 from bot.serve.http import check_admin
 from bot.serve.keys import ADMIN_TOKEN, RELOAD_LOCK, SETTINGS, STORE

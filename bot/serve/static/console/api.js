@@ -1,6 +1,8 @@
 // The admin API: the token lives in sessionStorage (this tab only) and goes in the
 // Authorization header, as the server's admin routes expect.
 
+import { byId, clear, say } from "./dom.js";
+
 const KEY = "bot-console-token";
 
 export class ApiError extends Error {
@@ -63,4 +65,19 @@ export async function api(method, path, body, given) {
 
 export function path(...parts) {
   return "/api/" + parts.map(encodeURIComponent).join("/");
+}
+
+// A panel's list, filled from the API: a count line (or why nothing came), then one row per item.
+// `load` fetches the items; `counted(n)` says how many; `empty` says there are none.
+export async function showList({ count, list, load, counted, empty, row, busy }) {
+  const status = byId(count);
+  const rows = clear(byId(list));
+  if (busy) say(status, busy);
+  try {
+    const items = await load();
+    say(status, items.length ? counted(items.length) : empty);
+    for (const item of items) rows.append(row(item));
+  } catch (error) {
+    say(status, explain(error), true);
+  }
 }

@@ -1,5 +1,5 @@
 // Conversations: find stored conversations, read one's timeline, make a training draft of it.
-import { api, explain, path } from "./api.js";
+import { api, explain, path, showList } from "./api.js";
 import { byId, clear, el, focus, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
@@ -30,16 +30,16 @@ function row(found) {
 }
 
 export async function search() {
-  const count = byId("conversation-count");
-  const list = clear(byId("conversation-list"));
-  say(count, "Searching…");
-  try {
-    const { conversations } = await api("GET", "/api/admin/conversations" + (query() ? "?" + query() : ""));
-    say(count, conversations.length ? conversations.length + " found" : "No conversation matches.");
-    for (const found of conversations) list.append(row(found));
-  } catch (error) {
-    say(count, explain(error), true);
-  }
+  const wanted = query();
+  await showList({
+    count: "conversation-count",
+    list: "conversation-list",
+    busy: "Searching…",
+    load: async () => (await api("GET", "/api/admin/conversations" + (wanted ? "?" + wanted : ""))).conversations,
+    counted: (n) => n + " found",
+    empty: "No conversation matches.",
+    row,
+  });
 }
 
 export async function open(sender) {

@@ -1,6 +1,6 @@
 // Drafts of training dialogues: edit the YAML with its problems listed by line, save, accept
 // into the training dialogues or the held-out tests, or reject.
-import { api, explain, path } from "./api.js";
+import { api, explain, path, showList } from "./api.js";
 import { byId, clear, el, focus, say } from "./dom.js";
 
 let opened = null;
@@ -31,22 +31,23 @@ function showProblems(draft) {
   }
 }
 
+function row(d) {
+  return el("li", {},
+    el("button", { type: "button", className: "row", onclick: () => open(d.name) },
+      el("strong", {}, d.name), " ",
+      el("span", { className: d.valid ? "badge good" : "badge bad" }, d.valid ? "valid" : d.problems.length + " problem(s)"),
+      d.source ? el("span", { className: "muted block" }, "from conversation " + d.source) : null));
+}
+
 export async function refresh() {
-  const count = byId("draft-count");
-  const list = clear(byId("draft-list"));
-  try {
-    const { drafts } = await api("GET", "/api/drafts");
-    say(count, drafts.length ? drafts.length + " draft(s)" : "No drafts. Make one from a conversation, or with 'bot data review'.");
-    for (const d of drafts) {
-      list.append(el("li", {},
-        el("button", { type: "button", className: "row", onclick: () => open(d.name) },
-          el("strong", {}, d.name), " ",
-          el("span", { className: d.valid ? "badge good" : "badge bad" }, d.valid ? "valid" : d.problems.length + " problem(s)"),
-          d.source ? el("span", { className: "muted block" }, "from conversation " + d.source) : null)));
-    }
-  } catch (error) {
-    say(count, explain(error), true);
-  }
+  await showList({
+    count: "draft-count",
+    list: "draft-list",
+    load: async () => (await api("GET", "/api/drafts")).drafts,
+    counted: (n) => n + " draft(s)",
+    empty: "No drafts. Make one from a conversation, or with 'bot data review'.",
+    row,
+  });
 }
 
 export async function open(name) {

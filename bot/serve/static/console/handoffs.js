@@ -1,26 +1,27 @@
 // The handoff queue: conversations waiting for a person; reply as an agent, give back to the bot.
-import { api, explain, path } from "./api.js";
-import { byId, clear, el, focus, say, when } from "./dom.js";
+import { api, explain, path, showList } from "./api.js";
+import { byId, el, focus, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
 let opened = null;
 
+function row(w) {
+  return el("li", {},
+    el("button", { type: "button", className: "row", onclick: () => open(w.sender) },
+      el("strong", {}, w.sender),
+      el("span", { className: "muted block" }, "since " + when(w.since) + (w.reason ? " · " + w.reason : "")),
+      el("span", { className: "block quote" }, w.last_customer_message ?? "")));
+}
+
 export async function refresh() {
-  const count = byId("handoff-count");
-  const list = clear(byId("handoff-list"));
-  try {
-    const { waiting } = await api("GET", "/api/handoffs");
-    say(count, waiting.length ? waiting.length + " waiting" : "Nobody is waiting for a person.");
-    for (const w of waiting) {
-      list.append(el("li", {},
-        el("button", { type: "button", className: "row", onclick: () => open(w.sender) },
-          el("strong", {}, w.sender),
-          el("span", { className: "muted block" }, "since " + when(w.since) + (w.reason ? " · " + w.reason : "")),
-          el("span", { className: "block quote" }, w.last_customer_message ?? ""))));
-    }
-  } catch (error) {
-    say(count, explain(error), true);
-  }
+  await showList({
+    count: "handoff-count",
+    list: "handoff-list",
+    load: async () => (await api("GET", "/api/handoffs")).waiting,
+    counted: (n) => n + " waiting",
+    empty: "Nobody is waiting for a person.",
+    row,
+  });
 }
 
 async function showEvents() {
