@@ -51,7 +51,8 @@ async def _wait_until_healthy(process, health_url: str, package: str) -> None:
         while True:
             if process.returncode is not None:
                 raise ActionServerError(
-                    f"the action server for package '{package}' exited with code {process.returncode} (its output is above): "
+                    f"the action server for package '{package}' exited with code {process.returncode} "
+                    "(its output is above): "
                     f"is the package importable from here, and is the port free?"
                 )
             try:

@@ -28,7 +28,19 @@ import rasa_sdk.events as rasa
 
 from bot.data.profile import BotProfile
 from bot.data.schema import HANDOFF_TOOL
-from bot.serve.events import ACTION, AGENT, BOT, SLOT, USER, Event, action_executed, action_failed, bot_message, slot_set, slots_reset
+from bot.serve.events import (
+    ACTION,
+    AGENT,
+    BOT,
+    SLOT,
+    USER,
+    Event,
+    action_executed,
+    action_failed,
+    bot_message,
+    slot_set,
+    slots_reset,
+)
 
 log = logging.getLogger("bot.serve.actions")
 
@@ -53,11 +65,17 @@ class ActionFailed(Exception):
         self.status, self.detail = status, detail
 
 
+def _slot_from_entity(entity: str) -> dict:
+    """A Rasa slot of any type, filled from the entity of the same name, that does not steer the dialogue."""
+    mapping = {"type": "from_entity", "entity": entity}
+    return {"type": "any", "influence_conversation": False, "mappings": [mapping]}
+
+
 def domain_of(profile: BotProfile) -> dict:
     """A Rasa domain for the declared actions: every argument is a slot filled from the entity
     of the same name."""
     arguments = sorted({a for action in profile.actions.values() for a in action.arguments})
-    slots = {a: {"type": "any", "influence_conversation": False, "mappings": [{"type": "from_entity", "entity": a}]} for a in arguments}
+    slots = {a: _slot_from_entity(a) for a in arguments}
     return {
         "version": "3.1",
         "intents": [],
@@ -135,7 +153,9 @@ class ActionRunner:
         if status != 200:
             detail = answer.get("error") if isinstance(answer, dict) else answer
             raise ActionFailed(f"HTTP {status}", str(detail or "no details"))
-        if not isinstance(answer, dict) or not isinstance(answer.get("events", []), list) or not isinstance(answer.get("responses", []), list):
+        is_object = isinstance(answer, dict)
+        lists_where_expected = is_object and all(isinstance(answer.get(key, []), list) for key in ("events", "responses"))
+        if not lists_where_expected:
             raise ActionFailed("bad answer", "not {'events': [...], 'responses': [...]}")
         return answer
 

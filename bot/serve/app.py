@@ -34,10 +34,32 @@ from bot.serve import (
     shutdown,
 )
 from bot.serve.action_server import action_server
-from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.feeds import ConnectionCap
-from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
-from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, RETENTION, SETTINGS, STORE
+from bot.serve.generator import ResponseModel, load_response_model
+from bot.serve.http import (
+    JSON_DEPTH,
+    BadRequestLog,
+    RateLimiter,
+    cors_headers,
+    cors_middleware,
+    errors_middleware,
+    metrics_middleware,
+)
+from bot.serve.keys import (
+    ADMIN_TOKEN,
+    CLIENT_LIMIT,
+    CLOSING,
+    CONVERSATION_LIMIT,
+    CONVERSATIONS,
+    FEED_CAP,
+    HOLDER,
+    LOADER,
+    METRICS,
+    RELOAD_LOCK,
+    RETENTION,
+    SETTINGS,
+    STORE,
+)
 from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
 from bot.serve.retention import Retention, retention_of

@@ -11,9 +11,9 @@ from typing import Any
 
 from bot.config import ServeConfig
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.responder import Piece, Responder, fold, to_messages
-from bot.serve.recovery import mark_if_unanswered
 from bot.serve.events import BOT, HANDOFF, VISIBLE, Event, user_message
+from bot.serve.recovery import mark_if_unanswered
+from bot.serve.responder import Piece, Responder, fold, to_messages
 from bot.serve.store import ConversationStore
 
 
@@ -56,7 +56,8 @@ class Conversations:
             await mark_if_unanswered(self.store, sender)  # a reply cut by a crash that startup did not mark
             latest = await self.store.append(sender, user_message(text, metadata))
             yield latest
-            events, state_events = await self.store.context(sender, self.config.history_events)  # not the whole conversation
+            # the recent events, not the whole conversation
+            events, state_events = await self.store.context(sender, self.config.history_events)
             state = fold(state_events)
             state.recent = events
             if state.handed_off:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 ACTIVE_WINDOW_S = 15 * 60
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80)
@@ -26,7 +34,8 @@ class Metrics:
         self.prompt_tokens = Counter("bot_prompt_tokens", "Prompt tokens of all replies (cached or computed)", registry=self.registry)
         self.guarded = Counter(
             "bot_leak_guard_cuts",
-            "Replies, messages and tool calls the leak guard stopped, by what they would have leaked (prompt, secret) and where",
+            "Replies, messages and tool calls the leak guard stopped, "
+            "by what they would have leaked (prompt, secret) and where",
             ["kind", "where"],
             registry=self.registry,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
 from typing import Literal
 
 from aiohttp import web
@@ -45,6 +44,13 @@ class Reloaded(BaseModel):
     seconds: float
 
 
+def _remote_server(model) -> dict:
+    """Where a remote engine's model server is and the name it serves the model as; {} for a local engine."""
+    if not isinstance(model.engine, RemoteEngine):
+        return {}
+    return {"model_server": model.engine.url, "served_as": model.engine.model}
+
+
 def model_info(model) -> dict:
     return {
         "id": model.model_id,
@@ -52,7 +58,7 @@ def model_info(model) -> dict:
         "description": model.description,
         "engine": model.engine.name,
         "loaded_at": model.loaded_at,
-        **({"model_server": model.engine.url, "served_as": model.engine.model} if isinstance(model.engine, RemoteEngine) else {}),
+        **_remote_server(model),
     }
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.serve.responder import fold
+from bot.serve.events import HANDOFF, USER, agent_message, handed_off, resumed
 from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
 from bot.serve.openapi import Route, register
+from bot.serve.responder import fold
 from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
-from bot.serve.events import HANDOFF, USER, agent_message, handed_off, resumed
 
 TAKEN_OVER = "taken over by an agent"
 

@@ -59,14 +59,22 @@ class TextCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(description="The served model's id, as `GET /v1/models` lists it (`base` when no model is trained).")
     prompt: Prompt = Field(
-        description="Text (tokenized with no special tokens added) or token ids, continued as given: no chat template is applied. "
-        "A list of one text or one list of ids is the same; more than one prompt is a 400."
+        description="Text (tokenized with no special tokens added) or token ids, continued as given: "
+        "no chat template is applied. A list of one text or one list of ids is the same; "
+        "more than one prompt is a 400."
     )
-    max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate; null: as many as the context leaves. Prompt + max_tokens <= model.max_length.")
+    max_tokens: int | None = Field(
+        16,
+        ge=1,
+        description="Most tokens to generate; null: as many as the context leaves. "
+        "Prompt + max_tokens <= model.max_length.",
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(
-        None, description=f"Up to {MAX_STOP_STRINGS} strings: generation ends at the first to appear, and the text returned excludes it."
+        None,
+        description=f"Up to {MAX_STOP_STRINGS} strings: generation ends at the first to appear, "
+        "and the text returned excludes it.",
     )
     temperature: float | None = Field(None, description="0 or absent: decoding is greedy, no other value is supported.")
     top_p: float | None = Field(None, description="1 or absent.")
@@ -175,7 +183,9 @@ def _check_key(request: web.Request) -> None:
 
 
 def _unsupported(body: TextCompletionRequest) -> list[str]:
-    return [f"{name}={json.dumps(getattr(body, name))}" for name, allowed in DEFAULTS.items() if getattr(body, name) not in allowed]
+    """Each option asked for with a value this server does not support, as `name=value`."""
+    given = {name: getattr(body, name) for name in DEFAULTS}
+    return [f"{name}={json.dumps(value)}" for name, value in given.items() if value not in DEFAULTS[name]]
 
 
 def _one_prompt(prompt: Prompt) -> str | list[int]:
@@ -276,8 +286,9 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     _check_key(request)
     body = await read_body(request, TextCompletionRequest)
     if unsupported := _unsupported(body):
+        options = ", ".join(unsupported)
         raise web.HTTPBadRequest(
-            text=f"not supported: {', '.join(unsupported)}; this server decodes greedily, one choice, without log-probabilities"
+            text=f"not supported: {options}; this server decodes greedily, one choice, without log-probabilities"
         )
     prompt, stops = _one_prompt(body.prompt), _stops(body.stop)
     async with request.app[HOLDER].borrow() as model:  # one model for the whole request, even across a reload
@@ -285,7 +296,8 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         if body.model != name:
             raise web.HTTPNotFound(text=f"The model `{body.model}` does not exist. This server serves `{name}`.")
         prompt_ids = await _prompt_ids(model, prompt)
-        generation = _Generation(request, model, prompt_ids, _max_tokens(body.max_tokens, len(prompt_ids), model.max_length), stops)
+        max_tokens = _max_tokens(body.max_tokens, len(prompt_ids), model.max_length)
+        generation = _Generation(request, model, prompt_ids, max_tokens, stops)
         completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         if not body.stream:
@@ -295,7 +307,8 @@ async def _completions(request: web.Request) -> web.StreamResponse:
             return web.json_response(_completion(completion_id, created, name, [choice], generation.usage()))
 
         def chunk(text: str, finish_reason: str | None = None) -> bytes:
-            return _data(_completion(completion_id, created, name, [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]))
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            return _data(_completion(completion_id, created, name, [choice]))
 
         async with aclosing(generation.pieces()) as pieces:
             # The first piece before the headers: a request the engine refuses (queue full,

@@ -83,7 +83,7 @@ def conversation_filter(request: web.Request) -> tuple[ConversationFilter, int]:
     since = None
     if (raw := query.get("since")) is not None:
         try:
-            since = dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp()
+            since = dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
         except ValueError:
             raise web.HTTPBadRequest(text=f"query parameter 'since' must be a date YYYY-MM-DD, not '{raw[:40]}'") from None
     try:
@@ -93,7 +93,8 @@ def conversation_filter(request: web.Request) -> tuple[ConversationFilter, int]:
     if not 1 <= limit <= MAX_LIMIT:
         raise web.HTTPBadRequest(text=f"query parameter 'limit' must be a whole number from 1 to {MAX_LIMIT}")
     text = query.get("q", "").strip() or None
-    return ConversationFilter(since=since, handed_off=_query_bool(request, "handed_off"), rated=rated, text=text), limit
+    handed_off = _query_bool(request, "handed_off")
+    return ConversationFilter(since=since, handed_off=handed_off, rated=rated, text=text), limit
 
 
 async def list_conversations(request: web.Request) -> web.Response:

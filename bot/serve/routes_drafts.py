@@ -73,6 +73,12 @@ def draft_json(info: drafts.DraftInfo) -> dict:
     return {"name": info.name, "text": info.text, "valid": info.valid, "problems": [problem_json(p) for p in info.problems]}
 
 
+def _listed_json(info: drafts.DraftInfo) -> dict:
+    """A draft as the list shows it: no text, and where it came from."""
+    problems = [problem_json(p) for p in info.problems]
+    return {"name": info.name, "valid": info.valid, "problems": problems, "source": info.source}
+
+
 async def _call(function, *args):
     """A drafts library call off the event loop; an unknown draft is a 404, a refusal a 409."""
     try:
@@ -84,20 +90,22 @@ async def _call(function, *args):
 async def list_drafts(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
     found = await _call(drafts.list_drafts, request.app[SETTINGS])
-    listed = [{"name": d.name, "valid": d.valid, "problems": [problem_json(p) for p in d.problems], "source": d.source} for d in found]
+    listed = [_listed_json(d) for d in found]
     return web.json_response({"drafts": listed})
 
 
 async def get_draft(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
-    return web.json_response(draft_json(await _call(drafts.read_draft, request.app[SETTINGS], request.match_info["name"])))
+    draft = await _call(drafts.read_draft, request.app[SETTINGS], request.match_info["name"])
+    return web.json_response(draft_json(draft))
 
 
 async def save_draft(request: web.Request) -> web.Response:
     """Saves the text as it is (a person is editing it) and answers with its validation."""
     check_admin(request, request.app[ADMIN_TOKEN])
     body = await read_body(request, DraftEdit)
-    return web.json_response(draft_json(await _call(drafts.save_draft, request.app[SETTINGS], request.match_info["name"], body.text)))
+    draft = await _call(drafts.save_draft, request.app[SETTINGS], request.match_info["name"], body.text)
+    return web.json_response(draft_json(draft))
 
 
 async def accept_draft(request: web.Request) -> web.Response:

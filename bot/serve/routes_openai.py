@@ -15,14 +15,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.remote import RemoteEngine
-from bot.serve.events import MODEL_UNAVAILABLE
-from bot.serve.responder import GUARD, ConversationState, Piece
+from bot.serve.events import MODEL_UNAVAILABLE, user_message
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import Route, ServerSentEvent, register
+from bot.serve.responder import GUARD, ConversationState, Piece
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.routes_completions import openai_stream_error
-from bot.serve.events import user_message
 
 
 class ContentPart(BaseModel):
@@ -110,7 +109,8 @@ def check_size(body: CompletionRequest, max_messages: int, max_chars: int) -> No
             raise web.HTTPRequestEntityTooLarge(
                 max_size=max_chars,
                 actual_size=len(text),
-                text=f"messages[{i}] is {len(text):,} characters; at most {max_chars:,} are accepted (serve.max_message_chars)",
+                text=f"messages[{i}] is {len(text):,} characters; "
+                f"at most {max_chars:,} are accepted (serve.max_message_chars)",
             )
 
 

@@ -11,11 +11,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.serve.conversation_search import Rating, latest_ratings
+from bot.serve.events import BOT, rated
 from bot.serve.http import read_body
 from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Route, register
 from bot.serve.routes_chat import MAX_SEQ, SENDER_PARAM, conversation_id
-from bot.serve.events import BOT, rated
 
 MAX_COMMENT_CHARS = 1000
 
@@ -45,12 +45,16 @@ async def rate_message(request: web.Request) -> web.Response:
     async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
         events = await store.events(sender)
         if not any(e["seq"] == body.seq and e["type"] == BOT for e in events):
-            raise web.HTTPNotFound(text=f"conversation '{sender}' has no bot message with seq {body.seq}: only the bot's messages can be rated")
+            raise web.HTTPNotFound(
+                text=f"conversation '{sender}' has no bot message with seq {body.seq}: "
+                "only the bot's messages can be rated"
+            )
         current = latest_ratings(events).get(body.seq)
         if current is None or (current["rating"], current.get("comment")) != (body.rating, comment):
             await store.append(sender, rated(body.seq, body.rating, comment))
             request.app[METRICS].ratings.labels(body.rating).inc()
-    return web.json_response(Rated(sender=sender, seq=body.seq, rating=body.rating, comment=comment).model_dump(exclude_none=True))
+    answer = Rated(sender=sender, seq=body.seq, rating=body.rating, comment=comment)
+    return web.json_response(answer.model_dump(exclude_none=True))
 
 
 ROUTES = [

@@ -47,7 +47,8 @@ async def open_store(settings) -> ConversationStore:
     store = await opener(settings)
     if config.lock_url:
         try:
-            store.take_locks_from(await RedisLocks.connect(config.lock_url, expiry_s=config.lock_expiry_s, prefix=config.key_prefix))
+            locks = await RedisLocks.connect(config.lock_url, expiry_s=config.lock_expiry_s, prefix=config.key_prefix)
+            store.take_locks_from(locks)
         except BaseException:
             await store.close()
             raise
