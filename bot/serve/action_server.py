@@ -26,11 +26,20 @@ class ActionServerError(BotError):
 async def action_server(package: str, url: str, cwd: Path):
     endpoint = urlparse(url)
     if endpoint.hostname not in ("localhost", "127.0.0.1"):
-        raise ActionServerError(f"--actions starts a local action server, but action_endpoint.url in endpoints.yml is {url}")
+        raise ActionServerError(
+            f"--actions starts a local action server, but action_endpoint.url in endpoints.yml is {url}"
+        )
     port = endpoint.port or 5055
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rasa_sdk", "--actions", package, "--port", str(port),
-        cwd=cwd, env=dict(os.environ, SANIC_HOST="127.0.0.1"),
+        sys.executable,
+        "-m",
+        "rasa_sdk",
+        "--actions",
+        package,
+        "--port",
+        str(port),
+        cwd=cwd,
+        env=dict(os.environ, SANIC_HOST="127.0.0.1"),
     )
     try:
         await _wait_until_healthy(process, f"http://127.0.0.1:{port}/health", package)

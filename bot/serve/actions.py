@@ -112,7 +112,9 @@ class ActionRunner:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.tracker_events = tracker_events
 
-    def request_body(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile) -> dict:
+    def request_body(
+        self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile
+    ) -> dict:
         slots = {a: None for action in profile.actions.values() for a in action.arguments}
         slots.update(state.slots)
         slots.update(arguments)
@@ -120,7 +122,12 @@ class ActionRunner:
         tracker = {
             "sender_id": sender,
             "slots": slots,
-            "latest_message": {"text": latest.get("text"), "intent": {}, "entities": entities, "metadata": latest.get("metadata") or {}},
+            "latest_message": {
+                "text": latest.get("text"),
+                "intent": {},
+                "entities": entities,
+                "metadata": latest.get("metadata") or {},
+            },
             "events": rasa_events(state.recent[-self.tracker_events :]),
             "paused": False,
             "followup_action": None,
@@ -129,7 +136,13 @@ class ActionRunner:
             "latest_input_channel": "rest",
         }
         # Always with the domain (rasa-sdk answers 449 to a call without one and no domain_digest).
-        return {"next_action": name, "sender_id": sender, "tracker": tracker, "domain": domain_of(profile), "version": RASA_SDK_VERSION}
+        return {
+            "next_action": name,
+            "sender_id": sender,
+            "tracker": tracker,
+            "domain": domain_of(profile),
+            "version": RASA_SDK_VERSION,
+        }
 
     async def _post(self, body: dict) -> tuple[int, Any]:
         try:
@@ -154,12 +167,16 @@ class ActionRunner:
             detail = answer.get("error") if isinstance(answer, dict) else answer
             raise ActionFailed(f"HTTP {status}", str(detail or "no details"))
         is_object = isinstance(answer, dict)
-        lists_where_expected = is_object and all(isinstance(answer.get(key, []), list) for key in ("events", "responses"))
+        lists_where_expected = is_object and all(
+            isinstance(answer.get(key, []), list) for key in ("events", "responses")
+        )
         if not lists_where_expected:
             raise ActionFailed("bad answer", "not {'events': [...], 'responses': [...]}")
         return answer
 
-    async def run(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile) -> ActionOutcome:
+    async def run(
+        self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile
+    ) -> ActionOutcome:
         try:
             answer = await self.call(name, arguments, sender=sender, state=state, latest=latest, profile=profile)
         except ActionFailed as e:

@@ -162,10 +162,17 @@ async def _background_passes(store, retention: Retention | None, *, retry_s: flo
 
 
 def run(
-    settings: Settings, host: str, port: int, action_package: str | None = None, *, load_model: Callable[[], ResponseModel] | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    action_package: str | None = None,
+    *,
+    load_model: Callable[[], ResponseModel] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; a client that goes away cancels its handler (and
     generation). On a signal the server stops within serve.shutdown_timeout_s (bot.serve.shutdown)."""
     app = create_app(settings, action_package=action_package, load_model=load_model)
     backstop = shutdown.aiohttp_timeout(settings.build.serve.shutdown_timeout_s)
-    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop)
+    web.run_app(
+        app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop
+    )

@@ -49,7 +49,9 @@ class Conversations:
         self.config = config
         self.on_handoff = on_handoff
 
-    async def handle(self, sender: str, text: str, metadata: dict | None = None) -> AsyncIterator[Piece | Event | Waiting]:
+    async def handle(
+        self, sender: str, text: str, metadata: dict | None = None
+    ) -> AsyncIterator[Piece | Event | Waiting]:
         """Answer one customer message; yields the stored message, then Pieces as the reply is
         written and each event as it is stored."""
         async with self.store.lock(sender, self.config.lock_timeout_s):

@@ -97,7 +97,9 @@ def remote_response_model(settings: Settings) -> ResponseModel:
     name = server.model or (front.trained.id if front.trained else "base")
     api_key = os.environ.get(server.api_key_env) if server.api_key_env else None
     if server.api_key_env and not api_key:
-        raise ModelServerUnavailable(f"endpoints.yml model_server.api_key_env names {server.api_key_env}, which is not set")
+        raise ModelServerUnavailable(
+            f"endpoints.yml model_server.api_key_env names {server.api_key_env}, which is not set"
+        )
     engine = RemoteEngine(server.url, name, timeout_s=server.timeout_s, api_key=api_key)
     trained_id = front.trained.id if front.trained else None
     return ResponseModel(engine, front.tokenizer, front.profile, trained_id, settings.build.model.max_length)

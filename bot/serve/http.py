@@ -176,7 +176,8 @@ class RateLimiter:
     def check(self, key: str, what: str) -> None:
         if not self.allow(key):
             raise web.HTTPTooManyRequests(
-                text=f"too many requests from this {what}: at most {self.limit} a minute", headers={"Retry-After": str(int(self.window))}
+                text=f"too many requests from this {what}: at most {self.limit} a minute",
+                headers={"Retry-After": str(int(self.window))},
             )
 
 
@@ -191,7 +192,9 @@ def check_admin(request: web.Request, token: str | None) -> None:
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(errors="surrogateescape"), f"Bearer {token}".encode()):
         if wait := failures.failed(address):
-            log.warning("wrong admin token from %s (%d in a row): it waits %.0f s", address, failures.count(address), wait)
+            log.warning(
+                "wrong admin token from %s (%d in a row): it waits %.0f s", address, failures.count(address), wait
+            )
         raise web.HTTPUnauthorized(text="admin token missing or wrong (Authorization: Bearer ...)")
     failures.succeeded(address)
 
@@ -199,7 +202,8 @@ def check_admin(request: web.Request, token: str | None) -> None:
 def _admin_wait(seconds: float) -> web.HTTPTooManyRequests:
     retry_after = str(math.ceil(seconds))
     return web.HTTPTooManyRequests(
-        text=f"too many wrong admin tokens from this address: try again in {retry_after} s", headers={"Retry-After": retry_after}
+        text=f"too many wrong admin tokens from this address: try again in {retry_after} s",
+        headers={"Retry-After": retry_after},
     )
 
 
@@ -276,7 +280,9 @@ def cors_middleware(allowed_origins: list[str]):
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
             if origin not in allowed:
-                return json_error(403, f"origin {origin} is not allowed: add it to cors.allow_origins in endpoints.yml")
+                return json_error(
+                    403, f"origin {origin} is not allowed: add it to cors.allow_origins in endpoints.yml"
+                )
             response = web.Response(status=204)
             response.headers.update(
                 {

@@ -123,7 +123,9 @@ def strings_in(value: Any) -> Iterable[str]:
 
 
 class LeakGuard:
-    def __init__(self, system_prompt: str, secret: str = "", taught_replies: Iterable[str] = (), refusal: str = DEFAULT_REFUSAL):
+    def __init__(
+        self, system_prompt: str, secret: str = "", taught_replies: Iterable[str] = (), refusal: str = DEFAULT_REFUSAL
+    ):
         prompt = [w for w, _, _ in words(system_prompt)]
         taught = set()
         for reply in taught_replies:

@@ -129,7 +129,10 @@ def _operation(route: Route, refs: dict) -> dict[str, Any]:
     if route.params:
         operation["parameters"] = [_parameter(p) for p in route.params]
     if route.body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(route.body, "validation")]}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
+        }
     if route.admin:
         operation["security"] = [{ADMIN_SCHEME: []}]
     error = {"application/json": {"schema": {"$ref": REF.format(model=(route.error_body or ErrorBody).__name__)}}}
@@ -163,7 +166,9 @@ def document(routes: list[Route], *, title: str = "bot", version: str = "1") -> 
         "paths": paths,
         "components": {
             "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {ADMIN_SCHEME: {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}},
+            "securitySchemes": {
+                ADMIN_SCHEME: {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}
+            },
         },
     }
 
@@ -173,7 +178,16 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(document(request.app[API_ROUTES]))
 
 
-ROUTES = [Route("GET", "/openapi.json", openapi_document, "The OpenAPI 3.1 document of every route", "operator", ok={"type": "object"})]
+ROUTES = [
+    Route(
+        "GET",
+        "/openapi.json",
+        openapi_document,
+        "The OpenAPI 3.1 document of every route",
+        "operator",
+        ok={"type": "object"},
+    )
+]
 
 
 def add_routes(app: web.Application) -> None:

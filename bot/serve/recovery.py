@@ -57,7 +57,11 @@ async def mark_interrupted(store: ConversationStore, *, retry_s: float) -> list[
         if pending and time.monotonic() < deadline:
             await asyncio.sleep(1)
         elif pending:
-            log.warning("%d conversations were still busy after %.0f s; their replies were not marked interrupted", len(pending), retry_s)
+            log.warning(
+                "%d conversations were still busy after %.0f s; their replies were not marked interrupted",
+                len(pending),
+                retry_s,
+            )
             break
     if marked:
         log.info("marked %d replies cut by a crash as interrupted", len(marked))

@@ -241,7 +241,9 @@ class Responder:
     def _guarded(self, sender: str, leak: Leak, where: str, **detail) -> Event:
         """Records a cut (log line, metric); the `guarded` event to store."""
         stopped = where.replace("_", " ")
-        log.warning("conversation %s: the leak guard stopped a %s that would have shown the %s", sender, stopped, leak.kind)
+        log.warning(
+            "conversation %s: the leak guard stopped a %s that would have shown the %s", sender, stopped, leak.kind
+        )
         if self.metrics:
             self.metrics.guarded.labels(kind=leak.kind, where=where).inc()
         return leak_guarded(leak.kind, where, leak.encoding, **detail)
@@ -313,7 +315,9 @@ class Responder:
                 return
             reply = parse_reply(generated.text)
             if reply.broken_call is not None:  # opened a call and never finished it well: a failed call
-                log.warning("conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text)
+                log.warning(
+                    "conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text
+                )
                 if reply.broken_call == HANDOFF_TOOL:
                     yield handed_off("model", "", text=model.profile.handoff_message)
                     return
@@ -347,12 +351,16 @@ class Responder:
             invented = ungrounded(model.profile.actions[name], arguments, conversation_sources(messages))
             if invented:  # never sent: the customer is asked for the value instead
                 called, made_up = json.dumps(arguments), ", ".join(invented)
-                log.warning("conversation %s: not running %s(%s): %s not from the conversation", sender, name, called, made_up)
+                log.warning(
+                    "conversation %s: not running %s(%s): %s not from the conversation", sender, name, called, made_up
+                )
                 problems = [f"'{a}' {json.dumps(arguments[a])} appears nowhere in the conversation" for a in invented]
                 yield action_rejected(name, arguments, problems, reason=UNGROUNDED)
                 yield bot_message(asked_for(invented))
                 return
-            outcome = await self.actions.run(name, arguments, sender=sender, state=state, latest=latest, profile=model.profile)
+            outcome = await self.actions.run(
+                name, arguments, sender=sender, state=state, latest=latest, profile=model.profile
+            )
             for event in outcome.events:
                 if event["type"] == SLOT:
                     state.slots[event["name"]] = event.get("value")

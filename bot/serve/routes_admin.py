@@ -100,10 +100,25 @@ async def swap_in_active_model(app: web.Application) -> dict:
 
 
 ROUTES = [
-    Route("GET", "/health", health, "Whether the server answers, with the model in service and the store", "operator", ok=Health),
+    Route(
+        "GET",
+        "/health",
+        health,
+        "Whether the server answers, with the model in service and the store",
+        "operator",
+        ok=Health,
+    ),
     Route("GET", "/metrics", metrics, "Prometheus metrics", "operator", media="text/plain"),
-    Route("POST", "/api/model/reload", reload_model, "Serve the now-active model, without dropping a request", "operator",
-          ok=Reloaded, admin=True, errors=(400, 502, 503)),
+    Route(
+        "POST",
+        "/api/model/reload",
+        reload_model,
+        "Serve the now-active model, without dropping a request",
+        "operator",
+        ok=Reloaded,
+        admin=True,
+        errors=(400, 502, 503),
+    ),
 ]
 
 

@@ -50,7 +50,14 @@ async def waiting(request: web.Request) -> web.Response:
         events = await store.events(sender, last=50)
         handoff = next((e for e in reversed(events) if e["type"] == HANDOFF), {})
         last_customer = next((e["text"] for e in reversed(events) if e["type"] == USER), None)
-        listed.append({"sender": sender, "reason": handoff.get("reason"), "since": handoff.get("timestamp"), "last_customer_message": last_customer})
+        listed.append(
+            {
+                "sender": sender,
+                "reason": handoff.get("reason"),
+                "since": handoff.get("timestamp"),
+                "last_customer_message": last_customer,
+            }
+        )
     return web.json_response({"waiting": listed})
 
 
@@ -81,11 +88,39 @@ async def give_back(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/api/handoffs", waiting, "Conversations waiting for a person", "agents", ok=Handoffs, admin=True, errors=(503,)),
-    Route("POST", "/api/conversations/{sender}/messages", write_as_agent, "An agent writes to the customer (and takes the conversation over)",
-          "agents", body=AgentMessage, ok=AgentReply, params=(SENDER_PARAM,), admin=True, errors=(503,)),
-    Route("POST", "/api/conversations/{sender}/resume", give_back, "Give the conversation back to the bot", "agents",
-          ok=Resumed, params=(SENDER_PARAM,), admin=True, errors=(409, 503)),
+    Route(
+        "GET",
+        "/api/handoffs",
+        waiting,
+        "Conversations waiting for a person",
+        "agents",
+        ok=Handoffs,
+        admin=True,
+        errors=(503,),
+    ),
+    Route(
+        "POST",
+        "/api/conversations/{sender}/messages",
+        write_as_agent,
+        "An agent writes to the customer (and takes the conversation over)",
+        "agents",
+        body=AgentMessage,
+        ok=AgentReply,
+        params=(SENDER_PARAM,),
+        admin=True,
+        errors=(503,),
+    ),
+    Route(
+        "POST",
+        "/api/conversations/{sender}/resume",
+        give_back,
+        "Give the conversation back to the bot",
+        "agents",
+        ok=Resumed,
+        params=(SENDER_PARAM,),
+        admin=True,
+        errors=(409, 503),
+    ),
 ]
 
 

@@ -54,7 +54,9 @@ class Event(BaseModel):
     text: str | None = None
     buttons: list[dict[str, Any]] | None = None
     agent: str | None = None
-    rating: Literal["up", "down"] | None = Field(None, description="bot messages in the history: the customer's vote, if they rated it.")
+    rating: Literal["up", "down"] | None = Field(
+        None, description="bot messages in the history: the customer's vote, if they rated it."
+    )
 
 
 class History(BaseModel):
@@ -97,7 +99,13 @@ async def chat_request(request: web.Request) -> ChatRequest:
 
 def rasa_message(sender: str, event: dict) -> dict:
     """A bot event in Rasa's REST channel format: keys whose value is null are dropped."""
-    message = {"recipient_id": sender, "text": event.get("text"), "buttons": event.get("buttons"), "image": event.get("image"), "custom": event.get("custom")}
+    message = {
+        "recipient_id": sender,
+        "text": event.get("text"),
+        "buttons": event.get("buttons"),
+        "image": event.get("image"),
+        "custom": event.get("custom"),
+    }
     return {k: v for k, v in message.items() if v is not None}
 
 
@@ -185,7 +193,10 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
             if not re.fullmatch("[0-9]{1,19}", value) or int(value) > MAX_SEQ:
                 raise web.HTTPBadRequest(text=f"'{name}' must be a whole number from 0 to 2**63-1")
             after = int(value)
-    with request.app[FEED_CAP].hold(request.remote or "?", "live feeds"), request.app[METRICS].live_feeds.track_inprogress():
+    with (
+        request.app[FEED_CAP].hold(request.remote or "?", "live feeds"),
+        request.app[METRICS].live_feeds.track_inprogress(),
+    ):
         return await _feed(request, sender, after)
 
 
@@ -220,18 +231,55 @@ async def _feed(request: web.Request, sender: str, after: int) -> web.StreamResp
 
 AFTER = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
 ROUTES = [
-    Route("POST", "/webhooks/rest/webhook", rest_webhook, "Rasa's REST channel: a message in, the bot's messages out", "chat",
-          body=ChatRequest, ok=RasaReply, errors=(429, 503)),
-    Route("POST", "/api/chat/stream", chat_stream, "A message in, the reply as server-sent events (the widget's endpoint)", "chat",
-          body=ChatRequest, events=ChatStreamEvent, errors=(429, 503)),
-    Route("GET", "/api/conversations/{sender}", history, "The conversation as the widget shows it", "chat",
-          ok=History, params=(SENDER_PARAM,), errors=(503,)),
-    Route("GET", "/api/conversations/{sender}/events", live_feed, "The live feed: server-sent events as they are stored", "chat",
-          events=FeedEvent, errors=(429, 503), params=(
-              SENDER_PARAM,
-              Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
-              Param("Last-Event-ID", "header", AFTER, "Set by the browser's EventSource when it reconnects; wins over `after`."),
-          )),
+    Route(
+        "POST",
+        "/webhooks/rest/webhook",
+        rest_webhook,
+        "Rasa's REST channel: a message in, the bot's messages out",
+        "chat",
+        body=ChatRequest,
+        ok=RasaReply,
+        errors=(429, 503),
+    ),
+    Route(
+        "POST",
+        "/api/chat/stream",
+        chat_stream,
+        "A message in, the reply as server-sent events (the widget's endpoint)",
+        "chat",
+        body=ChatRequest,
+        events=ChatStreamEvent,
+        errors=(429, 503),
+    ),
+    Route(
+        "GET",
+        "/api/conversations/{sender}",
+        history,
+        "The conversation as the widget shows it",
+        "chat",
+        ok=History,
+        params=(SENDER_PARAM,),
+        errors=(503,),
+    ),
+    Route(
+        "GET",
+        "/api/conversations/{sender}/events",
+        live_feed,
+        "The live feed: server-sent events as they are stored",
+        "chat",
+        events=FeedEvent,
+        errors=(429, 503),
+        params=(
+            SENDER_PARAM,
+            Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
+            Param(
+                "Last-Event-ID",
+                "header",
+                AFTER,
+                "Set by the browser's EventSource when it reconnects; wins over `after`.",
+            ),
+        ),
+    ),
 ]
 
 

@@ -22,7 +22,12 @@ MAX_COMMENT_CHARS = 1000
 
 class RatingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seq: int = Field(ge=1, le=MAX_SEQ, strict=True, description="The seq of the bot message rated (from the conversation's history or stream).")
+    seq: int = Field(
+        ge=1,
+        le=MAX_SEQ,
+        strict=True,
+        description="The seq of the bot message rated (from the conversation's history or stream).",
+    )
     rating: Rating = Field(description="up (helpful) or down (not helpful).")
     comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS, description="What the customer adds, if anything.")
 
@@ -58,8 +63,17 @@ async def rate_message(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("POST", "/api/conversations/{sender}/ratings", rate_message, "Rate one of the bot's messages: thumbs up or down (the widget's buttons)", "chat",
-          body=RatingRequest, ok=Rated, params=(SENDER_PARAM,), errors=(429, 503)),
+    Route(
+        "POST",
+        "/api/conversations/{sender}/ratings",
+        rate_message,
+        "Rate one of the bot's messages: thumbs up or down (the widget's buttons)",
+        "chat",
+        body=RatingRequest,
+        ok=Rated,
+        params=(SENDER_PARAM,),
+        errors=(429, 503),
+    ),
 ]
 
 

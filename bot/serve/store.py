@@ -285,7 +285,9 @@ class SQLiteStore(ConversationStore):
 
     async def _append(self, sender: str, event: Event) -> int:
         body = json.dumps(event, ensure_ascii=False)
-        rows = await asyncio.to_thread(self._run, "INSERT INTO events (sender, type, body) VALUES (?, ?, ?)", (sender, event["type"], body))
+        rows = await asyncio.to_thread(
+            self._run, "INSERT INTO events (sender, type, body) VALUES (?, ?, ?)", (sender, event["type"], body)
+        )
         return rows[0][0]
 
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
@@ -345,7 +347,9 @@ class SQLiteStore(ConversationStore):
         if not senders:
             return 0
         marks = ", ".join("?" * len(senders))
-        found = await asyncio.to_thread(self._run, f"SELECT count(DISTINCT sender) FROM events WHERE sender IN ({marks})", tuple(senders))
+        found = await asyncio.to_thread(
+            self._run, f"SELECT count(DISTINCT sender) FROM events WHERE sender IN ({marks})", tuple(senders)
+        )
         await asyncio.to_thread(self._run, f"DELETE FROM events WHERE sender IN ({marks})", tuple(senders))
         return found[0][0]
 
@@ -358,7 +362,9 @@ class SQLiteStore(ConversationStore):
                     self._db.execute("BEGIN")
                     for event in events:
                         body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
-                        self._db.execute("UPDATE events SET body = ? WHERE sender = ? AND seq = ?", (body, sender, event["seq"]))
+                        self._db.execute(
+                            "UPDATE events SET body = ? WHERE sender = ? AND seq = ?", (body, sender, event["seq"])
+                        )
 
         await asyncio.to_thread(write)
 

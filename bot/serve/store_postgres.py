@@ -118,7 +118,9 @@ class PostgresStore(ConversationStore):
 
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
         if last is None:
-            rows = await self._pool.fetch("SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq", sender, after)
+            rows = await self._pool.fetch(
+                "SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq", sender, after
+            )
         else:
             sql = "SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq DESC LIMIT $3"
             rows = list(reversed(await self._pool.fetch(sql, sender, after, last)))
@@ -171,7 +173,9 @@ class PostgresStore(ConversationStore):
         async with self._pool.acquire() as connection, connection.transaction():
             for event in events:
                 body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
-                await connection.execute("UPDATE bot_events SET body = $1::jsonb WHERE sender = $2 AND seq = $3", body, sender, event["seq"])
+                await connection.execute(
+                    "UPDATE bot_events SET body = $1::jsonb WHERE sender = $2 AND seq = $3", body, sender, event["seq"]
+                )
 
     @asynccontextmanager
     async def _own_lock(self, sender: str, timeout: float):
@@ -180,7 +184,9 @@ class PostgresStore(ConversationStore):
         try:
             connection = await self._lock_pool.acquire(timeout=timeout)
         except TimeoutError:
-            raise ConversationBusy(f"conversation '{sender}' waited {timeout:.0f} s: the server is answering too many at once") from None
+            raise ConversationBusy(
+                f"conversation '{sender}' waited {timeout:.0f} s: the server is answering too many at once"
+            ) from None
         try:  # the lock belongs to this connection's session
             while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
                 if time.monotonic() > deadline:

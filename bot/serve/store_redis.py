@@ -165,7 +165,9 @@ class RedisStore(ConversationStore):
                 for key in keys[start : start + 500]:
                     pipe.llen(key).lindex(key, 0).lindex(key, -1)
                 replies = await pipe.execute()
-            for key, length, first, last in zip(keys[start : start + 500], replies[::3], replies[1::3], replies[2::3], strict=True):
+            for key, length, first, last in zip(
+                keys[start : start + 500], replies[::3], replies[1::3], replies[2::3], strict=True
+            ):
                 if length:
                     started, last_active = json.loads(first)["timestamp"], json.loads(last)["timestamp"]
                     found.append(ConversationSummary(key.removeprefix(events_key), started, last_active, length))

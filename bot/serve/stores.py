@@ -34,7 +34,11 @@ async def _redis(settings) -> ConversationStore:
 
 
 # tracker_store.type -> its opener; bot/config.py's TrackerStore.type lists the same names (a test checks).
-OPENERS: dict[str, Callable[..., Awaitable[ConversationStore]]] = {"sqlite": _sqlite, "postgresql": _postgresql, "redis": _redis}
+OPENERS: dict[str, Callable[..., Awaitable[ConversationStore]]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgresql,
+    "redis": _redis,
+}
 
 
 async def open_store(settings) -> ConversationStore:

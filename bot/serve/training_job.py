@@ -139,7 +139,9 @@ class TrainingJobs:
 
     async def start(self) -> TrainingJob:
         if self.current and self.current.state == RUNNING:
-            raise JobRunning(f"training job {self.current.id} is already running: cancel it first, or wait for it to end")
+            raise JobRunning(
+                f"training job {self.current.id} is already running: cancel it first, or wait for it to end"
+            )
         job = TrainingJob(uuid.uuid4().hex[:12], time.time(), self.progress_file)
         self.current = job  # before the first await: a second request meanwhile is refused
         self.progress_file.unlink(missing_ok=True)  # the child writes it anew; nothing of the last job is read
