@@ -26,11 +26,20 @@ class ActionServerError(BotError):
 async def action_server(package: str, url: str, cwd: Path):
     endpoint = urlparse(url)
     if endpoint.hostname not in ("localhost", "127.0.0.1"):
-        raise ActionServerError(f"--actions starts a local action server, but action_endpoint.url in endpoints.yml is {url}")
+        raise ActionServerError(
+            f"--actions starts a local action server, but action_endpoint.url in endpoints.yml is {url}"
+        )
     port = endpoint.port or 5055
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rasa_sdk", "--actions", package, "--port", str(port),
-        cwd=cwd, env=dict(os.environ, SANIC_HOST="127.0.0.1"),
+        sys.executable,
+        "-m",
+        "rasa_sdk",
+        "--actions",
+        package,
+        "--port",
+        str(port),
+        cwd=cwd,
+        env=dict(os.environ, SANIC_HOST="127.0.0.1"),
     )
     try:
         await _wait_until_healthy(process, f"http://127.0.0.1:{port}/health", package)
@@ -51,7 +60,8 @@ async def _wait_until_healthy(process, health_url: str, package: str) -> None:
         while True:
             if process.returncode is not None:
                 raise ActionServerError(
-                    f"the action server for package '{package}' exited with code {process.returncode} (its output is above): "
+                    f"the action server for package '{package}' exited with code {process.returncode} "
+                    "(its output is above): "
                     f"is the package importable from here, and is the port free?"
                 )
             try:

@@ -28,7 +28,19 @@ import rasa_sdk.events as rasa
 
 from bot.data.profile import BotProfile
 from bot.data.schema import HANDOFF_TOOL
-from bot.serve.events import ACTION, AGENT, BOT, SLOT, USER, Event, action_executed, action_failed, bot_message, slot_set, slots_reset
+from bot.serve.events import (
+    ACTION,
+    AGENT,
+    BOT,
+    SLOT,
+    USER,
+    Event,
+    action_executed,
+    action_failed,
+    bot_message,
+    slot_set,
+    slots_reset,
+)
 
 log = logging.getLogger("bot.serve.actions")
 
@@ -53,11 +65,17 @@ class ActionFailed(Exception):
         self.status, self.detail = status, detail
 
 
+def _slot_from_entity(entity: str) -> dict:
+    """A Rasa slot of any type, filled from the entity of the same name, that does not steer the dialogue."""
+    mapping = {"type": "from_entity", "entity": entity}
+    return {"type": "any", "influence_conversation": False, "mappings": [mapping]}
+
+
 def domain_of(profile: BotProfile) -> dict:
     """A Rasa domain for the declared actions: every argument is a slot filled from the entity
     of the same name."""
     arguments = sorted({a for action in profile.actions.values() for a in action.arguments})
-    slots = {a: {"type": "any", "influence_conversation": False, "mappings": [{"type": "from_entity", "entity": a}]} for a in arguments}
+    slots = {a: _slot_from_entity(a) for a in arguments}
     return {
         "version": "3.1",
         "intents": [],
@@ -94,7 +112,9 @@ class ActionRunner:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.tracker_events = tracker_events
 
-    def request_body(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile) -> dict:
+    def request_body(
+        self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile
+    ) -> dict:
         slots = {a: None for action in profile.actions.values() for a in action.arguments}
         slots.update(state.slots)
         slots.update(arguments)
@@ -102,7 +122,12 @@ class ActionRunner:
         tracker = {
             "sender_id": sender,
             "slots": slots,
-            "latest_message": {"text": latest.get("text"), "intent": {}, "entities": entities, "metadata": latest.get("metadata") or {}},
+            "latest_message": {
+                "text": latest.get("text"),
+                "intent": {},
+                "entities": entities,
+                "metadata": latest.get("metadata") or {},
+            },
             "events": rasa_events(state.recent[-self.tracker_events :]),
             "paused": False,
             "followup_action": None,
@@ -111,7 +136,13 @@ class ActionRunner:
             "latest_input_channel": "rest",
         }
         # Always with the domain (rasa-sdk answers 449 to a call without one and no domain_digest).
-        return {"next_action": name, "sender_id": sender, "tracker": tracker, "domain": domain_of(profile), "version": RASA_SDK_VERSION}
+        return {
+            "next_action": name,
+            "sender_id": sender,
+            "tracker": tracker,
+            "domain": domain_of(profile),
+            "version": RASA_SDK_VERSION,
+        }
 
     async def _post(self, body: dict) -> tuple[int, Any]:
         try:
@@ -135,11 +166,17 @@ class ActionRunner:
         if status != 200:
             detail = answer.get("error") if isinstance(answer, dict) else answer
             raise ActionFailed(f"HTTP {status}", str(detail or "no details"))
-        if not isinstance(answer, dict) or not isinstance(answer.get("events", []), list) or not isinstance(answer.get("responses", []), list):
+        is_object = isinstance(answer, dict)
+        lists_where_expected = is_object and all(
+            isinstance(answer.get(key, []), list) for key in ("events", "responses")
+        )
+        if not lists_where_expected:
             raise ActionFailed("bad answer", "not {'events': [...], 'responses': [...]}")
         return answer
 
-    async def run(self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile) -> ActionOutcome:
+    async def run(
+        self, name: str, arguments: dict, *, sender: str, state, latest: Event, profile: BotProfile
+    ) -> ActionOutcome:
         try:
             answer = await self.call(name, arguments, sender=sender, state=state, latest=latest, profile=profile)
         except ActionFailed as e:

@@ -34,10 +34,32 @@ from bot.serve import (
     shutdown,
 )
 from bot.serve.action_server import action_server
-from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.feeds import ConnectionCap
-from bot.serve.http import JSON_DEPTH, BadRequestLog, RateLimiter, cors_headers, cors_middleware, errors_middleware, metrics_middleware
-from bot.serve.keys import ADMIN_TOKEN, CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, HOLDER, LOADER, METRICS, RELOAD_LOCK, RETENTION, SETTINGS, STORE
+from bot.serve.generator import ResponseModel, load_response_model
+from bot.serve.http import (
+    JSON_DEPTH,
+    BadRequestLog,
+    RateLimiter,
+    cors_headers,
+    cors_middleware,
+    errors_middleware,
+    metrics_middleware,
+)
+from bot.serve.keys import (
+    ADMIN_TOKEN,
+    CLIENT_LIMIT,
+    CLOSING,
+    CONVERSATION_LIMIT,
+    CONVERSATIONS,
+    FEED_CAP,
+    HOLDER,
+    LOADER,
+    METRICS,
+    RELOAD_LOCK,
+    RETENTION,
+    SETTINGS,
+    STORE,
+)
 from bot.serve.metrics import Metrics
 from bot.serve.recovery import mark_interrupted_in_background
 from bot.serve.retention import Retention, retention_of
@@ -140,10 +162,17 @@ async def _background_passes(store, retention: Retention | None, *, retry_s: flo
 
 
 def run(
-    settings: Settings, host: str, port: int, action_package: str | None = None, *, load_model: Callable[[], ResponseModel] | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    action_package: str | None = None,
+    *,
+    load_model: Callable[[], ResponseModel] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; a client that goes away cancels its handler (and
     generation). On a signal the server stops within serve.shutdown_timeout_s (bot.serve.shutdown)."""
     app = create_app(settings, action_package=action_package, load_model=load_model)
     backstop = shutdown.aiohttp_timeout(settings.build.serve.shutdown_timeout_s)
-    web.run_app(app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop)
+    web.run_app(
+        app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop
+    )

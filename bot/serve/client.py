@@ -11,10 +11,14 @@ import aiohttp
 from bot.errors import BotError
 
 
-async def chat_events(session: aiohttp.ClientSession, url: str, sender: str, message: str) -> AsyncIterator[tuple[str | None, dict]]:
+async def chat_events(
+    session: aiohttp.ClientSession, url: str, sender: str, message: str
+) -> AsyncIterator[tuple[str | None, dict]]:
     """(event name, data) of each server-sent event of the reply to `message`."""
     try:
-        async with session.post(f"{url.rstrip('/')}/api/chat/stream", json={"sender": sender, "message": message}) as response:
+        async with session.post(
+            f"{url.rstrip('/')}/api/chat/stream", json={"sender": sender, "message": message}
+        ) as response:
             if response.status != 200:
                 raise BotError(f"{url} answered {response.status}: {(await response.text())[:300]}")
             event = None

@@ -11,9 +11,9 @@ from typing import Any
 
 from bot.config import ServeConfig
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.responder import Piece, Responder, fold, to_messages
-from bot.serve.recovery import mark_if_unanswered
 from bot.serve.events import BOT, HANDOFF, VISIBLE, Event, user_message
+from bot.serve.recovery import mark_if_unanswered
+from bot.serve.responder import Piece, Responder, fold, to_messages
 from bot.serve.store import ConversationStore
 
 
@@ -49,14 +49,17 @@ class Conversations:
         self.config = config
         self.on_handoff = on_handoff
 
-    async def handle(self, sender: str, text: str, metadata: dict | None = None) -> AsyncIterator[Piece | Event | Waiting]:
+    async def handle(
+        self, sender: str, text: str, metadata: dict | None = None
+    ) -> AsyncIterator[Piece | Event | Waiting]:
         """Answer one customer message; yields the stored message, then Pieces as the reply is
         written and each event as it is stored."""
         async with self.store.lock(sender, self.config.lock_timeout_s):
             await mark_if_unanswered(self.store, sender)  # a reply cut by a crash that startup did not mark
             latest = await self.store.append(sender, user_message(text, metadata))
             yield latest
-            events, state_events = await self.store.context(sender, self.config.history_events)  # not the whole conversation
+            # the recent events, not the whole conversation
+            events, state_events = await self.store.context(sender, self.config.history_events)
             state = fold(state_events)
             state.recent = events
             if state.handed_off:

@@ -52,7 +52,9 @@ def user_message(text: str, metadata: dict | None = None) -> Event:
     return new_event(USER, text=text, metadata=metadata or None)
 
 
-def bot_message(text: str | None, by: str | None = None, buttons: list | None = None, image: str | None = None) -> Event:
+def bot_message(
+    text: str | None, by: str | None = None, buttons: list | None = None, image: str | None = None
+) -> Event:
     """A message shown to the customer as the bot's. `by`: what wrote it when not the model: an
     action's name (its `buttons` and `image` come with it), the leak guard (GUARD) or
     MODEL_UNAVAILABLE (the apology standing in for a reply the model server could not give)."""

@@ -20,7 +20,9 @@ class ConnectionCap:
     def hold(self, key: str, what: str) -> Iterator[None]:
         """One connection for `key` while the block runs; 429 when `key` already holds `limit`."""
         if self._open.get(key, 0) >= self.limit:
-            raise web.HTTPTooManyRequests(text=f"too many {what} open from this client address: at most {self.limit} at once")
+            raise web.HTTPTooManyRequests(
+                text=f"too many {what} open from this client address: at most {self.limit} at once"
+            )
         self._open[key] = self._open.get(key, 0) + 1
         try:
             yield

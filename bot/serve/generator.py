@@ -49,7 +49,8 @@ class ResponseModel:
     def prompt(self, messages: list[dict], max_new_tokens: int, gone: threading.Event | None = None) -> list[int]:
         """System prompt + as much recent history as leaves room for the reply. Once `gone` is
         set, RenderCancelled (checked between exchanges)."""
-        return fitted_prompt_ids(self.tokenizer, messages, self.max_length - max_new_tokens, cancelled=gone.is_set if gone else None)
+        cancelled = gone.is_set if gone else None
+        return fitted_prompt_ids(self.tokenizer, messages, self.max_length - max_new_tokens, cancelled=cancelled)
 
     async def stream(self, messages: list[dict], max_new_tokens: int) -> AsyncIterator[str | Finished]:
         """Text pieces of the greedy reply to `messages`, then the `Finished` record. Closing the
@@ -96,6 +97,9 @@ def remote_response_model(settings: Settings) -> ResponseModel:
     name = server.model or (front.trained.id if front.trained else "base")
     api_key = os.environ.get(server.api_key_env) if server.api_key_env else None
     if server.api_key_env and not api_key:
-        raise ModelServerUnavailable(f"endpoints.yml model_server.api_key_env names {server.api_key_env}, which is not set")
+        raise ModelServerUnavailable(
+            f"endpoints.yml model_server.api_key_env names {server.api_key_env}, which is not set"
+        )
     engine = RemoteEngine(server.url, name, timeout_s=server.timeout_s, api_key=api_key)
-    return ResponseModel(engine, front.tokenizer, front.profile, front.trained.id if front.trained else None, settings.build.model.max_length)
+    trained_id = front.trained.id if front.trained else None
+    return ResponseModel(engine, front.tokenizer, front.profile, trained_id, settings.build.model.max_length)

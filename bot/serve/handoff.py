@@ -43,6 +43,8 @@ class HandoffNotifier:
         try:
             async with self.session.post(self.url, json=body, timeout=self.timeout) as response:
                 if response.status >= 300:
-                    log.warning("handoff webhook %s answered %s for conversation %s", self.url, response.status, sender)
+                    log.warning(
+                        "handoff webhook %s answered %s for conversation %s", self.url, response.status, sender
+                    )
         except (aiohttp.ClientError, TimeoutError) as e:
             log.warning("handoff webhook %s failed for conversation %s: %s", self.url, sender, e or type(e).__name__)

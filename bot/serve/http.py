@@ -69,7 +69,8 @@ def json_error(status: int, message: str, headers: dict | None = None) -> web.Re
 
 JSON_DEPTH = web.AppKey("json_depth", int)  # serve.max_json_depth; the body size limit is the app's client_max_size
 
-_STRING = re.compile(r'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*"?')  # a string, or the rest of the text after an unclosed quote: never backtracks
+# a string, or the rest of the text after an unclosed quote: never backtracks
+_STRING = re.compile(r'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*"?')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
@@ -88,7 +89,8 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     try:
         raw = await request.read()  # raises 413 past client_max_size
     except HttpProcessingError as e:  # broken framing of the body (chunk sizes, length)
-        raise web.HTTPBadRequest(text=f"request body is malformed: {(e.message or 'bad framing').splitlines()[0]}") from None
+        first_line = (e.message or "bad framing").splitlines()[0]
+        raise web.HTTPBadRequest(text=f"request body is malformed: {first_line}") from None
     except ConnectionError:  # the client left before its body was complete: nobody to answer, nothing to log
         raise web.HTTPBadRequest(text="request body is incomplete: the connection closed") from None
     try:
@@ -97,7 +99,10 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise web.HTTPBadRequest(text=f"request body is not UTF-8: {e.reason} at byte {e.start}") from None
     limit = request.app[JSON_DEPTH]
     if (depth := nesting_depth(text)) > limit:
-        raise web.HTTPBadRequest(text=f"request body is nested too deeply: {depth:,} levels of arrays or objects, at most {limit} are accepted")
+        raise web.HTTPBadRequest(
+            text=f"request body is nested too deeply: {depth:,} levels of arrays or objects, "
+            f"at most {limit} are accepted"
+        )
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as e:
@@ -126,7 +131,8 @@ class BadRequestLog(logging.LoggerAdapter):
         # what went wrong, without what was sent (aiohttp quotes the offending bytes after a colon or in quotes)
         first = next(iter(str(error.message or "").strip().splitlines()), "")
         what = re.split(r"[:'\"]", first, maxsplit=1)[0].strip()[:100] or "malformed"
-        self.log(level, "bad HTTP request from %s answered 400 (%s): %s", remote, type(error).__name__, what)  # aiohttp's status for them all
+        # 400: aiohttp's status for them all
+        self.log(level, "bad HTTP request from %s answered 400 (%s): %s", remote, type(error).__name__, what)
         return True
 
     def exception(self, msg, *args, **kwargs):
@@ -150,7 +156,9 @@ class RateLimiter:
         self._calls = 0
 
     def _sweep(self, now: float) -> None:
-        self._hits = defaultdict(deque, {k: hits for k, hits in self._hits.items() if hits and hits[-1] > now - self.window})
+        oldest_kept = now - self.window
+        recent = {k: hits for k, hits in self._hits.items() if hits and hits[-1] > oldest_kept}
+        self._hits = defaultdict(deque, recent)
 
     def allow(self, key: str) -> bool:
         now = time.monotonic()
@@ -168,7 +176,8 @@ class RateLimiter:
     def check(self, key: str, what: str) -> None:
         if not self.allow(key):
             raise web.HTTPTooManyRequests(
-                text=f"too many requests from this {what}: at most {self.limit} a minute", headers={"Retry-After": str(int(self.window))}
+                text=f"too many requests from this {what}: at most {self.limit} a minute",
+                headers={"Retry-After": str(int(self.window))},
             )
 
 
@@ -183,7 +192,9 @@ def check_admin(request: web.Request, token: str | None) -> None:
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(errors="surrogateescape"), f"Bearer {token}".encode()):
         if wait := failures.failed(address):
-            log.warning("wrong admin token from %s (%d in a row): it waits %.0f s", address, failures.count(address), wait)
+            log.warning(
+                "wrong admin token from %s (%d in a row): it waits %.0f s", address, failures.count(address), wait
+            )
         raise web.HTTPUnauthorized(text="admin token missing or wrong (Authorization: Bearer ...)")
     failures.succeeded(address)
 
@@ -191,7 +202,8 @@ def check_admin(request: web.Request, token: str | None) -> None:
 def _admin_wait(seconds: float) -> web.HTTPTooManyRequests:
     retry_after = str(math.ceil(seconds))
     return web.HTTPTooManyRequests(
-        text=f"too many wrong admin tokens from this address: try again in {retry_after} s", headers={"Retry-After": retry_after}
+        text=f"too many wrong admin tokens from this address: try again in {retry_after} s",
+        headers={"Retry-After": retry_after},
     )
 
 
@@ -208,7 +220,8 @@ def _answer_to(request: web.Request, error: Exception) -> tuple[int, str, dict |
         if error.status < 400:
             raise error
         headers = {k: v for k, v in error.headers.items() if k.lower() not in ("content-type", "content-length")}
-        message = error.reason if error.text is None or error.text.startswith(f"{error.status}:") else error.text  # aiohttp's default text
+        default_text = error.text is None or error.text.startswith(f"{error.status}:")  # aiohttp's default text
+        message = error.reason if default_text else error.text
         return error.status, message, headers
     return status_of(error), public_message(error, f"handling {request.method} {request.path}"), None
 
@@ -267,7 +280,9 @@ def cors_middleware(allowed_origins: list[str]):
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
             if origin not in allowed:
-                return json_error(403, f"origin {origin} is not allowed: add it to cors.allow_origins in endpoints.yml")
+                return json_error(
+                    403, f"origin {origin} is not allowed: add it to cors.allow_origins in endpoints.yml"
+                )
             response = web.Response(status=204)
             response.headers.update(
                 {

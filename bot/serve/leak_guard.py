@@ -88,13 +88,20 @@ def letters(text: str) -> tuple[str, list[int]]:
     return "".join(chars), origins
 
 
+def _base64_bytes(run: str) -> bytes:
+    """A base64 run (standard or URL-safe alphabet, its padding stripped) decoded."""
+    standard = run.replace("-", "+").replace("_", "/")
+    padding = "=" * (-len(run) % 4)
+    return base64.b64decode(standard + padding)
+
+
 def decodings(text: str) -> Iterable[tuple[str, str]]:
     """(encoding, decoded text) for each base64 or hex run in `text` that decodes to text."""
     for encoding, pattern in (("hex", _HEX_RUN), ("base64", _BASE64_RUN)):
         for m in pattern.finditer(text):
             run = m.group().rstrip("=")
             try:
-                raw = bytes.fromhex(run) if encoding == "hex" else base64.b64decode(run.replace("-", "+").replace("_", "/") + "=" * (-len(run) % 4))
+                raw = bytes.fromhex(run) if encoding == "hex" else _base64_bytes(run)
             except (ValueError, binascii.Error):
                 continue
             decoded = raw.decode("utf-8", errors="ignore")
@@ -116,7 +123,9 @@ def strings_in(value: Any) -> Iterable[str]:
 
 
 class LeakGuard:
-    def __init__(self, system_prompt: str, secret: str = "", taught_replies: Iterable[str] = (), refusal: str = DEFAULT_REFUSAL):
+    def __init__(
+        self, system_prompt: str, secret: str = "", taught_replies: Iterable[str] = (), refusal: str = DEFAULT_REFUSAL
+    ):
         prompt = [w for w, _, _ in words(system_prompt)]
         taught = set()
         for reply in taught_replies:
@@ -129,7 +138,9 @@ class LeakGuard:
         self.sequences = {tuple(prompt[i : i + n]) for n in range(1, RUN_WORDS) for i in range(len(prompt) - n + 1)}
         self.word_starts = {w[:k] for w in prompt for k in range(1, len(w) + 1)}
         self.secret = letters(secret)[0]
-        self.refusal = refusal if not self.find(refusal) else DEFAULT_REFUSAL  # what the customer gets instead of a leak
+        # what the customer gets instead of a leak
+        refusal_leaks = bool(self.find(refusal))
+        self.refusal = DEFAULT_REFUSAL if refusal_leaks else refusal
 
     @classmethod
     def of(cls, profile) -> LeakGuard:
@@ -184,10 +195,16 @@ class LeakGuard:
             k = next((k for k in range(min(RUN_WORDS - 1, len(said)), 0, -1) if tuple(said[-k:]) in self.sequences), 0)
             hold = found[-k][1] if k else partial[1] if partial else len(text)
         if self.secret:
-            j = next((j for j in range(min(len(self.secret) - 1, len(chars)), 0, -1) if chars.endswith(self.secret[:j])), 0)
+            j = self._secret_start_length(chars)
             if j:
                 hold = min(hold, origins[len(chars) - j])
         return None, hold
+
+    def _secret_start_length(self, chars: str) -> int:
+        """The length of the longest beginning of the secret (short of all of it) that `chars`
+        ends with; 0 for none."""
+        longest = min(len(self.secret) - 1, len(chars))
+        return next((j for j in range(longest, 0, -1) if chars.endswith(self.secret[:j])), 0)
 
 
 class StreamGuard:

@@ -46,7 +46,9 @@ class Migrations:
         applied = set(applied)
         unknown = sorted(applied - set(self.names))
         if unknown:
+            names = ", ".join(unknown)
             raise MigrationError(
-                f"{where} has been migrated by a newer version of bot (unknown migration {', '.join(unknown)}); upgrade bot to use it"
+                f"{where} has been migrated by a newer version of bot (unknown migration {names}); "
+                "upgrade bot to use it"
             )
         return [(name, step) for name, step in self.steps if name not in applied]

@@ -109,18 +109,30 @@ def _success(route: Route, refs: dict) -> dict[str, Any]:
     return {"description": HTTPStatus(route.ok_status).phrase, "content": content}
 
 
+def _parameter(param: Param) -> dict[str, Any]:
+    """One parameter of an operation: a path parameter is always required."""
+    required = param.required or param.where == "path"
+    return {
+        "name": param.name,
+        "in": param.where,
+        "required": required,
+        "description": param.description,
+        "schema": param.schema,
+    }
+
+
 def _operation(route: Route, refs: dict) -> dict[str, Any]:
     doc = route.description or inspect.cleandoc(route.handler.__doc__ or "")
     operation: dict[str, Any] = {"operationId": route.handler.__name__, "summary": route.summary, "tags": [route.tag]}
     if doc:
         operation["description"] = doc
     if route.params:
-        operation["parameters"] = [
-            {"name": p.name, "in": p.where, "required": p.required or p.where == "path", "description": p.description, "schema": p.schema}
-            for p in route.params
-        ]
+        operation["parameters"] = [_parameter(p) for p in route.params]
     if route.body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": refs[(route.body, "validation")]}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
+        }
     if route.admin:
         operation["security"] = [{ADMIN_SCHEME: []}]
     error = {"application/json": {"schema": {"$ref": REF.format(model=(route.error_body or ErrorBody).__name__)}}}
@@ -148,13 +160,15 @@ def document(routes: list[Route], *, title: str = "bot", version: str = "1") -> 
         "info": {
             "title": title,
             "version": version,
-            "description": "A contact-centre chatbot: Rasa's REST channel, a streaming chat endpoint, an OpenAI-compatible endpoint, "
-            "conversation history and live feed, human agents, operator routes.",
+            "description": "A contact-centre chatbot: Rasa's REST channel, a streaming chat endpoint, "
+            "an OpenAI-compatible endpoint, conversation history and live feed, human agents, operator routes.",
         },
         "paths": paths,
         "components": {
             "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {ADMIN_SCHEME: {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}},
+            "securitySchemes": {
+                ADMIN_SCHEME: {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}
+            },
         },
     }
 
@@ -164,7 +178,16 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(document(request.app[API_ROUTES]))
 
 
-ROUTES = [Route("GET", "/openapi.json", openapi_document, "The OpenAPI 3.1 document of every route", "operator", ok={"type": "object"})]
+ROUTES = [
+    Route(
+        "GET",
+        "/openapi.json",
+        openapi_document,
+        "The OpenAPI 3.1 document of every route",
+        "operator",
+        ok={"type": "object"},
+    )
+]
 
 
 def add_routes(app: web.Application) -> None:

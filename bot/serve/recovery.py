@@ -18,8 +18,8 @@ import logging
 import time
 
 from bot.errors import BotError
-from bot.serve.responder import fold
 from bot.serve.events import USER, Event, interrupted
+from bot.serve.responder import fold
 from bot.serve.store import ConversationBusy, ConversationStore
 
 TRY_LOCK_S = 0.1  # "without waiting", with time for one round trip to the store
@@ -57,7 +57,11 @@ async def mark_interrupted(store: ConversationStore, *, retry_s: float) -> list[
         if pending and time.monotonic() < deadline:
             await asyncio.sleep(1)
         elif pending:
-            log.warning("%d conversations were still busy after %.0f s; their replies were not marked interrupted", len(pending), retry_s)
+            log.warning(
+                "%d conversations were still busy after %.0f s; their replies were not marked interrupted",
+                len(pending),
+                retry_s,
+            )
             break
     if marked:
         log.info("marked %d replies cut by a crash as interrupted", len(marked))
@@ -69,4 +73,5 @@ async def mark_interrupted_in_background(store: ConversationStore, *, retry_s: f
     try:
         await mark_interrupted(store, retry_s=retry_s)
     except Exception as e:  # the store failing here must not stop the server, which reports it on use
-        log.warning("could not look for replies cut by a crash: %s", e if isinstance(e, BotError) else f"{type(e).__name__}: {e}")
+        reason = e if isinstance(e, BotError) else f"{type(e).__name__}: {e}"  # a typed error's message says enough
+        log.warning("could not look for replies cut by a crash: %s", reason)

@@ -33,7 +33,9 @@ class RedisLocks:
         except BaseException as e:
             await client.aclose()
             if isinstance(e, (RedisError, OSError)):
-                raise StoreUnavailable(f"can't reach the Redis lock server at {url} (tracker_store.lock_url): {e}") from None
+                raise StoreUnavailable(
+                    f"can't reach the Redis lock server at {url} (tracker_store.lock_url): {e}"
+                ) from None
             raise
         return cls(client, expiry_s, prefix, owns_client=True)
 

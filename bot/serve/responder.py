@@ -16,9 +16,9 @@ kind of leak it was and where (never the text).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,15 +26,13 @@ from typing import Any
 
 from bot.config import ServeConfig
 from bot.data.compile import tool_call_message
-from bot.data.prompt import TOOL_CALL_OPEN
 from bot.data.grounding import ungrounded
 from bot.data.person_requests import PERSON_ASKED, last_user_text
+from bot.data.prompt import TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_TOOL
-from bot.rendering import parse_reply
 from bot.engine.protocol import Finished
 from bot.engine.remote import ModelServerUnavailable
-from bot.serve.generator import ResponseModel
-from bot.serve.leak_guard import Leak
+from bot.rendering import parse_reply
 from bot.serve.events import (
     ACTION,
     AGENT,
@@ -53,6 +51,8 @@ from bot.serve.events import (
     leak_guarded,
     model_unavailable,
 )
+from bot.serve.generator import ResponseModel
+from bot.serve.leak_guard import Leak
 
 log = logging.getLogger("bot.serve")
 
@@ -109,9 +109,11 @@ def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
         elif kind == ACTION:
             call_id = f"call_{event.get('seq', len(messages))}"
             messages.append(tool_call_message(call_id, event["name"], event.get("arguments", {})))
-            messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(event.get("result"), ensure_ascii=False)})
+            result = json.dumps(event.get("result"), ensure_ascii=False)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
         elif kind == HANDOFF and event.get("by") in ("model", "rule"):
-            messages.append(tool_call_message(f"call_{event.get('seq', len(messages))}", HANDOFF_TOOL, {"reason": event.get("reason", "")}))
+            call_id = f"call_{event.get('seq', len(messages))}"
+            messages.append(tool_call_message(call_id, HANDOFF_TOOL, {"reason": event.get("reason", "")}))
     return messages
 
 
@@ -149,9 +151,16 @@ class VisibleText:
         return shown
 
 
+def _argument_label(name: str) -> str:
+    """An argument's name as the customer reads it: order_id is "order number"."""
+    if name.endswith("_id"):
+        return name.removesuffix("_id") + " number"
+    return name.replace("_", " ")
+
+
 def asked_for(arguments: list[str]) -> str:
     """The question that asks the customer for values the model would have made up."""
-    labels = [name.removesuffix("_id") + " number" if name.endswith("_id") else name.replace("_", " ") for name in arguments]
+    labels = [_argument_label(name) for name in arguments]
     wanted = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
     return f"To do that I need your {wanted}. Could you tell me, please?"
 
@@ -231,7 +240,10 @@ class Responder:
 
     def _guarded(self, sender: str, leak: Leak, where: str, **detail) -> Event:
         """Records a cut (log line, metric); the `guarded` event to store."""
-        log.warning("conversation %s: the leak guard stopped a %s that would have shown the %s", sender, where.replace("_", " "), leak.kind)
+        stopped = where.replace("_", " ")
+        log.warning(
+            "conversation %s: the leak guard stopped a %s that would have shown the %s", sender, stopped, leak.kind
+        )
         if self.metrics:
             self.metrics.guarded.labels(kind=leak.kind, where=where).inc()
         return leak_guarded(leak.kind, where, leak.encoding, **detail)
@@ -250,7 +262,10 @@ class Responder:
             return checked + [event]
         if leak := guard.find_in([event.get(key) for key in ("text", "buttons", "image")]):
             by = event.get("by")  # the action whose message it is, if any
-            cut = self._guarded(sender, leak, "action_message", action=by) if by else self._guarded(sender, leak, "reply")
+            if by:
+                cut = self._guarded(sender, leak, "action_message", action=by)
+            else:
+                cut = self._guarded(sender, leak, "reply")
             return [cut, bot_message(guard.refusal, by=GUARD)]
         return [event]
 
@@ -291,7 +306,8 @@ class Responder:
                 if self.metrics:
                     self.metrics.model_server_failures.inc()
                 yield model_unavailable(str(e))
-                yield bot_message(COULD_NOT_DO, by=MODEL_UNAVAILABLE)  # stands in for any text streamed before the break
+                # stands in for any text streamed before the break
+                yield bot_message(COULD_NOT_DO, by=MODEL_UNAVAILABLE)
                 return
             if leak:
                 yield self._guarded(sender, leak, "reply")
@@ -299,7 +315,9 @@ class Responder:
                 return
             reply = parse_reply(generated.text)
             if reply.broken_call is not None:  # opened a call and never finished it well: a failed call
-                log.warning("conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text)
+                log.warning(
+                    "conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text
+                )
                 if reply.broken_call == HANDOFF_TOOL:
                     yield handed_off("model", "", text=model.profile.handoff_message)
                     return
@@ -332,12 +350,17 @@ class Responder:
                 return
             invented = ungrounded(model.profile.actions[name], arguments, conversation_sources(messages))
             if invented:  # never sent: the customer is asked for the value instead
-                log.warning("conversation %s: not running %s(%s): %s not from the conversation", sender, name, json.dumps(arguments), ", ".join(invented))
+                called, made_up = json.dumps(arguments), ", ".join(invented)
+                log.warning(
+                    "conversation %s: not running %s(%s): %s not from the conversation", sender, name, called, made_up
+                )
                 problems = [f"'{a}' {json.dumps(arguments[a])} appears nowhere in the conversation" for a in invented]
                 yield action_rejected(name, arguments, problems, reason=UNGROUNDED)
                 yield bot_message(asked_for(invented))
                 return
-            outcome = await self.actions.run(name, arguments, sender=sender, state=state, latest=latest, profile=model.profile)
+            outcome = await self.actions.run(
+                name, arguments, sender=sender, state=state, latest=latest, profile=model.profile
+            )
             for event in outcome.events:
                 if event["type"] == SLOT:
                     state.slots[event["name"]] = event.get("value")

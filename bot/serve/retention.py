@@ -42,7 +42,10 @@ class Retention:
         try:
             self.deleted += await forget_inactive_conversations(self.store, self.days)
         except Exception as e:  # the store is down for a moment: the next pass tries again
-            log.warning("retention: could not delete old conversations: %s", e if isinstance(e, BotError) else f"{type(e).__name__}: {e}")
+            reason = (
+                e if isinstance(e, BotError) else f"{type(e).__name__}: {e}"
+            )  # a typed error's message says enough
+            log.warning("retention: could not delete old conversations: %s", reason)
         self.passes += 1
         self.passed.set()
 
@@ -56,5 +59,10 @@ def retention_of(store: ConversationStore, days: float | None) -> Retention | No
     """The retention of `tracker_store.retention_days`; None when it is null (kept forever)."""
     if days is None:
         return None
-    log.info("conversations inactive for more than %g days are deleted (tracker_store.retention_days), at start and every %.0f minutes", days, EVERY_S / 60)
+    log.info(
+        "conversations inactive for more than %g days are deleted (tracker_store.retention_days), "
+        "at start and every %.0f minutes",
+        days,
+        EVERY_S / 60,
+    )
     return Retention(store, days)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-
 from typing import Literal
 
 from aiohttp import web
@@ -45,6 +44,13 @@ class Reloaded(BaseModel):
     seconds: float
 
 
+def _remote_server(model) -> dict:
+    """Where a remote engine's model server is and the name it serves the model as; {} for a local engine."""
+    if not isinstance(model.engine, RemoteEngine):
+        return {}
+    return {"model_server": model.engine.url, "served_as": model.engine.model}
+
+
 def model_info(model) -> dict:
     return {
         "id": model.model_id,
@@ -52,7 +58,7 @@ def model_info(model) -> dict:
         "description": model.description,
         "engine": model.engine.name,
         "loaded_at": model.loaded_at,
-        **({"model_server": model.engine.url, "served_as": model.engine.model} if isinstance(model.engine, RemoteEngine) else {}),
+        **_remote_server(model),
     }
 
 
@@ -94,10 +100,25 @@ async def swap_in_active_model(app: web.Application) -> dict:
 
 
 ROUTES = [
-    Route("GET", "/health", health, "Whether the server answers, with the model in service and the store", "operator", ok=Health),
+    Route(
+        "GET",
+        "/health",
+        health,
+        "Whether the server answers, with the model in service and the store",
+        "operator",
+        ok=Health,
+    ),
     Route("GET", "/metrics", metrics, "Prometheus metrics", "operator", media="text/plain"),
-    Route("POST", "/api/model/reload", reload_model, "Serve the now-active model, without dropping a request", "operator",
-          ok=Reloaded, admin=True, errors=(400, 502, 503)),
+    Route(
+        "POST",
+        "/api/model/reload",
+        reload_model,
+        "Serve the now-active model, without dropping a request",
+        "operator",
+        ok=Reloaded,
+        admin=True,
+        errors=(400, 502, 503),
+    ),
 ]
 
 

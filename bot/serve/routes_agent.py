@@ -7,12 +7,12 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.serve.responder import fold
+from bot.serve.events import HANDOFF, USER, agent_message, handed_off, resumed
 from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
 from bot.serve.openapi import Route, register
+from bot.serve.responder import fold
 from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
-from bot.serve.events import HANDOFF, USER, agent_message, handed_off, resumed
 
 TAKEN_OVER = "taken over by an agent"
 
@@ -50,7 +50,14 @@ async def waiting(request: web.Request) -> web.Response:
         events = await store.events(sender, last=50)
         handoff = next((e for e in reversed(events) if e["type"] == HANDOFF), {})
         last_customer = next((e["text"] for e in reversed(events) if e["type"] == USER), None)
-        listed.append({"sender": sender, "reason": handoff.get("reason"), "since": handoff.get("timestamp"), "last_customer_message": last_customer})
+        listed.append(
+            {
+                "sender": sender,
+                "reason": handoff.get("reason"),
+                "since": handoff.get("timestamp"),
+                "last_customer_message": last_customer,
+            }
+        )
     return web.json_response({"waiting": listed})
 
 
@@ -81,11 +88,39 @@ async def give_back(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/api/handoffs", waiting, "Conversations waiting for a person", "agents", ok=Handoffs, admin=True, errors=(503,)),
-    Route("POST", "/api/conversations/{sender}/messages", write_as_agent, "An agent writes to the customer (and takes the conversation over)",
-          "agents", body=AgentMessage, ok=AgentReply, params=(SENDER_PARAM,), admin=True, errors=(503,)),
-    Route("POST", "/api/conversations/{sender}/resume", give_back, "Give the conversation back to the bot", "agents",
-          ok=Resumed, params=(SENDER_PARAM,), admin=True, errors=(409, 503)),
+    Route(
+        "GET",
+        "/api/handoffs",
+        waiting,
+        "Conversations waiting for a person",
+        "agents",
+        ok=Handoffs,
+        admin=True,
+        errors=(503,),
+    ),
+    Route(
+        "POST",
+        "/api/conversations/{sender}/messages",
+        write_as_agent,
+        "An agent writes to the customer (and takes the conversation over)",
+        "agents",
+        body=AgentMessage,
+        ok=AgentReply,
+        params=(SENDER_PARAM,),
+        admin=True,
+        errors=(503,),
+    ),
+    Route(
+        "POST",
+        "/api/conversations/{sender}/resume",
+        give_back,
+        "Give the conversation back to the bot",
+        "agents",
+        ok=Resumed,
+        params=(SENDER_PARAM,),
+        admin=True,
+        errors=(409, 503),
+    ),
 ]
 
 

@@ -7,18 +7,17 @@ import asyncio
 import json
 import re
 from contextlib import aclosing
-
 from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from bot.serve.conversations import Waiting, visible
-from bot.serve.responder import Piece
+from bot.serve.events import BOT, HANDOFF, USER, VISIBLE
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, Route, ServerSentEvent, register
-from bot.serve.events import BOT, HANDOFF, USER, VISIBLE
+from bot.serve.responder import Piece
 from bot.serve.store import StoreUnavailable
 
 SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
@@ -55,7 +54,9 @@ class Event(BaseModel):
     text: str | None = None
     buttons: list[dict[str, Any]] | None = None
     agent: str | None = None
-    rating: Literal["up", "down"] | None = Field(None, description="bot messages in the history: the customer's vote, if they rated it.")
+    rating: Literal["up", "down"] | None = Field(
+        None, description="bot messages in the history: the customer's vote, if they rated it."
+    )
 
 
 class History(BaseModel):
@@ -98,7 +99,13 @@ async def chat_request(request: web.Request) -> ChatRequest:
 
 def rasa_message(sender: str, event: dict) -> dict:
     """A bot event in Rasa's REST channel format: keys whose value is null are dropped."""
-    message = {"recipient_id": sender, "text": event.get("text"), "buttons": event.get("buttons"), "image": event.get("image"), "custom": event.get("custom")}
+    message = {
+        "recipient_id": sender,
+        "text": event.get("text"),
+        "buttons": event.get("buttons"),
+        "image": event.get("image"),
+        "custom": event.get("custom"),
+    }
     return {k: v for k, v in message.items() if v is not None}
 
 
@@ -150,7 +157,8 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
                 elif isinstance(item, Waiting):
                     await send_event(response, "waiting", {"reason": item.reason})
                 elif item["type"] in SHOWN_TO_CUSTOMER:
-                    await send_event(response, "message", dict(rasa_message(body.sender, item), type=item["type"], seq=item["seq"]))
+                    message = dict(rasa_message(body.sender, item), type=item["type"], seq=item["seq"])
+                    await send_event(response, "message", message)
     except ConnectionError:
         return response  # the client went away; closing the answer above stopped the generation
     except Exception as e:  # headers are sent: report in the stream, never as a traceback
@@ -179,12 +187,16 @@ async def live_feed(request: web.Request) -> web.StreamResponse:
     address holds at most `serve.max_feeds_per_client` feeds at once (then 429)."""
     sender = conversation_id(request)
     after = 0
-    for name, value in (("after", request.query.get("after")), ("Last-Event-ID", request.headers.get("Last-Event-ID"))):
+    positions = (("after", request.query.get("after")), ("Last-Event-ID", request.headers.get("Last-Event-ID")))
+    for name, value in positions:
         if value is not None:  # Last-Event-ID, read second, wins: a reconnect resumes where it stopped
             if not re.fullmatch("[0-9]{1,19}", value) or int(value) > MAX_SEQ:
                 raise web.HTTPBadRequest(text=f"'{name}' must be a whole number from 0 to 2**63-1")
             after = int(value)
-    with request.app[FEED_CAP].hold(request.remote or "?", "live feeds"), request.app[METRICS].live_feeds.track_inprogress():
+    with (
+        request.app[FEED_CAP].hold(request.remote or "?", "live feeds"),
+        request.app[METRICS].live_feeds.track_inprogress(),
+    ):
         return await _feed(request, sender, after)
 
 
@@ -206,7 +218,8 @@ async def _feed(request: web.Request, sender: str, after: int) -> web.StreamResp
             for event in events:
                 after = event["seq"]
                 if event["type"] in VISIBLE:
-                    await response.write(f"id: {after}\nevent: event\ndata: {json.dumps(visible(event), ensure_ascii=False)}\n\n".encode())
+                    data = json.dumps(visible(event), ensure_ascii=False)
+                    await response.write(f"id: {after}\nevent: event\ndata: {data}\n\n".encode())
     except (ConnectionError, StoreUnavailable):  # the client left, or the server is stopping
         pass
     finally:  # also when the handler is cancelled (the client went away): leave no task behind
@@ -218,18 +231,55 @@ async def _feed(request: web.Request, sender: str, after: int) -> web.StreamResp
 
 AFTER = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
 ROUTES = [
-    Route("POST", "/webhooks/rest/webhook", rest_webhook, "Rasa's REST channel: a message in, the bot's messages out", "chat",
-          body=ChatRequest, ok=RasaReply, errors=(429, 503)),
-    Route("POST", "/api/chat/stream", chat_stream, "A message in, the reply as server-sent events (the widget's endpoint)", "chat",
-          body=ChatRequest, events=ChatStreamEvent, errors=(429, 503)),
-    Route("GET", "/api/conversations/{sender}", history, "The conversation as the widget shows it", "chat",
-          ok=History, params=(SENDER_PARAM,), errors=(503,)),
-    Route("GET", "/api/conversations/{sender}/events", live_feed, "The live feed: server-sent events as they are stored", "chat",
-          events=FeedEvent, errors=(429, 503), params=(
-              SENDER_PARAM,
-              Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
-              Param("Last-Event-ID", "header", AFTER, "Set by the browser's EventSource when it reconnects; wins over `after`."),
-          )),
+    Route(
+        "POST",
+        "/webhooks/rest/webhook",
+        rest_webhook,
+        "Rasa's REST channel: a message in, the bot's messages out",
+        "chat",
+        body=ChatRequest,
+        ok=RasaReply,
+        errors=(429, 503),
+    ),
+    Route(
+        "POST",
+        "/api/chat/stream",
+        chat_stream,
+        "A message in, the reply as server-sent events (the widget's endpoint)",
+        "chat",
+        body=ChatRequest,
+        events=ChatStreamEvent,
+        errors=(429, 503),
+    ),
+    Route(
+        "GET",
+        "/api/conversations/{sender}",
+        history,
+        "The conversation as the widget shows it",
+        "chat",
+        ok=History,
+        params=(SENDER_PARAM,),
+        errors=(503,),
+    ),
+    Route(
+        "GET",
+        "/api/conversations/{sender}/events",
+        live_feed,
+        "The live feed: server-sent events as they are stored",
+        "chat",
+        events=FeedEvent,
+        errors=(429, 503),
+        params=(
+            SENDER_PARAM,
+            Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
+            Param(
+                "Last-Event-ID",
+                "header",
+                AFTER,
+                "Set by the browser's EventSource when it reconnects; wins over `after`.",
+            ),
+        ),
+    ),
 ]
 
 

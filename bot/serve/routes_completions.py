@@ -57,18 +57,30 @@ class TextCompletionRequest(BaseModel):
     sampling and scoring fields are accepted at their defaults only (400 otherwise)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="The served model's id, as `GET /v1/models` lists it (`base` when no model is trained).")
-    prompt: Prompt = Field(
-        description="Text (tokenized with no special tokens added) or token ids, continued as given: no chat template is applied. "
-        "A list of one text or one list of ids is the same; more than one prompt is a 400."
+    model: str = Field(
+        description="The served model's id, as `GET /v1/models` lists it (`base` when no model is trained)."
     )
-    max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate; null: as many as the context leaves. Prompt + max_tokens <= model.max_length.")
+    prompt: Prompt = Field(
+        description="Text (tokenized with no special tokens added) or token ids, continued as given: "
+        "no chat template is applied. A list of one text or one list of ids is the same; "
+        "more than one prompt is a 400."
+    )
+    max_tokens: int | None = Field(
+        16,
+        ge=1,
+        description="Most tokens to generate; null: as many as the context leaves. "
+        "Prompt + max_tokens <= model.max_length.",
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(
-        None, description=f"Up to {MAX_STOP_STRINGS} strings: generation ends at the first to appear, and the text returned excludes it."
+        None,
+        description=f"Up to {MAX_STOP_STRINGS} strings: generation ends at the first to appear, "
+        "and the text returned excludes it.",
     )
-    temperature: float | None = Field(None, description="0 or absent: decoding is greedy, no other value is supported.")
+    temperature: float | None = Field(
+        None, description="0 or absent: decoding is greedy, no other value is supported."
+    )
     top_p: float | None = Field(None, description="1 or absent.")
     n: int | None = Field(None, description="1 or absent.")
     best_of: int | None = Field(None, description="1 or absent.")
@@ -101,7 +113,9 @@ class TextChoice(BaseModel):
     index: int
     text: str
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = Field(description="stop: end of turn or a stop string; length: max_tokens; null in a chunk before the last.")
+    finish_reason: Literal["stop", "length"] | None = Field(
+        description="stop: end of turn or a stop string; length: max_tokens; null in a chunk before the last."
+    )
 
 
 class CompletionUsage(BaseModel):
@@ -126,12 +140,16 @@ class TextCompletionEvent(ServerSentEvent):
     its finish_reason; with stream_options.include_usage, then one with no choices and the usage),
     or an `{"error": {...}}` object; the last event is `[DONE]`."""
 
-    event: Literal["message"] = Field("message", description="No `event:` line is sent: an EventSource's default name.")
+    event: Literal["message"] = Field(
+        "message", description="No `event:` line is sent: an EventSource's default name."
+    )
 
 
 class ErrorInfo(BaseModel):
     message: str = Field(description="What is wrong, and where.")
-    type: str = Field(description="The kind of error, as the OpenAI client names it: BadRequestError, NotFoundError...")
+    type: str = Field(
+        description="The kind of error, as the OpenAI client names it: BadRequestError, NotFoundError..."
+    )
     param: str | None = None
     code: int = Field(description="The HTTP status.")
 
@@ -142,7 +160,13 @@ class OpenAIErrorBody(BaseModel):
     error: ErrorInfo
 
 
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 429: "RateLimitError"}
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    429: "RateLimitError",
+}
 
 
 def error_type(status: int) -> str:
@@ -171,17 +195,23 @@ def _check_key(request: web.Request) -> None:
     if not trusted:
         request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     if key and not trusted:
-        raise web.HTTPUnauthorized(text=f"this route needs the model server's key: Authorization: Bearer <{KEY_VARIABLE}>")
+        raise web.HTTPUnauthorized(
+            text=f"this route needs the model server's key: Authorization: Bearer <{KEY_VARIABLE}>"
+        )
 
 
 def _unsupported(body: TextCompletionRequest) -> list[str]:
-    return [f"{name}={json.dumps(getattr(body, name))}" for name, allowed in DEFAULTS.items() if getattr(body, name) not in allowed]
+    """Each option asked for with a value this server does not support, as `name=value`."""
+    given = {name: getattr(body, name) for name in DEFAULTS}
+    return [f"{name}={json.dumps(value)}" for name, value in given.items() if value not in DEFAULTS[name]]
 
 
 def _one_prompt(prompt: Prompt) -> str | list[int]:
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) > 1:
-            raise web.HTTPBadRequest(text=f"prompt: {len(prompt)} prompts given; this server takes one prompt per request")
+            raise web.HTTPBadRequest(
+                text=f"prompt: {len(prompt)} prompts given; this server takes one prompt per request"
+            )
         return prompt[0]
     return prompt
 
@@ -202,7 +232,9 @@ async def _prompt_ids(model: ResponseModel, prompt: str | list[int]) -> list[int
         ids = prompt
         vocabulary = len(model.tokenizer)
         if outside := [t for t in ids if not 0 <= t < vocabulary]:
-            raise web.HTTPBadRequest(text=f"prompt: token id {outside[0]} is outside the vocabulary (0..{vocabulary - 1})")
+            raise web.HTTPBadRequest(
+                text=f"prompt: token id {outside[0]} is outside the vocabulary (0..{vocabulary - 1})"
+            )
     if not ids:
         raise web.HTTPBadRequest(text="prompt: the prompt is empty")
     return list(ids)
@@ -212,7 +244,9 @@ def _max_tokens(requested: int | None, prompt_tokens: int, max_length: int) -> i
     room = max_length - prompt_tokens
     if requested is None:
         if room < 1:
-            raise web.HTTPBadRequest(text=f"prompt: {prompt_tokens:,} tokens leave no room in the model's context of {max_length:,} tokens")
+            raise web.HTTPBadRequest(
+                text=f"prompt: {prompt_tokens:,} tokens leave no room in the model's context of {max_length:,} tokens"
+            )
         return room
     if requested > room:
         raise web.HTTPBadRequest(
@@ -226,7 +260,9 @@ class _Generation:
     """One prompt continued on the engine: the pieces of text to send, with stop strings cut out;
     then `finish_reason` and the token counts."""
 
-    def __init__(self, request: web.Request, model: ResponseModel, prompt_ids: list[int], max_tokens: int, stops: list[str]):
+    def __init__(
+        self, request: web.Request, model: ResponseModel, prompt_ids: list[int], max_tokens: int, stops: list[str]
+    ):
         self.request, self.model, self.prompt_ids, self.max_tokens = request, model, prompt_ids, max_tokens
         self.stops = StopStrings(stops)
         self.finish_reason = "stop"
@@ -254,11 +290,22 @@ class _Generation:
 
     def usage(self) -> dict:
         prompt = len(self.prompt_ids)
-        return {"prompt_tokens": prompt, "completion_tokens": self.completion_tokens, "total_tokens": prompt + self.completion_tokens}
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt + self.completion_tokens,
+        }
 
 
 def _completion(completion_id: str, created: int, name: str, choices: list[dict], usage: dict | None = None) -> dict:
-    return {"id": completion_id, "object": "text_completion", "created": created, "model": name, "choices": choices, "usage": usage}
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": name,
+        "choices": choices,
+        "usage": usage,
+    }
 
 
 def _data(payload) -> bytes:
@@ -276,8 +323,9 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     _check_key(request)
     body = await read_body(request, TextCompletionRequest)
     if unsupported := _unsupported(body):
+        options = ", ".join(unsupported)
         raise web.HTTPBadRequest(
-            text=f"not supported: {', '.join(unsupported)}; this server decodes greedily, one choice, without log-probabilities"
+            text=f"not supported: {options}; this server decodes greedily, one choice, without log-probabilities"
         )
     prompt, stops = _one_prompt(body.prompt), _stops(body.stop)
     async with request.app[HOLDER].borrow() as model:  # one model for the whole request, even across a reload
@@ -285,7 +333,8 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         if body.model != name:
             raise web.HTTPNotFound(text=f"The model `{body.model}` does not exist. This server serves `{name}`.")
         prompt_ids = await _prompt_ids(model, prompt)
-        generation = _Generation(request, model, prompt_ids, _max_tokens(body.max_tokens, len(prompt_ids), model.max_length), stops)
+        max_tokens = _max_tokens(body.max_tokens, len(prompt_ids), model.max_length)
+        generation = _Generation(request, model, prompt_ids, max_tokens, stops)
         completion_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         if not body.stream:
@@ -295,7 +344,8 @@ async def _completions(request: web.Request) -> web.StreamResponse:
             return web.json_response(_completion(completion_id, created, name, [choice], generation.usage()))
 
         def chunk(text: str, finish_reason: str | None = None) -> bytes:
-            return _data(_completion(completion_id, created, name, [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}]))
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            return _data(_completion(completion_id, created, name, [choice]))
 
         async with aclosing(generation.pieces()) as pieces:
             # The first piece before the headers: a request the engine refuses (queue full,
@@ -320,8 +370,18 @@ async def _completions(request: web.Request) -> web.StreamResponse:
 
 
 ROUTES = [
-    Route("POST", "/v1/completions", completions, "OpenAI's (and vLLM's) completions: a prompt, as text or token ids, continued by the model", "openai",
-          body=TextCompletionRequest, ok=TextCompletion, events=TextCompletionEvent, errors=(401, 404, 429, 503), error_body=OpenAIErrorBody),
+    Route(
+        "POST",
+        "/v1/completions",
+        completions,
+        "OpenAI's (and vLLM's) completions: a prompt, as text or token ids, continued by the model",
+        "openai",
+        body=TextCompletionRequest,
+        ok=TextCompletion,
+        events=TextCompletionEvent,
+        errors=(401, 404, 429, 503),
+        error_body=OpenAIErrorBody,
+    ),
 ]
 
 

@@ -31,9 +31,23 @@ async def console_asset(request: web.Request) -> web.FileResponse:
 
 
 ROUTES = [
-    Route("GET", "/console", console_page, "The operator console (admin token asked for in the page)", "web", media="text/html"),
-    Route("GET", "/console/{name}", console_asset, "The console's scripts and styles", "web", media="text/javascript",
-          params=(Param("name", "path", {"type": "string", "pattern": f"^{ASSET}$"}, "A file of the console."),)),
+    Route(
+        "GET",
+        "/console",
+        console_page,
+        "The operator console (admin token asked for in the page)",
+        "web",
+        media="text/html",
+    ),
+    Route(
+        "GET",
+        "/console/{name}",
+        console_asset,
+        "The console's scripts and styles",
+        "web",
+        media="text/javascript",
+        params=(Param("name", "path", {"type": "string", "pattern": f"^{ASSET}$"}, "A file of the console."),),
+    ),
 ]
 
 

@@ -47,10 +47,14 @@ class Timeline(BaseModel):
 class TrainedModelRow(BaseModel):
     id: str
     active: bool
-    previous: bool = Field(description="It was the active model before the last activation (activating it rolls back).")
+    previous: bool = Field(
+        description="It was the active model before the last activation (activating it rolls back)."
+    )
     created: str | None
     description: str
-    gate: dict[str, Any] | None = Field(description="The gate's verdict when it was trained: activated, forced, reason.")
+    gate: dict[str, Any] | None = Field(
+        description="The gate's verdict when it was trained: activated, forced, reason."
+    )
     metrics: dict[str, Any] | None = Field(description="The fine-tuned summary of its evaluation report.")
     report: bool = Field(description="An evaluation report is stored (GET /api/models/{id}/report).")
 
@@ -76,16 +80,20 @@ def conversation_filter(request: web.Request) -> tuple[ConversationFilter, int]:
     """The filter and limit of the list's query string; a parameter given is checked (400 names it)."""
     query = request.query
     if unknown := sorted(set(query) - {p.name for p in LIST_PARAMS}):
-        raise web.HTTPBadRequest(text=f"unknown query parameter '{unknown[0][:40]}': use q, handed_off, rated, since or limit")
+        raise web.HTTPBadRequest(
+            text=f"unknown query parameter '{unknown[0][:40]}': use q, handed_off, rated, since or limit"
+        )
     rated = query.get("rated")
     if rated not in (None, "up", "down"):
         raise web.HTTPBadRequest(text=f"query parameter 'rated' must be up or down, not '{rated[:40]}'")
     since = None
     if (raw := query.get("since")) is not None:
         try:
-            since = dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp()
+            since = dt.datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
         except ValueError:
-            raise web.HTTPBadRequest(text=f"query parameter 'since' must be a date YYYY-MM-DD, not '{raw[:40]}'") from None
+            raise web.HTTPBadRequest(
+                text=f"query parameter 'since' must be a date YYYY-MM-DD, not '{raw[:40]}'"
+            ) from None
     try:
         limit = int(query.get("limit", "50"))
     except ValueError:
@@ -93,7 +101,8 @@ def conversation_filter(request: web.Request) -> tuple[ConversationFilter, int]:
     if not 1 <= limit <= MAX_LIMIT:
         raise web.HTTPBadRequest(text=f"query parameter 'limit' must be a whole number from 1 to {MAX_LIMIT}")
     text = query.get("q", "").strip() or None
-    return ConversationFilter(since=since, handed_off=_query_bool(request, "handed_off"), rated=rated, text=text), limit
+    handed_off = _query_bool(request, "handed_off")
+    return ConversationFilter(since=since, handed_off=handed_off, rated=rated, text=text), limit
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -214,22 +223,71 @@ LIST_PARAMS = (
     Param("q", "query", {"type": "string"}, "Only conversations with these words (any case) in a message or the id."),
     Param("handed_off", "query", _FLAG, "true: only conversations a person was asked for or took over."),
     Param("rated", "query", {"type": "string", "enum": ["up", "down"]}, "Only conversations with a message rated so."),
-    Param("since", "query", {"type": "string", "format": "date"}, "Only conversations active on or after this UTC date (YYYY-MM-DD)."),
-    Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "At most this many (default 50)."),
+    Param(
+        "since",
+        "query",
+        {"type": "string", "format": "date"},
+        "Only conversations active on or after this UTC date (YYYY-MM-DD).",
+    ),
+    Param(
+        "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "At most this many (default 50)."
+    ),
 )
 MODEL_PARAM = Param("model_id", "path", {"type": "string", "pattern": f"^{MODEL_ID}$"}, "The trained model's id.")
 
 ROUTES = [
-    Route("GET", "/api/admin/conversations", list_conversations, "Stored conversations, found by activity, handoff, rating and words",
-          "console", ok=ConversationList, params=LIST_PARAMS, admin=True, errors=(400, 503)),
-    Route("GET", "/api/admin/conversations/{sender}", timeline, "A stored conversation's every event (its timeline)", "console",
-          ok=Timeline, params=(SENDER_PARAM,), admin=True, errors=(503,)),
-    Route("GET", "/api/models", trained_model_list, "Trained models with their gate verdict and evaluation figures", "console",
-          ok=TrainedModels, admin=True),
-    Route("GET", "/api/models/{model_id}/report", model_report, "A trained model's evaluation report (JSON)", "console",
-          ok={"type": "object"}, params=(MODEL_PARAM,), admin=True),
-    Route("POST", "/api/models/{model_id}/activate", activate_model, "Make a trained model the active one and serve it, without downtime",
-          "console", ok=Activated, params=(MODEL_PARAM,), admin=True, errors=(502, 503)),
+    Route(
+        "GET",
+        "/api/admin/conversations",
+        list_conversations,
+        "Stored conversations, found by activity, handoff, rating and words",
+        "console",
+        ok=ConversationList,
+        params=LIST_PARAMS,
+        admin=True,
+        errors=(400, 503),
+    ),
+    Route(
+        "GET",
+        "/api/admin/conversations/{sender}",
+        timeline,
+        "A stored conversation's every event (its timeline)",
+        "console",
+        ok=Timeline,
+        params=(SENDER_PARAM,),
+        admin=True,
+        errors=(503,),
+    ),
+    Route(
+        "GET",
+        "/api/models",
+        trained_model_list,
+        "Trained models with their gate verdict and evaluation figures",
+        "console",
+        ok=TrainedModels,
+        admin=True,
+    ),
+    Route(
+        "GET",
+        "/api/models/{model_id}/report",
+        model_report,
+        "A trained model's evaluation report (JSON)",
+        "console",
+        ok={"type": "object"},
+        params=(MODEL_PARAM,),
+        admin=True,
+    ),
+    Route(
+        "POST",
+        "/api/models/{model_id}/activate",
+        activate_model,
+        "Make a trained model the active one and serve it, without downtime",
+        "console",
+        ok=Activated,
+        params=(MODEL_PARAM,),
+        admin=True,
+        errors=(502, 503),
+    ),
 ]
 
 

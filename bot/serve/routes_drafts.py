@@ -18,7 +18,12 @@ from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
 from bot.serve.openapi import Param, Route, register
 from bot.serve.routes_chat import SENDER_PARAM, conversation_id
 
-NAME_PARAM = Param("name", "path", {"type": "string", "pattern": f"^{drafts.NAME.pattern}$"}, "The draft's name: its file name under training_data/drafts/ without .yml.")
+NAME_PARAM = Param(
+    "name",
+    "path",
+    {"type": "string", "pattern": f"^{drafts.NAME.pattern}$"},
+    "The draft's name: its file name under training_data/drafts/ without .yml.",
+)
 
 
 class DraftProblem(BaseModel):
@@ -46,7 +51,9 @@ class DraftText(BaseModel):
 
 
 class NewDraft(DraftText):
-    redacted: dict[str, int] = Field(description="Different values replaced, per kind (email, card, phone, postcode, account, order, name).")
+    redacted: dict[str, int] = Field(
+        description="Different values replaced, per kind (email, card, phone, postcode, account, order, name)."
+    )
 
 
 class DraftEdit(BaseModel):
@@ -70,7 +77,18 @@ def problem_json(problem: Problem) -> dict:
 
 
 def draft_json(info: drafts.DraftInfo) -> dict:
-    return {"name": info.name, "text": info.text, "valid": info.valid, "problems": [problem_json(p) for p in info.problems]}
+    return {
+        "name": info.name,
+        "text": info.text,
+        "valid": info.valid,
+        "problems": [problem_json(p) for p in info.problems],
+    }
+
+
+def _listed_json(info: drafts.DraftInfo) -> dict:
+    """A draft as the list shows it: no text, and where it came from."""
+    problems = [problem_json(p) for p in info.problems]
+    return {"name": info.name, "valid": info.valid, "problems": problems, "source": info.source}
 
 
 async def _call(function, *args):
@@ -84,20 +102,22 @@ async def _call(function, *args):
 async def list_drafts(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
     found = await _call(drafts.list_drafts, request.app[SETTINGS])
-    listed = [{"name": d.name, "valid": d.valid, "problems": [problem_json(p) for p in d.problems], "source": d.source} for d in found]
+    listed = [_listed_json(d) for d in found]
     return web.json_response({"drafts": listed})
 
 
 async def get_draft(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
-    return web.json_response(draft_json(await _call(drafts.read_draft, request.app[SETTINGS], request.match_info["name"])))
+    draft = await _call(drafts.read_draft, request.app[SETTINGS], request.match_info["name"])
+    return web.json_response(draft_json(draft))
 
 
 async def save_draft(request: web.Request) -> web.Response:
     """Saves the text as it is (a person is editing it) and answers with its validation."""
     check_admin(request, request.app[ADMIN_TOKEN])
     body = await read_body(request, DraftEdit)
-    return web.json_response(draft_json(await _call(drafts.save_draft, request.app[SETTINGS], request.match_info["name"], body.text)))
+    draft = await _call(drafts.save_draft, request.app[SETTINGS], request.match_info["name"], body.text)
+    return web.json_response(draft_json(draft))
 
 
 async def accept_draft(request: web.Request) -> web.Response:
@@ -136,18 +156,70 @@ async def draft_from_conversation(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("GET", "/api/drafts", list_drafts, "The dialogue drafts awaiting review, each with its validation", "drafts",
-          ok=DraftList, admin=True),
-    Route("GET", "/api/drafts/{name}", get_draft, "A draft's YAML text and its validation problems", "drafts",
-          ok=DraftText, params=(NAME_PARAM,), admin=True),
-    Route("PUT", "/api/drafts/{name}", save_draft, "Save a draft's edited text; answers with its validation", "drafts",
-          body=DraftEdit, ok=DraftText, params=(NAME_PARAM,), admin=True),
-    Route("POST", "/api/drafts/{name}/accept", accept_draft, "Accept a draft into training_data/dialogues/ or tests/", "drafts",
-          body=AcceptDraft, ok=Accepted, params=(NAME_PARAM,), admin=True, errors=(409,)),
-    Route("POST", "/api/drafts/{name}/reject", reject_draft, "Reject a draft (its file is deleted)", "drafts",
-          ok=Rejected, params=(NAME_PARAM,), admin=True),
-    Route("POST", "/api/conversations/{sender}/draft", draft_from_conversation, "Make a redacted dialogue draft of a stored conversation",
-          "drafts", ok=NewDraft, ok_status=201, params=(SENDER_PARAM,), admin=True, errors=(409, 503)),
+    Route(
+        "GET",
+        "/api/drafts",
+        list_drafts,
+        "The dialogue drafts awaiting review, each with its validation",
+        "drafts",
+        ok=DraftList,
+        admin=True,
+    ),
+    Route(
+        "GET",
+        "/api/drafts/{name}",
+        get_draft,
+        "A draft's YAML text and its validation problems",
+        "drafts",
+        ok=DraftText,
+        params=(NAME_PARAM,),
+        admin=True,
+    ),
+    Route(
+        "PUT",
+        "/api/drafts/{name}",
+        save_draft,
+        "Save a draft's edited text; answers with its validation",
+        "drafts",
+        body=DraftEdit,
+        ok=DraftText,
+        params=(NAME_PARAM,),
+        admin=True,
+    ),
+    Route(
+        "POST",
+        "/api/drafts/{name}/accept",
+        accept_draft,
+        "Accept a draft into training_data/dialogues/ or tests/",
+        "drafts",
+        body=AcceptDraft,
+        ok=Accepted,
+        params=(NAME_PARAM,),
+        admin=True,
+        errors=(409,),
+    ),
+    Route(
+        "POST",
+        "/api/drafts/{name}/reject",
+        reject_draft,
+        "Reject a draft (its file is deleted)",
+        "drafts",
+        ok=Rejected,
+        params=(NAME_PARAM,),
+        admin=True,
+    ),
+    Route(
+        "POST",
+        "/api/conversations/{sender}/draft",
+        draft_from_conversation,
+        "Make a redacted dialogue draft of a stored conversation",
+        "drafts",
+        ok=NewDraft,
+        ok_status=201,
+        params=(SENDER_PARAM,),
+        admin=True,
+        errors=(409, 503),
+    ),
 ]
 
 

@@ -15,14 +15,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.remote import RemoteEngine
-from bot.serve.events import MODEL_UNAVAILABLE
-from bot.serve.responder import GUARD, ConversationState, Piece
+from bot.serve.events import MODEL_UNAVAILABLE, user_message
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import Route, ServerSentEvent, register
+from bot.serve.responder import GUARD, ConversationState, Piece
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.routes_completions import openai_stream_error
-from bot.serve.events import user_message
 
 
 class ContentPart(BaseModel):
@@ -87,7 +86,9 @@ class CompletionChunkEvent(ServerSentEvent):
     """With `stream: true`: each event's data is a `chat.completion.chunk` object as JSON, or an
     `{"error": {...}}` object, and the last one is `[DONE]`."""
 
-    event: Literal["message"] = Field("message", description="No `event:` line is sent: an EventSource's default name.")
+    event: Literal["message"] = Field(
+        "message", description="No `event:` line is sent: an EventSource's default name."
+    )
 
 
 def _text(content: str | list[ContentPart] | None) -> str:
@@ -110,7 +111,8 @@ def check_size(body: CompletionRequest, max_messages: int, max_chars: int) -> No
             raise web.HTTPRequestEntityTooLarge(
                 max_size=max_chars,
                 actual_size=len(text),
-                text=f"messages[{i}] is {len(text):,} characters; at most {max_chars:,} are accepted (serve.max_message_chars)",
+                text=f"messages[{i}] is {len(text):,} characters; "
+                f"at most {max_chars:,} are accepted (serve.max_message_chars)",
             )
 
 
@@ -123,7 +125,9 @@ def _context(body: CompletionRequest, system_prompt: str, limit: int) -> list[di
         raise web.HTTPBadRequest(text="the last message must be from the user")
     if len(messages[-1]["content"]) > limit:
         raise web.HTTPRequestEntityTooLarge(
-            max_size=limit, actual_size=len(messages[-1]["content"]), text=f"the last message is longer than {limit:,} characters"
+            max_size=limit,
+            actual_size=len(messages[-1]["content"]),
+            text=f"the last message is longer than {limit:,} characters",
         )
     return messages
 
@@ -148,7 +152,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
         sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
         latest = user_message(messages[-1]["content"])
-        answer = request.app[CONVERSATIONS].responder.answer(model, messages, sender=sender, state=ConversationState(), latest=latest)
+        answer = request.app[CONVERSATIONS].responder.answer(
+            model, messages, sender=sender, state=ConversationState(), latest=latest
+        )
         completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
 
         if not body.stream:
@@ -164,7 +170,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "object": "chat.completion",
                     "created": created,
                     "model": name,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                    ],
                 }
             )
 
@@ -213,8 +221,17 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("POST", "/v1/chat/completions", chat_completions, "OpenAI's chat completions: the conversation in, the bot's reply out", "openai",
-          body=CompletionRequest, ok=ChatCompletion, events=CompletionChunkEvent, errors=(429, 503)),
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        chat_completions,
+        "OpenAI's chat completions: the conversation in, the bot's reply out",
+        "openai",
+        body=CompletionRequest,
+        ok=ChatCompletion,
+        events=CompletionChunkEvent,
+        errors=(429, 503),
+    ),
     Route("GET", "/v1/models", list_models, "OpenAI's model list: the model in service", "openai", ok=ModelList),
 ]
 

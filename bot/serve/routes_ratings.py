@@ -11,18 +11,23 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.serve.conversation_search import Rating, latest_ratings
+from bot.serve.events import BOT, rated
 from bot.serve.http import read_body
 from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Route, register
 from bot.serve.routes_chat import MAX_SEQ, SENDER_PARAM, conversation_id
-from bot.serve.events import BOT, rated
 
 MAX_COMMENT_CHARS = 1000
 
 
 class RatingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    seq: int = Field(ge=1, le=MAX_SEQ, strict=True, description="The seq of the bot message rated (from the conversation's history or stream).")
+    seq: int = Field(
+        ge=1,
+        le=MAX_SEQ,
+        strict=True,
+        description="The seq of the bot message rated (from the conversation's history or stream).",
+    )
     rating: Rating = Field(description="up (helpful) or down (not helpful).")
     comment: str | None = Field(None, max_length=MAX_COMMENT_CHARS, description="What the customer adds, if anything.")
 
@@ -45,17 +50,30 @@ async def rate_message(request: web.Request) -> web.Response:
     async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
         events = await store.events(sender)
         if not any(e["seq"] == body.seq and e["type"] == BOT for e in events):
-            raise web.HTTPNotFound(text=f"conversation '{sender}' has no bot message with seq {body.seq}: only the bot's messages can be rated")
+            raise web.HTTPNotFound(
+                text=f"conversation '{sender}' has no bot message with seq {body.seq}: "
+                "only the bot's messages can be rated"
+            )
         current = latest_ratings(events).get(body.seq)
         if current is None or (current["rating"], current.get("comment")) != (body.rating, comment):
             await store.append(sender, rated(body.seq, body.rating, comment))
             request.app[METRICS].ratings.labels(body.rating).inc()
-    return web.json_response(Rated(sender=sender, seq=body.seq, rating=body.rating, comment=comment).model_dump(exclude_none=True))
+    answer = Rated(sender=sender, seq=body.seq, rating=body.rating, comment=comment)
+    return web.json_response(answer.model_dump(exclude_none=True))
 
 
 ROUTES = [
-    Route("POST", "/api/conversations/{sender}/ratings", rate_message, "Rate one of the bot's messages: thumbs up or down (the widget's buttons)", "chat",
-          body=RatingRequest, ok=Rated, params=(SENDER_PARAM,), errors=(429, 503)),
+    Route(
+        "POST",
+        "/api/conversations/{sender}/ratings",
+        rate_message,
+        "Rate one of the bot's messages: thumbs up or down (the widget's buttons)",
+        "chat",
+        body=RatingRequest,
+        ok=Rated,
+        params=(SENDER_PARAM,),
+        errors=(429, 503),
+    ),
 ]
 
 

@@ -31,7 +31,9 @@ class JobProgress(BaseModel):
 
 
 class GateVerdict(BaseModel):
-    passed: bool = Field(description="Whether the new model passed the evaluation gate (and so became the active model on disk).")
+    passed: bool = Field(
+        description="Whether the new model passed the evaluation gate (and so became the active model on disk)."
+    )
     summary: str
 
 
@@ -45,7 +47,9 @@ class JobStatus(BaseModel):
     gate: GateVerdict | None
     log_tail: list[str] = Field(description="The last lines of `bot train`'s output.")
     error: str | None = Field(description="Why it failed: `bot train`'s own message.")
-    next_step: str | None = Field(None, description="What the operator does next, once the job has ended (e.g. reload to serve the new model).")
+    next_step: str | None = Field(
+        None, description="What the operator does next, once the job has ended (e.g. reload to serve the new model)."
+    )
 
 
 class JobAnswer(BaseModel):
@@ -82,10 +86,31 @@ async def cancel_training(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    Route("POST", "/api/train", start_training, "Train a new model for this project in the background", "operator",
-          body=TrainRequest, ok=JobAnswer, ok_status=202, admin=True, errors=(409,)),
-    Route("GET", "/api/train", training_status, "The running or last training job", "operator", ok=JobAnswer, admin=True),
-    Route("POST", "/api/train/cancel", cancel_training, "Cancel the running training job", "operator", ok=JobAnswer, admin=True, errors=(409,)),
+    Route(
+        "POST",
+        "/api/train",
+        start_training,
+        "Train a new model for this project in the background",
+        "operator",
+        body=TrainRequest,
+        ok=JobAnswer,
+        ok_status=202,
+        admin=True,
+        errors=(409,),
+    ),
+    Route(
+        "GET", "/api/train", training_status, "The running or last training job", "operator", ok=JobAnswer, admin=True
+    ),
+    Route(
+        "POST",
+        "/api/train/cancel",
+        cancel_training,
+        "Cancel the running training job",
+        "operator",
+        ok=JobAnswer,
+        admin=True,
+        errors=(409,),
+    ),
 ]
 
 

@@ -36,7 +36,9 @@ class Services:
         return self.conversations.responder.holder
 
 
-def assemble(settings: Settings, model: ResponseModel, store, session: aiohttp.ClientSession, *, metrics: Metrics | None = None) -> Conversations:
+def assemble(
+    settings: Settings, model: ResponseModel, store, session: aiohttp.ClientSession, *, metrics: Metrics | None = None
+) -> Conversations:
     """The conversation service around a model and a store, with the action server and the
     handoff webhook of endpoints.yml."""
     endpoints = settings.endpoints

@@ -87,8 +87,9 @@ class ConversationStore(ABC):
     def _own_lock(self, sender: str, timeout: float) -> Any:
         """The store's own lock (see `lock`)."""
 
+    @abstractmethod
     async def _close(self) -> None:
-        pass
+        """Release the store's connections (`close` calls it)."""
 
     def lock(self, sender: str, timeout: float) -> Any:
         """Async context manager: one holder per conversation; ConversationBusy after `timeout`.
@@ -122,8 +123,9 @@ class ConversationStore(ABC):
         for event in events:
             if event.get("seq") not in stored:
                 raise ValueError(f"conversation '{sender}' has no event with seq {event.get('seq')}")
-            if event["type"] != stored[event["seq"]]["type"]:
-                raise ValueError(f"event {event['seq']} of '{sender}' is a {stored[event['seq']]['type']} event, not {event['type']}")
+            stored_type = stored[event["seq"]]["type"]
+            if event["type"] != stored_type:
+                raise ValueError(f"event {event['seq']} of '{sender}' is a {stored_type} event, not {event['type']}")
         await self._rewrite(sender, [e for e in events if e != stored[e["seq"]]])
 
     async def forget_inactive(self, before: float) -> list[str]:
@@ -283,23 +285,30 @@ class SQLiteStore(ConversationStore):
 
     async def _append(self, sender: str, event: Event) -> int:
         body = json.dumps(event, ensure_ascii=False)
-        rows = await asyncio.to_thread(self._run, "INSERT INTO events (sender, type, body) VALUES (?, ?, ?)", (sender, event["type"], body))
+        rows = await asyncio.to_thread(
+            self._run, "INSERT INTO events (sender, type, body) VALUES (?, ?, ?)", (sender, event["type"], body)
+        )
         return rows[0][0]
 
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
         if last is None:
             sql, args = "SELECT seq, body FROM events WHERE sender = ? AND seq > ? ORDER BY seq", (sender, after)
         else:
-            sql = "SELECT * FROM (SELECT seq, body FROM events WHERE sender = ? AND seq > ? ORDER BY seq DESC LIMIT ?) ORDER BY seq"
+            sql = (
+                "SELECT * FROM (SELECT seq, body FROM events WHERE sender = ? AND seq > ? ORDER BY seq DESC LIMIT ?) "
+                "ORDER BY seq"
+            )
             args = (sender, after, last)
         rows = await asyncio.to_thread(self._run, sql, args)
         return [dict(json.loads(body), seq=seq) for seq, body in rows]
 
     async def context(self, sender: str, last: int) -> tuple[list[Event], list[Event]]:
         # One statement, so both parts come from the same moment of the conversation.
-        sql = f"""SELECT 1 AS in_window, seq, body FROM (SELECT seq, body FROM events WHERE sender = ? ORDER BY seq DESC LIMIT ?)
+        state_types = ", ".join("?" * len(STATE_EVENTS))
+        sql = f"""SELECT 1 AS in_window, seq, body
+                  FROM (SELECT seq, body FROM events WHERE sender = ? ORDER BY seq DESC LIMIT ?)
                   UNION ALL
-                  SELECT 0, seq, body FROM events WHERE sender = ? AND type IN ({", ".join("?" * len(STATE_EVENTS))})
+                  SELECT 0, seq, body FROM events WHERE sender = ? AND type IN ({state_types})
                   ORDER BY in_window, seq"""
         rows = await asyncio.to_thread(self._run, sql, (sender, max(last, 0), sender, *STATE_EVENTS))
         recent: list[Event] = []
@@ -314,15 +323,21 @@ class SQLiteStore(ConversationStore):
         return [row[0] for row in await asyncio.to_thread(self._run, sql, (HANDOFF, RESUME, HANDOFF))]
 
     async def unanswered(self) -> list[tuple[str, int]]:
-        sql = "SELECT sender, seq FROM events WHERE seq IN (SELECT max(seq) FROM events GROUP BY sender) AND type = ? ORDER BY seq"
+        sql = (
+            "SELECT sender, seq FROM events WHERE seq IN (SELECT max(seq) FROM events GROUP BY sender) "
+            "AND type = ? ORDER BY seq"
+        )
         return [(sender, seq) for sender, seq in await asyncio.to_thread(self._run, sql, (USER,))]
 
     def _own_lock(self, sender: str, timeout: float):
         return self._locks.hold(sender, timeout)
 
     async def conversations(self) -> list[ConversationSummary]:
-        sql = """SELECT s.sender, s.count, json_extract(f.body, '$.timestamp') AS started, json_extract(l.body, '$.timestamp') AS last_active
-                 FROM (SELECT sender, count(*) AS count, min(seq) AS first, max(seq) AS last FROM events GROUP BY sender) AS s
+        sql = """SELECT s.sender, s.count,
+                        json_extract(f.body, '$.timestamp') AS started,
+                        json_extract(l.body, '$.timestamp') AS last_active
+                 FROM (SELECT sender, count(*) AS count, min(seq) AS first, max(seq) AS last
+                       FROM events GROUP BY sender) AS s
                  JOIN events AS f ON f.seq = s.first JOIN events AS l ON l.seq = s.last
                  ORDER BY last_active DESC"""
         rows = await asyncio.to_thread(self._run, sql)
@@ -332,7 +347,9 @@ class SQLiteStore(ConversationStore):
         if not senders:
             return 0
         marks = ", ".join("?" * len(senders))
-        found = await asyncio.to_thread(self._run, f"SELECT count(DISTINCT sender) FROM events WHERE sender IN ({marks})", tuple(senders))
+        found = await asyncio.to_thread(
+            self._run, f"SELECT count(DISTINCT sender) FROM events WHERE sender IN ({marks})", tuple(senders)
+        )
         await asyncio.to_thread(self._run, f"DELETE FROM events WHERE sender IN ({marks})", tuple(senders))
         return found[0][0]
 
@@ -345,7 +362,9 @@ class SQLiteStore(ConversationStore):
                     self._db.execute("BEGIN")
                     for event in events:
                         body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
-                        self._db.execute("UPDATE events SET body = ? WHERE sender = ? AND seq = ?", (body, sender, event["seq"]))
+                        self._db.execute(
+                            "UPDATE events SET body = ? WHERE sender = ? AND seq = ?", (body, sender, event["seq"])
+                        )
 
         await asyncio.to_thread(write)
 

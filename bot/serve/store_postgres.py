@@ -13,8 +13,8 @@ import json
 import time
 from contextlib import asynccontextmanager
 
-from bot.serve.migrations import Migrations
 from bot.serve.events import HANDOFF, RESUME, STATE_EVENTS, USER, Event
+from bot.serve.migrations import Migrations
 from bot.serve.store import ConversationBusy, ConversationStore, ConversationSummary, StoreUnavailable, log
 
 POSTGRES_MIGRATIONS = Migrations("postgresql")
@@ -42,8 +42,12 @@ async def migrate_postgres(connection, where: str, migrations: Migrations = POST
     The tables are those of the connection's search_path (`?search_path=...` in the URL)."""
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await connection.execute("CREATE TABLE IF NOT EXISTS bot_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-        pending = migrations.pending([row["name"] for row in await connection.fetch("SELECT name FROM bot_migrations")], where)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS bot_migrations "
+            "(name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        applied = [row["name"] for row in await connection.fetch("SELECT name FROM bot_migrations")]
+        pending = migrations.pending(applied, where)
         for name, step in pending:
             await step(connection)
             await connection.execute("INSERT INTO bot_migrations (name) VALUES ($1)", name)
@@ -114,7 +118,9 @@ class PostgresStore(ConversationStore):
 
     async def events(self, sender: str, *, after: int = 0, last: int | None = None) -> list[Event]:
         if last is None:
-            rows = await self._pool.fetch("SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq", sender, after)
+            rows = await self._pool.fetch(
+                "SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq", sender, after
+            )
         else:
             sql = "SELECT seq, body FROM bot_events WHERE sender = $1 AND seq > $2 ORDER BY seq DESC LIMIT $3"
             rows = list(reversed(await self._pool.fetch(sql, sender, after, last)))
@@ -135,7 +141,8 @@ class PostgresStore(ConversationStore):
 
     async def waiting_for_agent(self) -> list[str]:
         sql = """SELECT sender FROM bot_events WHERE seq IN (
-                   SELECT max(seq) FROM bot_events WHERE type IN ($1, $2) GROUP BY sender) AND type = $3 ORDER BY seq"""
+                   SELECT max(seq) FROM bot_events WHERE type IN ($1, $2) GROUP BY sender)
+                 AND type = $3 ORDER BY seq"""
         return [row["sender"] for row in await self._pool.fetch(sql, HANDOFF, RESUME, HANDOFF)]
 
     async def unanswered(self) -> list[tuple[str, int]]:
@@ -144,8 +151,10 @@ class PostgresStore(ConversationStore):
         return [(row["sender"], row["seq"]) for row in await self._pool.fetch(sql, USER)]
 
     async def conversations(self) -> list[ConversationSummary]:
-        sql = """SELECT s.sender, s.count, (f.body->>'timestamp')::float8 AS started, (l.body->>'timestamp')::float8 AS last_active
-                 FROM (SELECT sender, count(*) AS count, min(seq) AS first, max(seq) AS last FROM bot_events GROUP BY sender) AS s
+        sql = """SELECT s.sender, s.count,
+                        (f.body->>'timestamp')::float8 AS started, (l.body->>'timestamp')::float8 AS last_active
+                 FROM (SELECT sender, count(*) AS count, min(seq) AS first, max(seq) AS last
+                       FROM bot_events GROUP BY sender) AS s
                  JOIN bot_events AS f ON f.seq = s.first JOIN bot_events AS l ON l.seq = s.last
                  ORDER BY last_active DESC"""
         rows = await self._pool.fetch(sql)
@@ -154,14 +163,19 @@ class PostgresStore(ConversationStore):
     async def delete(self, senders: list[str]) -> int:
         if not senders:
             return 0
-        sql = "WITH gone AS (DELETE FROM bot_events WHERE sender = ANY($1::text[]) RETURNING sender) SELECT count(DISTINCT sender) FROM gone"
+        sql = (
+            "WITH gone AS (DELETE FROM bot_events WHERE sender = ANY($1::text[]) RETURNING sender) "
+            "SELECT count(DISTINCT sender) FROM gone"
+        )
         return await self._pool.fetchval(sql, senders)
 
     async def _rewrite(self, sender: str, events: list[Event]) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
             for event in events:
                 body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
-                await connection.execute("UPDATE bot_events SET body = $1::jsonb WHERE sender = $2 AND seq = $3", body, sender, event["seq"])
+                await connection.execute(
+                    "UPDATE bot_events SET body = $1::jsonb WHERE sender = $2 AND seq = $3", body, sender, event["seq"]
+                )
 
     @asynccontextmanager
     async def _own_lock(self, sender: str, timeout: float):
@@ -170,7 +184,9 @@ class PostgresStore(ConversationStore):
         try:
             connection = await self._lock_pool.acquire(timeout=timeout)
         except TimeoutError:
-            raise ConversationBusy(f"conversation '{sender}' waited {timeout:.0f} s: the server is answering too many at once") from None
+            raise ConversationBusy(
+                f"conversation '{sender}' waited {timeout:.0f} s: the server is answering too many at once"
+            ) from None
         try:  # the lock belongs to this connection's session
             while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
                 if time.monotonic() > deadline:

@@ -10,9 +10,9 @@ import json
 import re
 from datetime import UTC, datetime
 
+from bot.serve.events import HANDOFF, RESUME, STATE_EVENTS, USER, Event
 from bot.serve.migrations import Migrations
 from bot.serve.redis_locks import RedisLocks
-from bot.serve.events import HANDOFF, RESUME, STATE_EVENTS, USER, Event
 from bot.serve.store import ConversationStore, ConversationSummary, StoreUnavailable, log
 
 PREFIX = "bot:"
@@ -108,7 +108,9 @@ class RedisStore(ConversationStore):
             await self._build_state(sender)
             length, state, window = await self._read_context(sender, last)
         start = length - len(window)
-        return [dict(json.loads(body), seq=start + i + 1) for i, body in enumerate(window)], [json.loads(body) for body in state[1:]]
+        recent = [dict(json.loads(body), seq=start + i + 1) for i, body in enumerate(window)]
+        state_events = [json.loads(body) for body in state[1:]]  # state[0] is the BUILT marker
+        return recent, state_events
 
     async def _read_context(self, sender: str, last: int) -> tuple[int, list[str], list[str]]:
         """The events list's length, the state list and the last `last` events, in one MULTI."""
@@ -126,7 +128,8 @@ class RedisStore(ConversationStore):
 
         async def build(pipe) -> None:
             events = [json.loads(body) for body in await pipe.lrange(events_key, 0, -1)]
-            state = [json.dumps(dict(e, seq=i + 1), ensure_ascii=False) for i, e in enumerate(events) if e["type"] in STATE_EVENTS]
+            numbered = [dict(e, seq=i + 1) for i, e in enumerate(events)]
+            state = [json.dumps(e, ensure_ascii=False) for e in numbered if e["type"] in STATE_EVENTS]
             pipe.multi()
             pipe.delete(state_key)  # any state events already in it are in `events` too
             pipe.rpush(state_key, BUILT, *state)
@@ -147,7 +150,7 @@ class RedisStore(ConversationStore):
                 for key in keys[start : start + 500]:
                     pipe.llen(key).lindex(key, -1)
                 replies = await pipe.execute()
-            for key, length, last in zip(keys[start : start + 500], replies[::2], replies[1::2]):
+            for key, length, last in zip(keys[start : start + 500], replies[::2], replies[1::2], strict=True):
                 if last is not None and json.loads(last)["type"] == USER:
                     found.append((key.removeprefix(events_key), length))
         return sorted(found)
@@ -162,7 +165,9 @@ class RedisStore(ConversationStore):
                 for key in keys[start : start + 500]:
                     pipe.llen(key).lindex(key, 0).lindex(key, -1)
                 replies = await pipe.execute()
-            for key, length, first, last in zip(keys[start : start + 500], replies[::3], replies[1::3], replies[2::3]):
+            for key, length, first, last in zip(
+                keys[start : start + 500], replies[::3], replies[1::3], replies[2::3], strict=True
+            ):
                 if length:
                     started, last_active = json.loads(first)["timestamp"], json.loads(last)["timestamp"]
                     found.append(ConversationSummary(key.removeprefix(events_key), started, last_active, length))
@@ -183,7 +188,8 @@ class RedisStore(ConversationStore):
         events_key = f"{self._prefix}events:{sender}"
         async with self._redis.pipeline(transaction=True) as pipe:
             for event in events:
-                pipe.lset(events_key, event["seq"] - 1, json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False))
+                without_seq = {k: v for k, v in event.items() if k != "seq"}  # the position in the list is the seq
+                pipe.lset(events_key, event["seq"] - 1, json.dumps(without_seq, ensure_ascii=False))
             # the state list is built again from the events when next read (see _build_state)
             pipe.delete(f"{self._prefix}state:{sender}")
             await pipe.execute()

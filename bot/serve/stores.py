@@ -34,7 +34,11 @@ async def _redis(settings) -> ConversationStore:
 
 
 # tracker_store.type -> its opener; bot/config.py's TrackerStore.type lists the same names (a test checks).
-OPENERS: dict[str, Callable[..., Awaitable[ConversationStore]]] = {"sqlite": _sqlite, "postgresql": _postgresql, "redis": _redis}
+OPENERS: dict[str, Callable[..., Awaitable[ConversationStore]]] = {
+    "sqlite": _sqlite,
+    "postgresql": _postgresql,
+    "redis": _redis,
+}
 
 
 async def open_store(settings) -> ConversationStore:
@@ -47,7 +51,8 @@ async def open_store(settings) -> ConversationStore:
     store = await opener(settings)
     if config.lock_url:
         try:
-            store.take_locks_from(await RedisLocks.connect(config.lock_url, expiry_s=config.lock_expiry_s, prefix=config.key_prefix))
+            locks = await RedisLocks.connect(config.lock_url, expiry_s=config.lock_expiry_s, prefix=config.key_prefix)
+            store.take_locks_from(locks)
         except BaseException:
             await store.close()
             raise

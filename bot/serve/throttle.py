@@ -27,7 +27,9 @@ class _Failures:
 
 
 class FailureThrottle:
-    def __init__(self, allowed: int, max_wait_s: float, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, allowed: int, max_wait_s: float, *, max_keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ):
         self.allowed, self.max_wait, self.max_keys, self.clock = allowed, max_wait_s, max_keys, clock
         self._failures: OrderedDict[str, _Failures] = OrderedDict()  # oldest last failure first
 

@@ -68,7 +68,9 @@ class TrainingJob:
             if event == STEP:
                 self.progress = {k: record.get(k) for k in ("step", "steps", "eta_s", "loss")}
             elif event == DONE:
-                self.model_id, self.gate, self.activated = record.get("model_id"), record.get("gate"), record.get("activated")
+                self.model_id = record.get("model_id")
+                self.gate = record.get("gate")
+                self.activated = record.get("activated")
             elif event == FAILED:
                 self.error = record.get("error")
 
@@ -77,11 +79,14 @@ class TrainingJob:
         if self.state == SUCCEEDED and self.model_id:
             if self.activated:
                 return (
-                    f"{self.model_id} is now the active model on disk, but this server still serves the model it loaded: "
-                    "reload it (POST /api/model/reload, or activate it in the console's Models panel) to serve the new one"
+                    f"{self.model_id} is now the active model on disk, "
+                    "but this server still serves the model it loaded: "
+                    "reload it (POST /api/model/reload, or activate it in the console's Models panel) "
+                    "to serve the new one"
                 )
             return (
-                f"{self.model_id} did not pass the gate and was not activated; the active model stays as it was. To serve it "
+                f"{self.model_id} did not pass the gate and was not activated; "
+                "the active model stays as it was. To serve it "
                 f"anyway, activate it in the console's Models panel (POST /api/models/{self.model_id}/activate)"
             )
         if self.state == FAILED_STATE:
@@ -134,7 +139,9 @@ class TrainingJobs:
 
     async def start(self) -> TrainingJob:
         if self.current and self.current.state == RUNNING:
-            raise JobRunning(f"training job {self.current.id} is already running: cancel it first, or wait for it to end")
+            raise JobRunning(
+                f"training job {self.current.id} is already running: cancel it first, or wait for it to end"
+            )
         job = TrainingJob(uuid.uuid4().hex[:12], time.time(), self.progress_file)
         self.current = job  # before the first await: a second request meanwhile is refused
         self.progress_file.unlink(missing_ok=True)  # the child writes it anew; nothing of the last job is read
@@ -175,7 +182,10 @@ class TrainingJobs:
             job.state = FAILED_STATE
             if not job.error:
                 last = next((line.strip() for line in reversed(job.log) if line.strip()), "no output")
-                job.error = f"bot train stopped with exit status {code}: {last}" if code else f"bot train reported no model: {last}"
+                if code:
+                    job.error = f"bot train stopped with exit status {code}: {last}"
+                else:
+                    job.error = f"bot train reported no model: {last}"
         log.info("training job %s %s%s", job.id, job.state, f": {job.error}" if job.error else "")
 
     async def _stop(self, job: TrainingJob, first: int, grace_s: float) -> None:
