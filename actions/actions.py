@@ -83,7 +83,9 @@ class CheckOrder(LookupAction):
 
     def lookup(self, args, tracker):
         order = DATA["orders"].get(str(args["order_id"]).upper())
-        return (dict(order, order_id=args["order_id"]) if order else {"error": "no such order", "order_id": args["order_id"]}), []
+        if not order:
+            return {"error": "no such order", "order_id": args["order_id"]}, []
+        return dict(order, order_id=args["order_id"]), []
 
 
 class StartReturn(LookupAction):
@@ -116,7 +118,9 @@ class ListPlans(LookupAction):
     async def run(self, dispatcher, tracker, domain):
         events = await super().run(dispatcher, tracker, domain)
         plans = DATA["plans"].get(tracker.get_slot("kind"), [])
-        buttons = [{"title": f"{p['name']} (£{p['monthly_price']:.0f})", "payload": f"I'd like the {p['name']} plan"} for p in plans]
+        buttons = [
+            {"title": f"{p['name']} (£{p['monthly_price']:.0f})", "payload": f"I'd like the {p['name']} plan"} for p in plans
+        ]
         dispatcher.utter_message(buttons=buttons)  # quick replies in the widget
         return events
 

@@ -29,15 +29,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from serve_support import ScriptedEngine  # noqa: E402
+
 from bot.base_model import load_tokenizer  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.data.loader import read_training_data  # noqa: E402
 from bot.data.profile import profile_of  # noqa: E402
 from bot.data.schema import BotTurn  # noqa: E402
-from bot.serve.responder import ConversationState, ModelHolder, Piece, Responder  # noqa: E402
-from bot.serve.generator import ResponseModel  # noqa: E402
 from bot.serve.events import new_event  # noqa: E402
-from serve_support import ScriptedEngine  # noqa: E402
+from bot.serve.generator import ResponseModel  # noqa: E402
+from bot.serve.responder import ConversationState, ModelHolder, Piece, Responder  # noqa: E402
 
 MESSAGE = "Hi, can you help me with something?"
 
@@ -126,7 +127,7 @@ async def main() -> None:
         for arm in (("without", "with") if i % 2 else ("with", "without")):
             model.leak_guard = guard if arm == "with" else NoGuard()
             times[arm].append(await first_token(responder, model, reply))
-    added = [(w - wo) * 1000 for w, wo in zip(times["with"], times["without"])]
+    added = [(w - wo) * 1000 for w, wo in zip(times["with"], times["without"], strict=True)]
     later = sum(a > args.token_ms / 2 for a in added)
 
     print(f"replies: {len(replies)} ({min(len(held_out), len(replies))} held-out, the rest training); one token every {args.token_ms:g} ms")

@@ -30,7 +30,8 @@ def subset_project(fraction: float, seed: int) -> Path:
     project = Path(tempfile.mkdtemp(prefix=f"curve-{fraction}-"))
     shutil.copytree(ROOT / "training_data", project / "training_data", ignore=shutil.ignore_patterns("dialogues"))
     shutil.copy(ROOT / "config.yml", project / "config.yml")
-    dialogues = [d for f in yaml_files(ROOT / "training_data" / "dialogues") for d in load(f, f.name).value["dialogues"]]
+    files = yaml_files(ROOT / "training_data" / "dialogues")
+    dialogues = [d for f in files for d in load(f, f.name).value["dialogues"]]
     chosen = random.Random(seed).sample(dialogues, max(1, round(len(dialogues) * fraction)))
     (project / "training_data" / "dialogues").mkdir()
     (project / "training_data" / "dialogues" / "subset.yml").write_text(yaml.safe_dump({"dialogues": chosen}, allow_unicode=True))

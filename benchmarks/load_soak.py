@@ -81,7 +81,8 @@ def server(store: str, args, folder: Path, **serve) -> ServerProcess:
 
 
 def load_mode(args, folder: Path) -> None:
-    print(f"{args.customers} customers x {args.messages} messages at once through {'POST /api/chat/stream' if args.api == 'stream' else 'the REST webhook'}")
+    route = "POST /api/chat/stream" if args.api == "stream" else "the REST webhook"
+    print(f"{args.customers} customers x {args.messages} messages at once through {route}")
     rows = {}
     for store in args.stores:
         with server(store, args, folder) as process:
@@ -99,7 +100,10 @@ def load_mode(args, folder: Path) -> None:
         b = rows[base]
         print(f"ratio {store} / {base}: messages/s {r['messages_per_s'] / b['messages_per_s']:.2f}x, p90 {r['p90_s'] / b['p90_s']:.2f}x")
     bad = sum(r["errors"] + r["unanswered"] + r["problems"] for r in rows.values())
-    print("verdict:", "every message stored once and in order, every customer answered" if not bad else f"FAILED ({bad} problems)")
+    if bad:
+        print("verdict:", f"FAILED ({bad} problems)")
+    else:
+        print("verdict:", "every message stored once and in order, every customer answered")
 
 
 async def feeds_rounds(url: str, args, per_address: int) -> tuple[list[float], list[float], int]:
@@ -145,13 +149,17 @@ def soak_mode(args, folder: Path) -> None:
     errors = sum(1 for m in result.sent if m.error or not m.answer)
     latency = [m.seconds for m in result.sent]
     start, end = result.start, result.end
+    peak_rss_kb = max(s.rss_kb for s in result.samples)
+    peak_fds = max(s.fds for s in result.samples)
+    peak_tasks = max(s.tasks for s in result.samples)
     print(f"sent {len(result.sent)} messages ({len(result.sent) / seconds:.2f}/s), errors or unanswered {errors}; "
           f"latency p50 {percentile(latency, 50) * 1000:.0f} ms, p90 {percentile(latency, 90) * 1000:.0f} ms")
     print(f"resident memory: idle start {start.rss_kb / 1024:.1f} MiB; after warm-up {before / 1024:.1f} MiB, end of load {after / 1024:.1f} MiB: "
-          f"{growth:+.1%} (limit +{MEMORY_GROWTH_LIMIT:.0%}); peak {max(s.rss_kb for s in result.samples) / 1024:.1f} MiB")
-    print(f"open files: idle start {start.fds}, peak {max(s.fds for s in result.samples)}, idle end {end.fds}; "
-          f"asyncio tasks: idle start {start.tasks}, peak {max(s.tasks for s in result.samples)}, idle end {end.tasks}")
-    ok = growth <= MEMORY_GROWTH_LIMIT and end.fds <= start.fds and end.tasks <= start.tasks and not errors
+          f"{growth:+.1%} (limit +{MEMORY_GROWTH_LIMIT:.0%}); peak {peak_rss_kb / 1024:.1f} MiB")
+    print(f"open files: idle start {start.fds}, peak {peak_fds}, idle end {end.fds}; "
+          f"asyncio tasks: idle start {start.tasks}, peak {peak_tasks}, idle end {end.tasks}")
+    back_to_idle = end.fds <= start.fds and end.tasks <= start.tasks
+    ok = growth <= MEMORY_GROWTH_LIMIT and back_to_idle and not errors
     print("verdict:", "PASS" if ok else "FAIL")
     if args.samples:
         with open(args.samples, "w") as f:

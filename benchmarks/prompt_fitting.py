@@ -29,14 +29,17 @@ from bot.data.profile import profile_of  # noqa: E402
 from bot.data.project import validate  # noqa: E402
 from bot.rendering import fitted_prompt_ids, prompt_ids  # noqa: E402
 
-
 # The implementation fitted_prompt_ids replaced, kept in the tests as the reference it must match.
 from tests.test_fitting import reference_fitted_prompt_ids as old_fitted_prompt_ids  # noqa: E402
 
 
 def conversation(system_prompt: str, n: int) -> list[dict]:
     messages = [{"role": "system", "content": system_prompt}]
-    messages += [{"role": "user" if i % 2 == 0 else "assistant", "content": f"question {i}" if i % 2 == 0 else f"answer {i}"} for i in range(n)]
+    for i in range(n):
+        if i % 2 == 0:
+            messages.append({"role": "user", "content": f"question {i}"})
+        else:
+            messages.append({"role": "assistant", "content": f"answer {i}"})
     return messages + [{"role": "user", "content": "and the latest one"}]
 
 

@@ -28,8 +28,8 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
-from bot.serve.app import create_app  # noqa: E402
 from bot.engine.protocol import Finished  # noqa: E402
+from bot.serve.app import create_app  # noqa: E402
 from bot.serve.client import chat_events  # noqa: E402
 from bot.serve.generator import load_response_model  # noqa: E402
 
@@ -92,16 +92,13 @@ async def main() -> None:
                 rows["direct"].append((ttft, total, tokens))
                 return tokens, text
 
-            async def run_http():
-                ttft, total, reply = await over_http(session, url, f"bench-{i}")
-                return ttft, total, reply
-
+            sender = f"bench-{i}"
             if i % 2:  # alternate which path goes first, so that neither gains from the order
-                ttft, total, reply = await run_http()
+                ttft, total, reply = await over_http(session, url, sender)
                 tokens, text = await run_direct()
             else:
                 tokens, text = await run_direct()
-                ttft, total, reply = await run_http()
+                ttft, total, reply = await over_http(session, url, sender)
             if reply != text:
                 raise SystemExit(f"the two paths gave different replies:\n  direct: {text!r}\n  http:   {reply!r}")
             rows["http"].append((ttft, total, tokens))  # the same greedy tokens as the direct call

@@ -135,6 +135,17 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
+def is_good(reply: Reply, rate: float) -> bool:
+    """Whether a reply counts towards goodput: its first token soon enough, then streamed fast enough."""
+    return reply.first_token_s <= GOOD_FIRST_TOKEN_S and rate >= GOOD_STREAM_RATE
+
+
+def first_token_p50_p90(replies: list[Reply], turn: int) -> tuple[float, float]:
+    """The median and 90th percentile seconds to the first token of the replies at this turn."""
+    firsts = [r.first_token_s for r in replies if r.turn == turn]
+    return percentile(firsts, 50), percentile(firsts, 90)
+
+
 async def load_run(url: str, args, tokenizer, run: str, model_server: str | None = None) -> dict:
     import aiohttp
 
@@ -152,7 +163,8 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         before = await generated_tokens(session, url)
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
-        results = await asyncio.gather(*(customer(session, url, i, args.turns, i * spread, args.think, run) for i in range(args.customers)))
+        customers = [customer(session, url, i, args.turns, i * spread, args.think, run) for i in range(args.customers)]
+        results = await asyncio.gather(*customers)
         wall = time.monotonic() - started
         tokens = await generated_tokens(session, url) - before
     replies = [r for rs in results for r in rs]
@@ -162,12 +174,12 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         streaming = r.seconds - r.first_token_s
         rates.append(n / streaming if streaming > 0 and n > 1 else float("inf"))
     firsts = [r.first_token_s for r in replies]
-    good = sum(1 for r, rate in zip(replies, rates) if r.first_token_s <= GOOD_FIRST_TOKEN_S and rate >= GOOD_STREAM_RATE)
+    good = sum(1 for r, rate in zip(replies, rates, strict=True) if is_good(r, rate))
     return {
         "replies": replies,
         "ttft_p50": percentile(firsts, 50),
         "ttft_p90": percentile(firsts, 90),
-        "by_turn": {t: (percentile([r.first_token_s for r in replies if r.turn == t], 50), percentile([r.first_token_s for r in replies if r.turn == t], 90)) for t in range(1, args.turns + 1)},
+        "by_turn": {t: first_token_p50_p90(replies, t) for t in range(1, args.turns + 1)},
         "rate_p10": percentile(rates, 10),
         "rate_p50": percentile(rates, 50),
         "aggregate": tokens / wall,
@@ -204,10 +216,15 @@ def main() -> None:
 
     settings = load_settings(args.project)
     active = models.active(settings.models_dir)  # the server loads it; the client counts its reply tokens
-    tokenizer = AutoTokenizer.from_pretrained(active.tokenizer_dir) if active else load_tokenizer(settings.base_model, settings.cache_dir)
+    if active:
+        tokenizer = AutoTokenizer.from_pretrained(active.tokenizer_dir)
+    else:
+        tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     device = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
-    print(f"model: {'trained model ' + active.id if active else 'base model'}; {device}; {args.customers} customers x {args.turns} turns, "
-          f"max {args.tokens} new tokens{' (full length, end-of-turn ignored)' if args.full_length else ''}, ramp {args.ramp} s, think {args.think} s")
+    model_name = "trained model " + active.id if active else "base model"
+    full_length = " (full length, end-of-turn ignored)" if args.full_length else ""
+    print(f"model: {model_name}; {device}; {args.customers} customers x {args.turns} turns, "
+          f"max {args.tokens} new tokens{full_length}, ramp {args.ramp} s, think {args.think} s")
 
     folder = tempfile.mkdtemp(prefix="serve-load-")
     runs = {}
@@ -242,7 +259,11 @@ def main() -> None:
     names = list(runs)
     if len(names) >= 2:
         new, base = runs[names[0]], runs[names[-1]]
-        same = sum(a.text == b.text for a, b in zip(sorted(new["replies"], key=lambda r: (r.customer, r.turn)), sorted(base["replies"], key=lambda r: (r.customer, r.turn))))
+        def in_order(replies: list[Reply]) -> list[Reply]:
+            return sorted(replies, key=lambda r: (r.customer, r.turn))
+
+        pairs = zip(in_order(new["replies"]), in_order(base["replies"]), strict=True)
+        same = sum(a.text == b.text for a, b in pairs)
         print(f"\nratio {names[0]} / {names[-1]}: aggregate tokens/s {new['aggregate'] / base['aggregate']:.2f}x, "
               f"first token p90 {new['ttft_p90'] / base['ttft_p90']:.2f}x, per-stream p50 {new['rate_p50'] / base['rate_p50']:.2f}x, "
               f"goodput {new['goodput']:.0%} vs {base['goodput']:.0%}; identical replies {same}/{len(new['replies'])}")

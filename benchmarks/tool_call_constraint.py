@@ -66,7 +66,10 @@ async def run(weights, prompts: list[list[int]], batch: int, max_new_tokens: int
     if constraint:
         print(f"  constraint: {constraint.masks} token masks, {1000 * constraint.mask_seconds / max(constraint.masks, 1):.2f} ms each, "
               f"{constraint.mask_seconds:.2f} s in all = {100 * constraint.mask_seconds / seconds:.1f}% of the run's wall time")
-    return seconds, sum(len(r.token_ids) for r in results), sum(s.action is not None for s in steps), sum(s.broken_call is not None for s in steps)
+    tokens = sum(len(r.token_ids) for r in results)
+    calls = sum(s.action is not None for s in steps)
+    broken = sum(s.broken_call is not None for s in steps)
+    return seconds, tokens, calls, broken
 
 
 def main() -> int:
@@ -82,7 +85,8 @@ def main() -> int:
     weights = load_weights(settings, models.active(settings.models_dir))
     calls = [c for c in cases(data) if c.reference_step.action]
     prompts = [prompt_ids(weights.tokenizer, c.context) for c in calls]
-    print(f"model: {weights.trained.id if weights.trained else 'base'}; {len(prompts)} held-out turns answered by a call; "
+    model_name = weights.trained.id if weights.trained else "base"
+    print(f"model: {model_name}; {len(prompts)} held-out turns answered by a call; "
           f"batch {args.batch}; {args.rounds} rounds")
     rates: dict[bool, list[float]] = {False: [], True: []}
     for k in range(args.rounds):

@@ -44,7 +44,8 @@ def run_arm(arm: str, examples: int, batch_size: int) -> dict:
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     data = load_examples(settings.build_dir / "train.jsonl", tokenizer, settings.build.model.max_length)
-    sample = [data[i] for i in torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:examples].tolist()]
+    shuffled = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    sample = [data[i] for i in shuffled[:examples].tolist()]
     lengths = [len(e) for e in sample]
     sampler_class = LengthGroupedBatches if arm == "grouped" else RandomBatches
     naive_loss = arm == "naive"

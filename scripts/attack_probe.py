@@ -87,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = asyncio.run(probe(args.project))
     cut = sum(bool(r["guarded"]) for r in rows)
-    print(f"\n{len(rows)} attacks, {cut} cut by the leak guard, {sum(r['status'] != 200 for r in rows)} refused by HTTP status")
+    refused = sum(r["status"] != 200 for r in rows)
+    print(f"\n{len(rows)} attacks, {cut} cut by the leak guard, {refused} refused by HTTP status")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -98,7 +98,8 @@ def main() -> int:
     report, folder = evaluate(settings, model_id=result.id)
     print(f"bot eval, four modes: {time.perf_counter() - started:.1f} s in all; report in {folder}")
     for mode, summary in report["summary"].items():
-        print(f"  {mode:<11} " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float)) and k != "seconds"))
+        figures = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and k != "seconds"}
+        print(f"  {mode:<11} " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     bench = [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--project", str(project), "--customers", "64", "--engines", "batching"]
     print("$ " + " ".join(bench[1:]), flush=True)
     return subprocess.call(bench, cwd=ROOT)

@@ -200,7 +200,7 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
 
-    pairs = [(m, a, b) for talk, ra, rb in zip(talks, remote, local) for m, a, b in zip(talk, ra, rb)]
+    pairs = [(m, a, b) for talk, ra, rb in zip(talks, remote, local, strict=True) for m, a, b in zip(talk, ra, rb, strict=True)]
     equal = sum(a == b for _, a, b in pairs)
     for message, a, b in pairs:
         print(f"{'=' if a == b else '!'} {message[:60]!r}\n    vLLM:       {a[:150]!r}\n    in process: {b[:150]!r}")

@@ -4,10 +4,11 @@ conversations with ratings and handoffs."""
 
 from __future__ import annotations
 
+from serve_support import scripted_model
+
 from bot import models
 from bot.serve.conversation_search import RATING
 from bot.serve.events import new_event
-from serve_support import scripted_model
 
 SUMMARY = {"chrf": 0.61, "action_accuracy": 0.9, "handoff_accuracy": 1.0, "expectation_pass_rate": 0.75, "turns": 40, "dialogues": 8,
            "adversarial_pass_rate": 1.0, "leaks": 0, "loss": 0.812, "seconds": 12.5, "examples_in_prompt": 0}

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-
 from serve_support import make_project
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -97,7 +96,7 @@ async def send(session: aiohttp.ClientSession, url: str, sender: str, text: str,
                             answer = (answer + " " if answer else "") + (json.loads(line[6:]).get("text") or "")
                         elif line.startswith("data: ") and event == "error":
                             error = line[6:]
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         error = f"{type(e).__name__}: {e}"
     return Sent(sender, text, time.monotonic() - started, answer, error)
 

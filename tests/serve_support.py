@@ -27,8 +27,9 @@ ADMIN_TOKEN = "t0ken-for-tests"
 CHROMIUM = "/usr/bin/chromium"
 # Browser tests drive Debian's chromium (never a downloaded browser, see the `browser` fixture);
 # they skip without it, except in CI, where .ci/run installs it, so a missing browser fails there.
+_chromium_missing_outside_ci = not Path(CHROMIUM).exists() and os.environ.get("CI") != "true"
 requires_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and os.environ.get("CI") != "true", reason=f"{CHROMIUM} is not installed (apt-get install chromium)"
+    _chromium_missing_outside_ci, reason=f"{CHROMIUM} is not installed (apt-get install chromium)"
 )
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 from bot.serve.actions import SORRY
 from bot.serve.responder import COULD_NOT_DO
-from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -259,12 +259,14 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     assert (await client.get("/api/handoffs")).status == 401  # agents need the admin token
     assert (await client.get("/api/handoffs", headers={"Authorization": "Bearer wrong"})).status == 401
     waiting = await (await client.get("/api/handoffs", headers=ADMIN)).json()
-    assert [w["sender"] for w in waiting["waiting"]] == ["h1"] and waiting["waiting"][0]["reason"] == "customer wants a refund decision"
+    assert [w["sender"] for w in waiting["waiting"]] == ["h1"]
+    assert waiting["waiting"][0]["reason"] == "customer wants a refund decision"
 
     # While a person has it, the bot stays quiet: the message is stored, the model is not asked.
     prompts = len(model.engine.prompts)
     events = await chat(client, "h1", "hello? anyone?")
-    assert ("waiting", {"reason": "customer wants a refund decision"}) in events and len(model.engine.prompts) == prompts
+    assert ("waiting", {"reason": "customer wants a refund decision"}) in events
+    assert len(model.engine.prompts) == prompts
 
     feed = await client.get("/api/conversations/h1/events", headers={"Last-Event-ID": str(events[0][1]["seq"])})
     sent = await client.post("/api/conversations/h1/messages", json={"text": "Hi, I'm Alex from the refunds team.", "agent": "Alex"}, headers=ADMIN)
@@ -325,10 +327,10 @@ async def test_serve_with_actions_starts_the_action_server_and_stops_it(tmp_path
     import shutil
 
     from aiohttp.test_utils import TestClient
+    from serve_support import scripted_model, settings_of
 
     from bot.serve.action_server import ActionServerError, action_server
     from bot.serve.app import create_app
-    from serve_support import scripted_model, settings_of
 
     port = free_port()
     project = starter_project(tmp_path, cache_dir, f"action_endpoint:\n  url: http://127.0.0.1:{port}/webhook\n")

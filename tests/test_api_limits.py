@@ -7,9 +7,9 @@ import asyncio
 import logging
 
 import pytest
+from serve_support import make_project
 
 from bot.serve.http import nesting_depth
-from serve_support import make_project
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import json
 from contextlib import asynccontextmanager
 
 import pytest
+from serve_support import make_project, scripted_model, settings_of
 
 from bot import cli_chat
 from bot.serve import services
-from serve_support import make_project, scripted_model, settings_of
 
 
 def call(name: str, **arguments) -> str:

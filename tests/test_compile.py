@@ -8,12 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, write_config
+from openai_format import check_jsonl
 
 from bot.cli import main
 from bot.config import load_settings
 from bot.data.project import validate
-from openai_format import check_jsonl
-from conftest import ROOT, write_config
 
 
 @pytest.fixture(scope="module")

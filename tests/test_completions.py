@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of, sse_events
 
 from bot.serve.stop_strings import StopStrings
-from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of, sse_events
 
 REPLY = "Your order KM-104233 left our warehouse today and should arrive tomorrow."
 
@@ -63,10 +63,12 @@ async def test_max_tokens_ends_with_length(project, serve, tokenizer):
     assert body["choices"][0]["text"] == tokenizer.decode(ids_of(tokenizer, REPLY)[:3])
     assert body["usage"]["completion_tokens"] == 3
     body = await (await client.post("/v1/completions", json={"model": "scripted", "prompt": "x"})).json()  # no max_tokens
-    assert body["usage"]["completion_tokens"] == 16 and body["choices"][0]["finish_reason"] == "length"  # OpenAI's default
+    assert body["usage"]["completion_tokens"] == 16  # OpenAI's default
+    assert body["choices"][0]["finish_reason"] == "length"
     client, _ = await serve(project, [REPLY])
     status, body = await complete(client, prompt=[1] * 1020, max_tokens=None)  # null: the room the context leaves (1,024 tokens)
-    assert status == 200 and body["usage"]["completion_tokens"] == 4 and body["choices"][0]["finish_reason"] == "length"
+    assert status == 200
+    assert body["usage"]["completion_tokens"] == 4 and body["choices"][0]["finish_reason"] == "length"
     status, body = await complete(client, prompt=[1] * 1024, max_tokens=None)
     assert status == 400 and "1,024 tokens leave no room" in body["error"]["message"]
 
@@ -80,10 +82,13 @@ async def test_stream_sends_pieces_then_the_finish_then_usage_then_done(project,
     chunks = stream_chunks(await response.text())
     pieces, last, usage = chunks[:-2], chunks[-2], chunks[-1]
     assert len(pieces) > 5 and all(c["choices"][0]["finish_reason"] is None for c in pieces)
-    assert all(c["object"] == "text_completion" and c["model"] == "scripted" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert all(c["object"] == "text_completion" and c["model"] == "scripted" for c in chunks)
+    assert all(c["id"] == chunks[0]["id"] for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in pieces) == REPLY
     assert last["choices"] == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]
-    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 1, "completion_tokens": len(ids_of(tokenizer, REPLY)), "total_tokens": 1 + len(ids_of(tokenizer, REPLY))}
+    reply_tokens = len(ids_of(tokenizer, REPLY))
+    assert usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": reply_tokens, "total_tokens": 1 + reply_tokens}
 
     response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 4, "stream": True})
     chunks = stream_chunks(await response.text())
@@ -93,7 +98,13 @@ async def test_stream_sends_pieces_then_the_finish_then_usage_then_done(project,
 
 def test_stop_strings_split_anywhere_across_pieces():
     text = "abc STOP-ME def STOP"
-    for stops, expected, matched in ((["STOP-ME"], "abc ", "STOP-ME"), (["def", "STOP"], "abc ", "STOP"), (["STOP-MEX"], text, None), (["zzz"], text, None)):
+    cases = (
+        (["STOP-ME"], "abc ", "STOP-ME"),
+        (["def", "STOP"], "abc ", "STOP"),
+        (["STOP-MEX"], text, None),
+        (["zzz"], text, None),
+    )
+    for stops, expected, matched in cases:
         for cut in range(len(text) + 1):
             for pieces in ([text[:cut], text[cut:]], list(text)):
                 watch = StopStrings(stops)
@@ -187,7 +198,8 @@ async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_li
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "front-end-key"}):
         response = await client.post("/v1/completions", json=body, headers=headers)
         answer = await response.json()
-        assert response.status == 401 and answer["error"]["type"] == "AuthenticationError" and "BOT_MODEL_SERVER_KEY" in answer["error"]["message"]
+        assert response.status == 401 and answer["error"]["type"] == "AuthenticationError"
+        assert "BOT_MODEL_SERVER_KEY" in answer["error"]["message"]
     response = await client.post("/v1/completions", json=body)
     assert response.status == 429  # wrong or missing keys count against rate_per_client
     assert response.headers["Retry-After"] == "60" and (await response.json())["error"]["type"] == "RateLimitError"
@@ -200,7 +212,8 @@ async def test_without_a_key_the_route_is_open_and_rate_limited_like_any_client(
     monkeypatch.delenv("BOT_MODEL_SERVER_KEY", raising=False)
     project = make_project(tmp_path / "bot", cache_dir, config="serve:\n  rate_per_client: 3\n")
     client, _ = await serve(project, lambda prompt: "ok")
-    statuses = [(await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi"})).status for _ in range(4)]
+    body = {"model": "scripted", "prompt": "hi"}
+    statuses = [(await client.post("/v1/completions", json=body)).status for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
 
 
@@ -249,13 +262,15 @@ async def test_the_openai_client_streaming_and_not(project, serve, tokenizer):
     api = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     try:
         completion = await api.completions.create(model="scripted", prompt=[1, 2, 3], max_tokens=50, temperature=0, stop=["tomorrow"])
-        assert completion.choices[0].text == REPLY.split("tomorrow")[0] and completion.choices[0].finish_reason == "stop"
+        assert completion.choices[0].text == REPLY.split("tomorrow")[0]
+        assert completion.choices[0].finish_reason == "stop"
         assert completion.usage.prompt_tokens == 3 and model.engine.prompts[-1] == [1, 2, 3]
 
         stream = await api.completions.create(model="scripted", prompt="hi", max_tokens=50, stream=True, stream_options={"include_usage": True})
         chunks = [chunk async for chunk in stream]
         assert "".join(c.choices[0].text for c in chunks if c.choices) == REPLY
-        assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens == len(ids_of(tokenizer, REPLY))
+        assert chunks[-2].choices[0].finish_reason == "stop"
+        assert chunks[-1].usage.completion_tokens == len(ids_of(tokenizer, REPLY))
 
         with pytest.raises(NotFoundError) as caught:
             await api.completions.create(model="nope", prompt="hi")

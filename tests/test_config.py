@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT
 
 from bot.cli import main
 from bot.config import load_settings
 from bot.errors import InvalidFiles
-from conftest import ROOT
 
 
 def test_shipped_config_loads_with_documented_defaults():

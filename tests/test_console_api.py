@@ -5,11 +5,11 @@ handoff, words and date, each one's timeline; trained models with their figures,
 from __future__ import annotations
 
 import pytest
+from console_support import SUMMARY, active_model_loader, add_model, rate, talk
+from serve_support import ADMIN_TOKEN, make_project, settings_of
 
 from bot import models
 from bot.serve.keys import STORE
-from console_support import SUMMARY, active_model_loader, add_model, rate, talk
-from serve_support import ADMIN_TOKEN, make_project, settings_of
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CONSOLE_ROUTES = [

@@ -10,15 +10,15 @@ import sys
 
 import pytest
 from aiohttp.test_utils import TestServer
+from console_support import active_model_loader, add_model, rate, talk
+from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
 
 from bot import models
 from bot.serve.app import create_app
+from bot.serve.events import new_event
 from bot.serve.keys import STORE
 from bot.serve.routes_train import TRAINING
 from bot.serve.throttle import ADMIN_FAILURES
-from bot.serve.events import new_event
-from console_support import active_model_loader, add_model, rate, talk
-from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
 
 pytestmark = requires_chromium
 
@@ -83,9 +83,18 @@ async def _page(browser, server, **options):
     page = await browser.new_page(**options)
     errors: list[str] = []
     # Script errors, and failed requests other than the favicon (named by URL, not the console's bare "Failed to load resource").
-    page.on("console", lambda message: message.type == "error" and not message.text.startswith("Failed to load resource") and errors.append(message.text))
+
+    def on_console(message) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(message.text)
+
+    def on_response(response) -> None:
+        if response.status >= 400 and not response.url.endswith("/favicon.ico"):
+            errors.append(f"{response.status} {response.url}")
+
+    page.on("console", on_console)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("response", lambda r: r.status >= 400 and not r.url.endswith("/favicon.ico") and errors.append(f"{r.status} {r.url}"))
+    page.on("response", on_response)
     await page.add_init_script(WATCH)
     await page.goto(str(server.make_url("/console")))
     return page, errors
@@ -165,7 +174,8 @@ async def test_a_rated_down_conversation_and_its_timeline_with_hostile_text_show
     assert items[0].startswith("#") and "Customer" in items[0] and HOSTILE in items[0]
     rated = items[1].split(" ")[0]  # "#seq" of the bot's first answer
     assert "Rating: down" in items[4] and f"of message {rated}: useless <b>answer</b>" in items[4]
-    assert "Action check_order" in items[5] and '"order_id": "ES-1001"' in items[5] and '"status": "shipped"' in items[5]
+    assert "Action check_order" in items[5]
+    assert '"order_id": "ES-1001"' in items[5] and '"status": "shipped"' in items[5]
     assert "Handed off to a person" in items[6] and "asked for a person" in items[6]
     assert "Agent Alex" in items[7] and "Given back to the bot" in items[8]
     assert await page.locator("main img, main script, main b").count() == 0  # nothing from the data became an element
@@ -295,9 +305,12 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     await text.fill(broken)
     await page.get_by_role("button", name="Save and check").click()
     await problems.filter(has_text="1 problem(s)").wait_for()
-    line = broken.splitlines().index(next(x for x in broken.splitlines() if "onerror" in x and x.lstrip().startswith("- <img"))) + 1
+    broken_lines = broken.splitlines()
+    image_line = next(x for x in broken_lines if "onerror" in x and x.lstrip().startswith("- <img"))
+    line = broken_lines.index(image_line) + 1
     problem = page.locator("#draft-problems li")
-    assert await problem.count() == 1 and f"Go to line {line}" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
+    assert await problem.count() == 1
+    assert f"Go to line {line}" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
     await page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()  # the list follows the save
     assert await text.get_attribute("aria-invalid") == "true"
     await page.get_by_role("button", name=f"Go to line {line}").click()

@@ -4,11 +4,11 @@ read, edit with validation in place, accept (200, 409 with the reason), reject; 
 from __future__ import annotations
 
 import pytest
-
-from bot.serve.keys import STORE
-from bot.serve.events import new_event
 from draft_support import store_conversation
 from serve_support import ADMIN_TOKEN, make_project
+
+from bot.serve.events import new_event
+from bot.serve.keys import STORE
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

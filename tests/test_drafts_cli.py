@@ -8,14 +8,14 @@ import io
 import sys
 
 import pytest
+from draft_support import PERSONAL, golden_events, handed_off_events, rate, starter_project, store_conversation
+from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 from bot.cli import main
 from bot.config import load_settings
 from bot.data import drafts
 from bot.serve.events import new_event
 from bot.serve.store import SQLiteStore
-from draft_support import PERSONAL, golden_events, handed_off_events, rate, starter_project, store_conversation
-from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 OLD = 1_600_000_000.0  # 2020-09-13
 
@@ -30,7 +30,8 @@ def short(text: str, at: float | None = None) -> list[dict]:
     return [dict(e, timestamp=at) for e in events] if at else events
 
 
-def seed(project, conversations: dict[str, list[dict]], ratings: dict[str, tuple[int, str]] = {}) -> None:
+def seed(project, conversations: dict[str, list[dict]], ratings: dict[str, tuple[int, str]] | None = None) -> None:
+    ratings = ratings or {}
     async def go():
         store = SQLiteStore(project / "conversations.sqlite3")  # endpoints.yml's default store
         try:
@@ -104,7 +105,8 @@ def test_review_accepts_edits_rejects_and_refuses_with_the_reason(project, tmp_p
     settings = load_settings(project)
     training = next(d for d in drafts._project(settings)[1] if not d.held_out)
     lines = ["dialogues:", "  - id: copied", "    draft: true", "    turns:"]
-    lines += [f"      - user: {drafts.scalar(t.user)}\n      - bot: Noted." for t in training.turns if type(t).__name__ == "UserTurn"]
+    user_turns = [t for t in training.turns if type(t).__name__ == "UserTurn"]
+    lines += [f"      - user: {drafts.scalar(t.user)}\n      - bot: Noted." for t in user_turns]
     write_draft(project, "a-copied", "\n".join(lines) + "\n")
     write_draft(project, "b-typo", "dialogues:\n  - id: b-typo\n    draft: true\n    turns:\n      - user: Where is KM-100001?\n"
                 "      - action: chek_order\n        args: {order_id: KM-100001}\n        result: {status: shipped}\n      - bot: It has shipped.\n")
@@ -140,7 +142,9 @@ def test_review_with_no_drafts_says_so(project, capsys):
 
 
 def assert_redacted(before: list[dict], after: list[dict]) -> None:
-    assert [(e["seq"], e["type"], e["timestamp"]) for e in after] == [(e["seq"], e["type"], e["timestamp"]) for e in before]
+    kept_after = [(e["seq"], e["type"], e["timestamp"]) for e in after]
+    kept_before = [(e["seq"], e["type"], e["timestamp"]) for e in before]
+    assert kept_after == kept_before
     text = repr(after)
     for value in PERSONAL:
         assert value not in text, value

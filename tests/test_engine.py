@@ -56,7 +56,7 @@ async def test_batched_requests_get_the_tokens_they_get_alone(tiny, tokenizer):
         results = await asyncio.gather(*(run(engine, p, 24, after=0.003 * i) for i, p in enumerate(prompts)))
     finally:
         await engine.close()
-    for prompt, (pieces, finished) in zip(prompts, results):
+    for prompt, (pieces, finished) in zip(prompts, results, strict=True):
         assert list(finished.token_ids) == alone(tiny, tokenizer, prompt, 24)
         assert "".join(pieces).strip() == finished.text == tokenizer.decode(finished.token_ids, skip_special_tokens=True).strip()
     assert engine.stats().generated_tokens == sum(f.tokens for _, f in results)
@@ -200,10 +200,10 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
     """The real loader and the batching engine on the tiny model: 8 conversations mid-reply while
     the model is reloaded."""
     from aiohttp.test_utils import TestClient, TestServer
+    from serve_support import ADMIN_TOKEN, make_project, settings_of, sse_events
 
     from bot.serve.app import create_app
     from bot.serve.generator import load_response_model
-    from serve_support import ADMIN_TOKEN, make_project, settings_of, sse_events
 
     settings = settings_of(make_project(tmp_path / "p", cache_dir, base=tiny_base, config="serve:\n  max_new_tokens: 60\n"))
     loaded = []

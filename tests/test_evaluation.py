@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import make_tiny_project
 
 from bot import models
 from bot.cli import main
@@ -14,7 +15,6 @@ from bot.data.schema import Expectations
 from bot.evaluation import metrics
 from bot.evaluation.cases import HeldOutOverlap, Prompted, cases, check_overlap, prompted
 from bot.rendering import BotStep, parse_reply, tool_call_text
-from conftest import make_tiny_project
 
 ORDER = parse_reply(tool_call_text("check_order", {"order_id": "ES-1"}))
 HANDOFF = parse_reply(tool_call_text("handoff_to_human", {"reason": "refund"}))
@@ -64,7 +64,7 @@ class FakeCase:
 
 def items(*replies: BotStep, references=None) -> list[Prompted]:
     references = references or [BotStep("ref")] * len(replies)
-    return [Prompted(FakeCase(ref), [], reply=reply) for reply, ref in zip(replies, references)]
+    return [Prompted(FakeCase(ref), [], reply=reply) for reply, ref in zip(replies, references, strict=True)]
 
 
 @pytest.mark.parametrize(
@@ -229,7 +229,7 @@ def test_bot_eval_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, cap
         table = report["actions"][mode]
         assert set(table) == {"labels", "matrix", "per_action", "failure_classes"}
         assert table["labels"][-2:] == ["handoff", "no call"] and "check_order" in table["labels"]
-        expected_rows = {label: sum(row) for label, row in zip(table["labels"], table["matrix"])}
+        expected_rows = {label: sum(row) for label, row in zip(table["labels"], table["matrix"], strict=True)}
         assert {k: expected_rows[k] for k in ("check_order", "handoff", "no call")} == {"check_order": 1, "handoff": 1, "no call": 1}
         assert {k: v["turns"] for k, v in table["per_action"].items()} == {"check_order": 1, "handoff": 1, "no call": 1}
         wrong = sum(table["failure_classes"].values())
@@ -237,7 +237,8 @@ def test_bot_eval_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, cap
         listed = [f for f in report["failures"] if f["mode"] == mode]
         assert {f["kind"] for f in listed} <= {"expectation", "action"}
         assert all(f["failure_class"] and f["expectation"] is None for f in listed if f["kind"] == "action")
-        assert len({(f["dialogue"], f["turn"]) for f in listed if f["failure_class"]}) == wrong  # every wrong turn listed
+        listed_wrong_turns = {(f["dialogue"], f["turn"]) for f in listed if f["failure_class"]}
+        assert len(listed_wrong_turns) == wrong  # every wrong turn listed
     # the random model does not hand off: listed for its action alone, with its class
     human = [f for f in report["failures"] if f["dialogue"] == "test-human" and f["mode"] == "fine-tuned"]
     assert [(f["kind"], f["failure_class"], f["expected"]) for f in human] == [("action", "wrong handoff", "handoff")]
@@ -278,7 +279,9 @@ def test_gate_keeps_a_regressing_model_inactive(tmp_path, tiny_base, cache_dir, 
     assert "not activated, the previous model stays live: it passes 0% of adversarial tests, fewer than the active model" in out
     assert models.active_id(project / "models") == first
     second = models.trained_models(project / "models")[-1]
-    assert second.id != first and second.manifest["activation"] == {"activated": False, "forced": False, "reason": out.split("live: ")[1].split("; see")[0]}
+    reason = out.split("live: ")[1].split("; see")[0]
+    assert second.id != first
+    assert second.manifest["activation"] == {"activated": False, "forced": False, "reason": reason}
 
     assert main(["-C", str(project), "train", "--if-needed"]) == 0
     assert "not active: it did not pass the gate" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_tiny_project
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,7 +24,6 @@ from bot.engine.protocol import Finished
 from bot.errors import BaseModelUnavailable
 from bot.rendering import prompt_ids
 from bot.training.command import train_and_activate
-from conftest import make_tiny_project
 
 MESSAGES = [{"role": "user", "content": "Where is my order ES-1001?"}]
 TOKENS = 12
@@ -98,7 +98,8 @@ def test_adapter_folder_has_what_vllm_reads(trained, exported):
     # vLLM finds each LoRA weight by this name: base_model.model.<module>.lora_A|lora_B.weight
     with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
         names = list(weights.keys())
-    assert names and all(re.fullmatch(r"base_model\.model\.model\.layers\.\d+\.\w+\.\w+\.lora_[AB]\.weight", n) for n in names), names
+    lora_weight = re.compile(r"base_model\.model\.model\.layers\.\d+\.\w+\.\w+\.lora_[AB]\.weight")
+    assert names and all(lora_weight.fullmatch(n) for n in names), names
     assert exported.max_lora_rank == 8  # rank 8: vLLM's smallest --max-lora-rank that fits
 
 

@@ -83,11 +83,13 @@ def test_five_thousand_short_messages_fit_in_well_under_a_second(tokenizer):
     seconds = time.perf_counter() - started
     assert seconds < 0.25, f"{seconds:.3f} s"
     text = tokenizer.decode(ids)
-    assert 1800 < len(ids) <= 1920 and "question 2499" in text and "and the latest one" in text and "question 2000" not in text
+    assert 1800 < len(ids) <= 1920
+    assert "question 2499" in text and "and the latest one" in text and "question 2000" not in text
     # the same window as the reference (quadratic: compared on the last 200 messages, with a smaller budget)
     tail = messages[:1] + messages[-201:]
     window = fitted_prompt_ids(tokenizer, tail, 900)
-    assert len(window) < len(prompt_ids(tokenizer, tail)) and window == reference_fitted_prompt_ids(tokenizer, tail, 900)
+    assert len(window) < len(prompt_ids(tokenizer, tail))
+    assert window == reference_fitted_prompt_ids(tokenizer, tail, 900)
 
 
 def test_a_huge_old_message_is_not_tokenized_just_to_be_dropped(tokenizer):
@@ -141,8 +143,9 @@ async def test_a_prompt_still_rendering_stops_soon_after_its_client_leaves(tmp_p
     import asyncio
     import threading
 
-    import bot.serve.generator as generator
     from serve_support import make_project, scripted_model, settings_of
+
+    import bot.serve.generator as generator
 
     ended: dict = {}
     real = generator.fitted_prompt_ids

@@ -9,6 +9,7 @@ from contextlib import aclosing
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError
 from bot.engine.remote import ModelServerUnavailable
@@ -16,7 +17,6 @@ from bot.errors import BotError, InvalidFiles, Problem
 from bot.serve.http import STATUS_OF, errors_middleware, status_of
 from bot.serve.migrations import MigrationError
 from bot.serve.store import ConversationBusy, StoreUnavailable
-from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Faults of the server's own making: exactly these answer 5xx, every other entry 4xx.
@@ -110,7 +110,9 @@ def fail_after_the_first_piece(engine, error: BaseException) -> None:
 async def test_an_error_in_an_open_stream_is_written_into_it_in_each_routes_format(project, serve, error):
     client, model = await serve(project, ["Hello there, how are you?"] * 3)
     fail_after_the_first_piece(model.engine, error)
-    status, message = (503, "the model engine is closed") if isinstance(error, EngineClosed) else (500, "internal error")
+    engine_closed = isinstance(error, EngineClosed)
+    status = 503 if engine_closed else 500
+    message = "the model engine is closed" if engine_closed else "internal error"
 
     events = sse_events(await (await client.post("/api/chat/stream", json={"sender": "e-1", "message": "hi"})).text())
     [(name, data)] = [(name, data) for name, data in events if name == "error"]
@@ -122,7 +124,8 @@ async def test_an_error_in_an_open_stream_is_written_into_it_in_each_routes_form
     ):
         response = await client.post(path, json=body)
         assert response.status == 200, path  # the headers went out with the first piece
-        errors = [data["error"] for _, data in sse_events(await response.text()) if isinstance(data, dict) and "error" in data]
+        payloads = [data for _, data in sse_events(await response.text())]
+        errors = [data["error"] for data in payloads if isinstance(data, dict) and "error" in data]
         assert len(errors) == 1 and errors[0]["code"] == status and message in errors[0]["message"], (path, errors)
         assert errors[0]["type"] == "InternalServerError"
 

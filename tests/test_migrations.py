@@ -12,12 +12,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from bot.serve.responder import fold
-from bot.serve.migrations import MigrationError, Migrations
-from bot.serve.events import new_event
-from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
 from store_isolation import postgres_schema, redis_prefix
+
+from bot.serve.events import new_event
+from bot.serve.migrations import MigrationError, Migrations
+from bot.serve.responder import fold
+from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
 
 FIXTURES = Path(__file__).parent / "data" / "stores_v1"
 SENDERS = ("alice", "bob", "carol")
@@ -33,7 +33,7 @@ def fixture_events() -> dict[str, list[dict]]:
         db.close()
     assert len(rows) == OLD_EVENTS
     events: dict[str, list[dict]] = {s: [] for s in SENDERS}
-    for seq, sender, body in rows:
+    for _seq, sender, body in rows:
         events[sender].append(json.loads(body))
     return events
 
@@ -78,7 +78,8 @@ async def test_sqlite_database_from_before_migrations_is_upgraded_in_place(tmp_p
         await check_upgraded(store, sqlite_seq)
         applied = store._run("SELECT name, applied_at FROM _migrations")
         assert [name for name, _ in applied] == ["m001_events"] == SQLITE_MIGRATIONS.names
-        assert store._run("PRAGMA journal_mode") == [("wal",)] and store._run("PRAGMA synchronous") == [(2,)]  # 2: FULL
+        assert store._run("PRAGMA journal_mode") == [("wal",)]
+        assert store._run("PRAGMA synchronous") == [(2,)]  # 2: FULL
     finally:
         await store.close()
     again = SQLiteStore(path)  # opened again: nothing re-applied
@@ -110,11 +111,13 @@ async def test_postgres_database_from_before_migrations_is_upgraded_in_place():
 
 
 async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
-    from bot.serve.store_redis import RedisStore
     from store_isolation import REDIS_URL
 
+    from bot.serve.store_redis import RedisStore
+
     async with redis_prefix() as (client, prefix):
-        for key, entry in json.loads((FIXTURES / "redis.json").read_text(encoding="utf-8")).items():  # the old keys, raw
+        old_keys = json.loads((FIXTURES / "redis.json").read_text(encoding="utf-8"))  # the old keys, raw
+        for key, entry in old_keys.items():
             if entry["type"] == "list":
                 await client.rpush(prefix + key, *entry["value"])
             else:
@@ -131,7 +134,7 @@ async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
 def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
     ran: list[str] = []
     migrations = Migrations("sqlite")
-    for name, step in SQLITE_MIGRATIONS.steps:
+    for _name, step in SQLITE_MIGRATIONS.steps:
         migrations(step)
 
     @migrations
@@ -161,7 +164,7 @@ def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
 
 def test_a_failing_migration_changes_nothing(tmp_path):
     migrations = Migrations("sqlite")
-    for name, step in SQLITE_MIGRATIONS.steps:
+    for _name, step in SQLITE_MIGRATIONS.steps:
         migrations(step)
 
     @migrations
@@ -191,8 +194,9 @@ async def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path):
     with pytest.raises(MigrationError, match=r"c\.sqlite3 has been migrated by a newer version of bot \(unknown migration m099_future\)"):
         SQLiteStore(path)
 
-    from bot.serve.store_redis import RedisStore
     from store_isolation import REDIS_URL
+
+    from bot.serve.store_redis import RedisStore
 
     async with redis_prefix() as (client, prefix):
         await client.hset(prefix + "migrations", mapping={"m001_events": "x", "m099_future": "x"})

@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
 
 from bot.serve.app import create_app
 from bot.serve.events import MODEL_UNAVAILABLE
-from bot.serve.responder import COULD_NOT_DO
 from bot.serve.generator import remote_response_model
-from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
+from bot.serve.responder import COULD_NOT_DO
 
 REPLY = "Happy to help with that today."
 
@@ -208,7 +208,8 @@ async def test_the_openai_route_and_rasa_channel_apologise_too(topology, caplog)
     server.mode = "break"  # two words streamed, then the break: the apology follows them in the stream
     response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "stream": True})
     body = await response.text()
-    content = "".join(d["choices"][0]["delta"].get("content", "") for _, d in sse_events(body) if d != "[DONE]" and d.get("choices"))
+    chunks = [d for _, d in sse_events(body) if d != "[DONE]" and d.get("choices")]
+    content = "".join(d["choices"][0]["delta"].get("content", "") for d in chunks)
     assert content.startswith("Happy") and content.endswith("\n\n" + COULD_NOT_DO), content
     server.mode = "http500"
     response = await client.post("/webhooks/rest/webhook", json={"sender": "rasa", "message": "Hi"})

@@ -4,11 +4,11 @@ rating event, the metric, changing a vote, the history giving votes back, and cl
 from __future__ import annotations
 
 import pytest
+from serve_support import make_project
 
 from bot.serve.conversation_search import RATING, latest_ratings
-from bot.serve.keys import STORE
 from bot.serve.events import new_event
-from serve_support import make_project
+from bot.serve.keys import STORE
 
 
 @pytest.fixture
@@ -40,19 +40,22 @@ async def test_a_vote_is_stored_counted_changed_and_given_back_with_the_history(
     assert response.status == 200
     assert await response.json() == {"sender": "r-1", "seq": bot, "rating": "down", "comment": "It did not."}
     stored = await client.app[STORE].events("r-1")
-    assert {k: v for k, v in stored[-1].items() if k not in ("seq", "timestamp")} == {"type": RATING, "rated_seq": bot, "rating": "down", "comment": "It did not."}
+    rating = {k: v for k, v in stored[-1].items() if k not in ("seq", "timestamp")}
+    assert rating == {"type": RATING, "rated_seq": bot, "rating": "down", "comment": "It did not."}
 
     history = (await (await client.get("/api/conversations/r-1")).json())["events"]
     assert [(e["type"], e.get("rating")) for e in history] == [("user", None), ("bot", "down")]  # the rating event itself is not shown
     assert set(history[1]) == {"seq", "type", "timestamp", "text", "rating"}
 
     # The same vote again stores nothing; the other one changes it.
-    assert (await client.post("/api/conversations/r-1/ratings", json={"seq": bot, "rating": "down", "comment": "It did not."})).status == 200
+    again = {"seq": bot, "rating": "down", "comment": "It did not."}
+    assert (await client.post("/api/conversations/r-1/ratings", json=again)).status == 200
     assert len(await client.app[STORE].events("r-1")) == 3
     response = await client.post("/api/conversations/r-1/ratings", json={"seq": bot, "rating": "up"})
     assert await response.json() == {"sender": "r-1", "seq": bot, "rating": "up"}
     events = await client.app[STORE].events("r-1")
-    assert [e["type"] for e in events] == ["user", "bot", RATING, RATING] and latest_ratings(events)[bot]["rating"] == "up"
+    assert [e["type"] for e in events] == ["user", "bot", RATING, RATING]
+    assert latest_ratings(events)[bot]["rating"] == "up"
     assert "comment" not in events[-1]
     history = (await (await client.get("/api/conversations/r-1")).json())["events"]
     assert history[1]["rating"] == "up"

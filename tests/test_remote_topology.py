@@ -21,13 +21,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
+from server_process import ServerProcess
+from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 from bot.rendering import parse_reply
 from bot.serve.events import MODEL_UNAVAILABLE
 from bot.serve.responder import COULD_NOT_DO, NOT_UNDERSTOOD
-from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
-from server_process import ServerProcess
-from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 MAX_NEW_TOKENS = 24
 KEY_VARIABLE, KEY = "BOT_MODEL_SERVER_KEY", "k3y-of-the-model-server"  # the model server asks for it; the front-ends send it
@@ -136,7 +136,8 @@ async def test_forty_conversations_alternate_between_two_front_ends(topology, po
     fronts = topology["fronts"]
     for front in fronts:
         health = json.loads(_get(front.url + "/health"))
-        assert health["status"] == "ok" and health["model"]["engine"] == "remote" and health["model"]["model_server"] == topology["server"].url
+        assert health["status"] == "ok" and health["model"]["engine"] == "remote"
+        assert health["model"]["model_server"] == topology["server"].url
         assert json.loads(_get(front.url + "/v1/models"))["data"][0]["root"] == "base"  # the name the model server serves it under
     messages = ["Hi, my bill looks wrong.", "It is account 40118822.", "Thanks, bye."]
     senders = [f"topo-{n:02d}-{time.monotonic_ns() % 10**6}" for n in range(CONVERSATIONS)]
@@ -202,9 +203,9 @@ def _get(url: str) -> str:
 
 
 async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(topology, postgres_url):
-    from bot.serve.responder import to_messages
-    from bot.serve.generator import load_response_model
     from bot.engine.protocol import Finished
+    from bot.serve.generator import load_response_model
+    from bot.serve.responder import to_messages
 
     fronts, sender = topology["fronts"], f"greedy-{time.monotonic_ns() % 10**9}"
     async with aiohttp.ClientSession() as session:

@@ -12,7 +12,8 @@ IM_START, IM_END, NL = 1, 2, 198
 
 
 def trained(tokenizer, example) -> str:
-    return tokenizer.decode([t for t, label in zip(example.input_ids, example.labels) if label != IGNORE_INDEX])
+    pairs = zip(example.input_ids, example.labels, strict=True)
+    return tokenizer.decode([t for t, label in pairs if label != IGNORE_INDEX])
 
 
 def test_literal_mask_covers_reply_and_end_of_turn_only(tokenizer):
@@ -137,7 +138,10 @@ def test_the_torch_free_tokenizer_loads_what_autotokenizer_loads(tokenizer, tiny
     import shutil
 
     from transformers import AutoTokenizer
-    from transformers.models.auto.tokenization_auto import MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS, TOKENIZER_MAPPING_NAMES
+    from transformers.models.auto.tokenization_auto import (
+        MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS,
+        TOKENIZER_MAPPING_NAMES,
+    )
 
     from bot.base_model import PLAIN_TOKENIZER_MODEL_TYPES, _plain_tokenizer, bundled_cache, tokenizer_from_folder
 

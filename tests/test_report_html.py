@@ -32,7 +32,8 @@ def action_stats(rows: list[list[int]], classes: dict[str, int]) -> dict:
     matrix = [*rows, [0, 0, 0, 0]]
     per = {LABELS[i]: {"turns": sum(r), "correct": r[i], "accuracy": r[i] / sum(r)} for i, r in enumerate(rows)}
     every = ["wrong action", "wrong or invented argument", "missed call", "spurious call", "wrong handoff"]
-    return {"labels": LABELS, "matrix": matrix, "per_action": per, "failure_classes": {c: classes.get(c, 0) for c in sorted(every)}}
+    failure_classes = {c: classes.get(c, 0) for c in sorted(every)}
+    return {"labels": LABELS, "matrix": matrix, "per_action": per, "failure_classes": failure_classes}
 
 
 @pytest.fixture
@@ -248,7 +249,7 @@ def heat_cells(table: str) -> dict[tuple[str, str], tuple[str, str]]:
     for row, body in re.findall(r'<tr><th scope="row">([^<]*)</th>(.*?)</tr>', table, re.S):
         found = re.findall(r'<td data-count="\d+"(?: style="([^"]*)")?>([^<]*)</td>', body)
         assert len(found) == len(columns)
-        cells.update({(row, column): (text, style) for column, (style, text) in zip(columns, found)})
+        cells.update({(row, column): (text, style) for column, (style, text) in zip(columns, found, strict=True)})
     return cells
 
 
@@ -263,7 +264,8 @@ def lightness(style: str) -> int:
 
 def test_heat_map_of_the_fine_tuned_mode_shades_right_green_and_wrong_red(report):
     table = heat_map(render_html(report))
-    assert 'data-mode="fine-tuned"' in table and "<caption>" in table and "fine-tuned model" in table.split("</caption>")[0]
+    caption = table.split("</caption>")[0]
+    assert 'data-mode="fine-tuned"' in table and "<caption>" in table and "fine-tuned model" in caption
     cells = heat_cells(table)
     assert len(cells) == 16
     assert cells[("check_order", "check_order")][0] == "3" and cells[("check_order", "cancel_order")][0] == "1"

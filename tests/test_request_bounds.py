@@ -11,12 +11,12 @@ import socket
 import time
 
 import aiohttp
+from serve_support import make_project, settings_of
+from server_process import ServerProcess
 
 from bot.config import ServeConfig
 from bot.serve.shutdown import aiohttp_timeout, drain_seconds, reserve_seconds
 from bot.serve.stores import open_store
-from serve_support import make_project, settings_of
-from server_process import ServerProcess
 
 IDLE_CPU_S = 0.1  # CPU seconds a server that does nothing may use in the 1.5 s window (it uses ~0)
 
@@ -37,7 +37,8 @@ def free_port() -> int:
 
 def long_conversation(n: int) -> list[dict]:
     """A denial of service: thousands of short messages in one OpenAI request."""
-    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message number {i}, about my bill"} for i in range(n)]
+    roles = ["user" if i % 2 == 0 else "assistant" for i in range(n)]
+    messages = [{"role": role, "content": f"message number {i}, about my bill"} for i, role in enumerate(roles)]
     return messages + [{"role": "user", "content": "and what about now?"}]
 
 
@@ -130,7 +131,8 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
         assert feed_ended is not None
     names = [name for name, _ in first]
     assert names[-2:] == ["message", "done"] and first[-2][1]["text"] == reply.strip()  # finished during the drain
-    assert [name for name, _ in cut][:1] == ["received"] and "message" not in [name for name, _ in cut]  # cut at the deadline
+    cut_names = [name for name, _ in cut]
+    assert cut_names[:1] == ["received"] and "message" not in cut_names  # cut at the deadline
     assert await stored(project, "c1") == ["user", "bot"]
     assert await stored(project, "c2") == ["user"]  # the customer's message stays; no half reply is stored
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from serve_support import make_project, settings_of
 
 from bot.data.compile import tool_call_message
+from bot.engine.protocol import Finished
 from bot.errors import RenderError
 from bot.rendering import fitted_prompt_ids, prompt_ids
-from bot.serve.responder import fold, to_messages
-from bot.engine.protocol import Finished
-from bot.serve.generator import load_response_model
 from bot.serve.events import new_event
-from serve_support import make_project, settings_of
+from bot.serve.generator import load_response_model
+from bot.serve.responder import fold, to_messages
 
 SYSTEM = "You are Ember, the support assistant of Ember Supplies."
 
@@ -81,7 +81,8 @@ async def _reply(model, messages, max_new_tokens):
 async def test_tiny_model_streams_and_stops_at_the_token_limit(tmp_path, cache_dir, tiny_base):
     settings = settings_of(make_project(tmp_path / "p", cache_dir, base=tiny_base))
     model = load_response_model(settings)  # no trained model: the base model with the persona prompt
-    assert model.model_id is None and model.profile.system_prompt.startswith("You are Sam, the customer support assistant of Example Shop")
+    assert model.model_id is None
+    assert model.profile.system_prompt.startswith("You are Sam, the customer support assistant of Example Shop")
     try:
         pieces, result = await _reply(model, [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "hi"}], 12)
     finally:

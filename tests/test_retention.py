@@ -10,15 +10,15 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestServer
-
-from bot.serve.app import create_app
-from bot.serve.keys import RETENTION, STORE
-from bot.serve.retention import DAY_S, Retention
-from bot.serve.events import new_event
-from bot.serve.store import SQLiteStore, StoreUnavailable
-from bot.serve.stores import open_store
 from serve_support import NO_ACTION_SERVER, make_project, scripted_model, settings_of
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
+
+from bot.serve.app import create_app
+from bot.serve.events import new_event
+from bot.serve.keys import RETENTION, STORE
+from bot.serve.retention import DAY_S, Retention
+from bot.serve.store import SQLiteStore, StoreUnavailable
+from bot.serve.stores import open_store
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
@@ -84,7 +84,8 @@ async def test_the_server_deletes_what_was_inactive_too_long_at_start_and_on_eac
 
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retention:")]
     assert said == ["retention: deleted 2 conversations inactive for more than 30 days", "retention: deleted 1 conversations inactive for more than 30 days"]
-    assert "secret words" not in caplog.text and "stale" not in caplog.text and "gone-quiet" not in caplog.text  # a count, never what
+    # a count, never what
+    assert "secret words" not in caplog.text and "stale" not in caplog.text and "gone-quiet" not in caplog.text
 
 
 async def test_without_retention_days_nothing_is_deleted(tmp_path, cache_dir, tokenizer):

@@ -8,10 +8,10 @@ from html.parser import HTMLParser
 
 import aiohttp
 import pytest
+from serve_support import ADMIN_TOKEN, NO_ACTION_SERVER, make_project, settings_of
 
 from bot.errors import InvalidFiles
 from bot.serve.throttle import FailureThrottle
-from serve_support import ADMIN_TOKEN, NO_ACTION_SERVER, make_project, settings_of
 
 SHOP = "https://shop.example"
 

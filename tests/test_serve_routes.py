@@ -7,11 +7,10 @@ import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
-from bot.serve.app import create_app
 from serve_support import ADMIN_TOKEN as TOKEN
 from serve_support import make_project, scripted_model, settings_of, sse_events
 
+from bot.serve.app import create_app
 
 
 @pytest.fixture
@@ -162,9 +161,11 @@ async def test_an_internal_error_never_shows_a_traceback(project, serve, tokeniz
 async def test_rate_limits_per_conversation_and_per_client(tmp_path, cache_dir, serve):
     project = make_project(tmp_path / "p", cache_dir, config="serve:\n  rate_per_conversation: 2\n  rate_per_client: 5\n")
     client, _ = await serve(project)
-    statuses = [(await client.post("/webhooks/rest/webhook", json={"sender": "r", "message": "hi"})).status for _ in range(3)]
+    message = {"sender": "r", "message": "hi"}
+    statuses = [(await client.post("/webhooks/rest/webhook", json=message)).status for _ in range(3)]
     assert statuses == [200, 200, 429]
-    statuses = [(await client.post("/webhooks/rest/webhook", json={"sender": f"r{i}", "message": "hi"})).status for i in range(3)]
+    messages = [{"sender": f"r{i}", "message": "hi"} for i in range(3)]
+    statuses = [(await client.post("/webhooks/rest/webhook", json=m)).status for m in messages]
     assert statuses == [200, 200, 429]  # 5 requests from this address in the minute
     limited = await client.post("/webhooks/rest/webhook", json={"sender": "r9", "message": "hi"})
     assert limited.status == 429 and "at most 5 a minute" in (await limited.json())["error"]
@@ -242,7 +243,8 @@ async def test_metrics_count_requests_first_tokens_tokens_and_conversations(proj
     text = await (await client.get("/metrics")).text()
     assert 'bot_requests_total{route="/api/chat/stream",status="200"} 1.0' in text
     assert "bot_time_to_first_token_seconds_count 1.0" in text
-    tokens = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("bot_generated_tokens_total"))
+    counter = next(line for line in text.splitlines() if line.startswith("bot_generated_tokens_total"))
+    tokens = float(counter.split()[-1])
     assert tokens >= 4
     assert "bot_active_conversations 1.0" in text
 
@@ -281,7 +283,7 @@ def test_rate_limiter_forgets_idle_keys(monkeypatch):
     for i in range(limiter.SWEEP_EVERY):
         limiter.allow(f"visitor-{i}")
     now[0] += 61
-    for i in range(limiter.SWEEP_EVERY):
+    for _i in range(limiter.SWEEP_EVERY):
         limiter.allow("regular")
     assert set(limiter._hits) == {"regular"}  # a thousand visitors gone quiet are forgotten
 

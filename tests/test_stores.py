@@ -11,11 +11,11 @@ import time
 import uuid
 
 import pytest
-
-from bot.serve.responder import fold
-from bot.serve.events import STATE_EVENTS, new_event
-from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
 from store_isolation import postgres_schema, redis_prefix
+
+from bot.serve.events import STATE_EVENTS, new_event
+from bot.serve.responder import fold
+from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -251,9 +251,9 @@ async def test_server_processes_share_conversations_through_the_store(kind, url,
     """Two apps (as two server processes would) configured in endpoints.yml with one store:
     a conversation started on one continues on the other with its history."""
     from aiohttp.test_utils import TestClient, TestServer
+    from serve_support import make_project, scripted_model, settings_of
 
     from bot.serve.app import create_app
-    from serve_support import make_project, scripted_model, settings_of
 
     await (await _connect(kind, tmp_path)).close()  # skips (or fails in CI) when the server is absent
     project = make_project(tmp_path / "p", cache_dir, endpoints=f"tracker_store:\n  type: {kind}\n  url: {url}\n")
@@ -344,12 +344,14 @@ async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_
     old = sqlite3.connect(path)  # a database written before the index existed
     old.executescript("""CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL);
                          CREATE INDEX events_by_sender ON events (sender, seq);""")
-    old.executemany("INSERT INTO events (sender, type, body) VALUES ('s', ?, ?)", [(e["type"], json.dumps(e)) for e in _long_conversation()])
+    rows = [(e["type"], json.dumps(e)) for e in _long_conversation()]
+    old.executemany("INSERT INTO events (sender, type, body) VALUES ('s', ?, ?)", rows)
     old.commit()
     old.close()
     store = SQLiteStore(path)
     try:
-        plan = " ".join(row[-1] for row in store._run("EXPLAIN QUERY PLAN SELECT seq FROM events WHERE sender = 's' AND type IN ('slot', 'resume')"))
+        query = "SELECT seq FROM events WHERE sender = 's' AND type IN ('slot', 'resume')"
+        plan = " ".join(row[-1] for row in store._run(f"EXPLAIN QUERY PLAN {query}"))
         assert "events_by_sender_type" in plan
         recent, state = await store.context("s", 20)
         assert [e["seq"] for e in recent] == list(range(281, 301)) and len(state) == 7
@@ -359,8 +361,9 @@ async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_
 
 
 async def test_postgres_gets_the_state_index_at_open():
-    from bot.serve.store_postgres import PostgresStore
     from store_isolation import postgres_schema
+
+    from bot.serve.store_postgres import PostgresStore
 
     async with postgres_schema() as (url, _):  # a schema of its own: other tests use the shared tables
         store = await PostgresStore.connect(url)
@@ -421,8 +424,9 @@ async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_p
 async def test_answering_a_message_reads_only_the_context(serve, tmp_path, cache_dir, monkeypatch):
     """Through the server (SQLite): the reply is built from the last `history_events` events and
     the state events, never from a read of the whole conversation."""
-    from bot.serve.keys import STORE
     from serve_support import make_project
+
+    from bot.serve.keys import STORE
 
     client, model = await serve(make_project(tmp_path / "p", cache_dir, config="serve:\n  history_events: 6\n"), ["Noted."])
     store = client.app[STORE]

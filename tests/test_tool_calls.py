@@ -11,6 +11,7 @@ from pathlib import Path
 import llguidance
 import pytest
 import yaml
+from serve_support import make_project, settings_of, sse_events
 
 from bot.data.schema import HANDOFF_REASON_MAX_CHARS
 from bot.data.tool_schema import tool_call_grammar, tool_call_schema
@@ -20,7 +21,6 @@ from bot.engine.loader import load_weights
 from bot.engine.protocol import Finished
 from bot.rendering import parse_reply, prompt_ids
 from bot.serve.responder import COULD_NOT_DO
-from serve_support import make_project, settings_of, sse_events
 
 ROOT = Path(__file__).resolve().parent.parent
 PHRASINGS = yaml.safe_load((ROOT / "tests" / "data" / "asking_for_a_person.yml").read_text())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, make_tiny_project
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -24,7 +25,6 @@ from bot.training import recipe
 from bot.training.batching import collate
 from bot.training.command import train_and_activate
 from bot.training.loss import bot_token_loss
-from conftest import ROOT, make_tiny_project
 
 
 def train_project(folder: Path):
@@ -55,7 +55,8 @@ def test_lora_weights_change_and_base_weights_do_not(trained, tiny_base):
     peft_model = PeftModel.from_pretrained(load_model(settings.base_model, settings.cache_dir), model.adapter_dir)
     base_after = peft_model.get_base_model().state_dict()
     for name, weight in original.items():
-        key = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in base_after else name
+        wrapped = name.replace(".weight", ".base_layer.weight")  # the name LoRA gives a weight it wraps
+        key = wrapped if wrapped in base_after else name
         assert torch.equal(base_after[key], weight), name
 
 

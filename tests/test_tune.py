@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_tiny_project
 
 from bot.cli import main
 from bot.config import TrainConfig, apply_overlay, load_settings
@@ -17,7 +18,6 @@ from bot.errors import InvalidFiles
 from bot.training.batching import LengthGroupedBatches, TokenBudgetBatches, batch_sampler
 from bot.training.tune import Candidate, TuneError, load_grid, rank, validation_split
 from bot.training.tune_report import render_tune_html
-from conftest import make_tiny_project
 
 # --- what the tune opens ---------------------------------------------------------------------
 
@@ -25,8 +25,11 @@ _opened: list[str] | None = None  # while a test records: every path opened or l
 
 
 def _audit(event: str, args: tuple) -> None:
-    if _opened is not None and event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, Path)):
-        _opened.append(str(args[0] if not isinstance(args[0], bytes) else args[0].decode(errors="replace")))
+    if _opened is None or event not in ("open", "os.listdir", "os.scandir"):
+        return
+    if args and isinstance(args[0], (str, bytes, Path)):
+        path = args[0]
+        _opened.append(str(path if not isinstance(path, bytes) else path.decode(errors="replace")))
 
 
 sys.addaudithook(_audit)  # audit hooks can't be removed: it records only while _opened is a list
@@ -102,7 +105,8 @@ def test_tune_picks_the_best_writes_its_settings_and_report_and_never_reads_test
     assert f"<td>{best['learning_rate']}</td>" in report
     assert f"train --config {os.path.relpath(tuned)}" in out
     table = out[out.index("rank  #") :].splitlines()
-    assert table[0].split()[:4] == ["rank", "#", "learning_rate", "lora.rank"] and table[2].split()[:2] == ["1", str(candidates[0]["number"])]
+    assert table[0].split()[:4] == ["rank", "#", "learning_rate", "lora.rank"]
+    assert table[2].split()[:2] == ["1", str(candidates[0]["number"])]
 
 
 def test_report_escapes_every_string():
@@ -219,9 +223,10 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_example_once():
         assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each example exactly once
         for b in batches:
             assert len(b) * max(lengths[i] for i in b) <= budget or len(b) == 1
-    assert [1500 == lengths[b[0]] for b in sampler.batches].count(True) == 1 and [b for b in sampler.batches if lengths[b[0]] == 1500] == [[300]]
+    batches_of_1500 = [b for b in sampler.batches if lengths[b[0]] == 1500]
+    assert [1500 == lengths[b[0]] for b in sampler.batches].count(True) == 1 and batches_of_1500 == [[300]]
     # packed: each batch takes as many as fit, so the next sequence would have broken the budget
-    for b, after in zip(sampler.batches, sampler.batches[1:]):
+    for b, after in zip(sampler.batches, sampler.batches[1:], strict=False):
         assert (len(b) + 1) * lengths[after[0]] > budget
     assert min(len(b) for b in sampler.batches[:5]) > max(len(b) for b in sampler.batches[-5:])  # short ones go many to a batch
     sampler.set_epoch(0)

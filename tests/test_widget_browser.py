@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 from aiohttp.test_utils import TestServer
+from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
 from bot.serve.app import create_app
-from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
 XSS = 'Look: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> done.'
 
@@ -129,8 +129,8 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
 
 
 async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp_path, cache_dir, tokenizer):
-    from bot.serve.keys import STORE
     from bot.serve.events import new_event
+    from bot.serve.keys import STORE
 
     settings = settings_of(make_project(tmp_path / "q", cache_dir))
     model = scripted_model(settings, tokenizer, ["Good choice."])

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from serve_support import NO_ACTION_SERVER, make_project, requires_chromium, scripted_model, settings_of
 
 from bot.serve.app import create_app
-from serve_support import NO_ACTION_SERVER, make_project, requires_chromium, scripted_model, settings_of
 
 REPLY = "Your order ES-1001 is on its way and should arrive tomorrow."
 

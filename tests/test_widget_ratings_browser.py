@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestServer
+from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
 from bot.serve.app import create_app
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.keys import STORE
 from bot.serve.events import new_event
-from serve_support import make_project, requires_chromium, scripted_model, settings_of
+from bot.serve.keys import STORE
 
 REPLY = "Your order ES-1001 is on its way and should arrive tomorrow."
 
