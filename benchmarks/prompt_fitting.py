@@ -64,8 +64,12 @@ def main() -> None:
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     system_prompt = profile_of(validate(settings)).system_prompt
     budget = settings.build.model.max_length - settings.build.serve.max_new_tokens
-    print(f"budget {budget:,} tokens; system prompt {len(prompt_ids(tokenizer, [{'role': 'system', 'content': system_prompt}])):,} tokens")
-    fitted_prompt_ids(tokenizer, conversation(system_prompt, 2), budget)  # the first call reads the vocabulary once (~0.1 s)
+    print(
+        f"budget {budget:,} tokens; system prompt {len(prompt_ids(tokenizer, [{'role': 'system', 'content': system_prompt}])):,} tokens"
+    )
+    fitted_prompt_ids(
+        tokenizer, conversation(system_prompt, 2), budget
+    )  # the first call reads the vocabulary once (~0.1 s)
     print(f"{'messages':>9} {'old s':>9} {'new s':>9} {'old/new':>8} {'prompt tokens':>14}")
     for n in [int(x) for x in args.sizes.split(",") if x]:
         messages = conversation(system_prompt, n)

@@ -71,7 +71,9 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     store = settings.endpoints.tracker_store.model_copy(update={"type": "sqlite", "path": str(tmp / "bench.sqlite3")})
     settings.endpoints = settings.endpoints.model_copy(update={"tracker_store": store})
-    settings.build = settings.build.model_copy(update={"serve": settings.build.serve.model_copy(update={"max_new_tokens": args.tokens})})
+    settings.build = settings.build.model_copy(
+        update={"serve": settings.build.serve.model_copy(update={"max_new_tokens": args.tokens})}
+    )
     model = load_response_model(settings)
     print(f"model: {model.description}; {args.rounds} rounds, max {args.tokens} new tokens, greedy")
 
@@ -87,6 +89,7 @@ async def main() -> None:
     async with aiohttp.ClientSession() as session:
         await over_http(session, url, "warm-up")
         for i in range(args.rounds):
+
             async def run_direct():
                 ttft, total, tokens, text = await direct(model, args.tokens)
                 rows["direct"].append((ttft, total, tokens))
@@ -114,8 +117,10 @@ async def main() -> None:
     print(f"{'path':<22}{'first token (median)':>22}{'tokens/s (median)':>20}")
     print(f"{'engine directly':<22}{d_ttft * 1000:>19.0f} ms{d_rate:>20.1f}")
     print(f"{'HTTP /api/chat/stream':<22}{h_ttft * 1000:>19.0f} ms{h_rate:>20.1f}")
-    print(f"ratio HTTP/direct: first token {h_ttft / d_ttft:.3f}x ({(h_ttft / d_ttft - 1) * 100:+.1f}%), "
-          f"tokens/s {h_rate / d_rate:.3f}x ({(h_rate / d_rate - 1) * 100:+.1f}%)")
+    print(
+        f"ratio HTTP/direct: first token {h_ttft / d_ttft:.3f}x ({(h_ttft / d_ttft - 1) * 100:+.1f}%), "
+        f"tokens/s {h_rate / d_rate:.3f}x ({(h_rate / d_rate - 1) * 100:+.1f}%)"
+    )
 
 
 if __name__ == "__main__":

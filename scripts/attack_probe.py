@@ -53,7 +53,9 @@ async def probe(project: Path) -> list[dict]:
 
     settings = load_settings(project)
     store_dir = Path(tempfile.mkdtemp(prefix="attack-probe-"))
-    tracker = settings.endpoints.tracker_store.model_copy(update={"type": "sqlite", "path": str(store_dir / "probe.sqlite3")})
+    tracker = settings.endpoints.tracker_store.model_copy(
+        update={"type": "sqlite", "path": str(store_dir / "probe.sqlite3")}
+    )
     settings.endpoints = settings.endpoints.model_copy(update={"tracker_store": tracker})
     app = create_app(settings)
     rows = []
@@ -72,11 +74,18 @@ async def probe(project: Path) -> list[dict]:
                         "status": response.status,
                         "reply": " / ".join(m.get("text") or "" for m in body) if isinstance(body, list) else body,
                         "events": [e["type"] for e in events],
-                        "guarded": [{k: e.get(k) for k in ("kind", "encoding", "where") if e.get(k)} for e in events if e["type"] == "guarded"],
+                        "guarded": [
+                            {k: e.get(k) for k in ("kind", "encoding", "where") if e.get(k)}
+                            for e in events
+                            if e["type"] == "guarded"
+                        ],
                         "seconds": round(time.monotonic() - started, 1),
                     }
                 )
-                print(f"[{kind}] {prompt[:70]!r}\n  -> {rows[-1]['reply'][:160]!r}  events={rows[-1]['events']}", flush=True)
+                print(
+                    f"[{kind}] {prompt[:70]!r}\n  -> {rows[-1]['reply'][:160]!r}  events={rows[-1]['events']}",
+                    flush=True,
+                )
     return rows
 
 

@@ -77,7 +77,9 @@ async def send(session: aiohttp.ClientSession, url: str, sender: str, text: str,
     started, answer, error = time.monotonic(), None, None
     try:
         if api == "rest":
-            async with session.post(f"{url}/webhooks/rest/webhook", json={"sender": sender, "message": text}) as response:
+            async with session.post(
+                f"{url}/webhooks/rest/webhook", json={"sender": sender, "message": text}
+            ) as response:
                 if response.status != 200:
                     error = f"{response.status}: {(await response.text())[:200]}"
                 else:
@@ -135,11 +137,14 @@ class LoadResult:
 
 def session(**connector) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None, sock_read=120), connector=aiohttp.TCPConnector(limit=0, force_close=False, **connector)
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+        connector=aiohttp.TCPConnector(limit=0, force_close=False, **connector),
     )
 
 
-async def run_load(url: str, customers: int, messages: int, *, api: str = "stream", prefix: str | None = None) -> LoadResult:
+async def run_load(
+    url: str, customers: int, messages: int, *, api: str = "stream", prefix: str | None = None
+) -> LoadResult:
     """`customers` customers at once, `messages` each; then every conversation read back."""
     prefix = prefix or run_id()
     senders = [f"{prefix}-{i}" for i in range(customers)]
@@ -266,7 +271,16 @@ class SoakResult:
 
 
 async def soak(
-    pid: int, url: str, *, seconds: float, rate: float, conversations: int = 20, turns: int = 5, every: float = 5.0, with_feeds: bool = True, log=None
+    pid: int,
+    url: str,
+    *,
+    seconds: float,
+    rate: float,
+    conversations: int = 20,
+    turns: int = 5,
+    every: float = 5.0,
+    with_feeds: bool = True,
+    log=None,
 ) -> SoakResult:
     """`rate` messages a second for `seconds`, spread over `conversations` customers at a time;
     each customer sends `turns` messages (holding its live feed open when `with_feeds`), then a

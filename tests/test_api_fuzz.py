@@ -32,13 +32,20 @@ from bot.serve.app import create_app
 from bot.serve.routes_train import TRAINING
 
 EXAMPLES = 200  # per operation, generation mode and (admin routes) with and without the token
-FEWER = {"POST /v1/chat/completions": 100, "GET /api/conversations/{sender}/events": 20}  # the slowest to generate; the feed never ends by itself
+FEWER = {
+    "POST /v1/chat/completions": 100,
+    "GET /api/conversations/{sender}/events": 20,
+}  # the slowest to generate; the feed never ends by itself
 FEED_READ_S = 0.25  # a feed is read until it has been silent this long (also the most its answer may take to start)
 NO_INPUT_EXAMPLES = 3  # an operation with no parameters and no body: the same request each time
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXCEPTION_CLASSES = {n: v for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
 EXCEPTION_NAMES = sorted(n for n in EXCEPTION_CLASSES if n != "Exception")
-LEAK = re.compile(r"Traceback|\b(?:" + "|".join(EXCEPTION_NAMES) + r"|ValidationError|JSONDecodeError|HttpProcessingError|BadHttpMessage|LineTooLong)\b")
+LEAK = re.compile(
+    r"Traceback|\b(?:"
+    + "|".join(EXCEPTION_NAMES)
+    + r"|ValidationError|JSONDecodeError|HttpProcessingError|BadHttpMessage|LineTooLong)\b"
+)
 
 # No limit may stop the fuzzer: it is the server's answers that are under test, not its rate limits.
 UNLIMITED = "serve:\n  rate_per_client: 1000000\n  rate_per_conversation: 1000000\n  admin_failures_allowed: 1000000\n"
@@ -103,8 +110,14 @@ async def test_every_route_fuzzed_from_the_published_document(tmp_path, cache_di
     project = make_project(tmp_path / "bot", cache_dir, config=UNLIMITED)
     settings_ = settings_of(project)
     app = create_app(settings_, load_model=lambda: scripted_model(settings_, tokenizer), admin_token=ADMIN_TOKEN)
-    app[TRAINING].command = [sys.executable, "-c", "pass"]  # POST /api/train starts this stand-in, never a real training
-    server = TestServer(app, handler_cancellation=True, access_log=None)  # as `bot serve` runs: a client that leaves cancels its handler
+    app[TRAINING].command = [
+        sys.executable,
+        "-c",
+        "pass",
+    ]  # POST /api/train starts this stand-in, never a real training
+    server = TestServer(
+        app, handler_cancellation=True, access_log=None
+    )  # as `bot serve` runs: a client that leaves cancels its handler
     await server.start_server()
     caplog.set_level(logging.INFO)
     try:

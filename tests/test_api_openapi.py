@@ -56,7 +56,11 @@ async def test_bodies_come_from_the_models_that_check_them(project, serve):
 async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_error_schema(project, serve):
     client, _ = await serve(project)
     doc = await (await client.get("/openapi.json")).json()
-    assert doc["components"]["securitySchemes"]["adminToken"] == {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}
+    assert doc["components"]["securitySchemes"]["adminToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's BOT_ADMIN_TOKEN.",
+    }
     admin = {(m, p) for p, ops in doc["paths"].items() for m, op in ops.items() if "security" in op}
     assert admin == {
         ("post", "/api/model/reload"),
@@ -86,7 +90,9 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
             own = "OpenAIErrorBody" if path == "/v1/completions" else "ErrorBody"
             for status, answer in op["responses"].items():
                 if int(status) >= 400:
-                    assert answer["content"] == {"application/json": {"schema": {"$ref": f"#/components/schemas/{own}"}}}, (method, path)
+                    assert answer["content"] == {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{own}"}}
+                    }, (method, path)
     assert doc["components"]["schemas"]["OpenAIErrorBody"]["required"] == ["error"]
     completions = doc["paths"]["/v1/completions"]["post"]["responses"]
     assert {"200", "400", "401", "404", "413", "429", "503"} <= set(completions)
@@ -95,4 +101,8 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
     assert {"200", "400", "413", "429"} <= set(openai)
     assert set(openai["200"]["content"]) == {"application/json", "text/event-stream"}
     feed = doc["paths"]["/api/conversations/{sender}/events"]["get"]
-    assert [(p["name"], p["in"]) for p in feed["parameters"]] == [("sender", "path"), ("after", "query"), ("Last-Event-ID", "header")]
+    assert [(p["name"], p["in"]) for p in feed["parameters"]] == [
+        ("sender", "path"),
+        ("after", "query"),
+        ("Last-Event-ID", "header"),
+    ]

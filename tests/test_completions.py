@@ -43,7 +43,11 @@ async def test_a_text_prompt_is_continued_as_given_with_usage(project, serve, to
     assert body["model"] == "scripted"
     assert body["choices"] == [{"index": 0, "text": REPLY, "logprobs": None, "finish_reason": "stop"}]
     prompt_tokens, completion_tokens = len(ids_of(tokenizer, "Where is my order?")), len(ids_of(tokenizer, REPLY))
-    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    assert body["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 async def test_token_id_prompts_in_each_accepted_form(project, serve, tokenizer):
@@ -62,11 +66,15 @@ async def test_max_tokens_ends_with_length(project, serve, tokenizer):
     assert status == 200 and body["choices"][0]["finish_reason"] == "length"
     assert body["choices"][0]["text"] == tokenizer.decode(ids_of(tokenizer, REPLY)[:3])
     assert body["usage"]["completion_tokens"] == 3
-    body = await (await client.post("/v1/completions", json={"model": "scripted", "prompt": "x"})).json()  # no max_tokens
+    body = await (
+        await client.post("/v1/completions", json={"model": "scripted", "prompt": "x"})
+    ).json()  # no max_tokens
     assert body["usage"]["completion_tokens"] == 16  # OpenAI's default
     assert body["choices"][0]["finish_reason"] == "length"
     client, _ = await serve(project, [REPLY])
-    status, body = await complete(client, prompt=[1] * 1020, max_tokens=None)  # null: the room the context leaves (1,024 tokens)
+    status, body = await complete(
+        client, prompt=[1] * 1020, max_tokens=None
+    )  # null: the room the context leaves (1,024 tokens)
     assert status == 200
     assert body["usage"]["completion_tokens"] == 4 and body["choices"][0]["finish_reason"] == "length"
     status, body = await complete(client, prompt=[1] * 1024, max_tokens=None)
@@ -76,7 +84,14 @@ async def test_max_tokens_ends_with_length(project, serve, tokenizer):
 async def test_stream_sends_pieces_then_the_finish_then_usage_then_done(project, serve, tokenizer):
     client, _ = await serve(project, [REPLY, REPLY])
     response = await client.post(
-        "/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 100, "stream": True, "stream_options": {"include_usage": True}}
+        "/v1/completions",
+        json={
+            "model": "scripted",
+            "prompt": "hi",
+            "max_tokens": 100,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
     chunks = stream_chunks(await response.text())
@@ -90,7 +105,9 @@ async def test_stream_sends_pieces_then_the_finish_then_usage_then_done(project,
     assert usage["choices"] == []
     assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": reply_tokens, "total_tokens": 1 + reply_tokens}
 
-    response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 4, "stream": True})
+    response = await client.post(
+        "/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 4, "stream": True}
+    )
     chunks = stream_chunks(await response.text())
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # no usage chunk unless asked
     assert all(c["usage"] is None for c in chunks)
@@ -129,7 +146,10 @@ async def test_a_stop_string_across_tokens_ends_the_text_and_the_generation(proj
     generated = REPLY.split(stop)[0] + stop
     assert body["usage"]["completion_tokens"] == len(ids_of(tokenizer, generated))
 
-    response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "x", "max_tokens": 100, "stream": True, "stop": "tomorrow"})
+    response = await client.post(
+        "/v1/completions",
+        json={"model": "scripted", "prompt": "x", "max_tokens": 100, "stream": True, "stop": "tomorrow"},
+    )
     chunks = stream_chunks(await response.text())
     assert "".join(c["choices"][0]["text"] for c in chunks) == REPLY.split("tomorrow")[0]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -150,7 +170,11 @@ async def test_a_stop_string_across_tokens_ends_the_text_and_the_generation(proj
         ({"prompt": [-1]}, 400, ["-1", "outside the vocabulary"]),
         ({"prompt": ""}, 400, ["empty"]),
         ({"prompt": []}, 400, ["empty"]),
-        ({"prompt": [1] * 1000, "max_tokens": 100}, 400, ["1,000 tokens", "max_tokens (100)", "1,100", "1,024", "model.max_length"]),
+        (
+            {"prompt": [1] * 1000, "max_tokens": 100},
+            400,
+            ["1,000 tokens", "max_tokens (100)", "1,100", "1,024", "model.max_length"],
+        ),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, ["5 strings", "at most 4"]),
         ({"stop": ""}, 400, ["empty string"]),
         ({"max_tokens": 0}, 400, ["max_tokens"]),
@@ -190,7 +214,9 @@ async def test_the_base_model_is_named_base(project, serve):
     assert status == 404
 
 
-async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_limited(tmp_path, cache_dir, serve, monkeypatch):
+async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_limited(
+    tmp_path, cache_dir, serve, monkeypatch
+):
     project = make_project(tmp_path / "bot", cache_dir, config="serve:\n  rate_per_client: 3\n")
     monkeypatch.setenv("BOT_MODEL_SERVER_KEY", "front-end-key")
     client, _ = await serve(project, lambda prompt: "ok")
@@ -208,7 +234,9 @@ async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_li
         assert response.status == 200
 
 
-async def test_without_a_key_the_route_is_open_and_rate_limited_like_any_client(tmp_path, cache_dir, serve, monkeypatch):
+async def test_without_a_key_the_route_is_open_and_rate_limited_like_any_client(
+    tmp_path, cache_dir, serve, monkeypatch
+):
     monkeypatch.delenv("BOT_MODEL_SERVER_KEY", raising=False)
     project = make_project(tmp_path / "bot", cache_dir, config="serve:\n  rate_per_client: 3\n")
     client, _ = await serve(project, lambda prompt: "ok")
@@ -219,7 +247,9 @@ async def test_without_a_key_the_route_is_open_and_rate_limited_like_any_client(
 
 async def test_a_client_that_leaves_stops_the_generation(project, serve):
     client, model = await serve(project, ["word " * 200], delay=0.02)
-    response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 500, "stream": True})
+    response = await client.post(
+        "/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 500, "stream": True}
+    )
     await response.content.readuntil(b"\n\n")  # a first piece has come
     response.close()
     for _ in range(100):
@@ -231,12 +261,19 @@ async def test_a_client_that_leaves_stops_the_generation(project, serve):
 
 async def test_a_reload_mid_request_finishes_on_the_model_it_started_with(project, serve, tokenizer):
     settings = settings_of(project)
-    old, new = scripted_model(settings, tokenizer, [REPLY], delay=0.02, model_id="old"), scripted_model(settings, tokenizer, ["new"], model_id="new")
+    old, new = (
+        scripted_model(settings, tokenizer, [REPLY], delay=0.02, model_id="old"),
+        scripted_model(settings, tokenizer, ["new"], model_id="new"),
+    )
     loads = iter([old, new])
     client, _ = await serve(project, loader=lambda: next(loads))
-    response = await client.post("/v1/completions", json={"model": "old", "prompt": "hi", "max_tokens": 100, "stream": True})
+    response = await client.post(
+        "/v1/completions", json={"model": "old", "prompt": "hi", "max_tokens": 100, "stream": True}
+    )
     assert response.status == 200  # the headers come with the first piece: generating
-    reload = asyncio.ensure_future(client.post("/api/model/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}))
+    reload = asyncio.ensure_future(
+        client.post("/api/model/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    )
     chunks = stream_chunks(await response.text())
     assert "".join(c["choices"][0]["text"] for c in chunks) == REPLY and all(c["model"] == "old" for c in chunks)
     assert (await reload).status == 200 and old.engine.closed  # closed once the request was done with it
@@ -261,12 +298,16 @@ async def test_the_openai_client_streaming_and_not(project, serve, tokenizer):
     client, model = await serve(project, [REPLY, REPLY])
     api = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     try:
-        completion = await api.completions.create(model="scripted", prompt=[1, 2, 3], max_tokens=50, temperature=0, stop=["tomorrow"])
+        completion = await api.completions.create(
+            model="scripted", prompt=[1, 2, 3], max_tokens=50, temperature=0, stop=["tomorrow"]
+        )
         assert completion.choices[0].text == REPLY.split("tomorrow")[0]
         assert completion.choices[0].finish_reason == "stop"
         assert completion.usage.prompt_tokens == 3 and model.engine.prompts[-1] == [1, 2, 3]
 
-        stream = await api.completions.create(model="scripted", prompt="hi", max_tokens=50, stream=True, stream_options={"include_usage": True})
+        stream = await api.completions.create(
+            model="scripted", prompt="hi", max_tokens=50, stream=True, stream_options={"include_usage": True}
+        )
         chunks = [chunk async for chunk in stream]
         assert "".join(c.choices[0].text for c in chunks if c.choices) == REPLY
         assert chunks[-2].choices[0].finish_reason == "stop"
@@ -279,7 +320,9 @@ async def test_the_openai_client_streaming_and_not(project, serve, tokenizer):
         await api.close()
 
 
-async def test_the_route_continues_as_the_in_process_engine_does_on_the_tiny_model(tmp_path, cache_dir, tiny_base, tokenizer):
+async def test_the_route_continues_as_the_in_process_engine_does_on_the_tiny_model(
+    tmp_path, cache_dir, tiny_base, tokenizer
+):
     """The real loader and batching engine: the route's greedy text for rendered prompt ids is
     the engine's own for the same ids."""
     from aiohttp.test_utils import TestClient, TestServer
@@ -294,10 +337,15 @@ async def test_the_route_continues_as_the_in_process_engine_does_on_the_tiny_mod
     client = TestClient(TestServer(create_app(settings, load_model=lambda: model)))
     await client.start_server()
     try:
-        ids = prompt_ids(tokenizer, [{"role": "system", "content": "You are Ember."}, {"role": "user", "content": "where is my parcel?"}])
+        ids = prompt_ids(
+            tokenizer,
+            [{"role": "system", "content": "You are Ember."}, {"role": "user", "content": "where is my parcel?"}],
+        )
         response = await client.post("/v1/completions", json={"model": "base", "prompt": ids, "max_tokens": 24})
         body = await response.json()
-        streamed = await client.post("/v1/completions", json={"model": "base", "prompt": ids, "max_tokens": 24, "stream": True})
+        streamed = await client.post(
+            "/v1/completions", json={"model": "base", "prompt": ids, "max_tokens": 24, "stream": True}
+        )
         chunks = stream_chunks(await streamed.text())
         in_process = [item async for item in model.engine.stream(ids, 24)]
     finally:

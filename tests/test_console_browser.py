@@ -38,16 +38,32 @@ async def console(tmp_path, cache_dir, tokenizer):
     add_model(settings, "20261127-100000")
     add_model(settings, "20261127-110000")
     models.activate(settings.models_dir, "20261127-100000")
-    server = TestServer(create_app(settings, load_model=active_model_loader(settings, tokenizer), admin_token=ADMIN_TOKEN), port=0)
+    server = TestServer(
+        create_app(settings, load_model=active_model_loader(settings, tokenizer), admin_token=ADMIN_TOKEN), port=0
+    )
     await server.start_server()
     store = server.app[STORE]
     await talk(store, "calm-1", [("What plans do you have?", "We have Plus and Unlimited.")], start=1_800_000_000.0)
-    angry = await talk(store, "angry-2", [(HOSTILE, "Sorry, I did not understand."), (LONG, "Could you say that again?")], start=1_800_000_100.0)
+    angry = await talk(
+        store,
+        "angry-2",
+        [(HOSTILE, "Sorry, I did not understand."), (LONG, "Could you say that again?")],
+        start=1_800_000_100.0,
+    )
     await rate(store, "angry-2", angry[1]["seq"], "down", comment="useless <b>answer</b>", at=1_800_000_150.0)
-    await store.append("angry-2", dict(new_event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped"}),
-                                       timestamp=1_800_000_160.0))
-    await store.append("angry-2", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_170.0))
-    await store.append("angry-2", dict(new_event("agent", text="Hi, Alex here.", agent="Alex"), timestamp=1_800_000_180.0))
+    await store.append(
+        "angry-2",
+        dict(
+            new_event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped"}),
+            timestamp=1_800_000_160.0,
+        ),
+    )
+    await store.append(
+        "angry-2", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_170.0)
+    )
+    await store.append(
+        "angry-2", dict(new_event("agent", text="Hi, Alex here.", agent="Alex"), timestamp=1_800_000_180.0)
+    )
     await store.append("angry-2", dict(new_event("resume"), timestamp=1_800_000_190.0))
     yield server, project
     await server.close()
@@ -238,7 +254,9 @@ async def test_every_panel_fits_a_375_px_phone(browser, console):
     await page.get_by_role("list", name="Conversations found").get_by_role("button").nth(1).wait_for()
     await page.get_by_role("list", name="Conversations found").get_by_role("button", name="angry-2").click()
     await page.get_by_role("list", name="Timeline").first.locator("li").nth(8).wait_for()
-    await page.get_by_role("button", name="Make a draft from this conversation").click()  # the draft editor stays open in Drafts
+    await page.get_by_role(
+        "button", name="Make a draft from this conversation"
+    ).click()  # the draft editor stays open in Drafts
     await page.get_by_role("heading", name="Draft conversation-angry-2").wait_for()
     await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Models").click()
     await page.get_by_role("button", name="Report of 20261127-110000").click()
@@ -266,7 +284,9 @@ async def test_training_shows_its_progress_and_gate_and_the_new_model_is_served(
     assert "running" in await facts.inner_text() and "2.500" in await facts.inner_text()
     assert await page.get_by_role("button", name="Start training").is_disabled()
     assert await page.get_by_role("button", name="Cancel training").is_visible()
-    await page.locator("#train-log").filter(has_text="training <b>4</b> steps").wait_for()  # the child's output, as text
+    await (
+        page.locator("#train-log").filter(has_text="training <b>4</b> steps").wait_for()
+    )  # the child's output, as text
 
     (project / "release").write_text("")
     await facts.filter(has_text="succeeded").wait_for(timeout=20000)  # followed by polling GET /api/train
@@ -311,7 +331,9 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     problem = page.locator("#draft-problems li")
     assert await problem.count() == 1
     assert f"Go to line {line}" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
-    await page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()  # the list follows the save
+    await (
+        page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()
+    )  # the list follows the save
     assert await text.get_attribute("aria-invalid") == "true"
     await page.get_by_role("button", name=f"Go to line {line}").click()
     selected = await text.evaluate("t => t.value.slice(t.selectionStart, t.selectionEnd)")
@@ -326,7 +348,11 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     assert await problem.count() == 0 and await text.get_attribute("aria-invalid") == "false"
 
     await accept.click()
-    await page.get_by_role("status").filter(has_text="accepted: written to training_data/dialogues/conversation-angry-2.yml").wait_for()
+    await (
+        page.get_by_role("status")
+        .filter(has_text="accepted: written to training_data/dialogues/conversation-angry-2.yml")
+        .wait_for()
+    )
     written = (project / "training_data" / "dialogues" / "conversation-angry-2.yml").read_text(encoding="utf-8")
     assert "draft: true" not in written and "window.__pwned=1" in written
     assert not (project / "training_data" / "drafts" / "conversation-angry-2.yml").exists()
@@ -338,8 +364,15 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
 async def test_the_handoff_queue_an_agent_reply_and_giving_back(browser, console):
     server, _ = console
     store = server.app[STORE]
-    await talk(store, "waiting-4", [("I want a person <img src=x onerror=window.__pwned=4>", "Passing you to a colleague.")], start=1_800_000_300.0)
-    await store.append("waiting-4", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_302.0))
+    await talk(
+        store,
+        "waiting-4",
+        [("I want a person <img src=x onerror=window.__pwned=4>", "Passing you to a colleague.")],
+        start=1_800_000_300.0,
+    )
+    await store.append(
+        "waiting-4", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_302.0)
+    )
     page, errors = await _page(browser, server)
     await _sign_in(page)
     await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Handoff queue").click()
@@ -356,7 +389,11 @@ async def test_the_handoff_queue_an_agent_reply_and_giving_back(browser, console
     await timeline.locator("li.event-agent").wait_for()
     assert "Agent Sam" in await timeline.inner_text() and "Hello, Sam here <b>now</b>." in await timeline.inner_text()
     stored = await store.events("waiting-4")
-    assert (stored[-1]["type"], stored[-1]["text"], stored[-1]["agent"]) == ("agent", "Hello, Sam here <b>now</b>.", "Sam")
+    assert (stored[-1]["type"], stored[-1]["text"], stored[-1]["agent"]) == (
+        "agent",
+        "Hello, Sam here <b>now</b>.",
+        "Sam",
+    )
 
     await page.get_by_role("button", name="Give back to the bot").click()
     await page.get_by_role("status").filter(has_text="The bot has the conversation again.").wait_for()

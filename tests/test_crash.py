@@ -167,7 +167,9 @@ async def _history(http: aiohttp.ClientSession, url: str, sender: str) -> list[d
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "redis"])
 async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind, tmp_path, cache_dir):
     async with AsyncExitStack() as stack:
-        _, tracker = await _isolated_store(kind, stack, tmp_path)  # the server processes use it; the test reads through the API
+        _, tracker = await _isolated_store(
+            kind, stack, tmp_path
+        )  # the server processes use it; the test reads through the API
         project = make_project(tmp_path / "p", cache_dir, endpoints=NO_ACTION_SERVER + tracker)
         server = ServerProcess(project, _free_port(), delay=0.1, reply=REPLY)
         stack.callback(server.stop)
@@ -184,7 +186,9 @@ async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind
         for s in cut:
             request = http.post(f"{url}/api/chat/stream", json={"sender": s, "message": f"question from {s}"})
             streams.append(await stack.enter_async_context(request))
-        received = [await _read_until(response, {"received", "token"}) for response in streams]  # every reply has begun
+        received = [
+            await _read_until(response, {"received", "token"}) for response in streams
+        ]  # every reply has begun
         server.signal(signal.SIGKILL)
         assert server.wait(10) == -signal.SIGKILL
         for response in streams:  # the customers' streams break off
@@ -212,7 +216,9 @@ async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind
 
         # The conversations go on.
         async def again(sender: str) -> list[str]:
-            async with http.post(f"{url}/api/chat/stream", json={"sender": sender, "message": "try again"}) as response:
+            async with http.post(
+                f"{url}/api/chat/stream", json={"sender": sender, "message": "try again"}
+            ) as response:
                 seen = await _read_until(response, {"message", "done"})
             assert seen["message"]["text"] == REPLY
             return [e["type"] for e in await _history(http, url, sender)]

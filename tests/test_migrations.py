@@ -56,7 +56,10 @@ async def check_upgraded(store, seq_of) -> None:
     previous = (await store.events("carol"))[-1]["seq"]
     stored = await store.append("carol", new_event("bot", text="Done: the gold plan is cancelled."))
     assert stored["seq"] > previous and stored["seq"] == seq_of("carol", 3)
-    assert [e["text"] for e in await store.events("carol", last=2)] == ["The gold one.", "Done: the gold plan is cancelled."]
+    assert [e["text"] for e in await store.events("carol", last=2)] == [
+        "The gold one.",
+        "Done: the gold plan is cancelled.",
+    ]
     async with store.lock("carol", timeout=2):
         with pytest.raises(ConversationBusy):
             async with store.lock("carol", timeout=0.2):
@@ -104,7 +107,9 @@ async def test_postgres_database_from_before_migrations_is_upgraded_in_place():
             await check_upgraded(store, sqlite_seq)  # the same interleaving, the same seqs
             rows = await store._pool.fetch("SELECT name FROM bot_migrations")
             assert [r["name"] for r in rows] == ["m001_events"]
-            tables = await store._pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", schema)
+            tables = await store._pool.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", schema
+            )
             assert [r["tablename"] for r in tables] == ["bot_events", "bot_migrations"]  # all in the test's schema
         finally:
             await store.close()
@@ -126,7 +131,9 @@ async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
         try:
             await check_upgraded(store, lambda sender, i: i + 1)  # Redis numbers each conversation from 1
             assert list(await client.hgetall(prefix + "migrations")) == ["m001_events"]
-            assert (await client.lrange(f"{prefix}state:bob", 0, 0)) == ["#built"]  # bob's state list was built on first use
+            assert (await client.lrange(f"{prefix}state:bob", 0, 0)) == [
+                "#built"
+            ]  # bob's state list was built on first use
         finally:
             await store.close()
 
@@ -191,7 +198,10 @@ async def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path):
     db.execute("INSERT INTO _migrations VALUES ('m099_future', datetime('now'))")
     db.commit()
     db.close()
-    with pytest.raises(MigrationError, match=r"c\.sqlite3 has been migrated by a newer version of bot \(unknown migration m099_future\)"):
+    with pytest.raises(
+        MigrationError,
+        match=r"c\.sqlite3 has been migrated by a newer version of bot \(unknown migration m099_future\)",
+    ):
         SQLiteStore(path)
 
     from store_isolation import REDIS_URL

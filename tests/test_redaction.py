@@ -43,7 +43,9 @@ def test_phone_numbers_in_any_format_are_one_value_with_a_uk_placeholder():
 def test_postcodes_accounts_orders_and_emails_keep_their_shape():
     r = redactor()
     out = r.text("ls6 2ab / LS62AB / SW1A 1AA, account 40118822, order KM-147730, ES-1001, j****@icloud.com")
-    postcode = re.match(r"([a-z]{1,2}\d{1,2} \d[a-z]{2}) / ([A-Z]{1,2}\d{1,2}\d[A-Z]{2}) / ([A-Z]{1,2}\d{1,2} \d[A-Z]{2}),", out)
+    postcode = re.match(
+        r"([a-z]{1,2}\d{1,2} \d[a-z]{2}) / ([A-Z]{1,2}\d{1,2}\d[A-Z]{2}) / ([A-Z]{1,2}\d{1,2} \d[A-Z]{2}),", out
+    )
     assert postcode and postcode.group(1).upper().replace(" ", "") == postcode.group(2)  # one postcode, two spellings
     assert postcode.group(3) != "SW1A 1AA"
     account = re.search(r"account (\d{8}),", out).group(1)
@@ -57,7 +59,11 @@ def test_postcodes_accounts_orders_and_emails_keep_their_shape():
 
 def test_names_given_or_returned_are_replaced_everywhere_and_ordinary_words_kept():
     r = redactor()
-    texts = ["hi, my name is priya shah and I need help", "This is Tom from Leeds.", "I'm having trouble, I'm Very annoyed"]
+    texts = [
+        "hi, my name is priya shah and I need help",
+        "This is Tom from Leeds.",
+        "I'm having trouble, I'm Very annoyed",
+    ]
     r.learn_names(texts, [{"verified": True, "first_name": "Helen", "plan_name": "Everyday 30GB"}])
     first, second, third = (r.text(t) for t in texts)
     given = re.match(r"hi, my name is ([a-z]+) ([a-z]+) and I need help", first)
@@ -92,14 +98,49 @@ def test_the_patterns_come_from_config_yml_and_a_bad_one_is_located(tmp_path):
     (tmp_path / "config.yml").write_text("redaction:\n  patterns:\n    email: '[a-z'\n")
     with pytest.raises(InvalidFiles) as e:
         load_settings(tmp_path)
-    assert str(e.value.problems[0]).startswith("config.yml:3:12: error: 'email' is not a valid regular expression: unterminated character set")
+    assert str(e.value.problems[0]).startswith(
+        "config.yml:3:12: error: 'email' is not a valid regular expression: unterminated character set"
+    )
 
 
-@pytest.mark.parametrize("text", [
-    "yes", "no", "null", "True", "2e-4", "40118822", "- dash", "a: b", "x # y", "#tag", "'quoted'", "\"dq\"", "{a: 1}", "[1, 2]",
-    "<img src=x onerror=alert(1)>", "line\nbreak", "tab\there", "  padded  ", "", "café ☕ 🙂", "\u2028sep", "bell\x07", "back\\slash",
-    "@at", "%pct", "*star", "&amp", "!bang", "|pipe", ">gt", "?q", "Plain words, with a comma", "ends with colon:",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "yes",
+        "no",
+        "null",
+        "True",
+        "2e-4",
+        "40118822",
+        "- dash",
+        "a: b",
+        "x # y",
+        "#tag",
+        "'quoted'",
+        '"dq"',
+        "{a: 1}",
+        "[1, 2]",
+        "<img src=x onerror=alert(1)>",
+        "line\nbreak",
+        "tab\there",
+        "  padded  ",
+        "",
+        "café ☕ 🙂",
+        "\u2028sep",
+        "bell\x07",
+        "back\\slash",
+        "@at",
+        "%pct",
+        "*star",
+        "&amp",
+        "!bang",
+        "|pipe",
+        ">gt",
+        "?q",
+        "Plain words, with a comma",
+        "ends with colon:",
+    ],
+)
 def test_draft_scalars_read_back_exactly(text):
     mapping = flow({"k": text, text or "e": [text, 1, None, True]})
     doc = load_bytes(f"a: {scalar(text)}\nb: {mapping}\n".encode(), "t.yml")
@@ -108,7 +149,13 @@ def test_draft_scalars_read_back_exactly(text):
 
 def test_words_after_the_phrases_that_are_not_names_stay():
     r = redactor()
-    texts = ["call me back tomorrow", "It's Monday.", "my name is not important", "this is Ridiculous!", "Call me Ishmael."]
+    texts = [
+        "call me back tomorrow",
+        "It's Monday.",
+        "my name is not important",
+        "this is Ridiculous!",
+        "Call me Ishmael.",
+    ]
     r.learn_names(texts)
     out = [r.text(t) for t in texts]
     assert out[:4] == texts[:4] and out[4] != texts[4] and out[4].startswith("Call me ")

@@ -117,7 +117,9 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
                     server.signal(signal.SIGTERM)
 
             async def chat(sender: str, on_event=None):
-                async with session.post(server.url + "/api/chat/stream", json={"sender": sender, "message": f"hello from {sender}"}) as response:
+                async with session.post(
+                    server.url + "/api/chat/stream", json={"sender": sender, "message": f"hello from {sender}"}
+                ) as response:
                     return await read_stream(response, on_event)
 
             first = await chat("c1", on_event=first_progress)
@@ -126,7 +128,9 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
             exited = time.monotonic()
             feed_ended = await asyncio.wait_for(feed.read(), 1)  # the live feed was ended, not left hanging
         assert code == 0, server.output()
-        print(f"\nscripted engine: exited {exited - signalled.result():.2f} s after SIGTERM (shutdown_timeout_s {timeout})")
+        print(
+            f"\nscripted engine: exited {exited - signalled.result():.2f} s after SIGTERM (shutdown_timeout_s {timeout})"
+        )
         assert exited - signalled.result() < timeout
         assert feed_ended is not None
     names = [name for name, _ in first]
@@ -149,7 +153,9 @@ async def test_the_real_batching_engine_stops_when_its_client_goes_and_on_sigter
     with ServerProcess(project, free_port(), real_model=True) as server:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             # 1. A heavy OpenAI request, streamed; the client leaves once the reply is under way.
-            response = await session.post(server.url + "/v1/chat/completions", json={"messages": long_conversation(5000), "stream": True})
+            response = await session.post(
+                server.url + "/v1/chat/completions", json={"messages": long_conversation(5000), "stream": True}
+            )
             pieces = 0
             async for line in response.content:
                 if line.startswith(b"data: ") and b'"content": "' in line and b'"content": ""' not in line:
@@ -162,11 +168,15 @@ async def test_the_real_batching_engine_stops_when_its_client_goes_and_on_sigter
             response.close()
             left = time.monotonic()
             idle = await asyncio.to_thread(cpu_after_leaving, server, left)
-            print(f"\ntiny model, batching: {busy:.2f} CPU s in the second before the client left, {idle:.2f} from 1.0 to 2.5 s after")
+            print(
+                f"\ntiny model, batching: {busy:.2f} CPU s in the second before the client left, {idle:.2f} from 1.0 to 2.5 s after"
+            )
             assert idle < IDLE_CPU_S and busy > 2 * idle, (busy, idle)
 
             # 2. SIGTERM mid-reply: the server exits within its timeout, the message is kept.
-            response = await session.post(server.url + "/api/chat/stream", json={"sender": "t1", "message": "hello, where is my parcel?"})
+            response = await session.post(
+                server.url + "/api/chat/stream", json={"sender": "t1", "message": "hello, where is my parcel?"}
+            )
             async for line in response.content:
                 if line.startswith(b"event: token"):
                     break

@@ -53,7 +53,10 @@ def test_state_folds_slots_and_handoff():
 def test_history_that_does_not_fit_drops_the_oldest_exchanges_whole(tokenizer):
     messages = [{"role": "system", "content": SYSTEM}]
     for i in range(30):
-        messages += [{"role": "user", "content": f"question number {i} " + "about my bill " * 5}, {"role": "assistant", "content": f"answer {i} " * 8}]
+        messages += [
+            {"role": "user", "content": f"question number {i} " + "about my bill " * 5},
+            {"role": "assistant", "content": f"answer {i} " * 8},
+        ]
     messages.append({"role": "user", "content": "the latest question"})
     full = prompt_ids(tokenizer, messages)
     ids = fitted_prompt_ids(tokenizer, messages, 400)
@@ -84,7 +87,9 @@ async def test_tiny_model_streams_and_stops_at_the_token_limit(tmp_path, cache_d
     assert model.model_id is None
     assert model.profile.system_prompt.startswith("You are Sam, the customer support assistant of Example Shop")
     try:
-        pieces, result = await _reply(model, [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "hi"}], 12)
+        pieces, result = await _reply(
+            model, [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "hi"}], 12
+        )
     finally:
         await model.close()
     assert result.tokens <= 12 and result.first_token_s is not None
@@ -95,7 +100,10 @@ async def test_bundled_model_answers_in_a_stream(tmp_path, cache_dir):
     """The real SmolLM2-135M-Instruct: a short, non-empty reply that ends at its end-of-turn token."""
     settings = settings_of(make_project(tmp_path / "p", cache_dir))
     model = load_response_model(settings)
-    messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "Hello! Who are you?"}]
+    messages = [
+        {"role": "system", "content": model.profile.system_prompt},
+        {"role": "user", "content": "Hello! Who are you?"},
+    ]
     try:
         pieces, result = await _reply(model, messages, 48)
     finally:

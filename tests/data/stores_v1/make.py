@@ -34,7 +34,12 @@ def conversations() -> dict[str, list[dict]]:
     return {
         "alice": [
             event("user", text="Where is my order ES-1001?", metadata={"page": "/orders"}),
-            event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped", "note": "é 日本"}),
+            event(
+                "action",
+                name="check_order",
+                arguments={"order_id": "ES-1001"},
+                result={"status": "shipped", "note": "é 日本"},
+            ),
             event("slot", name="order_id", value="ES-1001"),
             event("bot", text="It shipped yesterday."),
             event("user", text="Thanks!"),
@@ -83,7 +88,10 @@ async def main() -> None:
     def literal(text: str) -> str:
         return "'" + text.replace("'", "''") + "'"
 
-    lines = ["-- Written by tests/data/stores_v1/make.py with the PostgresStore of commit 28fdf1c: its DDL, then its rows.", SCHEMA.strip()]
+    lines = [
+        "-- Written by tests/data/stores_v1/make.py with the PostgresStore of commit 28fdf1c: its DDL, then its rows.",
+        SCHEMA.strip(),
+    ]
     for r in rows:
         values = f"{r['seq']}, {literal(r['sender'])}, {literal(r['type'])}, {literal(r['body'])}"
         lines.append(f"INSERT INTO bot_events (seq, sender, type, body) VALUES ({values});")
