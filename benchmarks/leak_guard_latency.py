@@ -139,16 +139,20 @@ async def main() -> None:
     later = sum(a > args.token_ms / 2 for a in added)
 
     print(
-        f"replies: {len(replies)} ({min(len(held_out), len(replies))} held-out, the rest training); one token every {args.token_ms:g} ms"
+        f"replies: {len(replies)} ({min(len(held_out), len(replies))} held-out, the rest training); "
+        f"one token every {args.token_ms:g} ms"
     )
     for arm in ("without", "with"):
         ms = [t * 1000 for t in times[arm]]
         print(
-            f"first token {arm:>7} the guard: mean {statistics.mean(ms):6.1f} ms, median {statistics.median(ms):6.1f} ms, p90 {percentile(ms, 0.9):6.1f} ms"
+            f"first token {arm:>7} the guard: "
+            f"mean {statistics.mean(ms):6.1f} ms, median {statistics.median(ms):6.1f} ms, "
+            f"p90 {percentile(ms, 0.9):6.1f} ms"
         )
     print(
         f"added by the guard: mean {statistics.mean(added):+.1f} ms, median {statistics.median(added):+.1f} ms, "
-        f"p90 {percentile(added, 0.9):+.1f} ms, max {max(added):+.1f} ms; ratio of means {statistics.mean(times['with']) / statistics.mean(times['without']):.3f}"
+        f"p90 {percentile(added, 0.9):+.1f} ms, max {max(added):+.1f} ms; "
+        f"ratio of means {statistics.mean(times['with']) / statistics.mean(times['without']):.3f}"
     )
     print(f"replies whose first text waited for at least one more token: {later} of {len(replies)}")
     per_piece, per_reply = guard_cpu(guard, tokenizer, replies)

@@ -53,7 +53,8 @@ def svg_chart(points: list[dict], zero_shot: dict) -> str:
         return height - bottom - (height - bottom - 20) * v / 100
 
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">'
     ]
     parts.append(f'<line x1="{left}" y1="{y(0)}" x2="{width - 20}" y2="{y(0)}" stroke="#333"/>')
     parts.append(f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(100)}" stroke="#333"/>')
@@ -67,7 +68,8 @@ def svg_chart(points: list[dict], zero_shot: dict) -> str:
         parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2.5"/>')
         parts += [f'<circle cx="{x(p["dialogues"])}" cy="{y(p[key])}" r="4" fill="{colour}"/>' for p in points]
         parts.append(
-            f'<line x1="{left}" x2="{width - 20}" y1="{y(zero_shot[key])}" y2="{y(zero_shot[key])}" stroke="{colour}" stroke-dasharray="5,4"/>'
+            f'<line x1="{left}" x2="{width - 20}" y1="{y(zero_shot[key])}" y2="{y(zero_shot[key])}" '
+            f'stroke="{colour}" stroke-dasharray="5,4"/>'
         )
         parts.append(
             f'<text x="{x(xs[-1]) - 4}" y="{y(points[-1][key]) - 8}" text-anchor="end" fill="{colour}">{label}</text>'

@@ -1,7 +1,8 @@
 """Load and soak: many customers at once on each conversation store, a steady rate for a long
 time, and chat with a thousand idle live feeds open, against a real server process.
 
-    .venv/bin/python benchmarks/load_soak.py load  [--customers 100] [--messages 10] [--api stream|rest] [--stores sqlite,postgresql,redis]
+    .venv/bin/python benchmarks/load_soak.py load  [--customers 100] [--messages 10] [--api stream|rest]
+                                                   [--stores sqlite,postgresql,redis]
     .venv/bin/python benchmarks/load_soak.py feeds [--feeds 1000] [--rounds 3] [--stores sqlite,postgresql,redis]
     .venv/bin/python benchmarks/load_soak.py soak  [--minutes 20] [--rate 5] [--warmup 120] [--store sqlite]
 
@@ -99,7 +100,8 @@ def load_mode(args, folder: Path) -> None:
     for store, r in list(rows.items())[1:]:
         b = rows[base]
         print(
-            f"ratio {store} / {base}: messages/s {r['messages_per_s'] / b['messages_per_s']:.2f}x, p90 {r['p90_s'] / b['p90_s']:.2f}x"
+            f"ratio {store} / {base}: messages/s {r['messages_per_s'] / b['messages_per_s']:.2f}x, "
+            f"p90 {r['p90_s'] / b['p90_s']:.2f}x"
         )
     bad = sum(r["errors"] + r["unanswered"] + r["problems"] for r in rows.values())
     if bad:
@@ -125,7 +127,8 @@ def feeds_mode(args, folder: Path) -> None:
     per_address = args.feeds_per_client
     print(
         f"chat latency, 20 customers x 5 messages, without and with {args.feeds} idle live feeds "
-        f"({per_address} per client address, from {-(-args.feeds // per_address)} addresses), {args.rounds} rounds interleaved"
+        f"({per_address} per client address, from {-(-args.feeds // per_address)} addresses), "
+        f"{args.rounds} rounds interleaved"
     )
     for store in args.stores:
         with server(store, args, folder, max_feeds_per_client=per_address) as process:
@@ -137,15 +140,18 @@ def feeds_mode(args, folder: Path) -> None:
             percentile(with_feeds, 90),
         )
         print(
-            f"[{store}] without feeds p50 {a50 * 1000:.0f} ms, p90 {a90 * 1000:.0f} ms; with {args.feeds} feeds p50 {b50 * 1000:.0f} ms, "
-            f"p90 {b90 * 1000:.0f} ms; ratio with / without: p50 {b50 / a50:.2f}x, p90 {b90 / a90:.2f}x; errors {errors}"
+            f"[{store}] without feeds p50 {a50 * 1000:.0f} ms, p90 {a90 * 1000:.0f} ms; "
+            f"with {args.feeds} feeds p50 {b50 * 1000:.0f} ms, "
+            f"p90 {b90 * 1000:.0f} ms; "
+            f"ratio with / without: p50 {b50 / a50:.2f}x, p90 {b90 / a90:.2f}x; errors {errors}"
         )
 
 
 def soak_mode(args, folder: Path) -> None:
     seconds = args.minutes * 60
     print(
-        f"soak: {args.rate} messages/s for {args.minutes:g} min on {args.store}, 20 customers at a time, 5 messages each with a live feed; "
+        f"soak: {args.rate} messages/s for {args.minutes:g} min on {args.store}, 20 customers at a time, "
+        f"5 messages each with a live feed; "
         f"warm-up {args.warmup:.0f} s, a sample every {args.every:.0f} s"
     )
     last_print = [0.0]
@@ -155,7 +161,9 @@ def soak_mode(args, folder: Path) -> None:
             last_print[0] = s.t
             errors = sum(1 for m in sent if m.error)
             print(
-                f"  {s.t / 60:5.1f} min: rss {s.rss_kb / 1024:.1f} MiB, fds {s.fds}, tasks {s.tasks}, feeds {s.feeds}, sent {len(sent)}, errors {errors}",
+                f"  {s.t / 60:5.1f} min: rss {s.rss_kb / 1024:.1f} MiB, "
+                f"fds {s.fds}, tasks {s.tasks}, feeds {s.feeds}, "
+                f"sent {len(sent)}, errors {errors}",
                 flush=True,
             )
 
@@ -175,7 +183,8 @@ def soak_mode(args, folder: Path) -> None:
         f"latency p50 {percentile(latency, 50) * 1000:.0f} ms, p90 {percentile(latency, 90) * 1000:.0f} ms"
     )
     print(
-        f"resident memory: idle start {start.rss_kb / 1024:.1f} MiB; after warm-up {before / 1024:.1f} MiB, end of load {after / 1024:.1f} MiB: "
+        f"resident memory: idle start {start.rss_kb / 1024:.1f} MiB; after warm-up {before / 1024:.1f} MiB, "
+        f"end of load {after / 1024:.1f} MiB: "
         f"{growth:+.1%} (limit +{MEMORY_GROWTH_LIMIT:.0%}); peak {peak_rss_kb / 1024:.1f} MiB"
     )
     print(
@@ -221,7 +230,8 @@ def main() -> None:
     args = parser.parse_args()
     args.stores = args.stores.split(",")
     print(
-        f"{cpu_name()}, {os.cpu_count()} cores; scripted engine ({args.token_delay:g} s a token): this measures the server and its store, not a model"
+        f"{cpu_name()}, {os.cpu_count()} cores; scripted engine ({args.token_delay:g} s a token): "
+        f"this measures the server and its store, not a model"
     )
     folder = Path(tempfile.mkdtemp(prefix="load-soak-"))
     started = time.monotonic()

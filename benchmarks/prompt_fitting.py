@@ -64,9 +64,8 @@ def main() -> None:
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     system_prompt = profile_of(validate(settings)).system_prompt
     budget = settings.build.model.max_length - settings.build.serve.max_new_tokens
-    print(
-        f"budget {budget:,} tokens; system prompt {len(prompt_ids(tokenizer, [{'role': 'system', 'content': system_prompt}])):,} tokens"
-    )
+    system_tokens = len(prompt_ids(tokenizer, [{"role": "system", "content": system_prompt}]))
+    print(f"budget {budget:,} tokens; system prompt {system_tokens:,} tokens")
     fitted_prompt_ids(
         tokenizer, conversation(system_prompt, 2), budget
     )  # the first call reads the vocabulary once (~0.1 s)

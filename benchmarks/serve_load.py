@@ -304,7 +304,8 @@ def main() -> None:
         print(f"  first token p50 {r['ttft_p50']:.2f} s, p90 {r['ttft_p90']:.2f} s   ({turns}, p50/p90)")
         print(f"  per-stream tokens/s p10 {r['rate_p10']:.1f}, p50 {r['rate_p50']:.1f}")
         print(
-            f"  aggregate {r['aggregate']:.1f} tokens/s; goodput {r['goodput']:.0%} (first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)"
+            f"  aggregate {r['aggregate']:.1f} tokens/s; goodput {r['goodput']:.0%} "
+            f"(first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)"
         )
 
     names = list(runs)
@@ -318,7 +319,8 @@ def main() -> None:
         same = sum(a.text == b.text for a, b in pairs)
         print(
             f"\nratio {names[0]} / {names[-1]}: aggregate tokens/s {new['aggregate'] / base['aggregate']:.2f}x, "
-            f"first token p90 {new['ttft_p90'] / base['ttft_p90']:.2f}x, per-stream p50 {new['rate_p50'] / base['rate_p50']:.2f}x, "
+            f"first token p90 {new['ttft_p90'] / base['ttft_p90']:.2f}x, "
+            f"per-stream p50 {new['rate_p50'] / base['rate_p50']:.2f}x, "
             f"goodput {new['goodput']:.0%} vs {base['goodput']:.0%}; identical replies {same}/{len(new['replies'])}"
         )
     first = runs[names[0]]["by_turn"]

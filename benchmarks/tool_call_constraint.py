@@ -67,8 +67,10 @@ async def run(
     steps = [parse_reply(r.text) for r in results]
     if constraint:
         print(
-            f"  constraint: {constraint.masks} token masks, {1000 * constraint.mask_seconds / max(constraint.masks, 1):.2f} ms each, "
-            f"{constraint.mask_seconds:.2f} s in all = {100 * constraint.mask_seconds / seconds:.1f}% of the run's wall time"
+            f"  constraint: {constraint.masks} token masks, "
+            f"{1000 * constraint.mask_seconds / max(constraint.masks, 1):.2f} ms each, "
+            f"{constraint.mask_seconds:.2f} s in all = "
+            f"{100 * constraint.mask_seconds / seconds:.1f}% of the run's wall time"
         )
     tokens = sum(len(r.token_ids) for r in results)
     calls = sum(s.action is not None for s in steps)

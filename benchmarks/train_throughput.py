@@ -112,7 +112,8 @@ def main() -> None:
         ).stdout
         results[arm] = json.loads(out.strip().splitlines()[-1])
     print(
-        f"{args.examples} starter dialogues, batch size {args.batch_size}, {results['grouped']['precision']}, one pass each"
+        f"{args.examples} starter dialogues, batch size {args.batch_size}, "
+        f"{results['grouped']['precision']}, one pass each"
     )
     print(f"{'arm':<32}{'useful tok/s':>14}{'padding':>10}{'seconds':>10}{'peak RSS MB':>13}")
     labels = {
@@ -123,7 +124,8 @@ def main() -> None:
     for arm, label in labels.items():
         r = results[arm]
         print(
-            f"{label:<32}{r['tokens_per_second']:>14.0f}{r['padding']:>10.1%}{r['seconds']:>10.1f}{r['peak_rss_mb']:>13.0f}"
+            f"{label:<32}{r['tokens_per_second']:>14.0f}{r['padding']:>10.1%}"
+            f"{r['seconds']:>10.1f}{r['peak_rss_mb']:>13.0f}"
         )
     speed = {arm: r["tokens_per_second"] for arm, r in results.items()}
     print(f"ratio bot train / naive: {speed['grouped'] / speed['naive']:.2f}x  (target: at least 1.5x)")

@@ -69,7 +69,8 @@ def main() -> int:
     t = result.manifest["training"]
     print(f"device: {torch.cuda.get_device_name()} ({t['device']}, {t['precision']})")
     print(
-        f"trained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.1f} s: {t['tokens_per_second']:,.0f} tokens/s "
+        f"trained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.1f} s: "
+        f"{t['tokens_per_second']:,.0f} tokens/s "
         f"(target: the starter data in at most 15 s: {'met' if t['seconds'] <= 15 else 'NOT met'})"
     )
     print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")

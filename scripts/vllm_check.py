@@ -94,7 +94,8 @@ def front_project(root: Path, work: Path, model_server: str) -> Path:
         if (root / shared).exists():
             (project / shared).symlink_to(root / shared)
     (project / "endpoints.yml").write_text(
-        "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"  # no action server: an action call fails alike on both sides
+        # no action server: an action call fails alike on both sides
+        "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"
         f"tracker_store:\n  type: sqlite\n  path: {work / 'front.sqlite3'}\n"
         f"model_server:\n  url: {model_server}\n  timeout_s: 120\n",
         encoding="utf-8",
@@ -235,7 +236,8 @@ def main() -> None:
     for message, a, b in pairs:
         print(f"{'=' if a == b else '!'} {message[:60]!r}\n    vLLM:       {a[:150]!r}\n    in process: {b[:150]!r}")
     print(
-        f"\n{len(talks)} conversations, {len(pairs)} replies: {equal} equal; through vLLM {remote_s:.1f} s, in process {local_s:.1f} s"
+        f"\n{len(talks)} conversations, {len(pairs)} replies: {equal} equal; "
+        f"through vLLM {remote_s:.1f} s, in process {local_s:.1f} s"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

@@ -75,7 +75,8 @@ def golden_events() -> list[dict]:
         ),
         new_event(
             "bot",
-            text="Please don't share card numbers here, Priya. Order KM-147730 was returned to us by DPD (return RT-233019).",
+            text="Please don't share card numbers here, Priya. "
+            "Order KM-147730 was returned to us by DPD (return RT-233019).",
         ),
         new_event("user", text="That's useless, I want a refund"),
         new_event("bot", text="I can't do refunds myself. Would you like me to pass you to a colleague?"),

@@ -271,7 +271,10 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     hook_app.router.add_post("/handoff", hook)
     hook_server = TestServer(hook_app)
     await hook_server.start_server()
-    endpoints = f"action_endpoint:\n  url: http://127.0.0.1:9/webhook\nhandoff_webhook:\n  url: {hook_server.make_url('/handoff')}\n"
+    endpoints = (
+        f"action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"
+        f"handoff_webhook:\n  url: {hook_server.make_url('/handoff')}\n"
+    )
     project = make_project(tmp_path / "p", cache_dir, endpoints=endpoints)
     replies = [
         "I can help with orders and returns.",

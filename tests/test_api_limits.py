@@ -111,8 +111,13 @@ MALFORMED = {
     "too many headers": b"GET /health HTTP/1.1\r\nHost: x\r\n"
     + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
     + b"\r\n",
-    "bad chunk size": b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
-    "length and chunked both": b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "bad chunk size": (
+        b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    ),
+    "length and chunked both": (
+        b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
     "bad content length": b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
     "bad HTTP version": b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
 }
@@ -139,7 +144,8 @@ async def test_malformed_http_is_a_400_logged_as_one_line(project, serve, caplog
     [
         b'Content-Length: 100\r\n\r\n{"sen',  # the client leaves halfway through its body
         b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"sen\r\n',  # the same, chunked
-        b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"sen\r\nzz\r\nnot a chunk\r\n',  # broken chunking once the body is being read
+        # broken chunking once the body is being read
+        b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"sen\r\nzz\r\nnot a chunk\r\n',
     ],
 )
 async def test_a_body_cut_short_or_broken_midway_logs_no_traceback(project, serve, caplog, sent):

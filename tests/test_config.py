@@ -75,7 +75,8 @@ def test_a_lock_url_must_be_a_redis_url(tmp_path):
     with pytest.raises(InvalidFiles) as e:
         load_settings(tmp_path)
     assert [str(p) for p in e.value.problems] == [
-        "endpoints.yml:3:13: error: 'lock_url' 'postgresql://127.0.0.1/test' is not a Redis URL: write redis://host:port/n"
+        "endpoints.yml:3:13: error: 'lock_url' 'postgresql://127.0.0.1/test' is not a Redis URL: "
+        "write redis://host:port/n"
     ]
     (tmp_path / "endpoints.yml").write_text(
         "tracker_store:\n  type: postgresql\n  lock_url: redis://127.0.0.1:6379/0\n"

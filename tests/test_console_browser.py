@@ -24,10 +24,12 @@ pytestmark = requires_chromium
 
 HOSTILE = 'Look <img src=x onerror="window.__pwned=1"> here <script>window.__pwned=2</script>'
 LONG = "a-very-long-word-without-any-space-" * 12  # must wrap at 375 px, not push the page wider
-WATCH = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation", (e) => window.__violations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));
-"""
+WATCH = (
+    "\n"
+    "window.__violations = [];\n"
+    'document.addEventListener("securitypolicyviolation", (e) => '
+    'window.__violations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));\n'
+)
 
 
 @pytest.fixture
@@ -98,7 +100,8 @@ print("done", flush=True)
 async def _page(browser, server, **options):
     page = await browser.new_page(**options)
     errors: list[str] = []
-    # Script errors, and failed requests other than the favicon (named by URL, not the console's bare "Failed to load resource").
+    # Script errors, and failed requests other than the favicon (named by URL, not the console's bare
+    # "Failed to load resource").
 
     def on_console(message) -> None:
         if message.type == "error" and not message.text.startswith("Failed to load resource"):

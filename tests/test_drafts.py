@@ -245,7 +245,8 @@ def test_review_refuses_duplicates_and_leaks_with_the_reason(project):
     write(
         project,
         "broken",
-        "dialogues:\n  - id: broken\n    draft: true\n    turns:\n      - user: hi\n      - action: chek_order\n      - bot: done\n",
+        "dialogues:\n  - id: broken\n    draft: true\n    turns:\n"
+        "      - user: hi\n      - action: chek_order\n      - bot: done\n",
     )
     with pytest.raises(drafts.DraftRefused, match=r"broken.yml:6:\d+: error: .*unknown action 'chek_order'"):
         drafts.accept(settings, "broken", "tests")
@@ -267,7 +268,8 @@ def test_validation_problems_carry_the_line_of_the_draft(project):
     write(
         project,
         "bad",
-        "dialogues:\n  - id: bad\n    draft: true\n    turns:\n      - user: hi\n      - user: again\n      - bot: ok\n",
+        "dialogues:\n  - id: bad\n    draft: true\n    turns:\n"
+        "      - user: hi\n      - user: again\n      - bot: ok\n",
     )
     info = drafts.read_draft(settings, "bad")
     assert not info.valid
@@ -343,11 +345,15 @@ def test_what_the_server_did_besides_answering_becomes_valid_turns(project):
 
 
 def test_review_comments_go_but_a_text_that_looks_like_one_stays(project):
-    text = 'dialogues:\n  - id: tricky\n    draft: true\n    turns:\n      - user: "what does \\"  # REVIEW: x\\" mean"  # REVIEW: odd\n      - bot: No idea.\n'
-    assert (
-        drafts.undrafted(text)
-        == 'dialogues:\n  - id: tricky\n    turns:\n      - user: "what does \\"  # REVIEW: x\\" mean"\n      - bot: No idea.\n'
+    text = (
+        "dialogues:\n  - id: tricky\n    draft: true\n    turns:\n"
+        '      - user: "what does \\"  # REVIEW: x\\" mean"  # REVIEW: odd\n      - bot: No idea.\n'
     )
+    undrafted = (
+        "dialogues:\n  - id: tricky\n    turns:\n"
+        '      - user: "what does \\"  # REVIEW: x\\" mean"\n      - bot: No idea.\n'
+    )
+    assert drafts.undrafted(text) == undrafted
     write(project, "tricky", text)
     target = drafts.accept(load_settings(project), "tricky", "dialogues")
     assert 'what does \\"  # REVIEW: x\\" mean"\n' in target.read_text()

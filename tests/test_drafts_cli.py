@@ -66,8 +66,8 @@ def test_export_filters_pick_the_right_conversations(project, capsys):
     out = capsys.readouterr().out
     assert drafted(project) == {"rated-down"}
     assert (
-        "wrote training_data/drafts/conversation-rated-down.yml (valid); redacted: 2 email addresses, 1 card number, 1 phone number"
-        in out
+        "wrote training_data/drafts/conversation-rated-down.yml (valid); "
+        "redacted: 2 email addresses, 1 card number, 1 phone number" in out
     )
 
     assert main(["-C", str(project), "data", "export", "--handed-off"]) == 0
@@ -121,7 +121,8 @@ def test_review_accepts_edits_rejects_and_refuses_with_the_reason(project, tmp_p
         project,
         "b-typo",
         "dialogues:\n  - id: b-typo\n    draft: true\n    turns:\n      - user: Where is KM-100001?\n"
-        "      - action: chek_order\n        args: {order_id: KM-100001}\n        result: {status: shipped}\n      - bot: It has shipped.\n",
+        "      - action: chek_order\n        args: {order_id: KM-100001}\n        result: {status: shipped}\n"
+        "      - bot: It has shipped.\n",
     )
     write_draft(
         project,

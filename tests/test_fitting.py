@@ -169,7 +169,10 @@ def test_rendering_stops_when_its_request_has_gone(tokenizer):
     assert len(asked) == 4  # asked between exchanges, and stopped at once
 
 
-PLAIN_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def test_a_template_whose_counts_do_not_add_up_still_gets_the_same_window(tokenizer):

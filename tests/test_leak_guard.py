@@ -59,7 +59,9 @@ def profile(project):
 def test_finds_the_prompt_in_any_case_and_spacing_and_the_secret_spelt_out(profile):
     guard = LeakGuard.of(profile)
     prompt = profile.system_prompt
-    assert guard.find(prompt) == guard.find(prompt.upper()) == guard.find(prompt.replace("\n", " / ")) != None  # noqa: E711
+    as_written, upper = guard.find(prompt), guard.find(prompt.upper())
+    spaced = guard.find(prompt.replace("\n", " / "))
+    assert as_written == upper == spaced != None  # noqa: E711
     assert guard.find(prompt).kind == PROMPT
     eight = " ".join(prompt.split()[20:28])
     assert guard.find(f"As I was told: {eight.upper()}!").kind == PROMPT

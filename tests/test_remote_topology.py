@@ -106,7 +106,10 @@ def topology(tmp_path_factory, cache_dir, tiny_base, postgres_url, lock_prefix):
     root = tmp_path_factory.mktemp("topology")
     model_project = make_project(root / "model", cache_dir, base=tiny_base, config=_config(MAX_NEW_TOKENS))
     server = BotServe(model_project, _free_port())
-    store = f'tracker_store:\n  type: postgresql\n  url: {postgres_url}\n  lock_url: {REDIS_URL}\n  key_prefix: "{lock_prefix}"\n'
+    store = (
+        f"tracker_store:\n  type: postgresql\n  url: {postgres_url}\n  lock_url: {REDIS_URL}\n"
+        f'  key_prefix: "{lock_prefix}"\n'
+    )
     endpoints = NO_ACTION_SERVER + KEY_SETTING + store
     config = _config(MAX_NEW_TOKENS) + f"  lock_timeout_s: {FRONT_LOCK_TIMEOUT_S}\n"
     front_project = make_project(root / "front", cache_dir, base=tiny_base, config=config, endpoints=endpoints)
@@ -175,7 +178,8 @@ async def test_forty_conversations_alternate_between_two_front_ends(topology, po
         assert [e["seq"] for e in stored[sender]] == sorted({e["seq"] for e in stored[sender]})
     server_mb, front_mb = topology["server"].rss_mb(), max(front.rss_mb() for front in fronts)
     print(
-        f"\n{CONVERSATIONS * len(messages)} replies in {seconds:.1f} s; RSS: model server {server_mb:.0f} MB, front-end {front_mb:.0f} MB"
+        f"\n{CONVERSATIONS * len(messages)} replies in {seconds:.1f} s; "
+        f"RSS: model server {server_mb:.0f} MB, front-end {front_mb:.0f} MB"
     )
     assert topology["server"].has_torch() and not any(front.has_torch() for front in fronts)  # no weights, no torch
     assert front_mb < 0.5 * server_mb

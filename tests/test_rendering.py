@@ -23,7 +23,8 @@ def test_literal_mask_covers_reply_and_end_of_turn_only(tokenizer):
         {"role": "assistant", "content": "Hello!", "weight": 1},
     ]
     ex = render(tokenizer, messages)
-    # <|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n
+    # <|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n
+    # <|im_start|>assistant\nHello!<|im_end|>\n
     assert ex.input_ids == [
         1,
         9690,
@@ -92,7 +93,8 @@ def test_tool_calls_and_results(tokenizer):
     ]
     ex = render(tokenizer, messages)
     assert trained(tokenizer, ex) == (
-        '<tool_call>{"name": "check_order", "arguments": {"order_id": "KM-1"}}</tool_call><|im_end|>It has shipped.<|im_end|>'
+        '<tool_call>{"name": "check_order", "arguments": {"order_id": "KM-1"}}</tool_call><|im_end|>'
+        "It has shipped.<|im_end|>"
     )
     assert '<|im_start|>tool\n{"status": "shipped"}<|im_end|>' in tokenizer.decode(ex.input_ids)
 

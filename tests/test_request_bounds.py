@@ -68,7 +68,10 @@ async def test_an_abandoned_request_of_5000_messages_stops_costing_cpu_within_a_
     assert len(body) > 175_000
     with ServerProcess(project, free_port(), delay=0.05, reply="word " * 400) as server:
         with socket.create_connection(("127.0.0.1", server.port)) as client:
-            head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
             client.sendall(head.encode() + body)
             time.sleep(0.5)  # the server reads it, builds the prompt, starts the reply
         left = time.monotonic()
@@ -129,7 +132,8 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
             feed_ended = await asyncio.wait_for(feed.read(), 1)  # the live feed was ended, not left hanging
         assert code == 0, server.output()
         print(
-            f"\nscripted engine: exited {exited - signalled.result():.2f} s after SIGTERM (shutdown_timeout_s {timeout})"
+            f"\nscripted engine: exited {exited - signalled.result():.2f} s after SIGTERM "
+            f"(shutdown_timeout_s {timeout})"
         )
         assert exited - signalled.result() < timeout
         assert feed_ended is not None
@@ -148,7 +152,8 @@ async def test_the_real_batching_engine_stops_when_its_client_goes_and_on_sigter
     project = make_project(tmp_path / "bot", cache_dir, base=tiny_base)
     (project / "config.yml").write_text(
         f"model:\n  base: {tiny_base}\n  max_length: 4096\n  cache_dir: {cache_dir}\n"
-        f"serve:\n  engine: batching\n  max_new_tokens: 3000\n  shutdown_timeout_s: {timeout}\n  max_messages: 100000\n"
+        f"serve:\n  engine: batching\n  max_new_tokens: 3000\n"
+        f"  shutdown_timeout_s: {timeout}\n  max_messages: 100000\n"
     )
     with ServerProcess(project, free_port(), real_model=True) as server:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -169,7 +174,8 @@ async def test_the_real_batching_engine_stops_when_its_client_goes_and_on_sigter
             left = time.monotonic()
             idle = await asyncio.to_thread(cpu_after_leaving, server, left)
             print(
-                f"\ntiny model, batching: {busy:.2f} CPU s in the second before the client left, {idle:.2f} from 1.0 to 2.5 s after"
+                f"\ntiny model, batching: {busy:.2f} CPU s in the second before the client left, "
+                f"{idle:.2f} from 1.0 to 2.5 s after"
             )
             assert idle < IDLE_CPU_S and busy > 2 * idle, (busy, idle)
 

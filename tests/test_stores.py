@@ -194,7 +194,8 @@ async def _open_with_lock_server(kind: str, url: str, folder, lock_url: str, pre
     folder.mkdir(exist_ok=True)
     where = f"url: {url}" if kind != "sqlite" else "path: conversations.sqlite3"
     (folder / "endpoints.yml").write_text(
-        f'tracker_store:\n  type: {kind}\n  {where}\n  lock_url: {lock_url}\n  key_prefix: "{prefix}"\n  lock_expiry_s: {lock_expiry_s}\n'
+        f"tracker_store:\n  type: {kind}\n  {where}\n  lock_url: {lock_url}\n"
+        f'  key_prefix: "{prefix}"\n  lock_expiry_s: {lock_expiry_s}\n'
     )
     return await open_store(load_settings(folder))
 
@@ -355,8 +356,11 @@ async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)  # a database written before the index existed
-    old.executescript("""CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL);
-                         CREATE INDEX events_by_sender ON events (sender, seq);""")
+    old.executescript(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, type TEXT NOT NULL, "
+        "body TEXT NOT NULL);\n"
+        "CREATE INDEX events_by_sender ON events (sender, seq);"
+    )
     rows = [(e["type"], json.dumps(e)) for e in _long_conversation()]
     old.executemany("INSERT INTO events (sender, type, body) VALUES ('s', ?, ?)", rows)
     old.commit()
@@ -390,7 +394,8 @@ async def test_postgres_gets_the_state_index_at_open():
         store = await PostgresStore.connect(url)
         try:
             indexes = await store._pool.fetch(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = 'bot_events_by_sender_type' AND schemaname = current_schema()"
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'bot_events_by_sender_type' "
+                "AND schemaname = current_schema()"
             )
             assert [row["indexdef"].split(" USING ")[1] for row in indexes] == ["btree (sender, type, seq)"]
             assert _state((await store.context(sender, 5))[1]) == ({"plan": "gold"}, False, None)

@@ -203,7 +203,8 @@ def test_grid_file_problems_name_the_file_line_and_key(tmp_path):
     with pytest.raises(InvalidFiles) as e:
         load_grid(grid, "grid.yml")
     assert [str(p) for p in e.value.problems] == [
-        "grid.yml:1:1: error: unknown setting 'learning_rat' (did you mean 'learning_rate'?): a grid key is a train setting such as 'learning_rate' or 'lora.rank'",
+        "grid.yml:1:1: error: unknown setting 'learning_rat' (did you mean 'learning_rate'?): "
+        "a grid key is a train setting such as 'learning_rate' or 'lora.rank'",
         "grid.yml:2:16: error: 'rank' must be a whole number, not text",
         "grid.yml:3:9: error: 'epochs' must be a list of values to try, such as [2, 3]",
         "grid.yml:4:1: error: 'models_dir' is not searched by bot tune: set it in config.yml",
@@ -244,7 +245,8 @@ def test_train_config_rejects_unknown_keys_and_other_sections(tmp_path, tiny_bas
     assert out == [
         f"{overlay}:3:5: error: unknown key 'rnak' (did you mean 'rank'?)",
         f"{overlay}:4:11: error: 'epochs' must be a whole number, not text",
-        f"{overlay}:5:1: error: only the 'train' section can be applied with --config, not 'serve': put other settings in config.yml",
+        f"{overlay}:5:1: error: only the 'train' section can be applied with --config, not 'serve': "
+        f"put other settings in config.yml",
         "3 errors in 1 file",
     ]
     assert not (project / "models").exists()  # nothing trained

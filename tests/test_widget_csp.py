@@ -25,9 +25,12 @@ document.addEventListener("securitypolicyviolation", function (e) {
 });
 """
 
-HOST_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Shop</title><link rel="stylesheet" href="/shop.css"></head>
-<body><h1>A shop with a strict CSP</h1><script src="{bot}/widget.js"></script><script src="/shop.js"></script></body></html>"""
+HOST_PAGE = (
+    "<!doctype html>\n"
+    '<html lang="en"><head><meta charset="utf-8"><title>Shop</title><link rel="stylesheet" href="/shop.css"></head>\n'
+    '<body><h1>A shop with a strict CSP</h1><script src="{bot}/widget.js"></script>'
+    '<script src="/shop.js"></script></body></html>'
+)
 
 
 async def _watched_page(browser):
@@ -66,7 +69,10 @@ async def shop(tmp_path, cache_dir, tokenizer):
         )
 
     async def host_script(request):
-        init = f'BotWidget.init({{server: "{bot_origin["url"]}", title: "Kestrel Mobile", greeting: "Hello from the shop."}});'
+        init = (
+            f'BotWidget.init({{server: "{bot_origin["url"]}", '
+            f'title: "Kestrel Mobile", greeting: "Hello from the shop."}});'
+        )
         return web.Response(text=init, content_type="text/javascript")
 
     async def host_style(request):

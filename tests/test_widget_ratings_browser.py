@@ -39,7 +39,8 @@ async def _watched_page(browser):
 
 async def _focused(page) -> dict:
     return await page.evaluate(
-        "({label: document.activeElement.getAttribute('aria-label'), pressed: document.activeElement.getAttribute('aria-pressed')})"
+        "({label: document.activeElement.getAttribute('aria-label'), "
+        "pressed: document.activeElement.getAttribute('aria-pressed')})"
     )
 
 

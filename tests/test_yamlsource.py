@@ -43,7 +43,8 @@ def test_positions_of_values_and_keys_are_one_based(tmp_path):
         ("? [a, b]\n: 1\n", "f.yml:1:3: error: a key must be plain text"),
         (
             "a: 1\nb: x\x13y\n",
-            "f.yml:2:5: error: character U+0013 is not allowed in YAML: remove it, or write it escaped in a double-quoted text",
+            "f.yml:2:5: error: character U+0013 is not allowed in YAML: "
+            "remove it, or write it escaped in a double-quoted text",
         ),
     ],
 )
