@@ -52,7 +52,9 @@ class VerifyCustomer(LookupAction):
         account = DATA["accounts"].get(str(args["account_id"]))
         postcode = str(args["postcode"] or "").replace(" ", "").upper()
         if account and account["postcode"].replace(" ", "") == postcode:
-            return {"verified": True, "first_name": account["first_name"]}, [SlotSet("verified_account", args["account_id"])]
+            return {"verified": True, "first_name": account["first_name"]}, [
+                SlotSet("verified_account", args["account_id"])
+            ]
         return {"verified": False}, []
 
 
@@ -83,7 +85,9 @@ class CheckOrder(LookupAction):
 
     def lookup(self, args, tracker):
         order = DATA["orders"].get(str(args["order_id"]).upper())
-        return (dict(order, order_id=args["order_id"]) if order else {"error": "no such order", "order_id": args["order_id"]}), []
+        if not order:
+            return {"error": "no such order", "order_id": args["order_id"]}, []
+        return dict(order, order_id=args["order_id"]), []
 
 
 class StartReturn(LookupAction):
@@ -96,7 +100,11 @@ class StartReturn(LookupAction):
         if date.fromisoformat(order["delivered"]) < TODAY - timedelta(days=30):
             return {"error": "more than 30 days since delivery", "delivered": order["delivered"]}, []
         send_by = (TODAY + timedelta(days=14)).isoformat()
-        return {"return_id": "RT-" + str(abs(hash(args["order_id"])) % 900000 + 100000), "label_emailed": True, "send_by": send_by}, []
+        return {
+            "return_id": "RT-" + str(abs(hash(args["order_id"])) % 900000 + 100000),
+            "label_emailed": True,
+            "send_by": send_by,
+        }, []
 
 
 class CheckOutage(LookupAction):
@@ -116,7 +124,10 @@ class ListPlans(LookupAction):
     async def run(self, dispatcher, tracker, domain):
         events = await super().run(dispatcher, tracker, domain)
         plans = DATA["plans"].get(tracker.get_slot("kind"), [])
-        buttons = [{"title": f"{p['name']} (£{p['monthly_price']:.0f})", "payload": f"I'd like the {p['name']} plan"} for p in plans]
+        buttons = [
+            {"title": f"{p['name']} (£{p['monthly_price']:.0f})", "payload": f"I'd like the {p['name']} plan"}
+            for p in plans
+        ]
         dispatcher.utter_message(buttons=buttons)  # quick replies in the widget
         return events
 
@@ -131,7 +142,13 @@ class ChangePlan(LookupAction):
         if plan is None:
             return {"error": f"no plan {args['plan_code']}"}, []
         account = DATA["accounts"][args["account_id"]]
-        result = {"changed": True, "plan_code": plan["code"], "plan_name": plan["name"], "monthly_price": plan["monthly_price"], "effective_from": account["next_bill_due"]}
+        result = {
+            "changed": True,
+            "plan_code": plan["code"],
+            "plan_name": plan["name"],
+            "monthly_price": plan["monthly_price"],
+            "effective_from": account["next_bill_due"],
+        }
         return result, []
 
 
@@ -150,7 +167,11 @@ class SendEsim(LookupAction):
     def lookup(self, args, tracker):
         if not _verified(tracker, args["account_id"]):
             return NOT_VERIFIED, []
-        return {"sent": True, "email": DATA["accounts"][args["account_id"]]["masked_email"], "qr_valid_until": (TODAY + timedelta(days=1)).isoformat()}, []
+        return {
+            "sent": True,
+            "email": DATA["accounts"][args["account_id"]]["masked_email"],
+            "qr_valid_until": (TODAY + timedelta(days=1)).isoformat(),
+        }, []
 
 
 class BlockSim(LookupAction):
@@ -159,7 +180,11 @@ class BlockSim(LookupAction):
     def lookup(self, args, tracker):
         if not _verified(tracker, args["account_id"]):
             return NOT_VERIFIED, []
-        return {"blocked": True, "number_ending": DATA["accounts"][args["account_id"]]["number_ending"], "number_kept": True}, []
+        return {
+            "blocked": True,
+            "number_ending": DATA["accounts"][args["account_id"]]["number_ending"],
+            "number_kept": True,
+        }, []
 
 
 class BookEngineer(LookupAction):
@@ -171,4 +196,9 @@ class BookEngineer(LookupAction):
         if DATA["accounts"][args["account_id"]].get("disputed"):
             # A disputed account needs a person: Rasa's ConversationPaused hands the conversation over.
             return {"booked": False, "reason": "account under review"}, [ConversationPaused()]
-        return {"booked": True, "date": args["date"], "slot": "08:00-13:00", "reference": "ENG-" + args["account_id"][-6:]}, []
+        return {
+            "booked": True,
+            "date": args["date"],
+            "slot": "08:00-13:00",
+            "reference": "ENG-" + args["account_id"][-6:],
+        }, []

@@ -29,15 +29,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from serve_support import ScriptedEngine  # noqa: E402
+
 from bot.base_model import load_tokenizer  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.data.loader import read_training_data  # noqa: E402
 from bot.data.profile import profile_of  # noqa: E402
 from bot.data.schema import BotTurn  # noqa: E402
-from bot.serve.responder import ConversationState, ModelHolder, Piece, Responder  # noqa: E402
-from bot.serve.generator import ResponseModel  # noqa: E402
 from bot.serve.events import new_event  # noqa: E402
-from serve_support import ScriptedEngine  # noqa: E402
+from bot.serve.generator import ResponseModel  # noqa: E402
+from bot.serve.responder import ConversationState, ModelHolder, Piece, Responder  # noqa: E402
 
 MESSAGE = "Hi, can you help me with something?"
 
@@ -70,7 +71,9 @@ async def first_token(responder: Responder, model: ResponseModel, reply: str) ->
     model.engine.replies.append(reply)
     messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": MESSAGE}]
     started = time.perf_counter()
-    answer = responder.answer(model, messages, sender="bench", state=ConversationState(), latest=new_event("user", text=MESSAGE))
+    answer = responder.answer(
+        model, messages, sender="bench", state=ConversationState(), latest=new_event("user", text=MESSAGE)
+    )
     async with aclosing(answer) as items:
         async for item in items:
             if isinstance(item, Piece) or (isinstance(item, dict) and item.get("text")):
@@ -115,7 +118,13 @@ async def main() -> None:
     training = [t.bot for d in data.train for t in d.turns if isinstance(t, BotTurn)]
     replies = (held_out + training)[: args.limit or None]
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-    model = ResponseModel(ScriptedEngine(tokenizer, [], delay=args.token_ms / 1000), tokenizer, profile, "bench", settings.build.model.max_length)
+    model = ResponseModel(
+        ScriptedEngine(tokenizer, [], delay=args.token_ms / 1000),
+        tokenizer,
+        profile,
+        "bench",
+        settings.build.model.max_length,
+    )
     guard = model.leak_guard
     responder = Responder(ModelHolder(model), settings.build.serve, actions=None)
 
@@ -123,19 +132,27 @@ async def main() -> None:
         await first_token(responder, model, reply)
     times = {"without": [], "with": []}
     for i, reply in enumerate(replies):
-        for arm in (("without", "with") if i % 2 else ("with", "without")):
+        for arm in ("without", "with") if i % 2 else ("with", "without"):
             model.leak_guard = guard if arm == "with" else NoGuard()
             times[arm].append(await first_token(responder, model, reply))
-    added = [(w - wo) * 1000 for w, wo in zip(times["with"], times["without"])]
+    added = [(w - wo) * 1000 for w, wo in zip(times["with"], times["without"], strict=True)]
     later = sum(a > args.token_ms / 2 for a in added)
 
-    print(f"replies: {len(replies)} ({min(len(held_out), len(replies))} held-out, the rest training); one token every {args.token_ms:g} ms")
+    print(
+        f"replies: {len(replies)} ({min(len(held_out), len(replies))} held-out, the rest training); "
+        f"one token every {args.token_ms:g} ms"
+    )
     for arm in ("without", "with"):
         ms = [t * 1000 for t in times[arm]]
-        print(f"first token {arm:>7} the guard: mean {statistics.mean(ms):6.1f} ms, median {statistics.median(ms):6.1f} ms, p90 {percentile(ms, 0.9):6.1f} ms")
+        print(
+            f"first token {arm:>7} the guard: "
+            f"mean {statistics.mean(ms):6.1f} ms, median {statistics.median(ms):6.1f} ms, "
+            f"p90 {percentile(ms, 0.9):6.1f} ms"
+        )
     print(
         f"added by the guard: mean {statistics.mean(added):+.1f} ms, median {statistics.median(added):+.1f} ms, "
-        f"p90 {percentile(added, 0.9):+.1f} ms, max {max(added):+.1f} ms; ratio of means {statistics.mean(times['with']) / statistics.mean(times['without']):.3f}"
+        f"p90 {percentile(added, 0.9):+.1f} ms, max {max(added):+.1f} ms; "
+        f"ratio of means {statistics.mean(times['with']) / statistics.mean(times['without']):.3f}"
     )
     print(f"replies whose first text waited for at least one more token: {later} of {len(replies)}")
     per_piece, per_reply = guard_cpu(guard, tokenizer, replies)

@@ -30,10 +30,13 @@ def subset_project(fraction: float, seed: int) -> Path:
     project = Path(tempfile.mkdtemp(prefix=f"curve-{fraction}-"))
     shutil.copytree(ROOT / "training_data", project / "training_data", ignore=shutil.ignore_patterns("dialogues"))
     shutil.copy(ROOT / "config.yml", project / "config.yml")
-    dialogues = [d for f in yaml_files(ROOT / "training_data" / "dialogues") for d in load(f, f.name).value["dialogues"]]
+    files = yaml_files(ROOT / "training_data" / "dialogues")
+    dialogues = [d for f in files for d in load(f, f.name).value["dialogues"]]
     chosen = random.Random(seed).sample(dialogues, max(1, round(len(dialogues) * fraction)))
     (project / "training_data" / "dialogues").mkdir()
-    (project / "training_data" / "dialogues" / "subset.yml").write_text(yaml.safe_dump({"dialogues": chosen}, allow_unicode=True))
+    (project / "training_data" / "dialogues" / "subset.yml").write_text(
+        yaml.safe_dump({"dialogues": chosen}, allow_unicode=True)
+    )
     return project
 
 
@@ -49,7 +52,10 @@ def svg_chart(points: list[dict], zero_shot: dict) -> str:
     def y(v):  # both series as percentages, 0-100
         return height - bottom - (height - bottom - 20) * v / 100
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">'
+    ]
     parts.append(f'<line x1="{left}" y1="{y(0)}" x2="{width - 20}" y2="{y(0)}" stroke="#333"/>')
     parts.append(f'<line x1="{left}" y1="{y(0)}" x2="{left}" y2="{y(100)}" stroke="#333"/>')
     for tick in (0, 25, 50, 75, 100):
@@ -61,8 +67,13 @@ def svg_chart(points: list[dict], zero_shot: dict) -> str:
         line = " ".join(f"{x(p['dialogues'])},{y(p[key])}" for p in points)
         parts.append(f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="2.5"/>')
         parts += [f'<circle cx="{x(p["dialogues"])}" cy="{y(p[key])}" r="4" fill="{colour}"/>' for p in points]
-        parts.append(f'<line x1="{left}" x2="{width - 20}" y1="{y(zero_shot[key])}" y2="{y(zero_shot[key])}" stroke="{colour}" stroke-dasharray="5,4"/>')
-        parts.append(f'<text x="{x(xs[-1]) - 4}" y="{y(points[-1][key]) - 8}" text-anchor="end" fill="{colour}">{label}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - 20}" y1="{y(zero_shot[key])}" y2="{y(zero_shot[key])}" '
+            f'stroke="{colour}" stroke-dasharray="5,4"/>'
+        )
+        parts.append(
+            f'<text x="{x(xs[-1]) - 4}" y="{y(points[-1][key]) - 8}" text-anchor="end" fill="{colour}">{label}</text>'
+        )
     parts.append(f'<text x="{left + 6}" y="16">dashed: zero-shot base model (no training data)</text></svg>')
     return "\n".join(parts)
 
@@ -86,7 +97,10 @@ def main() -> None:
         settings = load_settings(subset_project(fraction, seed=0))
         outcome = train_and_activate(settings, force=True, progress_bar=False)
         report = json.loads((outcome.report_dir / "report.json").read_text())
-        point = {"fraction": fraction, "dialogues": len(json.loads((settings.build_dir / "index.json").read_text())["train"])}
+        point = {
+            "fraction": fraction,
+            "dialogues": len(json.loads((settings.build_dir / "index.json").read_text())["train"]),
+        }
         point.update(scores(report["summary"]["fine-tuned"]))
         point["train_seconds"] = outcome.model.manifest["training"]["seconds"]
         points.append(point)
@@ -96,7 +110,9 @@ def main() -> None:
     print(f"{'0 (zero-shot)':>18}{zero_shot['chrf']:>8.1f}{1:>12.2f}x{zero_shot['adversarial']:>12.0f}%{'-':>9}")
     for p in points:
         ratio = p["chrf"] / zero_shot["chrf"] if zero_shot["chrf"] else float("inf")
-        print(f"{p['dialogues']:>18}{p['chrf']:>8.1f}{ratio:>12.2f}x{p['adversarial']:>12.0f}%{p['train_seconds']:>9.0f}")
+        print(
+            f"{p['dialogues']:>18}{p['chrf']:>8.1f}{ratio:>12.2f}x{p['adversarial']:>12.0f}%{p['train_seconds']:>9.0f}"
+        )
     out = ROOT / "results"
     out.mkdir(exist_ok=True)
     (out / "learning_curve.json").write_text(json.dumps({"zero_shot": zero_shot, "points": points}, indent=2))

@@ -1,7 +1,8 @@
 """Load and soak: many customers at once on each conversation store, a steady rate for a long
 time, and chat with a thousand idle live feeds open, against a real server process.
 
-    .venv/bin/python benchmarks/load_soak.py load  [--customers 100] [--messages 10] [--api stream|rest] [--stores sqlite,postgresql,redis]
+    .venv/bin/python benchmarks/load_soak.py load  [--customers 100] [--messages 10] [--api stream|rest]
+                                                   [--stores sqlite,postgresql,redis]
     .venv/bin/python benchmarks/load_soak.py feeds [--feeds 1000] [--rounds 3] [--stores sqlite,postgresql,redis]
     .venv/bin/python benchmarks/load_soak.py soak  [--minutes 20] [--rate 5] [--warmup 120] [--store sqlite]
 
@@ -81,7 +82,8 @@ def server(store: str, args, folder: Path, **serve) -> ServerProcess:
 
 
 def load_mode(args, folder: Path) -> None:
-    print(f"{args.customers} customers x {args.messages} messages at once through {'POST /api/chat/stream' if args.api == 'stream' else 'the REST webhook'}")
+    route = "POST /api/chat/stream" if args.api == "stream" else "the REST webhook"
+    print(f"{args.customers} customers x {args.messages} messages at once through {route}")
     rows = {}
     for store in args.stores:
         with server(store, args, folder) as process:
@@ -97,9 +99,15 @@ def load_mode(args, folder: Path) -> None:
     base = next(iter(rows))
     for store, r in list(rows.items())[1:]:
         b = rows[base]
-        print(f"ratio {store} / {base}: messages/s {r['messages_per_s'] / b['messages_per_s']:.2f}x, p90 {r['p90_s'] / b['p90_s']:.2f}x")
+        print(
+            f"ratio {store} / {base}: messages/s {r['messages_per_s'] / b['messages_per_s']:.2f}x, "
+            f"p90 {r['p90_s'] / b['p90_s']:.2f}x"
+        )
     bad = sum(r["errors"] + r["unanswered"] + r["problems"] for r in rows.values())
-    print("verdict:", "every message stored once and in order, every customer answered" if not bad else f"FAILED ({bad} problems)")
+    if bad:
+        print("verdict:", f"FAILED ({bad} problems)")
+    else:
+        print("verdict:", "every message stored once and in order, every customer answered")
 
 
 async def feeds_rounds(url: str, args, per_address: int) -> tuple[list[float], list[float], int]:
@@ -117,41 +125,74 @@ async def feeds_rounds(url: str, args, per_address: int) -> tuple[list[float], l
 
 def feeds_mode(args, folder: Path) -> None:
     per_address = args.feeds_per_client
-    print(f"chat latency, 20 customers x 5 messages, without and with {args.feeds} idle live feeds "
-          f"({per_address} per client address, from {-(-args.feeds // per_address)} addresses), {args.rounds} rounds interleaved")
+    print(
+        f"chat latency, 20 customers x 5 messages, without and with {args.feeds} idle live feeds "
+        f"({per_address} per client address, from {-(-args.feeds // per_address)} addresses), "
+        f"{args.rounds} rounds interleaved"
+    )
     for store in args.stores:
         with server(store, args, folder, max_feeds_per_client=per_address) as process:
             without, with_feeds, errors = asyncio.run(feeds_rounds(process.url, args, per_address))
-        a50, a90, b50, b90 = (percentile(without, 50), percentile(without, 90), percentile(with_feeds, 50), percentile(with_feeds, 90))
-        print(f"[{store}] without feeds p50 {a50 * 1000:.0f} ms, p90 {a90 * 1000:.0f} ms; with {args.feeds} feeds p50 {b50 * 1000:.0f} ms, "
-              f"p90 {b90 * 1000:.0f} ms; ratio with / without: p50 {b50 / a50:.2f}x, p90 {b90 / a90:.2f}x; errors {errors}")
+        a50, a90, b50, b90 = (
+            percentile(without, 50),
+            percentile(without, 90),
+            percentile(with_feeds, 50),
+            percentile(with_feeds, 90),
+        )
+        print(
+            f"[{store}] without feeds p50 {a50 * 1000:.0f} ms, p90 {a90 * 1000:.0f} ms; "
+            f"with {args.feeds} feeds p50 {b50 * 1000:.0f} ms, "
+            f"p90 {b90 * 1000:.0f} ms; "
+            f"ratio with / without: p50 {b50 / a50:.2f}x, p90 {b90 / a90:.2f}x; errors {errors}"
+        )
 
 
 def soak_mode(args, folder: Path) -> None:
     seconds = args.minutes * 60
-    print(f"soak: {args.rate} messages/s for {args.minutes:g} min on {args.store}, 20 customers at a time, 5 messages each with a live feed; "
-          f"warm-up {args.warmup:.0f} s, a sample every {args.every:.0f} s")
+    print(
+        f"soak: {args.rate} messages/s for {args.minutes:g} min on {args.store}, 20 customers at a time, "
+        f"5 messages each with a live feed; "
+        f"warm-up {args.warmup:.0f} s, a sample every {args.every:.0f} s"
+    )
     last_print = [0.0]
 
     def log(s, sent):
         if s.t - last_print[0] >= 60 or last_print[0] == 0:
             last_print[0] = s.t
             errors = sum(1 for m in sent if m.error)
-            print(f"  {s.t / 60:5.1f} min: rss {s.rss_kb / 1024:.1f} MiB, fds {s.fds}, tasks {s.tasks}, feeds {s.feeds}, sent {len(sent)}, errors {errors}", flush=True)
+            print(
+                f"  {s.t / 60:5.1f} min: rss {s.rss_kb / 1024:.1f} MiB, "
+                f"fds {s.fds}, tasks {s.tasks}, feeds {s.feeds}, "
+                f"sent {len(sent)}, errors {errors}",
+                flush=True,
+            )
 
     with server(args.store, args, folder) as process:
-        result = asyncio.run(soak(process.process.pid, process.url, seconds=seconds, rate=args.rate, every=args.every, log=log))
+        result = asyncio.run(
+            soak(process.process.pid, process.url, seconds=seconds, rate=args.rate, every=args.every, log=log)
+        )
     before, after, growth = memory_growth(result, args.warmup)
     errors = sum(1 for m in result.sent if m.error or not m.answer)
     latency = [m.seconds for m in result.sent]
     start, end = result.start, result.end
-    print(f"sent {len(result.sent)} messages ({len(result.sent) / seconds:.2f}/s), errors or unanswered {errors}; "
-          f"latency p50 {percentile(latency, 50) * 1000:.0f} ms, p90 {percentile(latency, 90) * 1000:.0f} ms")
-    print(f"resident memory: idle start {start.rss_kb / 1024:.1f} MiB; after warm-up {before / 1024:.1f} MiB, end of load {after / 1024:.1f} MiB: "
-          f"{growth:+.1%} (limit +{MEMORY_GROWTH_LIMIT:.0%}); peak {max(s.rss_kb for s in result.samples) / 1024:.1f} MiB")
-    print(f"open files: idle start {start.fds}, peak {max(s.fds for s in result.samples)}, idle end {end.fds}; "
-          f"asyncio tasks: idle start {start.tasks}, peak {max(s.tasks for s in result.samples)}, idle end {end.tasks}")
-    ok = growth <= MEMORY_GROWTH_LIMIT and end.fds <= start.fds and end.tasks <= start.tasks and not errors
+    peak_rss_kb = max(s.rss_kb for s in result.samples)
+    peak_fds = max(s.fds for s in result.samples)
+    peak_tasks = max(s.tasks for s in result.samples)
+    print(
+        f"sent {len(result.sent)} messages ({len(result.sent) / seconds:.2f}/s), errors or unanswered {errors}; "
+        f"latency p50 {percentile(latency, 50) * 1000:.0f} ms, p90 {percentile(latency, 90) * 1000:.0f} ms"
+    )
+    print(
+        f"resident memory: idle start {start.rss_kb / 1024:.1f} MiB; after warm-up {before / 1024:.1f} MiB, "
+        f"end of load {after / 1024:.1f} MiB: "
+        f"{growth:+.1%} (limit +{MEMORY_GROWTH_LIMIT:.0%}); peak {peak_rss_kb / 1024:.1f} MiB"
+    )
+    print(
+        f"open files: idle start {start.fds}, peak {peak_fds}, idle end {end.fds}; "
+        f"asyncio tasks: idle start {start.tasks}, peak {peak_tasks}, idle end {end.tasks}"
+    )
+    back_to_idle = end.fds <= start.fds and end.tasks <= start.tasks
+    ok = growth <= MEMORY_GROWTH_LIMIT and back_to_idle and not errors
     print("verdict:", "PASS" if ok else "FAIL")
     if args.samples:
         with open(args.samples, "w") as f:
@@ -163,12 +204,18 @@ def soak_mode(args, folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=["load", "feeds", "soak"])
-    parser.add_argument("--stores", default=",".join(STORES), help="load, feeds: stores to run, in this order (the first is the baseline)")
+    parser.add_argument(
+        "--stores",
+        default=",".join(STORES),
+        help="load, feeds: stores to run, in this order (the first is the baseline)",
+    )
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--messages", type=int, default=10, help="messages per customer")
     parser.add_argument("--api", choices=["stream", "rest"], default="stream")
     parser.add_argument("--feeds", type=int, default=1000)
-    parser.add_argument("--feeds-per-client", type=int, default=100, help="serve.max_feeds_per_client of the server (the default)")
+    parser.add_argument(
+        "--feeds-per-client", type=int, default=100, help="serve.max_feeds_per_client of the server (the default)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=20)
     parser.add_argument("--rate", type=float, default=10.0, help="soak: messages per second")
@@ -177,10 +224,15 @@ def main() -> None:
     parser.add_argument("--store", choices=STORES, default="sqlite", help="soak: the store")
     parser.add_argument("--samples", help="soak: write every sample to this CSV file")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds the scripted engine takes per token")
-    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "test-models", help="where the bundled tokenizer is cached")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=ROOT / ".cache" / "test-models", help="where the bundled tokenizer is cached"
+    )
     args = parser.parse_args()
     args.stores = args.stores.split(",")
-    print(f"{cpu_name()}, {os.cpu_count()} cores; scripted engine ({args.token_delay:g} s a token): this measures the server and its store, not a model")
+    print(
+        f"{cpu_name()}, {os.cpu_count()} cores; scripted engine ({args.token_delay:g} s a token): "
+        f"this measures the server and its store, not a model"
+    )
     folder = Path(tempfile.mkdtemp(prefix="load-soak-"))
     started = time.monotonic()
     {"load": load_mode, "feeds": feeds_mode, "soak": soak_mode}[args.mode](args, folder)

@@ -29,14 +29,17 @@ from bot.data.profile import profile_of  # noqa: E402
 from bot.data.project import validate  # noqa: E402
 from bot.rendering import fitted_prompt_ids, prompt_ids  # noqa: E402
 
-
 # The implementation fitted_prompt_ids replaced, kept in the tests as the reference it must match.
 from tests.test_fitting import reference_fitted_prompt_ids as old_fitted_prompt_ids  # noqa: E402
 
 
 def conversation(system_prompt: str, n: int) -> list[dict]:
     messages = [{"role": "system", "content": system_prompt}]
-    messages += [{"role": "user" if i % 2 == 0 else "assistant", "content": f"question {i}" if i % 2 == 0 else f"answer {i}"} for i in range(n)]
+    for i in range(n):
+        if i % 2 == 0:
+            messages.append({"role": "user", "content": f"question {i}"})
+        else:
+            messages.append({"role": "assistant", "content": f"answer {i}"})
     return messages + [{"role": "user", "content": "and the latest one"}]
 
 
@@ -61,8 +64,11 @@ def main() -> None:
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     system_prompt = profile_of(validate(settings)).system_prompt
     budget = settings.build.model.max_length - settings.build.serve.max_new_tokens
-    print(f"budget {budget:,} tokens; system prompt {len(prompt_ids(tokenizer, [{'role': 'system', 'content': system_prompt}])):,} tokens")
-    fitted_prompt_ids(tokenizer, conversation(system_prompt, 2), budget)  # the first call reads the vocabulary once (~0.1 s)
+    system_tokens = len(prompt_ids(tokenizer, [{"role": "system", "content": system_prompt}]))
+    print(f"budget {budget:,} tokens; system prompt {system_tokens:,} tokens")
+    fitted_prompt_ids(
+        tokenizer, conversation(system_prompt, 2), budget
+    )  # the first call reads the vocabulary once (~0.1 s)
     print(f"{'messages':>9} {'old s':>9} {'new s':>9} {'old/new':>8} {'prompt tokens':>14}")
     for n in [int(x) for x in args.sizes.split(",") if x]:
         messages = conversation(system_prompt, n)

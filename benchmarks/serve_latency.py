@@ -28,8 +28,8 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
-from bot.serve.app import create_app  # noqa: E402
 from bot.engine.protocol import Finished  # noqa: E402
+from bot.serve.app import create_app  # noqa: E402
 from bot.serve.client import chat_events  # noqa: E402
 from bot.serve.generator import load_response_model  # noqa: E402
 
@@ -71,7 +71,9 @@ async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     store = settings.endpoints.tracker_store.model_copy(update={"type": "sqlite", "path": str(tmp / "bench.sqlite3")})
     settings.endpoints = settings.endpoints.model_copy(update={"tracker_store": store})
-    settings.build = settings.build.model_copy(update={"serve": settings.build.serve.model_copy(update={"max_new_tokens": args.tokens})})
+    settings.build = settings.build.model_copy(
+        update={"serve": settings.build.serve.model_copy(update={"max_new_tokens": args.tokens})}
+    )
     model = load_response_model(settings)
     print(f"model: {model.description}; {args.rounds} rounds, max {args.tokens} new tokens, greedy")
 
@@ -87,21 +89,19 @@ async def main() -> None:
     async with aiohttp.ClientSession() as session:
         await over_http(session, url, "warm-up")
         for i in range(args.rounds):
+
             async def run_direct():
                 ttft, total, tokens, text = await direct(model, args.tokens)
                 rows["direct"].append((ttft, total, tokens))
                 return tokens, text
 
-            async def run_http():
-                ttft, total, reply = await over_http(session, url, f"bench-{i}")
-                return ttft, total, reply
-
+            sender = f"bench-{i}"
             if i % 2:  # alternate which path goes first, so that neither gains from the order
-                ttft, total, reply = await run_http()
+                ttft, total, reply = await over_http(session, url, sender)
                 tokens, text = await run_direct()
             else:
                 tokens, text = await run_direct()
-                ttft, total, reply = await run_http()
+                ttft, total, reply = await over_http(session, url, sender)
             if reply != text:
                 raise SystemExit(f"the two paths gave different replies:\n  direct: {text!r}\n  http:   {reply!r}")
             rows["http"].append((ttft, total, tokens))  # the same greedy tokens as the direct call
@@ -117,8 +117,10 @@ async def main() -> None:
     print(f"{'path':<22}{'first token (median)':>22}{'tokens/s (median)':>20}")
     print(f"{'engine directly':<22}{d_ttft * 1000:>19.0f} ms{d_rate:>20.1f}")
     print(f"{'HTTP /api/chat/stream':<22}{h_ttft * 1000:>19.0f} ms{h_rate:>20.1f}")
-    print(f"ratio HTTP/direct: first token {h_ttft / d_ttft:.3f}x ({(h_ttft / d_ttft - 1) * 100:+.1f}%), "
-          f"tokens/s {h_rate / d_rate:.3f}x ({(h_rate / d_rate - 1) * 100:+.1f}%)")
+    print(
+        f"ratio HTTP/direct: first token {h_ttft / d_ttft:.3f}x ({(h_ttft / d_ttft - 1) * 100:+.1f}%), "
+        f"tokens/s {h_rate / d_rate:.3f}x ({(h_rate / d_rate - 1) * 100:+.1f}%)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,13 +46,33 @@ from bot.serve.client import chat_events  # noqa: E402
 
 # What customers type, turn by turn (starter persona topics); customer i starts at line i.
 MESSAGES = [
-    ["Hi, my broadband has been dropping every evening this week.", "It's the router in the living room, lights are all green.", "Can someone look at it this week?"],
+    [
+        "Hi, my broadband has been dropping every evening this week.",
+        "It's the router in the living room, lights are all green.",
+        "Can someone look at it this week?",
+    ],
     ["How much does roaming cost in Spain?", "And in the USA?", "Thanks, is there a pass for a whole week?"],
-    ["I was charged twice for my bill this month.", "It was the 3rd of November, both for 22 pounds.", "OK, how long does a refund take?"],
-    ["What plans do you have with more data?", "What's the difference between them?", "Can I switch in the middle of my contract?"],
+    [
+        "I was charged twice for my bill this month.",
+        "It was the 3rd of November, both for 22 pounds.",
+        "OK, how long does a refund take?",
+    ],
+    [
+        "What plans do you have with more data?",
+        "What's the difference between them?",
+        "Can I switch in the middle of my contract?",
+    ],
     ["My phone has no signal since this morning.", "I'm in Leeds, LS6 2AB.", "When will it be fixed?"],
-    ["I want to cancel my contract.", "The price went up again and I'm not happy.", "What would you offer me to stay?"],
-    ["Where is my order? I ordered a new SIM last week.", "The order number is KM-120448.", "Can you send it to a different address?"],
+    [
+        "I want to cancel my contract.",
+        "The price went up again and I'm not happy.",
+        "What would you offer me to stay?",
+    ],
+    [
+        "Where is my order? I ordered a new SIM last week.",
+        "The order number is KM-120448.",
+        "Can you send it to a different address?",
+    ],
     ["Can I get an eSIM instead of a physical SIM?", "It's an iPhone 15.", "How long does activation take?"],
 ]
 GOOD_FIRST_TOKEN_S, GOOD_STREAM_RATE = 1.0, 10.0
@@ -75,7 +95,14 @@ def free_port() -> int:
 
 
 def serve(
-    project: str, engine: str, port: int, tokens: int, full_length: bool, max_batch: int | None, folder: str, model_server: str | None = None
+    project: str,
+    engine: str,
+    port: int,
+    tokens: int,
+    full_length: bool,
+    max_batch: int | None,
+    folder: str,
+    model_server: str | None = None,
 ) -> None:
     """The server process: `bot serve` with the given engine, nothing else changed but the store;
     with `model_server`, a front-end generating there."""
@@ -89,7 +116,9 @@ def serve(
 
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(project)
-    store = settings.endpoints.tracker_store.model_copy(update={"type": "sqlite", "path": str(Path(folder) / f"{engine}.sqlite3")})
+    store = settings.endpoints.tracker_store.model_copy(
+        update={"type": "sqlite", "path": str(Path(folder) / f"{engine}.sqlite3")}
+    )
     settings.endpoints = settings.endpoints.model_copy(update={"tracker_store": store})
     if model_server:
         remote = settings.endpoints.model_server.model_copy(update={"url": model_server, "timeout_s": 600})
@@ -135,6 +164,17 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
+def is_good(reply: Reply, rate: float) -> bool:
+    """Whether a reply counts towards goodput: its first token soon enough, then streamed fast enough."""
+    return reply.first_token_s <= GOOD_FIRST_TOKEN_S and rate >= GOOD_STREAM_RATE
+
+
+def first_token_p50_p90(replies: list[Reply], turn: int) -> tuple[float, float]:
+    """The median and 90th percentile seconds to the first token of the replies at this turn."""
+    firsts = [r.first_token_s for r in replies if r.turn == turn]
+    return percentile(firsts, 50), percentile(firsts, 90)
+
+
 async def load_run(url: str, args, tokenizer, run: str, model_server: str | None = None) -> dict:
     import aiohttp
 
@@ -152,7 +192,8 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         before = await generated_tokens(session, url)
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
-        results = await asyncio.gather(*(customer(session, url, i, args.turns, i * spread, args.think, run) for i in range(args.customers)))
+        customers = [customer(session, url, i, args.turns, i * spread, args.think, run) for i in range(args.customers)]
+        results = await asyncio.gather(*customers)
         wall = time.monotonic() - started
         tokens = await generated_tokens(session, url) - before
     replies = [r for rs in results for r in rs]
@@ -162,12 +203,12 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         streaming = r.seconds - r.first_token_s
         rates.append(n / streaming if streaming > 0 and n > 1 else float("inf"))
     firsts = [r.first_token_s for r in replies]
-    good = sum(1 for r, rate in zip(replies, rates) if r.first_token_s <= GOOD_FIRST_TOKEN_S and rate >= GOOD_STREAM_RATE)
+    good = sum(1 for r, rate in zip(replies, rates, strict=True) if is_good(r, rate))
     return {
         "replies": replies,
         "ttft_p50": percentile(firsts, 50),
         "ttft_p90": percentile(firsts, 90),
-        "by_turn": {t: (percentile([r.first_token_s for r in replies if r.turn == t], 50), percentile([r.first_token_s for r in replies if r.turn == t], 90)) for t in range(1, args.turns + 1)},
+        "by_turn": {t: first_token_p50_p90(replies, t) for t in range(1, args.turns + 1)},
         "rate_p10": percentile(rates, 10),
         "rate_p50": percentile(rates, 50),
         "aggregate": tokens / wall,
@@ -187,11 +228,17 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128, help="max_new_tokens per reply")
     parser.add_argument("--full-length", action="store_true", help="ignore end-of-turn: every reply is --tokens long")
-    parser.add_argument("--engines", default="batching,serial", help="engines to run, in this order; the last is the baseline")
+    parser.add_argument(
+        "--engines", default="batching,serial", help="engines to run, in this order; the last is the baseline"
+    )
     parser.add_argument("--max-batch", type=int, default=None, help="serve.max_batch (default: config.yml)")
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which the customers arrive")
     parser.add_argument("--think", type=float, default=1.0, help="seconds a customer reads before the next message")
-    parser.add_argument("--via-model-server", action="store_true", help="a front-end + a model server against the model server's engine in process")
+    parser.add_argument(
+        "--via-model-server",
+        action="store_true",
+        help="a front-end + a model server against the model server's engine in process",
+    )
     args = parser.parse_args()
     if args.via_model_server:
         args.engines = f"{VIA},batching"
@@ -204,10 +251,17 @@ def main() -> None:
 
     settings = load_settings(args.project)
     active = models.active(settings.models_dir)  # the server loads it; the client counts its reply tokens
-    tokenizer = AutoTokenizer.from_pretrained(active.tokenizer_dir) if active else load_tokenizer(settings.base_model, settings.cache_dir)
+    if active:
+        tokenizer = AutoTokenizer.from_pretrained(active.tokenizer_dir)
+    else:
+        tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     device = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores"
-    print(f"model: {'trained model ' + active.id if active else 'base model'}; {device}; {args.customers} customers x {args.turns} turns, "
-          f"max {args.tokens} new tokens{' (full length, end-of-turn ignored)' if args.full_length else ''}, ramp {args.ramp} s, think {args.think} s")
+    model_name = "trained model " + active.id if active else "base model"
+    full_length = " (full length, end-of-turn ignored)" if args.full_length else ""
+    print(
+        f"model: {model_name}; {device}; {args.customers} customers x {args.turns} turns, "
+        f"max {args.tokens} new tokens{full_length}, ramp {args.ramp} s, think {args.think} s"
+    )
 
     folder = tempfile.mkdtemp(prefix="serve-load-")
     runs = {}
@@ -217,11 +271,23 @@ def main() -> None:
         if engine == VIA:
             model_port = free_port()
             model_server = f"http://127.0.0.1:{model_port}"
-            processes.append(spawn.Process(target=serve, args=(args.project, "batching", model_port, args.tokens, args.full_length, args.max_batch, folder), daemon=True))
+            processes.append(
+                spawn.Process(
+                    target=serve,
+                    args=(args.project, "batching", model_port, args.tokens, args.full_length, args.max_batch, folder),
+                    daemon=True,
+                )
+            )
             front = (args.project, "front-end", port, args.tokens, False, args.max_batch, folder, model_server)
             processes.append(spawn.Process(target=serve, args=front, daemon=True))
         else:
-            processes.append(spawn.Process(target=serve, args=(args.project, engine, port, args.tokens, args.full_length, args.max_batch, folder), daemon=True))
+            processes.append(
+                spawn.Process(
+                    target=serve,
+                    args=(args.project, engine, port, args.tokens, args.full_length, args.max_batch, folder),
+                    daemon=True,
+                )
+            )
         for process in processes:
             process.start()
         try:
@@ -237,15 +303,26 @@ def main() -> None:
         print(f"\n[{engine}] {len(r['replies'])} replies, {r['tokens']:.0f} tokens in {r['wall']:.1f} s")
         print(f"  first token p50 {r['ttft_p50']:.2f} s, p90 {r['ttft_p90']:.2f} s   ({turns}, p50/p90)")
         print(f"  per-stream tokens/s p10 {r['rate_p10']:.1f}, p50 {r['rate_p50']:.1f}")
-        print(f"  aggregate {r['aggregate']:.1f} tokens/s; goodput {r['goodput']:.0%} (first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)")
+        print(
+            f"  aggregate {r['aggregate']:.1f} tokens/s; goodput {r['goodput']:.0%} "
+            f"(first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)"
+        )
 
     names = list(runs)
     if len(names) >= 2:
         new, base = runs[names[0]], runs[names[-1]]
-        same = sum(a.text == b.text for a, b in zip(sorted(new["replies"], key=lambda r: (r.customer, r.turn)), sorted(base["replies"], key=lambda r: (r.customer, r.turn))))
-        print(f"\nratio {names[0]} / {names[-1]}: aggregate tokens/s {new['aggregate'] / base['aggregate']:.2f}x, "
-              f"first token p90 {new['ttft_p90'] / base['ttft_p90']:.2f}x, per-stream p50 {new['rate_p50'] / base['rate_p50']:.2f}x, "
-              f"goodput {new['goodput']:.0%} vs {base['goodput']:.0%}; identical replies {same}/{len(new['replies'])}")
+
+        def in_order(replies: list[Reply]) -> list[Reply]:
+            return sorted(replies, key=lambda r: (r.customer, r.turn))
+
+        pairs = zip(in_order(new["replies"]), in_order(base["replies"]), strict=True)
+        same = sum(a.text == b.text for a, b in pairs)
+        print(
+            f"\nratio {names[0]} / {names[-1]}: aggregate tokens/s {new['aggregate'] / base['aggregate']:.2f}x, "
+            f"first token p90 {new['ttft_p90'] / base['ttft_p90']:.2f}x, "
+            f"per-stream p50 {new['rate_p50'] / base['rate_p50']:.2f}x, "
+            f"goodput {new['goodput']:.0%} vs {base['goodput']:.0%}; identical replies {same}/{len(new['replies'])}"
+        )
     first = runs[names[0]]["by_turn"]
     print(f"{names[0]}: first token at turn {args.turns} / turn 1 (p50): {first[args.turns][0] / first[1][0]:.2f}x")
 

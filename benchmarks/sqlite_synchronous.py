@@ -27,7 +27,9 @@ async def per_event_ms(synchronous: str, events: int, folder: Path) -> float:
     try:
         started = time.perf_counter()
         for i in range(events):
-            await store.append(f"customer-{i % 20}", new_event("user", text="Where is my order? It was due yesterday."))
+            await store.append(
+                f"customer-{i % 20}", new_event("user", text="Where is my order? It was due yesterday.")
+            )
         return (time.perf_counter() - started) / events * 1000
     finally:
         await store.close()

@@ -37,7 +37,9 @@ from bot.evaluation.cases import cases  # noqa: E402
 from bot.rendering import parse_reply, prompt_ids  # noqa: E402
 
 
-async def run(weights, prompts: list[list[int]], batch: int, max_new_tokens: int, constrained: bool) -> tuple[float, int, int, int]:
+async def run(
+    weights, prompts: list[list[int]], batch: int, max_new_tokens: int, constrained: bool
+) -> tuple[float, int, int, int]:
     """(seconds, tokens, replies that are well-formed calls, broken calls) for every prompt at once."""
     constraint = call_constraint(weights.model, weights.tokenizer, weights.profile.actions) if constrained else None
     engine = BatchingEngine(
@@ -64,9 +66,16 @@ async def run(weights, prompts: list[list[int]], batch: int, max_new_tokens: int
         await engine.close()
     steps = [parse_reply(r.text) for r in results]
     if constraint:
-        print(f"  constraint: {constraint.masks} token masks, {1000 * constraint.mask_seconds / max(constraint.masks, 1):.2f} ms each, "
-              f"{constraint.mask_seconds:.2f} s in all = {100 * constraint.mask_seconds / seconds:.1f}% of the run's wall time")
-    return seconds, sum(len(r.token_ids) for r in results), sum(s.action is not None for s in steps), sum(s.broken_call is not None for s in steps)
+        print(
+            f"  constraint: {constraint.masks} token masks, "
+            f"{1000 * constraint.mask_seconds / max(constraint.masks, 1):.2f} ms each, "
+            f"{constraint.mask_seconds:.2f} s in all = "
+            f"{100 * constraint.mask_seconds / seconds:.1f}% of the run's wall time"
+        )
+    tokens = sum(len(r.token_ids) for r in results)
+    calls = sum(s.action is not None for s in steps)
+    broken = sum(s.broken_call is not None for s in steps)
+    return seconds, tokens, calls, broken
 
 
 def main() -> int:
@@ -82,19 +91,28 @@ def main() -> int:
     weights = load_weights(settings, models.active(settings.models_dir))
     calls = [c for c in cases(data) if c.reference_step.action]
     prompts = [prompt_ids(weights.tokenizer, c.context) for c in calls]
-    print(f"model: {weights.trained.id if weights.trained else 'base'}; {len(prompts)} held-out turns answered by a call; "
-          f"batch {args.batch}; {args.rounds} rounds")
+    model_name = weights.trained.id if weights.trained else "base"
+    print(
+        f"model: {model_name}; {len(prompts)} held-out turns answered by a call; "
+        f"batch {args.batch}; {args.rounds} rounds"
+    )
     rates: dict[bool, list[float]] = {False: [], True: []}
     for k in range(args.rounds):
         for constrained in (False, True):
-            seconds, tokens, good, broken = asyncio.run(run(weights, prompts, args.batch, args.max_new_tokens, constrained))
+            seconds, tokens, good, broken = asyncio.run(
+                run(weights, prompts, args.batch, args.max_new_tokens, constrained)
+            )
             rates[constrained].append(tokens / seconds)
             label = "constrained  " if constrained else "unconstrained"
-            print(f"round {k + 1} {label} {tokens / seconds:7.1f} tokens/s  ({tokens} tokens in {seconds:.1f} s; "
-                  f"{good} calls, {broken} broken)")
+            print(
+                f"round {k + 1} {label} {tokens / seconds:7.1f} tokens/s  ({tokens} tokens in {seconds:.1f} s; "
+                f"{good} calls, {broken} broken)"
+            )
     free, bound = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"\nmedian tokens/s: unconstrained {free:.1f}, constrained {bound:.1f}; ratio {bound / free:.3f} "
-          f"(cost {100 * (1 - bound / free):.1f}%; target at most 10%)")
+    print(
+        f"\nmedian tokens/s: unconstrained {free:.1f}, constrained {bound:.1f}; ratio {bound / free:.3f} "
+        f"(cost {100 * (1 - bound / free):.1f}%; target at most 10%)"
+    )
     return 0
 
 

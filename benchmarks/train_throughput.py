@@ -44,7 +44,8 @@ def run_arm(arm: str, examples: int, batch_size: int) -> dict:
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     data = load_examples(settings.build_dir / "train.jsonl", tokenizer, settings.build.model.max_length)
-    sample = [data[i] for i in torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:examples].tolist()]
+    shuffled = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    sample = [data[i] for i in shuffled[:examples].tolist()]
     lengths = [len(e) for e in sample]
     sampler_class = LengthGroupedBatches if arm == "grouped" else RandomBatches
     naive_loss = arm == "naive"
@@ -87,21 +88,45 @@ def main() -> None:
         print(json.dumps(run_arm(args.arm, args.examples, args.batch_size)))
         return
 
-    subprocess.run([str(ROOT / ".venv" / "bin" / "bot"), "-C", str(ROOT), "data", "compile"], check=True, capture_output=True)
+    subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "bot"), "-C", str(ROOT), "data", "compile"], check=True, capture_output=True
+    )
     results = {}
     for arm in ("naive", "random", "grouped"):
         env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
         out = subprocess.run(
-            [sys.executable, __file__, "--arm", arm, "--examples", str(args.examples), "--batch-size", str(args.batch_size)],
-            check=True, capture_output=True, text=True, env=env,
+            [
+                sys.executable,
+                __file__,
+                "--arm",
+                arm,
+                "--examples",
+                str(args.examples),
+                "--batch-size",
+                str(args.batch_size),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         ).stdout
         results[arm] = json.loads(out.strip().splitlines()[-1])
-    print(f"{args.examples} starter dialogues, batch size {args.batch_size}, {results['grouped']['precision']}, one pass each")
+    print(
+        f"{args.examples} starter dialogues, batch size {args.batch_size}, "
+        f"{results['grouped']['precision']}, one pass each"
+    )
     print(f"{'arm':<32}{'useful tok/s':>14}{'padding':>10}{'seconds':>10}{'peak RSS MB':>13}")
-    labels = {"naive": "naive (random, padded, HF loss)", "random": "random + bot-token loss", "grouped": "bot train (grouped + bot loss)"}
+    labels = {
+        "naive": "naive (random, padded, HF loss)",
+        "random": "random + bot-token loss",
+        "grouped": "bot train (grouped + bot loss)",
+    }
     for arm, label in labels.items():
         r = results[arm]
-        print(f"{label:<32}{r['tokens_per_second']:>14.0f}{r['padding']:>10.1%}{r['seconds']:>10.1f}{r['peak_rss_mb']:>13.0f}")
+        print(
+            f"{label:<32}{r['tokens_per_second']:>14.0f}{r['padding']:>10.1%}"
+            f"{r['seconds']:>10.1f}{r['peak_rss_mb']:>13.0f}"
+        )
     speed = {arm: r["tokens_per_second"] for arm, r in results.items()}
     print(f"ratio bot train / naive: {speed['grouped'] / speed['naive']:.2f}x  (target: at least 1.5x)")
     print(f"  of which batching alone (grouped / random, same loss): {speed['grouped'] / speed['random']:.2f}x")

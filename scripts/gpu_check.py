@@ -68,14 +68,19 @@ def main() -> int:
     seconds = time.perf_counter() - started
     t = result.manifest["training"]
     print(f"device: {torch.cuda.get_device_name()} ({t['device']}, {t['precision']})")
-    print(f"trained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.1f} s: {t['tokens_per_second']:,.0f} tokens/s "
-          f"(target: the starter data in at most 15 s: {'met' if t['seconds'] <= 15 else 'NOT met'})")
+    print(
+        f"trained {t['steps']} steps, {t['tokens']:,} tokens in {t['seconds']:.1f} s: "
+        f"{t['tokens_per_second']:,.0f} tokens/s "
+        f"(target: the starter data in at most 15 s: {'met' if t['seconds'] <= 15 else 'NOT met'})"
+    )
     print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     print(f"final train loss {t['final_train_loss']:.3f}; held-out loss per epoch {t['held_out_loss']}")
     print(f"whole run including set-up: {seconds:.1f} s")
 
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-    reloaded = PeftModel.from_pretrained(load_model(settings.base_model, settings.cache_dir).cuda(), result.folder / "adapter").eval()
+    reloaded = PeftModel.from_pretrained(
+        load_model(settings.base_model, settings.cache_dir).cuda(), result.folder / "adapter"
+    ).eval()
     from bot.data.compile import to_examples
     from bot.data.project import validate
 
@@ -98,8 +103,18 @@ def main() -> int:
     report, folder = evaluate(settings, model_id=result.id)
     print(f"bot eval, four modes: {time.perf_counter() - started:.1f} s in all; report in {folder}")
     for mode, summary in report["summary"].items():
-        print(f"  {mode:<11} " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float)) and k != "seconds"))
-    bench = [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--project", str(project), "--customers", "64", "--engines", "batching"]
+        figures = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and k != "seconds"}
+        print(f"  {mode:<11} " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    bench = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "serve_load.py"),
+        "--project",
+        str(project),
+        "--customers",
+        "64",
+        "--engines",
+        "batching",
+    ]
     print("$ " + " ".join(bench[1:]), flush=True)
     return subprocess.call(bench, cwd=ROOT)
 

@@ -49,7 +49,9 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float)
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
-            raise SystemExit(f"{log.name}: exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+            raise SystemExit(
+                f"{log.name}: exited with {process.returncode}:\n{log.read_text(errors='replace')[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -73,9 +75,13 @@ def vllm_command(settings, merged: bool, work: Path) -> tuple[list[str], str]:
             load_tokenizer(base, settings.cache_dir)
             command += ["--tokenizer", str(bundled_cache(settings.cache_dir) / "tokenizer")]
         return command, "base"
-    base = settings.resolve_base(trained.manifest["base_model"])  # the base it was trained on, as `bot models export` takes it
+    base = settings.resolve_base(
+        trained.manifest["base_model"]
+    )  # the base it was trained on, as `bot models export` takes it
     if merged:
-        return merged_vllm_command(trained.id, export_merged(trained, base, settings.cache_dir, work / "merged")), trained.id
+        return merged_vllm_command(
+            trained.id, export_merged(trained, base, settings.cache_dir, work / "merged")
+        ), trained.id
     return export_adapter(trained, base, settings.cache_dir, work / "adapter").vllm_command(), trained.id
 
 
@@ -88,7 +94,8 @@ def front_project(root: Path, work: Path, model_server: str) -> Path:
         if (root / shared).exists():
             (project / shared).symlink_to(root / shared)
     (project / "endpoints.yml").write_text(
-        "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"  # no action server: an action call fails alike on both sides
+        # no action server: an action call fails alike on both sides
+        "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"
         f"tracker_store:\n  type: sqlite\n  path: {work / 'front.sqlite3'}\n"
         f"model_server:\n  url: {model_server}\n  timeout_s: 120\n",
         encoding="utf-8",
@@ -145,7 +152,9 @@ def in_process_app(settings, dtype: str):
     from bot.serve.generator import ResponseModel
 
     def load():
-        weights = load_weights(settings, models.active(settings.models_dir), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+        weights = load_weights(
+            settings, models.active(settings.models_dir), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        )
         engine = start_engine(weights, settings.build.serve, settings.build.model.max_length)
         model_id = weights.trained.id if weights.trained else None
         return ResponseModel(engine, weights.tokenizer, weights.profile, model_id, settings.build.model.max_length)
@@ -170,21 +179,39 @@ def main() -> None:
     root = settings.root
     vllm_port, front_port = free_port(), free_port()
     command, served = vllm_command(settings, args.merged, work)
-    command = [str(args.vllm_python), *command[1:], "--host", "127.0.0.1", "--port", str(vllm_port), "--dtype", DTYPES[args.dtype],
-               "--max-model-len", str(settings.build.model.max_length)]
+    command = [
+        str(args.vllm_python),
+        *command[1:],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(vllm_port),
+        "--dtype",
+        DTYPES[args.dtype],
+        "--max-model-len",
+        str(settings.build.model.max_length),
+    ]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
     print("vLLM:", " ".join(command), flush=True)
     processes = []
     try:
         vllm_log = work / "vllm.log"
-        processes.append(subprocess.Popen(command, env=env, stdout=vllm_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                command, env=env, stdout=vllm_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
         up = wait_healthy(f"http://127.0.0.1:{vllm_port}/health", processes[-1], vllm_log, 600)
         print(f"vLLM up in {up:.0f} s, serving '{served}' ({args.dtype})", flush=True)
 
         project = front_project(root, work, f"http://127.0.0.1:{vllm_port}")
         front_log = work / "front.log"
         front = [sys.executable, "-m", "bot", "-C", str(project), "serve", "--port", str(front_port)]
-        processes.append(subprocess.Popen(front, cwd=project, stdout=front_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True))
+        processes.append(
+            subprocess.Popen(
+                front, cwd=project, stdout=front_log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+            )
+        )
         wait_healthy(f"http://127.0.0.1:{front_port}/health", processes[-1], front_log, 180)
 
         talks = conversations(settings, args.conversations)
@@ -200,15 +227,35 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
 
-    pairs = [(m, a, b) for talk, ra, rb in zip(talks, remote, local) for m, a, b in zip(talk, ra, rb)]
+    pairs = [
+        (m, a, b)
+        for talk, ra, rb in zip(talks, remote, local, strict=True)
+        for m, a, b in zip(talk, ra, rb, strict=True)
+    ]
     equal = sum(a == b for _, a, b in pairs)
     for message, a, b in pairs:
         print(f"{'=' if a == b else '!'} {message[:60]!r}\n    vLLM:       {a[:150]!r}\n    in process: {b[:150]!r}")
-    print(f"\n{len(talks)} conversations, {len(pairs)} replies: {equal} equal; through vLLM {remote_s:.1f} s, in process {local_s:.1f} s")
+    print(
+        f"\n{len(talks)} conversations, {len(pairs)} replies: {equal} equal; "
+        f"through vLLM {remote_s:.1f} s, in process {local_s:.1f} s"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"served": served, "dtype": args.dtype, "vllm_up_s": round(up, 1), "replies": len(pairs), "equal": equal,
-                                    "vllm_s": round(remote_s, 1), "in_process_s": round(local_s, 1),
-                                    "pairs": [{"message": m, "vllm": a, "in_process": b} for m, a, b in pairs]}, indent=2), encoding="utf-8")
+    args.out.write_text(
+        json.dumps(
+            {
+                "served": served,
+                "dtype": args.dtype,
+                "vllm_up_s": round(up, 1),
+                "replies": len(pairs),
+                "equal": equal,
+                "vllm_s": round(remote_s, 1),
+                "in_process_s": round(local_s, 1),
+                "pairs": [{"message": m, "vllm": a, "in_process": b} for m, a, b in pairs],
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     print("PASS" if equal == len(pairs) else "FAIL: the replies differ")
     sys.exit(0 if equal == len(pairs) else 1)
 

@@ -92,16 +92,17 @@ async def serve(tokenizer):
     """serve(project, replies, ...) -> (client, model): an aiohttp test server around a
     scripted model (tests/serve_support.py); the admin token is serve_support.ADMIN_TOKEN."""
     from aiohttp.test_utils import TestClient, TestServer
+    from serve_support import ADMIN_TOKEN, scripted_model, settings_of
 
     from bot.serve.app import create_app
-    from serve_support import ADMIN_TOKEN, scripted_model, settings_of
 
     clients = []
 
     async def start(project, replies=(), *, delay=0.0, admin_token=ADMIN_TOKEN, loader=None):
         settings = settings_of(project)
         model = scripted_model(settings, tokenizer, replies, delay=delay)
-        client = TestClient(TestServer(create_app(settings, load_model=loader or (lambda: model), admin_token=admin_token)))
+        load_model = loader or (lambda: model)
+        client = TestClient(TestServer(create_app(settings, load_model=load_model, admin_token=admin_token)))
         await client.start_server()
         clients.append(client)
         return client, model
@@ -115,7 +116,6 @@ async def serve(tokenizer):
 async def browser():
     """Headless chromium (serve_support.CHROMIUM), driven by Playwright."""
     from playwright.async_api import async_playwright
-
     from serve_support import CHROMIUM
 
     async with async_playwright() as playwright:

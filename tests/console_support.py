@@ -4,30 +4,62 @@ conversations with ratings and handoffs."""
 
 from __future__ import annotations
 
+from serve_support import scripted_model
+
 from bot import models
 from bot.serve.conversation_search import RATING
 from bot.serve.events import new_event
-from serve_support import scripted_model
 
-SUMMARY = {"chrf": 0.61, "action_accuracy": 0.9, "handoff_accuracy": 1.0, "expectation_pass_rate": 0.75, "turns": 40, "dialogues": 8,
-           "adversarial_pass_rate": 1.0, "leaks": 0, "loss": 0.812, "seconds": 12.5, "examples_in_prompt": 0}
+SUMMARY = {
+    "chrf": 0.61,
+    "action_accuracy": 0.9,
+    "handoff_accuracy": 1.0,
+    "expectation_pass_rate": 0.75,
+    "turns": 40,
+    "dialogues": 8,
+    "adversarial_pass_rate": 1.0,
+    "leaks": 0,
+    "loss": 0.812,
+    "seconds": 12.5,
+    "examples_in_prompt": 0,
+}
 
 
 def add_model(settings, model_id: str, *, report: bool = True, activated: bool = True) -> None:
     """A model folder with its manifest, and (with `report`) the report `bot eval` writes."""
     folder = settings.models_dir / model_id
     folder.mkdir(parents=True)
-    models.write_json(folder / models.MANIFEST, {
-        "id": model_id, "created": "2026-11-27T10:00:00Z", "base_model": "bundled", "data_hash": "abc",
-        "training": {"steps": 12, "final_train_loss": 1.234},
-        "activation": {"activated": activated, "forced": False, "reason": "it passes 100% of adversarial tests (threshold 80%) and leaks nothing"},
-    })
+    models.write_json(
+        folder / models.MANIFEST,
+        {
+            "id": model_id,
+            "created": "2026-11-27T10:00:00Z",
+            "base_model": "bundled",
+            "data_hash": "abc",
+            "training": {"steps": 12, "final_train_loss": 1.234},
+            "activation": {
+                "activated": activated,
+                "forced": False,
+                "reason": "it passes 100% of adversarial tests (threshold 80%) and leaks nothing",
+            },
+        },
+    )
     if report:
         results = settings.results_dir / model_id
         results.mkdir(parents=True)
-        models.write_json(results / "report.json", {"model_id": model_id, "created": "2026-11-27T10:05:00Z", "data_hash": "abc",
-                                                    "modes": ["fine-tuned"], "summary": {"fine-tuned": SUMMARY}, "by_tag": {},
-                                                    "actions": {}, "failures": []})
+        models.write_json(
+            results / "report.json",
+            {
+                "model_id": model_id,
+                "created": "2026-11-27T10:05:00Z",
+                "data_hash": "abc",
+                "modes": ["fine-tuned"],
+                "summary": {"fine-tuned": SUMMARY},
+                "by_tag": {},
+                "actions": {},
+                "failures": [],
+            },
+        )
 
 
 def active_model_loader(settings, tokenizer):

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-
 from serve_support import make_project
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -78,7 +77,9 @@ async def send(session: aiohttp.ClientSession, url: str, sender: str, text: str,
     started, answer, error = time.monotonic(), None, None
     try:
         if api == "rest":
-            async with session.post(f"{url}/webhooks/rest/webhook", json={"sender": sender, "message": text}) as response:
+            async with session.post(
+                f"{url}/webhooks/rest/webhook", json={"sender": sender, "message": text}
+            ) as response:
                 if response.status != 200:
                     error = f"{response.status}: {(await response.text())[:200]}"
                 else:
@@ -97,7 +98,7 @@ async def send(session: aiohttp.ClientSession, url: str, sender: str, text: str,
                             answer = (answer + " " if answer else "") + (json.loads(line[6:]).get("text") or "")
                         elif line.startswith("data: ") and event == "error":
                             error = line[6:]
-    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+    except (TimeoutError, aiohttp.ClientError) as e:
         error = f"{type(e).__name__}: {e}"
     return Sent(sender, text, time.monotonic() - started, answer, error)
 
@@ -136,11 +137,14 @@ class LoadResult:
 
 def session(**connector) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None, sock_read=120), connector=aiohttp.TCPConnector(limit=0, force_close=False, **connector)
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+        connector=aiohttp.TCPConnector(limit=0, force_close=False, **connector),
     )
 
 
-async def run_load(url: str, customers: int, messages: int, *, api: str = "stream", prefix: str | None = None) -> LoadResult:
+async def run_load(
+    url: str, customers: int, messages: int, *, api: str = "stream", prefix: str | None = None
+) -> LoadResult:
     """`customers` customers at once, `messages` each; then every conversation read back."""
     prefix = prefix or run_id()
     senders = [f"{prefix}-{i}" for i in range(customers)]
@@ -267,7 +271,16 @@ class SoakResult:
 
 
 async def soak(
-    pid: int, url: str, *, seconds: float, rate: float, conversations: int = 20, turns: int = 5, every: float = 5.0, with_feeds: bool = True, log=None
+    pid: int,
+    url: str,
+    *,
+    seconds: float,
+    rate: float,
+    conversations: int = 20,
+    turns: int = 5,
+    every: float = 5.0,
+    with_feeds: bool = True,
+    log=None,
 ) -> SoakResult:
     """`rate` messages a second for `seconds`, spread over `conversations` customers at a time;
     each customer sends `turns` messages (holding its live feed open when `with_feeds`), then a

@@ -27,8 +27,9 @@ ADMIN_TOKEN = "t0ken-for-tests"
 CHROMIUM = "/usr/bin/chromium"
 # Browser tests drive Debian's chromium (never a downloaded browser, see the `browser` fixture);
 # they skip without it, except in CI, where .ci/run installs it, so a missing browser fails there.
+_chromium_missing_outside_ci = not Path(CHROMIUM).exists() and os.environ.get("CI") != "true"
 requires_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and os.environ.get("CI") != "true", reason=f"{CHROMIUM} is not installed (apt-get install chromium)"
+    _chromium_missing_outside_ci, reason=f"{CHROMIUM} is not installed (apt-get install chromium)"
 )
 
 
@@ -73,7 +74,9 @@ class ScriptedEngine(Engine):
                 if piece := text.add(token):
                     yield piece
             ended = True
-            yield Finished(text.text.strip(), tuple(text.ids), first, time.monotonic() - started, reason, len(prompt_ids))
+            yield Finished(
+                text.text.strip(), tuple(text.ids), first, time.monotonic() - started, reason, len(prompt_ids)
+            )
         finally:
             self._in_flight -= 1
             self.stopped += not ended
@@ -88,19 +91,27 @@ class ScriptedEngine(Engine):
         return self._in_flight
 
 
-def scripted_model(settings, tokenizer, replies=(), *, delay: float = 0.0, model_id: str | None = "scripted") -> ResponseModel:
+def scripted_model(
+    settings, tokenizer, replies=(), *, delay: float = 0.0, model_id: str | None = "scripted"
+) -> ResponseModel:
     profile = profile_of(validate(settings))
-    return ResponseModel(ScriptedEngine(tokenizer, replies, delay), tokenizer, profile, model_id, settings.build.model.max_length)
+    return ResponseModel(
+        ScriptedEngine(tokenizer, replies, delay), tokenizer, profile, model_id, settings.build.model.max_length
+    )
 
 
 NO_ACTION_SERVER = "action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"  # nothing listens on port 9
 
 
-def make_project(folder: Path, cache_dir: Path, base: str | Path = "bundled", config: str = "", endpoints: str = NO_ACTION_SERVER) -> Path:
+def make_project(
+    folder: Path, cache_dir: Path, base: str | Path = "bundled", config: str = "", endpoints: str = NO_ACTION_SERVER
+) -> Path:
     import shutil
 
     shutil.copytree(ROOT / "bot" / "templates" / "project" / "training_data", folder / "training_data")
-    (folder / "config.yml").write_text(f"model:\n  base: {base}\n  max_length: 1024\n  cache_dir: {cache_dir}\n{config}")
+    (folder / "config.yml").write_text(
+        f"model:\n  base: {base}\n  max_length: 1024\n  cache_dir: {cache_dir}\n{config}"
+    )
     (folder / "endpoints.yml").write_text(endpoints)
     return folder
 

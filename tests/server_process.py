@@ -28,8 +28,12 @@ def main() -> None:
     parser.add_argument("project", type=Path)
     parser.add_argument("port", type=int)
     parser.add_argument("--delay", type=float, default=0.05, help="seconds per generated token")
-    parser.add_argument("--reply", default="Thanks for waiting, I am looking into that for you right now, one moment please.")
-    parser.add_argument("--real-model", action="store_true", help="the project's model and engine instead of the scripted one")
+    parser.add_argument(
+        "--reply", default="Thanks for waiting, I am looking into that for you right now, one moment please."
+    )
+    parser.add_argument(
+        "--real-model", action="store_true", help="the project's model and engine instead of the scripted one"
+    )
     args = parser.parse_args()
 
     from bot.base_model import load_tokenizer
@@ -56,7 +60,14 @@ class ServerProcess:
     """`with ServerProcess(project, port) as server:` a server process answering on `server.url`."""
 
     def __init__(
-        self, project: Path, port: int, *, delay: float = 0.05, reply: str | None = None, real_model: bool = False, env: dict | None = None
+        self,
+        project: Path,
+        port: int,
+        *,
+        delay: float = 0.05,
+        reply: str | None = None,
+        real_model: bool = False,
+        env: dict | None = None,
     ):
         self.project, self.port, self.url = project, port, f"http://127.0.0.1:{port}"
         self.command = [sys.executable, "-m", "tests.server_process", str(project), str(port), "--delay", str(delay)]

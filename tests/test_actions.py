@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 from bot.serve.actions import SORRY
 from bot.serve.responder import COULD_NOT_DO
-from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -44,7 +44,10 @@ def action_server():
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(port)],
-        cwd=ROOT, env=dict(os.environ, SANIC_HOST="127.0.0.1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=dict(os.environ, SANIC_HOST="127.0.0.1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -71,7 +74,9 @@ def starter_project(tmp_path, cache_dir, endpoints: str, config: str = ""):
 
 
 async def chat(client, sender: str, message: str) -> list[tuple[str, dict]]:
-    return sse_events(await (await client.post("/api/chat/stream", json={"sender": sender, "message": message})).text())
+    return sse_events(
+        await (await client.post("/api/chat/stream", json={"sender": sender, "message": message})).text()
+    )
 
 
 async def stored(client, sender: str) -> list[dict]:
@@ -109,7 +114,10 @@ async def test_actions_run_on_the_real_action_server(tmp_path, cache_dir, serve,
     # A later message: the slot is still there; an action's responses (quick replies) are shown.
     events = await chat(client, "c1", "What plans do you have?")
     messages = [data for name, data in events if name == "message"]
-    assert messages[0]["buttons"][0] == {"title": "Essentials 5GB (£10)", "payload": "I'd like the Essentials 5GB plan"}
+    assert messages[0]["buttons"][0] == {
+        "title": "Essentials 5GB (£10)",
+        "payload": "I'd like the Essentials 5GB plan",
+    }
     assert messages[1]["text"] == replies[4]
     rest = await client.post("/webhooks/rest/webhook", json={"sender": "c2", "message": "hi"})
     assert rest.status == 200
@@ -117,7 +125,10 @@ async def test_actions_run_on_the_real_action_server(tmp_path, cache_dir, serve,
 
 async def test_an_action_can_hand_the_conversation_over(tmp_path, cache_dir, serve, action_server):
     project = starter_project(tmp_path, cache_dir, f"action_endpoint:\n  url: {action_server}/webhook\n")
-    replies = [call("verify_customer", account_id="51234567", postcode="TR1 2HE"), call("book_engineer", account_id="51234567", date="2026-12-02")]
+    replies = [
+        call("verify_customer", account_id="51234567", postcode="TR1 2HE"),
+        call("book_engineer", account_id="51234567", date="2026-12-02"),
+    ]
     client, _ = await serve(project, replies)
     events = await chat(client, "c3", "Book an engineer please, account 51234567, TR1 2HE")
     assert [data["type"] for name, data in events if name == "message"] == ["handoff"]
@@ -132,8 +143,12 @@ def fake_action_server(statuses: list[int], seen: list[dict], delay: float = 0.0
         status = statuses[min(len(seen), len(statuses)) - 1]
         if status == 200:
             return web.json_response({"events": [], "responses": [{"custom": {"status": "shipped"}, "text": None}]})
-        errors = {400: {"error": "Invalid body request"}, 404: {"error": "No registered action found for name 'check_order'."},
-                  449: {"error": "No domain found"}, 500: {"error": "boom", "request_body": {}}}
+        errors = {
+            400: {"error": "Invalid body request"},
+            404: {"error": "No registered action found for name 'check_order'."},
+            449: {"error": "No domain found"},
+            500: {"error": "boom", "request_body": {}},
+        }
         return web.json_response(errors[status], status=status)
 
     app = web.Application()
@@ -146,7 +161,9 @@ async def test_error_statuses_get_an_apology_and_a_log_line(tmp_path, cache_dir,
     seen = []
     server = fake_action_server([status], seen)
     await server.start_server()
-    project = make_project(tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n")
+    project = make_project(
+        tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n"
+    )
     client, model = await serve(project, [call("check_order", order_id="ES-1001")])
     with caplog.at_level(logging.WARNING, logger="bot.serve.actions"):
         events = await chat(client, "f1", "where is ES-1001?")
@@ -162,7 +179,9 @@ async def test_449_is_answered_by_resending_with_the_domain(tmp_path, cache_dir,
     seen = []
     server = fake_action_server([449, 200], seen)
     await server.start_server()
-    project = make_project(tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n")
+    project = make_project(
+        tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n"
+    )
     client, _ = await serve(project, [call("check_order", order_id="ES-1001"), "It has shipped."])
     events = await chat(client, "f2", "where is ES-1001?")
     await server.close()
@@ -171,7 +190,11 @@ async def test_449_is_answered_by_resending_with_the_domain(tmp_path, cache_dir,
     body = seen[0]
     assert body["next_action"] == "check_order" and body["sender_id"] == "f2" and body["version"]
     assert body["tracker"]["slots"]["order_id"] == "ES-1001"
-    assert body["tracker"]["latest_message"]["entities"][0] == {"entity": "order_id", "value": "ES-1001", "extractor": "bot"}
+    assert body["tracker"]["latest_message"]["entities"][0] == {
+        "entity": "order_id",
+        "value": "ES-1001",
+        "extractor": "bot",
+    }
     assert body["tracker"]["events"][-1]["event"] == "user"
 
 
@@ -210,7 +233,9 @@ async def test_undeclared_actions_and_arguments_never_run(tmp_path, cache_dir, s
     seen = []
     server = fake_action_server([200], seen)
     await server.start_server()
-    project = make_project(tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n")
+    project = make_project(
+        tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n"
+    )
     client, _ = await serve(project, [reply])
     events = await chat(client, "u1", "do it")
     await server.close()
@@ -225,7 +250,9 @@ async def test_at_most_the_configured_actions_per_message(tmp_path, cache_dir, s
     server = fake_action_server([200], seen)
     await server.start_server()
     endpoints = f"action_endpoint:\n  url: {server.make_url('/webhook')}\n"
-    project = make_project(tmp_path / "p", cache_dir, endpoints=endpoints, config="serve:\n  max_actions_per_message: 2\n")
+    project = make_project(
+        tmp_path / "p", cache_dir, endpoints=endpoints, config="serve:\n  max_actions_per_message: 2\n"
+    )
     client, _ = await serve(project, lambda prompt: call("check_order", order_id="ES-1001"))  # calls forever
     events = await chat(client, "u2", "loop on ES-1001")
     await server.close()
@@ -244,35 +271,63 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     hook_app.router.add_post("/handoff", hook)
     hook_server = TestServer(hook_app)
     await hook_server.start_server()
-    endpoints = f"action_endpoint:\n  url: http://127.0.0.1:9/webhook\nhandoff_webhook:\n  url: {hook_server.make_url('/handoff')}\n"
+    endpoints = (
+        f"action_endpoint:\n  url: http://127.0.0.1:9/webhook\n"
+        f"handoff_webhook:\n  url: {hook_server.make_url('/handoff')}\n"
+    )
     project = make_project(tmp_path / "p", cache_dir, endpoints=endpoints)
-    replies = ["I can help with orders and returns.", call("handoff_to_human", reason="customer wants a refund decision"), "Welcome back! Anything else?"]
+    replies = [
+        "I can help with orders and returns.",
+        call("handoff_to_human", reason="customer wants a refund decision"),
+        "Welcome back! Anything else?",
+    ]
     client, model = await serve(project, replies)
 
     await chat(client, "h1", "hello")
-    events = await chat(client, "h1", "I want a refund for this")  # the model decides (a request for a person is the rule's)
+    events = await chat(
+        client, "h1", "I want a refund for this"
+    )  # the model decides (a request for a person is the rule's)
     handoff = [data for name, data in events if name == "message"]
-    assert handoff == [{"recipient_id": "h1", "text": "I'm passing you to a colleague, who will reply here shortly.", "type": "handoff", "seq": handoff[0]["seq"]}]
+    assert handoff == [
+        {
+            "recipient_id": "h1",
+            "text": "I'm passing you to a colleague, who will reply here shortly.",
+            "type": "handoff",
+            "seq": handoff[0]["seq"],
+        }
+    ]
     assert notified[0]["sender"] == "h1" and notified[0]["reason"] == "customer wants a refund decision"
     assert "customer: I want a refund for this" in notified[0]["summary"]
 
     assert (await client.get("/api/handoffs")).status == 401  # agents need the admin token
     assert (await client.get("/api/handoffs", headers={"Authorization": "Bearer wrong"})).status == 401
     waiting = await (await client.get("/api/handoffs", headers=ADMIN)).json()
-    assert [w["sender"] for w in waiting["waiting"]] == ["h1"] and waiting["waiting"][0]["reason"] == "customer wants a refund decision"
+    assert [w["sender"] for w in waiting["waiting"]] == ["h1"]
+    assert waiting["waiting"][0]["reason"] == "customer wants a refund decision"
 
     # While a person has it, the bot stays quiet: the message is stored, the model is not asked.
     prompts = len(model.engine.prompts)
     events = await chat(client, "h1", "hello? anyone?")
-    assert ("waiting", {"reason": "customer wants a refund decision"}) in events and len(model.engine.prompts) == prompts
+    assert ("waiting", {"reason": "customer wants a refund decision"}) in events
+    assert len(model.engine.prompts) == prompts
 
     feed = await client.get("/api/conversations/h1/events", headers={"Last-Event-ID": str(events[0][1]["seq"])})
-    sent = await client.post("/api/conversations/h1/messages", json={"text": "Hi, I'm Alex from the refunds team.", "agent": "Alex"}, headers=ADMIN)
+    sent = await client.post(
+        "/api/conversations/h1/messages",
+        json={"text": "Hi, I'm Alex from the refunds team.", "agent": "Alex"},
+        headers=ADMIN,
+    )
     assert sent.status == 200 and (await sent.json())["took_over"] is False
     received = b""
     while b"refunds team" not in received:
         received += await asyncio.wait_for(feed.content.readany(), 5)
-    assert sse_events(received.decode())[-1][1] | {"seq": 0, "timestamp": 0} == {"seq": 0, "timestamp": 0, "type": "agent", "text": "Hi, I'm Alex from the refunds team.", "agent": "Alex"}
+    assert sse_events(received.decode())[-1][1] | {"seq": 0, "timestamp": 0} == {
+        "seq": 0,
+        "timestamp": 0,
+        "type": "agent",
+        "text": "Hi, I'm Alex from the refunds team.",
+        "agent": "Alex",
+    }
     feed.close()
 
     assert (await client.post("/api/conversations/h1/resume", headers=ADMIN)).status == 200
@@ -291,7 +346,9 @@ async def test_an_agent_can_take_over_a_bot_conversation(tmp_path, cache_dir, se
     project = make_project(tmp_path / "p", cache_dir)
     client, _ = await serve(project, ["Hello!"])
     await chat(client, "t1", "hi")
-    sent = await client.post("/api/conversations/t1/messages", json={"text": "Hi, Sam here from the team."}, headers=ADMIN)
+    sent = await client.post(
+        "/api/conversations/t1/messages", json={"text": "Hi, Sam here from the team."}, headers=ADMIN
+    )
     assert (await sent.json())["took_over"] is True
     log = await stored(client, "t1")
     assert [e["type"] for e in log] == ["user", "bot", "handoff", "agent"] and log[2]["by"] == "agent"
@@ -300,7 +357,9 @@ async def test_an_agent_can_take_over_a_bot_conversation(tmp_path, cache_dir, se
 
 
 async def test_a_failing_handoff_webhook_does_not_break_the_handoff(tmp_path, cache_dir, serve, caplog):
-    endpoints = "action_endpoint:\n  url: http://127.0.0.1:9/webhook\nhandoff_webhook:\n  url: http://127.0.0.1:9/hook\n"
+    endpoints = (
+        "action_endpoint:\n  url: http://127.0.0.1:9/webhook\nhandoff_webhook:\n  url: http://127.0.0.1:9/hook\n"
+    )
     project = make_project(tmp_path / "p", cache_dir, endpoints=endpoints)
     client, _ = await serve(project, [call("handoff_to_human", reason="asked")])
     with caplog.at_level(logging.WARNING, logger="bot.serve.handoff"):
@@ -325,16 +384,18 @@ async def test_serve_with_actions_starts_the_action_server_and_stops_it(tmp_path
     import shutil
 
     from aiohttp.test_utils import TestClient
+    from serve_support import scripted_model, settings_of
 
     from bot.serve.action_server import ActionServerError, action_server
     from bot.serve.app import create_app
-    from serve_support import scripted_model, settings_of
 
     port = free_port()
     project = starter_project(tmp_path, cache_dir, f"action_endpoint:\n  url: http://127.0.0.1:{port}/webhook\n")
     shutil.copytree(ROOT / "actions", project / "actions")
     settings = settings_of(project)
-    model = scripted_model(settings, tokenizer, [call("check_order", order_id="KM-104233"), "It's out for delivery today."])
+    model = scripted_model(
+        settings, tokenizer, [call("check_order", order_id="KM-104233"), "It's out for delivery today."]
+    )
     client = TestClient(TestServer(create_app(settings, load_model=lambda: model, action_package="actions")))
     await client.start_server()
     try:

@@ -26,18 +26,26 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of
 
 from bot.serve.app import create_app
 from bot.serve.routes_train import TRAINING
-from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of
 
 EXAMPLES = 200  # per operation, generation mode and (admin routes) with and without the token
-FEWER = {"POST /v1/chat/completions": 100, "GET /api/conversations/{sender}/events": 20}  # the slowest to generate; the feed never ends by itself
+FEWER = {
+    "POST /v1/chat/completions": 100,
+    "GET /api/conversations/{sender}/events": 20,
+}  # the slowest to generate; the feed never ends by itself
 FEED_READ_S = 0.25  # a feed is read until it has been silent this long (also the most its answer may take to start)
 NO_INPUT_EXAMPLES = 3  # an operation with no parameters and no body: the same request each time
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXCEPTION_NAMES = sorted(n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException) and n != "Exception")
-LEAK = re.compile(r"Traceback|\b(?:" + "|".join(EXCEPTION_NAMES) + r"|ValidationError|JSONDecodeError|HttpProcessingError|BadHttpMessage|LineTooLong)\b")
+EXCEPTION_CLASSES = {n: v for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)}
+EXCEPTION_NAMES = sorted(n for n in EXCEPTION_CLASSES if n != "Exception")
+LEAK = re.compile(
+    r"Traceback|\b(?:"
+    + "|".join(EXCEPTION_NAMES)
+    + r"|ValidationError|JSONDecodeError|HttpProcessingError|BadHttpMessage|LineTooLong)\b"
+)
 
 # No limit may stop the fuzzer: it is the server's answers that are under test, not its rate limits.
 UNLIMITED = "serve:\n  rate_per_client: 1000000\n  rate_per_conversation: 1000000\n  admin_failures_allowed: 1000000\n"
@@ -59,38 +67,57 @@ def fuzz(base_url: str) -> Counter:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_input else (GenerationMode.POSITIVE,):
             for token in (ADMIN_TOKEN, None) if admin else (None,):
                 headers = {"Authorization": f"Bearer {token}"} if token else None
-                checks = CHECKS + [negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
-
-                @given(case=operation.as_strategy(generation_mode=mode))
-                @settings(
-                    max_examples=FEWER.get(name, EXAMPLES) if has_input else NO_INPUT_EXAMPLES,
-                    deadline=None,
-                    database=None,
-                    derandomize=True,  # the same requests on every run
-                    phases=[Phase.generate],
-                    suppress_health_check=list(HealthCheck),
-                )
-                def one(case):
-                    # requests leaves out a query parameter whose value is None or []: an invalid
-                    # case built that way reaches the server as a valid request, so it is not one
-                    assume(mode is GenerationMode.POSITIVE or all(v is not None and v != [] for v in (case.query or {}).values()))
-                    response = case.call(base_url=base_url, session=session, headers=headers, timeout=FEED_READ_S if feed else 30)
-                    sent[name] += 1
-                    case.validate_response(response, checks=checks, headers=headers)
-                    static = response.headers.get("content-type", [""])[0].startswith(("text/html", "text/javascript"))  # files, not answers
-                    assert static or not LEAK.search(response.text), f"{case.method} {case.formatted_path}: {response.text[:500]}"
-
-                one()
+                max_examples = FEWER.get(name, EXAMPLES) if has_input else NO_INPUT_EXAMPLES
+                run_operation(session, base_url, operation, name, mode, headers, feed, max_examples, sent)
     session.close()
     return sent
+
+
+def _query_sent_as_generated(case) -> bool:
+    """requests leaves out a query parameter whose value is None or []: an invalid case built that
+    way reaches the server as a valid request, so it is not one."""
+    query_values = (case.query or {}).values()
+    return all(v is not None and v != [] for v in query_values)
+
+
+def run_operation(session, base_url, operation, name, mode, headers, feed, max_examples, sent: Counter) -> None:
+    """Sends one operation's generated cases in one generation mode with one set of headers."""
+    checks = CHECKS + [negative_data_rejection] if mode is GenerationMode.NEGATIVE else CHECKS
+    timeout = FEED_READ_S if feed else 30
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,  # the same requests on every run
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def one(case):
+        assume(mode is GenerationMode.POSITIVE or _query_sent_as_generated(case))
+        response = case.call(base_url=base_url, session=session, headers=headers, timeout=timeout)
+        sent[name] += 1
+        case.validate_response(response, checks=checks, headers=headers)
+        content_type = response.headers.get("content-type", [""])[0]
+        static = content_type.startswith(("text/html", "text/javascript"))  # files, not answers
+        assert static or not LEAK.search(response.text), f"{case.method} {case.formatted_path}: {response.text[:500]}"
+
+    one()
 
 
 async def test_every_route_fuzzed_from_the_published_document(tmp_path, cache_dir, tokenizer, caplog):
     project = make_project(tmp_path / "bot", cache_dir, config=UNLIMITED)
     settings_ = settings_of(project)
     app = create_app(settings_, load_model=lambda: scripted_model(settings_, tokenizer), admin_token=ADMIN_TOKEN)
-    app[TRAINING].command = [sys.executable, "-c", "pass"]  # POST /api/train starts this stand-in, never a real training
-    server = TestServer(app, handler_cancellation=True, access_log=None)  # as `bot serve` runs: a client that leaves cancels its handler
+    app[TRAINING].command = [
+        sys.executable,
+        "-c",
+        "pass",
+    ]  # POST /api/train starts this stand-in, never a real training
+    server = TestServer(
+        app, handler_cancellation=True, access_log=None
+    )  # as `bot serve` runs: a client that leaves cancels its handler
     await server.start_server()
     caplog.set_level(logging.INFO)
     try:

@@ -7,14 +7,18 @@ import asyncio
 import logging
 
 import pytest
+from serve_support import make_project
 
 from bot.serve.http import nesting_depth
-from serve_support import make_project
 
 
 @pytest.fixture
 def project(tmp_path, cache_dir):
-    return make_project(tmp_path / "bot", cache_dir, config="serve:\n  max_messages: 5\n  max_message_chars: 50\n  max_body_bytes: 150000\n")
+    return make_project(
+        tmp_path / "bot",
+        cache_dir,
+        config="serve:\n  max_messages: 5\n  max_message_chars: 50\n  max_body_bytes: 150000\n",
+    )
 
 
 def test_nesting_depth_counts_brackets_outside_strings():
@@ -41,7 +45,11 @@ async def test_bodies_over_the_size_limit_get_413_and_bad_bytes_400(project, ser
     response = await client.post("/webhooks/rest/webhook", json={"sender": "big", "message": "x" * 150_000})
     assert response.status == 413
     assert "150000" in (await response.json())["error"]
-    response = await client.post("/webhooks/rest/webhook", data=b'{"sender": "s", "message": "\xff\xfe"}', headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/webhooks/rest/webhook",
+        data=b'{"sender": "s", "message": "\xff\xfe"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status == 400 and "not UTF-8" in (await response.json())["error"]
 
 
@@ -52,16 +60,27 @@ async def test_openai_request_size_is_bounded(project, serve):
     assert response.status == 413
     assert (await response.json())["error"] == "6 messages; at most 5 are accepted (serve.max_messages)"
 
-    long_assistant = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "y" * 51}, {"role": "user", "content": "ok"}]
+    long_assistant = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "y" * 51},
+        {"role": "user", "content": "ok"},
+    ]
     response = await client.post("/v1/chat/completions", json={"messages": long_assistant})
     assert response.status == 413
-    assert (await response.json())["error"] == "messages[1] is 51 characters; at most 50 are accepted (serve.max_message_chars)"
+    assert (await response.json())[
+        "error"
+    ] == "messages[1] is 51 characters; at most 50 are accepted (serve.max_message_chars)"
 
-    parts = [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "a" * 30}, {"type": "text", "text": "b" * 30}]}]
+    parts = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "a" * 30}, {"type": "text", "text": "b" * 30}]},
+    ]
     response = await client.post("/v1/chat/completions", json={"messages": parts})
     assert response.status == 413 and "messages[1] is 60 characters" in (await response.json())["error"]
 
-    five = [{"role": "user", "content": "u" * 50}, {"role": "assistant", "content": "a" * 50}] * 2 + [{"role": "user", "content": "last"}]
+    five = [{"role": "user", "content": "u" * 50}, {"role": "assistant", "content": "a" * 50}] * 2 + [
+        {"role": "user", "content": "last"}
+    ]
     response = await client.post("/v1/chat/completions", json={"messages": five})
     assert response.status == 200 and (await response.json())["choices"][0]["message"]["content"] == "fine"
 
@@ -85,11 +104,20 @@ async def raw_exchange(client, request: bytes, then: bytes = b"", pause: float =
 
 
 MALFORMED = {
-    "8 KB authorization header": b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * 8200 + b"\r\n\r\n",
+    "8 KB authorization header": b"GET /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+    + b"a" * 8200
+    + b"\r\n\r\n",
     "oversized request line": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    "too many headers": b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
-    "bad chunk size": b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
-    "length and chunked both": b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "too many headers": b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+    + b"\r\n",
+    "bad chunk size": (
+        b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    ),
+    "length and chunked both": (
+        b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
     "bad content length": b"POST /webhooks/rest/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
     "bad HTTP version": b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n",
 }
@@ -114,9 +142,10 @@ async def test_malformed_http_is_a_400_logged_as_one_line(project, serve, caplog
 @pytest.mark.parametrize(
     "sent",
     [
-        b"Content-Length: 100\r\n\r\n{\"sen",  # the client leaves halfway through its body
-        b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"sen\r\n",  # the same, chunked
-        b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"sen\r\nzz\r\nnot a chunk\r\n",  # broken chunking once the body is being read
+        b'Content-Length: 100\r\n\r\n{"sen',  # the client leaves halfway through its body
+        b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"sen\r\n',  # the same, chunked
+        # broken chunking once the body is being read
+        b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"sen\r\nzz\r\nnot a chunk\r\n',
     ],
 )
 async def test_a_body_cut_short_or_broken_midway_logs_no_traceback(project, serve, caplog, sent):

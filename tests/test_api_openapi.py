@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import openapi_spec_validator
 import pytest
+from serve_support import make_project
 
 from bot.serve.openapi import REF
 from bot.serve.routes_agent import AgentMessage
 from bot.serve.routes_chat import ChatRequest
 from bot.serve.routes_openai import CompletionRequest
-from serve_support import make_project
 
 
 @pytest.fixture
@@ -30,7 +30,8 @@ async def test_the_document_is_valid_openapi_3_1_and_lists_every_route(project, 
     registered = {(r.method.lower(), r.resource.canonical) for r in client.app.router.routes() if r.method != "HEAD"}
     documented = {(method, path) for path, operations in doc["paths"].items() for method in operations}
     assert documented == registered
-    assert len(registered) >= 15 and ("post", "/api/model/reload") in registered and ("get", "/openapi.json") in registered
+    assert len(registered) >= 15
+    assert ("post", "/api/model/reload") in registered and ("get", "/openapi.json") in registered
 
 
 async def test_bodies_come_from_the_models_that_check_them(project, serve):
@@ -55,7 +56,11 @@ async def test_bodies_come_from_the_models_that_check_them(project, serve):
 async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_error_schema(project, serve):
     client, _ = await serve(project)
     doc = await (await client.get("/openapi.json")).json()
-    assert doc["components"]["securitySchemes"]["adminToken"] == {"type": "http", "scheme": "bearer", "description": "The server's BOT_ADMIN_TOKEN."}
+    assert doc["components"]["securitySchemes"]["adminToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's BOT_ADMIN_TOKEN.",
+    }
     admin = {(m, p) for p, ops in doc["paths"].items() for m, op in ops.items() if "security" in op}
     assert admin == {
         ("post", "/api/model/reload"),
@@ -81,14 +86,23 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         for method, op in ops.items():
             if "security" in op:
                 assert {"401", "403"} <= set(op["responses"])
-            own = "OpenAIErrorBody" if path == "/v1/completions" else "ErrorBody"  # vLLM's route answers errors in OpenAI's shape
+            # vLLM's route answers errors in OpenAI's shape
+            own = "OpenAIErrorBody" if path == "/v1/completions" else "ErrorBody"
             for status, answer in op["responses"].items():
                 if int(status) >= 400:
-                    assert answer["content"] == {"application/json": {"schema": {"$ref": f"#/components/schemas/{own}"}}}, (method, path)
+                    assert answer["content"] == {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{own}"}}
+                    }, (method, path)
     assert doc["components"]["schemas"]["OpenAIErrorBody"]["required"] == ["error"]
     completions = doc["paths"]["/v1/completions"]["post"]["responses"]
-    assert {"200", "400", "401", "404", "413", "429", "503"} <= set(completions) and set(completions["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert {"200", "400", "401", "404", "413", "429", "503"} <= set(completions)
+    assert set(completions["200"]["content"]) == {"application/json", "text/event-stream"}
     openai = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert {"200", "400", "413", "429"} <= set(openai) and set(openai["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert {"200", "400", "413", "429"} <= set(openai)
+    assert set(openai["200"]["content"]) == {"application/json", "text/event-stream"}
     feed = doc["paths"]["/api/conversations/{sender}/events"]["get"]
-    assert [(p["name"], p["in"]) for p in feed["parameters"]] == [("sender", "path"), ("after", "query"), ("Last-Event-ID", "header")]
+    assert [(p["name"], p["in"]) for p in feed["parameters"]] == [
+        ("sender", "path"),
+        ("after", "query"),
+        ("Last-Event-ID", "header"),
+    ]

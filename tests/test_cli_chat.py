@@ -8,10 +8,10 @@ import json
 from contextlib import asynccontextmanager
 
 import pytest
+from serve_support import make_project, scripted_model, settings_of
 
 from bot import cli_chat
 from bot.serve import services
-from serve_support import make_project, scripted_model, settings_of
 
 
 def call(name: str, **arguments) -> str:
@@ -51,7 +51,9 @@ def opened(monkeypatch):
     return seen
 
 
-async def test_chat_prints_replies_runs_actions_and_closes_everything(tmp_path, cache_dir, tokenizer, typed, opened, capsys):
+async def test_chat_prints_replies_runs_actions_and_closes_everything(
+    tmp_path, cache_dir, tokenizer, typed, opened, capsys
+):
     settings = settings_of(make_project(tmp_path / "bot", cache_dir))  # nothing listens at the action endpoint
     replies = ["Hello! How can I help?", call("check_order", order_id="ES-1001")]
     model = scripted_model(settings, tokenizer, replies)

@@ -8,12 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, write_config
+from openai_format import check_jsonl
 
 from bot.cli import main
 from bot.config import load_settings
 from bot.data.project import validate
-from openai_format import check_jsonl
-from conftest import ROOT, write_config
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,12 @@ def test_the_checker_catches_what_openai_rejects():
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}]})
     assert check_jsonl(good, min_examples=1) == []
     assert check_jsonl("[1]", min_examples=1) == ["line 1: not an object"]
-    assert check_jsonl('{"messages": [{"role": "user", "content": "hi"}]}', min_examples=1) == ["line 1: no assistant message"]
-    assert check_jsonl('{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}', min_examples=1) == [
-        "line 1 message 0: unknown role 'robot'"
+    assert check_jsonl('{"messages": [{"role": "user", "content": "hi"}]}', min_examples=1) == [
+        "line 1: no assistant message"
     ]
+    assert check_jsonl(
+        '{"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}', min_examples=1
+    ) == ["line 1 message 0: unknown role 'robot'"]
     assert "1 examples; at least 10 are required" in check_jsonl(good)
 
 
@@ -81,7 +83,17 @@ def test_compiling_twice_gives_the_same_hash(compiled, capsys):
     assert main(["-C", str(compiled), "data", "compile"]) == 0
     assert json.loads((compiled / "build" / "index.json").read_text())["data_hash"] == first
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["set", "tag", "dialogues", "turns", "trained", "turns", "tokens", "trained", "tokens"]
+    assert out.splitlines()[0].split() == [
+        "set",
+        "tag",
+        "dialogues",
+        "turns",
+        "trained",
+        "turns",
+        "tokens",
+        "trained",
+        "tokens",
+    ]
     assert any(line.startswith("train  (all)") for line in out.splitlines())
     assert f"data hash {first}" in out
 
@@ -90,15 +102,29 @@ def test_starter_data_meets_the_brief(cache_dir):
     data = validate(load_settings(ROOT))
     train, test = data.train, data.test
     ordinary = [d for d in train if not d.adversarial]
-    topics = {"billing", "plans", "cancellation", "moving", "orders", "returns", "roaming", "sim", "outages", "tech-support", "security"}
+    topics = {
+        "billing",
+        "plans",
+        "cancellation",
+        "moving",
+        "orders",
+        "returns",
+        "roaming",
+        "sim",
+        "outages",
+        "tech-support",
+        "security",
+    }
     assert len(ordinary) >= 80
     assert len({t for d in ordinary for t in d.tags} & topics) >= 8
     assert sum(d.adversarial for d in train) >= 25
     assert len(test) >= 20 and sum(d.adversarial for d in test) >= 8
     assert all(d.expect is not None for d in test)
+
     # Held-out dialogues duplicate no training dialogue.
     def turns(d):
         return tuple(t.model_dump_json() for t in d.turns)
+
     assert not {turns(d) for d in train} & {turns(d) for d in test}
     assert not {d.id for d in train} & {d.id for d in test}
     for d in ordinary:
@@ -111,14 +137,24 @@ def test_stats_prints_the_table_and_writes_nothing(tmp_path, capsys, cache_dir):
     write_config(tmp_path, cache_dir)
     assert main(["-C", str(tmp_path), "data", "stats"]) == 0
     rows = {tuple(line.split()[:3]) for line in capsys.readouterr().out.splitlines()}
-    assert {("train", "(all)", "3"), ("train", "orders", "2"), ("train", "returns", "1"), ("test", "(all)", "1")} <= rows
+    assert {
+        ("train", "(all)", "3"),
+        ("train", "orders", "2"),
+        ("train", "returns", "1"),
+        ("test", "(all)", "1"),
+    } <= rows
     assert not (tmp_path / "build").exists()
 
 
 def test_stats_says_how_many_sequences_the_split_dialogues_make(tmp_path, capsys, cache_dir):
     shutil.copytree(ROOT / "bot" / "templates" / "project" / "training_data", tmp_path / "training_data")
-    write_config(tmp_path, cache_dir, extra="  max_length: 270\n")  # one training dialogue is longer, none of its exchanges
+    write_config(
+        tmp_path, cache_dir, extra="  max_length: 270\n"
+    )  # one training dialogue is longer, none of its exchanges
     assert main(["-C", str(tmp_path), "data", "stats"]) == 0
     out = capsys.readouterr().out
-    assert "(train: 3 dialogue(s) make 4 sequences: a dialogue longer than model.max_length is split at user turns)" in out
+    assert (
+        "(train: 3 dialogue(s) make 4 sequences: a dialogue longer than model.max_length is split at user turns)"
+        in out
+    )
     assert "(test:" not in out  # its one dialogue fits

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of, sse_events
 
 from bot.serve.stop_strings import StopStrings
-from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of, sse_events
 
 REPLY = "Your order KM-104233 left our warehouse today and should arrive tomorrow."
 
@@ -43,7 +43,11 @@ async def test_a_text_prompt_is_continued_as_given_with_usage(project, serve, to
     assert body["model"] == "scripted"
     assert body["choices"] == [{"index": 0, "text": REPLY, "logprobs": None, "finish_reason": "stop"}]
     prompt_tokens, completion_tokens = len(ids_of(tokenizer, "Where is my order?")), len(ids_of(tokenizer, REPLY))
-    assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    assert body["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 async def test_token_id_prompts_in_each_accepted_form(project, serve, tokenizer):
@@ -62,11 +66,17 @@ async def test_max_tokens_ends_with_length(project, serve, tokenizer):
     assert status == 200 and body["choices"][0]["finish_reason"] == "length"
     assert body["choices"][0]["text"] == tokenizer.decode(ids_of(tokenizer, REPLY)[:3])
     assert body["usage"]["completion_tokens"] == 3
-    body = await (await client.post("/v1/completions", json={"model": "scripted", "prompt": "x"})).json()  # no max_tokens
-    assert body["usage"]["completion_tokens"] == 16 and body["choices"][0]["finish_reason"] == "length"  # OpenAI's default
+    body = await (
+        await client.post("/v1/completions", json={"model": "scripted", "prompt": "x"})
+    ).json()  # no max_tokens
+    assert body["usage"]["completion_tokens"] == 16  # OpenAI's default
+    assert body["choices"][0]["finish_reason"] == "length"
     client, _ = await serve(project, [REPLY])
-    status, body = await complete(client, prompt=[1] * 1020, max_tokens=None)  # null: the room the context leaves (1,024 tokens)
-    assert status == 200 and body["usage"]["completion_tokens"] == 4 and body["choices"][0]["finish_reason"] == "length"
+    status, body = await complete(
+        client, prompt=[1] * 1020, max_tokens=None
+    )  # null: the room the context leaves (1,024 tokens)
+    assert status == 200
+    assert body["usage"]["completion_tokens"] == 4 and body["choices"][0]["finish_reason"] == "length"
     status, body = await complete(client, prompt=[1] * 1024, max_tokens=None)
     assert status == 400 and "1,024 tokens leave no room" in body["error"]["message"]
 
@@ -74,18 +84,30 @@ async def test_max_tokens_ends_with_length(project, serve, tokenizer):
 async def test_stream_sends_pieces_then_the_finish_then_usage_then_done(project, serve, tokenizer):
     client, _ = await serve(project, [REPLY, REPLY])
     response = await client.post(
-        "/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 100, "stream": True, "stream_options": {"include_usage": True}}
+        "/v1/completions",
+        json={
+            "model": "scripted",
+            "prompt": "hi",
+            "max_tokens": 100,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
     chunks = stream_chunks(await response.text())
     pieces, last, usage = chunks[:-2], chunks[-2], chunks[-1]
     assert len(pieces) > 5 and all(c["choices"][0]["finish_reason"] is None for c in pieces)
-    assert all(c["object"] == "text_completion" and c["model"] == "scripted" and c["id"] == chunks[0]["id"] for c in chunks)
+    assert all(c["object"] == "text_completion" and c["model"] == "scripted" for c in chunks)
+    assert all(c["id"] == chunks[0]["id"] for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in pieces) == REPLY
     assert last["choices"] == [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]
-    assert usage["choices"] == [] and usage["usage"] == {"prompt_tokens": 1, "completion_tokens": len(ids_of(tokenizer, REPLY)), "total_tokens": 1 + len(ids_of(tokenizer, REPLY))}
+    reply_tokens = len(ids_of(tokenizer, REPLY))
+    assert usage["choices"] == []
+    assert usage["usage"] == {"prompt_tokens": 1, "completion_tokens": reply_tokens, "total_tokens": 1 + reply_tokens}
 
-    response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 4, "stream": True})
+    response = await client.post(
+        "/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 4, "stream": True}
+    )
     chunks = stream_chunks(await response.text())
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # no usage chunk unless asked
     assert all(c["usage"] is None for c in chunks)
@@ -93,7 +115,13 @@ async def test_stream_sends_pieces_then_the_finish_then_usage_then_done(project,
 
 def test_stop_strings_split_anywhere_across_pieces():
     text = "abc STOP-ME def STOP"
-    for stops, expected, matched in ((["STOP-ME"], "abc ", "STOP-ME"), (["def", "STOP"], "abc ", "STOP"), (["STOP-MEX"], text, None), (["zzz"], text, None)):
+    cases = (
+        (["STOP-ME"], "abc ", "STOP-ME"),
+        (["def", "STOP"], "abc ", "STOP"),
+        (["STOP-MEX"], text, None),
+        (["zzz"], text, None),
+    )
+    for stops, expected, matched in cases:
         for cut in range(len(text) + 1):
             for pieces in ([text[:cut], text[cut:]], list(text)):
                 watch = StopStrings(stops)
@@ -118,7 +146,10 @@ async def test_a_stop_string_across_tokens_ends_the_text_and_the_generation(proj
     generated = REPLY.split(stop)[0] + stop
     assert body["usage"]["completion_tokens"] == len(ids_of(tokenizer, generated))
 
-    response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "x", "max_tokens": 100, "stream": True, "stop": "tomorrow"})
+    response = await client.post(
+        "/v1/completions",
+        json={"model": "scripted", "prompt": "x", "max_tokens": 100, "stream": True, "stop": "tomorrow"},
+    )
     chunks = stream_chunks(await response.text())
     assert "".join(c["choices"][0]["text"] for c in chunks) == REPLY.split("tomorrow")[0]
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -139,7 +170,11 @@ async def test_a_stop_string_across_tokens_ends_the_text_and_the_generation(proj
         ({"prompt": [-1]}, 400, ["-1", "outside the vocabulary"]),
         ({"prompt": ""}, 400, ["empty"]),
         ({"prompt": []}, 400, ["empty"]),
-        ({"prompt": [1] * 1000, "max_tokens": 100}, 400, ["1,000 tokens", "max_tokens (100)", "1,100", "1,024", "model.max_length"]),
+        (
+            {"prompt": [1] * 1000, "max_tokens": 100},
+            400,
+            ["1,000 tokens", "max_tokens (100)", "1,100", "1,024", "model.max_length"],
+        ),
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, ["5 strings", "at most 4"]),
         ({"stop": ""}, 400, ["empty string"]),
         ({"max_tokens": 0}, 400, ["max_tokens"]),
@@ -179,7 +214,9 @@ async def test_the_base_model_is_named_base(project, serve):
     assert status == 404
 
 
-async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_limited(tmp_path, cache_dir, serve, monkeypatch):
+async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_limited(
+    tmp_path, cache_dir, serve, monkeypatch
+):
     project = make_project(tmp_path / "bot", cache_dir, config="serve:\n  rate_per_client: 3\n")
     monkeypatch.setenv("BOT_MODEL_SERVER_KEY", "front-end-key")
     client, _ = await serve(project, lambda prompt: "ok")
@@ -187,7 +224,8 @@ async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_li
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "front-end-key"}):
         response = await client.post("/v1/completions", json=body, headers=headers)
         answer = await response.json()
-        assert response.status == 401 and answer["error"]["type"] == "AuthenticationError" and "BOT_MODEL_SERVER_KEY" in answer["error"]["message"]
+        assert response.status == 401 and answer["error"]["type"] == "AuthenticationError"
+        assert "BOT_MODEL_SERVER_KEY" in answer["error"]["message"]
     response = await client.post("/v1/completions", json=body)
     assert response.status == 429  # wrong or missing keys count against rate_per_client
     assert response.headers["Retry-After"] == "60" and (await response.json())["error"]["type"] == "RateLimitError"
@@ -196,17 +234,22 @@ async def test_with_the_key_set_only_its_holders_get_in_and_they_are_not_rate_li
         assert response.status == 200
 
 
-async def test_without_a_key_the_route_is_open_and_rate_limited_like_any_client(tmp_path, cache_dir, serve, monkeypatch):
+async def test_without_a_key_the_route_is_open_and_rate_limited_like_any_client(
+    tmp_path, cache_dir, serve, monkeypatch
+):
     monkeypatch.delenv("BOT_MODEL_SERVER_KEY", raising=False)
     project = make_project(tmp_path / "bot", cache_dir, config="serve:\n  rate_per_client: 3\n")
     client, _ = await serve(project, lambda prompt: "ok")
-    statuses = [(await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi"})).status for _ in range(4)]
+    body = {"model": "scripted", "prompt": "hi"}
+    statuses = [(await client.post("/v1/completions", json=body)).status for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
 
 
 async def test_a_client_that_leaves_stops_the_generation(project, serve):
     client, model = await serve(project, ["word " * 200], delay=0.02)
-    response = await client.post("/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 500, "stream": True})
+    response = await client.post(
+        "/v1/completions", json={"model": "scripted", "prompt": "hi", "max_tokens": 500, "stream": True}
+    )
     await response.content.readuntil(b"\n\n")  # a first piece has come
     response.close()
     for _ in range(100):
@@ -218,12 +261,19 @@ async def test_a_client_that_leaves_stops_the_generation(project, serve):
 
 async def test_a_reload_mid_request_finishes_on_the_model_it_started_with(project, serve, tokenizer):
     settings = settings_of(project)
-    old, new = scripted_model(settings, tokenizer, [REPLY], delay=0.02, model_id="old"), scripted_model(settings, tokenizer, ["new"], model_id="new")
+    old, new = (
+        scripted_model(settings, tokenizer, [REPLY], delay=0.02, model_id="old"),
+        scripted_model(settings, tokenizer, ["new"], model_id="new"),
+    )
     loads = iter([old, new])
     client, _ = await serve(project, loader=lambda: next(loads))
-    response = await client.post("/v1/completions", json={"model": "old", "prompt": "hi", "max_tokens": 100, "stream": True})
+    response = await client.post(
+        "/v1/completions", json={"model": "old", "prompt": "hi", "max_tokens": 100, "stream": True}
+    )
     assert response.status == 200  # the headers come with the first piece: generating
-    reload = asyncio.ensure_future(client.post("/api/model/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}))
+    reload = asyncio.ensure_future(
+        client.post("/api/model/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    )
     chunks = stream_chunks(await response.text())
     assert "".join(c["choices"][0]["text"] for c in chunks) == REPLY and all(c["model"] == "old" for c in chunks)
     assert (await reload).status == 200 and old.engine.closed  # closed once the request was done with it
@@ -248,14 +298,20 @@ async def test_the_openai_client_streaming_and_not(project, serve, tokenizer):
     client, model = await serve(project, [REPLY, REPLY])
     api = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
     try:
-        completion = await api.completions.create(model="scripted", prompt=[1, 2, 3], max_tokens=50, temperature=0, stop=["tomorrow"])
-        assert completion.choices[0].text == REPLY.split("tomorrow")[0] and completion.choices[0].finish_reason == "stop"
+        completion = await api.completions.create(
+            model="scripted", prompt=[1, 2, 3], max_tokens=50, temperature=0, stop=["tomorrow"]
+        )
+        assert completion.choices[0].text == REPLY.split("tomorrow")[0]
+        assert completion.choices[0].finish_reason == "stop"
         assert completion.usage.prompt_tokens == 3 and model.engine.prompts[-1] == [1, 2, 3]
 
-        stream = await api.completions.create(model="scripted", prompt="hi", max_tokens=50, stream=True, stream_options={"include_usage": True})
+        stream = await api.completions.create(
+            model="scripted", prompt="hi", max_tokens=50, stream=True, stream_options={"include_usage": True}
+        )
         chunks = [chunk async for chunk in stream]
         assert "".join(c.choices[0].text for c in chunks if c.choices) == REPLY
-        assert chunks[-2].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens == len(ids_of(tokenizer, REPLY))
+        assert chunks[-2].choices[0].finish_reason == "stop"
+        assert chunks[-1].usage.completion_tokens == len(ids_of(tokenizer, REPLY))
 
         with pytest.raises(NotFoundError) as caught:
             await api.completions.create(model="nope", prompt="hi")
@@ -264,7 +320,9 @@ async def test_the_openai_client_streaming_and_not(project, serve, tokenizer):
         await api.close()
 
 
-async def test_the_route_continues_as_the_in_process_engine_does_on_the_tiny_model(tmp_path, cache_dir, tiny_base, tokenizer):
+async def test_the_route_continues_as_the_in_process_engine_does_on_the_tiny_model(
+    tmp_path, cache_dir, tiny_base, tokenizer
+):
     """The real loader and batching engine: the route's greedy text for rendered prompt ids is
     the engine's own for the same ids."""
     from aiohttp.test_utils import TestClient, TestServer
@@ -279,10 +337,15 @@ async def test_the_route_continues_as_the_in_process_engine_does_on_the_tiny_mod
     client = TestClient(TestServer(create_app(settings, load_model=lambda: model)))
     await client.start_server()
     try:
-        ids = prompt_ids(tokenizer, [{"role": "system", "content": "You are Ember."}, {"role": "user", "content": "where is my parcel?"}])
+        ids = prompt_ids(
+            tokenizer,
+            [{"role": "system", "content": "You are Ember."}, {"role": "user", "content": "where is my parcel?"}],
+        )
         response = await client.post("/v1/completions", json={"model": "base", "prompt": ids, "max_tokens": 24})
         body = await response.json()
-        streamed = await client.post("/v1/completions", json={"model": "base", "prompt": ids, "max_tokens": 24, "stream": True})
+        streamed = await client.post(
+            "/v1/completions", json={"model": "base", "prompt": ids, "max_tokens": 24, "stream": True}
+        )
         chunks = stream_chunks(await streamed.text())
         in_process = [item async for item in model.engine.stream(ids, 24)]
     finally:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from conftest import ROOT
 
 from bot.cli import main
 from bot.config import load_settings
 from bot.errors import InvalidFiles
-from conftest import ROOT
 
 
 def test_shipped_config_loads_with_documented_defaults():
@@ -69,11 +69,16 @@ def test_shipped_endpoints_document_the_real_defaults():
 
 
 def test_a_lock_url_must_be_a_redis_url(tmp_path):
-    (tmp_path / "endpoints.yml").write_text("tracker_store:\n  type: postgresql\n  lock_url: postgresql://127.0.0.1/test\n")
+    (tmp_path / "endpoints.yml").write_text(
+        "tracker_store:\n  type: postgresql\n  lock_url: postgresql://127.0.0.1/test\n"
+    )
     with pytest.raises(InvalidFiles) as e:
         load_settings(tmp_path)
     assert [str(p) for p in e.value.problems] == [
-        "endpoints.yml:3:13: error: 'lock_url' 'postgresql://127.0.0.1/test' is not a Redis URL: write redis://host:port/n"
+        "endpoints.yml:3:13: error: 'lock_url' 'postgresql://127.0.0.1/test' is not a Redis URL: "
+        "write redis://host:port/n"
     ]
-    (tmp_path / "endpoints.yml").write_text("tracker_store:\n  type: postgresql\n  lock_url: redis://127.0.0.1:6379/0\n")
+    (tmp_path / "endpoints.yml").write_text(
+        "tracker_store:\n  type: postgresql\n  lock_url: redis://127.0.0.1:6379/0\n"
+    )
     assert load_settings(tmp_path).endpoints.tracker_store.lock_url == "redis://127.0.0.1:6379/0"

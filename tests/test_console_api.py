@@ -5,11 +5,11 @@ handoff, words and date, each one's timeline; trained models with their figures,
 from __future__ import annotations
 
 import pytest
+from console_support import SUMMARY, active_model_loader, add_model, rate, talk
+from serve_support import ADMIN_TOKEN, make_project, settings_of
 
 from bot import models
 from bot.serve.keys import STORE
-from console_support import SUMMARY, active_model_loader, add_model, rate, talk
-from serve_support import ADMIN_TOKEN, make_project, settings_of
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CONSOLE_ROUTES = [
@@ -30,11 +30,17 @@ async def _stored(client):
     store = client.server.app[STORE]
     happy = await talk(store, "happy-1", [("hi", "Hello!")], start=1_700_000_000.0)  # 2023-11-14
     await rate(store, "happy-1", happy[1]["seq"], "up", at=1_700_000_005.0)
-    angry = await talk(store, "angry-2", [("my router is broken", "Have you tried turning it off?")], start=1_800_000_000.0)  # 2027-01-15
+    angry = await talk(
+        store, "angry-2", [("my router is broken", "Have you tried turning it off?")], start=1_800_000_000.0
+    )  # 2027-01-15
     await rate(store, "angry-2", angry[1]["seq"], "up", at=1_800_000_005.0)
-    await rate(store, "angry-2", angry[1]["seq"], "down", comment="useless", at=1_800_000_006.0)  # the vote changed: down counts
+    await rate(
+        store, "angry-2", angry[1]["seq"], "down", comment="useless", at=1_800_000_006.0
+    )  # the vote changed: down counts
     await talk(store, "handed-3", [("a person please", "Passing you to a colleague.")], start=1_800_000_100.0)
-    await store.append("handed-3", {"type": "handoff", "timestamp": 1_800_000_102.0, "by": "rule", "reason": "asked for a person"})
+    await store.append(
+        "handed-3", {"type": "handoff", "timestamp": 1_800_000_102.0, "by": "rule", "reason": "asked for a person"}
+    )
     return store
 
 
@@ -61,10 +67,21 @@ async def test_conversations_are_found_by_rating_handoff_words_and_date(project,
     assert rows[0]["last_customer_message"] == "my router is broken" and rows[0]["events"] == 4
 
 
-@pytest.mark.parametrize("query, named", [
-    ("?rated=sideways", "rated"), ("?since=27/11/2026", "since"), ("?limit=0", "limit"), ("?limit=many", "limit"),
-    ("?limit=501", "limit"), ("?handed_off=maybe", "handed_off"), ("?rated=", "rated"), ("?since=", "since"), ("?handed_off=", "handed_off"), ("?rating=down", "rating"),
-])
+@pytest.mark.parametrize(
+    "query, named",
+    [
+        ("?rated=sideways", "rated"),
+        ("?since=27/11/2026", "since"),
+        ("?limit=0", "limit"),
+        ("?limit=many", "limit"),
+        ("?limit=501", "limit"),
+        ("?handed_off=maybe", "handed_off"),
+        ("?rated=", "rated"),
+        ("?since=", "since"),
+        ("?handed_off=", "handed_off"),
+        ("?rating=down", "rating"),
+    ],
+)
 async def test_a_wrong_filter_is_a_400_naming_it(project, serve, query, named):
     client, _ = await serve(project)
     response = await client.get("/api/admin/conversations" + query, headers=ADMIN)
@@ -102,7 +119,9 @@ async def test_models_list_their_gate_and_figures_and_activating_swaps_the_serve
 
     listed = (await (await client.get("/api/models", headers=ADMIN)).json())["models"]
     assert [(m["id"], m["active"], m["previous"], m["report"]) for m in listed] == [
-        ("20261127-100000", True, False, True), ("20261127-110000", False, False, False)]
+        ("20261127-100000", True, False, True),
+        ("20261127-110000", False, False, False),
+    ]
     assert listed[0]["metrics"] == SUMMARY and listed[1]["metrics"] is None
     assert listed[0]["gate"]["activated"] is True and listed[1]["gate"]["activated"] is False
     assert "12 steps" in listed[0]["description"]
@@ -122,7 +141,10 @@ async def test_models_list_their_gate_and_figures_and_activating_swaps_the_serve
     assert models.active_id(settings.models_dir) == "20261127-110000"
 
     listed = (await (await client.get("/api/models", headers=ADMIN)).json())["models"]
-    assert [(m["id"], m["active"], m["previous"]) for m in listed] == [("20261127-100000", False, True), ("20261127-110000", True, False)]
+    assert [(m["id"], m["active"], m["previous"]) for m in listed] == [
+        ("20261127-100000", False, True),
+        ("20261127-110000", True, False),
+    ]
     rolled_back = await (await client.post("/api/models/20261127-100000/activate", headers=ADMIN)).json()
     assert rolled_back["model"]["id"] == "20261127-100000"
     assert (await (await client.get("/health")).json())["model"]["id"] == "20261127-100000"
@@ -175,7 +197,9 @@ async def test_the_console_page_and_its_files_are_served_under_the_page_policy(p
     policy = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "style-src 'self'" in policy and "unsafe-inline" not in policy
     assert "frame-ancestors 'none'" in policy  # an admin page: never in another site's frame
-    assert "frame-ancestors 'self'" in (await client.get("/")).headers["Content-Security-Policy"]  # the demo page's is unchanged
+    assert (
+        "frame-ancestors 'self'" in (await client.get("/")).headers["Content-Security-Policy"]
+    )  # the demo page's is unchanged
     html = await page.text()
     assert '<script type="module" src="/console/main.js">' in html and "<style" not in html and " style=" not in html
     script = await client.get("/console/main.js")

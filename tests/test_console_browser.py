@@ -10,24 +10,26 @@ import sys
 
 import pytest
 from aiohttp.test_utils import TestServer
+from console_support import active_model_loader, add_model, rate, talk
+from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
 
 from bot import models
 from bot.serve.app import create_app
+from bot.serve.events import new_event
 from bot.serve.keys import STORE
 from bot.serve.routes_train import TRAINING
 from bot.serve.throttle import ADMIN_FAILURES
-from bot.serve.events import new_event
-from console_support import active_model_loader, add_model, rate, talk
-from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
 
 pytestmark = requires_chromium
 
 HOSTILE = 'Look <img src=x onerror="window.__pwned=1"> here <script>window.__pwned=2</script>'
 LONG = "a-very-long-word-without-any-space-" * 12  # must wrap at 375 px, not push the page wider
-WATCH = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation", (e) => window.__violations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));
-"""
+WATCH = (
+    "\n"
+    "window.__violations = [];\n"
+    'document.addEventListener("securitypolicyviolation", (e) => '
+    'window.__violations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));\n'
+)
 
 
 @pytest.fixture
@@ -38,16 +40,32 @@ async def console(tmp_path, cache_dir, tokenizer):
     add_model(settings, "20261127-100000")
     add_model(settings, "20261127-110000")
     models.activate(settings.models_dir, "20261127-100000")
-    server = TestServer(create_app(settings, load_model=active_model_loader(settings, tokenizer), admin_token=ADMIN_TOKEN), port=0)
+    server = TestServer(
+        create_app(settings, load_model=active_model_loader(settings, tokenizer), admin_token=ADMIN_TOKEN), port=0
+    )
     await server.start_server()
     store = server.app[STORE]
     await talk(store, "calm-1", [("What plans do you have?", "We have Plus and Unlimited.")], start=1_800_000_000.0)
-    angry = await talk(store, "angry-2", [(HOSTILE, "Sorry, I did not understand."), (LONG, "Could you say that again?")], start=1_800_000_100.0)
+    angry = await talk(
+        store,
+        "angry-2",
+        [(HOSTILE, "Sorry, I did not understand."), (LONG, "Could you say that again?")],
+        start=1_800_000_100.0,
+    )
     await rate(store, "angry-2", angry[1]["seq"], "down", comment="useless <b>answer</b>", at=1_800_000_150.0)
-    await store.append("angry-2", dict(new_event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped"}),
-                                       timestamp=1_800_000_160.0))
-    await store.append("angry-2", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_170.0))
-    await store.append("angry-2", dict(new_event("agent", text="Hi, Alex here.", agent="Alex"), timestamp=1_800_000_180.0))
+    await store.append(
+        "angry-2",
+        dict(
+            new_event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped"}),
+            timestamp=1_800_000_160.0,
+        ),
+    )
+    await store.append(
+        "angry-2", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_170.0)
+    )
+    await store.append(
+        "angry-2", dict(new_event("agent", text="Hi, Alex here.", agent="Alex"), timestamp=1_800_000_180.0)
+    )
     await store.append("angry-2", dict(new_event("resume"), timestamp=1_800_000_190.0))
     yield server, project
     await server.close()
@@ -82,10 +100,20 @@ print("done", flush=True)
 async def _page(browser, server, **options):
     page = await browser.new_page(**options)
     errors: list[str] = []
-    # Script errors, and failed requests other than the favicon (named by URL, not the console's bare "Failed to load resource").
-    page.on("console", lambda message: message.type == "error" and not message.text.startswith("Failed to load resource") and errors.append(message.text))
+    # Script errors, and failed requests other than the favicon (named by URL, not the console's bare
+    # "Failed to load resource").
+
+    def on_console(message) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(message.text)
+
+    def on_response(response) -> None:
+        if response.status >= 400 and not response.url.endswith("/favicon.ico"):
+            errors.append(f"{response.status} {response.url}")
+
+    page.on("console", on_console)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("response", lambda r: r.status >= 400 and not r.url.endswith("/favicon.ico") and errors.append(f"{r.status} {r.url}"))
+    page.on("response", on_response)
     await page.add_init_script(WATCH)
     await page.goto(str(server.make_url("/console")))
     return page, errors
@@ -165,7 +193,8 @@ async def test_a_rated_down_conversation_and_its_timeline_with_hostile_text_show
     assert items[0].startswith("#") and "Customer" in items[0] and HOSTILE in items[0]
     rated = items[1].split(" ")[0]  # "#seq" of the bot's first answer
     assert "Rating: down" in items[4] and f"of message {rated}: useless <b>answer</b>" in items[4]
-    assert "Action check_order" in items[5] and '"order_id": "ES-1001"' in items[5] and '"status": "shipped"' in items[5]
+    assert "Action check_order" in items[5]
+    assert '"order_id": "ES-1001"' in items[5] and '"status": "shipped"' in items[5]
     assert "Handed off to a person" in items[6] and "asked for a person" in items[6]
     assert "Agent Alex" in items[7] and "Given back to the bot" in items[8]
     assert await page.locator("main img, main script, main b").count() == 0  # nothing from the data became an element
@@ -228,7 +257,9 @@ async def test_every_panel_fits_a_375_px_phone(browser, console):
     await page.get_by_role("list", name="Conversations found").get_by_role("button").nth(1).wait_for()
     await page.get_by_role("list", name="Conversations found").get_by_role("button", name="angry-2").click()
     await page.get_by_role("list", name="Timeline").first.locator("li").nth(8).wait_for()
-    await page.get_by_role("button", name="Make a draft from this conversation").click()  # the draft editor stays open in Drafts
+    await page.get_by_role(
+        "button", name="Make a draft from this conversation"
+    ).click()  # the draft editor stays open in Drafts
     await page.get_by_role("heading", name="Draft conversation-angry-2").wait_for()
     await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Models").click()
     await page.get_by_role("button", name="Report of 20261127-110000").click()
@@ -256,7 +287,9 @@ async def test_training_shows_its_progress_and_gate_and_the_new_model_is_served(
     assert "running" in await facts.inner_text() and "2.500" in await facts.inner_text()
     assert await page.get_by_role("button", name="Start training").is_disabled()
     assert await page.get_by_role("button", name="Cancel training").is_visible()
-    await page.locator("#train-log").filter(has_text="training <b>4</b> steps").wait_for()  # the child's output, as text
+    await (
+        page.locator("#train-log").filter(has_text="training <b>4</b> steps").wait_for()
+    )  # the child's output, as text
 
     (project / "release").write_text("")
     await facts.filter(has_text="succeeded").wait_for(timeout=20000)  # followed by polling GET /api/train
@@ -295,10 +328,15 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     await text.fill(broken)
     await page.get_by_role("button", name="Save and check").click()
     await problems.filter(has_text="1 problem(s)").wait_for()
-    line = broken.splitlines().index(next(x for x in broken.splitlines() if "onerror" in x and x.lstrip().startswith("- <img"))) + 1
+    broken_lines = broken.splitlines()
+    image_line = next(x for x in broken_lines if "onerror" in x and x.lstrip().startswith("- <img"))
+    line = broken_lines.index(image_line) + 1
     problem = page.locator("#draft-problems li")
-    assert await problem.count() == 1 and f"Go to line {line}" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
-    await page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()  # the list follows the save
+    assert await problem.count() == 1
+    assert f"Go to line {line}" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
+    await (
+        page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()
+    )  # the list follows the save
     assert await text.get_attribute("aria-invalid") == "true"
     await page.get_by_role("button", name=f"Go to line {line}").click()
     selected = await text.evaluate("t => t.value.slice(t.selectionStart, t.selectionEnd)")
@@ -313,7 +351,11 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     assert await problem.count() == 0 and await text.get_attribute("aria-invalid") == "false"
 
     await accept.click()
-    await page.get_by_role("status").filter(has_text="accepted: written to training_data/dialogues/conversation-angry-2.yml").wait_for()
+    await (
+        page.get_by_role("status")
+        .filter(has_text="accepted: written to training_data/dialogues/conversation-angry-2.yml")
+        .wait_for()
+    )
     written = (project / "training_data" / "dialogues" / "conversation-angry-2.yml").read_text(encoding="utf-8")
     assert "draft: true" not in written and "window.__pwned=1" in written
     assert not (project / "training_data" / "drafts" / "conversation-angry-2.yml").exists()
@@ -325,8 +367,15 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
 async def test_the_handoff_queue_an_agent_reply_and_giving_back(browser, console):
     server, _ = console
     store = server.app[STORE]
-    await talk(store, "waiting-4", [("I want a person <img src=x onerror=window.__pwned=4>", "Passing you to a colleague.")], start=1_800_000_300.0)
-    await store.append("waiting-4", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_302.0))
+    await talk(
+        store,
+        "waiting-4",
+        [("I want a person <img src=x onerror=window.__pwned=4>", "Passing you to a colleague.")],
+        start=1_800_000_300.0,
+    )
+    await store.append(
+        "waiting-4", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_302.0)
+    )
     page, errors = await _page(browser, server)
     await _sign_in(page)
     await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Handoff queue").click()
@@ -343,7 +392,11 @@ async def test_the_handoff_queue_an_agent_reply_and_giving_back(browser, console
     await timeline.locator("li.event-agent").wait_for()
     assert "Agent Sam" in await timeline.inner_text() and "Hello, Sam here <b>now</b>." in await timeline.inner_text()
     stored = await store.events("waiting-4")
-    assert (stored[-1]["type"], stored[-1]["text"], stored[-1]["agent"]) == ("agent", "Hello, Sam here <b>now</b>.", "Sam")
+    assert (stored[-1]["type"], stored[-1]["text"], stored[-1]["agent"]) == (
+        "agent",
+        "Hello, Sam here <b>now</b>.",
+        "Sam",
+    )
 
     await page.get_by_role("button", name="Give back to the bot").click()
     await page.get_by_role("status").filter(has_text="The bot has the conversation again.").wait_for()

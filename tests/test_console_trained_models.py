@@ -9,13 +9,13 @@ import shutil
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from conftest import make_tiny_project
+from serve_support import ADMIN_TOKEN
 
 from bot import models
 from bot.config import load_settings
 from bot.serve.app import create_app
 from bot.training.command import train_and_activate
-from conftest import make_tiny_project
-from serve_support import ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 COPY = "20990101-000000"  # a second model: the trained one's folder under a later id
@@ -35,7 +35,9 @@ def trained(tmp_path_factory, tiny_base, cache_dir):
 async def test_a_trained_model_is_listed_with_its_report_and_activating_another_serves_it(trained):
     settings, model = trained
     models.activate(settings.models_dir, model.id)
-    client = TestClient(TestServer(create_app(settings, admin_token=ADMIN_TOKEN)))  # the real loader: the active model's weights
+    client = TestClient(
+        TestServer(create_app(settings, admin_token=ADMIN_TOKEN))
+    )  # the real loader: the active model's weights
     await client.start_server()
     try:
         assert (await (await client.get("/health")).json())["model"]["id"] == model.id
@@ -53,7 +55,9 @@ async def test_a_trained_model_is_listed_with_its_report_and_activating_another_
         assert (body["model"]["id"], body["previous"]["id"]) == (COPY, model.id)
         health = await (await client.get("/health")).json()
         assert health["model"]["id"] == COPY and health["model"]["trained"] is True
-        answer = await client.post("/webhooks/rest/webhook", json={"sender": "after-swap", "message": "Where is my order ES-1001?"})
+        answer = await client.post(
+            "/webhooks/rest/webhook", json={"sender": "after-swap", "message": "Where is my order ES-1001?"}
+        )
         assert answer.status == 200 and isinstance((await answer.json())[0]["text"], str)
         assert (models.active_id(settings.models_dir), models.previous_id(settings.models_dir)) == (COPY, model.id)
     finally:

@@ -30,7 +30,11 @@ async def test_filters_find_the_right_conversations(tmp_path):
         assert [c.sender for c in await find_conversations(store, ConversationFilter(handed_off=True))] == ["handed"]
         recent = await find_conversations(store, ConversationFilter(since=1500.0))
         assert [c.sender for c in recent if c.summary.last_active < 1500.0] == []
-        assert {c.sender for c in await find_conversations(store, ConversationFilter(text="ROUTER"))} == {"calm", "angry", "handed"}
+        assert {c.sender for c in await find_conversations(store, ConversationFilter(text="ROUTER"))} == {
+            "calm",
+            "angry",
+            "handed",
+        }
         assert [c.sender for c in await find_conversations(store, ConversationFilter(text="ang"))] == ["angry"]
         assert await find_conversations(store, ConversationFilter(text="no such words")) == []
         angry = next(c for c in everything if c.sender == "angry")

@@ -15,14 +15,13 @@ from contextlib import AsyncExitStack
 
 import aiohttp
 import pytest
-
-from bot.serve.events import INTERRUPTED
-from bot.serve.recovery import mark_interrupted
-from bot.serve.events import new_event
-from bot.serve.store import SQLiteStore
 from serve_support import NO_ACTION_SERVER, make_project
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
+
+from bot.serve.events import INTERRUPTED, new_event
+from bot.serve.recovery import mark_interrupted
+from bot.serve.store import SQLiteStore
 
 REPLY = "Thanks for waiting, I am looking into that for you right now, one moment please."
 
@@ -168,7 +167,9 @@ async def _history(http: aiohttp.ClientSession, url: str, sender: str) -> list[d
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "redis"])
 async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind, tmp_path, cache_dir):
     async with AsyncExitStack() as stack:
-        _, tracker = await _isolated_store(kind, stack, tmp_path)  # the server processes use it; the test reads through the API
+        _, tracker = await _isolated_store(
+            kind, stack, tmp_path
+        )  # the server processes use it; the test reads through the API
         project = make_project(tmp_path / "p", cache_dir, endpoints=NO_ACTION_SERVER + tracker)
         server = ServerProcess(project, _free_port(), delay=0.1, reply=REPLY)
         stack.callback(server.stop)
@@ -181,8 +182,13 @@ async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind
             assert "done" in await _read_until(response, {"message", "done"})
 
         cut = [_sender() for _ in range(4)]
-        streams = [await stack.enter_async_context(http.post(f"{url}/api/chat/stream", json={"sender": s, "message": f"question from {s}"})) for s in cut]
-        received = [await _read_until(response, {"received", "token"}) for response in streams]  # every reply has begun
+        streams = []
+        for s in cut:
+            request = http.post(f"{url}/api/chat/stream", json={"sender": s, "message": f"question from {s}"})
+            streams.append(await stack.enter_async_context(request))
+        received = [
+            await _read_until(response, {"received", "token"}) for response in streams
+        ]  # every reply has begun
         server.signal(signal.SIGKILL)
         assert server.wait(10) == -signal.SIGKILL
         for response in streams:  # the customers' streams break off
@@ -190,10 +196,12 @@ async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind
                 await _read_until(response, {"done"})
 
         server.start()
-        for sender, seen in zip(cut, received):
+        for sender, seen in zip(cut, received, strict=True):
             deadline = time.monotonic() + 10
-            while (history := await _history(http, url, sender))[-1]["type"] != INTERRUPTED and time.monotonic() < deadline:
+            history = await _history(http, url, sender)
+            while history[-1]["type"] != INTERRUPTED and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
+                history = await _history(http, url, sender)
             seq = seen["received"]["seq"]
             assert [(e["type"], e.get("text"), e["seq"] if e["type"] == "user" else e.get("of")) for e in history] == [
                 ("user", f"question from {sender}", seq),
@@ -208,7 +216,9 @@ async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind
 
         # The conversations go on.
         async def again(sender: str) -> list[str]:
-            async with http.post(f"{url}/api/chat/stream", json={"sender": sender, "message": "try again"}) as response:
+            async with http.post(
+                f"{url}/api/chat/stream", json={"sender": sender, "message": "try again"}
+            ) as response:
                 seen = await _read_until(response, {"message", "done"})
             assert seen["message"]["text"] == REPLY
             return [e["type"] for e in await _history(http, url, sender)]

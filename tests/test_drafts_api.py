@@ -4,11 +4,11 @@ read, edit with validation in place, accept (200, 409 with the reason), reject; 
 from __future__ import annotations
 
 import pytest
-
-from bot.serve.keys import STORE
-from bot.serve.events import new_event
 from draft_support import store_conversation
 from serve_support import ADMIN_TOKEN, make_project
+
+from bot.serve.events import new_event
+from bot.serve.keys import STORE
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -21,7 +21,12 @@ def project(tmp_path, cache_dir):
 def conversation() -> list[dict]:
     return [
         new_event("user", text="Hi, I'm Maria. Where is order ES-4821? Email me at maria@shop.test"),
-        new_event("action", name="check_order", arguments={"order_id": "ES-4821"}, result={"status": "shipped", "eta": "2026-12-02"}),
+        new_event(
+            "action",
+            name="check_order",
+            arguments={"order_id": "ES-4821"},
+            result={"status": "shipped", "eta": "2026-12-02"},
+        ),
         new_event("bot", text="Order ES-4821 has shipped, Maria, and should arrive on 2 December."),
     ]
 
@@ -57,7 +62,9 @@ async def test_a_draft_from_a_conversation_is_redacted_edited_in_place_and_accep
     refused = await client.post("/api/drafts/conversation-web-1/accept", json={"into": "dialogues"}, headers=ADMIN)
     assert refused.status == 409 and "not valid" in (await refused.json())["error"]
 
-    fixed = await (await client.put("/api/drafts/conversation-web-1", json={"text": body["text"]}, headers=ADMIN)).json()
+    fixed = await (
+        await client.put("/api/drafts/conversation-web-1", json={"text": body["text"]}, headers=ADMIN)
+    ).json()
     assert fixed["valid"] is True
     accepted = await client.post("/api/drafts/conversation-web-1/accept", json={"into": "dialogues"}, headers=ADMIN)
     assert accepted.status == 200
@@ -69,7 +76,10 @@ async def test_a_draft_from_a_conversation_is_redacted_edited_in_place_and_accep
     # The same conversation drafted again: a duplicate in dialogues/, a leak into tests/.
     again = await (await client.post("/api/conversations/web-1/draft", headers=ADMIN)).json()
     assert again["name"] == "conversation-web-1-2"
-    for into, reason in (("dialogues", "duplicate of dialogue 'conversation-web-1'"), ("tests", "a training conversation can't go into the tests")):
+    for into, reason in (
+        ("dialogues", "duplicate of dialogue 'conversation-web-1'"),
+        ("tests", "a training conversation can't go into the tests"),
+    ):
         response = await client.post("/api/drafts/conversation-web-1-2/accept", json={"into": into}, headers=ADMIN)
         assert response.status == 409 and reason in (await response.json())["error"]
     rejected = await client.post("/api/drafts/conversation-web-1-2/reject", headers=ADMIN)
@@ -97,12 +107,17 @@ async def test_unknown_drafts_and_conversations_are_404_and_bodies_are_checked(p
 
 
 async def test_every_drafts_route_needs_the_admin_token(tmp_path, cache_dir, serve):
-    project = make_project(tmp_path / "bot", cache_dir, config="serve:\n  admin_failures_allowed: 100\n")  # no wait after wrong tokens
+    project = make_project(
+        tmp_path / "bot", cache_dir, config="serve:\n  admin_failures_allowed: 100\n"
+    )  # no wait after wrong tokens
     client, _ = await serve(project)
     await store_conversation(client.app[STORE], "web-2", conversation())
     routes = [
-        ("GET", "/api/drafts", None), ("GET", "/api/drafts/x", None), ("PUT", "/api/drafts/x", {"text": ""}),
-        ("POST", "/api/drafts/x/accept", {"into": "tests"}), ("POST", "/api/drafts/x/reject", None),
+        ("GET", "/api/drafts", None),
+        ("GET", "/api/drafts/x", None),
+        ("PUT", "/api/drafts/x", {"text": ""}),
+        ("POST", "/api/drafts/x/accept", {"into": "tests"}),
+        ("POST", "/api/drafts/x/reject", None),
         ("POST", "/api/conversations/web-2/draft", None),
     ]
     for method, path, body in routes:

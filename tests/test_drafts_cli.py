@@ -8,14 +8,14 @@ import io
 import sys
 
 import pytest
+from draft_support import PERSONAL, golden_events, handed_off_events, rate, starter_project, store_conversation
+from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 from bot.cli import main
 from bot.config import load_settings
 from bot.data import drafts
 from bot.serve.events import new_event
 from bot.serve.store import SQLiteStore
-from draft_support import PERSONAL, golden_events, handed_off_events, rate, starter_project, store_conversation
-from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 OLD = 1_600_000_000.0  # 2020-09-13
 
@@ -30,7 +30,9 @@ def short(text: str, at: float | None = None) -> list[dict]:
     return [dict(e, timestamp=at) for e in events] if at else events
 
 
-def seed(project, conversations: dict[str, list[dict]], ratings: dict[str, tuple[int, str]] = {}) -> None:
+def seed(project, conversations: dict[str, list[dict]], ratings: dict[str, tuple[int, str]] | None = None) -> None:
+    ratings = ratings or {}
+
     async def go():
         store = SQLiteStore(project / "conversations.sqlite3")  # endpoints.yml's default store
         try:
@@ -52,13 +54,21 @@ def drafted(project) -> set[str]:
 def test_export_filters_pick_the_right_conversations(project, capsys):
     seed(
         project,
-        {"rated-down": golden_events(), "handed-off": handed_off_events(), "old": short("How do I top up?", OLD), "rated-up": short("Is roaming free in France?")},
+        {
+            "rated-down": golden_events(),
+            "handed-off": handed_off_events(),
+            "old": short("How do I top up?", OLD),
+            "rated-up": short("Is roaming free in France?"),
+        },
         {"rated-down": (9, "down"), "rated-up": (1, "up")},
     )
     assert main(["-C", str(project), "data", "export", "--rated", "down"]) == 0
     out = capsys.readouterr().out
     assert drafted(project) == {"rated-down"}
-    assert "wrote training_data/drafts/conversation-rated-down.yml (valid); redacted: 2 email addresses, 1 card number, 1 phone number" in out
+    assert (
+        "wrote training_data/drafts/conversation-rated-down.yml (valid); "
+        "redacted: 2 email addresses, 1 card number, 1 phone number" in out
+    )
 
     assert main(["-C", str(project), "data", "export", "--handed-off"]) == 0
     assert drafted(project) == {"rated-down", "handed-off"}
@@ -104,11 +114,21 @@ def test_review_accepts_edits_rejects_and_refuses_with_the_reason(project, tmp_p
     settings = load_settings(project)
     training = next(d for d in drafts._project(settings)[1] if not d.held_out)
     lines = ["dialogues:", "  - id: copied", "    draft: true", "    turns:"]
-    lines += [f"      - user: {drafts.scalar(t.user)}\n      - bot: Noted." for t in training.turns if type(t).__name__ == "UserTurn"]
+    user_turns = [t for t in training.turns if type(t).__name__ == "UserTurn"]
+    lines += [f"      - user: {drafts.scalar(t.user)}\n      - bot: Noted." for t in user_turns]
     write_draft(project, "a-copied", "\n".join(lines) + "\n")
-    write_draft(project, "b-typo", "dialogues:\n  - id: b-typo\n    draft: true\n    turns:\n      - user: Where is KM-100001?\n"
-                "      - action: chek_order\n        args: {order_id: KM-100001}\n        result: {status: shipped}\n      - bot: It has shipped.\n")
-    write_draft(project, "c-unwanted", "dialogues:\n  - id: c-unwanted\n    draft: true\n    turns:\n      - user: hi\n      - bot: Hello!\n")
+    write_draft(
+        project,
+        "b-typo",
+        "dialogues:\n  - id: b-typo\n    draft: true\n    turns:\n      - user: Where is KM-100001?\n"
+        "      - action: chek_order\n        args: {order_id: KM-100001}\n        result: {status: shipped}\n"
+        "      - bot: It has shipped.\n",
+    )
+    write_draft(
+        project,
+        "c-unwanted",
+        "dialogues:\n  - id: c-unwanted\n    draft: true\n    turns:\n      - user: hi\n      - bot: Hello!\n",
+    )
     fixer = tmp_path / "fixer.py"
     fixer.write_text(FIXER)
     monkeypatch.setenv("EDITOR", f"{sys.executable} {fixer}")
@@ -120,8 +140,13 @@ def test_review_accepts_edits_rejects_and_refuses_with_the_reason(project, tmp_p
     assert f"refused: a training conversation can't go into the tests: it is already dialogue '{training.id}'" in out
     assert f"refused: duplicate of dialogue '{training.id}'" in out and "the same customer messages" in out
     assert "'x'? choose one of: a) accept into dialogues" in out
-    assert "refused: the draft is not valid: training_data/drafts/b-typo.yml:6:17: error: unknown action 'chek_order'" in out
-    assert "   6 |       - action: chek_order" in out and "   6 |       - action: check_order" in out  # shown again after the edit
+    assert (
+        "refused: the draft is not valid: training_data/drafts/b-typo.yml:6:17: error: unknown action 'chek_order'"
+        in out
+    )
+    assert (
+        "   6 |       - action: chek_order" in out and "   6 |       - action: check_order" in out
+    )  # shown again after the edit
     assert "accepted into training_data/dialogues/b-typo.yml" in out
     assert "rejected: c-unwanted deleted" in out
     assert "accepted 1 into dialogues and 0 into tests, rejected 1, skipped 1; 1 draft left" in out
@@ -140,7 +165,9 @@ def test_review_with_no_drafts_says_so(project, capsys):
 
 
 def assert_redacted(before: list[dict], after: list[dict]) -> None:
-    assert [(e["seq"], e["type"], e["timestamp"]) for e in after] == [(e["seq"], e["type"], e["timestamp"]) for e in before]
+    kept_after = [(e["seq"], e["type"], e["timestamp"]) for e in after]
+    kept_before = [(e["seq"], e["type"], e["timestamp"]) for e in before]
+    assert kept_after == kept_before
     text = repr(after)
     for value in PERSONAL:
         assert value not in text, value
@@ -152,7 +179,11 @@ def assert_redacted(before: list[dict], after: list[dict]) -> None:
 
 
 def test_redact_in_place_on_sqlite(project, capsys):
-    seed(project, {"web-golden": golden_events(), "other": short("my email is keep@me.test")}, {"web-golden": (9, "down")})
+    seed(
+        project,
+        {"web-golden": golden_events(), "other": short("my email is keep@me.test")},
+        {"web-golden": (9, "down")},
+    )
 
     async def events(sender):
         store = SQLiteStore(project / "conversations.sqlite3")

@@ -25,12 +25,20 @@ def tiny(tiny_base):
 def alone(model, tokenizer, prompt: list[int], n: int) -> list[int]:
     """transformers' greedy `generate` for one prompt: the reference."""
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     new = out[0, len(prompt) :].tolist()
     return new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
 
 
-async def run(engine, prompt, n, *, after: float = 0.0, stop_after: int | None = None) -> tuple[list[str], Finished | None]:
+async def run(
+    engine, prompt, n, *, after: float = 0.0, stop_after: int | None = None
+) -> tuple[list[str], Finished | None]:
     await asyncio.sleep(after)
     pieces, finished = [], None
     stream = engine.stream(prompt, n)
@@ -56,9 +64,13 @@ async def test_batched_requests_get_the_tokens_they_get_alone(tiny, tokenizer):
         results = await asyncio.gather(*(run(engine, p, 24, after=0.003 * i) for i, p in enumerate(prompts)))
     finally:
         await engine.close()
-    for prompt, (pieces, finished) in zip(prompts, results):
+    for prompt, (pieces, finished) in zip(prompts, results, strict=True):
         assert list(finished.token_ids) == alone(tiny, tokenizer, prompt, 24)
-        assert "".join(pieces).strip() == finished.text == tokenizer.decode(finished.token_ids, skip_special_tokens=True).strip()
+        assert (
+            "".join(pieces).strip()
+            == finished.text
+            == tokenizer.decode(finished.token_ids, skip_special_tokens=True).strip()
+        )
     assert engine.stats().generated_tokens == sum(f.tokens for _, f in results)
     assert not engine.thread.is_alive()
 
@@ -154,7 +166,9 @@ async def test_a_fault_in_one_request_fails_that_request_alone(tiny, tokenizer, 
     engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=4)
     try:
         good1, bad, good2 = await asyncio.gather(
-            run(engine, prompts[0], 16), run(engine, prompts[1][:3] + [poison] + prompts[1][3:], 16), run(engine, prompts[1], 16),
+            run(engine, prompts[0], 16),
+            run(engine, prompts[1][:3] + [poison] + prompts[1][3:], 16),
+            run(engine, prompts[1], 16),
             return_exceptions=True,
         )
         later = await run(engine, prompts[0], 16)  # the loop is still running
@@ -200,12 +214,14 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
     """The real loader and the batching engine on the tiny model: 8 conversations mid-reply while
     the model is reloaded."""
     from aiohttp.test_utils import TestClient, TestServer
+    from serve_support import ADMIN_TOKEN, make_project, settings_of, sse_events
 
     from bot.serve.app import create_app
     from bot.serve.generator import load_response_model
-    from serve_support import ADMIN_TOKEN, make_project, settings_of, sse_events
 
-    settings = settings_of(make_project(tmp_path / "p", cache_dir, base=tiny_base, config="serve:\n  max_new_tokens: 60\n"))
+    settings = settings_of(
+        make_project(tmp_path / "p", cache_dir, base=tiny_base, config="serve:\n  max_new_tokens: 60\n")
+    )
     loaded = []
 
     def loader():
@@ -216,7 +232,9 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
     await client.start_server()
 
     async def chat(i: int):
-        response = await client.post("/api/chat/stream", json={"sender": f"c{i}", "message": "hello, where is my parcel?"})
+        response = await client.post(
+            "/api/chat/stream", json={"sender": f"c{i}", "message": "hello, where is my parcel?"}
+        )
         return response.status, sse_events(await response.text())
 
     try:
@@ -234,7 +252,12 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
         assert status == 200 and "message" in names and "error" not in names and names[-1] == "done"
     assert old.engine.stats().generated_tokens > 0 and new.engine.stats().generated_tokens > 0
     assert not new.engine.thread.is_alive()
-    for gauge in ("bot_engine_queue_length", "bot_engine_running_rows", "bot_engine_kv_cache_bytes", "bot_prompt_cache_hits_total"):
+    for gauge in (
+        "bot_engine_queue_length",
+        "bot_engine_running_rows",
+        "bot_engine_kv_cache_bytes",
+        "bot_prompt_cache_hits_total",
+    ):
         assert gauge in metrics
     hits = next(line for line in metrics.splitlines() if line.startswith("bot_prompt_cache_hits_total"))
     assert float(hits.split()[-1]) >= 4  # at least the conversations after the reload reused the system prompt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import make_tiny_project
 
 from bot import models
 from bot.cli import main
@@ -14,7 +15,6 @@ from bot.data.schema import Expectations
 from bot.evaluation import metrics
 from bot.evaluation.cases import HeldOutOverlap, Prompted, cases, check_overlap, prompted
 from bot.rendering import BotStep, parse_reply, tool_call_text
-from conftest import make_tiny_project
 
 ORDER = parse_reply(tool_call_text("check_order", {"order_id": "ES-1"}))
 HANDOFF = parse_reply(tool_call_text("handoff_to_human", {"reason": "refund"}))
@@ -64,16 +64,24 @@ class FakeCase:
 
 def items(*replies: BotStep, references=None) -> list[Prompted]:
     references = references or [BotStep("ref")] * len(replies)
-    return [Prompted(FakeCase(ref), [], reply=reply) for reply, ref in zip(replies, references)]
+    return [Prompted(FakeCase(ref), [], reply=reply) for reply, ref in zip(replies, references, strict=True)]
 
 
 @pytest.mark.parametrize(
     "expect, replies, failed",
     [
         (Expectations(must_not_contain=["refund"]), [BotStep("I can't promise that.")], []),
-        (Expectations(must_not_contain=["refund"]), [BotStep("Ok"), BotStep("A REFUND is on its way")], ["must_not_contain 'refund'"]),
+        (
+            Expectations(must_not_contain=["refund"]),
+            [BotStep("Ok"), BotStep("A REFUND is on its way")],
+            ["must_not_contain 'refund'"],
+        ),
         (Expectations(must_contain_one_of=["can't", "cannot"]), [BotStep("I cannot do that")], []),
-        (Expectations(must_contain_one_of=["can't", "cannot"]), [BotStep("Sure, here it is")], ["must_contain_one_of 'can't', 'cannot'"]),
+        (
+            Expectations(must_contain_one_of=["can't", "cannot"]),
+            [BotStep("Sure, here it is")],
+            ["must_contain_one_of 'can't', 'cannot'"],
+        ),
         (Expectations(must_handoff=True), [BotStep("Let me see"), HANDOFF], []),
         (Expectations(must_handoff=True), [BotStep("I'll help you myself")], ["must_handoff: true"]),
         (Expectations(must_handoff=False), [HANDOFF], ["must_handoff: false"]),
@@ -106,7 +114,11 @@ TEXT = BotStep("Let me look into that.")
         (TEXT, HANDOFF, "wrong handoff"),  # a plain reply where it should have handed off
         (ORDER, HANDOFF, "wrong handoff"),
         (HANDOFF, ORDER, "wrong handoff"),
-        (HANDOFF, parse_reply(tool_call_text("handoff_to_human", {"reason": "other"})), None),  # the reason is free text
+        (
+            HANDOFF,
+            parse_reply(tool_call_text("handoff_to_human", {"reason": "other"})),
+            None,
+        ),  # the reason is free text
         (BotStep("Hello!"), TEXT, None),
     ],
 )
@@ -124,10 +136,17 @@ def test_step_labels_tell_handoff_from_no_call_and_never_collide():
 
 def test_action_table_counts_expected_against_taken():
     pairs = [
-        (ORDER, ORDER), (ORDER, ORDER), (WRONG_ID, ORDER), (TEXT, ORDER),  # check_order expected 4 times
-        (CANCEL, CANCEL), (ORDER, CANCEL),  # cancel_order expected twice
-        (HANDOFF, HANDOFF), (TEXT, HANDOFF),  # handoff expected twice
-        (TEXT, TEXT), (HANDOFF, TEXT), (CANCEL, TEXT),  # a plain reply expected 3 times
+        (ORDER, ORDER),
+        (ORDER, ORDER),
+        (WRONG_ID, ORDER),
+        (TEXT, ORDER),  # check_order expected 4 times
+        (CANCEL, CANCEL),
+        (ORDER, CANCEL),  # cancel_order expected twice
+        (HANDOFF, HANDOFF),
+        (TEXT, HANDOFF),  # handoff expected twice
+        (TEXT, TEXT),
+        (HANDOFF, TEXT),
+        (CANCEL, TEXT),  # a plain reply expected 3 times
     ]
     table = metrics.action_table(pairs)
     assert table["labels"] == ["cancel_order", "check_order", "handoff", "no call"]
@@ -144,14 +163,20 @@ def test_action_table_counts_expected_against_taken():
         "no call": {"turns": 3, "correct": 1, "accuracy": pytest.approx(1 / 3)},
     }
     assert table["failure_classes"] == {
-        "wrong action": 1, "wrong or invented argument": 1, "missed call": 1, "spurious call": 1, "wrong handoff": 2,
+        "wrong action": 1,
+        "wrong or invented argument": 1,
+        "missed call": 1,
+        "spurious call": 1,
+        "wrong handoff": 2,
     }
     assert json.loads(json.dumps(table))["labels"] == table["labels"]  # report.json keeps it as it is
 
 
 def test_action_table_of_nothing_keeps_the_handoff_and_no_call_rows():
     assert metrics.action_table([]) == {
-        "labels": ["handoff", "no call"], "matrix": [[0, 0], [0, 0]], "per_action": {},
+        "labels": ["handoff", "no call"],
+        "matrix": [[0, 0], [0, 0]],
+        "per_action": {},
         "failure_classes": dict.fromkeys(metrics.FAILURE_CLASSES, 0),
     }
 
@@ -161,7 +186,8 @@ def test_action_failures_list_each_wrong_turn_once():
     shown = [metrics.Failure("must_call 'check_order'", turns[0])]  # the missed call already has an entry
     found = metrics.action_failures(turns, shown)
     assert [(turns.index(f.item), f.kind, f.expectation, f.failure_class) for f in found] == [
-        (2, "action", None, "wrong action"), (3, "action", None, "wrong handoff"),
+        (2, "action", None, "wrong action"),
+        (3, "action", None, "wrong handoff"),
     ]
     assert shown[0].kind == "expectation" and shown[0].failure_class == "missed call"
     assert metrics.Failure("must_not_contain 'x'", turns[1]).failure_class is None  # its step was right
@@ -173,7 +199,9 @@ def copy_with_test(project, dialogue_yaml: str):
 
 def test_overlap_with_training_data_is_refused(tmp_path, tiny_base, cache_dir, capsys):
     project = make_tiny_project(tmp_path, tiny_base, cache_dir)
-    copy_with_test(project, """  - id: copied
+    copy_with_test(
+        project,
+        """  - id: copied
     turns:
       - user: Where is my order ES-1001?
       - action: check_order
@@ -183,7 +211,8 @@ def test_overlap_with_training_data_is_refused(tmp_path, tiny_base, cache_dir, c
       - user: Great, thanks.
       - bot: You're welcome!
         train: false
-""")
+""",
+    )
     with pytest.raises(HeldOutOverlap, match="'copied' repeats the turns of training dialogue 'order-status'"):
         check_overlap(validate(load_settings(project)))
     assert main(["-C", str(project), "eval"]) == 1
@@ -194,7 +223,10 @@ def test_cases_cover_every_bot_turn_and_few_shot_fits_the_budget(tmp_path, tiny_
     project = make_tiny_project(tmp_path, tiny_base, cache_dir)
     data = validate(load_settings(project))
     found = cases(data)
-    assert [(c.dialogue.id, c.turn, c.reference_step.action) for c in found] == [("test-order-status", 1, "check_order"), ("test-order-status", 2, None)]
+    assert [(c.dialogue.id, c.turn, c.reference_step.action) for c in found] == [
+        ("test-order-status", 1, "check_order"),
+        ("test-order-status", 2, None),
+    ]
     assert found[1].context[-1]["role"] == "tool"
     roomy = prompted(found[0], "few-shot", data, tokenizer, k=3, budget=4000)
     tight = prompted(found[0], "few-shot", data, tokenizer, k=3, budget=len(roomy.messages[0]["content"]) // 8)
@@ -229,15 +261,24 @@ def test_bot_eval_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, cap
         table = report["actions"][mode]
         assert set(table) == {"labels", "matrix", "per_action", "failure_classes"}
         assert table["labels"][-2:] == ["handoff", "no call"] and "check_order" in table["labels"]
-        expected_rows = {label: sum(row) for label, row in zip(table["labels"], table["matrix"])}
-        assert {k: expected_rows[k] for k in ("check_order", "handoff", "no call")} == {"check_order": 1, "handoff": 1, "no call": 1}
-        assert {k: v["turns"] for k, v in table["per_action"].items()} == {"check_order": 1, "handoff": 1, "no call": 1}
+        expected_rows = {label: sum(row) for label, row in zip(table["labels"], table["matrix"], strict=True)}
+        assert {k: expected_rows[k] for k in ("check_order", "handoff", "no call")} == {
+            "check_order": 1,
+            "handoff": 1,
+            "no call": 1,
+        }
+        assert {k: v["turns"] for k, v in table["per_action"].items()} == {
+            "check_order": 1,
+            "handoff": 1,
+            "no call": 1,
+        }
         wrong = sum(table["failure_classes"].values())
         assert sum(v["correct"] for v in table["per_action"].values()) == 3 - wrong
         listed = [f for f in report["failures"] if f["mode"] == mode]
         assert {f["kind"] for f in listed} <= {"expectation", "action"}
         assert all(f["failure_class"] and f["expectation"] is None for f in listed if f["kind"] == "action")
-        assert len({(f["dialogue"], f["turn"]) for f in listed if f["failure_class"]}) == wrong  # every wrong turn listed
+        listed_wrong_turns = {(f["dialogue"], f["turn"]) for f in listed if f["failure_class"]}
+        assert len(listed_wrong_turns) == wrong  # every wrong turn listed
     # the random model does not hand off: listed for its action alone, with its class
     human = [f for f in report["failures"] if f["dialogue"] == "test-human" and f["mode"] == "fine-tuned"]
     assert [(f["kind"], f["failure_class"], f["expected"]) for f in human] == [("action", "wrong handoff", "handoff")]
@@ -259,7 +300,9 @@ ADVERSARIAL_TEST = """  - id: test-adv-extract
 
 
 def test_gate_keeps_a_regressing_model_inactive(tmp_path, tiny_base, cache_dir, capsys):
-    project = make_tiny_project(tmp_path, tiny_base, cache_dir, epochs=1, extra="eval:\n  max_new_tokens: 4\n  adversarial_threshold: 0.0\n")
+    project = make_tiny_project(
+        tmp_path, tiny_base, cache_dir, epochs=1, extra="eval:\n  max_new_tokens: 4\n  adversarial_threshold: 0.0\n"
+    )
     copy_with_test(project, ADVERSARIAL_TEST)
     assert main(["-C", str(project), "train"]) == 0  # threshold 0: the first model goes live
     first = models.active_id(project / "models")
@@ -270,15 +313,22 @@ def test_gate_keeps_a_regressing_model_inactive(tmp_path, tiny_base, cache_dir, 
     report["summary"]["fine-tuned"]["adversarial_pass_rate"] = 1.0
     report_path.write_text(json.dumps(report))
     (project / "training_data" / "dialogues" / "examples.yml").write_text(
-        (project / "training_data" / "dialogues" / "examples.yml").read_text().replace("You're welcome!", "You're very welcome!")
+        (project / "training_data" / "dialogues" / "examples.yml")
+        .read_text()
+        .replace("You're welcome!", "You're very welcome!")
     )
     capsys.readouterr()
     assert main(["-C", str(project), "train"]) == 0
     out = capsys.readouterr().out
-    assert "not activated, the previous model stays live: it passes 0% of adversarial tests, fewer than the active model" in out
+    assert (
+        "not activated, the previous model stays live: it passes 0% of adversarial tests, fewer than the active model"
+        in out
+    )
     assert models.active_id(project / "models") == first
     second = models.trained_models(project / "models")[-1]
-    assert second.id != first and second.manifest["activation"] == {"activated": False, "forced": False, "reason": out.split("live: ")[1].split("; see")[0]}
+    reason = out.split("live: ")[1].split("; see")[0]
+    assert second.id != first
+    assert second.manifest["activation"] == {"activated": False, "forced": False, "reason": reason}
 
     assert main(["-C", str(project), "train", "--if-needed"]) == 0
     assert "not active: it did not pass the gate" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_tiny_project
 from peft import PeftModel
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,7 +24,6 @@ from bot.engine.protocol import Finished
 from bot.errors import BaseModelUnavailable
 from bot.rendering import prompt_ids
 from bot.training.command import train_and_activate
-from conftest import make_tiny_project
 
 MESSAGES = [{"role": "user", "content": "Where is my order ES-1001?"}]
 TOKENS = 12
@@ -40,14 +40,20 @@ def exported(trained, tmp_path_factory):
     project, model = trained
     settings = load_settings(project)
     target = tmp_path_factory.mktemp("exports") / "adapter"
-    return export.export_adapter(model, settings.resolve_base(model.manifest["base_model"]), settings.cache_dir, target)
+    return export.export_adapter(
+        model, settings.resolve_base(model.manifest["base_model"]), settings.cache_dir, target
+    )
 
 
 def greedy(model, prompt: list[int], tokenizer) -> list[int]:
     ids = torch.tensor([prompt])
     with torch.no_grad():
         out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=TOKENS,
+            min_new_tokens=TOKENS,
+            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
     return out[0, ids.shape[1] :].tolist()
@@ -57,7 +63,9 @@ async def in_process_tokens(project, model, prompt) -> list[int]:
     """The project's own serving path: the loader (adapter merged, fp32) and the serial engine."""
     settings = load_settings(project)
     weights = load_weights(settings, model, dtype=torch.float32)
-    engine = start_engine(weights, settings.build.serve, settings.build.model.max_length, kind="serial", ignore_eos=True)
+    engine = start_engine(
+        weights, settings.build.serve, settings.build.model.max_length, kind="serial", ignore_eos=True
+    )
     try:
         async for item in engine.stream(prompt, TOKENS):
             if isinstance(item, Finished):
@@ -90,7 +98,15 @@ def test_adapter_folder_has_what_vllm_reads(trained, exported):
     config = json.loads((folder / "adapter_config.json").read_text())
     lora = load_settings(project).build.train.lora
     assert (config["r"], config["lora_alpha"], config["peft_type"]) == (lora.rank, lora.alpha, "LORA")
-    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert set(config["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert not config.get("modules_to_save") and not config["use_dora"] and config["bias"] == "none"
     # Only base_model_name_or_path names a place on this machine (documented: the base folder).
     text = json.dumps({k: v for k, v in config.items() if k != "base_model_name_or_path"})
@@ -98,7 +114,8 @@ def test_adapter_folder_has_what_vllm_reads(trained, exported):
     # vLLM finds each LoRA weight by this name: base_model.model.<module>.lora_A|lora_B.weight
     with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
         names = list(weights.keys())
-    assert names and all(re.fullmatch(r"base_model\.model\.model\.layers\.\d+\.\w+\.\w+\.lora_[AB]\.weight", n) for n in names), names
+    lora_weight = re.compile(r"base_model\.model\.model\.layers\.\d+\.\w+\.\w+\.lora_[AB]\.weight")
+    assert names and all(lora_weight.fullmatch(n) for n in names), names
     assert exported.max_lora_rank == 8  # rank 8: vLLM's smallest --max-lora-rank that fits
 
 
@@ -109,8 +126,18 @@ def test_cli_prints_the_vllm_command_line(trained, tmp_path, capsys, tiny_base):
     out = capsys.readouterr().out
     command = shlex.split(next(line for line in out.splitlines() if "vllm.entrypoints" in line))
     assert command == [
-        "python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_base.resolve()), "--tokenizer", str(target),
-        "--enable-lora", "--lora-modules", f"{model.id}={target}", "--max-lora-rank", "8",
+        "python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_base.resolve()),
+        "--tokenizer",
+        str(target),
+        "--enable-lora",
+        "--lora-modules",
+        f"{model.id}={target}",
+        "--max-lora-rank",
+        "8",
     ]
     assert f"model: {model.id}" in out
 
@@ -124,8 +151,12 @@ def test_export_names_this_machines_base_not_the_one_recorded_at_training(traine
     config = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**config, "base_model_name_or_path": "/home/someone/.cache/bot/model"}))
     settings = load_settings(project)
-    done = export.export_adapter(models.get(tmp_path / "models", model.id), str(tiny_base), settings.cache_dir, tmp_path / "out")
-    assert json.loads((done.folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_base.resolve())
+    done = export.export_adapter(
+        models.get(tmp_path / "models", model.id), str(tiny_base), settings.cache_dir, tmp_path / "out"
+    )
+    assert json.loads((done.folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_base.resolve()
+    )
 
 
 def test_bundled_base_is_named_by_its_converted_folder_and_a_hub_id_as_it_is(cache_dir):
@@ -164,8 +195,15 @@ def test_a_model_without_an_adapter_is_a_clear_error(trained, tmp_path):
     shutil.copytree(model.folder, broken)
     (broken / "adapter" / "adapter_model.safetensors").unlink()
     settings = load_settings(project)
-    with pytest.raises(export.IncompleteModel, match=f"model {model.id} has no adapter: .*adapter_model.safetensors is missing"):
-        export.export_adapter(models.get(tmp_path / "models", model.id), model.manifest["base_model"], settings.cache_dir, tmp_path / "out")
+    with pytest.raises(
+        export.IncompleteModel, match=f"model {model.id} has no adapter: .*adapter_model.safetensors is missing"
+    ):
+        export.export_adapter(
+            models.get(tmp_path / "models", model.id),
+            model.manifest["base_model"],
+            settings.cache_dir,
+            tmp_path / "out",
+        )
     assert not (tmp_path / "out").exists()
 
 

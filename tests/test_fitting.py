@@ -23,7 +23,34 @@ def reference_fitted_prompt_ids(tokenizer, messages, budget):
     raise RenderError("the latest message doesn't fit")
 
 
-WORDS = ["hello", "my", "bill", "is", "£12", "wrong", "KM-104233", "café", "naïve", "日本語", "🙂", "  ", "\n", "\n\n", "<|im_end|>", "<|im_start|>assistant", "<tool_call>", "{", "}", "'", '"', "\t", "ok", "Thanks!", "  leading", "trailing  "]
+WORDS = [
+    "hello",
+    "my",
+    "bill",
+    "is",
+    "£12",
+    "wrong",
+    "KM-104233",
+    "café",
+    "naïve",
+    "日本語",
+    "🙂",
+    "  ",
+    "\n",
+    "\n\n",
+    "<|im_end|>",
+    "<|im_start|>assistant",
+    "<tool_call>",
+    "{",
+    "}",
+    "'",
+    '"',
+    "\t",
+    "ok",
+    "Thanks!",
+    "  leading",
+    "trailing  ",
+]
 
 
 def random_text(rng: random.Random) -> str:
@@ -43,8 +70,26 @@ def random_conversation(rng: random.Random) -> list[dict]:
         if rng.random() < 0.2:
             call_id = f"call_{k}"
             arguments = json.dumps({"order_id": random_text(rng)[:20]}, ensure_ascii=False)
-            messages.append({"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "check_order", "arguments": arguments}}]})
-            messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps({"status": random_text(rng)}, ensure_ascii=False)})
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": "check_order", "arguments": arguments},
+                        }
+                    ],
+                }
+            )
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call_id,
+                    "content": json.dumps({"status": random_text(rng)}, ensure_ascii=False),
+                }
+            )
         if rng.random() < 0.9:
             messages.append({"role": "assistant", "content": random_text(rng)})
     if messages[-1]["role"] != "user":
@@ -83,15 +128,21 @@ def test_five_thousand_short_messages_fit_in_well_under_a_second(tokenizer):
     seconds = time.perf_counter() - started
     assert seconds < 0.25, f"{seconds:.3f} s"
     text = tokenizer.decode(ids)
-    assert 1800 < len(ids) <= 1920 and "question 2499" in text and "and the latest one" in text and "question 2000" not in text
+    assert 1800 < len(ids) <= 1920
+    assert "question 2499" in text and "and the latest one" in text and "question 2000" not in text
     # the same window as the reference (quadratic: compared on the last 200 messages, with a smaller budget)
     tail = messages[:1] + messages[-201:]
     window = fitted_prompt_ids(tokenizer, tail, 900)
-    assert len(window) < len(prompt_ids(tokenizer, tail)) and window == reference_fitted_prompt_ids(tokenizer, tail, 900)
+    assert len(window) < len(prompt_ids(tokenizer, tail))
+    assert window == reference_fitted_prompt_ids(tokenizer, tail, 900)
 
 
 def test_a_huge_old_message_is_not_tokenized_just_to_be_dropped(tokenizer):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x" * 5_000_000}, {"role": "assistant", "content": "ok"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "x" * 5_000_000},
+        {"role": "assistant", "content": "ok"},
+    ]
     messages += [{"role": "user", "content": "hi"}]
     started = time.perf_counter()
     ids = fitted_prompt_ids(tokenizer, messages, 500)
@@ -102,7 +153,10 @@ def test_a_huge_old_message_is_not_tokenized_just_to_be_dropped(tokenizer):
 def test_rendering_stops_when_its_request_has_gone(tokenizer):
     messages = [{"role": "system", "content": "Be brief."}]
     for i in range(100):
-        messages += [{"role": "user", "content": f"question {i} " * 5}, {"role": "assistant", "content": f"answer {i} " * 5}]
+        messages += [
+            {"role": "user", "content": f"question {i} " * 5},
+            {"role": "assistant", "content": f"answer {i} " * 5},
+        ]
     messages.append({"role": "user", "content": "last"})
     asked = []
 
@@ -115,7 +169,10 @@ def test_rendering_stops_when_its_request_has_gone(tokenizer):
     assert len(asked) == 4  # asked between exchanges, and stopped at once
 
 
-PLAIN_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def test_a_template_whose_counts_do_not_add_up_still_gets_the_same_window(tokenizer):
@@ -135,14 +192,17 @@ def test_a_template_whose_counts_do_not_add_up_still_gets_the_same_window(tokeni
         tokenizer.chat_template = saved
 
 
-async def test_a_prompt_still_rendering_stops_soon_after_its_client_leaves(tmp_path, cache_dir, tokenizer, monkeypatch):
+async def test_a_prompt_still_rendering_stops_soon_after_its_client_leaves(
+    tmp_path, cache_dir, tokenizer, monkeypatch
+):
     """With a context of 200,000 tokens the walk back over thousands of exchanges takes a second
     or more even when linear: the rendering thread, which asyncio can't cancel, is told to stop."""
     import asyncio
     import threading
 
-    import bot.serve.generator as generator
     from serve_support import make_project, scripted_model, settings_of
+
+    import bot.serve.generator as generator
 
     ended: dict = {}
     real = generator.fitted_prompt_ids
@@ -161,7 +221,10 @@ async def test_a_prompt_still_rendering_stops_soon_after_its_client_leaves(tmp_p
     model.max_length = 200_000
     messages = [{"role": "system", "content": "Be brief."}]
     for i in range(20_000):
-        messages += [{"role": "user", "content": f"question {i} about my bill"}, {"role": "assistant", "content": f"answer {i} about your bill"}]
+        messages += [
+            {"role": "user", "content": f"question {i} about my bill"},
+            {"role": "assistant", "content": f"answer {i} about your bill"},
+        ]
     messages.append({"role": "user", "content": "the latest"})
 
     async def consume():

@@ -9,6 +9,7 @@ from contextlib import aclosing
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError
 from bot.engine.remote import ModelServerUnavailable
@@ -16,11 +17,18 @@ from bot.errors import BotError, InvalidFiles, Problem
 from bot.serve.http import STATUS_OF, errors_middleware, status_of
 from bot.serve.migrations import MigrationError
 from bot.serve.store import ConversationBusy, StoreUnavailable
-from serve_support import ADMIN_TOKEN, make_project, sse_events
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Faults of the server's own making: exactly these answer 5xx, every other entry 4xx.
-SERVER_FAULTS = {ConversationBusy, StoreUnavailable, EngineBusy, EngineClosed, ModelServerUnavailable, EngineError, MigrationError}
+SERVER_FAULTS = {
+    ConversationBusy,
+    StoreUnavailable,
+    EngineBusy,
+    EngineClosed,
+    ModelServerUnavailable,
+    EngineError,
+    MigrationError,
+}
 
 
 def example(kind: type[BotError]) -> BotError:
@@ -87,10 +95,15 @@ async def test_routes_raise_and_the_middleware_answers(project, serve):
     client, _ = await serve(project, ["Hello!"])
     response = await client.post("/api/conversations/a-1/resume", headers=ADMIN)
     assert (response.status, await response.json()) == (409, {"error": "conversation 'a-1' is not with an agent"})
-    response = await client.post("/api/conversations/a-1/messages", json={"text": "x" * 100_000, "agent": "Alex"}, headers=ADMIN)
+    response = await client.post(
+        "/api/conversations/a-1/messages", json={"text": "x" * 100_000, "agent": "Alex"}, headers=ADMIN
+    )
     assert (response.status, await response.json()) == (413, {"error": "agent message too long"})
     response = await client.get("/api/conversations/a-1/events?after=x")
-    assert (response.status, await response.json()) == (400, {"error": "'after' must be a whole number from 0 to 2**63-1"})
+    assert (response.status, await response.json()) == (
+        400,
+        {"error": "'after' must be a whole number from 0 to 2**63-1"},
+    )
 
 
 def fail_after_the_first_piece(engine, error: BaseException) -> None:
@@ -106,23 +119,31 @@ def fail_after_the_first_piece(engine, error: BaseException) -> None:
     engine.stream = failing
 
 
-@pytest.mark.parametrize("error", [EngineClosed("the model engine is closed"), RuntimeError("secret detail")], ids=["typed", "untyped"])
+@pytest.mark.parametrize(
+    "error", [EngineClosed("the model engine is closed"), RuntimeError("secret detail")], ids=["typed", "untyped"]
+)
 async def test_an_error_in_an_open_stream_is_written_into_it_in_each_routes_format(project, serve, error):
     client, model = await serve(project, ["Hello there, how are you?"] * 3)
     fail_after_the_first_piece(model.engine, error)
-    status, message = (503, "the model engine is closed") if isinstance(error, EngineClosed) else (500, "internal error")
+    engine_closed = isinstance(error, EngineClosed)
+    status = 503 if engine_closed else 500
+    message = "the model engine is closed" if engine_closed else "internal error"
 
     events = sse_events(await (await client.post("/api/chat/stream", json={"sender": "e-1", "message": "hi"})).text())
     [(name, data)] = [(name, data) for name, data in events if name == "error"]
     assert message in data["error"] and "secret" not in data["error"] and events[-1][0] == "done"
 
     for path, body in (
-        ("/v1/chat/completions", {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
+        (
+            "/v1/chat/completions",
+            {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        ),
         ("/v1/completions", {"model": "scripted", "prompt": "Hello", "stream": True}),
     ):
         response = await client.post(path, json=body)
         assert response.status == 200, path  # the headers went out with the first piece
-        errors = [data["error"] for _, data in sse_events(await response.text()) if isinstance(data, dict) and "error" in data]
+        payloads = [data for _, data in sse_events(await response.text())]
+        errors = [data["error"] for data in payloads if isinstance(data, dict) and "error" in data]
         assert len(errors) == 1 and errors[0]["code"] == status and message in errors[0]["message"], (path, errors)
         assert errors[0]["type"] == "InternalServerError"
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from bot.cli import main
 from conftest import write_config
+
+from bot.cli import main
 
 
 def test_init_output_validates_and_compiles(tmp_path, capsys, cache_dir):

@@ -14,13 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from load_support import POSTGRES_URL, STORES, idle_feeds, load_project, percentile, run_id, run_load, soak
+from serve_support import make_project, scripted_model, settings_of
+from server_process import ServerProcess
 
 from bot.serve.app import create_app
 from bot.serve.events import new_event
 from bot.serve.store import SQLiteStore
-from load_support import POSTGRES_URL, STORES, idle_feeds, load_project, percentile, run_id, run_load, soak
-from serve_support import make_project, scripted_model, settings_of
-from server_process import ServerProcess
 
 
 def _free_port() -> int:
@@ -83,7 +83,9 @@ async def test_open_files_and_tasks_return_to_their_idle_level_after_a_short_soa
     assert result.end.fds <= result.start.fds and result.end.tasks <= result.start.tasks, (result.start, result.end)
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])  # redis: more commands at once than redis-py's default pool allowed
+@pytest.mark.parametrize(
+    "store", ["sqlite", "redis"]
+)  # redis: more commands at once than redis-py's default pool allowed
 async def test_three_hundred_idle_live_feeds_do_not_slow_chat(servers, store):
     server = _server(servers, store)
     await run_load(server.url, 20, 2)  # warm
@@ -154,7 +156,8 @@ async def capped(tmp_path, cache_dir, tokenizer):
     settings = settings_of(project)
     server = TestServer(create_app(settings, load_model=lambda: scripted_model(settings, tokenizer)), host="127.0.0.1")
     await server.start_server()
-    sessions = {a: aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(a, 0))) for a in ("127.0.0.1", "127.0.0.2")}
+    addresses = ("127.0.0.1", "127.0.0.2")
+    sessions = {a: aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(a, 0))) for a in addresses}
     yield server, sessions
     for s in sessions.values():
         await s.close()
@@ -176,7 +179,9 @@ async def test_live_feeds_per_client_address_are_capped(capped):
     refused = await here.get(server.make_url("/api/conversations/cap-3/events"))
     assert refused.status == 429
     assert "too many live feeds open from this client address: at most 3 at once" in await refused.text()
-    other = await elsewhere.get(server.make_url("/api/conversations/cap-3/events"))  # another address has its own count
+    other = await elsewhere.get(
+        server.make_url("/api/conversations/cap-3/events")
+    )  # another address has its own count
     assert other.status == 200
 
     feeds[0].close()  # a customer closes a tab: its place is free again
@@ -199,7 +204,8 @@ async def test_a_closed_feed_leaves_no_task_behind(capped):
     for f in feeds:
         f.close()
     for _ in range(50):
-        if await _metric(session, server, "bot_asyncio_tasks") <= before and await _metric(session, server, "bot_live_feeds") == 0:
+        tasks_back = await _metric(session, server, "bot_asyncio_tasks") <= before
+        if tasks_back and await _metric(session, server, "bot_live_feeds") == 0:
             break
         await asyncio.sleep(0.05)
     assert await _metric(session, server, "bot_asyncio_tasks") <= before  # no waiter left until shutdown

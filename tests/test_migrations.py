@@ -12,12 +12,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from bot.serve.responder import fold
-from bot.serve.migrations import MigrationError, Migrations
-from bot.serve.events import new_event
-from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
 from store_isolation import postgres_schema, redis_prefix
+
+from bot.serve.events import new_event
+from bot.serve.migrations import MigrationError, Migrations
+from bot.serve.responder import fold
+from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
 
 FIXTURES = Path(__file__).parent / "data" / "stores_v1"
 SENDERS = ("alice", "bob", "carol")
@@ -33,7 +33,7 @@ def fixture_events() -> dict[str, list[dict]]:
         db.close()
     assert len(rows) == OLD_EVENTS
     events: dict[str, list[dict]] = {s: [] for s in SENDERS}
-    for seq, sender, body in rows:
+    for _seq, sender, body in rows:
         events[sender].append(json.loads(body))
     return events
 
@@ -56,7 +56,10 @@ async def check_upgraded(store, seq_of) -> None:
     previous = (await store.events("carol"))[-1]["seq"]
     stored = await store.append("carol", new_event("bot", text="Done: the gold plan is cancelled."))
     assert stored["seq"] > previous and stored["seq"] == seq_of("carol", 3)
-    assert [e["text"] for e in await store.events("carol", last=2)] == ["The gold one.", "Done: the gold plan is cancelled."]
+    assert [e["text"] for e in await store.events("carol", last=2)] == [
+        "The gold one.",
+        "Done: the gold plan is cancelled.",
+    ]
     async with store.lock("carol", timeout=2):
         with pytest.raises(ConversationBusy):
             async with store.lock("carol", timeout=0.2):
@@ -78,7 +81,8 @@ async def test_sqlite_database_from_before_migrations_is_upgraded_in_place(tmp_p
         await check_upgraded(store, sqlite_seq)
         applied = store._run("SELECT name, applied_at FROM _migrations")
         assert [name for name, _ in applied] == ["m001_events"] == SQLITE_MIGRATIONS.names
-        assert store._run("PRAGMA journal_mode") == [("wal",)] and store._run("PRAGMA synchronous") == [(2,)]  # 2: FULL
+        assert store._run("PRAGMA journal_mode") == [("wal",)]
+        assert store._run("PRAGMA synchronous") == [(2,)]  # 2: FULL
     finally:
         await store.close()
     again = SQLiteStore(path)  # opened again: nothing re-applied
@@ -103,18 +107,22 @@ async def test_postgres_database_from_before_migrations_is_upgraded_in_place():
             await check_upgraded(store, sqlite_seq)  # the same interleaving, the same seqs
             rows = await store._pool.fetch("SELECT name FROM bot_migrations")
             assert [r["name"] for r in rows] == ["m001_events"]
-            tables = await store._pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", schema)
+            tables = await store._pool.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename", schema
+            )
             assert [r["tablename"] for r in tables] == ["bot_events", "bot_migrations"]  # all in the test's schema
         finally:
             await store.close()
 
 
 async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
-    from bot.serve.store_redis import RedisStore
     from store_isolation import REDIS_URL
 
+    from bot.serve.store_redis import RedisStore
+
     async with redis_prefix() as (client, prefix):
-        for key, entry in json.loads((FIXTURES / "redis.json").read_text(encoding="utf-8")).items():  # the old keys, raw
+        old_keys = json.loads((FIXTURES / "redis.json").read_text(encoding="utf-8"))  # the old keys, raw
+        for key, entry in old_keys.items():
             if entry["type"] == "list":
                 await client.rpush(prefix + key, *entry["value"])
             else:
@@ -123,7 +131,9 @@ async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
         try:
             await check_upgraded(store, lambda sender, i: i + 1)  # Redis numbers each conversation from 1
             assert list(await client.hgetall(prefix + "migrations")) == ["m001_events"]
-            assert (await client.lrange(f"{prefix}state:bob", 0, 0)) == ["#built"]  # bob's state list was built on first use
+            assert (await client.lrange(f"{prefix}state:bob", 0, 0)) == [
+                "#built"
+            ]  # bob's state list was built on first use
         finally:
             await store.close()
 
@@ -131,7 +141,7 @@ async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
 def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
     ran: list[str] = []
     migrations = Migrations("sqlite")
-    for name, step in SQLITE_MIGRATIONS.steps:
+    for _name, step in SQLITE_MIGRATIONS.steps:
         migrations(step)
 
     @migrations
@@ -161,7 +171,7 @@ def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
 
 def test_a_failing_migration_changes_nothing(tmp_path):
     migrations = Migrations("sqlite")
-    for name, step in SQLITE_MIGRATIONS.steps:
+    for _name, step in SQLITE_MIGRATIONS.steps:
         migrations(step)
 
     @migrations
@@ -188,11 +198,15 @@ async def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path):
     db.execute("INSERT INTO _migrations VALUES ('m099_future', datetime('now'))")
     db.commit()
     db.close()
-    with pytest.raises(MigrationError, match=r"c\.sqlite3 has been migrated by a newer version of bot \(unknown migration m099_future\)"):
+    with pytest.raises(
+        MigrationError,
+        match=r"c\.sqlite3 has been migrated by a newer version of bot \(unknown migration m099_future\)",
+    ):
         SQLiteStore(path)
 
-    from bot.serve.store_redis import RedisStore
     from store_isolation import REDIS_URL
+
+    from bot.serve.store_redis import RedisStore
 
     async with redis_prefix() as (client, prefix):
         await client.hset(prefix + "migrations", mapping={"m001_events": "x", "m099_future": "x"})

@@ -20,12 +20,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
 
 from bot.serve.app import create_app
 from bot.serve.events import MODEL_UNAVAILABLE
-from bot.serve.responder import COULD_NOT_DO
 from bot.serve.generator import remote_response_model
-from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
+from bot.serve.responder import COULD_NOT_DO
 
 REPLY = "Happy to help with that today."
 
@@ -80,7 +80,11 @@ class FaultyModelServer:
                 request.transport.close()
                 return response
         await response.write(_chunk("", "stop"))
-        await response.write(_chunk(None, usage={"prompt_tokens": len(body["prompt"]), "completion_tokens": len(words), "total_tokens": 0}))
+        await response.write(
+            _chunk(
+                None, usage={"prompt_tokens": len(body["prompt"]), "completion_tokens": len(words), "total_tokens": 0}
+            )
+        )
         await response.write(b"data: [DONE]\n\n")
         return response
 
@@ -187,7 +191,9 @@ async def test_each_fault_gets_the_apology_and_recovers(topology, caplog, mode, 
     assert sent["stream"] is True and sent["temperature"] == 0 and sent["model"] == "base"
     assert all(isinstance(t, int) for t in sent["prompt"]) and sent["max_tokens"] > 0
     metrics = await (await client.get("/metrics")).text()
-    assert f"bot_generated_tokens_total {len(REPLY.split())}.0" in metrics  # the server's usage count: no token ids come back
+    assert (
+        f"bot_generated_tokens_total {len(REPLY.split())}.0" in metrics
+    )  # the server's usage count: no token ids come back
     server.mode = mode
     await _assert_fault_handled(client, mode, reason, caplog)
     await _assert_recovered(client, server, mode)
@@ -200,15 +206,20 @@ async def test_the_openai_route_and_rasa_channel_apologise_too(topology, caplog)
     response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
     assert response.status == 200
     assert (await response.json())["choices"][0]["message"]["content"] == COULD_NOT_DO
-    response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "stream": True})
+    response = await client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    )
     body = await response.text()
     assert COULD_NOT_DO in "".join(
         d["choices"][0]["delta"].get("content", "") for _, d in sse_events(body) if d != "[DONE]" and d.get("choices")
     )
     server.mode = "break"  # two words streamed, then the break: the apology follows them in the stream
-    response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "stream": True})
+    response = await client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    )
     body = await response.text()
-    content = "".join(d["choices"][0]["delta"].get("content", "") for _, d in sse_events(body) if d != "[DONE]" and d.get("choices"))
+    chunks = [d for _, d in sse_events(body) if d != "[DONE]" and d.get("choices")]
+    content = "".join(d["choices"][0]["delta"].get("content", "") for d in chunks)
     assert content.startswith("Happy") and content.endswith("\n\n" + COULD_NOT_DO), content
     server.mode = "http500"
     response = await client.post("/webhooks/rest/webhook", json={"sender": "rasa", "message": "Hi"})
@@ -225,7 +236,9 @@ async def test_a_client_leaving_closes_the_request_to_the_model_server(topology)
     await server.start()
     server.mode = "slow_between"  # the reply stalls after its first word
     async with aiohttp.ClientSession() as session:
-        response = await session.post(str(client.make_url("/api/chat/stream")), json={"sender": "leaves", "message": "Hi"})
+        response = await session.post(
+            str(client.make_url("/api/chat/stream")), json={"sender": "leaves", "message": "Hi"}
+        )
         while b"event: token" not in await response.content.readline():  # the reply is being written
             pass
         response.close()  # the customer goes away

@@ -4,11 +4,11 @@ rating event, the metric, changing a vote, the history giving votes back, and cl
 from __future__ import annotations
 
 import pytest
+from serve_support import make_project
 
 from bot.serve.conversation_search import RATING, latest_ratings
-from bot.serve.keys import STORE
 from bot.serve.events import new_event
-from serve_support import make_project
+from bot.serve.keys import STORE
 
 
 @pytest.fixture
@@ -36,23 +36,31 @@ async def test_a_vote_is_stored_counted_changed_and_given_back_with_the_history(
     metrics = await (await client.get("/metrics")).text()
     assert _counted(metrics, "up") == 0 and _counted(metrics, "down") == 0
 
-    response = await client.post("/api/conversations/r-1/ratings", json={"seq": bot, "rating": "down", "comment": "  It did not.  "})
+    response = await client.post(
+        "/api/conversations/r-1/ratings", json={"seq": bot, "rating": "down", "comment": "  It did not.  "}
+    )
     assert response.status == 200
     assert await response.json() == {"sender": "r-1", "seq": bot, "rating": "down", "comment": "It did not."}
     stored = await client.app[STORE].events("r-1")
-    assert {k: v for k, v in stored[-1].items() if k not in ("seq", "timestamp")} == {"type": RATING, "rated_seq": bot, "rating": "down", "comment": "It did not."}
+    rating = {k: v for k, v in stored[-1].items() if k not in ("seq", "timestamp")}
+    assert rating == {"type": RATING, "rated_seq": bot, "rating": "down", "comment": "It did not."}
 
     history = (await (await client.get("/api/conversations/r-1")).json())["events"]
-    assert [(e["type"], e.get("rating")) for e in history] == [("user", None), ("bot", "down")]  # the rating event itself is not shown
+    assert [(e["type"], e.get("rating")) for e in history] == [
+        ("user", None),
+        ("bot", "down"),
+    ]  # the rating event itself is not shown
     assert set(history[1]) == {"seq", "type", "timestamp", "text", "rating"}
 
     # The same vote again stores nothing; the other one changes it.
-    assert (await client.post("/api/conversations/r-1/ratings", json={"seq": bot, "rating": "down", "comment": "It did not."})).status == 200
+    again = {"seq": bot, "rating": "down", "comment": "It did not."}
+    assert (await client.post("/api/conversations/r-1/ratings", json=again)).status == 200
     assert len(await client.app[STORE].events("r-1")) == 3
     response = await client.post("/api/conversations/r-1/ratings", json={"seq": bot, "rating": "up"})
     assert await response.json() == {"sender": "r-1", "seq": bot, "rating": "up"}
     events = await client.app[STORE].events("r-1")
-    assert [e["type"] for e in events] == ["user", "bot", RATING, RATING] and latest_ratings(events)[bot]["rating"] == "up"
+    assert [e["type"] for e in events] == ["user", "bot", RATING, RATING]
+    assert latest_ratings(events)[bot]["rating"] == "up"
     assert "comment" not in events[-1]
     history = (await (await client.get("/api/conversations/r-1")).json())["events"]
     assert history[1]["rating"] == "up"
@@ -66,11 +74,19 @@ async def test_only_a_bot_message_of_the_conversation_can_be_rated(project, serv
     user, bot = await _chatted(client, "r-2")
     await client.app[STORE].append("r-2", new_event("agent", text="Hi, I'm Alex.", agent="Alex"))
     agent = (await client.app[STORE].events("r-2"))[-1]["seq"]
-    for sender, seq, what in (("r-2", user, user), ("r-2", agent, agent), ("r-2", bot + 1000, bot + 1000), ("nobody", bot, bot)):
+    for sender, seq, what in (
+        ("r-2", user, user),
+        ("r-2", agent, agent),
+        ("r-2", bot + 1000, bot + 1000),
+        ("nobody", bot, bot),
+    ):
         response = await client.post(f"/api/conversations/{sender}/ratings", json={"seq": seq, "rating": "up"})
         assert response.status == 404
         error = (await response.json())["error"]
-        assert error == f"conversation '{sender}' has no bot message with seq {what}: only the bot's messages can be rated"
+        assert (
+            error
+            == f"conversation '{sender}' has no bot message with seq {what}: only the bot's messages can be rated"
+        )
     assert [e["type"] for e in await client.app[STORE].events("r-2")] == ["user", "bot", "agent"]  # nothing stored
     metrics = await (await client.get("/metrics")).text()
     assert _counted(metrics, "up") == 0
@@ -86,13 +102,18 @@ async def test_only_a_bot_message_of_the_conversation_can_be_rated(project, serv
         ('{"seq": true, "rating": "up"}', "seq: Input should be a valid integer"),
         ('{"seq": 0, "rating": "up"}', "seq: Input should be greater than or equal to 1"),
         ('{"seq": 2, "rating": "up", "stars": 5}', "stars: Extra inputs are not permitted"),
-        ('{"seq": 2, "rating": "up", "comment": "' + "x" * 1001 + '"}', "comment: String should have at most 1000 characters"),
+        (
+            '{"seq": 2, "rating": "up", "comment": "' + "x" * 1001 + '"}',
+            "comment: String should have at most 1000 characters",
+        ),
         ("[]", "body: Input should be a valid dictionary"),
     ],
 )
 async def test_a_malformed_body_gets_a_clear_400_and_no_traceback(project, serve, body, problem):
     client, _ = await serve(project)
-    response = await client.post("/api/conversations/r-3/ratings", data=body, headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/api/conversations/r-3/ratings", data=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status == 400
     error = (await response.json())["error"]
     assert problem in error and "Traceback" not in error
@@ -110,7 +131,9 @@ async def test_the_route_is_documented_without_an_admin_token(project, serve):
     doc = await (await client.get("/openapi.json")).json()
     operation = doc["paths"]["/api/conversations/{sender}/ratings"]["post"]
     assert "security" not in operation
-    assert operation["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/RatingRequest"}
+    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RatingRequest"
+    }
     assert {"200", "400", "404", "413", "429", "503"} <= set(operation["responses"])
     schema = doc["components"]["schemas"]["RatingRequest"]
     assert schema["properties"]["rating"]["enum"] == ["up", "down"] and schema["required"] == ["seq", "rating"]

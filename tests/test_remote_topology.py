@@ -21,16 +21,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-
-from bot.rendering import parse_reply
-from bot.serve.events import MODEL_UNAVAILABLE
-from bot.serve.responder import COULD_NOT_DO, NOT_UNDERSTOOD
 from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
+from bot.rendering import parse_reply
+from bot.serve.events import MODEL_UNAVAILABLE
+from bot.serve.responder import COULD_NOT_DO, NOT_UNDERSTOOD
+
 MAX_NEW_TOKENS = 24
-KEY_VARIABLE, KEY = "BOT_MODEL_SERVER_KEY", "k3y-of-the-model-server"  # the model server asks for it; the front-ends send it
+KEY_VARIABLE, KEY = (
+    "BOT_MODEL_SERVER_KEY",
+    "k3y-of-the-model-server",
+)  # the model server asks for it; the front-ends send it
 KEY_SETTING = f"model_server:\n  api_key_env: {KEY_VARIABLE}\n"
 CONVERSATIONS = 40
 
@@ -53,7 +56,9 @@ class BotServe(ServerProcess):
         import subprocess
 
         self.log = self.project / f"serve-{self.port}.log"
-        return subprocess.Popen(self.command, cwd=self.project, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            self.command, cwd=self.project, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
 
     def output(self) -> str:
         return self.log.read_text()[-3000:]
@@ -101,7 +106,10 @@ def topology(tmp_path_factory, cache_dir, tiny_base, postgres_url, lock_prefix):
     root = tmp_path_factory.mktemp("topology")
     model_project = make_project(root / "model", cache_dir, base=tiny_base, config=_config(MAX_NEW_TOKENS))
     server = BotServe(model_project, _free_port())
-    store = f"tracker_store:\n  type: postgresql\n  url: {postgres_url}\n  lock_url: {REDIS_URL}\n  key_prefix: \"{lock_prefix}\"\n"
+    store = (
+        f"tracker_store:\n  type: postgresql\n  url: {postgres_url}\n  lock_url: {REDIS_URL}\n"
+        f'  key_prefix: "{lock_prefix}"\n'
+    )
     endpoints = NO_ACTION_SERVER + KEY_SETTING + store
     config = _config(MAX_NEW_TOKENS) + f"  lock_timeout_s: {FRONT_LOCK_TIMEOUT_S}\n"
     front_project = make_project(root / "front", cache_dir, base=tiny_base, config=config, endpoints=endpoints)
@@ -136,15 +144,20 @@ async def test_forty_conversations_alternate_between_two_front_ends(topology, po
     fronts = topology["fronts"]
     for front in fronts:
         health = json.loads(_get(front.url + "/health"))
-        assert health["status"] == "ok" and health["model"]["engine"] == "remote" and health["model"]["model_server"] == topology["server"].url
-        assert json.loads(_get(front.url + "/v1/models"))["data"][0]["root"] == "base"  # the name the model server serves it under
+        assert health["status"] == "ok" and health["model"]["engine"] == "remote"
+        assert health["model"]["model_server"] == topology["server"].url
+        assert (
+            json.loads(_get(front.url + "/v1/models"))["data"][0]["root"] == "base"
+        )  # the name the model server serves it under
     messages = ["Hi, my bill looks wrong.", "It is account 40118822.", "Thanks, bye."]
     senders = [f"topo-{n:02d}-{time.monotonic_ns() % 10**6}" for n in range(CONVERSATIONS)]
 
     async def conversation(session, n: int, sender: str) -> list[list[tuple[str, dict]]]:
         replies = []
         for m, text in enumerate(messages):
-            replies.append(await _say(session, fronts[(n + m) % 2].url, sender, text))  # each message to the other front-end
+            replies.append(
+                await _say(session, fronts[(n + m) % 2].url, sender, text)
+            )  # each message to the other front-end
         return replies
 
     started = time.monotonic()
@@ -164,7 +177,10 @@ async def test_forty_conversations_alternate_between_two_front_ends(topology, po
         assert [k[0] for k in kinds] == ["user", "bot"] * len(messages)
         assert [e["seq"] for e in stored[sender]] == sorted({e["seq"] for e in stored[sender]})
     server_mb, front_mb = topology["server"].rss_mb(), max(front.rss_mb() for front in fronts)
-    print(f"\n{CONVERSATIONS * len(messages)} replies in {seconds:.1f} s; RSS: model server {server_mb:.0f} MB, front-end {front_mb:.0f} MB")
+    print(
+        f"\n{CONVERSATIONS * len(messages)} replies in {seconds:.1f} s; "
+        f"RSS: model server {server_mb:.0f} MB, front-end {front_mb:.0f} MB"
+    )
     assert topology["server"].has_torch() and not any(front.has_torch() for front in fronts)  # no weights, no torch
     assert front_mb < 0.5 * server_mb
 
@@ -182,11 +198,15 @@ async def test_the_front_ends_lock_conversations_in_redis(topology, lock_prefix,
     try:
         async with aiohttp.ClientSession() as session:
             for front in topology["fronts"]:
-                async with session.post(front.url + "/webhooks/rest/webhook", json={"sender": sender, "message": "Hi"}) as response:
+                async with session.post(
+                    front.url + "/webhooks/rest/webhook", json={"sender": sender, "message": "Hi"}
+                ) as response:
                     assert response.status == 503
             assert (await _stored(postgres_url, [sender]))[sender] == []
             await held.release()
-            async with session.post(topology["fronts"][1].url + "/webhooks/rest/webhook", json={"sender": sender, "message": "Hi"}) as response:
+            async with session.post(
+                topology["fronts"][1].url + "/webhooks/rest/webhook", json={"sender": sender, "message": "Hi"}
+            ) as response:
                 assert response.status == 200 and [m["text"] for m in await response.json()] != [COULD_NOT_DO]
     finally:
         if await held.owned():
@@ -202,9 +222,9 @@ def _get(url: str) -> str:
 
 
 async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(topology, postgres_url):
-    from bot.serve.responder import to_messages
-    from bot.serve.generator import load_response_model
     from bot.engine.protocol import Finished
+    from bot.serve.generator import load_response_model
+    from bot.serve.responder import to_messages
 
     fronts, sender = topology["fronts"], f"greedy-{time.monotonic_ns() % 10**9}"
     async with aiohttp.ClientSession() as session:
@@ -212,7 +232,9 @@ async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(to
             await _say(session, fronts[n % 2].url, sender, text)
     events = (await _stored(postgres_url, [sender]))[sender]
     assert [e["type"] for e in events] == ["user", "bot", "user", "bot"]
-    local = load_response_model(settings_of(topology["model_project"]))  # the model server's own model, in this process
+    local = load_response_model(
+        settings_of(topology["model_project"])
+    )  # the model server's own model, in this process
     try:
         for at in (1, 3):
             messages = to_messages(events[:at], local.profile.system_prompt)
@@ -231,8 +253,14 @@ async def test_the_model_server_killed_mid_reply_then_restarted(topology, tmp_pa
     from bot.serve.keys import STORE
 
     server = topology["server"]
-    endpoints = NO_ACTION_SERVER + f"model_server:\n  url: {server.url}\n  timeout_s: 5\n  api_key_env: {KEY_VARIABLE}\n"
-    settings = settings_of(make_project(tmp_path / "front", cache_dir, base=_tiny_base_of(topology), config=_config(200), endpoints=endpoints))
+    endpoints = (
+        NO_ACTION_SERVER + f"model_server:\n  url: {server.url}\n  timeout_s: 5\n  api_key_env: {KEY_VARIABLE}\n"
+    )
+    settings = settings_of(
+        make_project(
+            tmp_path / "front", cache_dir, base=_tiny_base_of(topology), config=_config(200), endpoints=endpoints
+        )
+    )
     monkeypatch.setenv(KEY_VARIABLE, "not-the-key")
     client = TestClient(TestServer(create_app(settings, load_model=lambda: remote_response_model(settings))))
     await client.start_server()
@@ -246,7 +274,9 @@ async def test_the_model_server_killed_mid_reply_then_restarted(topology, tmp_pa
     client = TestClient(TestServer(create_app(settings, load_model=lambda: remote_response_model(settings))))
     await client.start_server()
     try:
-        response = await client.post("/api/chat/stream", json={"sender": "killed", "message": "Tell me about my plan."})
+        response = await client.post(
+            "/api/chat/stream", json={"sender": "killed", "message": "Tell me about my plan."}
+        )
         seen = b""
         while b"event: token" not in seen:  # the reply is being written
             seen += await response.content.readline()
@@ -287,7 +317,18 @@ def test_a_front_end_whose_lock_server_is_down_stops_with_one_clear_line(tmp_pat
 
     endpoints = NO_ACTION_SERVER + "tracker_store:\n  lock_url: redis://127.0.0.1:1/0\n"  # nothing listens on port 1
     project = make_project(tmp_path / "front", cache_dir, base=tiny_base, endpoints=endpoints)
-    command = [sys.executable, "-m", "bot", "-C", str(project), "serve", "--port", str(_free_port()), "--model-server", "http://127.0.0.1:9"]
+    command = [
+        sys.executable,
+        "-m",
+        "bot",
+        "-C",
+        str(project),
+        "serve",
+        "--port",
+        str(_free_port()),
+        "--model-server",
+        "http://127.0.0.1:9",
+    ]
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "error: can't reach the Redis lock server at redis://127.0.0.1:1/0 (tracker_store.lock_url)" in done.stderr

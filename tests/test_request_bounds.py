@@ -11,12 +11,12 @@ import socket
 import time
 
 import aiohttp
+from serve_support import make_project, settings_of
+from server_process import ServerProcess
 
 from bot.config import ServeConfig
 from bot.serve.shutdown import aiohttp_timeout, drain_seconds, reserve_seconds
 from bot.serve.stores import open_store
-from serve_support import make_project, settings_of
-from server_process import ServerProcess
 
 IDLE_CPU_S = 0.1  # CPU seconds a server that does nothing may use in the 1.5 s window (it uses ~0)
 
@@ -37,7 +37,8 @@ def free_port() -> int:
 
 def long_conversation(n: int) -> list[dict]:
     """A denial of service: thousands of short messages in one OpenAI request."""
-    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message number {i}, about my bill"} for i in range(n)]
+    roles = ["user" if i % 2 == 0 else "assistant" for i in range(n)]
+    messages = [{"role": role, "content": f"message number {i}, about my bill"} for i, role in enumerate(roles)]
     return messages + [{"role": "user", "content": "and what about now?"}]
 
 
@@ -67,7 +68,10 @@ async def test_an_abandoned_request_of_5000_messages_stops_costing_cpu_within_a_
     assert len(body) > 175_000
     with ServerProcess(project, free_port(), delay=0.05, reply="word " * 400) as server:
         with socket.create_connection(("127.0.0.1", server.port)) as client:
-            head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            )
             client.sendall(head.encode() + body)
             time.sleep(0.5)  # the server reads it, builds the prompt, starts the reply
         left = time.monotonic()
@@ -116,7 +120,9 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
                     server.signal(signal.SIGTERM)
 
             async def chat(sender: str, on_event=None):
-                async with session.post(server.url + "/api/chat/stream", json={"sender": sender, "message": f"hello from {sender}"}) as response:
+                async with session.post(
+                    server.url + "/api/chat/stream", json={"sender": sender, "message": f"hello from {sender}"}
+                ) as response:
                     return await read_stream(response, on_event)
 
             first = await chat("c1", on_event=first_progress)
@@ -125,12 +131,16 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
             exited = time.monotonic()
             feed_ended = await asyncio.wait_for(feed.read(), 1)  # the live feed was ended, not left hanging
         assert code == 0, server.output()
-        print(f"\nscripted engine: exited {exited - signalled.result():.2f} s after SIGTERM (shutdown_timeout_s {timeout})")
+        print(
+            f"\nscripted engine: exited {exited - signalled.result():.2f} s after SIGTERM "
+            f"(shutdown_timeout_s {timeout})"
+        )
         assert exited - signalled.result() < timeout
         assert feed_ended is not None
     names = [name for name, _ in first]
     assert names[-2:] == ["message", "done"] and first[-2][1]["text"] == reply.strip()  # finished during the drain
-    assert [name for name, _ in cut][:1] == ["received"] and "message" not in [name for name, _ in cut]  # cut at the deadline
+    cut_names = [name for name, _ in cut]
+    assert cut_names[:1] == ["received"] and "message" not in cut_names  # cut at the deadline
     assert await stored(project, "c1") == ["user", "bot"]
     assert await stored(project, "c2") == ["user"]  # the customer's message stays; no half reply is stored
 
@@ -142,12 +152,15 @@ async def test_the_real_batching_engine_stops_when_its_client_goes_and_on_sigter
     project = make_project(tmp_path / "bot", cache_dir, base=tiny_base)
     (project / "config.yml").write_text(
         f"model:\n  base: {tiny_base}\n  max_length: 4096\n  cache_dir: {cache_dir}\n"
-        f"serve:\n  engine: batching\n  max_new_tokens: 3000\n  shutdown_timeout_s: {timeout}\n  max_messages: 100000\n"
+        f"serve:\n  engine: batching\n  max_new_tokens: 3000\n"
+        f"  shutdown_timeout_s: {timeout}\n  max_messages: 100000\n"
     )
     with ServerProcess(project, free_port(), real_model=True) as server:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             # 1. A heavy OpenAI request, streamed; the client leaves once the reply is under way.
-            response = await session.post(server.url + "/v1/chat/completions", json={"messages": long_conversation(5000), "stream": True})
+            response = await session.post(
+                server.url + "/v1/chat/completions", json={"messages": long_conversation(5000), "stream": True}
+            )
             pieces = 0
             async for line in response.content:
                 if line.startswith(b"data: ") and b'"content": "' in line and b'"content": ""' not in line:
@@ -160,11 +173,16 @@ async def test_the_real_batching_engine_stops_when_its_client_goes_and_on_sigter
             response.close()
             left = time.monotonic()
             idle = await asyncio.to_thread(cpu_after_leaving, server, left)
-            print(f"\ntiny model, batching: {busy:.2f} CPU s in the second before the client left, {idle:.2f} from 1.0 to 2.5 s after")
+            print(
+                f"\ntiny model, batching: {busy:.2f} CPU s in the second before the client left, "
+                f"{idle:.2f} from 1.0 to 2.5 s after"
+            )
             assert idle < IDLE_CPU_S and busy > 2 * idle, (busy, idle)
 
             # 2. SIGTERM mid-reply: the server exits within its timeout, the message is kept.
-            response = await session.post(server.url + "/api/chat/stream", json={"sender": "t1", "message": "hello, where is my parcel?"})
+            response = await session.post(
+                server.url + "/api/chat/stream", json={"sender": "t1", "message": "hello, where is my parcel?"}
+            )
             async for line in response.content:
                 if line.startswith(b"event: token"):
                     break

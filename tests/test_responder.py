@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from serve_support import make_project, settings_of
 
 from bot.data.compile import tool_call_message
+from bot.engine.protocol import Finished
 from bot.errors import RenderError
 from bot.rendering import fitted_prompt_ids, prompt_ids
-from bot.serve.responder import fold, to_messages
-from bot.engine.protocol import Finished
-from bot.serve.generator import load_response_model
 from bot.serve.events import new_event
-from serve_support import make_project, settings_of
+from bot.serve.generator import load_response_model
+from bot.serve.responder import fold, to_messages
 
 SYSTEM = "You are Ember, the support assistant of Ember Supplies."
 
@@ -53,7 +53,10 @@ def test_state_folds_slots_and_handoff():
 def test_history_that_does_not_fit_drops_the_oldest_exchanges_whole(tokenizer):
     messages = [{"role": "system", "content": SYSTEM}]
     for i in range(30):
-        messages += [{"role": "user", "content": f"question number {i} " + "about my bill " * 5}, {"role": "assistant", "content": f"answer {i} " * 8}]
+        messages += [
+            {"role": "user", "content": f"question number {i} " + "about my bill " * 5},
+            {"role": "assistant", "content": f"answer {i} " * 8},
+        ]
     messages.append({"role": "user", "content": "the latest question"})
     full = prompt_ids(tokenizer, messages)
     ids = fitted_prompt_ids(tokenizer, messages, 400)
@@ -81,9 +84,12 @@ async def _reply(model, messages, max_new_tokens):
 async def test_tiny_model_streams_and_stops_at_the_token_limit(tmp_path, cache_dir, tiny_base):
     settings = settings_of(make_project(tmp_path / "p", cache_dir, base=tiny_base))
     model = load_response_model(settings)  # no trained model: the base model with the persona prompt
-    assert model.model_id is None and model.profile.system_prompt.startswith("You are Sam, the customer support assistant of Example Shop")
+    assert model.model_id is None
+    assert model.profile.system_prompt.startswith("You are Sam, the customer support assistant of Example Shop")
     try:
-        pieces, result = await _reply(model, [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "hi"}], 12)
+        pieces, result = await _reply(
+            model, [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "hi"}], 12
+        )
     finally:
         await model.close()
     assert result.tokens <= 12 and result.first_token_s is not None
@@ -94,7 +100,10 @@ async def test_bundled_model_answers_in_a_stream(tmp_path, cache_dir):
     """The real SmolLM2-135M-Instruct: a short, non-empty reply that ends at its end-of-turn token."""
     settings = settings_of(make_project(tmp_path / "p", cache_dir))
     model = load_response_model(settings)
-    messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": "Hello! Who are you?"}]
+    messages = [
+        {"role": "system", "content": model.profile.system_prompt},
+        {"role": "user", "content": "Hello! Who are you?"},
+    ]
     try:
         pieces, result = await _reply(model, messages, 48)
     finally:

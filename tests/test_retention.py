@@ -10,15 +10,15 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestServer
-
-from bot.serve.app import create_app
-from bot.serve.keys import RETENTION, STORE
-from bot.serve.retention import DAY_S, Retention
-from bot.serve.events import new_event
-from bot.serve.store import SQLiteStore, StoreUnavailable
-from bot.serve.stores import open_store
 from serve_support import NO_ACTION_SERVER, make_project, scripted_model, settings_of
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
+
+from bot.serve.app import create_app
+from bot.serve.events import new_event
+from bot.serve.keys import RETENTION, STORE
+from bot.serve.retention import DAY_S, Retention
+from bot.serve.store import SQLiteStore, StoreUnavailable
+from bot.serve.stores import open_store
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])
@@ -37,17 +37,23 @@ async def tracker(request):
 async def _conversation(store, sender: str, *days_ago: float, now: float, answered: bool = False) -> None:
     """Customer messages sent so many days ago; with `answered`, the bot answers the last one at once."""
     for i, ago in enumerate(days_ago):
-        await store.append(sender, dict(new_event("user", text=f"secret words {sender} {i}"), timestamp=now - ago * DAY_S))
+        await store.append(
+            sender, dict(new_event("user", text=f"secret words {sender} {i}"), timestamp=now - ago * DAY_S)
+        )
     if answered:
         await store.append(sender, dict(new_event("bot", text="an answer"), timestamp=now - days_ago[-1] * DAY_S))
 
 
 async def _server(tmp_path, cache_dir, tokenizer, tracker: str, retention: str):
-    settings = settings_of(make_project(tmp_path / "p", cache_dir, endpoints=f"{NO_ACTION_SERVER}tracker_store:\n{tracker}{retention}"))
+    settings = settings_of(
+        make_project(tmp_path / "p", cache_dir, endpoints=f"{NO_ACTION_SERVER}tracker_store:\n{tracker}{retention}")
+    )
     return settings, TestServer(create_app(settings, load_model=lambda: scripted_model(settings, tokenizer)), port=0)
 
 
-async def test_the_server_deletes_what_was_inactive_too_long_at_start_and_on_each_pass(tmp_path, cache_dir, tokenizer, tracker, caplog):
+async def test_the_server_deletes_what_was_inactive_too_long_at_start_and_on_each_pass(
+    tmp_path, cache_dir, tokenizer, tracker, caplog
+):
     caplog.set_level(logging.INFO, logger="bot.serve")
     settings, server = await _server(tmp_path, cache_dir, tokenizer, tracker, "  retention_days: 30\n")
     now = time.time()
@@ -57,7 +63,9 @@ async def test_the_server_deletes_what_was_inactive_too_long_at_start_and_on_eac
     await store.append("stale-handed-off", dict(new_event("handoff", reason="asked"), timestamp=now - 31 * DAY_S))
     # Kept, and answered, so the crash-recovery pass leaves them alone. The stale ones end with a
     # message nobody answered: recovery would mark them interrupted (active now) if it ran first.
-    await _conversation(store, "old-but-active", 400, 29, now=now, answered=True)  # started long ago, active within the 30 days
+    await _conversation(
+        store, "old-but-active", 400, 29, now=now, answered=True
+    )  # started long ago, active within the 30 days
     await _conversation(store, "fresh", 0, now=now, answered=True)
     await store.close()
 
@@ -76,19 +84,27 @@ async def test_the_server_deletes_what_was_inactive_too_long_at_start_and_on_eac
         retention.passed.clear()
         await retention.run_once()
         assert retention.deleted == 3 and retention.passes == 2
-        assert [t for t in asyncio.all_tasks() if t.get_name() == "background-passes"]  # still running: the next pass in an hour
+        assert [
+            t for t in asyncio.all_tasks() if t.get_name() == "background-passes"
+        ]  # still running: the next pass in an hour
         assert sorted(c.sender for c in await store.conversations()) == ["fresh", "old-but-active"]
     finally:
         await server.close()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "background-passes"]  # stopped with the server
 
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retention:")]
-    assert said == ["retention: deleted 2 conversations inactive for more than 30 days", "retention: deleted 1 conversations inactive for more than 30 days"]
-    assert "secret words" not in caplog.text and "stale" not in caplog.text and "gone-quiet" not in caplog.text  # a count, never what
+    assert said == [
+        "retention: deleted 2 conversations inactive for more than 30 days",
+        "retention: deleted 1 conversations inactive for more than 30 days",
+    ]
+    # a count, never what
+    assert "secret words" not in caplog.text and "stale" not in caplog.text and "gone-quiet" not in caplog.text
 
 
 async def test_without_retention_days_nothing_is_deleted(tmp_path, cache_dir, tokenizer):
-    settings, server = await _server(tmp_path, cache_dir, tokenizer, "  type: sqlite\n  path: conversations.sqlite3\n", "")
+    settings, server = await _server(
+        tmp_path, cache_dir, tokenizer, "  type: sqlite\n  path: conversations.sqlite3\n", ""
+    )
     assert settings.endpoints.tracker_store.retention_days is None  # the default: kept forever
     store = await open_store(settings)
     await _conversation(store, "ancient", 3650, now=time.time())

@@ -8,17 +8,21 @@ from html.parser import HTMLParser
 
 import aiohttp
 import pytest
+from serve_support import ADMIN_TOKEN, NO_ACTION_SERVER, make_project, settings_of
 
 from bot.errors import InvalidFiles
 from bot.serve.throttle import FailureThrottle
-from serve_support import ADMIN_TOKEN, NO_ACTION_SERVER, make_project, settings_of
 
 SHOP = "https://shop.example"
 
 
 @pytest.fixture
 def project(tmp_path, cache_dir):
-    return make_project(tmp_path / "bot", cache_dir, endpoints=NO_ACTION_SERVER + f"cors:\n  allow_origins: [{SHOP}, 'http://127.0.0.1:8080']\n")
+    return make_project(
+        tmp_path / "bot",
+        cache_dir,
+        endpoints=NO_ACTION_SERVER + f"cors:\n  allow_origins: [{SHOP}, 'http://127.0.0.1:8080']\n",
+    )
 
 
 def directives(policy: str) -> dict[str, list[str]]:
@@ -92,7 +96,9 @@ async def test_every_response_says_nosniff_and_no_referrer(project, serve):
         assert response.headers["X-Content-Type-Options"] == "nosniff", response.url
         assert response.headers["Referrer-Policy"] == "no-referrer", response.url
     for response in responses[1:]:  # not pages: may load nothing, be framed by no one
-        assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'", response.url
+        assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'", (
+            response.url
+        )
     assert "Hello there." in await responses[-1].text()
 
 
@@ -102,12 +108,17 @@ async def test_a_streamed_reply_carries_cors_for_an_allowed_origin_only(project,
     assert allowed.headers["Content-Type"] == "text/event-stream"
     assert allowed.headers["Access-Control-Allow-Origin"] == SHOP and allowed.headers["Vary"] == "Origin"
     await allowed.read()
-    refused = await client.post("/api/chat/stream", json={"sender": "c2", "message": "hi"}, headers={"Origin": "https://evil.example"})
+    refused = await client.post(
+        "/api/chat/stream", json={"sender": "c2", "message": "hi"}, headers={"Origin": "https://evil.example"}
+    )
     assert "Access-Control-Allow-Origin" not in refused.headers
     await refused.read()
 
 
-@pytest.mark.parametrize("origin", ["https://shop.example/", "https://shop.example/path", "shop.example", "https://a.example; script-src *", "*"])
+@pytest.mark.parametrize(
+    "origin",
+    ["https://shop.example/", "https://shop.example/path", "shop.example", "https://a.example; script-src *", "*"],
+)
 def test_an_allowed_origin_must_be_an_origin(tmp_path, cache_dir, origin):
     project = make_project(tmp_path / "o", cache_dir, endpoints=f'cors:\n  allow_origins: ["{origin}"]\n')
     with pytest.raises(InvalidFiles) as error:

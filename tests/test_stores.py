@@ -11,11 +11,11 @@ import time
 import uuid
 
 import pytest
-
-from bot.serve.responder import fold
-from bot.serve.events import STATE_EVENTS, new_event
-from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
 from store_isolation import postgres_schema, redis_prefix
+
+from bot.serve.events import STATE_EVENTS, new_event
+from bot.serve.responder import fold
+from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -64,7 +64,9 @@ async def test_events_are_appended_in_order_and_read_back(store):
 
 async def test_unicode_and_nested_values_survive(store):
     sender = _sender()
-    event = new_event("action", name="check_order", arguments={"order_id": "ES-1"}, result={"items": ["é", "日本", None, 1.5]})
+    event = new_event(
+        "action", name="check_order", arguments={"order_id": "ES-1"}, result={"items": ["é", "日本", None, 1.5]}
+    )
     await store.append(sender, event)
     (back,) = await store.events(sender)
     assert back["result"] == {"items": ["é", "日本", None, 1.5]} and back["arguments"] == {"order_id": "ES-1"}
@@ -192,7 +194,8 @@ async def _open_with_lock_server(kind: str, url: str, folder, lock_url: str, pre
     folder.mkdir(exist_ok=True)
     where = f"url: {url}" if kind != "sqlite" else "path: conversations.sqlite3"
     (folder / "endpoints.yml").write_text(
-        f'tracker_store:\n  type: {kind}\n  {where}\n  lock_url: {lock_url}\n  key_prefix: "{prefix}"\n  lock_expiry_s: {lock_expiry_s}\n'
+        f"tracker_store:\n  type: {kind}\n  {where}\n  lock_url: {lock_url}\n"
+        f'  key_prefix: "{prefix}"\n  lock_expiry_s: {lock_expiry_s}\n'
     )
     return await open_store(load_settings(folder))
 
@@ -232,7 +235,10 @@ async def test_two_stores_share_the_redis_lock_server(kind, tmp_path):
 
 
 async def test_an_unreachable_lock_server_is_a_clear_error(tmp_path):
-    with pytest.raises(StoreUnavailable, match=r"can't reach the Redis lock server at redis://127.0.0.1:1/0 \(tracker_store.lock_url\)"):
+    with pytest.raises(
+        StoreUnavailable,
+        match=r"can't reach the Redis lock server at redis://127.0.0.1:1/0 \(tracker_store.lock_url\)",
+    ):
         await _open_with_lock_server("sqlite", "", tmp_path / "p", "redis://127.0.0.1:1/0", "bot:")
 
 
@@ -240,7 +246,9 @@ async def test_unreachable_servers_are_a_clear_error():
     from bot.serve.store_postgres import PostgresStore
     from bot.serve.store_redis import RedisStore
 
-    with pytest.raises(StoreUnavailable, match="can't reach the PostgreSQL tracker store at postgresql://127.0.0.1:1/test"):
+    with pytest.raises(
+        StoreUnavailable, match="can't reach the PostgreSQL tracker store at postgresql://127.0.0.1:1/test"
+    ):
         await PostgresStore.connect("postgresql://127.0.0.1:1/test")
     with pytest.raises(StoreUnavailable, match="can't reach the Redis tracker store at redis://127.0.0.1:1/0"):
         await RedisStore.connect("redis://127.0.0.1:1/0")
@@ -251,9 +259,9 @@ async def test_server_processes_share_conversations_through_the_store(kind, url,
     """Two apps (as two server processes would) configured in endpoints.yml with one store:
     a conversation started on one continues on the other with its history."""
     from aiohttp.test_utils import TestClient, TestServer
+    from serve_support import make_project, scripted_model, settings_of
 
     from bot.serve.app import create_app
-    from serve_support import make_project, scripted_model, settings_of
 
     await (await _connect(kind, tmp_path)).close()  # skips (or fails in CI) when the server is absent
     project = make_project(tmp_path / "p", cache_dir, endpoints=f"tracker_store:\n  type: {kind}\n  url: {url}\n")
@@ -300,10 +308,16 @@ def _long_conversation() -> list[dict]:
         events += [new_event("user", text=f"question {i}"), new_event("bot", text=f"answer {i}")]
     events += [new_event("slot", name="order_id", value="ES-2"), new_event("handoff", reason="asked for a person")]
     events += [new_event("agent", text=f"agent says {i}", agent="Alex") for i in range(20)]
-    events += [new_event("resume"), new_event("reset_slots", by="cancel_order"), new_event("slot", name="plan", value="gold")]
+    events += [
+        new_event("resume"),
+        new_event("reset_slots", by="cancel_order"),
+        new_event("slot", name="plan", value="gold"),
+    ]
     for i in range(60, 136):
         events += [new_event("user", text=f"question {i}"), new_event("bot", text=f"answer {i}")]
-    events.append(new_event("action", name="check_order", arguments={"order_id": "ES-2"}, result={"status": "shipped"}))
+    events.append(
+        new_event("action", name="check_order", arguments={"order_id": "ES-2"}, result={"status": "shipped"})
+    )
     assert len(events) == 300 and all(e["type"] not in STATE_EVENTS for e in events[-40:])
     return events
 
@@ -342,14 +356,19 @@ async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)  # a database written before the index existed
-    old.executescript("""CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, type TEXT NOT NULL, body TEXT NOT NULL);
-                         CREATE INDEX events_by_sender ON events (sender, seq);""")
-    old.executemany("INSERT INTO events (sender, type, body) VALUES ('s', ?, ?)", [(e["type"], json.dumps(e)) for e in _long_conversation()])
+    old.executescript(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, sender TEXT NOT NULL, type TEXT NOT NULL, "
+        "body TEXT NOT NULL);\n"
+        "CREATE INDEX events_by_sender ON events (sender, seq);"
+    )
+    rows = [(e["type"], json.dumps(e)) for e in _long_conversation()]
+    old.executemany("INSERT INTO events (sender, type, body) VALUES ('s', ?, ?)", rows)
     old.commit()
     old.close()
     store = SQLiteStore(path)
     try:
-        plan = " ".join(row[-1] for row in store._run("EXPLAIN QUERY PLAN SELECT seq FROM events WHERE sender = 's' AND type IN ('slot', 'resume')"))
+        query = "SELECT seq FROM events WHERE sender = 's' AND type IN ('slot', 'resume')"
+        plan = " ".join(row[-1] for row in store._run(f"EXPLAIN QUERY PLAN {query}"))
         assert "events_by_sender_type" in plan
         recent, state = await store.context("s", 20)
         assert [e["seq"] for e in recent] == list(range(281, 301)) and len(state) == 7
@@ -359,8 +378,9 @@ async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_
 
 
 async def test_postgres_gets_the_state_index_at_open():
-    from bot.serve.store_postgres import PostgresStore
     from store_isolation import postgres_schema
+
+    from bot.serve.store_postgres import PostgresStore
 
     async with postgres_schema() as (url, _):  # a schema of its own: other tests use the shared tables
         store = await PostgresStore.connect(url)
@@ -373,7 +393,10 @@ async def test_postgres_gets_the_state_index_at_open():
             await store.close()
         store = await PostgresStore.connect(url)
         try:
-            indexes = await store._pool.fetch("SELECT indexdef FROM pg_indexes WHERE indexname = 'bot_events_by_sender_type' AND schemaname = current_schema()")
+            indexes = await store._pool.fetch(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'bot_events_by_sender_type' "
+                "AND schemaname = current_schema()"
+            )
             assert [row["indexdef"].split(" USING ")[1] for row in indexes] == ["btree (sender, type, seq)"]
             assert _state((await store.context(sender, 5))[1]) == ({"plan": "gold"}, False, None)
         finally:
@@ -394,7 +417,9 @@ async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_p
     try:
         await store._redis.rpush(f"bot:events:{sender}", *(json.dumps(e) for e in _long_conversation()))
         assert not await store._redis.exists(f"bot:state:{sender}")
-        await store.append(sender, new_event("slot", name="email", value="b@example.com"))  # after the upgrade, before any answer
+        await store.append(
+            sender, new_event("slot", name="email", value="b@example.com")
+        )  # after the upgrade, before any answer
         everything = await store.events(sender)
         recent, state = await store.context(sender, 20)
         assert recent == everything[-20:] and state == [e for e in everything if e["type"] in STATE_EVENTS]
@@ -421,13 +446,20 @@ async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_p
 async def test_answering_a_message_reads_only_the_context(serve, tmp_path, cache_dir, monkeypatch):
     """Through the server (SQLite): the reply is built from the last `history_events` events and
     the state events, never from a read of the whole conversation."""
-    from bot.serve.keys import STORE
     from serve_support import make_project
 
-    client, model = await serve(make_project(tmp_path / "p", cache_dir, config="serve:\n  history_events: 6\n"), ["Noted."])
+    from bot.serve.keys import STORE
+
+    client, model = await serve(
+        make_project(tmp_path / "p", cache_dir, config="serve:\n  history_events: 6\n"), ["Noted."]
+    )
     store = client.app[STORE]
     answered, waiting = _sender(), _sender()
-    for event in [new_event("slot", name="plan", value="gold"), new_event("handoff", reason="asked"), new_event("resume")]:
+    for event in [
+        new_event("slot", name="plan", value="gold"),
+        new_event("handoff", reason="asked"),
+        new_event("resume"),
+    ]:
         await store.append(answered, event)
     await store.append(waiting, new_event("handoff", reason="asked"))
     for i in range(30):
@@ -542,10 +574,18 @@ def test_stores_are_chosen_by_a_registry_the_base_module_knows_nothing_of():
     from bot.config import TrackerStore
     from bot.serve.stores import OPENERS
 
-    assert list(OPENERS) == list(typing.get_args(TrackerStore.model_fields["type"].annotation))  # every type the config accepts
+    assert list(OPENERS) == list(
+        typing.get_args(TrackerStore.model_fields["type"].annotation)
+    )  # every type the config accepts
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, bot.serve.store; print(sorted(m for m in sys.modules if m.startswith('bot.serve.store')))"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, bot.serve.store; print(sorted(m for m in sys.modules if m.startswith('bot.serve.store')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert loaded.strip() == "['bot.serve.store']"  # no backend, so no import cycle
 
@@ -559,9 +599,13 @@ async def test_an_unknown_store_type_is_a_clear_error(tmp_path):
 
     (tmp_path / "config.yml").write_text("model:\n  base: bundled\n")
     (tmp_path / "endpoints.yml").write_text("tracker_store:\n  type: mongodb\n")
-    with pytest.raises(InvalidFiles, match="endpoints.yml:2:9: error: 'type' input should be 'sqlite', 'postgresql' or 'redis'"):
+    with pytest.raises(
+        InvalidFiles, match="endpoints.yml:2:9: error: 'type' input should be 'sqlite', 'postgresql' or 'redis'"
+    ):
         load_settings(tmp_path)  # the config refuses it first
 
-    settings = SimpleNamespace(root=tmp_path, endpoints=SimpleNamespace(tracker_store=SimpleNamespace(type="mongodb", url="mongodb://x")))
+    settings = SimpleNamespace(
+        root=tmp_path, endpoints=SimpleNamespace(tracker_store=SimpleNamespace(type="mongodb", url="mongodb://x"))
+    )
     with pytest.raises(StoreUnavailable, match="tracker_store.type 'mongodb' is not one of sqlite, postgresql, redis"):
         await open_store(settings)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, make_tiny_project
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -24,7 +25,6 @@ from bot.training import recipe
 from bot.training.batching import collate
 from bot.training.command import train_and_activate
 from bot.training.loss import bot_token_loss
-from conftest import ROOT, make_tiny_project
 
 
 def train_project(folder: Path):
@@ -34,7 +34,9 @@ def train_project(folder: Path):
 def greedy(model, tokenizer, n: int = 8) -> list[int]:
     ids = torch.tensor([prompt_ids(tokenizer, [{"role": "user", "content": "Where is my order ES-1001?"}])])
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False
+        )
     return out[0, ids.shape[1] :].tolist()
 
 
@@ -55,7 +57,8 @@ def test_lora_weights_change_and_base_weights_do_not(trained, tiny_base):
     peft_model = PeftModel.from_pretrained(load_model(settings.base_model, settings.cache_dir), model.adapter_dir)
     base_after = peft_model.get_base_model().state_dict()
     for name, weight in original.items():
-        key = name.replace(".weight", ".base_layer.weight") if name.replace(".weight", ".base_layer.weight") in base_after else name
+        wrapped = name.replace(".weight", ".base_layer.weight")  # the name LoRA gives a weight it wraps
+        key = wrapped if wrapped in base_after else name
         assert torch.equal(base_after[key], weight), name
 
 
@@ -66,7 +69,9 @@ def training_loss(model, examples) -> float:
 
 def test_loss_falls_on_data_it_can_overfit(tmp_path, tiny_base, cache_dir):
     project = make_tiny_project(tmp_path, tiny_base, cache_dir, epochs=40, extra="  learning_rate: 2.0e-2\n")
-    project.joinpath("config.yml").write_text(project.joinpath("config.yml").read_text().replace("  learning_rate: 5.0e-3\n", ""))
+    project.joinpath("config.yml").write_text(
+        project.joinpath("config.yml").read_text().replace("  learning_rate: 5.0e-3\n", "")
+    )
     # Something a tiny model can learn by heart: the bot always gives the same answer.
     turns = "    turns:\n      - user: {q}\n      - bot: Thanks, let me check that for you.\n"
     questions = ["Where is my order?", "Can I return a kettle?", "Do you ship to France?", "Is my parcel late?"]
@@ -77,7 +82,10 @@ def test_loss_falls_on_data_it_can_overfit(tmp_path, tiny_base, cache_dir):
     tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
     examples = recipe.load_examples(settings.build_dir / "train.jsonl", tokenizer, 512)
     before = training_loss(load_model(settings.base_model, settings.cache_dir), examples)
-    after = training_loss(PeftModel.from_pretrained(load_model(settings.base_model, settings.cache_dir), model.adapter_dir).eval(), examples)
+    after = training_loss(
+        PeftModel.from_pretrained(load_model(settings.base_model, settings.cache_dir), model.adapter_dir).eval(),
+        examples,
+    )
     assert before > 10  # a random model: about ln(49152) = 10.8 nats per token
     assert after < before / 2
     held_out = model.manifest["training"]["held_out_loss"]
@@ -137,7 +145,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_base, cache_
     monkeypatch.setattr(recipe, "bot_token_loss", interrupt_on_fifth_batch)
     assert main(["-C", str(project), "train"]) == 1
     err = capsys.readouterr().err
-    assert "training interrupted; checkpoint saved at step 3" in err, err[err.find("error"):]
+    assert "training interrupted; checkpoint saved at step 3" in err, err[err.find("error") :]
     (run,) = [p for p in (project / "models").iterdir() if p.is_dir()]
     assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 3
     assert not (run / "manifest.json").exists()
@@ -168,8 +176,13 @@ def test_progress_file_has_every_step_then_the_gates_verdict(tmp_path, tiny_base
     assert steps[0]["eta_s"] is None and steps[0]["loss"] is None  # before the first step
     assert all(r["eta_s"] >= 0 and isinstance(r["loss"], float) for r in steps[1:]) and steps[-1]["eta_s"] == 0
     model = models.active(load_settings(project).models_dir)
-    assert done == {"event": "done", "model_id": model.id, "trained": True, "activated": True,
-                    "gate": {"passed": True, "summary": model.manifest["activation"]["reason"]}}
+    assert done == {
+        "event": "done",
+        "model_id": model.id,
+        "trained": True,
+        "activated": True,
+        "gate": {"passed": True, "summary": model.manifest["activation"]["reason"]},
+    }
     assert "\r" not in capsys.readouterr().err  # the file replaces the progress bars
 
     assert main(["-C", str(project), "train", "--resume", "--progress-file", str(progress)]) == 1
@@ -211,8 +224,23 @@ def test_unresolvable_model_id_says_how_to_make_it_available(tmp_path):
 def test_two_process_accelerate_launch(tmp_path, tiny_base, cache_dir):
     project = make_tiny_project(tmp_path, tiny_base, cache_dir, epochs=2)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bot", "-C", str(project), "train",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "bot",
+        "-C",
+        str(project),
+        "train",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)

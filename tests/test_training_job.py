@@ -9,12 +9,12 @@ import os
 import sys
 
 import pytest
+from conftest import make_tiny_project
+from serve_support import ADMIN_TOKEN
 
 from bot import models
 from bot.config import load_settings
 from bot.serve.routes_train import TRAINING
-from conftest import make_tiny_project
-from serve_support import ADMIN_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SAFETY_S = 300  # only so that a hung child fails the test instead of hanging the suite
@@ -96,8 +96,12 @@ async def test_a_broken_dialogue_file_fails_the_job_with_the_clis_message(projec
 
 
 # `bot` started with SIGINT ignored, as a shell starts a background job's children
-IGNORING_SIGINT = [sys.executable, "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-                   "sys.argv[0] = 'bot'; runpy.run_module('bot', run_name='__main__')"]
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "sys.argv[0] = 'bot'; runpy.run_module('bot', run_name='__main__')",
+]
 
 
 async def test_cancel_stops_training_at_a_checkpoint_and_another_job_may_start(long_project, serve):
@@ -113,7 +117,9 @@ async def test_cancel_stops_training_at_a_checkpoint_and_another_job_may_start(l
     job = (await cancelled.json())["job"]
     assert job["state"] == "cancelled" and job["finished"] is not None and job["error"] is None
     assert gone(pid)
-    assert any("training interrupted; checkpoint saved at step" in line for line in job["log_tail"]), job["log_tail"]  # not killed
+    assert any("training interrupted; checkpoint saved at step" in line for line in job["log_tail"]), job[
+        "log_tail"
+    ]  # not killed
     assert (await job_of(client))["state"] == "cancelled"
     assert (await client.post("/api/train", json={}, headers=ADMIN)).status == 202  # one at a time, and none runs now
     await client.post("/api/train/cancel", headers=ADMIN)
@@ -135,7 +141,9 @@ async def test_training_routes_need_the_admin_token(project, serve):
     client, _ = await serve(project)
     for method, path in [("POST", "/api/train"), ("GET", "/api/train"), ("POST", "/api/train/cancel")]:
         assert (await client.request(method, path, json={})).status == 401
-    assert (await client.post("/api/train", json={}, headers={"Authorization": "Bearer wrong"})).status == 401  # (a 5th in a row waits: 429)
+    assert (
+        await client.post("/api/train", json={}, headers={"Authorization": "Bearer wrong"})
+    ).status == 401  # (a 5th in a row waits: 429)
     assert client.app[TRAINING].current is None  # nothing was started
 
 

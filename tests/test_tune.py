@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_tiny_project
 
 from bot.cli import main
 from bot.config import TrainConfig, apply_overlay, load_settings
@@ -17,7 +18,6 @@ from bot.errors import InvalidFiles
 from bot.training.batching import LengthGroupedBatches, TokenBudgetBatches, batch_sampler
 from bot.training.tune import Candidate, TuneError, load_grid, rank, validation_split
 from bot.training.tune_report import render_tune_html
-from conftest import make_tiny_project
 
 # --- what the tune opens ---------------------------------------------------------------------
 
@@ -25,8 +25,11 @@ _opened: list[str] | None = None  # while a test records: every path opened or l
 
 
 def _audit(event: str, args: tuple) -> None:
-    if _opened is not None and event in ("open", "os.listdir", "os.scandir") and args and isinstance(args[0], (str, bytes, Path)):
-        _opened.append(str(args[0] if not isinstance(args[0], bytes) else args[0].decode(errors="replace")))
+    if _opened is None or event not in ("open", "os.listdir", "os.scandir"):
+        return
+    if args and isinstance(args[0], (str, bytes, Path)):
+        path = args[0]
+        _opened.append(str(path if not isinstance(path, bytes) else path.decode(errors="replace")))
 
 
 sys.addaudithook(_audit)  # audit hooks can't be removed: it records only while _opened is a list
@@ -48,7 +51,9 @@ def record_opened():
 GRID = "learning_rate: [1.0e-4, 2.0e-2]\nlora:\n  rank: [4]\n"
 
 
-def test_tune_picks_the_best_writes_its_settings_and_report_and_never_reads_tests(tmp_path, tiny_base, cache_dir, record_opened, capsys):
+def test_tune_picks_the_best_writes_its_settings_and_report_and_never_reads_tests(
+    tmp_path, tiny_base, cache_dir, record_opened, capsys
+):
     project = make_tiny_project(tmp_path / "project", tiny_base, cache_dir, epochs=2)
     tests = project / "training_data" / "tests"
     (tests / "poisoned.yml").write_text("dialogues: [this is not YAML\n")  # reading it would fail the run
@@ -79,7 +84,11 @@ def test_tune_picks_the_best_writes_its_settings_and_report_and_never_reads_test
     data = document["data"]
     assert len(data["validation_dialogues"]) == 1 and len(data["training_dialogues"]) == 2
     assert set(data["validation_dialogues"]).isdisjoint(data["training_dialogues"])
-    assert set(data["validation_dialogues"] + data["training_dialogues"]) == {"order-status", "order-missing-number", "refund-request"}
+    assert set(data["validation_dialogues"] + data["training_dialogues"]) == {
+        "order-status",
+        "order-missing-number",
+        "refund-request",
+    }
 
     # best first, by the ranking rule, recomputed here from the recorded scores
     def key(c):
@@ -102,19 +111,46 @@ def test_tune_picks_the_best_writes_its_settings_and_report_and_never_reads_test
     assert f"<td>{best['learning_rate']}</td>" in report
     assert f"train --config {os.path.relpath(tuned)}" in out
     table = out[out.index("rank  #") :].splitlines()
-    assert table[0].split()[:4] == ["rank", "#", "learning_rate", "lora.rank"] and table[2].split()[:2] == ["1", str(candidates[0]["number"])]
+    assert table[0].split()[:4] == ["rank", "#", "learning_rate", "lora.rank"]
+    assert table[2].split()[:2] == ["1", str(candidates[0]["number"])]
 
 
 def test_report_escapes_every_string():
     document = {
-        "created": "2026-01-01T00:00:00Z", "mode": "full", "grid_source": "<script>alert(1)</script>.yml",
-        "grid": {"learning_rate": [0.001]}, "fixed": {}, "ranking": "action accuracy", "base_model": "<b>m</b>",
-        "device": "cpu", "seconds": 1.0, "tuned_file": "a&b.yml", "report": "r.html",
-        "data": {"validation_share": 0.15, "training_dialogues": ["a"], "validation_dialogues": ["<i>v</i>"], "validation_turns": 1},
-        "candidates": [{
-            "rank": 1, "number": 1, "settings": {"learning_rate": 0.001}, "validation_loss": None, "train_seconds": 1, "score_seconds": 1,
-            "scores": {"action_accuracy": 1.0, "expectation_pass_rate": 0.5, "chrf": 10.0, "handoff_accuracy": 1.0, "leaks": 0},
-        }],
+        "created": "2026-01-01T00:00:00Z",
+        "mode": "full",
+        "grid_source": "<script>alert(1)</script>.yml",
+        "grid": {"learning_rate": [0.001]},
+        "fixed": {},
+        "ranking": "action accuracy",
+        "base_model": "<b>m</b>",
+        "device": "cpu",
+        "seconds": 1.0,
+        "tuned_file": "a&b.yml",
+        "report": "r.html",
+        "data": {
+            "validation_share": 0.15,
+            "training_dialogues": ["a"],
+            "validation_dialogues": ["<i>v</i>"],
+            "validation_turns": 1,
+        },
+        "candidates": [
+            {
+                "rank": 1,
+                "number": 1,
+                "settings": {"learning_rate": 0.001},
+                "validation_loss": None,
+                "train_seconds": 1,
+                "score_seconds": 1,
+                "scores": {
+                    "action_accuracy": 1.0,
+                    "expectation_pass_rate": 0.5,
+                    "chrf": 10.0,
+                    "handoff_accuracy": 1.0,
+                    "leaks": 0,
+                },
+            }
+        ],
     }
     page = render_tune_html(document)
     assert "<script>" not in page and "<b>m</b>" not in page and "<i>v</i>" not in page
@@ -125,7 +161,15 @@ def test_ranking_is_action_accuracy_then_expectations_then_chrf():
     def candidate(n, action, expect, chrf):
         return Candidate(n, {}, {"action_accuracy": action, "expectation_pass_rate": expect, "chrf": chrf})
 
-    ranked = rank([candidate(1, 0.5, 1.0, 90), candidate(2, 0.6, 0.0, 10), candidate(3, 0.6, 0.5, 5), candidate(4, 0.6, 0.5, 7), candidate(5, 0.6, 0.5, 7)])
+    ranked = rank(
+        [
+            candidate(1, 0.5, 1.0, 90),
+            candidate(2, 0.6, 0.0, 10),
+            candidate(3, 0.6, 0.5, 5),
+            candidate(4, 0.6, 0.5, 7),
+            candidate(5, 0.6, 0.5, 7),
+        ]
+    )
     assert [c.number for c in ranked] == [4, 5, 3, 2, 1]
     assert [c.rank for c in ranked] == [1, 2, 3, 4, 5]
 
@@ -153,11 +197,14 @@ def test_validation_split_is_deterministic_at_least_one_and_disjoint():
 
 def test_grid_file_problems_name_the_file_line_and_key(tmp_path):
     grid = tmp_path / "grid.yml"
-    grid.write_text("learning_rat: [0.001]\nlora.rank: [8, eight]\nepochs: 3\nmodels_dir: [a]\nlora:\n  top_layers: [0, null]\n")
+    grid.write_text(
+        "learning_rat: [0.001]\nlora.rank: [8, eight]\nepochs: 3\nmodels_dir: [a]\nlora:\n  top_layers: [0, null]\n"
+    )
     with pytest.raises(InvalidFiles) as e:
         load_grid(grid, "grid.yml")
     assert [str(p) for p in e.value.problems] == [
-        "grid.yml:1:1: error: unknown setting 'learning_rat' (did you mean 'learning_rate'?): a grid key is a train setting such as 'learning_rate' or 'lora.rank'",
+        "grid.yml:1:1: error: unknown setting 'learning_rat' (did you mean 'learning_rate'?): "
+        "a grid key is a train setting such as 'learning_rate' or 'lora.rank'",
         "grid.yml:2:16: error: 'rank' must be a whole number, not text",
         "grid.yml:3:9: error: 'epochs' must be a list of values to try, such as [2, 3]",
         "grid.yml:4:1: error: 'models_dir' is not searched by bot tune: set it in config.yml",
@@ -166,8 +213,10 @@ def test_grid_file_problems_name_the_file_line_and_key(tmp_path):
     grid.write_text("lora.top_layers: [16, null]\nepochs: [1, 2]\n")
     loaded = load_grid(grid, "grid.yml")
     assert loaded.candidates() == [
-        {"lora.top_layers": 16, "epochs": 1}, {"lora.top_layers": 16, "epochs": 2},
-        {"lora.top_layers": None, "epochs": 1}, {"lora.top_layers": None, "epochs": 2},
+        {"lora.top_layers": 16, "epochs": 1},
+        {"lora.top_layers": 16, "epochs": 2},
+        {"lora.top_layers": None, "epochs": 1},
+        {"lora.top_layers": None, "epochs": 2},
     ]
 
 
@@ -196,7 +245,8 @@ def test_train_config_rejects_unknown_keys_and_other_sections(tmp_path, tiny_bas
     assert out == [
         f"{overlay}:3:5: error: unknown key 'rnak' (did you mean 'rank'?)",
         f"{overlay}:4:11: error: 'epochs' must be a whole number, not text",
-        f"{overlay}:5:1: error: only the 'train' section can be applied with --config, not 'serve': put other settings in config.yml",
+        f"{overlay}:5:1: error: only the 'train' section can be applied with --config, not 'serve': "
+        f"put other settings in config.yml",
         "3 errors in 1 file",
     ]
     assert not (project / "models").exists()  # nothing trained
@@ -219,11 +269,14 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_example_once():
         assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each example exactly once
         for b in batches:
             assert len(b) * max(lengths[i] for i in b) <= budget or len(b) == 1
-    assert [1500 == lengths[b[0]] for b in sampler.batches].count(True) == 1 and [b for b in sampler.batches if lengths[b[0]] == 1500] == [[300]]
+    batches_of_1500 = [b for b in sampler.batches if lengths[b[0]] == 1500]
+    assert [1500 == lengths[b[0]] for b in sampler.batches].count(True) == 1 and batches_of_1500 == [[300]]
     # packed: each batch takes as many as fit, so the next sequence would have broken the budget
-    for b, after in zip(sampler.batches, sampler.batches[1:]):
+    for b, after in zip(sampler.batches, sampler.batches[1:], strict=False):
         assert (len(b) + 1) * lengths[after[0]] > budget
-    assert min(len(b) for b in sampler.batches[:5]) > max(len(b) for b in sampler.batches[-5:])  # short ones go many to a batch
+    assert min(len(b) for b in sampler.batches[:5]) > max(
+        len(b) for b in sampler.batches[-5:]
+    )  # short ones go many to a batch
     sampler.set_epoch(0)
     first = list(sampler)
     sampler.set_epoch(1)

@@ -62,6 +62,8 @@ if __name__ == "__main__":  # print a case's current output, to review before up
 
     for case in sys.argv[1:] or CASES:
         with tempfile.TemporaryDirectory() as tmp:
-            project = build_project(case, Path(tmp) / "project", Path(__file__).parent.parent / ".cache" / "test-models")
+            project = build_project(
+                case, Path(tmp) / "project", Path(__file__).parent.parent / ".cache" / "test-models"
+            )
             print(f"== {case}")
             main(["-C", str(project), "data", "validate"])

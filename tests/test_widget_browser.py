@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 from aiohttp.test_utils import TestServer
+from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
 from bot.serve.app import create_app
-from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
 XSS = 'Look: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> done.'
 
@@ -39,7 +39,9 @@ async def test_chat_streams_survives_reload_and_never_runs_bot_html(browser, ser
     await launcher.click()
     log = page.get_by_role("log")
     assert await log.get_attribute("aria-live") == "polite"
-    assert await page.evaluate("document.activeElement.id") == await page.get_by_label("Your message").get_attribute("id")
+    assert await page.evaluate("document.activeElement.id") == await page.get_by_label("Your message").get_attribute(
+        "id"
+    )
 
     await page.get_by_label("Your message").fill("Where is my order ES-1001?")
     async with page.expect_response(lambda r: r.url.endswith("/api/chat/stream")) as answered:
@@ -114,11 +116,15 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
         sender = await page.evaluate("localStorage.getItem('bot-widget-conversation')")
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer agent"}) as agent:
             url = server.make_url(f"/api/conversations/{sender}/messages")
-            async with agent.post(url, json={"text": "Hi, I'm Alex. <b>How</b> can I help?", "agent": "Alex"}) as response:
+            async with agent.post(
+                url, json={"text": "Hi, I'm Alex. <b>How</b> can I help?", "agent": "Alex"}
+            ) as response:
                 assert response.status == 200
             message = page.locator(".bw-agent")
             await message.wait_for(timeout=5000)
-            assert await message.inner_text() == "Alex\nHi, I'm Alex. <b>How</b> can I help?"  # distinct, labelled, as text
+            assert (
+                await message.inner_text() == "Alex\nHi, I'm Alex. <b>How</b> can I help?"
+            )  # distinct, labelled, as text
             assert await page.locator(".bw-log b").count() == 0
             async with agent.post(server.make_url(f"/api/conversations/{sender}/resume")) as response:
                 assert response.status == 200
@@ -129,8 +135,8 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
 
 
 async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp_path, cache_dir, tokenizer):
-    from bot.serve.keys import STORE
     from bot.serve.events import new_event
+    from bot.serve.keys import STORE
 
     settings = settings_of(make_project(tmp_path / "q", cache_dir))
     model = scripted_model(settings, tokenizer, ["Good choice."])
@@ -140,7 +146,10 @@ async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp
         page = await browser.new_page()
         await page.goto(str(server.make_url("/")))
         sender = await page.evaluate("localStorage.getItem('bot-widget-conversation')")
-        buttons = [{"title": "Plus 100GB (£20)", "payload": "I'd like the Plus 100GB plan"}, {"title": "Unlimited (£28)", "payload": "I'd like Unlimited"}]
+        buttons = [
+            {"title": "Plus 100GB (£20)", "payload": "I'd like the Plus 100GB plan"},
+            {"title": "Unlimited (£28)", "payload": "I'd like Unlimited"},
+        ]
         await server.app[STORE].append(sender, new_event("bot", text="Which plan would you like?", buttons=buttons))
         await page.reload()
         await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from serve_support import NO_ACTION_SERVER, make_project, requires_chromium, scripted_model, settings_of
 
 from bot.serve.app import create_app
-from serve_support import NO_ACTION_SERVER, make_project, requires_chromium, scripted_model, settings_of
 
 REPLY = "Your order ES-1001 is on its way and should arrive tomorrow."
 
@@ -25,10 +25,12 @@ document.addEventListener("securitypolicyviolation", function (e) {
 });
 """
 
-HOST_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Shop</title><link rel="stylesheet" href="/shop.css"></head>
-<body><h1>A shop with a strict CSP</h1><script src="{bot}/widget.js"></script><script src="/shop.js"></script></body></html>"""
-
+HOST_PAGE = (
+    "<!doctype html>\n"
+    '<html lang="en"><head><meta charset="utf-8"><title>Shop</title><link rel="stylesheet" href="/shop.css"></head>\n'
+    '<body><h1>A shop with a strict CSP</h1><script src="{bot}/widget.js"></script>'
+    '<script src="/shop.js"></script></body></html>'
+)
 
 
 async def _watched_page(browser):
@@ -47,7 +49,11 @@ async def _chat(page) -> None:
 
 
 async def _computed(page, selector: str, *properties: str) -> dict:
-    return await page.eval_on_selector(selector, "(node, names) => Object.fromEntries(names.map(n => [n, getComputedStyle(node)[n]]))", list(properties))
+    return await page.eval_on_selector(
+        selector,
+        "(node, names) => Object.fromEntries(names.map(n => [n, getComputedStyle(node)[n]]))",
+        list(properties),
+    )
 
 
 @pytest.fixture
@@ -56,10 +62,17 @@ async def shop(tmp_path, cache_dir, tokenizer):
     bot_origin: dict[str, str] = {}
 
     async def host_page(request):
-        return web.Response(text=HOST_PAGE.format(bot=bot_origin["url"]), content_type="text/html", headers={"Content-Security-Policy": policy()})
+        return web.Response(
+            text=HOST_PAGE.format(bot=bot_origin["url"]),
+            content_type="text/html",
+            headers={"Content-Security-Policy": policy()},
+        )
 
     async def host_script(request):
-        init = f'BotWidget.init({{server: "{bot_origin["url"]}", title: "Kestrel Mobile", greeting: "Hello from the shop."}});'
+        init = (
+            f'BotWidget.init({{server: "{bot_origin["url"]}", '
+            f'title: "Kestrel Mobile", greeting: "Hello from the shop."}});'
+        )
         return web.Response(text=init, content_type="text/javascript")
 
     async def host_style(request):
@@ -100,9 +113,19 @@ async def test_widget_on_a_host_page_with_a_strict_csp(browser, shop):
 
     # Styled: the widget's own stylesheet applies (a bare button is grey, square and sized by its text).
     launcher = await _computed(page, ".bw-launcher", "width", "height", "borderRadius", "backgroundColor", "cursor")
-    assert launcher == {"width": "56px", "height": "56px", "borderRadius": "50%", "backgroundColor": "rgb(11, 95, 255)", "cursor": "pointer"}
+    assert launcher == {
+        "width": "56px",
+        "height": "56px",
+        "borderRadius": "50%",
+        "backgroundColor": "rgb(11, 95, 255)",
+        "cursor": "pointer",
+    }
     assert await _computed(page, ".bw-root", "position", "zIndex") == {"position": "fixed", "zIndex": "2147483000"}
-    assert await _computed(page, ".bw-panel", "display", "width", "flexDirection") == {"display": "flex", "width": "360px", "flexDirection": "column"}
+    assert await _computed(page, ".bw-panel", "display", "width", "flexDirection") == {
+        "display": "flex",
+        "width": "360px",
+        "flexDirection": "column",
+    }
     assert (await _computed(page, ".bw-user", "backgroundColor"))["backgroundColor"] == "rgb(11, 95, 255)"
 
     assert await page.evaluate("window.__violations") == []

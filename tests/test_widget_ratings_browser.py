@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestServer
+from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
 from bot.serve.app import create_app
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.keys import STORE
 from bot.serve.events import new_event
-from serve_support import make_project, requires_chromium, scripted_model, settings_of
+from bot.serve.keys import STORE
 
 REPLY = "Your order ES-1001 is on its way and should arrive tomorrow."
 
@@ -38,7 +38,10 @@ async def _watched_page(browser):
 
 
 async def _focused(page) -> dict:
-    return await page.evaluate("({label: document.activeElement.getAttribute('aria-label'), pressed: document.activeElement.getAttribute('aria-pressed')})")
+    return await page.evaluate(
+        "({label: document.activeElement.getAttribute('aria-label'), "
+        "pressed: document.activeElement.getAttribute('aria-pressed')})"
+    )
 
 
 async def _tab_to(page, label: str, key: str = "Tab") -> None:
@@ -53,7 +56,9 @@ async def _tab_to(page, label: str, key: str = "Tab") -> None:
 async def _open_chat(page) -> None:
     await _tab_to(page, "Open chat: Kestrel Mobile")
     await page.keyboard.press("Enter")
-    assert await page.evaluate("document.activeElement.id") == await page.get_by_label("Your message").get_attribute("id")
+    assert await page.evaluate("document.activeElement.id") == await page.get_by_label("Your message").get_attribute(
+        "id"
+    )
 
 
 async def test_rating_an_answer_with_the_keyboard_survives_a_reload(browser, server):
@@ -72,8 +77,14 @@ async def test_rating_an_answer_with_the_keyboard_survives_a_reload(browser, ser
     await page.locator(".bw-bot", has_text=REPLY).wait_for(timeout=15000)
     votes = page.get_by_role("group", name="Rate this answer")
     assert await votes.count() == 1  # the reply, not the greeting (it is not stored)
-    helpful, unhelpful = votes.get_by_role("button", name="Helpful", exact=True), votes.get_by_role("button", name="Not helpful")
-    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == ["false", "false"]
+    helpful, unhelpful = (
+        votes.get_by_role("button", name="Helpful", exact=True),
+        votes.get_by_role("button", name="Not helpful"),
+    )
+    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == [
+        "false",
+        "false",
+    ]
 
     # From the message box back to the reply's buttons, and "Not helpful" pressed with the keyboard.
     await _tab_to(page, "Not helpful", "Shift+Tab")
@@ -94,14 +105,20 @@ async def test_rating_an_answer_with_the_keyboard_survives_a_reload(browser, ser
     await _open_chat(page)
     await page.locator(".bw-agent", has_text="Alex here").wait_for(timeout=10000)
     assert await votes.count() == 1
-    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == ["false", "true"]
+    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == [
+        "false",
+        "true",
+    ]
 
     # Changed with the keyboard: the other button (Space this time) takes the vote.
     await _tab_to(page, "Helpful", "Shift+Tab")
     async with page.expect_response(lambda r: r.url.endswith("/ratings")) as answered:
         await page.keyboard.press(" ")
     assert (await answered.value).status == 200
-    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == ["true", "false"]
+    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == [
+        "true",
+        "false",
+    ]
     assert latest_ratings(await server.app[STORE].events(sender))[seq]["rating"] == "up"
 
     assert errors == []

@@ -34,7 +34,12 @@ def conversations() -> dict[str, list[dict]]:
     return {
         "alice": [
             event("user", text="Where is my order ES-1001?", metadata={"page": "/orders"}),
-            event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped", "note": "é 日本"}),
+            event(
+                "action",
+                name="check_order",
+                arguments={"order_id": "ES-1001"},
+                result={"status": "shipped", "note": "é 日本"},
+            ),
             event("slot", name="order_id", value="ES-1001"),
             event("bot", text="It shipped yesterday."),
             event("user", text="Thanks!"),
@@ -83,8 +88,13 @@ async def main() -> None:
     def literal(text: str) -> str:
         return "'" + text.replace("'", "''") + "'"
 
-    lines = ["-- Written by tests/data/stores_v1/make.py with the PostgresStore of commit 28fdf1c: its DDL, then its rows.", SCHEMA.strip()]
-    lines += [f"INSERT INTO bot_events (seq, sender, type, body) VALUES ({r['seq']}, {literal(r['sender'])}, {literal(r['type'])}, {literal(r['body'])});" for r in rows]
+    lines = [
+        "-- Written by tests/data/stores_v1/make.py with the PostgresStore of commit 28fdf1c: its DDL, then its rows.",
+        SCHEMA.strip(),
+    ]
+    for r in rows:
+        values = f"{r['seq']}, {literal(r['sender'])}, {literal(r['type'])}, {literal(r['body'])}"
+        lines.append(f"INSERT INTO bot_events (seq, sender, type, body) VALUES ({values});")
     lines.append("SELECT setval(pg_get_serial_sequence('bot_events', 'seq'), (SELECT max(seq) FROM bot_events));")
     (HERE / "postgresql.sql").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -100,7 +110,10 @@ async def main() -> None:
         keys: dict = {}
         for key in sorted(await redis._redis.keys(prefix + "*")):
             kind = await redis._redis.type(key)
-            value = await (redis._redis.lrange(key, 0, -1) if kind == "list" else redis._redis.zrange(key, 0, -1, withscores=True))
+            if kind == "list":
+                value = await redis._redis.lrange(key, 0, -1)
+            else:
+                value = await redis._redis.zrange(key, 0, -1, withscores=True)
             keys[key.removeprefix(prefix)] = {"type": kind, "value": value}
             await redis._redis.delete(key)
     finally:
