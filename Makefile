@@ -34,7 +34,10 @@ run: setup
 	$(BOT) train --if-needed
 	$(BOT) serve --actions actions
 
+# Lint and format checks first (ruff, settings in pyproject.toml): they take a second.
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
 clean:
