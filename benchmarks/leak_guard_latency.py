@@ -36,7 +36,7 @@ from bot.config import load_settings  # noqa: E402
 from bot.data.loader import read_training_data  # noqa: E402
 from bot.data.profile import profile_of  # noqa: E402
 from bot.data.schema import BotTurn  # noqa: E402
-from bot.serve.events import new_event  # noqa: E402
+from bot.serve.events import user_message  # noqa: E402
 from bot.serve.generator import ResponseModel  # noqa: E402
 from bot.serve.responder import ConversationState, ModelHolder, Piece, Responder  # noqa: E402
 
@@ -71,9 +71,7 @@ async def first_token(responder: Responder, model: ResponseModel, reply: str) ->
     model.engine.replies.append(reply)
     messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": MESSAGE}]
     started = time.perf_counter()
-    answer = responder.answer(
-        model, messages, sender="bench", state=ConversationState(), latest=new_event("user", text=MESSAGE)
-    )
+    answer = responder.answer(model, messages, sender="bench", state=ConversationState(), latest=user_message(MESSAGE))
     async with aclosing(answer) as items:
         async for item in items:
             if isinstance(item, Piece) or (isinstance(item, dict) and item.get("text")):

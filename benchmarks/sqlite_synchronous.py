@@ -20,16 +20,14 @@ sys.path.insert(0, str(ROOT))
 
 
 async def per_event_ms(synchronous: str, events: int, folder: Path) -> float:
-    from bot.serve.events import new_event
+    from bot.serve.events import user_message
     from bot.serve.store import SQLiteStore
 
     store = SQLiteStore(folder / f"{synchronous}-{time.monotonic_ns()}.sqlite3", synchronous=synchronous)
     try:
         started = time.perf_counter()
         for i in range(events):
-            await store.append(
-                f"customer-{i % 20}", new_event("user", text="Where is my order? It was due yesterday.")
-            )
+            await store.append(f"customer-{i % 20}", user_message("Where is my order? It was due yesterday."))
         return (time.perf_counter() - started) / events * 1000
     finally:
         await store.close()

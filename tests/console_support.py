@@ -8,7 +8,7 @@ from serve_support import scripted_model
 
 from bot import models
 from bot.serve.conversation_search import RATING
-from bot.serve.events import new_event
+from bot.serve.events import bot_message, new_event, user_message
 
 SUMMARY = {
     "chrf": 0.61,
@@ -77,8 +77,8 @@ async def talk(store, sender: str, turns: list[tuple[str, str]], start: float = 
     """Stores (customer, bot) turns; returns the stored events."""
     stored = []
     for i, (said, answered) in enumerate(turns):
-        stored.append(await store.append(sender, dict(new_event("user", text=said), timestamp=start + 10 * i)))
-        stored.append(await store.append(sender, dict(new_event("bot", text=answered), timestamp=start + 10 * i + 1)))
+        stored.append(await store.append(sender, dict(user_message(said), timestamp=start + 10 * i)))
+        stored.append(await store.append(sender, dict(bot_message(answered), timestamp=start + 10 * i + 1)))
     return stored
 
 

@@ -6,7 +6,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bot.serve.events import new_event
+from bot.serve.events import (
+    action_executed,
+    agent_message,
+    bot_message,
+    handed_off,
+    rated,
+    resumed,
+    slot_set,
+    user_message,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,77 +50,62 @@ def golden_events() -> list[dict]:
     order numbers, in the customer's messages, the actions' arguments and results and the bot's
     replies; one reply rated down."""
     return [
-        new_event("user", text="Hi, my name is Priya Shah. There's a £12 charge on my bill I don't recognise."),
-        new_event("bot", text="I can look into that. What's your account number and postcode?"),
-        new_event(
-            "user",
-            text="It's 40118822, ls6 2ab. If we get cut off ring me on 07911 123456 or email priya.shah@gmail.com",
+        user_message("Hi, my name is Priya Shah. There's a £12 charge on my bill I don't recognise."),
+        bot_message("I can look into that. What's your account number and postcode?"),
+        user_message(
+            "It's 40118822, ls6 2ab. If we get cut off ring me on 07911 123456 or email priya.shah@gmail.com"
         ),
-        new_event(
-            "action",
-            name="verify_customer",
-            arguments={"account_id": "40118822", "postcode": "LS6 2AB"},
-            result={
+        action_executed(
+            "verify_customer",
+            {"account_id": "40118822", "postcode": "LS6 2AB"},
+            {
                 "verified": True,
                 "first_name": "Priya",
                 "email_on_file": "p****h@gmail.com",
                 "phone": "+44 7911 123456",
             },
         ),
-        new_event("slot", name="first_name", value="Priya", by="verify_customer"),
-        new_event(
-            "action",
-            name="get_bill",
-            arguments={"account_id": "40118822"},
-            result={"month": "2026-10", "items": [{"label": "Roaming day pass, France", "amount": 12.0}]},
+        slot_set("first_name", "Priya", by="verify_customer"),
+        action_executed(
+            "get_bill",
+            {"account_id": "40118822"},
+            {"month": "2026-10", "items": [{"label": "Roaming day pass, France", "amount": 12.0}]},
         ),
-        new_event("bot", text="Thanks, Priya. The £12 is a roaming day pass from your trip to France on 14 October."),
-        new_event("user", text="Fine. And my order KM-147730 never came. I paid with my card 4539 1488 0343 6467."),
-        new_event(
-            "action",
-            name="check_order",
-            arguments={"order_id": "KM-147730"},
-            result={"status": "returned_to_sender", "carrier": "DPD", "return_id": "RT-233019"},
+        bot_message("Thanks, Priya. The £12 is a roaming day pass from your trip to France on 14 October."),
+        user_message("Fine. And my order KM-147730 never came. I paid with my card 4539 1488 0343 6467."),
+        action_executed(
+            "check_order",
+            {"order_id": "KM-147730"},
+            {"status": "returned_to_sender", "carrier": "DPD", "return_id": "RT-233019"},
         ),
-        new_event(
-            "bot",
-            text="Please don't share card numbers here, Priya. "
-            "Order KM-147730 was returned to us by DPD (return RT-233019).",
+        bot_message(
+            "Please don't share card numbers here, Priya. "
+            "Order KM-147730 was returned to us by DPD (return RT-233019)."
         ),
-        new_event("user", text="That's useless, I want a refund"),
-        new_event("bot", text="I can't do refunds myself. Would you like me to pass you to a colleague?"),
+        user_message("That's useless, I want a refund"),
+        bot_message("I can't do refunds myself. Would you like me to pass you to a colleague?"),
     ]
 
 
 def rate(events: list[dict], index: int, rating: str) -> dict:
     """A rating event for the stored event at `index` (after they were stored, with seq)."""
-    return new_event("rating", rated_seq=events[index]["seq"], rating=rating)
+    return rated(events[index]["seq"], rating)
 
 
 def handed_off_events() -> list[dict]:
     """A conversation a person took over: the customer asks for one, an agent answers twice."""
     return [
-        new_event("user", text="where is my order KM-175402"),
-        new_event(
-            "action",
-            name="check_order",
-            arguments={"order_id": "KM-175402"},
-            result={"status": "delayed", "carrier": "Royal Mail"},
-        ),
-        new_event("bot", text="Order KM-175402 is delayed with Royal Mail."),
-        new_event("user", text="I want to talk to a human"),
-        new_event(
-            "handoff",
-            by="rule",
-            reason="the customer asked for a person",
-            text="I'm passing you to a member of our team.",
-        ),
-        new_event("user", text="hello??"),
-        new_event("agent", text="Hi, I'm Dana from Kestrel. I've asked Royal Mail to prioritise it.", agent="Dana"),
-        new_event("agent", text="It should reach you tomorrow.", agent="Dana"),
-        new_event("user", text="ok thanks"),
-        new_event("agent", text="You're welcome!", agent="Dana"),
-        new_event("resume"),
+        user_message("where is my order KM-175402"),
+        action_executed("check_order", {"order_id": "KM-175402"}, {"status": "delayed", "carrier": "Royal Mail"}),
+        bot_message("Order KM-175402 is delayed with Royal Mail."),
+        user_message("I want to talk to a human"),
+        handed_off("rule", "the customer asked for a person", text="I'm passing you to a member of our team."),
+        user_message("hello??"),
+        agent_message("Hi, I'm Dana from Kestrel. I've asked Royal Mail to prioritise it.", name="Dana"),
+        agent_message("It should reach you tomorrow.", name="Dana"),
+        user_message("ok thanks"),
+        agent_message("You're welcome!", name="Dana"),
+        resumed(),
     ]
 
 

@@ -133,3 +133,16 @@ def sse_events(body: str) -> list[tuple[str, dict]]:
         if data is not None:
             events.append((name, json.loads(data) if data != "[DONE]" else "[DONE]"))
     return events
+
+
+async def chat(client, sender: str, message: str) -> list[tuple[str, dict]]:
+    """One customer message through /api/chat/stream (a test client): its server-sent events."""
+    response = await client.post("/api/chat/stream", json={"sender": sender, "message": message})
+    return sse_events(await response.text())
+
+
+async def stored_events(client, sender: str) -> list[dict]:
+    """The conversation's events, as the test client's server stored them."""
+    from bot.serve.keys import STORE
+
+    return await client.server.app[STORE].events(sender)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from serve_support import ADMIN_TOKEN, make_project, sse_events
+from serve_support import ADMIN_TOKEN, chat, make_project, sse_events, stored_events
 
 from bot.serve.actions import SORRY
 from bot.serve.responder import COULD_NOT_DO
@@ -73,18 +73,6 @@ def starter_project(tmp_path, cache_dir, endpoints: str, config: str = ""):
     return project
 
 
-async def chat(client, sender: str, message: str) -> list[tuple[str, dict]]:
-    return sse_events(
-        await (await client.post("/api/chat/stream", json={"sender": sender, "message": message})).text()
-    )
-
-
-async def stored(client, sender: str) -> list[dict]:
-    from bot.serve.keys import STORE
-
-    return await client.app[STORE].events(sender)
-
-
 async def test_actions_run_on_the_real_action_server(tmp_path, cache_dir, serve, action_server, tokenizer):
     project = starter_project(tmp_path, cache_dir, f"action_endpoint:\n  url: {action_server}/webhook\n")
     replies = [
@@ -100,7 +88,7 @@ async def test_actions_run_on_the_real_action_server(tmp_path, cache_dir, serve,
     assert [m["text"] for m in messages] == [replies[2]]
     assert not any("tool_call" in data.get("text", "") for name, data in events if name == "token")
 
-    log = await stored(client, "c1")
+    log = await stored_events(client, "c1")
     assert [e["type"] for e in log] == ["user", "action", "slot", "action", "bot"]
     verify, slot, bill = log[1], log[2], log[3]
     assert verify["name"] == "verify_customer" and verify["result"] == {"verified": True, "first_name": "Callum"}
@@ -132,7 +120,7 @@ async def test_an_action_can_hand_the_conversation_over(tmp_path, cache_dir, ser
     client, _ = await serve(project, replies)
     events = await chat(client, "c3", "Book an engineer please, account 51234567, TR1 2HE")
     assert [data["type"] for name, data in events if name == "message"] == ["handoff"]
-    log = await stored(client, "c3")
+    log = await stored_events(client, "c3")
     assert log[-1]["type"] == "handoff" and log[-1]["by"] == "action" and "book_engineer" in log[-1]["reason"]
 
 
@@ -169,7 +157,7 @@ async def test_error_statuses_get_an_apology_and_a_log_line(tmp_path, cache_dir,
         events = await chat(client, "f1", "where is ES-1001?")
     await server.close()
     assert [data["text"] for name, data in events if name == "message"] == [SORRY]
-    failed = [e for e in await stored(client, "f1") if e["type"] == "action_failed"]
+    failed = [e for e in await stored_events(client, "f1") if e["type"] == "action_failed"]
     assert failed[0]["name"] == "check_order" and failed[0]["status"] == f"HTTP {status}"
     assert f"action check_order failed for conversation f1: HTTP {status}" in caplog.text
     assert len(model.engine.prompts) == 1  # no follow-up generated from a failed action
@@ -204,7 +192,7 @@ async def test_unreachable_and_slow_action_servers(tmp_path, cache_dir, serve):
     started = time.monotonic()
     events = await chat(client, "f3", "order ES-1001?")
     assert [data["text"] for name, data in events if name == "message"] == [SORRY] and time.monotonic() - started < 5
-    assert [e for e in await stored(client, "f3") if e["type"] == "action_failed"][0]["status"] == "unreachable"
+    assert [e for e in await stored_events(client, "f3") if e["type"] == "action_failed"][0]["status"] == "unreachable"
 
     seen = []
     server = fake_action_server([200], seen, delay=3)
@@ -216,7 +204,7 @@ async def test_unreachable_and_slow_action_servers(tmp_path, cache_dir, serve):
     events = await chat(client, "f4", "order ES-1001?")
     assert time.monotonic() - started < 2.5
     assert [data["text"] for name, data in events if name == "message"] == [SORRY]
-    assert [e for e in await stored(client, "f4") if e["type"] == "action_failed"][0]["status"] == "timeout"
+    assert [e for e in await stored_events(client, "f4") if e["type"] == "action_failed"][0]["status"] == "timeout"
     await server.close()
 
 
@@ -241,7 +229,7 @@ async def test_undeclared_actions_and_arguments_never_run(tmp_path, cache_dir, s
     await server.close()
     assert seen == []  # never sent to the action server
     assert [data["text"] for name, data in events if name == "message"] == [COULD_NOT_DO]
-    rejected = [e for e in await stored(client, "u1") if e["type"] == "action_rejected"]
+    rejected = [e for e in await stored_events(client, "u1") if e["type"] == "action_rejected"]
     assert problem in rejected[0]["problems"]
 
 
@@ -350,7 +338,7 @@ async def test_an_agent_can_take_over_a_bot_conversation(tmp_path, cache_dir, se
         "/api/conversations/t1/messages", json={"text": "Hi, Sam here from the team."}, headers=ADMIN
     )
     assert (await sent.json())["took_over"] is True
-    log = await stored(client, "t1")
+    log = await stored_events(client, "t1")
     assert [e["type"] for e in log] == ["user", "bot", "handoff", "agent"] and log[2]["by"] == "agent"
     bad = await client.post("/api/conversations/t1/messages", json={"txt": "typo"}, headers=ADMIN)
     assert bad.status == 400 and "text: Field required" in (await bad.json())["error"]
@@ -401,7 +389,7 @@ async def test_serve_with_actions_starts_the_action_server_and_stops_it(tmp_path
     try:
         events = await chat(client, "m1", "where is KM-104233?")
         assert [data["text"] for name, data in events if name == "message"] == ["It's out for delivery today."]
-        action = next(e for e in await stored(client, "m1") if e["type"] == "action")
+        action = next(e for e in await stored_events(client, "m1") if e["type"] == "action")
         assert action["result"]["status"] == "out_for_delivery"
     finally:
         await client.close()

@@ -15,7 +15,7 @@ from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings
 
 from bot import models
 from bot.serve.app import create_app
-from bot.serve.events import new_event
+from bot.serve.events import action_executed, agent_message, handed_off, resumed
 from bot.serve.keys import STORE
 from bot.serve.routes_train import TRAINING
 from bot.serve.throttle import ADMIN_FAILURES
@@ -56,17 +56,13 @@ async def console(tmp_path, cache_dir, tokenizer):
     await store.append(
         "angry-2",
         dict(
-            new_event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped"}),
+            action_executed("check_order", {"order_id": "ES-1001"}, {"status": "shipped"}),
             timestamp=1_800_000_160.0,
         ),
     )
-    await store.append(
-        "angry-2", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_170.0)
-    )
-    await store.append(
-        "angry-2", dict(new_event("agent", text="Hi, Alex here.", agent="Alex"), timestamp=1_800_000_180.0)
-    )
-    await store.append("angry-2", dict(new_event("resume"), timestamp=1_800_000_190.0))
+    await store.append("angry-2", dict(handed_off("rule", "asked for a person"), timestamp=1_800_000_170.0))
+    await store.append("angry-2", dict(agent_message("Hi, Alex here.", name="Alex"), timestamp=1_800_000_180.0))
+    await store.append("angry-2", dict(resumed(), timestamp=1_800_000_190.0))
     yield server, project
     await server.close()
 
@@ -373,9 +369,7 @@ async def test_the_handoff_queue_an_agent_reply_and_giving_back(browser, console
         [("I want a person <img src=x onerror=window.__pwned=4>", "Passing you to a colleague.")],
         start=1_800_000_300.0,
     )
-    await store.append(
-        "waiting-4", dict(new_event("handoff", by="rule", reason="asked for a person"), timestamp=1_800_000_302.0)
-    )
+    await store.append("waiting-4", dict(handed_off("rule", "asked for a person"), timestamp=1_800_000_302.0))
     page, errors = await _page(browser, server)
     await _sign_in(page)
     await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Handoff queue").click()

@@ -19,7 +19,7 @@ from serve_support import NO_ACTION_SERVER, make_project
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
-from bot.serve.events import INTERRUPTED, new_event
+from bot.serve.events import INTERRUPTED, bot_message, new_event, user_message
 from bot.serve.recovery import mark_interrupted
 from bot.serve.store import SQLiteStore
 
@@ -76,14 +76,14 @@ def _sender() -> str:
 async def test_startup_pass_marks_only_unanswered_replies(isolated):
     store, _ = isolated
     answered, cut, with_person, moved_on = (_sender() for _ in range(4))
-    await store.append(answered, new_event("user", text="hi"))
-    await store.append(answered, new_event("bot", text="hello"))
-    await store.append(cut, new_event("user", text="hi"))
-    await store.append(cut, new_event("bot", text="hello"))
-    question = await store.append(cut, new_event("user", text="where is my order?"))
+    await store.append(answered, user_message("hi"))
+    await store.append(answered, bot_message("hello"))
+    await store.append(cut, user_message("hi"))
+    await store.append(cut, bot_message("hello"))
+    question = await store.append(cut, user_message("where is my order?"))
     await store.append(with_person, new_event("handoff", reason="asked"))
-    await store.append(with_person, new_event("user", text="hello? anyone?"))  # a person answers these, not the bot
-    await store.append(moved_on, new_event("user", text="first"))
+    await store.append(with_person, user_message("hello? anyone?"))  # a person answers these, not the bot
+    await store.append(moved_on, user_message("first"))
     await store.append(moved_on, new_event(INTERRUPTED, of=1))
 
     marked = await mark_interrupted(store, retry_s=0)
@@ -100,14 +100,14 @@ async def test_a_reply_being_written_by_another_process_is_not_marked(kind, tmp_
         open_, _ = await _isolated_store(kind, stack, tmp_path, lock_expiry_s=5)
         writing, restarted = await open_(), await open_()  # two server processes' connections
         busy, freed = _sender(), _sender()
-        await writing.append(busy, new_event("user", text="hello"))
+        await writing.append(busy, user_message("hello"))
 
         async def answer(sender: str, reply: bool) -> None:
             async with writing.lock(sender, timeout=1):
                 started.set()
                 await asyncio.sleep(1.2)
                 if reply:
-                    await writing.append(sender, new_event("bot", text="Hi!"))
+                    await writing.append(sender, bot_message("Hi!"))
 
         started = asyncio.Event()
         one = asyncio.create_task(answer(busy, reply=True))
@@ -116,7 +116,7 @@ async def test_a_reply_being_written_by_another_process_is_not_marked(kind, tmp_
         await one
         assert [e["type"] for e in await restarted.events(busy)] == ["user", "bot"]
 
-        question = await writing.append(freed, new_event("user", text="hello"))
+        question = await writing.append(freed, user_message("hello"))
         started.clear()
         two = asyncio.create_task(answer(freed, reply=False))  # its holder stops without a reply (as if it died)
         await started.wait()
@@ -132,7 +132,7 @@ async def test_next_message_marks_a_reply_the_startup_pass_missed(serve, tmp_pat
 
     client, _ = await serve(make_project(tmp_path / "p", cache_dir), ["Sorted."])
     sender = _sender()
-    first = await client.app[STORE].append(sender, new_event("user", text="cancel my plan"))  # its reply was cut
+    first = await client.app[STORE].append(sender, user_message("cancel my plan"))  # its reply was cut
     response = await client.post("/webhooks/rest/webhook", json={"sender": sender, "message": "cancel my plan"})
     assert [m["text"] for m in await response.json()] == ["Sorted."]
     history = (await (await client.get(f"/api/conversations/{sender}")).json())["events"]

@@ -7,7 +7,7 @@ import pytest
 from draft_support import store_conversation
 from serve_support import ADMIN_TOKEN, make_project
 
-from bot.serve.events import new_event
+from bot.serve.events import action_executed, bot_message, user_message
 from bot.serve.keys import STORE
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -20,14 +20,9 @@ def project(tmp_path, cache_dir):
 
 def conversation() -> list[dict]:
     return [
-        new_event("user", text="Hi, I'm Maria. Where is order ES-4821? Email me at maria@shop.test"),
-        new_event(
-            "action",
-            name="check_order",
-            arguments={"order_id": "ES-4821"},
-            result={"status": "shipped", "eta": "2026-12-02"},
-        ),
-        new_event("bot", text="Order ES-4821 has shipped, Maria, and should arrive on 2 December."),
+        user_message("Hi, I'm Maria. Where is order ES-4821? Email me at maria@shop.test"),
+        action_executed("check_order", {"order_id": "ES-4821"}, {"status": "shipped", "eta": "2026-12-02"}),
+        bot_message("Order ES-4821 has shipped, Maria, and should arrive on 2 December."),
     ]
 
 

@@ -14,7 +14,7 @@ from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 from bot.cli import main
 from bot.config import load_settings
 from bot.data import drafts
-from bot.serve.events import new_event
+from bot.serve.events import bot_message, user_message
 from bot.serve.store import SQLiteStore
 
 OLD = 1_600_000_000.0  # 2020-09-13
@@ -26,7 +26,7 @@ def project(tmp_path, cache_dir):
 
 
 def short(text: str, at: float | None = None) -> list[dict]:
-    events = [new_event("user", text=text), new_event("bot", text="I can help with that.")]
+    events = [user_message(text), bot_message("I can help with that.")]
     return [dict(e, timestamp=at) for e in events] if at else events
 
 

@@ -19,7 +19,7 @@ from serve_support import make_project, scripted_model, settings_of
 from server_process import ServerProcess
 
 from bot.serve.app import create_app
-from bot.serve.events import new_event
+from bot.serve.events import agent_message
 from bot.serve.store import SQLiteStore
 
 
@@ -138,7 +138,7 @@ async def test_idle_feeds_read_their_conversation_only_when_something_was_writte
         waiter = asyncio.create_task(store.wait_for_events(f"{prefix}-elsewhere", 0, timeout=5))
         await asyncio.sleep(0.2)
         started = time.monotonic()
-        await other.append(f"{prefix}-elsewhere", new_event("agent", text="Hi, I'm Alex."))
+        await other.append(f"{prefix}-elsewhere", agent_message("Hi, I'm Alex."))
         assert [e["text"] for e in await waiter] == ["Hi, I'm Alex."] and time.monotonic() - started < 2.5
         assert store._changed == {} and store._waiting == {}  # nothing kept for feeds that have gone
     finally:

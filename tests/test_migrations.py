@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from store_isolation import postgres_schema, redis_prefix
 
-from bot.serve.events import new_event
+from bot.serve.events import bot_message
 from bot.serve.migrations import MigrationError, Migrations
 from bot.serve.responder import fold
 from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
@@ -54,7 +54,7 @@ async def check_upgraded(store, seq_of) -> None:
     assert fold(state).handed_off
 
     previous = (await store.events("carol"))[-1]["seq"]
-    stored = await store.append("carol", new_event("bot", text="Done: the gold plan is cancelled."))
+    stored = await store.append("carol", bot_message("Done: the gold plan is cancelled."))
     assert stored["seq"] > previous and stored["seq"] == seq_of("carol", 3)
     assert [e["text"] for e in await store.events("carol", last=2)] == [
         "The gold one.",

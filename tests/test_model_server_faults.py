@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events
+from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events, stored_events
 
 from bot.serve.app import create_app
 from bot.serve.events import MODEL_UNAVAILABLE
@@ -121,12 +121,6 @@ async def _stream(client, sender: str, text: str) -> list[tuple[str, dict]]:
     return sse_events(await response.text())
 
 
-async def _stored(client, sender: str) -> list[dict]:
-    from bot.serve.keys import STORE
-
-    return await client.server.app[STORE].events(sender)
-
-
 def _messages(events) -> list[str]:
     return [data["text"] for name, data in events if name == "message"]
 
@@ -141,7 +135,7 @@ async def _assert_fault_handled(client, sender: str, reason: str, caplog) -> Non
     events = await _stream(client, sender, "Where is my order?")
     assert _messages(events) == [COULD_NOT_DO]
     assert not [e for e in events if e[0] == "error"]
-    stored = await _stored(client, sender)
+    stored = await stored_events(client, sender)
     assert [e["type"] for e in stored] == ["user", MODEL_UNAVAILABLE, "bot"]
     assert stored[0]["text"] == "Where is my order?" and stored[2]["text"] == COULD_NOT_DO
     assert reason in stored[1]["error"]
@@ -158,7 +152,7 @@ async def _assert_recovered(client, server, sender: str) -> None:
     assert (await _health(client))["status"] == "ok"  # health probes the model server again
     events = await _stream(client, sender, "And my bill?")
     assert _messages(events) == [REPLY]
-    assert [e["type"] for e in (await _stored(client, sender))][-2:] == ["user", "bot"]
+    assert [e["type"] for e in (await stored_events(client, sender))][-2:] == ["user", "bot"]
 
 
 async def test_the_model_server_down_then_back(topology, caplog):
@@ -224,7 +218,7 @@ async def test_the_openai_route_and_rasa_channel_apologise_too(topology, caplog)
     server.mode = "http500"
     response = await client.post("/webhooks/rest/webhook", json={"sender": "rasa", "message": "Hi"})
     assert response.status == 200 and [m["text"] for m in await response.json()] == [COULD_NOT_DO]
-    assert [e["type"] for e in await _stored(client, "rasa")] == ["user", MODEL_UNAVAILABLE, "bot"]
+    assert [e["type"] for e in await stored_events(client, "rasa")] == ["user", MODEL_UNAVAILABLE, "bot"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     server.mode = "ok"
     response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
@@ -273,5 +267,5 @@ async def test_the_leak_guard_holds_on_a_remote_model(topology):
     assert _messages(events) == [model.leak_guard.refusal]
     streamed = "".join(data["text"] for name, data in events if name == "token")
     assert streamed.startswith("Sure,") and model.leak_guard.find(streamed) is None
-    stored = await _stored(client, "recites")
+    stored = await stored_events(client, "recites")
     assert [e["type"] for e in stored] == ["user", "guarded", "bot"] and stored[1]["kind"] == PROMPT

@@ -7,7 +7,7 @@ import pytest
 from serve_support import make_project
 
 from bot.serve.conversation_search import RATING, latest_ratings
-from bot.serve.events import new_event
+from bot.serve.events import agent_message
 from bot.serve.keys import STORE
 
 
@@ -72,7 +72,7 @@ async def test_a_vote_is_stored_counted_changed_and_given_back_with_the_history(
 async def test_only_a_bot_message_of_the_conversation_can_be_rated(project, serve):
     client, _ = await serve(project, ["Happy to help."])
     user, bot = await _chatted(client, "r-2")
-    await client.app[STORE].append("r-2", new_event("agent", text="Hi, I'm Alex.", agent="Alex"))
+    await client.app[STORE].append("r-2", agent_message("Hi, I'm Alex.", name="Alex"))
     agent = (await client.app[STORE].events("r-2"))[-1]["seq"]
     for sender, seq, what in (
         ("r-2", user, user),

@@ -12,7 +12,7 @@ from bot.data.compile import tool_call_message
 from bot.engine.protocol import Finished
 from bot.errors import RenderError
 from bot.rendering import fitted_prompt_ids, prompt_ids
-from bot.serve.events import new_event
+from bot.serve.events import action_executed, bot_message, handed_off, new_event, resumed, slot_set, user_message
 from bot.serve.generator import load_response_model
 from bot.serve.responder import fold, to_messages
 
@@ -21,11 +21,11 @@ SYSTEM = "You are Ember, the support assistant of Ember Supplies."
 
 def test_stored_events_render_exactly_like_training_data(tokenizer):
     events = [
-        new_event("user", text="Where is order ES-1001?"),
-        new_event("action", name="check_order", arguments={"order_id": "ES-1001"}, result={"status": "shipped"}),
-        new_event("bot", text="It has shipped."),
-        new_event("user", text="I want a person."),
-        new_event("handoff", by="model", reason="customer asked", text="Passing you over."),
+        user_message("Where is order ES-1001?"),
+        action_executed("check_order", {"order_id": "ES-1001"}, {"status": "shipped"}),
+        bot_message("It has shipped."),
+        user_message("I want a person."),
+        handed_off("model", "customer asked", text="Passing you over."),
     ]
     trained = [
         {"role": "system", "content": SYSTEM},
@@ -41,13 +41,13 @@ def test_stored_events_render_exactly_like_training_data(tokenizer):
 
 def test_state_folds_slots_and_handoff():
     events = [
-        new_event("slot", name="order_id", value="ES-1"),
+        slot_set("order_id", "ES-1"),
         new_event("handoff", reason="asked"),
-        new_event("slot", name="order_id", value="ES-2"),
+        slot_set("order_id", "ES-2"),
     ]
     state = fold(events)
     assert state.slots == {"order_id": "ES-2"} and state.handed_off and state.handoff_reason == "asked"
-    assert not fold(events + [new_event("resume")]).handed_off
+    assert not fold(events + [resumed()]).handed_off
 
 
 def test_history_that_does_not_fit_drops_the_oldest_exchanges_whole(tokenizer):

@@ -14,7 +14,7 @@ from serve_support import NO_ACTION_SERVER, make_project, scripted_model, settin
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 from bot.serve.app import create_app
-from bot.serve.events import new_event
+from bot.serve.events import bot_message, new_event, user_message
 from bot.serve.keys import RETENTION, STORE
 from bot.serve.retention import DAY_S, Retention
 from bot.serve.store import SQLiteStore, StoreUnavailable
@@ -37,11 +37,9 @@ async def tracker(request):
 async def _conversation(store, sender: str, *days_ago: float, now: float, answered: bool = False) -> None:
     """Customer messages sent so many days ago; with `answered`, the bot answers the last one at once."""
     for i, ago in enumerate(days_ago):
-        await store.append(
-            sender, dict(new_event("user", text=f"secret words {sender} {i}"), timestamp=now - ago * DAY_S)
-        )
+        await store.append(sender, dict(user_message(f"secret words {sender} {i}"), timestamp=now - ago * DAY_S))
     if answered:
-        await store.append(sender, dict(new_event("bot", text="an answer"), timestamp=now - days_ago[-1] * DAY_S))
+        await store.append(sender, dict(bot_message("an answer"), timestamp=now - days_ago[-1] * DAY_S))
 
 
 async def _server(tmp_path, cache_dir, tokenizer, tracker: str, retention: str):

@@ -13,7 +13,17 @@ import uuid
 import pytest
 from store_isolation import postgres_schema, redis_prefix
 
-from bot.serve.events import STATE_EVENTS, new_event
+from bot.serve.events import (
+    STATE_EVENTS,
+    action_executed,
+    agent_message,
+    bot_message,
+    new_event,
+    resumed,
+    slot_set,
+    slots_reset,
+    user_message,
+)
 from bot.serve.responder import fold
 from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
 
@@ -51,8 +61,8 @@ def _sender() -> str:
 
 async def test_events_are_appended_in_order_and_read_back(store):
     sender, other = _sender(), _sender()
-    stored = [await store.append(sender, new_event("user", text=f"message {i}", metadata={"n": i})) for i in range(5)]
-    await store.append(other, new_event("user", text="someone else"))
+    stored = [await store.append(sender, user_message(f"message {i}", metadata={"n": i})) for i in range(5)]
+    await store.append(other, user_message("someone else"))
     assert [e["seq"] for e in stored] == sorted(e["seq"] for e in stored)
     events = await store.events(sender)
     assert [e["text"] for e in events] == [f"message {i}" for i in range(5)]
@@ -64,9 +74,7 @@ async def test_events_are_appended_in_order_and_read_back(store):
 
 async def test_unicode_and_nested_values_survive(store):
     sender = _sender()
-    event = new_event(
-        "action", name="check_order", arguments={"order_id": "ES-1"}, result={"items": ["é", "日本", None, 1.5]}
-    )
+    event = action_executed("check_order", {"order_id": "ES-1"}, {"items": ["é", "日本", None, 1.5]})
     await store.append(sender, event)
     (back,) = await store.events(sender)
     assert back["result"] == {"items": ["é", "日本", None, 1.5]} and back["arguments"] == {"order_id": "ES-1"}
@@ -76,7 +84,7 @@ async def test_handoffs_are_listed_until_resumed(store):
     a, b = _sender(), _sender()
     await store.append(a, new_event("handoff", reason="asked"))
     await store.append(b, new_event("handoff", reason="angry"))
-    await store.append(b, new_event("resume"))
+    await store.append(b, resumed())
     waiting = await store.waiting_for_agent()
     assert a in waiting and b not in waiting
 
@@ -115,7 +123,7 @@ async def test_waiting_for_events_wakes_on_append(store):
     waiter = asyncio.create_task(store.wait_for_events(sender, 0, timeout=5))
     await asyncio.sleep(0.1)
     started = time.monotonic()
-    await store.append(sender, new_event("agent", text="Hi, I'm Alex."))
+    await store.append(sender, agent_message("Hi, I'm Alex."))
     events = await waiter
     assert [e["text"] for e in events] == ["Hi, I'm Alex."] and time.monotonic() - started < 0.5
     assert await store.wait_for_events(sender, events[-1]["seq"], timeout=0.2) == []
@@ -290,7 +298,7 @@ async def test_sqlite_store_closes_safely_while_queries_run(tmp_path):
     and later calls get a clear error."""
     store = SQLiteStore(tmp_path / "c.sqlite3")
     for _ in range(200):
-        await store.append("s", new_event("user", text="x" * 2000))
+        await store.append("s", user_message("x" * 2000))
     readers = [asyncio.create_task(store.events("s")) for _ in range(16)]
     await asyncio.sleep(0.001)
     await store.close()
@@ -303,21 +311,19 @@ async def test_sqlite_store_closes_safely_while_queries_run(tmp_path):
 def _long_conversation() -> list[dict]:
     """Three hundred events; every state change (slots set, changed, reset; a handoff and its
     resume) happens long before the last twenty."""
-    events = [new_event("slot", name="order_id", value="ES-1"), new_event("slot", name="email", value="a@example.com")]
+    events = [slot_set("order_id", "ES-1"), slot_set("email", "a@example.com")]
     for i in range(60):
-        events += [new_event("user", text=f"question {i}"), new_event("bot", text=f"answer {i}")]
-    events += [new_event("slot", name="order_id", value="ES-2"), new_event("handoff", reason="asked for a person")]
-    events += [new_event("agent", text=f"agent says {i}", agent="Alex") for i in range(20)]
+        events += [user_message(f"question {i}"), bot_message(f"answer {i}")]
+    events += [slot_set("order_id", "ES-2"), new_event("handoff", reason="asked for a person")]
+    events += [agent_message(f"agent says {i}", name="Alex") for i in range(20)]
     events += [
-        new_event("resume"),
-        new_event("reset_slots", by="cancel_order"),
-        new_event("slot", name="plan", value="gold"),
+        resumed(),
+        slots_reset(by="cancel_order"),
+        slot_set("plan", "gold"),
     ]
     for i in range(60, 136):
-        events += [new_event("user", text=f"question {i}"), new_event("bot", text=f"answer {i}")]
-    events.append(
-        new_event("action", name="check_order", arguments={"order_id": "ES-2"}, result={"status": "shipped"})
-    )
+        events += [user_message(f"question {i}"), bot_message(f"answer {i}")]
+    events.append(action_executed("check_order", {"order_id": "ES-2"}, {"status": "shipped"}))
     assert len(events) == 300 and all(e["type"] not in STATE_EVENTS for e in events[-40:])
     return events
 
@@ -332,7 +338,7 @@ async def test_context_is_the_recent_window_and_every_state_event(store):
     for i, event in enumerate(_long_conversation()):
         await store.append(sender, event)
         if i % 50 == 0:  # another conversation's events in between, state changes included
-            await store.append(other, new_event("slot", name="order_id", value="OTHER"))
+            await store.append(other, slot_set("order_id", "OTHER"))
     everything = await store.events(sender)
     state_events = [e for e in everything if e["type"] in STATE_EVENTS]
     recent, state = await store.context(sender, 20)
@@ -342,7 +348,7 @@ async def test_context_is_the_recent_window_and_every_state_event(store):
 
     await store.append(sender, new_event("handoff", reason="angry"))
     for i in range(25):
-        await store.append(sender, new_event("agent", text=f"later {i}", agent="Alex"))
+        await store.append(sender, agent_message(f"later {i}", name="Alex"))
     everything = await store.events(sender)
     recent, state = await store.context(sender, 20)
     assert recent == everything[-20:] and state == [e for e in everything if e["type"] in STATE_EVENTS]
@@ -386,7 +392,7 @@ async def test_postgres_gets_the_state_index_at_open():
         store = await PostgresStore.connect(url)
         sender = _sender()
         try:
-            await store.append(sender, new_event("slot", name="plan", value="gold"))
+            await store.append(sender, slot_set("plan", "gold"))
             # As a database from before the index (and before migrations were recorded):
             await store._pool.execute("DROP INDEX bot_events_by_sender_type; DROP TABLE bot_migrations")
         finally:
@@ -417,9 +423,7 @@ async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_p
     try:
         await store._redis.rpush(f"bot:events:{sender}", *(json.dumps(e) for e in _long_conversation()))
         assert not await store._redis.exists(f"bot:state:{sender}")
-        await store.append(
-            sender, new_event("slot", name="email", value="b@example.com")
-        )  # after the upgrade, before any answer
+        await store.append(sender, slot_set("email", "b@example.com"))  # after the upgrade, before any answer
         everything = await store.events(sender)
         recent, state = await store.context(sender, 20)
         assert recent == everything[-20:] and state == [e for e in everything if e["type"] in STATE_EVENTS]
@@ -427,7 +431,7 @@ async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_p
         assert built == [sender]
 
         await store.append(sender, new_event("handoff", reason="angry"))
-        await store.append(sender, new_event("user", text="hello?"))
+        await store.append(sender, user_message("hello?"))
         everything = await store.events(sender)
         recent, state = await store.context(sender, 20)
         assert recent == everything[-20:] and state == [e for e in everything if e["type"] in STATE_EVENTS]
@@ -435,7 +439,7 @@ async def test_redis_conversation_stored_before_state_lists_gets_its_state(tmp_p
         assert built == [sender]  # built once, not on every call
 
         new = _sender()  # a conversation begun after the upgrade: its (one-event) list is marked once too
-        await store.append(new, new_event("user", text="hi"))
+        await store.append(new, user_message("hi"))
         for _ in range(3):
             await store.context(new, 20)
         assert built == [sender, new]
@@ -456,15 +460,15 @@ async def test_answering_a_message_reads_only_the_context(serve, tmp_path, cache
     store = client.app[STORE]
     answered, waiting = _sender(), _sender()
     for event in [
-        new_event("slot", name="plan", value="gold"),
+        slot_set("plan", "gold"),
         new_event("handoff", reason="asked"),
-        new_event("resume"),
+        resumed(),
     ]:
         await store.append(answered, event)
     await store.append(waiting, new_event("handoff", reason="asked"))
     for i in range(30):
         for sender in (answered, waiting):
-            await store.append(sender, new_event("user", text=f"old question #{i}."))
+            await store.append(sender, user_message(f"old question #{i}."))
             await store.append(sender, new_event("bot" if sender == answered else "agent", text=f"old answer #{i}."))
     reads, contexts = [], []
     events, context = store.events, store.context
@@ -516,7 +520,7 @@ async def own_store(request, tmp_path):
 
 async def _conversation(store, sender: str, *timestamps: float) -> None:
     for i, at in enumerate(timestamps):
-        await store.append(sender, dict(new_event("user", text=f"message {i}"), timestamp=at))
+        await store.append(sender, dict(user_message(f"message {i}"), timestamp=at))
 
 
 async def test_conversations_are_listed_most_recently_active_first(own_store):
@@ -542,15 +546,15 @@ async def test_forgetting_inactive_conversations_deletes_those_and_nothing_else(
     assert await own_store.events("stale") == [] and await own_store.waiting_for_agent() == []
     assert [e["text"] for e in await own_store.events("recent")] == ["message 0", "message 1"]
     assert await own_store.forget_inactive(500.0) == [] and await own_store.delete([]) == 0
-    await own_store.append("stale", new_event("user", text="back again"))  # a deleted id starts afresh
+    await own_store.append("stale", user_message("back again"))  # a deleted id starts afresh
     assert [(e["seq"] > 0, e["text"]) for e in await own_store.events("stale")] == [(True, "back again")]
 
 
 async def test_rewriting_events_keeps_their_place_and_state(own_store):
     sender = "rewritten"
-    await own_store.append(sender, new_event("user", text="my email is ann@example.com"))
-    await own_store.append(sender, new_event("slot", name="email", value="ann@example.com"))
-    await own_store.append(sender, new_event("bot", text="thanks"))
+    await own_store.append(sender, user_message("my email is ann@example.com"))
+    await own_store.append(sender, slot_set("email", "ann@example.com"))
+    await own_store.append(sender, bot_message("thanks"))
     before = await own_store.events(sender)
     changed = [dict(before[0], text="my email is [email]"), dict(before[1], value="[email]")]
     await own_store.rewrite(sender, changed)

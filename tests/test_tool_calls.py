@@ -11,7 +11,7 @@ from pathlib import Path
 import llguidance
 import pytest
 import yaml
-from serve_support import make_project, settings_of, sse_events
+from serve_support import chat, make_project, settings_of, stored_events
 
 from bot.data.schema import HANDOFF_REASON_MAX_CHARS
 from bot.data.tool_schema import tool_call_grammar, tool_call_schema
@@ -36,18 +36,6 @@ def starter_project(tmp_path, cache_dir):
     for name in ("persona.yml", "actions.yml"):
         (project / "training_data" / name).write_text((ROOT / "training_data" / name).read_text())
     return project
-
-
-async def chat(client, sender: str, message: str) -> list[tuple[str, dict]]:
-    return sse_events(
-        await (await client.post("/api/chat/stream", json={"sender": sender, "message": message})).text()
-    )
-
-
-async def stored(client, sender: str) -> list[dict]:
-    from bot.serve.keys import STORE
-
-    return await client.app[STORE].events(sender)
 
 
 def shown(events) -> str:
@@ -145,7 +133,7 @@ async def test_a_broken_call_never_reaches_the_customer(tmp_path, cache_dir, ser
     client, _ = await serve(starter_project(tmp_path, cache_dir), [reply, reply, reply])
     events = await chat(client, "b1", "where's my order KM-104233?")
     assert "tool_call" not in shown(events) and "{" not in shown(events)
-    log = await stored(client, "b1")
+    log = await stored_events(client, "b1")
     if expected is None:  # a broken handoff is still a handoff
         assert log[-1]["type"] == "handoff" and [d["type"] for n, d in events if n == "message"] == ["handoff"]
     else:
@@ -176,14 +164,17 @@ async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, ser
     assert [d["text"] for n, d in events if n == "message"] == [
         "To do that I need your account number. Could you tell me, please?"
     ]
-    log = await stored(client, "g1")
+    log = await stored_events(client, "g1")
     assert [e["type"] for e in log] == ["user", "action_rejected", "bot"]
     assert log[1]["reason"] == "ungrounded" and "'account_id' \"40912267\" appears nowhere" in log[1]["problems"][0]
     assert len(model.engine.prompts) == 1  # nothing ran, nothing more generated
 
     # a value the customer gave (in another letter case) is grounded: the call goes to the action server
     events = await chat(client, "g2", "where is order KM-104233")
-    assert [e["type"] for e in await stored(client, "g2")][:2] == ["user", "action_failed"]  # sent (nothing listens)
+    assert [e["type"] for e in await stored_events(client, "g2")][:2] == [
+        "user",
+        "action_failed",
+    ]  # sent (nothing listens)
 
 
 async def test_held_out_phrasings_are_handed_off_before_the_model(tmp_path, cache_dir, serve):
@@ -198,7 +189,7 @@ async def test_held_out_phrasings_are_handed_off_before_the_model(tmp_path, cach
     false = [m for m in others if handed_off[m]]
     assert (missed, false) == ([], [])
     assert len(model.engine.prompts) == len(others)  # the model never saw a request for a person
-    log = await stored(client, "h0")
+    log = await stored_events(client, "h0")
     assert log[-1]["by"] == "rule" and log[-1]["reason"] == "The customer asked for a person."
 
 

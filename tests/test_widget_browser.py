@@ -135,7 +135,7 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
 
 
 async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp_path, cache_dir, tokenizer):
-    from bot.serve.events import new_event
+    from bot.serve.events import bot_message
     from bot.serve.keys import STORE
 
     settings = settings_of(make_project(tmp_path / "q", cache_dir))
@@ -150,7 +150,7 @@ async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp
             {"title": "Plus 100GB (£20)", "payload": "I'd like the Plus 100GB plan"},
             {"title": "Unlimited (£28)", "payload": "I'd like Unlimited"},
         ]
-        await server.app[STORE].append(sender, new_event("bot", text="Which plan would you like?", buttons=buttons))
+        await server.app[STORE].append(sender, bot_message("Which plan would you like?", buttons=buttons))
         await page.reload()
         await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()
         await page.get_by_role("button", name="Plus 100GB (£20)").click()

@@ -11,7 +11,7 @@ from serve_support import make_project, requires_chromium, scripted_model, setti
 
 from bot.serve.app import create_app
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.events import new_event
+from bot.serve.events import agent_message
 from bot.serve.keys import STORE
 
 REPLY = "Your order ES-1001 is on its way and should arrive tomorrow."
@@ -98,7 +98,7 @@ async def test_rating_an_answer_with_the_keyboard_survives_a_reload(browser, ser
     events = await server.app[STORE].events(sender)
     (seq,) = [e["seq"] for e in events if e["type"] == "bot"]
     assert latest_ratings(events)[seq]["rating"] == "down"
-    await server.app[STORE].append(sender, new_event("agent", text="Alex here, let me check.", agent="Alex"))
+    await server.app[STORE].append(sender, agent_message("Alex here, let me check.", name="Alex"))
 
     # Reloaded: the vote comes back from the server; an agent's message has no buttons.
     await page.reload()
