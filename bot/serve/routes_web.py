@@ -11,61 +11,37 @@ from aiohttp import web
 from bot.serve.openapi import Route, register
 
 STATIC = Path(__file__).parent / "static"
+DAY_S = 86400
 
 
-async def demo_page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+def static_file(name: str, media: str, operation: str, *, max_age_s: int = 0):
+    """A handler answering with static/NAME as `media`; `operation` names it (the OpenAPI document
+    names each operation after its handler). Pages and scripts are checked again on each use
+    (no-cache), so a new version of the widget reaches every page at once."""
+    charset = "; charset=utf-8" if media.startswith("text/") else ""
+    headers = {"Cache-Control": f"max-age={max_age_s}" if max_age_s else "no-cache", "Content-Type": media + charset}
+
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / name, headers=headers)
+
+    handler.__name__ = handler.__qualname__ = operation
+    return handler
 
 
-async def widget(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(
-        STATIC / "widget.js", headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript; charset=utf-8"}
-    )
-
-
-async def demo_script(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(
-        STATIC / "demo.js", headers={"Cache-Control": "no-cache", "Content-Type": "text/javascript; charset=utf-8"}
-    )
-
-
-async def demo_style(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(
-        STATIC / "demo.css", headers={"Cache-Control": "no-cache", "Content-Type": "text/css; charset=utf-8"}
-    )
-
-
-async def favicon(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(
-        STATIC / "favicon.svg", headers={"Cache-Control": "max-age=86400", "Content-Type": "image/svg+xml"}
-    )
-
-
-async def favicon_ico(request: web.Request) -> web.FileResponse:
-    return await favicon(request)  # a route of its own: the OpenAPI document names operations by handler
-
+# (path, file under static/, media type, operation, summary, cache lifetime in seconds)
+FILES = [
+    ("/", "index.html", "text/html", "demo_page", "A demo page with the chat widget", 0),
+    ("/widget.js", "widget.js", "text/javascript", "widget", "The chat widget, to embed in any page", 0),
+    ("/demo.js", "demo.js", "text/javascript", "demo_script", "The demo page's script (it sets the widget up)", 0),
+    ("/demo.css", "demo.css", "text/css", "demo_style", "The demo page's styles", 0),
+    ("/favicon.svg", "favicon.svg", "image/svg+xml", "favicon", "The bot's icon (the demo page links it)", DAY_S),
+    # where browsers look for an icon by themselves: the same SVG
+    ("/favicon.ico", "favicon.svg", "image/svg+xml", "favicon_ico", "The bot's icon, where browsers look", DAY_S),
+]
 
 ROUTES = [
-    Route("GET", "/", demo_page, "A demo page with the chat widget", "web", media="text/html"),
-    Route("GET", "/widget.js", widget, "The chat widget, to embed in any page", "web", media="text/javascript"),
-    Route(
-        "GET",
-        "/demo.js",
-        demo_script,
-        "The demo page's script (it sets the widget up)",
-        "web",
-        media="text/javascript",
-    ),
-    Route("GET", "/demo.css", demo_style, "The demo page's styles", "web", media="text/css"),
-    Route("GET", "/favicon.svg", favicon, "The bot's icon (the demo page links it)", "web", media="image/svg+xml"),
-    Route(
-        "GET",
-        "/favicon.ico",
-        favicon_ico,
-        "The bot's icon where browsers look for it by themselves (an SVG)",
-        "web",
-        media="image/svg+xml",
-    ),
+    Route("GET", path, static_file(name, media, operation, max_age_s=age), summary, "web", media=media)
+    for path, name, media, operation, summary, age in FILES
 ]
 
 
