@@ -66,9 +66,8 @@ def main() -> None:
     budget = settings.build.model.max_length - settings.build.serve.max_new_tokens
     system_tokens = len(prompt_ids(tokenizer, [{"role": "system", "content": system_prompt}]))
     print(f"budget {budget:,} tokens; system prompt {system_tokens:,} tokens")
-    fitted_prompt_ids(
-        tokenizer, conversation(system_prompt, 2), budget
-    )  # the first call reads the vocabulary once (~0.1 s)
+    # the first call reads the vocabulary once (~0.1 s)
+    fitted_prompt_ids(tokenizer, conversation(system_prompt, 2), budget)
     print(f"{'messages':>9} {'old s':>9} {'new s':>9} {'old/new':>8} {'prompt tokens':>14}")
     for n in [int(x) for x in args.sizes.split(",") if x]:
         messages = conversation(system_prompt, n)

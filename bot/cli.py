@@ -281,9 +281,8 @@ def cmd_models_export(args) -> int:
 
     settings = load_settings(args.project)
     model = models.get(settings.models_dir, args.id)
-    base = settings.resolve_base(
-        model.manifest["base_model"]
-    )  # the base it was trained on, whatever config.yml says now
+    # the base it was trained on, whatever config.yml says now
+    base = settings.resolve_base(model.manifest["base_model"])
     if args.merged:
         target = export.export_merged(model, base, settings.cache_dir, Path(args.merged))
         print(f"wrote {target}: {model.id} merged into its base model, a plain Hugging Face folder")

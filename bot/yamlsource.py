@@ -29,10 +29,11 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans and without implicit timestamps."""
 
 
+# YAML 1.1 ones; 1.2 booleans are added below
 _YAML_11_ONLY = (
     "tag:yaml.org,2002:bool",
     "tag:yaml.org,2002:timestamp",
-)  # YAML 1.1 ones; 1.2 booleans are added below
+)
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML_11_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()

@@ -75,9 +75,8 @@ def vllm_command(settings, merged: bool, work: Path) -> tuple[list[str], str]:
             load_tokenizer(base, settings.cache_dir)
             command += ["--tokenizer", str(bundled_cache(settings.cache_dir) / "tokenizer")]
         return command, "base"
-    base = settings.resolve_base(
-        trained.manifest["base_model"]
-    )  # the base it was trained on, as `bot models export` takes it
+    # the base it was trained on, as `bot models export` takes it
+    base = settings.resolve_base(trained.manifest["base_model"])
     if merged:
         return merged_vllm_command(
             trained.id, export_merged(trained, base, settings.cache_dir, work / "merged")

@@ -272,9 +272,8 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     client, model = await serve(project, replies)
 
     await chat(client, "h1", "hello")
-    events = await chat(
-        client, "h1", "I want a refund for this"
-    )  # the model decides (a request for a person is the rule's)
+    # the model decides (a request for a person is the rule's)
+    events = await chat(client, "h1", "I want a refund for this")
     handoff = [data for name, data in events if name == "message"]
     assert handoff == [
         {

@@ -110,14 +110,14 @@ async def test_every_route_fuzzed_from_the_published_document(tmp_path, cache_di
     project = make_project(tmp_path / "bot", cache_dir, config=UNLIMITED)
     settings_ = settings_of(project)
     app = create_app(settings_, load_model=lambda: scripted_model(settings_, tokenizer), admin_token=ADMIN_TOKEN)
+    # POST /api/train starts this stand-in, never a real training
     app[TRAINING].command = [
         sys.executable,
         "-c",
         "pass",
-    ]  # POST /api/train starts this stand-in, never a real training
-    server = TestServer(
-        app, handler_cancellation=True, access_log=None
-    )  # as `bot serve` runs: a client that leaves cancels its handler
+    ]
+    # as `bot serve` runs: a client that leaves cancels its handler
+    server = TestServer(app, handler_cancellation=True, access_log=None)
     await server.start_server()
     caplog.set_level(logging.INFO)
     try:

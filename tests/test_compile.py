@@ -148,9 +148,8 @@ def test_stats_prints_the_table_and_writes_nothing(tmp_path, capsys, cache_dir):
 
 def test_stats_says_how_many_sequences_the_split_dialogues_make(tmp_path, capsys, cache_dir):
     shutil.copytree(ROOT / "bot" / "templates" / "project" / "training_data", tmp_path / "training_data")
-    write_config(
-        tmp_path, cache_dir, extra="  max_length: 270\n"
-    )  # one training dialogue is longer, none of its exchanges
+    # one training dialogue is longer, none of its exchanges
+    write_config(tmp_path, cache_dir, extra="  max_length: 270\n")
     assert main(["-C", str(tmp_path), "data", "stats"]) == 0
     out = capsys.readouterr().out
     assert (

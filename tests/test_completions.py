@@ -72,9 +72,8 @@ async def test_max_tokens_ends_with_length(project, serve, tokenizer):
     assert body["usage"]["completion_tokens"] == 16  # OpenAI's default
     assert body["choices"][0]["finish_reason"] == "length"
     client, _ = await serve(project, [REPLY])
-    status, body = await complete(
-        client, prompt=[1] * 1020, max_tokens=None
-    )  # null: the room the context leaves (1,024 tokens)
+    # null: the room the context leaves (1,024 tokens)
+    status, body = await complete(client, prompt=[1] * 1020, max_tokens=None)
     assert status == 200
     assert body["usage"]["completion_tokens"] == 4 and body["choices"][0]["finish_reason"] == "length"
     status, body = await complete(client, prompt=[1] * 1024, max_tokens=None)

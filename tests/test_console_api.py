@@ -30,13 +30,13 @@ async def _stored(client):
     store = client.server.app[STORE]
     happy = await talk(store, "happy-1", [("hi", "Hello!")], start=1_700_000_000.0)  # 2023-11-14
     await rate(store, "happy-1", happy[1]["seq"], "up", at=1_700_000_005.0)
+    # 2027-01-15
     angry = await talk(
         store, "angry-2", [("my router is broken", "Have you tried turning it off?")], start=1_800_000_000.0
-    )  # 2027-01-15
+    )
     await rate(store, "angry-2", angry[1]["seq"], "up", at=1_800_000_005.0)
-    await rate(
-        store, "angry-2", angry[1]["seq"], "down", comment="useless", at=1_800_000_006.0
-    )  # the vote changed: down counts
+    # the vote changed: down counts
+    await rate(store, "angry-2", angry[1]["seq"], "down", comment="useless", at=1_800_000_006.0)
     await talk(store, "handed-3", [("a person please", "Passing you to a colleague.")], start=1_800_000_100.0)
     await store.append(
         "handed-3", {"type": "handoff", "timestamp": 1_800_000_102.0, "by": "rule", "reason": "asked for a person"}
@@ -197,9 +197,8 @@ async def test_the_console_page_and_its_files_are_served_under_the_page_policy(p
     policy = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "style-src 'self'" in policy and "unsafe-inline" not in policy
     assert "frame-ancestors 'none'" in policy  # an admin page: never in another site's frame
-    assert (
-        "frame-ancestors 'self'" in (await client.get("/")).headers["Content-Security-Policy"]
-    )  # the demo page's is unchanged
+    # the demo page's is unchanged
+    assert "frame-ancestors 'self'" in (await client.get("/")).headers["Content-Security-Policy"]
     html = await page.text()
     assert '<script type="module" src="/console/main.js">' in html and "<style" not in html and " style=" not in html
     script = await client.get("/console/main.js")

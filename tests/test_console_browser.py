@@ -283,9 +283,8 @@ async def test_training_shows_its_progress_and_gate_and_the_new_model_is_served(
     assert "running" in await facts.inner_text() and "2.500" in await facts.inner_text()
     assert await page.get_by_role("button", name="Start training").is_disabled()
     assert await page.get_by_role("button", name="Cancel training").is_visible()
-    await (
-        page.locator("#train-log").filter(has_text="training <b>4</b> steps").wait_for()
-    )  # the child's output, as text
+    # the child's output, as text
+    await page.locator("#train-log").filter(has_text="training <b>4</b> steps").wait_for()
 
     (project / "release").write_text("")
     await facts.filter(has_text="succeeded").wait_for(timeout=20000)  # followed by polling GET /api/train
@@ -330,9 +329,8 @@ async def test_a_draft_made_from_a_conversation_is_fixed_in_place_and_accepted(b
     problem = page.locator("#draft-problems li")
     assert await problem.count() == 1
     assert f"Go to line {line}" in await problem.inner_text() and "a turn needs one of" in await problem.inner_text()
-    await (
-        page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()
-    )  # the list follows the save
+    # the list follows the save
+    await page.get_by_role("list", name="Drafts").filter(has_text="1 problem(s)").wait_for()
     assert await text.get_attribute("aria-invalid") == "true"
     await page.get_by_role("button", name=f"Go to line {line}").click()
     selected = await text.evaluate("t => t.value.slice(t.selectionStart, t.selectionEnd)")

@@ -35,9 +35,8 @@ def trained(tmp_path_factory, tiny_base, cache_dir):
 async def test_a_trained_model_is_listed_with_its_report_and_activating_another_serves_it(trained):
     settings, model = trained
     models.activate(settings.models_dir, model.id)
-    client = TestClient(
-        TestServer(create_app(settings, admin_token=ADMIN_TOKEN))
-    )  # the real loader: the active model's weights
+    # the real loader: the active model's weights
+    client = TestClient(TestServer(create_app(settings, admin_token=ADMIN_TOKEN)))
     await client.start_server()
     try:
         assert (await (await client.get("/health")).json())["model"]["id"] == model.id

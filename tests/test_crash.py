@@ -167,9 +167,8 @@ async def _history(http: aiohttp.ClientSession, url: str, sender: str) -> list[d
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "redis"])
 async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind, tmp_path, cache_dir):
     async with AsyncExitStack() as stack:
-        _, tracker = await _isolated_store(
-            kind, stack, tmp_path
-        )  # the server processes use it; the test reads through the API
+        # the server processes use it; the test reads through the API
+        _, tracker = await _isolated_store(kind, stack, tmp_path)
         project = make_project(tmp_path / "p", cache_dir, endpoints=NO_ACTION_SERVER + tracker)
         server = ServerProcess(project, _free_port(), delay=0.1, reply=REPLY)
         stack.callback(server.stop)
@@ -186,9 +185,8 @@ async def test_sigkill_mid_reply_loses_no_message_and_marks_the_cut_replies(kind
         for s in cut:
             request = http.post(f"{url}/api/chat/stream", json={"sender": s, "message": f"question from {s}"})
             streams.append(await stack.enter_async_context(request))
-        received = [
-            await _read_until(response, {"received", "token"}) for response in streams
-        ]  # every reply has begun
+        # every reply has begun
+        received = [await _read_until(response, {"received", "token"}) for response in streams]
         server.signal(signal.SIGKILL)
         assert server.wait(10) == -signal.SIGKILL
         for response in streams:  # the customers' streams break off

@@ -102,9 +102,8 @@ async def test_unknown_drafts_and_conversations_are_404_and_bodies_are_checked(p
 
 
 async def test_every_drafts_route_needs_the_admin_token(tmp_path, cache_dir, serve):
-    project = make_project(
-        tmp_path / "bot", cache_dir, config="serve:\n  admin_failures_allowed: 100\n"
-    )  # no wait after wrong tokens
+    # no wait after wrong tokens
+    project = make_project(tmp_path / "bot", cache_dir, config="serve:\n  admin_failures_allowed: 100\n")
     client, _ = await serve(project)
     await store_conversation(client.app[STORE], "web-2", conversation())
     routes = [

@@ -144,9 +144,8 @@ def test_review_accepts_edits_rejects_and_refuses_with_the_reason(project, tmp_p
         "refused: the draft is not valid: training_data/drafts/b-typo.yml:6:17: error: unknown action 'chek_order'"
         in out
     )
-    assert (
-        "   6 |       - action: chek_order" in out and "   6 |       - action: check_order" in out
-    )  # shown again after the edit
+    # shown again after the edit
+    assert "   6 |       - action: chek_order" in out and "   6 |       - action: check_order" in out
     assert "accepted into training_data/dialogues/b-typo.yml" in out
     assert "rejected: c-unwanted deleted" in out
     assert "accepted 1 into dialogues and 0 into tests, rejected 1, skipped 1; 1 draft left" in out

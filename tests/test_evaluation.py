@@ -114,11 +114,12 @@ TEXT = BotStep("Let me look into that.")
         (TEXT, HANDOFF, "wrong handoff"),  # a plain reply where it should have handed off
         (ORDER, HANDOFF, "wrong handoff"),
         (HANDOFF, ORDER, "wrong handoff"),
+        # the reason is free text
         (
             HANDOFF,
             parse_reply(tool_call_text("handoff_to_human", {"reason": "other"})),
             None,
-        ),  # the reason is free text
+        ),
         (BotStep("Hello!"), TEXT, None),
     ],
 )

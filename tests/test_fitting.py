@@ -104,10 +104,11 @@ def outcome(function, *args):
         return "doesn't fit"
 
 
-def test_the_same_ids_as_the_quadratic_search_on_many_conversations(tokenizer):
-    rng = random.Random(12)
+def compare_with_the_quadratic_search(tokenizer, rng: random.Random, conversations: int) -> tuple[int, int]:
+    """Random conversations, each fitted into three budgets by both searches, which must agree;
+    (how many comparisons, how many of them dropped some history)."""
     compared = fitted = 0
-    for _ in range(70):
+    for _ in range(conversations):
         messages = random_conversation(rng)
         whole = len(prompt_ids(tokenizer, messages))
         for budget in {whole - 1, max(1, whole // 3), rng.randint(1, whole + 10)}:
@@ -115,6 +116,11 @@ def test_the_same_ids_as_the_quadratic_search_on_many_conversations(tokenizer):
             assert outcome(fitted_prompt_ids, tokenizer, messages, budget) == expected, (messages, budget)
             compared += 1
             fitted += expected != "doesn't fit" and len(expected) < whole
+    return compared, fitted
+
+
+def test_the_same_ids_as_the_quadratic_search_on_many_conversations(tokenizer):
+    compared, fitted = compare_with_the_quadratic_search(tokenizer, random.Random(12), 70)
     assert compared > 180 and fitted > 80  # most comparisons dropped some history, so the window was searched
 
 
@@ -181,13 +187,7 @@ def test_a_template_whose_counts_do_not_add_up_still_gets_the_same_window(tokeni
     saved = tokenizer.chat_template
     tokenizer.chat_template = PLAIN_TEMPLATE
     try:
-        rng = random.Random(7)
-        for _ in range(25):
-            messages = random_conversation(rng)
-            whole = len(prompt_ids(tokenizer, messages))
-            for budget in {whole - 1, max(1, whole // 3), rng.randint(1, whole + 10)}:
-                expected = outcome(reference_fitted_prompt_ids, tokenizer, messages, budget)
-                assert outcome(fitted_prompt_ids, tokenizer, messages, budget) == expected, (messages, budget)
+        compare_with_the_quadratic_search(tokenizer, random.Random(7), 25)
     finally:
         tokenizer.chat_template = saved
 

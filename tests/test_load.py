@@ -83,9 +83,8 @@ async def test_open_files_and_tasks_return_to_their_idle_level_after_a_short_soa
     assert result.end.fds <= result.start.fds and result.end.tasks <= result.start.tasks, (result.start, result.end)
 
 
-@pytest.mark.parametrize(
-    "store", ["sqlite", "redis"]
-)  # redis: more commands at once than redis-py's default pool allowed
+# redis: more commands at once than redis-py's default pool allowed
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
 async def test_three_hundred_idle_live_feeds_do_not_slow_chat(servers, store):
     server = _server(servers, store)
     await run_load(server.url, 20, 2)  # warm
@@ -179,9 +178,8 @@ async def test_live_feeds_per_client_address_are_capped(capped):
     refused = await here.get(server.make_url("/api/conversations/cap-3/events"))
     assert refused.status == 429
     assert "too many live feeds open from this client address: at most 3 at once" in await refused.text()
-    other = await elsewhere.get(
-        server.make_url("/api/conversations/cap-3/events")
-    )  # another address has its own count
+    # another address has its own count
+    other = await elsewhere.get(server.make_url("/api/conversations/cap-3/events"))
     assert other.status == 200
 
     feeds[0].close()  # a customer closes a tab: its place is free again

@@ -131,18 +131,23 @@ async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
         try:
             await check_upgraded(store, lambda sender, i: i + 1)  # Redis numbers each conversation from 1
             assert list(await client.hgetall(prefix + "migrations")) == ["m001_events"]
-            assert (await client.lrange(f"{prefix}state:bob", 0, 0)) == [
-                "#built"
-            ]  # bob's state list was built on first use
+            # bob's state list was built on first use
+            assert (await client.lrange(f"{prefix}state:bob", 0, 0)) == ["#built"]
         finally:
             await store.close()
 
 
-def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
-    ran: list[str] = []
+def the_sqlite_migrations() -> Migrations:
+    """A copy of the SQLite store's migrations, for a test to add its own to."""
     migrations = Migrations("sqlite")
     for _name, step in SQLITE_MIGRATIONS.steps:
         migrations(step)
+    return migrations
+
+
+def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
+    ran: list[str] = []
+    migrations = the_sqlite_migrations()
 
     @migrations
     def m002_customer_index(db):
@@ -170,9 +175,7 @@ def test_migrations_run_once_in_order_and_are_recorded(tmp_path):
 
 
 def test_a_failing_migration_changes_nothing(tmp_path):
-    migrations = Migrations("sqlite")
-    for _name, step in SQLITE_MIGRATIONS.steps:
-        migrations(step)
+    migrations = the_sqlite_migrations()
 
     @migrations
     def m002_broken(db):

@@ -185,9 +185,8 @@ async def test_each_fault_gets_the_apology_and_recovers(topology, caplog, mode, 
     assert sent["stream"] is True and sent["temperature"] == 0 and sent["model"] == "base"
     assert all(isinstance(t, int) for t in sent["prompt"]) and sent["max_tokens"] > 0
     metrics = await (await client.get("/metrics")).text()
-    assert (
-        f"bot_generated_tokens_total {len(REPLY.split())}.0" in metrics
-    )  # the server's usage count: no token ids come back
+    # the server's usage count: no token ids come back
+    assert f"bot_generated_tokens_total {len(REPLY.split())}.0" in metrics
     server.mode = mode
     await _assert_fault_handled(client, mode, reason, caplog)
     await _assert_recovered(client, server, mode)

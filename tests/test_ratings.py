@@ -46,10 +46,11 @@ async def test_a_vote_is_stored_counted_changed_and_given_back_with_the_history(
     assert rating == {"type": RATING, "rated_seq": bot, "rating": "down", "comment": "It did not."}
 
     history = (await (await client.get("/api/conversations/r-1")).json())["events"]
+    # the rating event itself is not shown
     assert [(e["type"], e.get("rating")) for e in history] == [
         ("user", None),
         ("bot", "down"),
-    ]  # the rating event itself is not shown
+    ]
     assert set(history[1]) == {"seq", "type", "timestamp", "text", "rating"}
 
     # The same vote again stores nothing; the other one changes it.

@@ -30,10 +30,11 @@ from bot.serve.events import MODEL_UNAVAILABLE
 from bot.serve.responder import COULD_NOT_DO, NOT_UNDERSTOOD
 
 MAX_NEW_TOKENS = 24
+# the model server asks for it; the front-ends send it
 KEY_VARIABLE, KEY = (
     "BOT_MODEL_SERVER_KEY",
     "k3y-of-the-model-server",
-)  # the model server asks for it; the front-ends send it
+)
 KEY_SETTING = f"model_server:\n  api_key_env: {KEY_VARIABLE}\n"
 CONVERSATIONS = 40
 
@@ -146,18 +147,16 @@ async def test_forty_conversations_alternate_between_two_front_ends(topology, po
         health = json.loads(_get(front.url + "/health"))
         assert health["status"] == "ok" and health["model"]["engine"] == "remote"
         assert health["model"]["model_server"] == topology["server"].url
-        assert (
-            json.loads(_get(front.url + "/v1/models"))["data"][0]["root"] == "base"
-        )  # the name the model server serves it under
+        # the name the model server serves it under
+        assert json.loads(_get(front.url + "/v1/models"))["data"][0]["root"] == "base"
     messages = ["Hi, my bill looks wrong.", "It is account 40118822.", "Thanks, bye."]
     senders = [f"topo-{n:02d}-{time.monotonic_ns() % 10**6}" for n in range(CONVERSATIONS)]
 
     async def conversation(session, n: int, sender: str) -> list[list[tuple[str, dict]]]:
         replies = []
         for m, text in enumerate(messages):
-            replies.append(
-                await _say(session, fronts[(n + m) % 2].url, sender, text)
-            )  # each message to the other front-end
+            # each message to the other front-end
+            replies.append(await _say(session, fronts[(n + m) % 2].url, sender, text))
         return replies
 
     started = time.monotonic()
@@ -232,9 +231,8 @@ async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(to
             await _say(session, fronts[n % 2].url, sender, text)
     events = (await _stored(postgres_url, [sender]))[sender]
     assert [e["type"] for e in events] == ["user", "bot", "user", "bot"]
-    local = load_response_model(
-        settings_of(topology["model_project"])
-    )  # the model server's own model, in this process
+    # the model server's own model, in this process
+    local = load_response_model(settings_of(topology["model_project"]))
     try:
         for at in (1, 3):
             messages = to_messages(events[:at], local.profile.system_prompt)

@@ -52,15 +52,16 @@ def test_literal_mask_covers_reply_and_end_of_turn_only(tokenizer):
     assert ex.labels == [IGNORE_INDEX] * 18 + [19556, 17, IM_END, IGNORE_INDEX]
 
 
+def two_exchanges(first: tuple[str, int], second: tuple[str, int]) -> list[dict]:
+    """System prompt "S", then "one" answered by `first` and "two" by `second`: (reply, weight) each."""
+    messages = [{"role": "system", "content": "S"}]
+    for question, (reply, weight) in (("one", first), ("two", second)):
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply, "weight": weight}]
+    return messages
+
+
 def test_every_trained_turn_ends_with_its_end_of_turn_token(tokenizer):
-    messages = [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "one"},
-        {"role": "assistant", "content": "First.", "weight": 1},
-        {"role": "user", "content": "two"},
-        {"role": "assistant", "content": "Second.", "weight": 1},
-    ]
-    ex = render(tokenizer, messages)
+    ex = render(tokenizer, two_exchanges(("First.", 1), ("Second.", 1)))
     assert trained(tokenizer, ex) == "First.<|im_end|>Second.<|im_end|>"
     # The end-of-turn token is trained even though it is also the pad token.
     assert tokenizer.pad_token_id == IM_END
@@ -68,13 +69,7 @@ def test_every_trained_turn_ends_with_its_end_of_turn_token(tokenizer):
 
 
 def test_weight_zero_turns_are_context_only(tokenizer):
-    messages = [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "one"},
-        {"role": "assistant", "content": "Not this.", "weight": 0},
-        {"role": "user", "content": "two"},
-        {"role": "assistant", "content": "This one.", "weight": 1},
-    ]
+    messages = two_exchanges(("Not this.", 0), ("This one.", 1))
     assert trained(tokenizer, render(tokenizer, messages)) == "This one.<|im_end|>"
 
 

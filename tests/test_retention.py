@@ -61,9 +61,8 @@ async def test_the_server_deletes_what_was_inactive_too_long_at_start_and_on_eac
     await store.append("stale-handed-off", dict(new_event("handoff", reason="asked"), timestamp=now - 31 * DAY_S))
     # Kept, and answered, so the crash-recovery pass leaves them alone. The stale ones end with a
     # message nobody answered: recovery would mark them interrupted (active now) if it ran first.
-    await _conversation(
-        store, "old-but-active", 400, 29, now=now, answered=True
-    )  # started long ago, active within the 30 days
+    # started long ago, active within the 30 days
+    await _conversation(store, "old-but-active", 400, 29, now=now, answered=True)
     await _conversation(store, "fresh", 0, now=now, answered=True)
     await store.close()
 
@@ -82,9 +81,8 @@ async def test_the_server_deletes_what_was_inactive_too_long_at_start_and_on_eac
         retention.passed.clear()
         await retention.run_once()
         assert retention.deleted == 3 and retention.passes == 2
-        assert [
-            t for t in asyncio.all_tasks() if t.get_name() == "background-passes"
-        ]  # still running: the next pass in an hour
+        # still running: the next pass in an hour
+        assert [t for t in asyncio.all_tasks() if t.get_name() == "background-passes"]
         assert sorted(c.sender for c in await store.conversations()) == ["fresh", "old-but-active"]
     finally:
         await server.close()

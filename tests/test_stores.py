@@ -578,9 +578,8 @@ def test_stores_are_chosen_by_a_registry_the_base_module_knows_nothing_of():
     from bot.config import TrackerStore
     from bot.serve.stores import OPENERS
 
-    assert list(OPENERS) == list(
-        typing.get_args(TrackerStore.model_fields["type"].annotation)
-    )  # every type the config accepts
+    # every type the config accepts
+    assert list(OPENERS) == list(typing.get_args(TrackerStore.model_fields["type"].annotation))
     loaded = subprocess.run(
         [
             sys.executable,

@@ -64,9 +64,8 @@ def test_the_grammar_takes_declared_calls_only(tokenizer, starter_actions):
     assert not accepts(tokenizer, starter_actions, call("delete_account", account_id="52093817"))  # undeclared
     assert not accepts(tokenizer, starter_actions, call("get_bill", acount_id="52093817"))  # misspelt argument
     assert not accepts(tokenizer, starter_actions, call("get_bill"))  # a required argument missing
-    assert not accepts(
-        tokenizer, starter_actions, call("start_return", order_id="KM-1", reason="bored")
-    )  # not in the enum
+    # not in the enum
+    assert not accepts(tokenizer, starter_actions, call("start_return", order_id="KM-1", reason="bored"))
     assert not accepts(
         tokenizer, starter_actions, call("handoff_to_human", reason="x" * (HANDOFF_REASON_MAX_CHARS + 1))
     )
@@ -121,10 +120,11 @@ async def test_a_tiny_model_forced_to_call_writes_a_declared_call(tmp_path, cach
     ("reply", "expected"),
     [
         ('<tool_call>{"name": "check_order", "arguments": {"order_id": "KM-10', COULD_NOT_DO),  # stopped mid-call
+        # bad JSON
         (
             '<tool_call>{"name": "check_order", "arguments": {"order_id": KM-104233}}</tool_call>',
             COULD_NOT_DO,
-        ),  # bad JSON
+        ),
         ('<tool_call>{"name": "handoff_to_human", "arguments": {"reason": "Customer asked for KM-120448 (KM', None),
         ('Let me look that up. <tool_call>{"name": "check_order"', "Let me look that up."),
     ],
@@ -171,10 +171,11 @@ async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, ser
 
     # a value the customer gave (in another letter case) is grounded: the call goes to the action server
     events = await chat(client, "g2", "where is order KM-104233")
+    # sent (nothing listens)
     assert [e["type"] for e in await stored_events(client, "g2")][:2] == [
         "user",
         "action_failed",
-    ]  # sent (nothing listens)
+    ]
 
 
 async def test_held_out_phrasings_are_handed_off_before_the_model(tmp_path, cache_dir, serve):

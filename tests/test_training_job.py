@@ -117,9 +117,8 @@ async def test_cancel_stops_training_at_a_checkpoint_and_another_job_may_start(l
     job = (await cancelled.json())["job"]
     assert job["state"] == "cancelled" and job["finished"] is not None and job["error"] is None
     assert gone(pid)
-    assert any("training interrupted; checkpoint saved at step" in line for line in job["log_tail"]), job[
-        "log_tail"
-    ]  # not killed
+    # not killed
+    assert any("training interrupted; checkpoint saved at step" in line for line in job["log_tail"]), job["log_tail"]
     assert (await job_of(client))["state"] == "cancelled"
     assert (await client.post("/api/train", json={}, headers=ADMIN)).status == 202  # one at a time, and none runs now
     await client.post("/api/train/cancel", headers=ADMIN)

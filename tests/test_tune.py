@@ -274,9 +274,8 @@ def test_token_budget_batches_respect_the_budget_and_cover_every_example_once():
     # packed: each batch takes as many as fit, so the next sequence would have broken the budget
     for b, after in zip(sampler.batches, sampler.batches[1:], strict=False):
         assert (len(b) + 1) * lengths[after[0]] > budget
-    assert min(len(b) for b in sampler.batches[:5]) > max(
-        len(b) for b in sampler.batches[-5:]
-    )  # short ones go many to a batch
+    # short ones go many to a batch
+    assert min(len(b) for b in sampler.batches[:5]) > max(len(b) for b in sampler.batches[-5:])
     sampler.set_epoch(0)
     first = list(sampler)
     sampler.set_epoch(1)

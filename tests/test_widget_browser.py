@@ -122,9 +122,8 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
                 assert response.status == 200
             message = page.locator(".bw-agent")
             await message.wait_for(timeout=5000)
-            assert (
-                await message.inner_text() == "Alex\nHi, I'm Alex. <b>How</b> can I help?"
-            )  # distinct, labelled, as text
+            # distinct, labelled, as text
+            assert await message.inner_text() == "Alex\nHi, I'm Alex. <b>How</b> can I help?"
             assert await page.locator(".bw-log b").count() == 0
             async with agent.post(server.make_url(f"/api/conversations/{sender}/resume")) as response:
                 assert response.status == 200

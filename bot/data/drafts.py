@@ -236,9 +236,8 @@ def draft_text(
             t.turn["result"] = redactor.value(t.turn.get("result"))
         else:
             t.turn[t.kind] = redactor.text(t.turn[t.kind])
-    notes = [
-        "; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns
-    ]  # a failure's error may quote data
+    # a failure's error may quote data
+    notes = ["; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns]
     summary = redactor.summary()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     header = [

@@ -42,9 +42,8 @@ class Retention:
         try:
             self.deleted += await forget_inactive_conversations(self.store, self.days)
         except Exception as e:  # the store is down for a moment: the next pass tries again
-            reason = (
-                e if isinstance(e, BotError) else f"{type(e).__name__}: {e}"
-            )  # a typed error's message says enough
+            # a typed error's message says enough
+            reason = e if isinstance(e, BotError) else f"{type(e).__name__}: {e}"
             log.warning("retention: could not delete old conversations: %s", reason)
         self.passes += 1
         self.passed.set()

@@ -268,10 +268,8 @@ def train(
     started = time.monotonic() - state.seconds
     window_tokens, window_start = 0, time.monotonic()
     smoothed_loss = None
-    first_step, run_start = (
-        state.step,
-        time.monotonic(),
-    )  # this run's pace gives the ETA (a resumed run's earlier pace may differ)
+    # this run's pace gives the ETA (a resumed run's earlier pace may differ)
+    first_step, run_start = state.step, time.monotonic()
 
     def tell(step: int) -> None:
         if on_step is None or not accelerator.is_main_process:
