@@ -201,6 +201,13 @@ def test_accepting_moves_the_draft_without_its_mark_and_review_comments(project)
     assert drafts.list_drafts(settings) == []
 
 
+def refusal(settings, name: str, into: str) -> str:
+    """Why accepting the draft was refused (the test fails if it was accepted)."""
+    with pytest.raises(drafts.DraftRefused) as refused:
+        drafts.accept(settings, name, into)
+    return str(refused.value)
+
+
 def test_review_refuses_duplicates_and_leaks_with_the_reason(project):
     settings = load_settings(project)
     write(project, "first", DRAFT.format(id="first", source="c1", user="Can you help?"))
@@ -208,20 +215,17 @@ def test_review_refuses_duplicates_and_leaks_with_the_reason(project):
 
     # The same conversation again: into dialogues a duplicate, into tests a leak.
     write(project, "again", DRAFT.format(id="again", source="c1", user="Can you help me?"))
-    with pytest.raises(
-        drafts.DraftRefused,
-        match=r"duplicate of dialogue 'first' \(training_data/dialogues/first.yml:2\): the same conversation",
-    ):
-        drafts.accept(settings, "again", "dialogues")
-    with pytest.raises(
-        drafts.DraftRefused, match="a training conversation can't go into the tests: it is already dialogue 'first'"
-    ):
-        drafts.accept(settings, "again", "tests")
+    reason = refusal(settings, "again", "dialogues")
+    assert re.search(
+        r"duplicate of dialogue 'first' \(training_data/dialogues/first.yml:2\): the same conversation", reason
+    )
+    reason = refusal(settings, "again", "tests")
+    assert re.search("a training conversation can't go into the tests: it is already dialogue 'first'", reason)
 
     # Same turns, another source.
     write(project, "copy", DRAFT.format(id="copy", source="c2", user="can you  help?"))
-    with pytest.raises(drafts.DraftRefused, match="duplicate of dialogue 'first'.*the same turns"):
-        drafts.accept(settings, "copy", "dialogues")
+    reason = refusal(settings, "copy", "dialogues")
+    assert re.search("duplicate of dialogue 'first'.*the same turns", reason)
 
     # A held-out test's customer messages into training: the reverse leak.
     heldout = load_settings(project)
@@ -233,26 +237,23 @@ def test_review_refuses_duplicates_and_leaks_with_the_reason(project):
     for u in users:
         lines += [f"      - user: {drafts.scalar(u)}", "      - bot: Sure."]
     write(project, "stolen", "\n".join(lines) + "\n")
-    with pytest.raises(
-        drafts.DraftRefused, match=f"a held-out test conversation can't go into training: it is dialogue '{test.id}'"
-    ):
-        drafts.accept(settings, "stolen", "dialogues")
+    reason = refusal(settings, "stolen", "dialogues")
+    assert re.search(f"a held-out test conversation can't go into training: it is dialogue '{test.id}'", reason)
 
     # An id already used, and an invalid draft: refused as not valid, with the line.
     write(project, "same-id", DRAFT.format(id="first", source="c3", user="Something else entirely"))
-    with pytest.raises(
-        drafts.DraftRefused,
-        match=r"not valid: training_data/drafts/same-id.yml:2:9: error: dialogue id 'first' is already used",
-    ):
-        drafts.accept(settings, "same-id", "dialogues")
+    reason = refusal(settings, "same-id", "dialogues")
+    assert re.search(
+        r"not valid: training_data/drafts/same-id.yml:2:9: error: dialogue id 'first' is already used", reason
+    )
     write(
         project,
         "broken",
         "dialogues:\n  - id: broken\n    draft: true\n    turns:\n"
         "      - user: hi\n      - action: chek_order\n      - bot: done\n",
     )
-    with pytest.raises(drafts.DraftRefused, match=r"broken.yml:6:\d+: error: .*unknown action 'chek_order'"):
-        drafts.accept(settings, "broken", "tests")
+    reason = refusal(settings, "broken", "tests")
+    assert re.search(r"broken.yml:6:\d+: error: .*unknown action 'chek_order'", reason)
     assert sorted(drafts.draft_names(settings)) == ["again", "broken", "copy", "same-id", "stolen"]
 
 

@@ -77,25 +77,28 @@ def _config(max_new_tokens: int) -> str:
     return f"serve:\n  max_new_tokens: {max_new_tokens}\n  rate_per_conversation: 1000\n  rate_per_client: 100000\n"
 
 
+def _entered_for_the_module(manager):
+    """Enters an async context manager in an event loop of its own (a module's fixtures outlive
+    each test's loop), yields what it gives, and leaves it afterwards."""
+    loop = asyncio.new_event_loop()
+    try:
+        yield loop.run_until_complete(manager.__aenter__())
+        loop.run_until_complete(manager.__aexit__(None, None, None))
+    finally:
+        loop.close()
+
+
 @pytest.fixture(scope="module")
 def postgres_url():
-    loop = asyncio.new_event_loop()
-    schema = postgres_schema()
-    url, _ = loop.run_until_complete(schema.__aenter__())
-    yield url
-    loop.run_until_complete(schema.__aexit__(None, None, None))
-    loop.close()
+    for url, _ in _entered_for_the_module(postgres_schema()):
+        yield url
 
 
 @pytest.fixture(scope="module")
 def lock_prefix():
     """The key prefix of this module's conversation locks in Redis (its keys deleted afterwards)."""
-    loop = asyncio.new_event_loop()
-    keys = redis_prefix()
-    _, prefix = loop.run_until_complete(keys.__aenter__())
-    yield prefix
-    loop.run_until_complete(keys.__aexit__(None, None, None))
-    loop.close()
+    for _, prefix in _entered_for_the_module(redis_prefix()):
+        yield prefix
 
 
 FRONT_LOCK_TIMEOUT_S = 3  # a message waits this long for its conversation's lock, then gets 503

@@ -81,16 +81,20 @@ async def test_rating_an_answer_with_the_keyboard_survives_a_reload(browser, ser
         votes.get_by_role("button", name="Helpful", exact=True),
         votes.get_by_role("button", name="Not helpful"),
     )
-    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == [
-        "false",
-        "false",
-    ]
+
+    async def pressed() -> list[str | None]:
+        return [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")]
+
+    async def vote_with(key: str) -> None:
+        async with page.expect_response(lambda r: r.url.endswith("/ratings")) as answered:
+            await page.keyboard.press(key)
+        assert (await answered.value).status == 200
+
+    assert await pressed() == ["false", "false"]
 
     # From the message box back to the reply's buttons, and "Not helpful" pressed with the keyboard.
     await _tab_to(page, "Not helpful", "Shift+Tab")
-    async with page.expect_response(lambda r: r.url.endswith("/ratings")) as answered:
-        await page.keyboard.press("Enter")
-    assert (await answered.value).status == 200
+    await vote_with("Enter")
     assert await _focused(page) == {"label": "Not helpful", "pressed": "true"}
     assert await helpful.get_attribute("aria-pressed") == "false"
 
@@ -105,20 +109,12 @@ async def test_rating_an_answer_with_the_keyboard_survives_a_reload(browser, ser
     await _open_chat(page)
     await page.locator(".bw-agent", has_text="Alex here").wait_for(timeout=10000)
     assert await votes.count() == 1
-    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == [
-        "false",
-        "true",
-    ]
+    assert await pressed() == ["false", "true"]
 
     # Changed with the keyboard: the other button (Space this time) takes the vote.
     await _tab_to(page, "Helpful", "Shift+Tab")
-    async with page.expect_response(lambda r: r.url.endswith("/ratings")) as answered:
-        await page.keyboard.press(" ")
-    assert (await answered.value).status == 200
-    assert [await helpful.get_attribute("aria-pressed"), await unhelpful.get_attribute("aria-pressed")] == [
-        "true",
-        "false",
-    ]
+    await vote_with(" ")
+    assert await pressed() == ["true", "false"]
     assert latest_ratings(await server.app[STORE].events(sender))[seq]["rating"] == "up"
 
     assert errors == []
