@@ -1,7 +1,7 @@
 // The admin API: the token lives in sessionStorage (this tab only) and goes in the
 // Authorization header, as the server's admin routes expect.
 
-import { byId, clear, say } from "./dom.js";
+import { byId, clear, focus, say } from "./dom.js";
 
 const KEY = "bot-console-token";
 
@@ -80,4 +80,22 @@ export async function showList({ count, list, load, counted, empty, row, busy })
   } catch (error) {
     say(status, explain(error), true);
   }
+}
+
+// Runs `action` (admin requests and what follows them); a failure is told in the status line `status`.
+export async function attempt(status, action) {
+  try {
+    await action();
+  } catch (error) {
+    say(byId(status), explain(error), true);
+  }
+}
+
+// Opens a panel's detail view (`ids`: its view, title and status line) and fills it in with `load`.
+export async function openDetail(ids, title, load) {
+  byId(ids.view).hidden = false;
+  byId(ids.title).textContent = title;
+  say(byId(ids.status), "");
+  await attempt(ids.status, load);
+  focus(byId(ids.title));
 }

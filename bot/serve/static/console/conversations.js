@@ -1,6 +1,6 @@
 // Conversations: find stored conversations, read one's timeline, make a training draft of it.
-import { api, explain, path, showList } from "./api.js";
-import { byId, clear, el, focus, say, when } from "./dom.js";
+import { api, explain, openDetail, path, showList } from "./api.js";
+import { byId, clear, el, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
 let opened = null; // the sender whose timeline is shown
@@ -42,20 +42,15 @@ export async function search() {
   });
 }
 
+const DETAIL = { view: "conversation-view", title: "conversation-title", status: "make-draft-result" };
+
 export async function open(sender) {
   opened = sender;
-  const view = byId("conversation-view");
-  view.hidden = false;
-  byId("conversation-title").textContent = "Conversation " + sender;
-  say(byId("make-draft-result"), "");
-  try {
+  await openDetail(DETAIL, "Conversation " + sender, async () => {
+    clear(byId("conversation-timeline")); // no other conversation's timeline under this title, even if it fails
     const { events } = await api("GET", path("admin", "conversations", sender));
     showTimeline(byId("conversation-timeline"), events);
-  } catch (error) {
-    clear(byId("conversation-timeline"));
-    say(byId("make-draft-result"), explain(error), true);
-  }
-  focus(byId("conversation-title"));
+  });
 }
 
 async function makeDraft() {

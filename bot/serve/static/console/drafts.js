@@ -1,6 +1,6 @@
 // Drafts of training dialogues: edit the YAML with its problems listed by line, save, accept
 // into the training dialogues or the held-out tests, or reject.
-import { api, explain, path, showList } from "./api.js";
+import { api, attempt, explain, openDetail, path, showList } from "./api.js";
 import { byId, clear, el, focus, say } from "./dom.js";
 
 let opened = null;
@@ -50,33 +50,26 @@ export async function refresh() {
   });
 }
 
+const DETAIL = { view: "draft-view", title: "draft-title", status: "draft-result" };
+
 export async function open(name) {
   opened = name;
-  const view = byId("draft-view");
-  view.hidden = false;
-  byId("draft-title").textContent = "Draft " + name;
   byId("draft-reject-confirm").hidden = true;
-  say(byId("draft-result"), "");
-  try {
+  await openDetail(DETAIL, "Draft " + name, async () => {
     const draft = await api("GET", path("drafts", name));
     byId("draft-text").value = draft.text;
     showProblems(draft);
-  } catch (error) {
-    say(byId("draft-result"), explain(error), true);
-  }
-  focus(byId("draft-title"));
+  });
 }
 
 async function save() {
-  const result = byId("draft-result");
-  try {
+  await attempt(DETAIL.status, async () => {
     const draft = await api("PUT", path("drafts", opened), { text: byId("draft-text").value });
     showProblems(draft);
-    say(result, draft.valid ? "Saved. The draft is valid." : "Saved, with problems to fix before it can be accepted.", !draft.valid);
+    const told = draft.valid ? "Saved. The draft is valid." : "Saved, with problems to fix before it can be accepted.";
+    say(byId(DETAIL.status), told, !draft.valid);
     await refresh(); // the list shows whether it is valid now
-  } catch (error) {
-    say(result, explain(error), true);
-  }
+  });
 }
 
 async function accept() {
@@ -94,16 +87,13 @@ async function accept() {
 }
 
 async function reject() {
-  const result = byId("draft-result");
-  try {
+  await attempt(DETAIL.status, async () => {
     await api("POST", path("drafts", opened, "reject"));
     byId("draft-view").hidden = true;
     await refresh();
     say(byId("draft-count"), "Draft " + opened + " rejected and deleted.");
     focus(byId("drafts-title"));
-  } catch (error) {
-    say(result, explain(error), true);
-  }
+  });
 }
 
 export function setUp() {

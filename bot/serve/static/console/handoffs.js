@@ -1,6 +1,6 @@
 // The handoff queue: conversations waiting for a person; reply as an agent, give back to the bot.
-import { api, explain, path, showList } from "./api.js";
-import { byId, el, focus, say, when } from "./dom.js";
+import { api, attempt, openDetail, path, showList } from "./api.js";
+import { byId, el, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
 let opened = null;
@@ -29,45 +29,33 @@ async function showEvents() {
   showTimeline(byId("handoff-timeline"), events);
 }
 
+const DETAIL = { view: "handoff-view", title: "handoff-title", status: "handoff-result" };
+
 async function open(sender) {
   opened = sender;
-  byId("handoff-view").hidden = false;
-  byId("handoff-title").textContent = "Conversation " + sender;
-  say(byId("handoff-result"), "");
-  try {
-    await showEvents();
-  } catch (error) {
-    say(byId("handoff-result"), explain(error), true);
-  }
-  focus(byId("handoff-title"));
+  await openDetail(DETAIL, "Conversation " + sender, showEvents);
 }
 
 async function reply(e) {
   e.preventDefault();
   const form = byId("agent-reply");
-  const result = byId("handoff-result");
   const body = { text: form.elements.text.value };
   if (form.elements.agent.value.trim()) body.agent = form.elements.agent.value.trim();
-  try {
+  await attempt(DETAIL.status, async () => {
     const answer = await api("POST", path("conversations", opened, "messages"), body);
     form.elements.text.value = "";
-    say(result, answer.took_over ? "Sent; you have taken the conversation over from the bot." : "Sent.");
+    say(byId(DETAIL.status), answer.took_over ? "Sent; you have taken the conversation over from the bot." : "Sent.");
     await showEvents();
-  } catch (error) {
-    say(result, explain(error), true);
-  }
+  });
 }
 
 async function giveBack() {
-  const result = byId("handoff-result");
-  try {
+  await attempt(DETAIL.status, async () => {
     await api("POST", path("conversations", opened, "resume"));
-    say(result, "The bot has the conversation again.");
+    say(byId(DETAIL.status), "The bot has the conversation again.");
     await showEvents();
     await refresh();
-  } catch (error) {
-    say(result, explain(error), true);
-  }
+  });
 }
 
 export function setUp() {
