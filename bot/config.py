@@ -51,7 +51,7 @@ class TrainConfig(Strict):
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of optimizer steps spent warming up.")
-    epochs: int = Field(2, gt=0, description="Passes over the training dialogues.")
+    epochs: int = Field(3, gt=0, description="Passes over the training dialogues.")
     batch_size: int = Field(2, gt=0, description="Sequences per micro-batch (per process).")
     gradient_accumulation: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     tokens_per_batch: int | None = Field(
