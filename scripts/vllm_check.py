@@ -121,13 +121,13 @@ async def replies(base_url: str | None, app, talks: list[list[str]], tag: str) -
     client = TestClient(TestServer(app)) if app is not None else None
     if client:
         await client.start_server()
+    url = str(client.make_url("/webhooks/rest/webhook")) if client else base_url + "/webhooks/rest/webhook"
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
     started, out = time.monotonic(), []
     try:
         for k, talk in enumerate(talks):
             answers = []
             for message in talk:
-                url = str(client.make_url("/webhooks/rest/webhook")) if client else base_url + "/webhooks/rest/webhook"
                 async with session.post(url, json={"sender": f"vllm-check-{tag}-{k}", "message": message}) as response:
                     body = await response.json()
                     if response.status != 200:
