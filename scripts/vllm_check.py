@@ -121,13 +121,13 @@ async def replies(base_url: str | None, app, talks: list[list[str]], tag: str) -
     client = TestClient(TestServer(app)) if app is not None else None
     if client:
         await client.start_server()
+    url = str(client.make_url("/webhooks/rest/webhook")) if client else base_url + "/webhooks/rest/webhook"
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
     started, out = time.monotonic(), []
     try:
         for k, talk in enumerate(talks):
             answers = []
             for message in talk:
-                url = str(client.make_url("/webhooks/rest/webhook")) if client else base_url + "/webhooks/rest/webhook"
                 async with session.post(url, json={"sender": f"vllm-check-{tag}-{k}", "message": message}) as response:
                     body = await response.json()
                     if response.status != 200:
@@ -143,17 +143,13 @@ async def replies(base_url: str | None, app, talks: list[list[str]], tag: str) -
 
 def in_process_app(settings, dtype: str):
     """The server app generating in this process, in `dtype` (as vLLM does)."""
-    import torch
-
     from bot import models
-    from bot.engine.loader import load_weights, start_engine
+    from bot.engine.loader import load_weights, runtime_dtype, start_engine
     from bot.serve.app import create_app
     from bot.serve.generator import ResponseModel
 
     def load():
-        weights = load_weights(
-            settings, models.active(settings.models_dir), dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-        )
+        weights = load_weights(settings, models.active(settings.models_dir), dtype=runtime_dtype(dtype))
         engine = start_engine(weights, settings.build.serve, settings.build.model.max_length)
         model_id = weights.trained.id if weights.trained else None
         return ResponseModel(engine, weights.tokenizer, weights.profile, model_id, settings.build.model.max_length)
