@@ -94,6 +94,15 @@ def write_marker(models_dir: Path, name: str, model_id: str) -> None:
     atomic.write_text(models_dir / name, model_id + "\n")
 
 
+def restore_markers(models_dir: Path, active: str | None, previous: str | None) -> None:
+    """ACTIVE and PREVIOUS as they were (active_id and previous_id read before a change that failed)."""
+    for name, model_id in ((ACTIVE_FILE, active), (PREVIOUS_FILE, previous)):
+        if model_id:
+            write_marker(models_dir, name, model_id)
+        else:
+            (models_dir / name).unlink(missing_ok=True)
+
+
 def activate(models_dir: Path, model_id: str) -> TrainedModel:
     """Make `model_id` the one the server loads (an atomic rename: readers never see half a file);
     the one it replaces is remembered as the previous model."""
