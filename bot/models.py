@@ -74,9 +74,13 @@ def get(models_dir: Path, model_id: str) -> TrainedModel:
     raise UnknownModel(f"no trained model '{model_id}' in {models_dir} (known: {known})")
 
 
-def active_id(models_dir: Path) -> str | None:
-    marker = models_dir / ACTIVE_FILE
+def _read_marker(models_dir: Path, name: str) -> str | None:
+    marker = models_dir / name
     return marker.read_text(encoding="utf-8").strip() or None if marker.is_file() else None
+
+
+def active_id(models_dir: Path) -> str | None:
+    return _read_marker(models_dir, ACTIVE_FILE)
 
 
 def active(models_dir: Path) -> TrainedModel | None:
@@ -86,12 +90,20 @@ def active(models_dir: Path) -> TrainedModel | None:
 
 def previous_id(models_dir: Path) -> str | None:
     """The model that was active before the last activation of another one, if any."""
-    marker = models_dir / PREVIOUS_FILE
-    return marker.read_text(encoding="utf-8").strip() or None if marker.is_file() else None
+    return _read_marker(models_dir, PREVIOUS_FILE)
 
 
 def write_marker(models_dir: Path, name: str, model_id: str) -> None:
     atomic.write_text(models_dir / name, model_id + "\n")
+
+
+def restore_markers(models_dir: Path, active: str | None, previous: str | None) -> None:
+    """ACTIVE and PREVIOUS as they were (active_id and previous_id read before a change that failed)."""
+    for name, model_id in ((ACTIVE_FILE, active), (PREVIOUS_FILE, previous)):
+        if model_id:
+            write_marker(models_dir, name, model_id)
+        else:
+            (models_dir / name).unlink(missing_ok=True)
 
 
 def activate(models_dir: Path, model_id: str) -> TrainedModel:

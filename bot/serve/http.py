@@ -327,6 +327,6 @@ def metrics_middleware(metrics):
             raise
         finally:
             metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route).observe(time.monotonic() - started)
+            metrics.latency.labels(route).observe(_now() - started)
 
     return measure

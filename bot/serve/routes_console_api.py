@@ -204,18 +204,9 @@ async def activate_model(request: web.Request) -> web.Response:
         try:
             body = await swap_in_active_model(request.app)
         except BaseException:
-            _restore(folder, was, before)
+            models.restore_markers(folder, was, before)
             raise
     return web.json_response(body)
-
-
-def _restore(folder, active: str | None, previous: str | None) -> None:
-    """The markers as they were before a failed activation."""
-    for name, model_id in ((models.ACTIVE_FILE, active), (models.PREVIOUS_FILE, previous)):
-        if model_id:
-            models.write_marker(folder, name, model_id)
-        else:
-            (folder / name).unlink(missing_ok=True)
 
 
 _FLAG = {"type": "string", "enum": ["true", "false"]}

@@ -97,6 +97,8 @@ async def _call(function, *args):
         return await asyncio.to_thread(function, *args)
     except drafts.DraftNotFound as e:
         raise web.HTTPNotFound(text=str(e)) from None
+    except drafts.DraftRefused as e:
+        raise web.HTTPConflict(text=str(e)) from None
 
 
 async def list_drafts(request: web.Request) -> web.Response:
@@ -126,10 +128,7 @@ async def accept_draft(request: web.Request) -> web.Response:
     check_admin(request, request.app[ADMIN_TOKEN])
     body = await read_body(request, AcceptDraft)
     settings = request.app[SETTINGS]
-    try:
-        path = await _call(drafts.accept, settings, request.match_info["name"], body.into)
-    except drafts.DraftRefused as e:
-        raise web.HTTPConflict(text=str(e)) from None
+    path = await _call(drafts.accept, settings, request.match_info["name"], body.into)
     return web.json_response({"path": path.relative_to(settings.root).as_posix()})
 
 
