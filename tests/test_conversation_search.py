@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from bot.serve.conversation_search import RATING, ConversationFilter, find_conversations, latest_ratings
 from bot.serve.events import new_event
 from bot.serve.store import SQLiteStore
@@ -30,6 +32,9 @@ async def test_filters_find_the_right_conversations(tmp_path):
         assert [c.sender for c in await find_conversations(store, ConversationFilter(handed_off=True))] == ["handed"]
         recent = await find_conversations(store, ConversationFilter(since=1500.0))
         assert [c.sender for c in recent if c.summary.last_active < 1500.0] == []
+        # every conversation's last event (a rating, a handoff) is stamped now: all are recent, none is future
+        assert {c.sender for c in recent} == {"calm", "angry", "handed"}
+        assert await find_conversations(store, ConversationFilter(since=time.time() + 3600)) == []
         assert {c.sender for c in await find_conversations(store, ConversationFilter(text="ROUTER"))} == {
             "calm",
             "angry",

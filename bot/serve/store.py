@@ -21,8 +21,8 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,11 +276,17 @@ class SQLiteStore(ConversationStore):
         self._locks = LocalLocks()
         self._outside, self._outside_at = None, 0.0
 
-    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+    @contextmanager
+    def _open_db(self) -> Iterator[sqlite3.Connection]:
+        """The connection, to itself until the block ends; StoreUnavailable once it is closed."""
         with self._guard:
             if self._closed:
                 raise StoreUnavailable("the conversation store is closed (the server is shutting down)")
-            cursor = self._db.execute(sql, args)
+            yield self._db
+
+    def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._open_db() as db:
+            cursor = db.execute(sql, args)
             return cursor.fetchall() if cursor.description else [(cursor.lastrowid,)]
 
     async def _append(self, sender: str, event: Event) -> int:
@@ -355,16 +361,11 @@ class SQLiteStore(ConversationStore):
 
     async def _rewrite(self, sender: str, events: list[Event]) -> None:
         def write() -> None:
-            with self._guard:
-                if self._closed:
-                    raise StoreUnavailable("the conversation store is closed (the server is shutting down)")
-                with self._db:  # one transaction: all the events or none
-                    self._db.execute("BEGIN")
-                    for event in events:
-                        body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
-                        self._db.execute(
-                            "UPDATE events SET body = ? WHERE sender = ? AND seq = ?", (body, sender, event["seq"])
-                        )
+            with self._open_db() as db, db:  # one transaction: all the events or none
+                db.execute("BEGIN")
+                for event in events:
+                    body = json.dumps({k: v for k, v in event.items() if k != "seq"}, ensure_ascii=False)
+                    db.execute("UPDATE events SET body = ? WHERE sender = ? AND seq = ?", (body, sender, event["seq"]))
 
         await asyncio.to_thread(write)
 

@@ -141,36 +141,33 @@ class RedisStore(ConversationStore):
         pattern = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self._prefix}events:") + "*"
         return [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
 
-    async def unanswered(self) -> list[tuple[str, int]]:
-        events_key = f"{self._prefix}events:"
-        keys = await self._event_keys()
-        found = []
+    async def _ends(self) -> list[tuple[str, int, str, str]]:
+        """(sender, length, first event, last event) of every non-empty conversation, 500 keys a MULTI."""
+        keys, events_key, found = await self._event_keys(), f"{self._prefix}events:", []
         for start in range(0, len(keys), 500):
-            async with self._redis.pipeline(transaction=True) as pipe:  # each length with its last event
-                for key in keys[start : start + 500]:
-                    pipe.llen(key).lindex(key, -1)
+            batch = keys[start : start + 500]
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for key in batch:
+                    pipe.llen(key).lindex(key, 0).lindex(key, -1)
                 replies = await pipe.execute()
-            for key, length, last in zip(keys[start : start + 500], replies[::2], replies[1::2], strict=True):
-                if last is not None and json.loads(last)["type"] == USER:
-                    found.append((key.removeprefix(events_key), length))
-        return sorted(found)
+            for key, length, first, last in zip(batch, replies[::3], replies[1::3], replies[2::3], strict=True):
+                if length:
+                    found.append((key.removeprefix(events_key), length, first, last))
+        return found
+
+    async def unanswered(self) -> list[tuple[str, int]]:
+        return sorted(
+            (sender, length) for sender, length, _, last in await self._ends() if json.loads(last)["type"] == USER
+        )
 
     async def waiting_for_agent(self) -> list[str]:
         return await self._redis.zrange(f"{self._prefix}waiting", 0, -1)
 
     async def conversations(self) -> list[ConversationSummary]:
-        keys, events_key, found = await self._event_keys(), f"{self._prefix}events:", []
-        for start in range(0, len(keys), 500):
-            async with self._redis.pipeline(transaction=True) as pipe:  # each length with its first and last event
-                for key in keys[start : start + 500]:
-                    pipe.llen(key).lindex(key, 0).lindex(key, -1)
-                replies = await pipe.execute()
-            for key, length, first, last in zip(
-                keys[start : start + 500], replies[::3], replies[1::3], replies[2::3], strict=True
-            ):
-                if length:
-                    started, last_active = json.loads(first)["timestamp"], json.loads(last)["timestamp"]
-                    found.append(ConversationSummary(key.removeprefix(events_key), started, last_active, length))
+        found = [
+            ConversationSummary(sender, json.loads(first)["timestamp"], json.loads(last)["timestamp"], length)
+            for sender, length, first, last in await self._ends()
+        ]
         return sorted(found, key=lambda c: c.last_active, reverse=True)
 
     async def delete(self, senders: list[str]) -> int:
