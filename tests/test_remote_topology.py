@@ -25,6 +25,8 @@ from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_event
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
+from bot.engine.protocol import EngineError
+from bot.engine.remote import RemoteEngine
 from bot.rendering import parse_reply
 from bot.serve.events import MODEL_UNAVAILABLE
 from bot.serve.responder import COULD_NOT_DO, NOT_UNDERSTOOD
@@ -334,3 +336,10 @@ def test_a_front_end_whose_lock_server_is_down_stops_with_one_clear_line(tmp_pat
     assert done.returncode == 1
     assert "error: can't reach the Redis lock server at redis://127.0.0.1:1/0 (tracker_store.lock_url)" in done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+async def test_a_remote_engine_refuses_to_force_a_tool_call():
+    engine = RemoteEngine("http://127.0.0.1:9", "base")  # nothing listens: the refusal comes before any request
+    with pytest.raises(EngineError, match="can't force a tool call"):
+        async with aclosing(engine.stream([1, 2], 4, tool_call=True)) as pieces:
+            await anext(pieces)

@@ -12,7 +12,16 @@ from bot.data.compile import tool_call_message
 from bot.engine.protocol import Finished
 from bot.errors import RenderError
 from bot.rendering import fitted_prompt_ids, prompt_ids
-from bot.serve.events import action_executed, bot_message, handed_off, new_event, resumed, slot_set, user_message
+from bot.serve.events import (
+    action_executed,
+    bot_message,
+    handed_off,
+    new_event,
+    resumed,
+    slot_set,
+    slots_reset,
+    user_message,
+)
 from bot.serve.generator import load_response_model
 from bot.serve.responder import fold, to_messages
 
@@ -48,6 +57,7 @@ def test_state_folds_slots_and_handoff():
     state = fold(events)
     assert state.slots == {"order_id": "ES-2"} and state.handed_off and state.handoff_reason == "asked"
     assert not fold(events + [resumed()]).handed_off
+    assert fold(events + [slots_reset(by="action_forget")]).slots == {}
 
 
 def test_history_that_does_not_fit_drops_the_oldest_exchanges_whole(tokenizer):

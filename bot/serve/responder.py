@@ -76,19 +76,23 @@ class ConversationState:
     handoff_reason: str | None = None
     recent: list[Event] = field(default_factory=list)  # the latest events, for an action's tracker
 
+    def apply(self, event: Event) -> None:
+        """Takes in one more event of the conversation."""
+        if event["type"] == SLOT:
+            self.slots[event["name"]] = event.get("value")
+        elif event["type"] == RESET_SLOTS:
+            self.slots.clear()
+        elif event["type"] == HANDOFF:
+            self.handed_off, self.handoff_reason = True, event.get("reason")
+        elif event["type"] == RESUME:
+            self.handed_off = False
+
 
 def fold(events: list[Event]) -> ConversationState:
     """The state a conversation's events add up to."""
     state = ConversationState(recent=events)
     for event in events:
-        if event["type"] == SLOT:
-            state.slots[event["name"]] = event.get("value")
-        elif event["type"] == RESET_SLOTS:
-            state.slots.clear()
-        elif event["type"] == HANDOFF:
-            state.handed_off, state.handoff_reason = True, event.get("reason")
-        elif event["type"] == RESUME:
-            state.handed_off = False
+        state.apply(event)
     return state
 
 
@@ -362,8 +366,7 @@ class Responder:
                 name, arguments, sender=sender, state=state, latest=latest, profile=model.profile
             )
             for event in outcome.events:
-                if event["type"] == SLOT:
-                    state.slots[event["name"]] = event.get("value")
+                state.apply(event)  # a later action in this message sees its slots (and resets)
                 yield event
             if outcome.failed:
                 return

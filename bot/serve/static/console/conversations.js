@@ -1,5 +1,5 @@
 // Conversations: find stored conversations, read one's timeline, make a training draft of it.
-import { api, explain, openDetail, path, showList } from "./api.js";
+import { api, attempt, openDetail, path, showList } from "./api.js";
 import { byId, clear, el, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
@@ -54,16 +54,14 @@ export async function open(sender) {
 }
 
 async function makeDraft() {
-  const result = byId("make-draft-result");
+  const result = byId(DETAIL.status);
   say(result, "Making a draft…");
-  try {
+  await attempt(DETAIL.status, async () => {
     const draft = await api("POST", path("conversations", opened, "draft"), {});
     const redacted = Object.entries(draft.redacted || {}).map(([kind, n]) => n + " " + kind).join(", ");
     say(result, "Draft " + draft.name + " made" + (redacted ? " (redacted: " + redacted + ")" : "") + ".");
     onDraft(draft.name);
-  } catch (error) {
-    say(result, explain(error), true);
-  }
+  });
 }
 
 export function setUp({ draftMade }) {
