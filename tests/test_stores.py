@@ -550,6 +550,23 @@ async def test_forgetting_inactive_conversations_deletes_those_and_nothing_else(
     assert [(e["seq"] > 0, e["text"]) for e in await own_store.events("stale")] == [(True, "back again")]
 
 
+async def test_forgetting_keeps_a_conversation_that_came_back_or_is_being_answered(own_store, monkeypatch):
+    await _conversation(own_store, "came-back", 100.0)
+    await _conversation(own_store, "answering", 100.0)
+    listed = await own_store.conversations()  # what the pass saw: both inactive since 100
+
+    async def as_listed():
+        return listed
+
+    monkeypatch.setattr(own_store, "conversations", as_listed)
+    await own_store.append("came-back", user_message("I'm back"))  # after the listing, before the delete
+    async with own_store.lock("answering", 5):  # a reply being written
+        assert await own_store.forget_inactive(500.0, lock_timeout=0.2) == []
+    assert [e["text"] for e in await own_store.events("came-back")] == ["message 0", "I'm back"]
+    assert [e["text"] for e in await own_store.events("answering")] == ["message 0"]
+    assert await own_store.forget_inactive(500.0) == ["answering"]  # once free, still inactive: deleted
+
+
 async def test_rewriting_events_keeps_their_place_and_state(own_store):
     sender = "rewritten"
     await own_store.append(sender, user_message("my email is ann@example.com"))

@@ -128,12 +128,23 @@ class ConversationStore(ABC):
                 raise ValueError(f"event {event['seq']} of '{sender}' is a {stored_type} event, not {event['type']}")
         await self._rewrite(sender, [e for e in events if e != stored[e["seq"]]])
 
-    async def forget_inactive(self, before: float) -> list[str]:
-        """Delete every conversation whose last event is older than `before` (a timestamp); their ids."""
-        old = [c.sender for c in await self.conversations() if c.last_active < before]
-        if old:
-            await self.delete(old)
-        return old
+    async def forget_inactive(self, before: float, lock_timeout: float = 1.0) -> list[str]:
+        """Delete every conversation whose last event is older than `before` (a timestamp); their ids.
+        Each is checked again under its lock, so a message that arrives meanwhile keeps its
+        conversation; one being answered (its lock not free within `lock_timeout`) is active: kept."""
+        forgotten = []
+        for summary in await self.conversations():
+            if summary.last_active >= before:
+                continue
+            try:
+                async with self.lock(summary.sender, lock_timeout):
+                    last = await self.events(summary.sender, last=1)
+                    if last and last[0]["timestamp"] < before:
+                        await self.delete([summary.sender])
+                        forgotten.append(summary.sender)
+            except ConversationBusy:
+                continue
+        return forgotten
 
     async def close(self) -> None:
         try:
