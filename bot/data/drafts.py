@@ -160,16 +160,23 @@ def _project(settings: Settings) -> tuple[TrainingData | None, list[Dialogue]]:
     return data, list(data.dialogues) if data else []
 
 
+def _read_dialogues(text: str, display: str, held_out: bool = False) -> tuple[list[Dialogue], list[Problem]]:
+    """The dialogues of a draft's text as read, with the problems of reading it (no validation)."""
+    try:
+        doc = load_bytes(text.encode("utf-8", errors="surrogateescape"), display)
+    except InvalidFiles as e:
+        return [], e.problems
+    return dialogues_in(doc, held_out)
+
+
 def parse_draft(
     settings: Settings, text: str, display: str, *, held_out: bool = False
 ) -> tuple[list[Dialogue], list[Problem]]:
     """The dialogues of a draft's text and every problem the validator finds in them, located in
     the text; a dialogue id already used in dialogues/ or tests/ is a problem too."""
-    try:
-        doc = load_bytes(text.encode("utf-8", errors="surrogateescape"), display)
-    except InvalidFiles as e:
-        return [], e.problems
-    dialogues, problems = dialogues_in(doc, held_out)
+    dialogues, problems = _read_dialogues(text, display, held_out)
+    if not dialogues and problems:  # it could not be read: nothing to validate
+        return [], sorted(problems)
     data, existing = _project(settings)
     if data is not None:
         draft_data = TrainingData(data.persona, data.actions, tuple(dialogues))
@@ -297,9 +304,11 @@ class Skipped:
 def drafted_sources(settings: Settings) -> dict[str, str]:
     """{conversation id: where it already is} over drafts/, dialogues/ and tests/."""
     where = {d.source: f"{d.doc.path} ('{d.id}')" for d in _project(settings)[1] if d.source}
-    for info in list_drafts(settings):
-        if info.source:
-            where.setdefault(info.source, f"draft '{info.name}'")
+    for name in draft_names(settings):  # only the source is needed: read, not validated
+        path = draft_path(settings, name)
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if source := _source_of(text, _read_dialogues(text, _display(settings, path))[0]):
+            where.setdefault(source, f"draft '{name}'")
     return where
 
 
