@@ -29,7 +29,7 @@ from bot.config import Settings
 from bot.data.checks import check
 from bot.data.draft_turns import conversation_turns
 from bot.data.draft_yaml import scalar, turn_lines
-from bot.data.loader import dialogues_in, read_training_data, yaml_files
+from bot.data.loader import dialogues_in, display_path, read_training_data, yaml_files
 from bot.data.project import LazyTokenizer
 from bot.data.redaction import Redactor, describe
 from bot.data.schema import ActionTurn, BotTurn, Dialogue, HandoffTurn, TrainingData, UserTurn
@@ -89,10 +89,7 @@ def drafts_dir(settings: Settings) -> Path:
 
 
 def _display(settings: Settings, path: Path) -> str:
-    try:
-        return path.relative_to(settings.root).as_posix()
-    except ValueError:
-        return path.as_posix()
+    return display_path(path, settings.root)
 
 
 def draft_path(settings: Settings, name: str) -> Path:
