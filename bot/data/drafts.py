@@ -422,6 +422,7 @@ def undrafted(text: str) -> str:
 
 
 def _content(d: Dialogue) -> tuple:
+    """What a dialogue says, whatever its draft mark and place in a file."""
     return (d.id, d.tags, d.turns, d.expect, d.source)
 
 
@@ -449,13 +450,10 @@ def accept(settings: Settings, name: str, into: Into) -> Path:
         raise DraftRefused(f"{_display(settings, target)} already exists: rename the draft's file or reject it")
     final = undrafted(text)
     reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
-    expected = [
-        Dialogue(d.id, d.tags, d.turns, False, d.expect, d.held_out, d.doc, d.loc, d.source) for d in dialogues
-    ]
-    if problems or not _same(reviewed, expected):  # the comments could not be taken out safely: only the draft mark
+    if problems or not _same(reviewed, dialogues):  # the comments could not be taken out safely: only the draft mark
         final = "\n".join(line for line in text.splitlines() if not _DRAFT_LINE.match(line)) + "\n"
         reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
-        if problems or not _same(reviewed, expected):
+        if problems or not _same(reviewed, dialogues):
             raise DraftRefused(
                 "the draft's 'draft: true' line could not be removed: remove it by hand, then accept it"
             )
