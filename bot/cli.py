@@ -121,13 +121,11 @@ def cmd_train(args) -> int:
     from bot.training.progress_file import ProgressFile
 
     progress = None
-    if (
-        args.progress_file and os.environ.get("RANK", "0") == "0"
-    ):  # under `accelerate launch`, the main process writes it
+    # Under `accelerate launch`, the main process writes it.
+    if args.progress_file and os.environ.get("RANK", "0") == "0":
         progress = ProgressFile(args.progress_file)  # it replaces the progress bars
-        if (
-            signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        ):  # as a shell's background job: the program following it stops it with SIGINT
+        # As a shell's background job: the program following it stops it with SIGINT.
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         outcome = _train(args, progress)

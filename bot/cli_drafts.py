@@ -44,10 +44,9 @@ async def _with_store(settings, work):
 
 def _shown(settings, path) -> str:
     """A path as the project knows it (training_data/...), whatever folder the command runs in."""
-    try:
-        return path.relative_to(settings.root).as_posix()
-    except ValueError:
-        return str(path)
+    from bot.data.loader import display_path
+
+    return display_path(path, settings.root)
 
 
 def _state(info) -> str:

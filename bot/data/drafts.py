@@ -29,7 +29,7 @@ from bot.config import Settings
 from bot.data.checks import check
 from bot.data.draft_turns import conversation_turns
 from bot.data.draft_yaml import scalar, turn_lines
-from bot.data.loader import dialogues_in, read_training_data, yaml_files
+from bot.data.loader import dialogues_in, display_path, read_training_data, yaml_files
 from bot.data.project import LazyTokenizer
 from bot.data.redaction import Redactor, describe
 from bot.data.schema import ActionTurn, BotTurn, Dialogue, HandoffTurn, TrainingData, UserTurn
@@ -89,10 +89,7 @@ def drafts_dir(settings: Settings) -> Path:
 
 
 def _display(settings: Settings, path: Path) -> str:
-    try:
-        return path.relative_to(settings.root).as_posix()
-    except ValueError:
-        return path.as_posix()
+    return display_path(path, settings.root)
 
 
 def draft_path(settings: Settings, name: str) -> Path:
@@ -160,16 +157,23 @@ def _project(settings: Settings) -> tuple[TrainingData | None, list[Dialogue]]:
     return data, list(data.dialogues) if data else []
 
 
+def _read_dialogues(text: str, display: str, held_out: bool = False) -> tuple[list[Dialogue], list[Problem]]:
+    """The dialogues of a draft's text as read, with the problems of reading it (no validation)."""
+    try:
+        doc = load_bytes(text.encode("utf-8", errors="surrogateescape"), display)
+    except InvalidFiles as e:
+        return [], e.problems
+    return dialogues_in(doc, held_out)
+
+
 def parse_draft(
     settings: Settings, text: str, display: str, *, held_out: bool = False
 ) -> tuple[list[Dialogue], list[Problem]]:
     """The dialogues of a draft's text and every problem the validator finds in them, located in
     the text; a dialogue id already used in dialogues/ or tests/ is a problem too."""
-    try:
-        doc = load_bytes(text.encode("utf-8", errors="surrogateescape"), display)
-    except InvalidFiles as e:
-        return [], e.problems
-    dialogues, problems = dialogues_in(doc, held_out)
+    dialogues, problems = _read_dialogues(text, display, held_out)
+    if not dialogues and problems:  # it could not be read: nothing to validate
+        return [], sorted(problems)
     data, existing = _project(settings)
     if data is not None:
         draft_data = TrainingData(data.persona, data.actions, tuple(dialogues))
@@ -297,9 +301,11 @@ class Skipped:
 def drafted_sources(settings: Settings) -> dict[str, str]:
     """{conversation id: where it already is} over drafts/, dialogues/ and tests/."""
     where = {d.source: f"{d.doc.path} ('{d.id}')" for d in _project(settings)[1] if d.source}
-    for info in list_drafts(settings):
-        if info.source:
-            where.setdefault(info.source, f"draft '{info.name}'")
+    for name in draft_names(settings):  # only the source is needed: read, not validated
+        path = draft_path(settings, name)
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if source := _source_of(text, _read_dialogues(text, _display(settings, path))[0]):
+            where.setdefault(source, f"draft '{name}'")
     return where
 
 
@@ -416,6 +422,7 @@ def undrafted(text: str) -> str:
 
 
 def _content(d: Dialogue) -> tuple:
+    """What a dialogue says, whatever its draft mark and place in a file."""
     return (d.id, d.tags, d.turns, d.expect, d.source)
 
 
@@ -443,13 +450,10 @@ def accept(settings: Settings, name: str, into: Into) -> Path:
         raise DraftRefused(f"{_display(settings, target)} already exists: rename the draft's file or reject it")
     final = undrafted(text)
     reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
-    expected = [
-        Dialogue(d.id, d.tags, d.turns, False, d.expect, d.held_out, d.doc, d.loc, d.source) for d in dialogues
-    ]
-    if problems or not _same(reviewed, expected):  # the comments could not be taken out safely: only the draft mark
+    if problems or not _same(reviewed, dialogues):  # the comments could not be taken out safely: only the draft mark
         final = "\n".join(line for line in text.splitlines() if not _DRAFT_LINE.match(line)) + "\n"
         reviewed, problems = parse_draft(settings, final, display, held_out=into == "tests")
-        if problems or not _same(reviewed, expected):
+        if problems or not _same(reviewed, dialogues):
             raise DraftRefused(
                 "the draft's 'draft: true' line could not be removed: remove it by hand, then accept it"
             )

@@ -24,7 +24,8 @@ from bot.yamlsource import Document, load
 YAML_SUFFIXES = (".yml", ".yaml")
 
 
-def _display(file: Path, root: Path) -> str:
+def display_path(file: Path, root: Path) -> str:
+    """A file as the project names it (training_data/...), or its whole path outside the project."""
     try:
         return file.relative_to(root).as_posix()
     except ValueError:
@@ -33,7 +34,7 @@ def _display(file: Path, root: Path) -> str:
 
 def _read(file: Path, root: Path, problems: list[Problem]) -> Document | None:
     try:
-        return load(file, _display(file, root))
+        return load(file, display_path(file, root))
     except InvalidFiles as e:
         problems.extend(e.problems)
         return None
@@ -113,7 +114,7 @@ def read_training_data(data_dir: Path, root: Path) -> tuple[TrainingData | None,
     if not persona_file.exists():
         problems.append(
             Problem(
-                _display(persona_file, root),
+                display_path(persona_file, root),
                 1,
                 1,
                 "missing: every bot needs a persona (run 'bot init' for an example)",
@@ -144,7 +145,7 @@ def read_training_data(data_dir: Path, root: Path) -> tuple[TrainingData | None,
     if not any(not d.held_out for d in dialogues) and not problems:
         problems.append(
             Problem(
-                _display(data_dir / "dialogues", root),
+                display_path(data_dir / "dialogues", root),
                 1,
                 1,
                 "no training dialogues found (*.yml files with a 'dialogues' list)",

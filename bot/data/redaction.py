@@ -243,6 +243,14 @@ class Redactor:
         self._patterns = {
             kind: re.compile(getattr(p, kind)) for kind in ("email", "card", "postcode", "account", "order")
         }
+        # What makes the placeholder of a value each pattern finds.
+        self._makers: dict[str, Callable[[str], str]] = {
+            "email": self._email,
+            "card": self._card,
+            "postcode": self._postcode,
+            "account": functools.partial(self._shaped, "account"),
+            "order": functools.partial(self._shaped, "order"),
+        }
         strong = "|".join(_phrase(w) for w in config.name_phrases) or r"(?!x)x"
         weak = "|".join(_phrase(w) for w in config.name_intros) or r"(?!x)x"
         self._said = re.compile(rf"(?i:\b(?:{strong}))\s+({NAME_WORD}(?:\s+{NAME_WORD})?)")
@@ -399,17 +407,12 @@ class Redactor:
     def _spans(self, text: str) -> dict[str, list[tuple[int, int, Callable[[], str]]]]:
         """Every value found, by kind: (start, end, what makes its placeholder)."""
         found: dict[str, list] = {kind: [] for kind in PRIORITY}
-        for m in self._patterns["email"].finditer(text):
-            found["email"].append((m.start(), m.end(), functools.partial(self._email, m.group())))
-        for m in self._patterns["card"].finditer(text):
-            if luhn_valid(_digits(m.group())):
-                found["card"].append((m.start(), m.end(), functools.partial(self._card, m.group())))
-        for kind in ("account", "order"):
-            for m in self._patterns[kind].finditer(text):
-                found[kind].append((m.start(), m.end(), functools.partial(self._shaped, kind, m.group())))
+        for kind, pattern in self._patterns.items():
+            make = self._makers[kind]
+            for m in pattern.finditer(text):
+                if kind != "card" or luhn_valid(_digits(m.group())):
+                    found[kind].append((m.start(), m.end(), functools.partial(make, m.group())))
         found["phone"] = self._phones(text)
-        for m in self._patterns["postcode"].finditer(text):
-            found["postcode"].append((m.start(), m.end(), functools.partial(self._postcode, m.group())))
         found["name"] = [(start, end, lambda p=p: p) for start, end, p in self._name_spans(text)]
         return found
 
