@@ -23,6 +23,7 @@ from bot.serve.generator import ResponseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "t0ken-for-tests"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # the headers of an admin request
 
 CHROMIUM = "/usr/bin/chromium"
 # Browser tests drive Debian's chromium (never a downloaded browser, see the `browser` fixture);

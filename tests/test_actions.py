@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from serve_support import ADMIN_TOKEN, chat, make_project, sse_events, stored_events
+from serve_support import ADMIN, chat, make_project, sse_events, stored_events
 
 from bot.serve.actions import SORRY
 from bot.serve.responder import COULD_NOT_DO
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 STARTER_ACTIONS = (ROOT / "training_data" / "actions.yml").read_text()
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 from console_support import SUMMARY, active_model_loader, add_model, rate, talk
-from serve_support import ADMIN_TOKEN, make_project, settings_of
+from serve_support import ADMIN, make_project, settings_of
 
 from bot import models
 from bot.serve.keys import STORE
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CONSOLE_ROUTES = [
     ("GET", "/api/admin/conversations"),
     ("GET", "/api/admin/conversations/someone"),

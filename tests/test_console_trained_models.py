@@ -10,14 +10,13 @@ import shutil
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import make_tiny_project
-from serve_support import ADMIN_TOKEN
+from serve_support import ADMIN, ADMIN_TOKEN
 
 from bot import models
 from bot.config import load_settings
 from bot.serve.app import create_app
 from bot.training.command import train_and_activate
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 COPY = "20990101-000000"  # a second model: the trained one's folder under a later id
 
 

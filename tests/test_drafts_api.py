@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import pytest
 from draft_support import store_conversation
-from serve_support import ADMIN_TOKEN, make_project
+from serve_support import ADMIN, make_project
 
 from bot.serve.events import action_executed, bot_message, user_message
 from bot.serve.keys import STORE
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture

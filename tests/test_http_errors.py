@@ -9,7 +9,7 @@ from contextlib import aclosing
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from serve_support import ADMIN_TOKEN, make_project, sse_events
+from serve_support import ADMIN, make_project, sse_events
 
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError
 from bot.engine.remote import ModelServerUnavailable
@@ -18,7 +18,6 @@ from bot.serve.http import STATUS_OF, errors_middleware, status_of
 from bot.serve.migrations import MigrationError
 from bot.serve.store import ConversationBusy, StoreUnavailable
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Faults of the server's own making: exactly these answer 5xx, every other entry 4xx.
 SERVER_FAULTS = {
     ConversationBusy,

@@ -10,13 +10,12 @@ import sys
 
 import pytest
 from conftest import make_tiny_project
-from serve_support import ADMIN_TOKEN
+from serve_support import ADMIN
 
 from bot import models
 from bot.config import load_settings
 from bot.serve.routes_train import TRAINING
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 SAFETY_S = 300  # only so that a hung child fails the test instead of hanging the suite
 
 
