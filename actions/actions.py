@@ -45,6 +45,21 @@ def _verified(tracker: Tracker, account_id: str) -> bool:
 NOT_VERIFIED = {"error": "account not verified in this conversation: call verify_customer first"}
 
 
+class AccountAction(LookupAction, metaclass=ABCMeta):
+    """A lookup on one customer's account (the `account_id` argument): refused until
+    verify_customer has verified that account in this conversation, then `account_lookup` runs
+    with the account's record."""
+
+    def lookup(self, args, tracker):
+        if not _verified(tracker, args["account_id"]):
+            return NOT_VERIFIED, []
+        return self.account_lookup(args, DATA["accounts"][args["account_id"]])
+
+    @abstractmethod
+    def account_lookup(self, args: dict[str, Any], account: dict[str, Any]) -> tuple[dict, list]:
+        """(the result for the model, rasa-sdk events), for a verified account"""
+
+
 class VerifyCustomer(LookupAction):
     action_name, arguments = "verify_customer", ("account_id", "postcode")
 
@@ -58,22 +73,17 @@ class VerifyCustomer(LookupAction):
         return {"verified": False}, []
 
 
-class GetAccount(LookupAction):
+class GetAccount(AccountAction):
     action_name, arguments = "get_account", ("account_id",)
 
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
-        account = DATA["accounts"][args["account_id"]]
+    def account_lookup(self, args, account):
         return {k: account[k] for k in ("plan", "status", "balance", "next_bill_due")}, []
 
 
-class GetBill(LookupAction):
+class GetBill(AccountAction):
     action_name, arguments = "get_bill", ("account_id", "month")
 
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
+    def account_lookup(self, args, account):
         bills = DATA["bills"].get(args["account_id"], {})
         month = args["month"] or max(bills, default=None)
         bill = bills.get(month)
@@ -132,16 +142,13 @@ class ListPlans(LookupAction):
         return events
 
 
-class ChangePlan(LookupAction):
+class ChangePlan(AccountAction):
     action_name, arguments = "change_plan", ("account_id", "plan_code")
 
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
+    def account_lookup(self, args, account):
         plan = next((p for kind in DATA["plans"].values() for p in kind if p["code"] == args["plan_code"]), None)
         if plan is None:
             return {"error": f"no plan {args['plan_code']}"}, []
-        account = DATA["accounts"][args["account_id"]]
         result = {
             "changed": True,
             "plan_code": plan["code"],
@@ -161,39 +168,33 @@ class RoamingRates(LookupAction):
         return (dict(rates, country=country) if rates else {"error": f"no roaming rates for '{args['country']}'"}), []
 
 
-class SendEsim(LookupAction):
+class SendEsim(AccountAction):
     action_name, arguments = "send_esim", ("account_id",)
 
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
+    def account_lookup(self, args, account):
         return {
             "sent": True,
-            "email": DATA["accounts"][args["account_id"]]["masked_email"],
+            "email": account["masked_email"],
             "qr_valid_until": (TODAY + timedelta(days=1)).isoformat(),
         }, []
 
 
-class BlockSim(LookupAction):
+class BlockSim(AccountAction):
     action_name, arguments = "block_sim", ("account_id",)
 
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
+    def account_lookup(self, args, account):
         return {
             "blocked": True,
-            "number_ending": DATA["accounts"][args["account_id"]]["number_ending"],
+            "number_ending": account["number_ending"],
             "number_kept": True,
         }, []
 
 
-class BookEngineer(LookupAction):
+class BookEngineer(AccountAction):
     action_name, arguments = "book_engineer", ("account_id", "date")
 
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
-        if DATA["accounts"][args["account_id"]].get("disputed"):
+    def account_lookup(self, args, account):
+        if account.get("disputed"):
             # A disputed account needs a person: Rasa's ConversationPaused hands the conversation over.
             return {"booked": False, "reason": "account under review"}, [ConversationPaused()]
         return {

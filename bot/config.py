@@ -303,6 +303,23 @@ class Endpoints(Strict):
     model_server: ModelServer = ModelServer()
 
 
+class ProjectFolder:
+    """A read-only attribute of Settings: the folder that the build setting `section.key` names,
+    under the project root."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+        self.section, self.key = setting.split(".")
+
+    def __get__(self, settings: Settings | None, owner: type | None = None) -> Path | ProjectFolder:
+        if settings is None:  # looked up on the class, as a property is
+            return self
+        return settings.root / getattr(getattr(settings.build, self.section), self.key)
+
+    def __set__(self, settings: Settings, value: object) -> None:
+        raise AttributeError(f"the folder {self.setting} is set in config.yml, not here")
+
+
 class Settings:
     """Everything the project is configured with, paths resolved against the project root."""
 
@@ -311,21 +328,10 @@ class Settings:
         self.build = build
         self.endpoints = endpoints
 
-    @property
-    def data_dir(self) -> Path:
-        return self.root / self.build.data.dir
-
-    @property
-    def build_dir(self) -> Path:
-        return self.root / self.build.data.build_dir
-
-    @property
-    def models_dir(self) -> Path:
-        return self.root / self.build.train.models_dir
-
-    @property
-    def results_dir(self) -> Path:
-        return self.root / self.build.eval.results_dir
+    data_dir = ProjectFolder("data.dir")
+    build_dir = ProjectFolder("data.build_dir")
+    models_dir = ProjectFolder("train.models_dir")
+    results_dir = ProjectFolder("eval.results_dir")
 
     @property
     def cache_dir(self) -> Path:

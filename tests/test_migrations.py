@@ -1,5 +1,6 @@
 """Schema migrations: a store written before migrations existed (the fixtures in
-tests/data/stores_v1/, made by that code) opens with today's code with every event in order,
+tests/data/stores_v1/, made by that code, and a PostgreSQL database built from the first
+migration and the SQLite fixture's rows) opens with today's code with every event in order,
 its seq carrying on and its locks working, and records what was applied; steps run once, in
 order; a store migrated by a newer version is refused with a clear error."""
 
@@ -93,6 +94,29 @@ async def test_sqlite_database_from_before_migrations_is_upgraded_in_place(tmp_p
         await again.close()
 
 
+async def old_postgres_database(connection) -> None:
+    """A database as PostgresStore wrote it before migrations: the first migration's DDL (the
+    schema of that time, never edited since) run on its own, so there is no bot_migrations
+    table, then the rows that code wrote, which are the SQLite fixture's: the same seqs, senders,
+    types and bodies."""
+    from bot.serve.store_postgres import POSTGRES_MIGRATIONS
+
+    name, schema_of_then = POSTGRES_MIGRATIONS.steps[0]
+    assert name == "m001_events"
+    await schema_of_then(connection)
+    db = sqlite3.connect(FIXTURES / "sqlite.sqlite3")
+    try:
+        rows = db.execute("SELECT seq, sender, type, body FROM events ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    await connection.executemany(
+        "INSERT INTO bot_events (seq, sender, type, body) VALUES ($1, $2, $3, $4::jsonb)", rows
+    )
+    await connection.execute(
+        "SELECT setval(pg_get_serial_sequence('bot_events', 'seq'), (SELECT max(seq) FROM bot_events))"
+    )
+
+
 async def test_postgres_database_from_before_migrations_is_upgraded_in_place():
     import asyncpg
 
@@ -100,7 +124,7 @@ async def test_postgres_database_from_before_migrations_is_upgraded_in_place():
 
     async with postgres_schema() as (url, schema):
         old = await asyncpg.connect(url)
-        await old.execute((FIXTURES / "postgresql.sql").read_text(encoding="utf-8"))  # the old DDL and rows
+        await old_postgres_database(old)
         await old.close()
         store = await PostgresStore.connect(url)
         try:

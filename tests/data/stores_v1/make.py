@@ -4,8 +4,10 @@ schema before migrations existed), never since, so they stay what that code wrot
     PYTHONPATH=. python tests/data/stores_v1/make.py
 
 - sqlite.sqlite3: SQLiteStore's file;
-- postgresql.sql: that commit's DDL and the rows PostgresStore wrote, to run in an empty schema;
 - redis.json: every key RedisStore wrote (without its `bot:` prefix), by type.
+
+PostgresStore wrote that commit's DDL, which is its first migration, and the same rows as the
+SQLite file: tests/test_migrations.py builds its old database from those two.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ from pathlib import Path
 
 from bot.serve.events import new_event
 from bot.serve.store import SQLiteStore
-from bot.serve.store_postgres import SCHEMA, PostgresStore
 from bot.serve.store_redis import RedisStore
 
 HERE = Path(__file__).parent
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS = "redis://127.0.0.1:6379/14"
 
 
@@ -69,34 +69,6 @@ async def main() -> None:
     for sender, e in order:
         await sqlite.append(sender, e)
     await sqlite.close()
-
-    import asyncpg
-
-    schema = f"fixture_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(POSTGRES)
-    await admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        postgres = await PostgresStore.connect(f"{POSTGRES}?search_path={schema}")
-        for sender, e in order:
-            await postgres.append(sender, e)
-        rows = await postgres._pool.fetch("SELECT seq, sender, type, body::text FROM bot_events ORDER BY seq")
-        await postgres.close()
-    finally:
-        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        await admin.close()
-
-    def literal(text: str) -> str:
-        return "'" + text.replace("'", "''") + "'"
-
-    lines = [
-        "-- Written by tests/data/stores_v1/make.py with the PostgresStore of commit 28fdf1c: its DDL, then its rows.",
-        SCHEMA.strip(),
-    ]
-    for r in rows:
-        values = f"{r['seq']}, {literal(r['sender'])}, {literal(r['type'])}, {literal(r['body'])}"
-        lines.append(f"INSERT INTO bot_events (seq, sender, type, body) VALUES ({values});")
-    lines.append("SELECT setval(pg_get_serial_sequence('bot_events', 'seq'), (SELECT max(seq) FROM bot_events));")
-    (HERE / "postgresql.sql").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     prefix = f"fixture-{uuid.uuid4().hex[:8]}:"
     redis = await RedisStore.connect(REDIS)

@@ -1,7 +1,7 @@
 // The admin API: the token lives in sessionStorage (this tab only) and goes in the
 // Authorization header, as the server's admin routes expect.
 
-import { byId, clear, focus, say } from "./dom.js";
+import { byId, clear, el, focus, say } from "./dom.js";
 
 const KEY = "bot-console-token";
 
@@ -67,7 +67,13 @@ export function path(...parts) {
   return "/api/" + parts.map(encodeURIComponent).join("/");
 }
 
-// A panel's list, filled from the API: a count line (or why nothing came), then one row per item.
+// The ids of a panel's list and detail view, named after the panel (index.html): `name`-count and
+// `name`-list for the list, `name`-view, `name`-title and the status line `status` for the detail.
+export function panelIds(name, status = name + "-result") {
+  return { count: name + "-count", list: name + "-list", view: name + "-view", title: name + "-title", status };
+}
+
+// A panel's list (`count` and `list`: the ids of its count line and its list), filled from the API: a count line (or why nothing came), then one row per item.
 // `load` fetches the items; `counted(n)` says how many; `empty` says there are none.
 export async function showList({ count, list, load, counted, empty, row, busy }) {
   const status = byId(count);
@@ -80,6 +86,12 @@ export async function showList({ count, list, load, counted, empty, row, busy })
   } catch (error) {
     say(status, explain(error), true);
   }
+}
+
+// One row of a panel's list: a button that opens the item `name`, named in bold, `details` after it.
+export function listRow(name, open, ...details) {
+  return el("li", {},
+    el("button", { type: "button", className: "row", onclick: () => open(name) }, el("strong", {}, name), ...details));
 }
 
 // Runs `action` (admin requests and what follows them); a failure is told in the status line `status`.

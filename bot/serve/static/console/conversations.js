@@ -1,8 +1,9 @@
 // Conversations: find stored conversations, read one's timeline, make a training draft of it.
-import { api, attempt, openDetail, path, showList } from "./api.js";
+import { api, attempt, listRow, openDetail, path, panelIds, showList } from "./api.js";
 import { byId, clear, el, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
+const PANEL = panelIds("conversation", "make-draft-result");
 let opened = null; // the sender whose timeline is shown
 let onDraft = () => {};
 
@@ -22,18 +23,15 @@ function row(found) {
   if (found.handed_off) badges.push(el("span", { className: "badge" }, "handed off"));
   if (found.ratings.down) badges.push(el("span", { className: "badge bad" }, "rated down ×" + found.ratings.down));
   if (found.ratings.up) badges.push(el("span", { className: "badge good" }, "rated up ×" + found.ratings.up));
-  return el("li", {},
-    el("button", { type: "button", className: "row", onclick: () => open(found.sender) },
-      el("strong", {}, found.sender), " ", badges,
-      el("span", { className: "muted block" }, "last active " + when(found.last_active) + " · " + found.events + " events"),
-      el("span", { className: "block quote" }, found.last_customer_message ?? "")));
+  return listRow(found.sender, open, " ", badges,
+    el("span", { className: "muted block" }, "last active " + when(found.last_active) + " · " + found.events + " events"),
+    el("span", { className: "block quote" }, found.last_customer_message ?? ""));
 }
 
 export async function search() {
   const wanted = query();
   await showList({
-    count: "conversation-count",
-    list: "conversation-list",
+    ...PANEL,
     busy: "Searching…",
     load: async () => (await api("GET", "/api/admin/conversations" + (wanted ? "?" + wanted : ""))).conversations,
     counted: (n) => n + " found",
@@ -42,11 +40,9 @@ export async function search() {
   });
 }
 
-const DETAIL = { view: "conversation-view", title: "conversation-title", status: "make-draft-result" };
-
 export async function open(sender) {
   opened = sender;
-  await openDetail(DETAIL, "Conversation " + sender, async () => {
+  await openDetail(PANEL, "Conversation " + sender, async () => {
     clear(byId("conversation-timeline")); // no other conversation's timeline under this title, even if it fails
     const { events } = await api("GET", path("admin", "conversations", sender));
     showTimeline(byId("conversation-timeline"), events);
@@ -54,9 +50,9 @@ export async function open(sender) {
 }
 
 async function makeDraft() {
-  const result = byId(DETAIL.status);
+  const result = byId(PANEL.status);
   say(result, "Making a draft…");
-  await attempt(DETAIL.status, async () => {
+  await attempt(PANEL.status, async () => {
     const draft = await api("POST", path("conversations", opened, "draft"), {});
     const redacted = Object.entries(draft.redacted || {}).map(([kind, n]) => n + " " + kind).join(", ");
     say(result, "Draft " + draft.name + " made" + (redacted ? " (redacted: " + redacted + ")" : "") + ".");

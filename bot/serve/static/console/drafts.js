@@ -1,8 +1,9 @@
 // Drafts of training dialogues: edit the YAML with its problems listed by line, save, accept
 // into the training dialogues or the held-out tests, or reject.
-import { api, attempt, explain, openDetail, path, showList } from "./api.js";
+import { api, attempt, explain, listRow, openDetail, path, panelIds, showList } from "./api.js";
 import { byId, clear, el, focus, say } from "./dom.js";
 
+const PANEL = panelIds("draft");
 let opened = null;
 
 function problemText(p) {
@@ -32,17 +33,14 @@ function showProblems(draft) {
 }
 
 function row(d) {
-  return el("li", {},
-    el("button", { type: "button", className: "row", onclick: () => open(d.name) },
-      el("strong", {}, d.name), " ",
-      el("span", { className: d.valid ? "badge good" : "badge bad" }, d.valid ? "valid" : d.problems.length + " problem(s)"),
-      d.source ? el("span", { className: "muted block" }, "from conversation " + d.source) : null));
+  return listRow(d.name, open, " ",
+    el("span", { className: d.valid ? "badge good" : "badge bad" }, d.valid ? "valid" : d.problems.length + " problem(s)"),
+    d.source ? el("span", { className: "muted block" }, "from conversation " + d.source) : null);
 }
 
 export async function refresh() {
   await showList({
-    count: "draft-count",
-    list: "draft-list",
+    ...PANEL,
     load: async () => (await api("GET", "/api/drafts")).drafts,
     counted: (n) => n + " draft(s)",
     empty: "No drafts. Make one from a conversation, or with 'bot data review'.",
@@ -50,12 +48,10 @@ export async function refresh() {
   });
 }
 
-const DETAIL = { view: "draft-view", title: "draft-title", status: "draft-result" };
-
 export async function open(name) {
   opened = name;
   byId("draft-reject-confirm").hidden = true;
-  await openDetail(DETAIL, "Draft " + name, async () => {
+  await openDetail(PANEL, "Draft " + name, async () => {
     const draft = await api("GET", path("drafts", name));
     byId("draft-text").value = draft.text;
     showProblems(draft);
@@ -63,11 +59,11 @@ export async function open(name) {
 }
 
 async function save() {
-  await attempt(DETAIL.status, async () => {
+  await attempt(PANEL.status, async () => {
     const draft = await api("PUT", path("drafts", opened), { text: byId("draft-text").value });
     showProblems(draft);
     const told = draft.valid ? "Saved. The draft is valid." : "Saved, with problems to fix before it can be accepted.";
-    say(byId(DETAIL.status), told, !draft.valid);
+    say(byId(PANEL.status), told, !draft.valid);
     await refresh(); // the list shows whether it is valid now
   });
 }
@@ -87,7 +83,7 @@ async function accept() {
 }
 
 async function reject() {
-  await attempt(DETAIL.status, async () => {
+  await attempt(PANEL.status, async () => {
     await api("POST", path("drafts", opened, "reject"));
     byId("draft-view").hidden = true;
     await refresh();

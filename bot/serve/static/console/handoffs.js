@@ -1,22 +1,20 @@
 // The handoff queue: conversations waiting for a person; reply as an agent, give back to the bot.
-import { api, attempt, openDetail, path, showList } from "./api.js";
+import { api, attempt, listRow, openDetail, path, panelIds, showList } from "./api.js";
 import { byId, el, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
+const PANEL = panelIds("handoff");
 let opened = null;
 
 function row(w) {
-  return el("li", {},
-    el("button", { type: "button", className: "row", onclick: () => open(w.sender) },
-      el("strong", {}, w.sender),
-      el("span", { className: "muted block" }, "since " + when(w.since) + (w.reason ? " · " + w.reason : "")),
-      el("span", { className: "block quote" }, w.last_customer_message ?? "")));
+  return listRow(w.sender, open,
+    el("span", { className: "muted block" }, "since " + when(w.since) + (w.reason ? " · " + w.reason : "")),
+    el("span", { className: "block quote" }, w.last_customer_message ?? ""));
 }
 
 export async function refresh() {
   await showList({
-    count: "handoff-count",
-    list: "handoff-list",
+    ...PANEL,
     load: async () => (await api("GET", "/api/handoffs")).waiting,
     counted: (n) => n + " waiting",
     empty: "Nobody is waiting for a person.",
@@ -29,11 +27,9 @@ async function showEvents() {
   showTimeline(byId("handoff-timeline"), events);
 }
 
-const DETAIL = { view: "handoff-view", title: "handoff-title", status: "handoff-result" };
-
 async function open(sender) {
   opened = sender;
-  await openDetail(DETAIL, "Conversation " + sender, showEvents);
+  await openDetail(PANEL, "Conversation " + sender, showEvents);
 }
 
 async function reply(e) {
@@ -41,18 +37,18 @@ async function reply(e) {
   const form = byId("agent-reply");
   const body = { text: form.elements.text.value };
   if (form.elements.agent.value.trim()) body.agent = form.elements.agent.value.trim();
-  await attempt(DETAIL.status, async () => {
+  await attempt(PANEL.status, async () => {
     const answer = await api("POST", path("conversations", opened, "messages"), body);
     form.elements.text.value = "";
-    say(byId(DETAIL.status), answer.took_over ? "Sent; you have taken the conversation over from the bot." : "Sent.");
+    say(byId(PANEL.status), answer.took_over ? "Sent; you have taken the conversation over from the bot." : "Sent.");
     await showEvents();
   });
 }
 
 async function giveBack() {
-  await attempt(DETAIL.status, async () => {
+  await attempt(PANEL.status, async () => {
     await api("POST", path("conversations", opened, "resume"));
-    say(byId(DETAIL.status), "The bot has the conversation again.");
+    say(byId(PANEL.status), "The bot has the conversation again.");
     await showEvents();
     await refresh();
   });
