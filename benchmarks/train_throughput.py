@@ -35,9 +35,10 @@ def run_arm(arm: str, examples: int, batch_size: int) -> dict:
 
     from bot.base_model import load_model, load_tokenizer
     from bot.config import load_settings
+    from bot.precision import choose_precision
     from bot.training.batching import LengthGroupedBatches, RandomBatches, collate, padding_fraction
     from bot.training.loss import bot_token_loss
-    from bot.training.recipe import add_lora, choose_precision, load_examples
+    from bot.training.recipe import add_lora, load_examples
 
     settings = load_settings(ROOT)
     cfg = settings.build.train

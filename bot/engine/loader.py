@@ -23,21 +23,13 @@ from bot.engine.kv import common_prefix
 from bot.engine.protocol import Engine
 from bot.engine.requests import leave_cores_to_engines
 from bot.engine.serial import SerialEngine
+from bot.precision import runtime_dtype
 
 ENGINES = {"batching": BatchingEngine, "serial": SerialEngine}
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def runtime_dtype(requested: str = "auto") -> torch.dtype:
-    """bf16 on CUDA and on CPUs whose oneDNN has bf16 kernels (AVX-512 BF16, AMX); fp32 otherwise."""
-    if requested != "auto":
-        return torch.bfloat16 if requested == "bf16" else torch.float32
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 @dataclass

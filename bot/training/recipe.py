@@ -25,6 +25,7 @@ from bot.base_model import load_model, load_tokenizer
 from bot.config import LoraSettings, Settings
 from bot.data.profile import PROFILE_FILE
 from bot.errors import BotError
+from bot.precision import choose_precision
 from bot.rendering import Example, render_within
 from bot.training.batching import batch_sampler, collate
 from bot.training.loss import bot_token_loss, trained_tokens
@@ -62,15 +63,6 @@ class StepProgress:
     steps: int
     eta_s: float | None
     loss: float | None
-
-
-def choose_precision(requested: str, cuda: bool) -> str:
-    """bf16 on CUDA, and on a CPU whose oneDNN has bf16 kernels (AVX-512 BF16/AMX); else fp32."""
-    if requested != "auto":
-        return requested
-    if cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def load_examples(jsonl: Path, tokenizer, max_length: int) -> list[Example]:
