@@ -25,16 +25,22 @@ SENDERS = ("alice", "bob", "carol")
 OLD_EVENTS = 13  # in all three fixtures
 
 
-def fixture_events() -> dict[str, list[dict]]:
-    """What the old code stored, read from the SQLite fixture without the store."""
+def fixture_rows() -> list[tuple[int, str, str, str]]:
+    """(seq, sender, type, body) of every event the old code stored, read from the SQLite
+    fixture without the store."""
     db = sqlite3.connect(FIXTURES / "sqlite.sqlite3")
     try:
-        rows = db.execute("SELECT seq, sender, body FROM events ORDER BY seq").fetchall()
+        rows = db.execute("SELECT seq, sender, type, body FROM events ORDER BY seq").fetchall()
     finally:
         db.close()
     assert len(rows) == OLD_EVENTS
+    return rows
+
+
+def fixture_events() -> dict[str, list[dict]]:
+    """What the old code stored, by conversation."""
     events: dict[str, list[dict]] = {s: [] for s in SENDERS}
-    for _seq, sender, body in rows:
+    for _seq, sender, _type, body in fixture_rows():
         events[sender].append(json.loads(body))
     return events
 
@@ -104,13 +110,8 @@ async def old_postgres_database(connection) -> None:
     name, schema_of_then = POSTGRES_MIGRATIONS.steps[0]
     assert name == "m001_events"
     await schema_of_then(connection)
-    db = sqlite3.connect(FIXTURES / "sqlite.sqlite3")
-    try:
-        rows = db.execute("SELECT seq, sender, type, body FROM events ORDER BY seq").fetchall()
-    finally:
-        db.close()
     await connection.executemany(
-        "INSERT INTO bot_events (seq, sender, type, body) VALUES ($1, $2, $3, $4::jsonb)", rows
+        "INSERT INTO bot_events (seq, sender, type, body) VALUES ($1, $2, $3, $4::jsonb)", fixture_rows()
     )
     await connection.execute(
         "SELECT setval(pg_get_serial_sequence('bot_events', 'seq'), (SELECT max(seq) FROM bot_events))"
