@@ -183,11 +183,7 @@ class BlockSim(AccountAction):
     action_name, arguments = "block_sim", ("account_id",)
 
     def account_lookup(self, args, account):
-        return {
-            "blocked": True,
-            "number_ending": account["number_ending"],
-            "number_kept": True,
-        }, []
+        return {"blocked": True, "number_ending": account["number_ending"], "number_kept": True}, []
 
 
 class BookEngineer(AccountAction):
