@@ -14,23 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from bot import atomic
+from bot.data import schema
 from bot.data.profile import PROFILE_FILE, profile_of
 from bot.data.prompt import system_prompt
-from bot.data.schema import (
-    HANDOFF_TOOL,
-    Action,
-    ActionTurn,
-    BotTurn,
-    Dialogue,
-    HandoffTurn,
-    TrainingData,
-    UserTurn,
-)
 
 Message = dict[str, Any]
 
 
-def tools_schema(actions: dict[str, Action]) -> list[dict]:
+def tools_schema(actions: dict[str, schema.Action]) -> list[dict]:
     """The declared actions, plus the handoff, as OpenAI function tools."""
     tools = []
     for name, action in actions.items():
@@ -55,7 +46,7 @@ def tools_schema(actions: dict[str, Action]) -> list[dict]:
         {
             "type": "function",
             "function": {
-                "name": HANDOFF_TOOL,
+                "name": schema.HANDOFF_TOOL,
                 "description": "Pass the conversation to a human agent.",
                 "parameters": handoff_parameters,
             },
@@ -73,24 +64,24 @@ def tool_call_message(call_id: str, name: str, arguments: dict, weight: int = 1)
     return {"role": "assistant", "content": "", "tool_calls": [call], "weight": weight}
 
 
-def dialogue_messages(dialogue: Dialogue, system: str) -> list[Message]:
+def dialogue_messages(dialogue: schema.Dialogue, system: str) -> list[Message]:
     messages: list[Message] = [{"role": "system", "content": system}]
     for j, turn in enumerate(dialogue.turns):
-        if isinstance(turn, UserTurn):
+        if isinstance(turn, schema.UserTurn):
             messages.append({"role": "user", "content": turn.user})
-        elif isinstance(turn, BotTurn):
+        elif isinstance(turn, schema.BotTurn):
             messages.append({"role": "assistant", "content": turn.bot, "weight": int(turn.train)})
-        elif isinstance(turn, ActionTurn):
+        elif isinstance(turn, schema.ActionTurn):
             call_id = f"call_{j}"
             messages.append(tool_call_message(call_id, turn.action, turn.args))
             result = json.dumps(turn.result, ensure_ascii=False)
             messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
-        elif isinstance(turn, HandoffTurn):
-            messages.append(tool_call_message(f"call_{j}", HANDOFF_TOOL, {"reason": turn.handoff}))
+        elif isinstance(turn, schema.HandoffTurn):
+            messages.append(tool_call_message(f"call_{j}", schema.HANDOFF_TOOL, {"reason": turn.handoff}))
     return messages
 
 
-def to_examples(data: TrainingData, dialogues: list[Dialogue]) -> list[dict]:
+def to_examples(data: schema.TrainingData, dialogues: list[schema.Dialogue]) -> list[dict]:
     system = system_prompt(data.persona, data.actions)
     tools = tools_schema(data.actions)
     return [{"messages": dialogue_messages(d, system), "tools": tools} for d in dialogues]
@@ -108,13 +99,13 @@ def _jsonl(examples: list[dict]) -> str:
     return "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in examples)
 
 
-def _test_entry(d: Dialogue) -> dict[str, Any]:
+def _test_entry(d: schema.Dialogue) -> dict[str, Any]:
     """A held-out dialogue's index entry: where it is and what its replies are expected to do."""
     expect = d.expect.model_dump() if d.expect else None
     return {"id": d.id, "tags": list(d.tags), "file": d.doc.path, "expect": expect}
 
 
-def write(data: TrainingData, build_dir: Path) -> CompiledData:
+def write(data: schema.TrainingData, build_dir: Path) -> CompiledData:
     """Write train.jsonl, test.jsonl, index.json (ids, tags, expectations and the data hash) and
     profile.json (what the server needs: system prompt, actions, handoff message)."""
     build_dir.mkdir(parents=True, exist_ok=True)
