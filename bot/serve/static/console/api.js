@@ -88,6 +88,12 @@ export async function showList({ count, list, load, counted, empty, row, busy })
   }
 }
 
+// A panel's refresh: its list (`ids`: panelIds) filled with one `row` per item of `field` in the
+// answer to GET `url`; `counted` and `empty` as in showList.
+export function listRefresher(ids, url, field, row, { counted, empty }) {
+  return () => showList({ ...ids, load: async () => (await api("GET", url))[field], counted, empty, row });
+}
+
 // One row of a panel's list: a button that opens the item `name`, named in bold, `details` after it.
 export function listRow(name, open, ...details) {
   return el("li", {},

@@ -1,6 +1,6 @@
 // Drafts of training dialogues: edit the YAML with its problems listed by line, save, accept
 // into the training dialogues or the held-out tests, or reject.
-import { api, attempt, explain, listRow, openDetail, path, panelIds, showList } from "./api.js";
+import { api, attempt, explain, listRefresher, listRow, openDetail, path, panelIds } from "./api.js";
 import { byId, clear, el, focus, say } from "./dom.js";
 
 const PANEL = panelIds("draft");
@@ -38,15 +38,8 @@ function row(d) {
     d.source ? el("span", { className: "muted block" }, "from conversation " + d.source) : null);
 }
 
-export async function refresh() {
-  await showList({
-    ...PANEL,
-    load: async () => (await api("GET", "/api/drafts")).drafts,
-    counted: (n) => n + " draft(s)",
-    empty: "No drafts. Make one from a conversation, or with 'bot data review'.",
-    row,
-  });
-}
+export const refresh = listRefresher(PANEL, "/api/drafts", "drafts", row, {
+  counted: (n) => n + " draft(s)", empty: "No drafts. Make one from a conversation, or with 'bot data review'." });
 
 export async function open(name) {
   opened = name;

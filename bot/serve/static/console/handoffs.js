@@ -1,5 +1,5 @@
 // The handoff queue: conversations waiting for a person; reply as an agent, give back to the bot.
-import { api, attempt, listRow, openDetail, path, panelIds, showList } from "./api.js";
+import { api, attempt, listRefresher, listRow, openDetail, path, panelIds } from "./api.js";
 import { byId, el, say, when } from "./dom.js";
 import { showTimeline } from "./timeline.js";
 
@@ -12,15 +12,8 @@ function row(w) {
     el("span", { className: "block quote" }, w.last_customer_message ?? ""));
 }
 
-export async function refresh() {
-  await showList({
-    ...PANEL,
-    load: async () => (await api("GET", "/api/handoffs")).waiting,
-    counted: (n) => n + " waiting",
-    empty: "Nobody is waiting for a person.",
-    row,
-  });
-}
+export const refresh = listRefresher(PANEL, "/api/handoffs", "waiting", row, {
+  counted: (n) => n + " waiting", empty: "Nobody is waiting for a person." });
 
 async function showEvents() {
   const { events } = await api("GET", path("admin", "conversations", opened));
