@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from bot.rendering import prompt_ids
 from bot.training import recipe
 from bot.training.batching import collate
 from bot.training.command import train_and_activate
-from bot.training.loss import bot_token_loss
+from bot.training.loss import IGNORE_INDEX, bot_token_loss, bot_token_nll
 
 
 def train_project(folder: Path):
@@ -65,6 +66,36 @@ def test_lora_weights_change_and_base_weights_do_not(trained, tiny_base):
 def training_loss(model, examples) -> float:
     with torch.no_grad():
         return bot_token_loss(model, collate(examples, examples[0].input_ids[-1])).item()
+
+
+class FixedLogits:
+    """A stand-in model: the same bf16 logits (as autocast gives them) whatever it is asked."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+    def __call__(self, *, input_ids, attention_mask, logits_to_keep):
+        return SimpleNamespace(logits=self.logits[:, logits_to_keep])
+
+
+def test_bot_token_loss_is_within_float_rounding_of_a_float64_reference():
+    torch.manual_seed(0)
+    rows, width, vocabulary = 2, 300, 49152  # the bundled model's vocabulary
+    logits = (torch.randn(rows, width, vocabulary) * 3).to(torch.bfloat16)
+    labels = torch.randint(0, vocabulary, (rows, width))
+    labels[:, :100] = IGNORE_INDEX  # a prompt: not trained
+    labels[1, 250:] = IGNORE_INDEX  # a shorter second row
+    batch = {"input_ids": labels.clamp(min=0), "attention_mask": torch.ones_like(labels), "labels": labels}
+    nll, mask = bot_token_nll(FixedLogits(logits), batch)
+    # Position i predicts token i+1; the loss keeps the positions some row trains on (99 to 298).
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, 99:299].double().flatten(0, 1),
+        labels[:, 100:].flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(rows, 200)
+    assert mask.tolist() == (labels[:, 100:] != IGNORE_INDEX).tolist()
+    assert (nll.double() - reference).abs().max() < 2e-5  # the (rows, vocabulary, positions) layout was 1.1e-4 off
 
 
 def test_loss_falls_on_data_it_can_overfit(tmp_path, tiny_base, cache_dir):

@@ -29,9 +29,12 @@ def bot_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
     ).logits
     targets = targets[:, positions]
+    # One row per (row, position), the vocabulary last: the layout cross-entropy's fast path takes.
+    # The (rows, vocabulary, positions) layout was 3x slower and 12x further from a float64
+    # reference (README: Training).
     nll = torch.nn.functional.cross_entropy(
-        logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(targets.shape)
     return nll, targets != IGNORE_INDEX
 
 
