@@ -7,9 +7,9 @@ import openapi_spec_validator
 import pytest
 from serve_support import make_project
 
-from bot.serve.openapi import REF
+from bot.serve.openapi import REF, Param, RouteTable, UnknownPathParameter
 from bot.serve.routes_agent import AgentMessage
-from bot.serve.routes_chat import ChatRequest
+from bot.serve.routes_chat import SENDER_PARAM, ChatRequest
 from bot.serve.routes_openai import CompletionRequest
 
 
@@ -106,3 +106,31 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         ("after", "query"),
         ("Last-Event-ID", "header"),
     ]
+
+
+def test_a_route_takes_its_tables_tag_and_admin_default_and_its_path_parameters_from_the_path():
+    routes = RouteTable("things", admin=True, path_params=(SENDER_PARAM,))
+    words = Param("q", "query", {"type": "string"}, "Words.")
+
+    @routes.get("/things/{sender}", "A thing", params=(words,))
+    async def thing(request):
+        pass
+
+    @routes.post("/things", "Add a thing", admin=False, errors=(409,))
+    async def add_thing(request):
+        pass
+
+    assert [(r.method, r.path, r.handler, r.tag, r.admin) for r in routes] == [
+        ("GET", "/things/{sender}", thing, "things", True),
+        ("POST", "/things", add_thing, "things", False),
+    ]
+    assert routes[0].params == (SENDER_PARAM, words)  # the path's parameters first
+    assert routes[1].params == () and routes[1].errors == (409,)
+
+
+@pytest.mark.parametrize("path", ["/things/{sender}/{name}", "/files/{name:.+}"])
+def test_a_path_naming_a_parameter_its_table_does_not_know_fails_when_the_route_is_declared(path):
+    routes = RouteTable("things", path_params=(SENDER_PARAM,))
+    with pytest.raises(UnknownPathParameter, match=r"\{name\}.*it knows: sender"):
+        routes.get(path, "A thing")
+    assert len(routes) == 0

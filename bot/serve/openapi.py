@@ -7,7 +7,8 @@ error statuses) both registers the handlers and builds the OpenAPI 3.1 document 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -66,9 +67,80 @@ class Route:
 API_ROUTES = web.AppKey("api_routes", list)  # every Route registered on the app, in order
 
 
-def register(app: web.Application, routes: list[Route]) -> None:
+class UnknownPathParameter(ValueError):
+    """A route's path names a parameter its route table does not know."""
+
+
+PATH_PARAMETER = re.compile(r"\{([_a-zA-Z][_a-zA-Z0-9]*)[:}]")  # {name} or {name:regex}, as aiohttp reads them
+
+
+class RouteTable(Sequence[Route]):
+    """The routes of one module, in the spirit of aiohttp's `web.RouteTableDef`: decorating a
+    handler with `@routes.post(path, summary, body=..., ok=..., errors=(...))` adds its route.
+    Every route takes the table's tag, and its admin default unless the route says otherwise. The
+    parameters a path names (`{sender}`) are the table's `path_params` of those names, listed
+    first; query and header parameters follow, as the route lists them in `params`. A path naming
+    a parameter the table does not know raises UnknownPathParameter, when the module is imported."""
+
+    def __init__(self, tag: str, *, admin: bool = False, path_params: Iterable[Param] = ()) -> None:
+        self.tag = tag
+        self.admin = admin
+        self.path_params = {param.name: param for param in path_params}
+        assert all(p.where == "path" for p in self.path_params.values()), f"{tag}: path_params takes path parameters"
+        self._routes: list[Route] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        params: tuple[Param, ...] = (),
+        admin: bool | None = None,
+        **fields,
+    ) -> Callable[[Handler], Handler]:
+        assert all(p.where != "path" for p in params), f"{method} {path}: path parameters come from the path"
+        found = tuple(self._path_param(method, path, name) for name in PATH_PARAMETER.findall(path))
+        admin = self.admin if admin is None else admin
+
+        def add(handler: Handler) -> Handler:
+            route = Route(method, path, handler, summary, self.tag, params=found + params, admin=admin, **fields)
+            self._routes.append(route)
+            return handler
+
+        return add
+
+    def get(self, path: str, summary: str, **fields) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, summary, **fields)
+
+    def post(self, path: str, summary: str, **fields) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, summary, **fields)
+
+    def put(self, path: str, summary: str, **fields) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, summary, **fields)
+
+    def _path_param(self, method: str, path: str, name: str) -> Param:
+        if name not in self.path_params:
+            known = ", ".join(sorted(self.path_params)) or "none"
+            raise UnknownPathParameter(
+                f"{method} {path}: the {self.tag!r} route table knows no path parameter {{{name}}} (it knows: {known})"
+            )
+        return self.path_params[name]
+
+    def __getitem__(self, index):
+        return self._routes[index]
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self._routes)
+
+
+def register(app: web.Application, routes: Iterable[Route]) -> None:
     """Adds the routes to the app's router (a GET answers HEAD too, as aiohttp's add_get does)
     and to the table the document is built from."""
+    routes = list(routes)
     for route in routes:
         if route.method == "GET":
             app.router.add_get(route.path, route.handler)
