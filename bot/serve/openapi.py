@@ -1,8 +1,8 @@
-"""The API described: one table of routes (method, path, handler, request model, response model,
-error statuses) both registers the handlers and builds the OpenAPI 3.1 document served at
-`/openapi.json`. Schemas come from the pydantic models that check request bodies
-(`http.read_body`), so the document cannot drift from what the server accepts; the fuzz test
-(tests/test_api_fuzz.py) checks every answer against it."""
+"""The API described: each routes module's table of routes (method, path, handler, request model,
+response model, error statuses), a `RouteTable` filled by decorating its handlers, both registers
+the handlers and builds the OpenAPI 3.1 document served at `/openapi.json`. Schemas come from the
+pydantic models that check request bodies (`http.read_body`), so the document cannot drift from
+what the server accepts; the fuzz test (tests/test_api_fuzz.py) checks every answer against it."""
 
 from __future__ import annotations
 
@@ -245,22 +245,10 @@ def document(routes: list[Route], *, title: str = "bot", version: str = "1") -> 
     }
 
 
+routes = RouteTable("operator")
+
+
+@routes.get("/openapi.json", "The OpenAPI 3.1 document of every route", ok={"type": "object"})
 async def openapi_document(request: web.Request) -> web.Response:
     """This document, built from the route table the server registered."""
     return web.json_response(document(request.app[API_ROUTES]))
-
-
-ROUTES = [
-    Route(
-        "GET",
-        "/openapi.json",
-        openapi_document,
-        "The OpenAPI 3.1 document of every route",
-        "operator",
-        ok={"type": "object"},
-    )
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

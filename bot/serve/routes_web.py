@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.serve.openapi import Route, register
+from bot.serve.openapi import RouteTable
 
 STATIC = Path(__file__).parent / "static"
 DAY_S = 86400
@@ -39,11 +39,6 @@ FILES = [
     ("/favicon.ico", "favicon.svg", "image/svg+xml", "favicon_ico", "The bot's icon, where browsers look", DAY_S),
 ]
 
-ROUTES = [
-    Route("GET", path, static_file(name, media, operation, max_age_s=age), summary, "web", media=media)
-    for path, name, media, operation, summary, age in FILES
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)
+routes = RouteTable("web")
+for path, name, media, operation, summary, age in FILES:
+    routes.get(path, summary, media=media)(static_file(name, media, operation, max_age_s=age))
