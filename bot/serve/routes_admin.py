@@ -63,9 +63,11 @@ def model_info(model) -> dict:
     }
 
 
-@routes.get("/health", "Whether the server answers, with the model in service and the store", ok=Health)
+@routes.get("/health", ok=Health)
 async def health(request: web.Request) -> web.Response:
-    """`degraded`, with the reason, while a remote model server fails; asked again each time, so
+    """Whether the server answers, with the model in service and the store
+
+    `degraded`, with the reason, while a remote model server fails; asked again each time, so
     health is `ok` again as soon as the model server answers."""
     model = request.app[HOLDER].current
     body = {"status": "ok", "model": model_info(model), "store": request.app[STORE].kind}
@@ -75,21 +77,18 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-@routes.get("/metrics", "Prometheus metrics", media="text/plain")
+@routes.get("/metrics", media="text/plain")
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics"""
     body, content_type = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-@routes.post(
-    "/api/model/reload",
-    "Serve the now-active model, without dropping a request",
-    ok=Reloaded,
-    admin=True,
-    errors=(400, 502, 503),
-)
+@routes.post("/api/model/reload", ok=Reloaded, admin=True, errors=(400, 502, 503))
 async def reload_model(request: web.Request) -> web.Response:
-    """Loads the now-active model and starts its engine beside the one in service, then swaps:
+    """Serve the now-active model, without dropping a request
+
+    Loads the now-active model and starts its engine beside the one in service, then swaps:
     answers already running finish on the old engine, new ones go to the new one, none fails.
     Answers once the old engine is closed."""
     check_admin(request, request.app[ADMIN_TOKEN])

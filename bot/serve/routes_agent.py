@@ -43,8 +43,9 @@ class Resumed(BaseModel):
     event: Event
 
 
-@routes.get("/api/handoffs", "Conversations waiting for a person", ok=Handoffs, errors=(503,))
+@routes.get("/api/handoffs", ok=Handoffs, errors=(503,))
 async def waiting(request: web.Request) -> web.Response:
+    """Conversations waiting for a person"""
     check_admin(request, request.app[ADMIN_TOKEN])
     store = request.app[STORE]
     listed = []
@@ -63,14 +64,9 @@ async def waiting(request: web.Request) -> web.Response:
     return web.json_response({"waiting": listed})
 
 
-@routes.post(
-    "/api/conversations/{sender}/messages",
-    "An agent writes to the customer (and takes the conversation over)",
-    body=AgentMessage,
-    ok=AgentReply,
-    errors=(503,),
-)
+@routes.post("/api/conversations/{sender}/messages", body=AgentMessage, ok=AgentReply, errors=(503,))
 async def write_as_agent(request: web.Request) -> web.Response:
+    """An agent writes to the customer (and takes the conversation over)"""
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     body = await read_body(request, AgentMessage)
@@ -85,10 +81,9 @@ async def write_as_agent(request: web.Request) -> web.Response:
     return web.json_response({"event": event, "took_over": taken is not None})
 
 
-@routes.post(
-    "/api/conversations/{sender}/resume", "Give the conversation back to the bot", ok=Resumed, errors=(409, 503)
-)
+@routes.post("/api/conversations/{sender}/resume", ok=Resumed, errors=(409, 503))
 async def give_back(request: web.Request) -> web.Response:
+    """Give the conversation back to the bot"""
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     store = request.app[STORE]

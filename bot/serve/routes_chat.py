@@ -118,14 +118,9 @@ def rasa_message(sender: str, event: dict) -> dict:
 SHOWN_TO_CUSTOMER = (BOT, HANDOFF)
 
 
-@routes.post(
-    "/webhooks/rest/webhook",
-    "Rasa's REST channel: a message in, the bot's messages out",
-    body=ChatRequest,
-    ok=RasaReply,
-    errors=(429, 503),
-)
+@routes.post("/webhooks/rest/webhook", body=ChatRequest, ok=RasaReply, errors=(429, 503))
 async def rest_webhook(request: web.Request) -> web.Response:
+    """Rasa's REST channel: a message in, the bot's messages out"""
     body = await chat_request(request)
     messages = []
     async with aclosing(request.app[CONVERSATIONS].handle(body.sender, body.message, body.metadata)) as items:
@@ -152,15 +147,11 @@ def error_event(status: int, message: str) -> bytes:
     return sse_event("error", {"error": message})
 
 
-@routes.post(
-    "/api/chat/stream",
-    "A message in, the reply as server-sent events (the widget's endpoint)",
-    body=ChatRequest,
-    events=ChatStreamEvent,
-    errors=(429, 503),
-)
+@routes.post("/api/chat/stream", body=ChatRequest, events=ChatStreamEvent, errors=(429, 503))
 async def chat_stream(request: web.Request) -> web.StreamResponse:
-    """The reply as server-sent events: `received` (the customer's message is stored, with its
+    """A message in, the reply as server-sent events (the widget's endpoint)
+
+    The reply as server-sent events: `received` (the customer's message is stored, with its
     seq), `token` (text as it is written), `message` (each whole
     message: bot or handoff), `waiting` (a person has the conversation), `error`, then `done`."""
     body = await chat_request(request)
@@ -194,22 +185,19 @@ def conversation_id(request: web.Request) -> str:
     return sender
 
 
-@routes.get("/api/conversations/{sender}", "The conversation as the widget shows it", ok=History, errors=(503,))
+@routes.get("/api/conversations/{sender}", ok=History, errors=(503,))
 async def history(request: web.Request) -> web.Response:
+    """The conversation as the widget shows it"""
     sender = conversation_id(request)
     events = await request.app[CONVERSATIONS].history(sender)
     return web.json_response({"sender": sender, "events": events})
 
 
-@routes.get(
-    "/api/conversations/{sender}/events",
-    "The live feed: server-sent events as they are stored",
-    events=FeedEvent,
-    errors=(429, 503),
-    params=FEED_PARAMS,
-)
+@routes.get("/api/conversations/{sender}/events", events=FeedEvent, errors=(429, 503), params=FEED_PARAMS)
 async def live_feed(request: web.Request) -> web.StreamResponse:
-    """Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
+    """The live feed: server-sent events as they are stored
+
+    Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
     (by this process at once, by other processes within a second); a comment every 15 s keeps
     proxies from closing the stream. The browser's EventSource reconnects by itself. One client
     address holds at most `serve.max_feeds_per_client` feeds at once (then 429)."""

@@ -315,7 +315,6 @@ def _data(payload) -> bytes:
 
 @routes.post(
     "/v1/completions",
-    "OpenAI's (and vLLM's) completions: a prompt, as text or token ids, continued by the model",
     body=TextCompletionRequest,
     ok=TextCompletion,
     events=TextCompletionEvent,
@@ -323,6 +322,7 @@ def _data(payload) -> bytes:
     error_body=OpenAIErrorBody,
 )
 async def completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI's (and vLLM's) completions: a prompt, as text or token ids, continued by the model"""
     try:
         return await _completions(request)
     except Exception as e:  # in OpenAI's error shape, as errors_middleware decides the status

@@ -19,14 +19,17 @@ ASSET_PARAM = Param("name", "path", {"type": "string", "pattern": f"^{ASSET}$"},
 routes = RouteTable("web", path_params=(ASSET_PARAM,))
 
 
-@routes.get("/console", "The operator console (admin token asked for in the page)", media="text/html")
+@routes.get("/console", media="text/html")
 async def console_page(request: web.Request) -> web.FileResponse:
+    """The operator console (admin token asked for in the page)"""
     return web.FileResponse(FOLDER / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-@routes.get("/console/{name}", "The console's scripts and styles", media="text/javascript")
+@routes.get("/console/{name}", media="text/javascript")
 async def console_asset(request: web.Request) -> web.FileResponse:
-    """One of the console's scripts (JavaScript modules) or its style sheet."""
+    """The console's scripts and styles
+
+    One of the console's scripts (JavaScript modules) or its style sheet."""
     name = request.match_info["name"]
     path = FOLDER / name
     if not re.fullmatch(ASSET, name) or not path.is_file():

@@ -123,15 +123,11 @@ def conversation_filter(request: web.Request) -> tuple[ConversationFilter, int]:
     return ConversationFilter(since=since, handed_off=handed_off, rated=rated, text=text), limit
 
 
-@routes.get(
-    "/api/admin/conversations",
-    "Stored conversations, found by activity, handoff, rating and words",
-    ok=ConversationList,
-    params=LIST_PARAMS,
-    errors=(400, 503),
-)
+@routes.get("/api/admin/conversations", ok=ConversationList, params=LIST_PARAMS, errors=(400, 503))
 async def list_conversations(request: web.Request) -> web.Response:
-    """Most recently active first; `since` is a UTC date (last active on or after it)."""
+    """Stored conversations, found by activity, handoff, rating and words
+
+    Most recently active first; `since` is a UTC date (last active on or after it)."""
     check_admin(request, request.app[ADMIN_TOKEN])
     wanted, limit = conversation_filter(request)
     found = await find_conversations(request.app[STORE], wanted, limit)
@@ -150,13 +146,9 @@ async def list_conversations(request: web.Request) -> web.Response:
     return web.json_response({"conversations": rows})
 
 
-@routes.get(
-    "/api/admin/conversations/{sender}",
-    "A stored conversation's every event (its timeline)",
-    ok=Timeline,
-    errors=(503,),
-)
+@routes.get("/api/admin/conversations/{sender}", ok=Timeline, errors=(503,))
 async def timeline(request: web.Request) -> web.Response:
+    """A stored conversation's every event (its timeline)"""
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     events = await request.app[STORE].events(sender)
@@ -189,9 +181,11 @@ def _describe(model: models.TrainedModel) -> str:
     return ", ".join(parts)
 
 
-@routes.get("/api/models", "Trained models with their gate verdict and evaluation figures", ok=TrainedModels)
+@routes.get("/api/models", ok=TrainedModels)
 async def trained_model_list(request: web.Request) -> web.Response:
-    """Oldest first, as `bot models list` shows them."""
+    """Trained models with their gate verdict and evaluation figures
+
+    Oldest first, as `bot models list` shows them."""
     check_admin(request, request.app[ADMIN_TOKEN])
     settings = request.app[SETTINGS]
     folder = settings.models_dir
@@ -214,9 +208,11 @@ async def trained_model_list(request: web.Request) -> web.Response:
     return web.json_response({"models": rows})
 
 
-@routes.get("/api/models/{model_id}/report", "A trained model's evaluation report (JSON)", ok={"type": "object"})
+@routes.get("/api/models/{model_id}/report", ok={"type": "object"})
 async def model_report(request: web.Request) -> web.Response:
-    """The report `bot eval` (and `bot train`'s gate) wrote for the model: its figures as JSON."""
+    """A trained model's evaluation report (JSON)
+
+    The report `bot eval` (and `bot train`'s gate) wrote for the model: its figures as JSON."""
     check_admin(request, request.app[ADMIN_TOKEN])
     model = _trained(request, _model_id(request))
     report = await asyncio.to_thread(stored_report, request.app[SETTINGS], model.id)
@@ -225,14 +221,11 @@ async def model_report(request: web.Request) -> web.Response:
     return web.json_response(report)
 
 
-@routes.post(
-    "/api/models/{model_id}/activate",
-    "Make a trained model the active one and serve it, without downtime",
-    ok=Activated,
-    errors=(502, 503),
-)
+@routes.post("/api/models/{model_id}/activate", ok=Activated, errors=(502, 503))
 async def activate_model(request: web.Request) -> web.Response:
-    """Makes the model the active one and serves it without dropping a request (as
+    """Make a trained model the active one and serve it, without downtime
+
+    Makes the model the active one and serves it without dropping a request (as
     POST /api/model/reload does). If it cannot be loaded, the model that was active stays so."""
     check_admin(request, request.app[ADMIN_TOKEN])
     model = _trained(request, _model_id(request))

@@ -146,14 +146,10 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: st
 
 
 @routes.post(
-    "/v1/chat/completions",
-    "OpenAI's chat completions: the conversation in, the bot's reply out",
-    body=CompletionRequest,
-    ok=ChatCompletion,
-    events=CompletionChunkEvent,
-    errors=(429, 503),
+    "/v1/chat/completions", body=CompletionRequest, ok=ChatCompletion, events=CompletionChunkEvent, errors=(429, 503)
 )
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI's chat completions: the conversation in, the bot's reply out"""
     request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     body = await read_body(request, CompletionRequest)
     serve = request.app[SETTINGS].build.serve
@@ -222,8 +218,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return response
 
 
-@routes.get("/v1/models", "OpenAI's model list: the model in service", ok=ModelList)
+@routes.get("/v1/models", ok=ModelList)
 async def list_models(request: web.Request) -> web.Response:
+    """OpenAI's model list: the model in service"""
     model = request.app[HOLDER].current
     entry = {"id": model.model_id or "base", "object": "model", "created": int(model.loaded_at), "owned_by": "bot"}
     if isinstance(model.engine, RemoteEngine):  # the model server's name for it

@@ -42,14 +42,9 @@ class Rated(BaseModel):
     comment: str | None = None
 
 
-@routes.post(
-    "/api/conversations/{sender}/ratings",
-    "Rate one of the bot's messages: thumbs up or down (the widget's buttons)",
-    body=RatingRequest,
-    ok=Rated,
-    errors=(429, 503),
-)
+@routes.post("/api/conversations/{sender}/ratings", body=RatingRequest, ok=Rated, errors=(429, 503))
 async def rate_message(request: web.Request) -> web.Response:
+    """Rate one of the bot's messages: thumbs up or down (the widget's buttons)"""
     sender = conversation_id(request)
     request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     body = await read_body(request, RatingRequest)

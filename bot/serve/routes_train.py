@@ -57,16 +57,11 @@ class JobAnswer(BaseModel):
     job: JobStatus | None
 
 
-@routes.post(
-    "/api/train",
-    "Train a new model for this project in the background",
-    body=TrainRequest,
-    ok=JobAnswer,
-    ok_status=202,
-    errors=(409,),
-)
+@routes.post("/api/train", body=TrainRequest, ok=JobAnswer, ok_status=202, errors=(409,))
 async def start_training(request: web.Request) -> web.Response:
-    """Starts `bot train` for this project in a child process (one job at a time: 409 while one runs).
+    """Train a new model for this project in the background
+
+    Starts `bot train` for this project in a child process (one job at a time: 409 while one runs).
     The new model becomes the active model on disk if it passes the gate; this server serves it
     after a reload (POST /api/model/reload)."""
     check_admin(request, request.app[ADMIN_TOKEN])
@@ -78,16 +73,20 @@ async def start_training(request: web.Request) -> web.Response:
     return web.json_response({"job": job.status()}, status=202)
 
 
-@routes.get("/api/train", "The running or last training job", ok=JobAnswer)
+@routes.get("/api/train", ok=JobAnswer)
 async def training_status(request: web.Request) -> web.Response:
-    """The running training job, or the last one (null when none has run since the server started)."""
+    """The running or last training job
+
+    The running training job, or the last one (null when none has run since the server started)."""
     check_admin(request, request.app[ADMIN_TOKEN])
     return web.json_response({"job": request.app[TRAINING].status()})
 
 
-@routes.post("/api/train/cancel", "Cancel the running training job", ok=JobAnswer, errors=(409,))
+@routes.post("/api/train/cancel", ok=JobAnswer, errors=(409,))
 async def cancel_training(request: web.Request) -> web.Response:
-    """Stops the running training job and answers once its process has ended (409 if none runs)."""
+    """Cancel the running training job
+
+    Stops the running training job and answers once its process has ended (409 if none runs)."""
     check_admin(request, request.app[ADMIN_TOKEN])
     try:
         job = await request.app[TRAINING].cancel()

@@ -14,9 +14,10 @@ STATIC = Path(__file__).parent / "static"
 DAY_S = 86400
 
 
-def static_file(name: str, media: str, operation: str, *, max_age_s: int = 0):
-    """A handler answering with static/NAME as `media`; `operation` names it (the OpenAPI document
-    names each operation after its handler). Pages and scripts are checked again on each use
+def static_file(name: str, media: str, operation: str, summary: str, *, max_age_s: int = 0):
+    """A handler answering with static/NAME as `media`; `operation` names it and `summary` is its
+    docstring (the OpenAPI document names each operation after its handler, and takes its summary
+    from the handler's docstring). Pages and scripts are checked again on each use
     (no-cache), so a new version of the widget reaches every page at once."""
     charset = "; charset=utf-8" if media.startswith("text/") else ""
     headers = {"Cache-Control": f"max-age={max_age_s}" if max_age_s else "no-cache", "Content-Type": media + charset}
@@ -25,6 +26,7 @@ def static_file(name: str, media: str, operation: str, *, max_age_s: int = 0):
         return web.FileResponse(STATIC / name, headers=headers)
 
     handler.__name__ = handler.__qualname__ = operation
+    handler.__doc__ = summary
     return handler
 
 
@@ -41,4 +43,4 @@ FILES = [
 
 routes = RouteTable("web")
 for path, name, media, operation, summary, age in FILES:
-    routes.get(path, summary, media=media)(static_file(name, media, operation, max_age_s=age))
+    routes.get(path, media=media)(static_file(name, media, operation, summary, max_age_s=age))
