@@ -7,9 +7,9 @@ import openapi_spec_validator
 import pytest
 from serve_support import make_project
 
-from bot.serve.openapi import REF
+from bot.serve.openapi import REF, MissingSummary, Param, RouteTable, UnknownPathParameter, document
 from bot.serve.routes_agent import AgentMessage
-from bot.serve.routes_chat import ChatRequest
+from bot.serve.routes_chat import SENDER_PARAM, ChatRequest
 from bot.serve.routes_openai import CompletionRequest
 
 
@@ -106,3 +106,74 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         ("after", "query"),
         ("Last-Event-ID", "header"),
     ]
+
+
+def test_a_route_takes_its_tables_tag_and_admin_default_and_its_path_parameters_from_the_path():
+    routes = RouteTable("things", admin=True, path_params=(SENDER_PARAM,))
+    words = Param("q", "query", {"type": "string"}, "Words.")
+
+    @routes.get("/things/{sender}", params=(words,))
+    async def thing(request):
+        """A thing"""
+
+    @routes.post("/things", admin=False, errors=(409,))
+    async def add_thing(request):
+        """Add a thing"""
+
+    assert [(r.method, r.path, r.handler, r.tag, r.admin) for r in routes] == [
+        ("GET", "/things/{sender}", thing, "things", True),
+        ("POST", "/things", add_thing, "things", False),
+    ]
+    assert routes[0].params == (SENDER_PARAM, words)  # the path's parameters first
+    assert routes[1].params == () and routes[1].errors == (409,)
+
+
+@pytest.mark.parametrize("path", ["/things/{sender}/{name}", "/files/{name:.+}"])
+def test_a_path_naming_a_parameter_its_table_does_not_know_fails_when_the_route_is_declared(path):
+    routes = RouteTable("things", path_params=(SENDER_PARAM,))
+    with pytest.raises(UnknownPathParameter, match=r"\{name\}.*it knows: sender"):
+        routes.get(path)
+    assert len(routes) == 0
+
+
+def test_a_routes_summary_is_its_handlers_docstrings_first_line_and_its_description_the_rest():
+    routes = RouteTable("things")
+
+    @routes.get("/things")
+    async def things(request):
+        """Every thing
+
+        Oldest first;
+            indented as written."""
+
+    @routes.get("/thing", description="Said by the route.")
+    async def thing(request):
+        """A thing
+
+        Not this: the route's own description wins."""
+
+    @routes.post("/things")
+    async def add_thing(request):
+        """Add a thing"""
+
+    assert [(r.summary, r.description) for r in routes] == [
+        ("Every thing", "Oldest first;\n    indented as written."),
+        ("A thing", "Said by the route."),
+        ("Add a thing", ""),
+    ]
+    paths = document(list(routes))["paths"]
+    assert paths["/things"]["get"]["summary"] == "Every thing"
+    assert paths["/things"]["get"]["description"] == "Oldest first;\n    indented as written."
+    assert paths["/thing"]["get"]["description"] == "Said by the route."
+    assert paths["/things"]["post"]["summary"] == "Add a thing" and "description" not in paths["/things"]["post"]
+
+
+def test_a_handler_without_a_docstring_fails_when_its_route_is_declared():
+    routes = RouteTable("things")
+    with pytest.raises(MissingSummary, match=r"^POST /things: handler .*\bnameless has no docstring"):
+
+        @routes.post("/things")
+        async def nameless(request):
+            pass
+
+    assert len(routes) == 0

@@ -109,18 +109,23 @@ def create_app(
     if action_package:
         app.cleanup_ctx.append(lambda app: _actions_beside(app, action_package))
     app.cleanup_ctx.append(_services)
-    routes_chat.add_routes(app)
-    routes_openai.add_routes(app)
-    routes_completions.add_routes(app)
-    routes_admin.add_routes(app)
-    routes_agent.add_routes(app)
-    routes_ratings.add_routes(app)
-    routes_train.add_routes(app)
-    routes_drafts.add_routes(app)
-    routes_web.add_routes(app)
-    routes_console_api.add_routes(app)
-    routes_console.add_routes(app)
-    openapi.add_routes(app)
+    routes_completions.read_server_key(app)
+    routes_train.add_training_jobs(app)
+    for module in (  # the document lists the routes in this order
+        routes_chat,
+        routes_openai,
+        routes_completions,
+        routes_admin,
+        routes_agent,
+        routes_ratings,
+        routes_train,
+        routes_drafts,
+        routes_web,
+        routes_console_api,
+        routes_console,
+        openapi,
+    ):
+        openapi.register(app, module.routes)
     return app
 
 

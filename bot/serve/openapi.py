@@ -1,13 +1,14 @@
-"""The API described: one table of routes (method, path, handler, request model, response model,
-error statuses) both registers the handlers and builds the OpenAPI 3.1 document served at
-`/openapi.json`. Schemas come from the pydantic models that check request bodies
-(`http.read_body`), so the document cannot drift from what the server accepts; the fuzz test
-(tests/test_api_fuzz.py) checks every answer against it."""
+"""The API described: each routes module's table of routes (method, path, handler, request model,
+response model, error statuses), a `RouteTable` filled by decorating its handlers, both registers
+the handlers and builds the OpenAPI 3.1 document served at `/openapi.json`. Schemas come from the
+pydantic models that check request bodies (`http.read_body`), so the document cannot drift from
+what the server accepts; the fuzz test (tests/test_api_fuzz.py) checks every answer against it."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -40,11 +41,12 @@ class Param:
 
 @dataclass(frozen=True)
 class Route:
-    """One route. `ok` is the model of a JSON success body, or the JSON schema of a body no model
-    describes; `events` the model of each server-sent event of a route that streams
-    (text/event-stream); `media` the success content type of a route that answers neither
-    (text/html...). `errors` are the statuses besides the ones implied (400 and 413 for a body,
-    401, 403 and 429 for an admin route, 400 and 404 for a path parameter)."""
+    """One route. `summary` and `description` are its operation's in the document (a RouteTable
+    takes them from the handler's docstring). `ok` is the model of a JSON success body, or the
+    JSON schema of a body no model describes; `events` the model of each server-sent event of a
+    route that streams (text/event-stream); `media` the success content type of a route that
+    answers neither (text/html...). `errors` are the statuses besides the ones implied (400 and
+    413 for a body, 401, 403 and 429 for an admin route, 400 and 404 for a path parameter)."""
 
     method: str
     path: str
@@ -66,9 +68,105 @@ class Route:
 API_ROUTES = web.AppKey("api_routes", list)  # every Route registered on the app, in order
 
 
-def register(app: web.Application, routes: list[Route]) -> None:
+class UnknownPathParameter(ValueError):
+    """A route's path names a parameter its route table does not know."""
+
+
+class MissingSummary(ValueError):
+    """A route's handler has no docstring, whose first line would be the route's summary."""
+
+
+def summary_and_description(handler: Handler) -> tuple[str, str]:
+    """The handler's docstring as an OpenAPI summary and description (the convention of apispec
+    and flask-smorest): its first line is the summary (its first paragraph, up to the first blank
+    line, joined into one line); the rest, dedented as `inspect.cleandoc` does, the description."""
+    first, _, rest = inspect.cleandoc(handler.__doc__ or "").partition("\n\n")
+    return " ".join(line.strip() for line in first.splitlines()), rest.strip("\n")
+
+
+PATH_PARAMETER = re.compile(r"\{([_a-zA-Z][_a-zA-Z0-9]*)[:}]")  # {name} or {name:regex}, as aiohttp reads them
+
+
+class RouteTable(Sequence[Route]):
+    """The routes of one module, in the spirit of aiohttp's `web.RouteTableDef`: decorating a
+    handler with `@routes.post(path, body=..., ok=..., errors=(...))` adds its route. The route's
+    summary is the first line of the handler's docstring, its description the rest of it (unless
+    the route gives `description=`); a handler with no docstring raises MissingSummary, when the
+    module is imported. Every route takes the table's tag, and its admin default unless the route
+    says otherwise. The parameters a path names (`{sender}`) are the table's `path_params` of
+    those names, listed first; query and header parameters follow, as the route lists them in
+    `params`. A path naming a parameter the table does not know raises UnknownPathParameter, when
+    the module is imported."""
+
+    def __init__(self, tag: str, *, admin: bool = False, path_params: Iterable[Param] = ()) -> None:
+        self.tag = tag
+        self.admin = admin
+        self.path_params = {param.name: param for param in path_params}
+        assert all(p.where == "path" for p in self.path_params.values()), f"{tag}: path_params takes path parameters"
+        self._routes: list[Route] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: tuple[Param, ...] = (),
+        admin: bool | None = None,
+        description: str = "",
+        **fields,
+    ) -> Callable[[Handler], Handler]:
+        assert all(p.where != "path" for p in params), f"{method} {path}: path parameters come from the path"
+        found = tuple(self._path_param(method, path, name) for name in PATH_PARAMETER.findall(path))
+        admin = self.admin if admin is None else admin
+        params = found + params
+
+        def add(handler: Handler) -> Handler:
+            summary, from_docstring = summary_and_description(handler)
+            if not summary:
+                raise MissingSummary(
+                    f"{method} {path}: handler {handler.__qualname__} has no docstring "
+                    "(its first line is the route's summary in the OpenAPI document)"
+                )
+            doc = description or from_docstring
+            route = Route(
+                method, path, handler, summary, self.tag, params=params, admin=admin, description=doc, **fields
+            )
+            self._routes.append(route)
+            return handler
+
+        return add
+
+    def get(self, path: str, **fields) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **fields)
+
+    def post(self, path: str, **fields) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **fields)
+
+    def put(self, path: str, **fields) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **fields)
+
+    def _path_param(self, method: str, path: str, name: str) -> Param:
+        if name not in self.path_params:
+            known = ", ".join(sorted(self.path_params)) or "none"
+            raise UnknownPathParameter(
+                f"{method} {path}: the {self.tag!r} route table knows no path parameter {{{name}}} (it knows: {known})"
+            )
+        return self.path_params[name]
+
+    def __getitem__(self, index):
+        return self._routes[index]
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self._routes)
+
+
+def register(app: web.Application, routes: Iterable[Route]) -> None:
     """Adds the routes to the app's router (a GET answers HEAD too, as aiohttp's add_get does)
     and to the table the document is built from."""
+    routes = list(routes)
     for route in routes:
         if route.method == "GET":
             app.router.add_get(route.path, route.handler)
@@ -122,10 +220,9 @@ def _parameter(param: Param) -> dict[str, Any]:
 
 
 def _operation(route: Route, refs: dict) -> dict[str, Any]:
-    doc = route.description or inspect.cleandoc(route.handler.__doc__ or "")
     operation: dict[str, Any] = {"operationId": route.handler.__name__, "summary": route.summary, "tags": [route.tag]}
-    if doc:
-        operation["description"] = doc
+    if route.description:
+        operation["description"] = route.description
     if route.params:
         operation["parameters"] = [_parameter(p) for p in route.params]
     if route.body is not None:
@@ -173,22 +270,12 @@ def document(routes: list[Route], *, title: str = "bot", version: str = "1") -> 
     }
 
 
+routes = RouteTable("operator")
+
+
+@routes.get("/openapi.json", ok={"type": "object"})
 async def openapi_document(request: web.Request) -> web.Response:
-    """This document, built from the route table the server registered."""
+    """The OpenAPI 3.1 document of every route
+
+    This document, built from the route table the server registered."""
     return web.json_response(document(request.app[API_ROUTES]))
-
-
-ROUTES = [
-    Route(
-        "GET",
-        "/openapi.json",
-        openapi_document,
-        "The OpenAPI 3.1 document of every route",
-        "operator",
-        ok={"type": "object"},
-    )
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

@@ -13,9 +13,10 @@ from pydantic import BaseModel
 from bot.engine.remote import RemoteEngine
 from bot.serve.http import check_admin
 from bot.serve.keys import ADMIN_TOKEN, HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
-from bot.serve.openapi import Route, register
+from bot.serve.openapi import RouteTable
 
 log = logging.getLogger("bot.serve")
+routes = RouteTable("operator")
 
 
 class ModelInfo(BaseModel):
@@ -62,8 +63,11 @@ def model_info(model) -> dict:
     }
 
 
+@routes.get("/health", ok=Health)
 async def health(request: web.Request) -> web.Response:
-    """`degraded`, with the reason, while a remote model server fails; asked again each time, so
+    """Whether the server answers, with the model in service and the store
+
+    `degraded`, with the reason, while a remote model server fails; asked again each time, so
     health is `ok` again as soon as the model server answers."""
     model = request.app[HOLDER].current
     body = {"status": "ok", "model": model_info(model), "store": request.app[STORE].kind}
@@ -73,13 +77,18 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+@routes.get("/metrics", media="text/plain")
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics"""
     body, content_type = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+@routes.post("/api/model/reload", ok=Reloaded, admin=True, errors=(400, 502, 503))
 async def reload_model(request: web.Request) -> web.Response:
-    """Loads the now-active model and starts its engine beside the one in service, then swaps:
+    """Serve the now-active model, without dropping a request
+
+    Loads the now-active model and starts its engine beside the one in service, then swaps:
     answers already running finish on the old engine, new ones go to the new one, none fails.
     Answers once the old engine is closed."""
     check_admin(request, request.app[ADMIN_TOKEN])
@@ -97,30 +106,3 @@ async def swap_in_active_model(app: web.Application) -> dict:
     seconds = round(time.monotonic() - started, 2)
     log.info("reloaded: now serving %s (was %s; %.1f s)", holder.current.description, previous.description, seconds)
     return {"model": model_info(holder.current), "previous": model_info(previous), "seconds": seconds}
-
-
-ROUTES = [
-    Route(
-        "GET",
-        "/health",
-        health,
-        "Whether the server answers, with the model in service and the store",
-        "operator",
-        ok=Health,
-    ),
-    Route("GET", "/metrics", metrics, "Prometheus metrics", "operator", media="text/plain"),
-    Route(
-        "POST",
-        "/api/model/reload",
-        reload_model,
-        "Serve the now-active model, without dropping a request",
-        "operator",
-        ok=Reloaded,
-        admin=True,
-        errors=(400, 502, 503),
-    ),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

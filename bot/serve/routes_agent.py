@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field
 from bot.serve.events import HANDOFF, USER, agent_message, handed_off, resumed
 from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
-from bot.serve.openapi import Route, register
+from bot.serve.openapi import RouteTable
 from bot.serve.responder import fold
 from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
 
 TAKEN_OVER = "taken over by an agent"
+routes = RouteTable("agents", admin=True, path_params=(SENDER_PARAM,))
 
 
 class AgentMessage(BaseModel):
@@ -42,7 +43,9 @@ class Resumed(BaseModel):
     event: Event
 
 
+@routes.get("/api/handoffs", ok=Handoffs, errors=(503,))
 async def waiting(request: web.Request) -> web.Response:
+    """Conversations waiting for a person"""
     check_admin(request, request.app[ADMIN_TOKEN])
     store = request.app[STORE]
     listed = []
@@ -61,7 +64,9 @@ async def waiting(request: web.Request) -> web.Response:
     return web.json_response({"waiting": listed})
 
 
+@routes.post("/api/conversations/{sender}/messages", body=AgentMessage, ok=AgentReply, errors=(503,))
 async def write_as_agent(request: web.Request) -> web.Response:
+    """An agent writes to the customer (and takes the conversation over)"""
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     body = await read_body(request, AgentMessage)
@@ -76,7 +81,9 @@ async def write_as_agent(request: web.Request) -> web.Response:
     return web.json_response({"event": event, "took_over": taken is not None})
 
 
+@routes.post("/api/conversations/{sender}/resume", ok=Resumed, errors=(409, 503))
 async def give_back(request: web.Request) -> web.Response:
+    """Give the conversation back to the bot"""
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     store = request.app[STORE]
@@ -85,44 +92,3 @@ async def give_back(request: web.Request) -> web.Response:
             raise web.HTTPConflict(text=f"conversation '{sender}' is not with an agent")
         event = await store.append(sender, resumed())
     return web.json_response({"event": event})
-
-
-ROUTES = [
-    Route(
-        "GET",
-        "/api/handoffs",
-        waiting,
-        "Conversations waiting for a person",
-        "agents",
-        ok=Handoffs,
-        admin=True,
-        errors=(503,),
-    ),
-    Route(
-        "POST",
-        "/api/conversations/{sender}/messages",
-        write_as_agent,
-        "An agent writes to the customer (and takes the conversation over)",
-        "agents",
-        body=AgentMessage,
-        ok=AgentReply,
-        params=(SENDER_PARAM,),
-        admin=True,
-        errors=(503,),
-    ),
-    Route(
-        "POST",
-        "/api/conversations/{sender}/resume",
-        give_back,
-        "Give the conversation back to the bot",
-        "agents",
-        ok=Resumed,
-        params=(SENDER_PARAM,),
-        admin=True,
-        errors=(409, 503),
-    ),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

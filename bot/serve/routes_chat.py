@@ -16,7 +16,7 @@ from bot.serve.conversations import Waiting, visible
 from bot.serve.events import BOT, HANDOFF, USER, VISIBLE
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
-from bot.serve.openapi import Param, Route, ServerSentEvent, register
+from bot.serve.openapi import Param, RouteTable, ServerSentEvent
 from bot.serve.responder import Piece
 from bot.serve.store import StoreUnavailable
 
@@ -79,6 +79,12 @@ class FeedEvent(ServerSentEvent):
 
 SENDER_PARAM = Param("sender", "path", {"type": "string", "pattern": f"^{SENDER}$"}, "The conversation id.")
 MAX_SEQ = 2**63 - 1  # the stores keep seq in a signed 64-bit integer
+AFTER = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
+FEED_PARAMS = (
+    Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
+    Param("Last-Event-ID", "header", AFTER, "Set by the browser's EventSource when it reconnects; wins over `after`."),
+)
+routes = RouteTable("chat", path_params=(SENDER_PARAM,))
 
 
 async def chat_request(request: web.Request) -> ChatRequest:
@@ -112,7 +118,9 @@ def rasa_message(sender: str, event: dict) -> dict:
 SHOWN_TO_CUSTOMER = (BOT, HANDOFF)
 
 
+@routes.post("/webhooks/rest/webhook", body=ChatRequest, ok=RasaReply, errors=(429, 503))
 async def rest_webhook(request: web.Request) -> web.Response:
+    """Rasa's REST channel: a message in, the bot's messages out"""
     body = await chat_request(request)
     messages = []
     async with aclosing(request.app[CONVERSATIONS].handle(body.sender, body.message, body.metadata)) as items:
@@ -139,8 +147,11 @@ def error_event(status: int, message: str) -> bytes:
     return sse_event("error", {"error": message})
 
 
+@routes.post("/api/chat/stream", body=ChatRequest, events=ChatStreamEvent, errors=(429, 503))
 async def chat_stream(request: web.Request) -> web.StreamResponse:
-    """The reply as server-sent events: `received` (the customer's message is stored, with its
+    """A message in, the reply as server-sent events (the widget's endpoint)
+
+    The reply as server-sent events: `received` (the customer's message is stored, with its
     seq), `token` (text as it is written), `message` (each whole
     message: bot or handoff), `waiting` (a person has the conversation), `error`, then `done`."""
     body = await chat_request(request)
@@ -174,14 +185,19 @@ def conversation_id(request: web.Request) -> str:
     return sender
 
 
+@routes.get("/api/conversations/{sender}", ok=History, errors=(503,))
 async def history(request: web.Request) -> web.Response:
+    """The conversation as the widget shows it"""
     sender = conversation_id(request)
     events = await request.app[CONVERSATIONS].history(sender)
     return web.json_response({"sender": sender, "events": events})
 
 
+@routes.get("/api/conversations/{sender}/events", events=FeedEvent, errors=(429, 503), params=FEED_PARAMS)
 async def live_feed(request: web.Request) -> web.StreamResponse:
-    """Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
+    """The live feed: server-sent events as they are stored
+
+    Server-sent `event` messages for every visible event after `?after=SEQ` as it is stored
     (by this process at once, by other processes within a second); a comment every 15 s keeps
     proxies from closing the stream. The browser's EventSource reconnects by itself. One client
     address holds at most `serve.max_feeds_per_client` feeds at once (then 429)."""
@@ -227,61 +243,3 @@ async def _feed(request: web.Request, sender: str, after: int) -> web.StreamResp
         if waiter is not None:
             waiter.cancel()
     return response
-
-
-AFTER = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
-ROUTES = [
-    Route(
-        "POST",
-        "/webhooks/rest/webhook",
-        rest_webhook,
-        "Rasa's REST channel: a message in, the bot's messages out",
-        "chat",
-        body=ChatRequest,
-        ok=RasaReply,
-        errors=(429, 503),
-    ),
-    Route(
-        "POST",
-        "/api/chat/stream",
-        chat_stream,
-        "A message in, the reply as server-sent events (the widget's endpoint)",
-        "chat",
-        body=ChatRequest,
-        events=ChatStreamEvent,
-        errors=(429, 503),
-    ),
-    Route(
-        "GET",
-        "/api/conversations/{sender}",
-        history,
-        "The conversation as the widget shows it",
-        "chat",
-        ok=History,
-        params=(SENDER_PARAM,),
-        errors=(503,),
-    ),
-    Route(
-        "GET",
-        "/api/conversations/{sender}/events",
-        live_feed,
-        "The live feed: server-sent events as they are stored",
-        "chat",
-        events=FeedEvent,
-        errors=(429, 503),
-        params=(
-            SENDER_PARAM,
-            Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
-            Param(
-                "Last-Event-ID",
-                "header",
-                AFTER,
-                "Set by the browser's EventSource when it reconnects; wins over `after`.",
-            ),
-        ),
-    ),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

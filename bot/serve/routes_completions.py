@@ -35,13 +35,14 @@ from bot.engine.protocol import LENGTH, Finished
 from bot.serve.generator import ResponseModel
 from bot.serve.http import error_response, first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, HOLDER, METRICS
-from bot.serve.openapi import Route, ServerSentEvent, register
+from bot.serve.openapi import RouteTable, ServerSentEvent
 from bot.serve.routes_chat import sse_headers
 from bot.serve.stop_strings import StopStrings
 
 KEY_VARIABLE = "BOT_MODEL_SERVER_KEY"
 MODEL_SERVER_KEY = web.AppKey("model_server_key", str)  # "" when the route is open
 MAX_STOP_STRINGS = 4  # as OpenAI
+routes = RouteTable("openai")
 
 
 class StreamOptions(BaseModel):
@@ -312,7 +313,16 @@ def _data(payload) -> bytes:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
+@routes.post(
+    "/v1/completions",
+    body=TextCompletionRequest,
+    ok=TextCompletion,
+    events=TextCompletionEvent,
+    errors=(401, 404, 429, 503),
+    error_body=OpenAIErrorBody,
+)
 async def completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI's (and vLLM's) completions: a prompt, as text or token ids, continued by the model"""
     try:
         return await _completions(request)
     except Exception as e:  # in OpenAI's error shape, as errors_middleware decides the status
@@ -369,23 +379,6 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         return response
 
 
-ROUTES = [
-    Route(
-        "POST",
-        "/v1/completions",
-        completions,
-        "OpenAI's (and vLLM's) completions: a prompt, as text or token ids, continued by the model",
-        "openai",
-        body=TextCompletionRequest,
-        ok=TextCompletion,
-        events=TextCompletionEvent,
-        errors=(401, 404, 429, 503),
-        error_body=OpenAIErrorBody,
-    ),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    """Registers the route; BOT_MODEL_SERVER_KEY is read now, as the admin token is."""
+def read_server_key(app: web.Application) -> None:
+    """BOT_MODEL_SERVER_KEY is read when the app is made, as the admin token is."""
     app[MODEL_SERVER_KEY] = os.environ.get(KEY_VARIABLE) or ""
-    register(app, ROUTES)

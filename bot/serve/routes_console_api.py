@@ -17,12 +17,30 @@ from bot.evaluation.stored import stored_report
 from bot.serve.conversation_search import ConversationFilter, find_conversations
 from bot.serve.http import check_admin
 from bot.serve.keys import ADMIN_TOKEN, RELOAD_LOCK, SETTINGS, STORE
-from bot.serve.openapi import Param, Route, register
+from bot.serve.openapi import Param, RouteTable
 from bot.serve.routes_admin import ModelInfo, swap_in_active_model
 from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
 
 MODEL_ID = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}"
 MAX_LIMIT = 500
+
+_FLAG = {"type": "string", "enum": ["true", "false"]}
+LIST_PARAMS = (
+    Param("q", "query", {"type": "string"}, "Only conversations with these words (any case) in a message or the id."),
+    Param("handed_off", "query", _FLAG, "true: only conversations a person was asked for or took over."),
+    Param("rated", "query", {"type": "string", "enum": ["up", "down"]}, "Only conversations with a message rated so."),
+    Param(
+        "since",
+        "query",
+        {"type": "string", "format": "date"},
+        "Only conversations active on or after this UTC date (YYYY-MM-DD).",
+    ),
+    Param(
+        "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "At most this many (default 50)."
+    ),
+)
+MODEL_PARAM = Param("model_id", "path", {"type": "string", "pattern": f"^{MODEL_ID}$"}, "The trained model's id.")
+routes = RouteTable("console", admin=True, path_params=(SENDER_PARAM, MODEL_PARAM))
 
 
 class ConversationRow(BaseModel):
@@ -105,8 +123,11 @@ def conversation_filter(request: web.Request) -> tuple[ConversationFilter, int]:
     return ConversationFilter(since=since, handed_off=handed_off, rated=rated, text=text), limit
 
 
+@routes.get("/api/admin/conversations", ok=ConversationList, params=LIST_PARAMS, errors=(400, 503))
 async def list_conversations(request: web.Request) -> web.Response:
-    """Most recently active first; `since` is a UTC date (last active on or after it)."""
+    """Stored conversations, found by activity, handoff, rating and words
+
+    Most recently active first; `since` is a UTC date (last active on or after it)."""
     check_admin(request, request.app[ADMIN_TOKEN])
     wanted, limit = conversation_filter(request)
     found = await find_conversations(request.app[STORE], wanted, limit)
@@ -125,7 +146,9 @@ async def list_conversations(request: web.Request) -> web.Response:
     return web.json_response({"conversations": rows})
 
 
+@routes.get("/api/admin/conversations/{sender}", ok=Timeline, errors=(503,))
 async def timeline(request: web.Request) -> web.Response:
+    """A stored conversation's every event (its timeline)"""
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     events = await request.app[STORE].events(sender)
@@ -158,8 +181,11 @@ def _describe(model: models.TrainedModel) -> str:
     return ", ".join(parts)
 
 
+@routes.get("/api/models", ok=TrainedModels)
 async def trained_model_list(request: web.Request) -> web.Response:
-    """Oldest first, as `bot models list` shows them."""
+    """Trained models with their gate verdict and evaluation figures
+
+    Oldest first, as `bot models list` shows them."""
     check_admin(request, request.app[ADMIN_TOKEN])
     settings = request.app[SETTINGS]
     folder = settings.models_dir
@@ -182,8 +208,11 @@ async def trained_model_list(request: web.Request) -> web.Response:
     return web.json_response({"models": rows})
 
 
+@routes.get("/api/models/{model_id}/report", ok={"type": "object"})
 async def model_report(request: web.Request) -> web.Response:
-    """The report `bot eval` (and `bot train`'s gate) wrote for the model: its figures as JSON."""
+    """A trained model's evaluation report (JSON)
+
+    The report `bot eval` (and `bot train`'s gate) wrote for the model: its figures as JSON."""
     check_admin(request, request.app[ADMIN_TOKEN])
     model = _trained(request, _model_id(request))
     report = await asyncio.to_thread(stored_report, request.app[SETTINGS], model.id)
@@ -192,8 +221,11 @@ async def model_report(request: web.Request) -> web.Response:
     return web.json_response(report)
 
 
+@routes.post("/api/models/{model_id}/activate", ok=Activated, errors=(502, 503))
 async def activate_model(request: web.Request) -> web.Response:
-    """Makes the model the active one and serves it without dropping a request (as
+    """Make a trained model the active one and serve it, without downtime
+
+    Makes the model the active one and serves it without dropping a request (as
     POST /api/model/reload does). If it cannot be loaded, the model that was active stays so."""
     check_admin(request, request.app[ADMIN_TOKEN])
     model = _trained(request, _model_id(request))
@@ -207,80 +239,3 @@ async def activate_model(request: web.Request) -> web.Response:
             models.restore_markers(folder, was, before)
             raise
     return web.json_response(body)
-
-
-_FLAG = {"type": "string", "enum": ["true", "false"]}
-LIST_PARAMS = (
-    Param("q", "query", {"type": "string"}, "Only conversations with these words (any case) in a message or the id."),
-    Param("handed_off", "query", _FLAG, "true: only conversations a person was asked for or took over."),
-    Param("rated", "query", {"type": "string", "enum": ["up", "down"]}, "Only conversations with a message rated so."),
-    Param(
-        "since",
-        "query",
-        {"type": "string", "format": "date"},
-        "Only conversations active on or after this UTC date (YYYY-MM-DD).",
-    ),
-    Param(
-        "limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}, "At most this many (default 50)."
-    ),
-)
-MODEL_PARAM = Param("model_id", "path", {"type": "string", "pattern": f"^{MODEL_ID}$"}, "The trained model's id.")
-
-ROUTES = [
-    Route(
-        "GET",
-        "/api/admin/conversations",
-        list_conversations,
-        "Stored conversations, found by activity, handoff, rating and words",
-        "console",
-        ok=ConversationList,
-        params=LIST_PARAMS,
-        admin=True,
-        errors=(400, 503),
-    ),
-    Route(
-        "GET",
-        "/api/admin/conversations/{sender}",
-        timeline,
-        "A stored conversation's every event (its timeline)",
-        "console",
-        ok=Timeline,
-        params=(SENDER_PARAM,),
-        admin=True,
-        errors=(503,),
-    ),
-    Route(
-        "GET",
-        "/api/models",
-        trained_model_list,
-        "Trained models with their gate verdict and evaluation figures",
-        "console",
-        ok=TrainedModels,
-        admin=True,
-    ),
-    Route(
-        "GET",
-        "/api/models/{model_id}/report",
-        model_report,
-        "A trained model's evaluation report (JSON)",
-        "console",
-        ok={"type": "object"},
-        params=(MODEL_PARAM,),
-        admin=True,
-    ),
-    Route(
-        "POST",
-        "/api/models/{model_id}/activate",
-        activate_model,
-        "Make a trained model the active one and serve it, without downtime",
-        "console",
-        ok=Activated,
-        params=(MODEL_PARAM,),
-        admin=True,
-        errors=(502, 503),
-    ),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

@@ -15,7 +15,7 @@ from bot.data import drafts
 from bot.errors import Problem
 from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS, STORE
-from bot.serve.openapi import Param, Route, register
+from bot.serve.openapi import Param, RouteTable
 from bot.serve.routes_chat import SENDER_PARAM, conversation_id
 
 NAME_PARAM = Param(
@@ -24,6 +24,7 @@ NAME_PARAM = Param(
     {"type": "string", "pattern": f"^{drafts.NAME.pattern}$"},
     "The draft's name: its file name under training_data/drafts/ without .yml.",
 )
+routes = RouteTable("drafts", admin=True, path_params=(NAME_PARAM, SENDER_PARAM))
 
 
 class DraftProblem(BaseModel):
@@ -101,29 +102,39 @@ async def _call(function, *args):
         raise web.HTTPConflict(text=str(e)) from None
 
 
+@routes.get("/api/drafts", ok=DraftList)
 async def list_drafts(request: web.Request) -> web.Response:
+    """The dialogue drafts awaiting review, each with its validation"""
     check_admin(request, request.app[ADMIN_TOKEN])
     found = await _call(drafts.list_drafts, request.app[SETTINGS])
     listed = [_listed_json(d) for d in found]
     return web.json_response({"drafts": listed})
 
 
+@routes.get("/api/drafts/{name}", ok=DraftText)
 async def get_draft(request: web.Request) -> web.Response:
+    """A draft's YAML text and its validation problems"""
     check_admin(request, request.app[ADMIN_TOKEN])
     draft = await _call(drafts.read_draft, request.app[SETTINGS], request.match_info["name"])
     return web.json_response(draft_json(draft))
 
 
+@routes.put("/api/drafts/{name}", body=DraftEdit, ok=DraftText)
 async def save_draft(request: web.Request) -> web.Response:
-    """Saves the text as it is (a person is editing it) and answers with its validation."""
+    """Save a draft's edited text; answers with its validation
+
+    Saves the text as it is (a person is editing it) and answers with its validation."""
     check_admin(request, request.app[ADMIN_TOKEN])
     body = await read_body(request, DraftEdit)
     draft = await _call(drafts.save_draft, request.app[SETTINGS], request.match_info["name"], body.text)
     return web.json_response(draft_json(draft))
 
 
+@routes.post("/api/drafts/{name}/accept", body=AcceptDraft, ok=Accepted, errors=(409,))
 async def accept_draft(request: web.Request) -> web.Response:
-    """409 with the reason when the draft is invalid, duplicates a dialogue, or would leak a
+    """Accept a draft into training_data/dialogues/ or tests/
+
+    409 with the reason when the draft is invalid, duplicates a dialogue, or would leak a
     training conversation into the tests (or a test into training)."""
     check_admin(request, request.app[ADMIN_TOKEN])
     body = await read_body(request, AcceptDraft)
@@ -132,15 +143,20 @@ async def accept_draft(request: web.Request) -> web.Response:
     return web.json_response({"path": path.relative_to(settings.root).as_posix()})
 
 
+@routes.post("/api/drafts/{name}/reject", ok=Rejected)
 async def reject_draft(request: web.Request) -> web.Response:
+    """Reject a draft (its file is deleted)"""
     check_admin(request, request.app[ADMIN_TOKEN])
     name = request.match_info["name"]
     await _call(drafts.reject, request.app[SETTINGS], name)
     return web.json_response({"rejected": name})
 
 
+@routes.post("/api/conversations/{sender}/draft", ok=NewDraft, ok_status=201, errors=(409, 503))
 async def draft_from_conversation(request: web.Request) -> web.Response:
-    """A redacted draft of one stored conversation, written under training_data/drafts/."""
+    """Make a redacted dialogue draft of a stored conversation
+
+    A redacted draft of one stored conversation, written under training_data/drafts/."""
     check_admin(request, request.app[ADMIN_TOKEN])
     sender = conversation_id(request)
     settings, store = request.app[SETTINGS], request.app[STORE]
@@ -152,75 +168,3 @@ async def draft_from_conversation(request: web.Request) -> web.Response:
     except drafts.NothingToDraft as e:
         raise web.HTTPConflict(text=str(e)) from None
     return web.json_response(draft_json(made) | {"redacted": made.redacted}, status=201)
-
-
-ROUTES = [
-    Route(
-        "GET",
-        "/api/drafts",
-        list_drafts,
-        "The dialogue drafts awaiting review, each with its validation",
-        "drafts",
-        ok=DraftList,
-        admin=True,
-    ),
-    Route(
-        "GET",
-        "/api/drafts/{name}",
-        get_draft,
-        "A draft's YAML text and its validation problems",
-        "drafts",
-        ok=DraftText,
-        params=(NAME_PARAM,),
-        admin=True,
-    ),
-    Route(
-        "PUT",
-        "/api/drafts/{name}",
-        save_draft,
-        "Save a draft's edited text; answers with its validation",
-        "drafts",
-        body=DraftEdit,
-        ok=DraftText,
-        params=(NAME_PARAM,),
-        admin=True,
-    ),
-    Route(
-        "POST",
-        "/api/drafts/{name}/accept",
-        accept_draft,
-        "Accept a draft into training_data/dialogues/ or tests/",
-        "drafts",
-        body=AcceptDraft,
-        ok=Accepted,
-        params=(NAME_PARAM,),
-        admin=True,
-        errors=(409,),
-    ),
-    Route(
-        "POST",
-        "/api/drafts/{name}/reject",
-        reject_draft,
-        "Reject a draft (its file is deleted)",
-        "drafts",
-        ok=Rejected,
-        params=(NAME_PARAM,),
-        admin=True,
-    ),
-    Route(
-        "POST",
-        "/api/conversations/{sender}/draft",
-        draft_from_conversation,
-        "Make a redacted dialogue draft of a stored conversation",
-        "drafts",
-        ok=NewDraft,
-        ok_status=201,
-        params=(SENDER_PARAM,),
-        admin=True,
-        errors=(409, 503),
-    ),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

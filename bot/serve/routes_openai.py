@@ -18,10 +18,12 @@ from bot.engine.remote import RemoteEngine
 from bot.serve.events import MODEL_UNAVAILABLE, user_message
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
-from bot.serve.openapi import Route, ServerSentEvent, register
+from bot.serve.openapi import RouteTable, ServerSentEvent
 from bot.serve.responder import GUARD, ConversationState, Piece
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.routes_completions import openai_stream_error
+
+routes = RouteTable("openai")
 
 
 class ContentPart(BaseModel):
@@ -143,7 +145,11 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: st
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
 
 
+@routes.post(
+    "/v1/chat/completions", body=CompletionRequest, ok=ChatCompletion, events=CompletionChunkEvent, errors=(429, 503)
+)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI's chat completions: the conversation in, the bot's reply out"""
     request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     body = await read_body(request, CompletionRequest)
     serve = request.app[SETTINGS].build.serve
@@ -212,29 +218,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return response
 
 
+@routes.get("/v1/models", ok=ModelList)
 async def list_models(request: web.Request) -> web.Response:
+    """OpenAI's model list: the model in service"""
     model = request.app[HOLDER].current
     entry = {"id": model.model_id or "base", "object": "model", "created": int(model.loaded_at), "owned_by": "bot"}
     if isinstance(model.engine, RemoteEngine):  # the model server's name for it
         entry["root"] = model.engine.model
     return web.json_response({"object": "list", "data": [entry]})
-
-
-ROUTES = [
-    Route(
-        "POST",
-        "/v1/chat/completions",
-        chat_completions,
-        "OpenAI's chat completions: the conversation in, the bot's reply out",
-        "openai",
-        body=CompletionRequest,
-        ok=ChatCompletion,
-        events=CompletionChunkEvent,
-        errors=(429, 503),
-    ),
-    Route("GET", "/v1/models", list_models, "OpenAI's model list: the model in service", "openai", ok=ModelList),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

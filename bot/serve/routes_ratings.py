@@ -14,10 +14,11 @@ from bot.serve.conversation_search import Rating, latest_ratings
 from bot.serve.events import BOT, rated
 from bot.serve.http import read_body
 from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
-from bot.serve.openapi import Route, register
+from bot.serve.openapi import RouteTable
 from bot.serve.routes_chat import MAX_SEQ, SENDER_PARAM, conversation_id
 
 MAX_COMMENT_CHARS = 1000
+routes = RouteTable("chat", path_params=(SENDER_PARAM,))
 
 
 class RatingRequest(BaseModel):
@@ -41,7 +42,9 @@ class Rated(BaseModel):
     comment: str | None = None
 
 
+@routes.post("/api/conversations/{sender}/ratings", body=RatingRequest, ok=Rated, errors=(429, 503))
 async def rate_message(request: web.Request) -> web.Response:
+    """Rate one of the bot's messages: thumbs up or down (the widget's buttons)"""
     sender = conversation_id(request)
     request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     body = await read_body(request, RatingRequest)
@@ -60,22 +63,3 @@ async def rate_message(request: web.Request) -> web.Response:
             request.app[METRICS].ratings.labels(body.rating).inc()
     answer = Rated(sender=sender, seq=body.seq, rating=body.rating, comment=comment)
     return web.json_response(answer.model_dump(exclude_none=True))
-
-
-ROUTES = [
-    Route(
-        "POST",
-        "/api/conversations/{sender}/ratings",
-        rate_message,
-        "Rate one of the bot's messages: thumbs up or down (the widget's buttons)",
-        "chat",
-        body=RatingRequest,
-        ok=Rated,
-        params=(SENDER_PARAM,),
-        errors=(429, 503),
-    ),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)

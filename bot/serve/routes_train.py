@@ -11,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.serve.http import check_admin, read_body
 from bot.serve.keys import ADMIN_TOKEN, SETTINGS
-from bot.serve.openapi import Route, register
+from bot.serve.openapi import RouteTable
 from bot.serve.training_job import JobRunning, NoJobRunning, TrainingJobs
 
 TRAINING = web.AppKey("training", TrainingJobs)
+routes = RouteTable("operator", admin=True)
 
 
 class TrainRequest(BaseModel):
@@ -56,8 +57,11 @@ class JobAnswer(BaseModel):
     job: JobStatus | None
 
 
+@routes.post("/api/train", body=TrainRequest, ok=JobAnswer, ok_status=202, errors=(409,))
 async def start_training(request: web.Request) -> web.Response:
-    """Starts `bot train` for this project in a child process (one job at a time: 409 while one runs).
+    """Train a new model for this project in the background
+
+    Starts `bot train` for this project in a child process (one job at a time: 409 while one runs).
     The new model becomes the active model on disk if it passes the gate; this server serves it
     after a reload (POST /api/model/reload)."""
     check_admin(request, request.app[ADMIN_TOKEN])
@@ -69,14 +73,20 @@ async def start_training(request: web.Request) -> web.Response:
     return web.json_response({"job": job.status()}, status=202)
 
 
+@routes.get("/api/train", ok=JobAnswer)
 async def training_status(request: web.Request) -> web.Response:
-    """The running training job, or the last one (null when none has run since the server started)."""
+    """The running or last training job
+
+    The running training job, or the last one (null when none has run since the server started)."""
     check_admin(request, request.app[ADMIN_TOKEN])
     return web.json_response({"job": request.app[TRAINING].status()})
 
 
+@routes.post("/api/train/cancel", ok=JobAnswer, errors=(409,))
 async def cancel_training(request: web.Request) -> web.Response:
-    """Stops the running training job and answers once its process has ended (409 if none runs)."""
+    """Cancel the running training job
+
+    Stops the running training job and answers once its process has ended (409 if none runs)."""
     check_admin(request, request.app[ADMIN_TOKEN])
     try:
         job = await request.app[TRAINING].cancel()
@@ -85,40 +95,11 @@ async def cancel_training(request: web.Request) -> web.Response:
     return web.json_response({"job": job.status()})
 
 
-ROUTES = [
-    Route(
-        "POST",
-        "/api/train",
-        start_training,
-        "Train a new model for this project in the background",
-        "operator",
-        body=TrainRequest,
-        ok=JobAnswer,
-        ok_status=202,
-        admin=True,
-        errors=(409,),
-    ),
-    Route(
-        "GET", "/api/train", training_status, "The running or last training job", "operator", ok=JobAnswer, admin=True
-    ),
-    Route(
-        "POST",
-        "/api/train/cancel",
-        cancel_training,
-        "Cancel the running training job",
-        "operator",
-        ok=JobAnswer,
-        admin=True,
-        errors=(409,),
-    ),
-]
-
-
 async def _stop_on_cleanup(app: web.Application) -> None:
     await app[TRAINING].close()
 
 
-def add_routes(app: web.Application) -> None:
+def add_training_jobs(app: web.Application) -> None:
+    """The app's training jobs (TRAINING), stopped when it cleans up."""
     app[TRAINING] = TrainingJobs(app[SETTINGS])
     app.on_cleanup.append(_stop_on_cleanup)
-    register(app, ROUTES)

@@ -8,15 +8,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.serve.openapi import Route, register
+from bot.serve.openapi import RouteTable
 
 STATIC = Path(__file__).parent / "static"
 DAY_S = 86400
 
 
-def static_file(name: str, media: str, operation: str, *, max_age_s: int = 0):
-    """A handler answering with static/NAME as `media`; `operation` names it (the OpenAPI document
-    names each operation after its handler). Pages and scripts are checked again on each use
+def static_file(name: str, media: str, operation: str, summary: str, *, max_age_s: int = 0):
+    """A handler answering with static/NAME as `media`; `operation` names it and `summary` is its
+    docstring (the OpenAPI document names each operation after its handler, and takes its summary
+    from the handler's docstring). Pages and scripts are checked again on each use
     (no-cache), so a new version of the widget reaches every page at once."""
     charset = "; charset=utf-8" if media.startswith("text/") else ""
     headers = {"Cache-Control": f"max-age={max_age_s}" if max_age_s else "no-cache", "Content-Type": media + charset}
@@ -25,6 +26,7 @@ def static_file(name: str, media: str, operation: str, *, max_age_s: int = 0):
         return web.FileResponse(STATIC / name, headers=headers)
 
     handler.__name__ = handler.__qualname__ = operation
+    handler.__doc__ = summary
     return handler
 
 
@@ -39,11 +41,6 @@ FILES = [
     ("/favicon.ico", "favicon.svg", "image/svg+xml", "favicon_ico", "The bot's icon, where browsers look", DAY_S),
 ]
 
-ROUTES = [
-    Route("GET", path, static_file(name, media, operation, max_age_s=age), summary, "web", media=media)
-    for path, name, media, operation, summary, age in FILES
-]
-
-
-def add_routes(app: web.Application) -> None:
-    register(app, ROUTES)
+routes = RouteTable("web")
+for path, name, media, operation, summary, age in FILES:
+    routes.get(path, media=media)(static_file(name, media, operation, summary, max_age_s=age))
