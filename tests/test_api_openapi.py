@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import openapi_spec_validator
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from serve_support import make_project
 
-from bot.serve.openapi import REF, MissingSummary, Param, RouteTable, UnknownPathParameter, document
+from bot.serve.keys import ADMIN_TOKEN
+from bot.serve.openapi import REF, MissingSummary, Param, RouteTable, UnknownPathParameter, document, register
 from bot.serve.routes_agent import AgentMessage
 from bot.serve.routes_chat import SENDER_PARAM, ChatRequest
 from bot.serve.routes_openai import CompletionRequest
+from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
 
 
 @pytest.fixture
@@ -177,3 +181,29 @@ def test_a_handler_without_a_docstring_fails_when_its_route_is_declared():
             pass
 
     assert len(routes) == 0
+
+
+async def test_an_admin_route_answers_only_with_the_token_though_its_handler_does_not_check():
+    routes = RouteTable("things", admin=True)
+
+    @routes.get("/secret")
+    async def secret(request):
+        """Something only an operator may read"""
+        return web.json_response({"secret": 42})
+
+    @routes.get("/open", admin=False)
+    async def open_(request):
+        """Something anyone may read"""
+        return web.json_response({"open": True})
+
+    app = web.Application()
+    app[ADMIN_TOKEN] = "s3cret"
+    app[ADMIN_FAILURES] = FailureThrottle(5, 60)
+    register(app, routes)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/secret")).status == 401
+        assert (await client.get("/secret", headers={"Authorization": "Bearer wrong"})).status == 401
+        answer = await client.get("/secret", headers={"Authorization": "Bearer s3cret"})
+        assert answer.status == 200 and await answer.json() == {"secret": 42}
+        assert (await client.get("/open")).status == 200
+    assert [route.handler for route in routes] == [secret, open_]  # the document names the handlers themselves

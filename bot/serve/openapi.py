@@ -6,6 +6,7 @@ what the server accepts; the fuzz test (tests/test_api_fuzz.py) checks every ans
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -16,6 +17,9 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
+
+from bot.serve.http import check_admin
+from bot.serve.keys import ADMIN_TOKEN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REF = "#/components/schemas/{model}"
@@ -93,10 +97,10 @@ class RouteTable(Sequence[Route]):
     summary is the first line of the handler's docstring, its description the rest of it (unless
     the route gives `description=`); a handler with no docstring raises MissingSummary, when the
     module is imported. Every route takes the table's tag, and its admin default unless the route
-    says otherwise. The parameters a path names (`{sender}`) are the table's `path_params` of
-    those names, listed first; query and header parameters follow, as the route lists them in
-    `params`. A path naming a parameter the table does not know raises UnknownPathParameter, when
-    the module is imported."""
+    says otherwise (`register` puts an admin route behind the token check). The parameters a path
+    names (`{sender}`) are the table's `path_params` of those names, listed first; query and
+    header parameters follow, as the route lists them in `params`. A path naming a parameter the
+    table does not know raises UnknownPathParameter, when the module is imported."""
 
     def __init__(self, tag: str, *, admin: bool = False, path_params: Iterable[Param] = ()) -> None:
         self.tag = tag
@@ -163,15 +167,28 @@ class RouteTable(Sequence[Route]):
         return iter(self._routes)
 
 
+def admin_only(handler: Handler) -> Handler:
+    """`handler` behind the admin token check (`http.check_admin`), which runs first."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        check_admin(request, request.app[ADMIN_TOKEN])
+        return await handler(request)
+
+    return checked
+
+
 def register(app: web.Application, routes: Iterable[Route]) -> None:
     """Adds the routes to the app's router (a GET answers HEAD too, as aiohttp's add_get does)
-    and to the table the document is built from."""
+    and to the table the document is built from. An admin route's handler goes behind the admin
+    token check, so a route the document says needs the token cannot answer without it."""
     routes = list(routes)
     for route in routes:
+        handler = admin_only(route.handler) if route.admin else route.handler
         if route.method == "GET":
-            app.router.add_get(route.path, route.handler)
+            app.router.add_get(route.path, handler)
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, handler)
     app.setdefault(API_ROUTES, []).extend(routes)
 
 

@@ -11,8 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from bot.engine.remote import RemoteEngine
-from bot.serve.http import check_admin
-from bot.serve.keys import ADMIN_TOKEN, HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
+from bot.serve.keys import HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
 from bot.serve.openapi import RouteTable
 
 log = logging.getLogger("bot.serve")
@@ -91,7 +90,6 @@ async def reload_model(request: web.Request) -> web.Response:
     Loads the now-active model and starts its engine beside the one in service, then swaps:
     answers already running finish on the old engine, new ones go to the new one, none fails.
     Answers once the old engine is closed."""
-    check_admin(request, request.app[ADMIN_TOKEN])
     async with request.app[RELOAD_LOCK]:
         body = await swap_in_active_model(request.app)
     return web.json_response(body)
