@@ -1,16 +1,18 @@
 """The generation engines with the tiny random model in fp32: batched greedy decoding gives every
 request exactly the tokens it gets alone (checked against transformers' own `generate`), whatever
-else runs beside it, whatever the prompt cache holds; bad input and faults stay with the request
-that caused them."""
+else runs beside it, whatever the prompt cache holds; a sampled request's tokens depend on its own
+seed, prompt and temperature alone; bad input and faults stay with the request that caused them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import torch
 
 from bot.engine.batching import BatchingEngine
+from bot.engine.constraint import ToolCallConstraint
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
 from bot.engine.serial import SerialEngine
 
@@ -37,11 +39,11 @@ def alone(model, tokenizer, prompt: list[int], n: int) -> list[int]:
 
 
 async def run(
-    engine, prompt, n, *, after: float = 0.0, stop_after: int | None = None
+    engine, prompt, n, *, after: float = 0.0, stop_after: int | None = None, **sampling
 ) -> tuple[list[str], Finished | None]:
     await asyncio.sleep(after)
     pieces, finished = [], None
-    stream = engine.stream(prompt, n)
+    stream = engine.stream(prompt, n, **sampling)
     async for item in stream:
         if isinstance(item, Finished):
             finished = item
@@ -145,6 +147,10 @@ async def test_bad_input_gets_a_clear_error_and_the_loop_goes_on(tiny, tokenizer
         with pytest.raises(PromptTooLong, match="outside the vocabulary"):
             await run(engine, [5, len(tokenizer) + 7], 16)
         prompt = prompts_of(tokenizer, (3,))[0]
+        with pytest.raises(EngineError, match="temperature must be 0 .greedy decoding. or more, not -0.5"):
+            await run(engine, prompt, 16, temperature=-0.5)
+        with pytest.raises(EngineError, match="temperature must be a finite number"):
+            await run(engine, prompt, 16, temperature=float("nan"))
         _, finished = await run(engine, prompt, 12)
         assert list(finished.token_ids) == alone(tiny, tokenizer, prompt, 12)
     finally:
@@ -283,3 +289,138 @@ async def test_closing_mid_reply_stops_the_thread_at_once_and_the_reply_fails(ti
         await stream.aclose()
     assert closing < 0.5 and not engine.thread.is_alive()
     assert engine.stats().generated_tokens < 1000
+
+
+# -- sampling --------------------------------------------------------------------------------------
+async def test_a_sampled_reply_depends_on_its_own_seed_alone(tiny, tokenizer):
+    prompt, *others = prompts_of(tokenizer, (6, 2, 17, 40))
+    sample = {"temperature": 0.7, "seed": 1234}
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=6)
+    rows_beside = []  # how many rows each decode step of the sampled request had
+
+    def watched_decode(decode=engine._decode):
+        if any(r.request.prompt == prompt and r.request.temperature == 0.7 for r in engine.rows):
+            rows_beside.append(len(engine.rows))
+        decode()
+
+    try:
+        _, first = await run(engine, prompt, 30, **sample)
+        _, again = await run(engine, prompt, 30, **sample)  # its prompt now comes from the prompt cache
+        assert not rows_beside  # (not watched yet: both ran alone)
+        engine._decode = watched_decode
+        batched = await asyncio.gather(
+            run(engine, others[0], 60, temperature=0.7, seed=1),
+            run(engine, others[1], 60),  # greedy beside sampled rows
+            run(engine, prompt, 30, after=0.005, **sample),  # joins a running batch
+            run(engine, others[2], 60, after=0.01, temperature=1.5, seed=1234),  # same seed, other prompt
+            run(engine, prompt, 30, after=0.01, **sample),  # the same request twice at once
+            run(engine, others[1], 20, temperature=0.0, seed=99),  # temperature 0: greedy, the seed unused
+            run(engine, others[0], 20, temperature=1e-3, seed=5),  # near 0: the draw is all but greedy
+        )
+    finally:
+        await engine.close()
+    assert max(rows_beside) > 1  # the sampled request did share the batch
+    assert list(first.token_ids) != alone(tiny, tokenizer, prompt, 30)  # it was sampled, not greedy
+    assert first.token_ids == again.token_ids == batched[2][1].token_ids == batched[4][1].token_ids
+    assert list(batched[1][1].token_ids) == alone(tiny, tokenizer, others[1], 60)
+    assert list(batched[5][1].token_ids) == alone(tiny, tokenizer, others[1], 20)
+    assert list(batched[6][1].token_ids) == alone(tiny, tokenizer, others[0], 20)
+
+
+async def test_different_seeds_give_different_replies(tiny, tokenizer):
+    prompt = prompts_of(tokenizer, (5,))[0]
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, max_batch=8, ignore_eos=True)
+    try:
+        seeded = await asyncio.gather(*(run(engine, prompt, 20, temperature=1.5, seed=s) for s in range(4)))
+        unseeded = await asyncio.gather(*(run(engine, prompt, 20, temperature=1.5) for _ in range(2)))
+    finally:
+        await engine.close()
+    assert len({f.token_ids for _, f in seeded}) == 4
+    assert unseeded[0][1].token_ids != unseeded[1][1].token_ids  # no seed: a random one each
+
+
+async def test_the_serial_engine_samples_as_the_batching_engine_does(tiny, tokenizer):
+    prompt = prompts_of(tokenizer, (8,))[0]
+    serial = SerialEngine(tiny, tokenizer, max_length=1024)
+    batching = BatchingEngine(tiny, tokenizer, max_length=1024)
+    try:
+        _, by_serial = await run(serial, prompt, 24, temperature=0.7, seed=42)
+        _, again = await run(serial, prompt, 24, temperature=0.7, seed=42)
+        _, other_seed = await run(serial, prompt, 24, temperature=0.7, seed=43)
+        _, by_batching = await run(batching, prompt, 24, temperature=0.7, seed=42)
+    finally:
+        await serial.close()
+        await batching.close()
+    assert by_serial.token_ids == again.token_ids == by_batching.token_ids
+    assert by_serial.token_ids != other_seed.token_ids
+    assert list(by_serial.token_ids) != alone(tiny, tokenizer, prompt, 24)
+
+
+@pytest.fixture(scope="module")
+def starter_constraint(tmp_path_factory, cache_dir, tokenizer, tiny):
+    """The tool-call constraint of the template project's actions, for the tiny model."""
+    from serve_support import make_project, settings_of
+
+    from bot.data.project import validate
+
+    actions = validate(settings_of(make_project(tmp_path_factory.mktemp("calls") / "p", cache_dir))).actions
+    return actions, ToolCallConstraint(tokenizer, actions, tiny.get_output_embeddings().weight.shape[0])
+
+
+@pytest.mark.parametrize("kind", [BatchingEngine, SerialEngine])
+async def test_a_sampled_forced_call_is_still_a_valid_call(tiny, tokenizer, starter_constraint, kind):
+    """At a high temperature random weights write anything at all: the constraint masks before the
+    draw, so every call still parses as a declared action."""
+    from bot.rendering import parse_reply
+
+    actions, constraint = starter_constraint
+    engine = kind(tiny, tokenizer, max_length=1024, max_batch=4, constraint=constraint)
+    prompt = prompts_of(tokenizer, (3,))[0]
+    try:
+        results = await asyncio.gather(
+            *(run(engine, prompt, 400, tool_call=True, temperature=1.5, seed=s) for s in range(3))
+        )
+    finally:
+        await engine.close()
+    for _, result in results:
+        step = parse_reply(result.text)
+        assert result.finish_reason == "stop", result.text
+        assert step.action in set(actions) | {"handoff_to_human"} and step.broken_call is None, result.text
+
+
+async def test_the_remote_engine_sends_the_temperature_and_seed(tokenizer):
+    """A real local model server (aiohttp) that records each /v1/completions body."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from bot.engine.remote import RemoteEngine
+
+    bodies = []
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        bodies.append(await request.json())
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for text, finish in (("Hello", None), (" there.", "stop")):
+            chunk = {"object": "text_completion", "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    server = TestServer(app)
+    await server.start_server()
+    engine = RemoteEngine(str(server.make_url("/")), "m", timeout_s=5)
+    try:
+        _, greedy = await run(engine, [1, 2, 3], 8)
+        _, sampled = await run(engine, [1, 2, 3], 8, temperature=0.7, seed=11)
+        with pytest.raises(EngineError, match="temperature must be 0 .greedy decoding. or more"):
+            await run(engine, [1, 2, 3], 8, temperature=-1)
+    finally:
+        await engine.close()
+        await server.close()
+    assert greedy.text == sampled.text == "Hello there."
+    assert len(bodies) == 2  # the negative temperature never reached the server
+    assert bodies[0]["temperature"] == 0 and "seed" not in bodies[0]
+    assert bodies[1]["temperature"] == 0.7 and bodies[1]["seed"] == 11

@@ -18,7 +18,7 @@ import torch
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.kv import BatchCache, KVSpec, PromptCache
 from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
-from bot.engine.requests import Request, ThreadedEngine
+from bot.engine.requests import Request, ThreadedEngine, pick_tokens
 
 log = logging.getLogger("bot.engine")
 
@@ -109,8 +109,9 @@ class BatchingEngine(ThreadedEngine):
     def _forward(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: BatchCache, requests=()
     ) -> list[int]:
-        """The next token of each row (greedy); `cache` grows by ids' width. `requests` are the
-        rows' requests in batch order, for the tool-call constraint."""
+        """The next token of each row (greedy, or sampled for a request with a temperature); `cache`
+        grows by ids' width. `requests` are the rows' requests in batch order, for the tool-call
+        constraint and sampling."""
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)
         # The output layer on each row's last position alone, as one 2-D matmul: the model's own
         # `logits_to_keep` slices a 3-D tensor, and on the CPU that matmul copies the whole
@@ -122,7 +123,7 @@ class BatchingEngine(ThreadedEngine):
             calls = request.calls
             if calls and calls.active:  # inside a tool call: only tokens that keep it valid
                 logits[b].masked_fill_(~calls.allowed().to(logits.device), float("-inf"))
-        return logits.argmax(-1).tolist()
+        return pick_tokens(logits, requests).tolist()
 
     def _mask(self, starts: torch.Tensor, first_query: int, queries: int) -> torch.Tensor:
         """Additive mask [rows, 1, queries, keys]: query column q sees key column k when the key

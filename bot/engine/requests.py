@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import secrets
 import threading
 import time
 from collections import deque
@@ -14,7 +15,16 @@ from collections.abc import AsyncIterator, Sequence
 import torch
 
 from bot.engine.constraint import CallFollower, ToolCallConstraint
-from bot.engine.protocol import CANCELLED, Engine, EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
+from bot.engine.protocol import (
+    CANCELLED,
+    Engine,
+    EngineBusy,
+    EngineClosed,
+    EngineError,
+    Finished,
+    PromptTooLong,
+    check_sampling,
+)
 from bot.engine.text import IncrementalText
 
 _ids = itertools.count(1)
@@ -22,10 +32,23 @@ _ids = itertools.count(1)
 
 class Request:
     """One prompt to continue. The engine thread calls `token` and `finish` (or `fail`); the
-    stream reading it sets `cancelled` when its reader goes away."""
+    stream reading it sets `cancelled` when its reader goes away. `temperature` 0: greedy;
+    above 0 the engine samples with `generator(device)`, this request's own random generator."""
 
-    def __init__(self, prompt_ids: Sequence[int], max_new_tokens: int, tokenizer, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        tokenizer,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ):
         self.id = next(_ids)
+        self.temperature = float(temperature)
+        self.seed = secrets.randbits(64) if seed is None else seed % 2**64  # torch takes 64-bit seeds
+        self._generator: torch.Generator | None = None
         self.prompt = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
         self.loop = loop
@@ -41,6 +64,12 @@ class Request:
     @property
     def generated(self) -> list[int]:
         return self.text.ids
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """This request's random generator, on the device its logits are on (made on first use)."""
+        if self._generator is None:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
 
     def _send(self, item) -> None:
         try:
@@ -87,6 +116,33 @@ def leave_cores_to_engines() -> None:
     of spinning, and a decode step of the 135M model on this 2-core CPU takes 58 ms instead of
     40. So only engine threads compute on all cores; loading models runs on one."""
     torch.set_num_threads(1)
+
+
+def pick_tokens(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tensor:
+    """The next token of each row of `logits` (float32 [rows, vocabulary], already masked with
+    -inf where a token may not come; `requests` in row order, none for a row that is greedy):
+    the most likely one, or for a request with a temperature above 0 one drawn from
+    softmax(logits / temperature) with that request's generator. The draw of a row depends on
+    its own logits and generator alone, never on the other rows."""
+    tokens = logits.argmax(-1)
+    sampled = [b for b, request in enumerate(requests) if request.temperature > 0]
+    if not sampled:
+        return tokens
+    device = logits.device
+    rows = torch.tensor(sampled, device=device)
+    temperatures = torch.tensor([requests[b].temperature for b in sampled], dtype=torch.float32, device=device)
+    best = tokens.index_select(0, rows)
+    scaled = logits.index_select(0, rows)
+    scaled = (scaled - scaled.amax(-1, keepdim=True)) / temperatures[:, None]  # <= 0, and 0 at the best token
+    # A row with every token masked (or a temperature that underflows float32) gives NaN: such a
+    # row keeps its most likely token, as greedy decoding would pick.
+    scaled.masked_fill_(scaled.isnan(), float("-inf")).scatter_(1, best[:, None], 0.0)
+    probabilities = torch.softmax(scaled, -1)
+    draws = [
+        torch.multinomial(probabilities[i], 1, generator=requests[b].generator(device)) for i, b in enumerate(sampled)
+    ]
+    tokens[rows] = torch.cat(draws)
+    return tokens
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -178,12 +234,26 @@ class ThreadedEngine(Engine):
             raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
 
     async def stream(
-        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        *,
+        tool_call: bool = False,
+        temperature: float = 0.0,
+        seed: int | None = None,
     ) -> AsyncIterator[str | Finished]:
         self.check(prompt_ids, max_new_tokens)
+        check_sampling(temperature, seed)
         if tool_call and not self.constraint:
             raise EngineError("this engine has no tool-call constraint")
-        request = Request(prompt_ids, max_new_tokens, self.tokenizer, asyncio.get_running_loop())
+        request = Request(
+            prompt_ids,
+            max_new_tokens,
+            self.tokenizer,
+            asyncio.get_running_loop(),
+            temperature=temperature,
+            seed=seed,
+        )
         if self.constraint:
             request.calls = self.constraint.follow(forced=tool_call)
         self._in_flight += 1

@@ -11,7 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 
 from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineClosed, EngineError, EngineStats
-from bot.engine.requests import Request, ThreadedEngine
+from bot.engine.requests import Request, ThreadedEngine, pick_tokens
 
 log = logging.getLogger("bot.engine")
 
@@ -61,6 +61,20 @@ class _FollowCalls(LogitsProcessor):
         if calls and calls.active:
             scores[0].masked_fill_(~calls.allowed().to(scores.device), float("-inf"))
         return scores
+
+
+class _Sample(LogitsProcessor):
+    """Sampling inside a greedy `generate`: draws the next token as the batching engine does
+    (`pick_tokens`: softmax(scores / temperature), the request's own generator) and leaves only
+    that token possible, so the same seed gives the same reply from either engine and no
+    request touches the global random state."""
+
+    def __init__(self, request: Request):
+        self.request = request
+
+    def __call__(self, input_ids, scores):
+        token = pick_tokens(scores.float(), [self.request])
+        return torch.full_like(scores, float("-inf")).scatter_(1, token[:, None], 0.0)
 
 
 class SerialEngine(ThreadedEngine):
@@ -117,7 +131,9 @@ class SerialEngine(ThreadedEngine):
             pad_token_id=self.tokenizer.pad_token_id,
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([_Cancelled(request, self)]),
-            logits_processor=LogitsProcessorList([_FollowCalls(request)]),
+            logits_processor=LogitsProcessorList(
+                [_FollowCalls(request)] + ([_Sample(request)] if request.temperature > 0 else [])
+            ),
         )
         if self.closed and not streamer.stopped and not request.cancelled:  # cut short by close(): not a reply
             request.fail(EngineClosed("the model engine was closed before this request finished"))
