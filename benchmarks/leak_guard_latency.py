@@ -5,7 +5,7 @@
 Every bot reply of the project's held-out and training dialogues is written by the scripted
 engine (tests/serve_support.py: the real tokenizer, detokenizer and `Finished` record, one token
 every --token-ms, by default the speed of one customer on the batching engine on a 2-core CPU),
-and answered through `Responder.answer`, as the server does, twice: once with the model's leak
+and answered through `ReplyPolicy.answer`, as the server does, twice: once with the model's leak
 guard and once with a guard that lets everything through, alternating which goes first. The first
 token is the first text a customer would be sent. The guard can only delay it by holding words
 back (until the next token shows they can't be the start of a run of the prompt or of the secret)
@@ -36,9 +36,10 @@ from bot.config import load_settings  # noqa: E402
 from bot.data.loader import read_training_data  # noqa: E402
 from bot.data.profile import profile_of  # noqa: E402
 from bot.data.schema import BotTurn  # noqa: E402
+from bot.policy.context import ConversationState  # noqa: E402
+from bot.policy.reply import Piece, ReplyPolicy  # noqa: E402
 from bot.serve.events import user_message  # noqa: E402
 from bot.serve.generator import ResponseModel  # noqa: E402
-from bot.serve.responder import ConversationState, ModelHolder, Piece, Responder  # noqa: E402
 
 MESSAGE = "Hi, can you help me with something?"
 
@@ -66,12 +67,12 @@ class NoGuard:
         return ""
 
 
-async def first_token(responder: Responder, model: ResponseModel, reply: str) -> float:
+async def first_token(policy: ReplyPolicy, model: ResponseModel, reply: str) -> float:
     """Seconds from the customer's message to the first text sent, for one scripted reply."""
     model.engine.replies.append(reply)
     messages = [{"role": "system", "content": model.profile.system_prompt}, {"role": "user", "content": MESSAGE}]
     started = time.perf_counter()
-    answer = responder.answer(model, messages, sender="bench", state=ConversationState(), latest=user_message(MESSAGE))
+    answer = policy.answer(model, messages, sender="bench", state=ConversationState(), latest=user_message(MESSAGE))
     async with aclosing(answer) as items:
         async for item in items:
             if isinstance(item, Piece) or (isinstance(item, dict) and item.get("text")):
@@ -124,15 +125,15 @@ async def main() -> None:
         settings.build.model.max_length,
     )
     guard = model.leak_guard
-    responder = Responder(ModelHolder(model), settings.build.serve, actions=None)
+    policy = ReplyPolicy(settings.build.serve, actions=None)
 
     for reply in replies[:3]:  # warm-up: the tokenizer's and the event loop's first calls
-        await first_token(responder, model, reply)
+        await first_token(policy, model, reply)
     times = {"without": [], "with": []}
     for i, reply in enumerate(replies):
         for arm in ("without", "with") if i % 2 else ("with", "without"):
             model.leak_guard = guard if arm == "with" else NoGuard()
-            times[arm].append(await first_token(responder, model, reply))
+            times[arm].append(await first_token(policy, model, reply))
     added = [(w - wo) * 1000 for w, wo in zip(times["with"], times["without"], strict=True)]
     later = sum(a > args.token_ms / 2 for a in added)
 

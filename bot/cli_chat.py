@@ -56,9 +56,9 @@ class _Shown:
 
 async def chat_in_process(settings, sender: str, *, load_model=None) -> None:
     """`load_model` defaults to loading the active trained model (or the base model)."""
+    from bot.policy.reply import Piece
     from bot.serve.conversations import Waiting
     from bot.serve.events import ACTION, ACTION_PROBLEMS, BOT, HANDOFF
-    from bot.serve.responder import Piece
     from bot.serve.services import open_services
 
     _say("loading the model...\n")

@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from serve_support import ADMIN, chat, make_project, sse_events, stored_events
 
+from bot.policy.reply import COULD_NOT_DO
 from bot.serve.actions import SORRY
-from bot.serve.responder import COULD_NOT_DO
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,9 +19,9 @@ from bot.data.loader import read_training_data
 from bot.data.profile import BotProfile, profile_of, read_profile, trained_profile
 from bot.data.project import validate
 from bot.data.schema import DEFAULT_REFUSAL, BotTurn
+from bot.policy.reply import GUARD
 from bot.serve.keys import STORE
 from bot.serve.leak_guard import PROMPT, SECRET, LeakGuard
-from bot.serve.responder import GUARD
 
 # --- an independent check of what a customer received (plain ASCII, no code shared with the guard)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from store_isolation import postgres_schema, redis_prefix
 
+from bot.policy.context import fold
 from bot.serve.events import bot_message
 from bot.serve.migrations import MigrationError, Migrations
-from bot.serve.responder import fold
 from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
 
 FIXTURES = Path(__file__).parent / "data" / "stores_v1"

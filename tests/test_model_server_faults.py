@@ -22,10 +22,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events, stored_events
 
+from bot.policy.reply import COULD_NOT_DO
 from bot.serve.app import create_app
 from bot.serve.events import MODEL_UNAVAILABLE
 from bot.serve.generator import remote_response_model
-from bot.serve.responder import COULD_NOT_DO
 
 REPLY = "Happy to help with that today."
 

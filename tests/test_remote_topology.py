@@ -27,9 +27,9 @@ from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 from bot.engine.protocol import EngineError
 from bot.engine.remote import RemoteEngine
+from bot.policy.reply import COULD_NOT_DO, NOT_UNDERSTOOD
 from bot.rendering import parse_reply
 from bot.serve.events import MODEL_UNAVAILABLE
-from bot.serve.responder import COULD_NOT_DO, NOT_UNDERSTOOD
 
 MAX_NEW_TOKENS = 24
 # the model server asks for it; the front-ends send it
@@ -227,8 +227,8 @@ def _get(url: str) -> str:
 
 async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(topology, postgres_url):
     from bot.engine.protocol import Finished
+    from bot.policy.context import to_messages
     from bot.serve.generator import load_response_model
-    from bot.serve.responder import to_messages
 
     fronts, sender = topology["fronts"], f"greedy-{time.monotonic_ns() % 10**9}"
     async with aiohttp.ClientSession() as session:

@@ -11,6 +11,7 @@ from serve_support import make_project, settings_of
 from bot.data.compile import tool_call_message
 from bot.engine.protocol import Finished
 from bot.errors import RenderError
+from bot.policy.context import fold, to_messages
 from bot.rendering import fitted_prompt_ids, prompt_ids
 from bot.serve.events import (
     action_executed,
@@ -23,7 +24,6 @@ from bot.serve.events import (
     user_message,
 )
 from bot.serve.generator import load_response_model
-from bot.serve.responder import fold, to_messages
 
 SYSTEM = "You are Ember, the support assistant of Ember Supplies."
 

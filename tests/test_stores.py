@@ -13,6 +13,7 @@ import uuid
 import pytest
 from store_isolation import postgres_schema, redis_prefix
 
+from bot.policy.context import fold
 from bot.serve.events import (
     STATE_EVENTS,
     action_executed,
@@ -24,7 +25,6 @@ from bot.serve.events import (
     slots_reset,
     user_message,
 )
-from bot.serve.responder import fold
 from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

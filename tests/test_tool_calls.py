@@ -19,8 +19,8 @@ from bot.engine.batching import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.loader import load_weights
 from bot.engine.protocol import Finished
+from bot.policy.reply import COULD_NOT_DO
 from bot.rendering import parse_reply, prompt_ids
-from bot.serve.responder import COULD_NOT_DO
 
 ROOT = Path(__file__).resolve().parent.parent
 PHRASINGS = yaml.safe_load((ROOT / "tests" / "data" / "asking_for_a_person.yml").read_text())

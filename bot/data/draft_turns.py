@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bot.policy.reply import GUARD, UNGROUNDED
 from bot.serve.conversation_search import latest_ratings
 from bot.serve.events import (
     ACTION,
@@ -25,7 +26,6 @@ from bot.serve.events import (
     USER,
     Event,
 )
-from bot.serve.responder import GUARD, UNGROUNDED
 
 APOLOGY_AFTER = (*ACTION_PROBLEMS, MODEL_UNAVAILABLE)
 

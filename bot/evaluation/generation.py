@@ -1,4 +1,4 @@
-"""Greedy generation (through the batching engine) and reference loss, for evaluation."""
+"""The bot's steps on evaluation cases (the reply policy on the batching engine) and the reference loss."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import asyncio
 
 import torch
 
-from bot.data.person_requests import PERSON_ASKED, PersonRequestRule, last_user_text
+from bot.config import ServeConfig
 from bot.engine.batching import BatchingEngine
-from bot.engine.constraint import ToolCallConstraint
 from bot.engine.kv import common_prefix
-from bot.engine.protocol import Finished
+from bot.engine.loader import Weights, call_constraint
 from bot.evaluation.cases import Prompted
-from bot.rendering import handoff_step, parse_reply, prompt_ids, render
+from bot.policy.reply import ReplyPolicy
+from bot.rendering import prompt_ids, render
+from bot.serve.generator import ResponseModel
 from bot.training.batching import collate
 from bot.training.loss import bot_token_nll
 
@@ -22,53 +23,44 @@ def _batches(items: list[Prompted], size: int, key) -> list[list[Prompted]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
-def generate_replies(
-    model,
-    tokenizer,
+def policy_replies(
+    weights: Weights,
     items: list[Prompted],
     *,
+    serve: ServeConfig,
     max_batch: int,
     max_new_tokens: int,
     on_reply=None,
-    constraint: ToolCallConstraint | None = None,
-    person_rule: PersonRequestRule | None = None,
 ) -> None:
-    """Greedy replies for every item (set on `item.reply`) as the served bot gives them: a
-    customer who asks for a person is handed off by `person_rule` before the model; the rest go
-    through the batching engine that serves customers, with the same tool-call constraint."""
-    to_generate = []
-    for item in items:
-        if person_rule and person_rule.asks_for_person(last_user_text(item.messages)):
-            item.reply = handoff_step(PERSON_ASKED)
-            if on_reply:
-                on_reply(1)
-        else:
-            to_generate.append(item)
-    items = to_generate
+    """Each item's first step (set on `item.reply`) as the served bot takes it: the reply
+    policy customers get (bot.policy.reply: the person rule, the tool-call constraint, argument
+    checks, grounding, the leak guard), on the batching engine that serves customers, greedy."""
+    tokenizer = weights.tokenizer
+    prompts = [prompt_ids(tokenizer, item.messages) for item in items]
     if not items:
         return
-    prompts = [prompt_ids(tokenizer, item.messages) for item in items]
     max_length = max(len(p) for p in prompts) + max_new_tokens
+    policy = ReplyPolicy(serve.model_copy(update={"max_new_tokens": max_new_tokens}))
 
     async def run() -> None:
         engine = BatchingEngine(
-            model,
+            weights.model,
             tokenizer,
             max_length=max_length,
             max_batch=max_batch,
             max_queue=len(items),
             pinned_prefix=common_prefix(prompts),
-            constraint=constraint,
+            constraint=call_constraint(weights.model, tokenizer, weights.profile.actions),
         )
+        model_id = weights.trained.id if weights.trained else None
+        model = ResponseModel(engine, tokenizer, weights.profile, model_id, max_length)
         try:
-            await asyncio.gather(*(reply(engine, item, ids) for item, ids in zip(items, prompts, strict=True)))
+            await asyncio.gather(*(reply(model, item) for item in items))
         finally:
             await engine.close()
 
-    async def reply(engine, item: Prompted, ids: list[int]) -> None:
-        async for out in engine.stream(ids, max_new_tokens):
-            if isinstance(out, Finished):
-                item.reply = parse_reply(out.text)
+    async def reply(model: ResponseModel, item: Prompted) -> None:
+        item.reply = await policy.first_step(model, item.messages)
         if on_reply:
             on_reply(1)
 

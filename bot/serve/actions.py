@@ -213,3 +213,41 @@ def outcome_of(name: str, arguments: dict, answer: dict) -> ActionOutcome:
     outcome.action_event = action_executed(name, arguments, result)
     outcome.events = [outcome.action_event] + outcome.events + messages
     return outcome
+
+
+class InProcessActions(ActionRunner):
+    """The project's action package run in this process by rasa-sdk's own executor (as
+    `python -m rasa_sdk --actions PACKAGE` runs it), with the same request body and the same
+    reading of its answer: what the conversation tests use, with no server to start. `stubs`:
+    per conversation, actions answered from the test instead (`{"events", "responses"}` as an
+    action server answers, or `{"error": text}` for an action that fails)."""
+
+    def __init__(
+        self, package: str | None, *, tracker_events: int = 20, stubs: dict[str, dict[str, dict]] | None = None
+    ):
+        from rasa_sdk.executor import ActionExecutor
+
+        self.package = package
+        self.executor = ActionExecutor()
+        if package:
+            self.executor.register_package(package)
+        self.tracker_events = tracker_events
+        self.stubs = stubs if stubs is not None else {}
+
+    async def call(self, name: str, arguments: dict, **context) -> dict:
+        stub = self.stubs.get(context["sender"], {}).get(name)
+        if stub is not None:
+            if stub.get("error"):
+                raise ActionFailed("stubbed", stub["error"])
+            return {"events": list(stub.get("events") or []), "responses": list(stub.get("responses") or [])}
+        if name not in self.executor.actions:
+            where = (
+                f"the action package '{self.package}'" if self.package else "the project (it has no action package)"
+            )
+            raise ActionFailed("HTTP 404", f"no action '{name}' in {where}: stub it in the test")
+        body = self.request_body(name, arguments, **context)
+        try:
+            result = await self.executor.run(body)
+        except Exception as e:  # the action's own fault, as the action server's 500
+            raise ActionFailed("HTTP 500", f"{type(e).__name__}: {e}") from None
+        return result.model_dump(by_alias=True) if result else {"events": [], "responses": []}

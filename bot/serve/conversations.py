@@ -1,4 +1,4 @@
-"""Stored conversations around the reply loop (Responder): the customer's message is stored before the
+"""Stored conversations around the reply policy (bot.policy.reply): the customer's message is stored before the
 model starts, each event the moment it happens, and one conversation answers one message at a
 time (the store's lock), while different conversations proceed concurrently."""
 
@@ -10,11 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.config import ServeConfig
+from bot.errors import BotError
+from bot.policy.context import fold, to_messages
+from bot.policy.reply import Piece, ReplyPolicy
 from bot.serve.conversation_search import latest_ratings
-from bot.serve.events import BOT, HANDOFF, VISIBLE, Event, user_message
+from bot.serve.events import BOT, HANDOFF, VISIBLE, Event, agent_message, handed_off, resumed, user_message
+from bot.serve.model_holder import ModelHolder
 from bot.serve.recovery import mark_if_unanswered
-from bot.serve.responder import Piece, Responder, fold, to_messages
 from bot.serve.store import ConversationStore
+
+TAKEN_OVER = "taken over by an agent"  # the reason of the handoff an agent's first message makes
+
+
+class NotWithAgent(BotError):
+    """Only a conversation that a person has can be given back to the bot."""
 
 
 @dataclass(frozen=True)
@@ -40,12 +49,14 @@ class Conversations:
     def __init__(
         self,
         store: ConversationStore,
-        responder: Responder,
+        holder: ModelHolder,
+        policy: ReplyPolicy,
         config: ServeConfig,
         on_handoff: Callable[[str, Event], Awaitable[None]] | None = None,
     ):
         self.store = store
-        self.responder = responder
+        self.holder = holder
+        self.policy = policy
         self.config = config
         self.on_handoff = on_handoff
 
@@ -65,9 +76,9 @@ class Conversations:
             if state.handed_off:
                 yield Waiting(state.handoff_reason)
                 return
-            async with self.responder.holder.borrow() as model:  # one model for the whole answer, even across a reload
+            async with self.holder.borrow() as model:  # one model for the whole answer, even across a reload
                 messages = to_messages(events, model.profile.system_prompt)
-                answer = self.responder.answer(model, messages, sender=sender, state=state, latest=latest)
+                answer = self.policy.answer(model, messages, sender=sender, state=state, latest=latest)
                 async with aclosing(answer) as items:
                     async for item in items:
                         if isinstance(item, dict):
@@ -75,6 +86,23 @@ class Conversations:
                             if item["type"] == HANDOFF and self.on_handoff:
                                 await self.on_handoff(sender, item)
                         yield item
+
+    async def write_as_agent(self, sender: str, text: str, agent: str | None = None) -> tuple[Event, Event | None]:
+        """A human agent's message, which takes the conversation over from the bot if it still has
+        it: (the stored message, the stored takeover or None)."""
+        async with self.store.lock(sender, self.config.lock_timeout_s):  # after any reply being written
+            taken = None
+            if not fold(await self.store.events(sender)).handed_off:
+                taken = await self.store.append(sender, handed_off("agent", TAKEN_OVER, agent=agent))
+            event = await self.store.append(sender, agent_message(text, agent))
+        return event, taken
+
+    async def give_back(self, sender: str) -> Event:
+        """The agent gives the conversation back to the bot; NotWithAgent if no person has it."""
+        async with self.store.lock(sender, self.config.lock_timeout_s):
+            if not fold(await self.store.events(sender)).handed_off:
+                raise NotWithAgent(f"conversation '{sender}' is not with an agent")
+            return await self.store.append(sender, resumed())
 
     async def history(self, sender: str) -> list[dict]:
         """The visible events; a bot message the customer rated carries its vote (`rating`)."""

@@ -32,7 +32,7 @@ GUARDED = "guarded"
 MODEL_UNAVAILABLE = "model_unavailable"
 INTERRUPTED = "interrupted"
 
-# The types that change a conversation's state (what bot.serve.responder.fold looks at): the
+# The types that change a conversation's state (what bot.policy.context.fold looks at): the
 # store keeps them at hand so that answering never reads the whole conversation.
 STATE_EVENTS = (SLOT, RESET_SLOTS, HANDOFF, RESUME)
 # The types a customer sees in the widget's history and live feed.

@@ -33,6 +33,7 @@ class ResponseModel:
     profile: BotProfile
     model_id: str | None  # None: the base model with the persona prompt, no trained model yet
     max_length: int
+    temperature: float = 0.0  # 0: greedy, as customers get it; above 0 (conversation tests' pass^k) samples
     loaded_at: float = field(default_factory=time.time)
 
     @cached_property
@@ -61,7 +62,7 @@ class ResponseModel:
             ids = await asyncio.to_thread(self.prompt, messages, max_new_tokens, gone)  # a few ms: off the event loop
         finally:
             gone.set()  # the thread ends at its next check if this await was cancelled; a no-op otherwise
-        async for item in self.engine.stream(ids, max_new_tokens):
+        async for item in self.engine.stream(ids, max_new_tokens, temperature=self.temperature):
             yield item
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from bot.serve.conversations import Conversations
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import RateLimiter
 from bot.serve.metrics import Metrics
-from bot.serve.responder import ModelHolder
+from bot.serve.model_holder import ModelHolder
 from bot.serve.retention import Retention
 from bot.serve.store import ConversationStore
 

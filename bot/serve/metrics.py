@@ -111,7 +111,7 @@ class Metrics:
         return len(self._last_seen)
 
     def watch(self, holder) -> None:
-        """Read the engine gauges from the model in service (bot.serve.responder.ModelHolder)."""
+        """Read the engine gauges from the model in service (bot.serve.model_holder.ModelHolder)."""
         self._holder = holder
 
     def _engine_stats(self):

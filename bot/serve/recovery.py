@@ -18,8 +18,8 @@ import logging
 import time
 
 from bot.errors import BotError
+from bot.policy.context import fold
 from bot.serve.events import USER, Event, interrupted
-from bot.serve.responder import fold
 from bot.serve.store import ConversationBusy, ConversationStore
 
 TRY_LOCK_S = 0.1  # "without waiting", with time for one round trip to the store

@@ -7,14 +7,13 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.serve.events import HANDOFF, USER, agent_message, handed_off, resumed
+from bot.serve.conversations import NotWithAgent
+from bot.serve.events import HANDOFF, USER
 from bot.serve.http import read_body
-from bot.serve.keys import SETTINGS, STORE
+from bot.serve.keys import CONVERSATIONS, SETTINGS, STORE
 from bot.serve.openapi import RouteTable
-from bot.serve.responder import fold
 from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
 
-TAKEN_OVER = "taken over by an agent"
 routes = RouteTable("agents", admin=True, path_params=(SENDER_PARAM,))
 
 
@@ -70,12 +69,7 @@ async def write_as_agent(request: web.Request) -> web.Response:
     body = await read_body(request, AgentMessage)
     if len(body.text) > (limit := request.app[SETTINGS].build.serve.max_message_chars * 4):
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body.text), text="agent message too long")
-    store = request.app[STORE]
-    async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):  # after any reply being written
-        taken = None
-        if not fold(await store.events(sender)).handed_off:
-            taken = await store.append(sender, handed_off("agent", TAKEN_OVER, agent=body.agent))
-        event = await store.append(sender, agent_message(body.text, body.agent))
+    event, taken = await request.app[CONVERSATIONS].write_as_agent(sender, body.text, body.agent)
     return web.json_response({"event": event, "took_over": taken is not None})
 
 
@@ -83,9 +77,8 @@ async def write_as_agent(request: web.Request) -> web.Response:
 async def give_back(request: web.Request) -> web.Response:
     """Give the conversation back to the bot"""
     sender = conversation_id(request)
-    store = request.app[STORE]
-    async with store.lock(sender, request.app[SETTINGS].build.serve.lock_timeout_s):
-        if not fold(await store.events(sender)).handed_off:
-            raise web.HTTPConflict(text=f"conversation '{sender}' is not with an agent")
-        event = await store.append(sender, resumed())
+    try:
+        event = await request.app[CONVERSATIONS].give_back(sender)
+    except NotWithAgent as e:
+        raise web.HTTPConflict(text=str(e)) from None
     return web.json_response({"event": event})

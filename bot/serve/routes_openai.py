@@ -1,6 +1,6 @@
 """An OpenAI-compatible chat endpoint, so any OpenAI client can talk to the bot. Stateless: the
 conversation comes with each request. The bot's own persona is always the system prompt (a
-client's system messages are ignored), and the reply goes through the same reply loop (Responder) as the
+client's system messages are ignored), and the reply goes through the same reply policy (bot.policy.reply) as the
 widget's, actions included."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.remote import RemoteEngine
+from bot.policy.context import ConversationState
+from bot.policy.reply import GUARD, Piece
 from bot.serve.events import MODEL_UNAVAILABLE, user_message
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import RouteTable, ServerSentEvent
-from bot.serve.responder import GUARD, ConversationState, Piece
 from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.routes_completions import openai_stream_error
 
@@ -158,7 +159,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
         sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
         latest = user_message(messages[-1]["content"])
-        answer = request.app[CONVERSATIONS].responder.answer(
+        answer = request.app[CONVERSATIONS].policy.answer(
             model, messages, sender=sender, state=ConversationState(), latest=latest
         )
         completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
@@ -167,8 +168,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             texts = []
             async with aclosing(answer) as items:
                 async for item in items:
-                    if isinstance(item, dict) and item["type"] in SHOWN_TO_CUSTOMER:
-                        texts.append(item["text"])
+                    if isinstance(item, dict) and item["type"] in SHOWN_TO_CUSTOMER and item.get("text"):
+                        texts.append(item["text"])  # an action's buttons alone have no text to add
             content = "\n\n".join(texts)
             return web.json_response(
                 {
@@ -206,7 +207,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                         # A message that was not generated token by token (an action's, a handoff), or the
                         # refusal after the leak guard stopped a streamed one (what went out before was checked),
                         # or the apology after a model server broke off a streamed one.
-                        if not in_message or item.get("by") in (GUARD, MODEL_UNAVAILABLE):
+                        if (not in_message or item.get("by") in (GUARD, MODEL_UNAVAILABLE)) and item.get("text"):
                             await write(item["text"])
                         in_message = False
         except ConnectionError:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import aiohttp
 
 from bot.config import Settings
+from bot.policy.reply import ReplyPolicy
 from bot.serve.actions import ActionRunner
 from bot.serve.conversations import Conversations
 from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.handoff import HandoffNotifier
 from bot.serve.metrics import Metrics
-from bot.serve.responder import ModelHolder, Responder
+from bot.serve.model_holder import ModelHolder
 from bot.serve.store import ConversationStore
 from bot.serve.stores import open_store
 
@@ -33,7 +34,7 @@ class Services:
 
     @property
     def holder(self) -> ModelHolder:
-        return self.conversations.responder.holder
+        return self.conversations.holder
 
 
 def assemble(
@@ -44,9 +45,9 @@ def assemble(
     endpoints = settings.endpoints
     action = endpoints.action_endpoint
     actions = ActionRunner(session, action.url, timeout_s=action.timeout_s, tracker_events=action.tracker_events)
-    responder = Responder(ModelHolder(model), settings.build.serve, actions, metrics=metrics)
     notify = HandoffNotifier(session, endpoints.handoff_webhook.url, endpoints.handoff_webhook.timeout_s, store)
-    return Conversations(store, responder, settings.build.serve, on_handoff=notify)
+    policy = ReplyPolicy(settings.build.serve, actions, metrics=metrics)
+    return Conversations(store, ModelHolder(model), policy, settings.build.serve, on_handoff=notify)
 
 
 @asynccontextmanager

@@ -275,7 +275,7 @@ def _score(settings: Settings, model_id: str, data, progress_bar: bool) -> tuple
 
     from bot.engine.loader import load_weights
     from bot.evaluation.cases import cases, prompted
-    from bot.evaluation.generation import generate_replies
+    from bot.evaluation.generation import policy_replies
     from bot.evaluation.metrics import summarize
 
     cfg = settings.build.eval
@@ -289,10 +289,10 @@ def _score(settings: Settings, model_id: str, data, progress_bar: bool) -> tuple
         with tqdm(
             total=len(items), disable=not progress_bar, unit="reply", desc="scoring", dynamic_ncols=True, leave=False
         ) as bar:
-            generate_replies(
-                weights.model,
-                weights.tokenizer,
+            policy_replies(
+                weights,
                 items,
+                serve=settings.build.serve,
                 max_batch=cfg.batch_size,
                 max_new_tokens=cfg.max_new_tokens,
                 on_reply=bar.update,

@@ -3,11 +3,11 @@ import { api, explain, path } from "./api.js";
 import { byId, clear, el, focus, say } from "./dom.js";
 
 const FIGURES = [
-  ["chrf", "chrF"], ["action_accuracy", "action accuracy"], ["handoff_accuracy", "handoff accuracy"],
+  ["conversation_pass_rate", "conversations passed"], ["chrf", "chrF"], ["action_accuracy", "action accuracy"], ["handoff_accuracy", "handoff accuracy"],
   ["expectation_pass_rate", "tests passed"], ["adversarial_pass_rate", "adversarial passed"], ["leaks", "leaks"],
   ["loss", "loss"], ["dialogues", "dialogues"], ["turns", "turns"],
 ];
-const RATES = new Set(["action_accuracy", "handoff_accuracy", "expectation_pass_rate", "adversarial_pass_rate"]);
+const RATES = new Set(["conversation_pass_rate", "action_accuracy", "handoff_accuracy", "expectation_pass_rate", "adversarial_pass_rate"]);
 
 function figure(key, value) {
   if (value === null || value === undefined) return "—";

@@ -1,0 +1,76 @@
+"""A stored conversation as the reply policy reads it: the model's context (the training format
+of bot.data.compile) and the state its events add up to (slots, handoff)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.data.compile import tool_call_message
+from bot.data.schema import HANDOFF_TOOL
+from bot.serve.events import ACTION, AGENT, BOT, HANDOFF, RESET_SLOTS, RESUME, SLOT, USER, Event
+
+
+@dataclass
+class ConversationState:
+    slots: dict[str, Any] = field(default_factory=dict)
+    handed_off: bool = False
+    handoff_reason: str | None = None
+    recent: list[Event] = field(default_factory=list)  # the latest events, for an action's tracker
+
+    def apply(self, event: Event) -> None:
+        """Takes in one more event of the conversation."""
+        if event["type"] == SLOT:
+            self.slots[event["name"]] = event.get("value")
+        elif event["type"] == RESET_SLOTS:
+            self.slots.clear()
+        elif event["type"] == HANDOFF:
+            self.handed_off, self.handoff_reason = True, event.get("reason")
+        elif event["type"] == RESUME:
+            self.handed_off = False
+
+
+def fold(events: list[Event]) -> ConversationState:
+    """The state a conversation's events add up to."""
+    state = ConversationState(recent=events)
+    for event in events:
+        state.apply(event)
+    return state
+
+
+def conversation_sources(messages: list[dict]) -> list[str]:
+    """What the customer wrote and what actions returned: where a grounded argument must come from."""
+    return [m.get("content") or "" for m in messages if m["role"] in ("user", "tool")]
+
+
+def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
+    """A stored conversation as the model's context, in the training format (bot.data.compile).
+
+    Every event type has its rendering here, and an event missing an optional field never
+    breaks it:
+    - `user`: a user message (an empty one stays, empty);
+    - `bot` and `agent` with text: an assistant message (an agent speaks for the company);
+    - `bot` without text (an action's buttons or image alone): nothing, because what the buttons
+      offer is in that action's result, which the model has already read;
+    - `action`: the call and its result, as training shows them;
+    - `handoff` by the model or the person rule: the handoff call (by an agent or an action: nothing);
+    - everything else (slots, ratings, refused calls, guard records, interruptions, resumes):
+      nothing; a refused call's apology is the `bot` event after it.
+    """
+    messages: list[dict] = [{"role": "system", "content": system_prompt}]
+    for event in events:
+        kind = event.get("type")
+        if kind == USER:
+            messages.append({"role": "user", "content": event.get("text") or ""})
+        elif kind in (BOT, AGENT) and event.get("text"):
+            messages.append({"role": "assistant", "content": event["text"]})
+        elif kind == ACTION:
+            call_id = f"call_{event.get('seq', len(messages))}"
+            messages.append(tool_call_message(call_id, event.get("name", ""), event.get("arguments") or {}))
+            result = json.dumps(event.get("result"), ensure_ascii=False)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
+        elif kind == HANDOFF and event.get("by") in ("model", "rule"):
+            call_id = f"call_{event.get('seq', len(messages))}"
+            messages.append(tool_call_message(call_id, HANDOFF_TOOL, {"reason": event.get("reason") or ""}))
+    return messages
