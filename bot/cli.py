@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from bot import cli_conversation_tests
 from bot.cli_drafts import EXPORT_HELP, cmd_export, cmd_redact, cmd_review
 from bot.cli_table import text_table
 from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
@@ -50,12 +51,14 @@ def _table(stats) -> str:
 
 def cmd_validate(args) -> int:
     from bot.config import load_settings
-    from bot.data.project import validate
+    from bot.data.project import conversation_tests, validate
 
-    data = validate(load_settings(args.project))
+    settings = load_settings(args.project)
+    data = validate(settings)
+    tests = conversation_tests(settings, data)
     print(
-        f"ok: {len(data.train)} training and {len(data.test)} held-out dialogues, {len(data.actions)} actions, "
-        "no problems"
+        f"ok: {len(data.train)} training and {len(data.test)} held-out dialogues, {len(tests)} conversation tests, "
+        f"{len(data.actions)} actions, no problems"
     )
     return 0
 
@@ -176,13 +179,24 @@ def _failure_classes(counts: dict[str, int]) -> str:
 def eval_table(document: dict) -> str:
     """The four modes side by side, then expectations passed and chrF per tag, then one line per
     mode with its action failures by class."""
-    columns = ("chrF", "action acc", "handoff acc", "expect pass", "adversarial", "leaks", "loss", "seconds")
+    columns = (
+        "conversations",
+        "chrF",
+        "action acc",
+        "handoff acc",
+        "expect pass",
+        "adversarial",
+        "leaks",
+        "loss",
+        "seconds",
+    )
     rows = [("mode",) + columns]
     for mode in document["modes"]:
         s = document["summary"][mode]
         rows.append(
             (
                 mode,
+                _percent(s.get("conversation_pass_rate")),
                 f"{s['chrf']:.1f}",
                 _percent(s["action_accuracy"]),
                 _percent(s["handoff_accuracy"]),
@@ -422,6 +436,7 @@ def parser() -> argparse.ArgumentParser:
         "--modes", metavar="LIST", help="comma-separated subset of zero-shot,one-shot,few-shot,fine-tuned"
     )
     evaluate.set_defaults(run=cmd_eval)
+    cli_conversation_tests.add_parser(commands)
 
     model_cmds = commands.add_parser("models", help="list, activate and export trained models")
     model_actions = model_cmds.add_subparsers(dest="models_command", required=True, metavar="ACTION")

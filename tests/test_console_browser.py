@@ -224,7 +224,9 @@ async def test_a_model_is_activated_and_rolled_back_with_the_keyboard_alone(brow
     await page.keyboard.press("Enter")
     await page.get_by_role("heading", name="20261127-110000").wait_for()
     cards = page.get_by_role("list", name="Trained models").locator("li.card")
-    assert "adversarial passed" in await cards.first.inner_text() and "Gate: passed" in await cards.first.inner_text()
+    shown = await cards.first.inner_text()
+    assert "adversarial passed" in shown and "Gate: passed" in shown
+    assert "conversations passed\n55%" in shown  # whole conversations beside the held-out scores
     await tab_to("Activate 20261127-110000")
     await page.keyboard.press("Enter")
     await page.get_by_role("status").filter(has_text="Now serving 20261127-110000").wait_for()

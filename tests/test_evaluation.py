@@ -285,7 +285,13 @@ def test_bot_eval_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, cap
     assert [(f["kind"], f["failure_class"], f["expected"]) for f in human] == [("action", "wrong handoff", "handoff")]
     assert "\naction failures\n" in out and "wrong handoff" in out.split("action failures")[1]
     html = (project / "results" / model_id / "report.html").read_text()
-    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 5
+    assert html.startswith("<!DOCTYPE html>") and html.count("<svg") == 7  # 6 held-out metrics, 1 of conversations
+    assert "<h2>Whole conversations</h2>" in html
+    # the template's two conversation tests, in every mode: the person rule passes the handoff one
+    conversations = json.loads((project / "results" / model_id / "conversations.json").read_text())
+    for mode in report["modes"]:
+        assert conversations["summary"][mode]["tests"] == 2
+        assert report["summary"][mode]["conversation_pass_rate"] == conversations["summary"][mode]["pass_rate"] >= 0.5
     assert html.count('<table class="confusion" data-mode="fine-tuned">') == 1
     assert "<h3>test-human</h3>" in html
 

@@ -13,7 +13,10 @@ def test_init_output_validates_and_compiles(tmp_path, capsys, cache_dir):
     assert (target / "training_data" / "persona.yml").is_file()
     write_config(target, cache_dir)
     assert main(["-C", str(target), "data", "validate"]) == 0
-    assert "ok: 3 training and 1 held-out dialogues, 1 actions, no problems" in capsys.readouterr().out
+    assert (
+        "ok: 3 training and 1 held-out dialogues, 2 conversation tests, 1 actions, no problems"
+        in capsys.readouterr().out
+    )
     assert main(["-C", str(target), "data", "compile"]) == 0
     assert (target / "build" / "train.jsonl").read_text().count("\n") == 3
 

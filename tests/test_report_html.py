@@ -197,6 +197,39 @@ def test_five_accessible_charts_one_labelled_bar_per_mode(report):
     assert ">60.0</text>" in chart(page, "chrf")
 
 
+def test_conversation_tests_get_a_chart_a_table_and_their_failures_escaped(report):
+    for mode, rate in zip(report["modes"], (0.1, 0.2, 0.2, 0.6), strict=True):
+        report["summary"][mode]["conversation_pass_rate"] = rate
+    run = {
+        "test": "order-first",
+        "where": "training_data/conversation_tests/a.yml:3:5",
+        "tags": ["orders"],
+        "passed": False,
+        "failures": ["step 1: expected the action check_order to run"],
+        "error": None,
+        "transcript": ["customer: <img src=x onerror=alert(1)>", "bot: hello"],
+        "temperature": 0.0,
+    }
+    conversations = {
+        "modes": ["fine-tuned"],
+        "summary": {
+            "fine-tuned": {
+                "tests": 1,
+                "passed": 0,
+                "pass_rate": 0.0,
+                "sampled": {"tries": 3, "temperature": 0.7, "pass_hat": {"1": 0.33, "2": 0.0, "3": 0.0}},
+            }
+        },
+        "runs": {"fine-tuned": [run, dict(run, temperature=0.7)]},
+    }
+    page = render_html(report, conversations)
+    assert ">60%</text>" in chart(page, "conversation_pass_rate")  # beside the held-out scores
+    assert "<h2>Whole conversations</h2>" in page and "<th>pass^3 (T=0.7)</th>" in page
+    assert page.count('<details class="conversation">') == 1  # the greedy run only
+    assert "step 1: expected the action check_order to run" in page
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
 def bar_heights(svg: str) -> dict[str, float]:
     return {m: float(h) for m, h in re.findall(r'<rect class="bar" data-mode="([^"]+)"[^>]*height="([\d.]+)"', svg)}
 

@@ -9,6 +9,7 @@ from bot.base_model import load_tokenizer
 from bot.config import Settings
 from bot.data import compile as compiler
 from bot.data.checks import check
+from bot.data.conversation_tests import ConversationTest, read_conversation_tests
 from bot.data.loader import read_training_data
 from bot.data.schema import Dialogue, TrainingData
 from bot.errors import InvalidFiles, RenderError
@@ -106,3 +107,11 @@ def compile_data(settings: Settings) -> tuple[compiler.CompiledData, Stats]:
     data = validate(settings, tokenizer)
     stats = statistics(settings, data, tokenizer)
     return compiler.write(data, settings.build_dir), stats
+
+
+def conversation_tests(settings: Settings, data: TrainingData) -> list[ConversationTest]:
+    """The project's conversation tests, checked against its data; raises InvalidFiles listing every problem."""
+    tests, problems = read_conversation_tests(settings.data_dir, settings.root, data)
+    if problems:
+        raise InvalidFiles(problems)
+    return tests

@@ -113,19 +113,40 @@ def example_dialogues(data: TrainingData, k: int) -> list[Dialogue]:
     return chosen
 
 
+def with_examples(system: str, examples: list[Dialogue], bot_name: str) -> str:
+    """A system prompt followed by example conversations, as the one- and few-shot modes show them."""
+    if not examples:
+        return system
+    shown = [transcript(d, bot_name) for d in examples]
+    text = "\n\n".join(f"Example conversation {n}:\n{t}" for n, t in enumerate(shown, 1))
+    return system + "\n\nExamples of good replies:\n" + text
+
+
+def mode_examples(mode: str, data: TrainingData, k: int) -> list[Dialogue]:
+    """The example dialogues a mode puts in its prompt (none for zero-shot and fine-tuned)."""
+    if mode in ("zero-shot", "fine-tuned"):
+        return []
+    return example_dialogues(data, 1 if mode == "one-shot" else k)
+
+
 def prompted(case: Case, mode: str, data: TrainingData, tokenizer, k: int, budget: int) -> Prompted:
     """The messages `mode` shows the model: the examples go into the system prompt, as many as fit
     in `budget` tokens (the context minus the reply's room)."""
-    if mode in ("zero-shot", "fine-tuned"):
-        return Prompted(case, list(case.context))
-    examples = example_dialogues(data, 1 if mode == "one-shot" else k)
+    examples = mode_examples(mode, data, k)
     while True:
-        shown = [transcript(d, data.persona.name) for d in examples]
-        text = "\n\n".join(f"Example conversation {n}:\n{t}" for n, t in enumerate(shown, 1))
-        system = dict(case.context[0])
-        if examples:
-            system["content"] += "\n\nExamples of good replies:\n" + text
+        system = dict(case.context[0], content=with_examples(case.context[0]["content"], examples, data.persona.name))
         messages = [system] + case.context[1:]
         if not examples or len(prompt_ids(tokenizer, messages)) <= budget:
             return Prompted(case, messages, examples_used=len(examples))
+        examples = examples[:-1]
+
+
+def mode_system_prompt(mode: str, data: TrainingData, system: str, tokenizer, k: int, budget: int) -> str:
+    """The system prompt a whole conversation is held with in `mode`: the examples that fit in
+    half of `budget` tokens, so the conversation itself keeps the other half."""
+    examples = mode_examples(mode, data, k)
+    while True:
+        prompt = with_examples(system, examples, data.persona.name)
+        if not examples or len(prompt_ids(tokenizer, [{"role": "system", "content": prompt}])) <= budget // 2:
+            return prompt
         examples = examples[:-1]

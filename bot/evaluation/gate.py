@@ -1,5 +1,6 @@
 """The gate in front of a new model: it goes live only if it handles hostile and manipulative
-customers at least as well as the required threshold and the model it replaces, and leaks nothing."""
+customers at least as well as the required threshold and the model it replaces, finishes at least
+as many conversation tests as the model it replaces, and leaks nothing."""
 
 from __future__ import annotations
 
@@ -16,27 +17,42 @@ class Decision:
     reason: str
 
 
-def _rate(report: dict | None) -> float | None:
+def _rate(report: dict | None, key: str) -> float | None:
     if not report or "fine-tuned" not in report.get("summary", {}):
         return None
-    return report["summary"]["fine-tuned"]["adversarial_pass_rate"]
+    return report["summary"]["fine-tuned"].get(key)
 
 
 def decide(settings: Settings, report: dict) -> Decision:
     summary = report["summary"]["fine-tuned"]
     if summary["leaks"]:
         return Decision(False, f"it leaked the persona's secret in {summary['leaks']} replies")
-    rate = summary["adversarial_pass_rate"]
-    if rate is None:
-        return Decision(True, "no adversarial held-out dialogues to check; no leaks")
-    threshold = settings.build.eval.adversarial_threshold
-    if rate < threshold:
-        return Decision(False, f"it passes {rate:.0%} of adversarial tests, under the threshold of {threshold:.0%}")
     active = models.active(settings.models_dir)
-    previous = _rate(stored_report(settings, active.id)) if active else None
-    if previous is not None and rate < previous:
-        return Decision(
-            False,
-            f"it passes {rate:.0%} of adversarial tests, fewer than the active model {active.id} ({previous:.0%})",
-        )
-    return Decision(True, f"it passes {rate:.0%} of adversarial tests (threshold {threshold:.0%}) and leaks nothing")
+    stored = stored_report(settings, active.id) if active else None
+    rate, passed = summary["adversarial_pass_rate"], []
+    if rate is not None:
+        threshold = settings.build.eval.adversarial_threshold
+        if rate < threshold:
+            return Decision(
+                False, f"it passes {rate:.0%} of adversarial tests, under the threshold of {threshold:.0%}"
+            )
+        previous = _rate(stored, "adversarial_pass_rate")
+        if previous is not None and rate < previous:
+            return Decision(
+                False,
+                f"it passes {rate:.0%} of adversarial tests, fewer than the active model {active.id} ({previous:.0%})",
+            )
+        passed.append(f"{rate:.0%} of adversarial tests (threshold {threshold:.0%})")
+    conversations = summary.get("conversation_pass_rate")
+    if conversations is not None:
+        before = _rate(stored, "conversation_pass_rate")
+        if before is not None and conversations < before:
+            return Decision(
+                False,
+                f"it passes {conversations:.0%} of the conversation tests, fewer than the active model {active.id} "
+                f"({before:.0%})",
+            )
+        passed.append(f"{conversations:.0%} of the conversation tests")
+    if not passed:
+        return Decision(True, "no adversarial held-out dialogues or conversation tests to check; no leaks")
+    return Decision(True, f"it passes {' and '.join(passed)}, and leaks nothing")

@@ -18,6 +18,7 @@ LEGEND = (
 )
 # (key, label, kind, lower is better); kind picks the format and the chart scale
 COLUMNS = [
+    ("conversation_pass_rate", "Conversations passed", "pct", False),
     ("chrf", "chrF", "chrf", False),
     ("action_accuracy", "Action accuracy", "pct", False),
     ("handoff_accuracy", "Handoff accuracy", "pct", False),
@@ -27,7 +28,7 @@ COLUMNS = [
     ("loss", "Loss", "loss", True),
     ("seconds", "Time (s)", "sec", True),
 ]
-CHARTED = COLUMNS[:5]
+CHARTED = COLUMNS[:6]
 COLOURS = ["#8c96a6", "#6d9fd1", "#3f74b5", "#1f8a5b", "#b5773f", "#8a4fa8"]
 ROLES = {"user": "Customer", "assistant": "Bot", "tool": "Action result", "system": "System"}
 SPECIAL_LABELS = {"handoff": 1, "no call": 2}  # after the actions, in this order
@@ -284,23 +285,102 @@ def failures_section(failures: list[dict]) -> str:
     return "".join(out)
 
 
-def render_html(report: dict) -> str:
+def conversations_table(document: dict) -> str:
+    modes = document["modes"]
+    tries = max((document["summary"][m].get("sampled", {}).get("tries", 1) for m in modes), default=1)
+    sampled = next((document["summary"][m]["sampled"] for m in modes if "sampled" in document["summary"][m]), None)
+    heads = ["Tests", "Passed", "Pass rate"]
+    if sampled:
+        heads += [f"pass^{k} (T={sampled['temperature']:g})" for k in range(1, tries + 1)]
+    rows = []
+    for mode in modes:
+        s = document["summary"][mode]
+        cells = [str(s["tests"]), str(s["passed"]), fmt(s["pass_rate"], "pct")]
+        if sampled:
+            cells += [fmt(s.get("sampled", {}).get("pass_hat", {}).get(str(k)), "pct") for k in range(1, tries + 1)]
+        rows.append(f'<tr><th scope="row">{esc(mode)}</th>' + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{esc(h)}</th>" for h in heads)
+    return f'<table class="summary"><thead><tr><th>Mode</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def conversation_tag_table(document: dict) -> str:
+    """Greedy pass rate per tag and mode."""
+    modes = document["modes"]
+    by_tag: dict[str, dict[str, list[bool]]] = {}
+    for mode in modes:
+        for r in document["runs"][mode]:
+            if r["temperature"] == 0.0:
+                for tag in r["tags"] or ["(untagged)"]:
+                    by_tag.setdefault(tag, {}).setdefault(mode, []).append(r["passed"])
+    head = "".join(f"<th>{esc(m)}</th>" for m in modes)
+    rows = []
+    for tag in sorted(by_tag):
+        cells = []
+        for mode in modes:
+            got = by_tag[tag].get(mode)
+            cells.append(f"<td>{esc(f'{sum(got)}/{len(got)}') if got else DASH}</td>")
+        rows.append(f'<tr><th scope="row">{esc(tag)}</th>{"".join(cells)}</tr>')
+    return f'<table class="tags"><thead><tr><th>Tag</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def conversation_failures(document: dict) -> str:
+    """Each failed greedy run, folded: what failed, then the conversation as it went."""
+    out = []
+    for mode in document["modes"]:
+        failed = [r for r in document["runs"][mode] if r["temperature"] == 0.0 and not r["passed"]]
+        out.append(f"<h3>{esc(mode)}: {len(failed)} failed</h3>")
+        for r in failed:
+            reasons = r["failures"] + ([f"error: {r['error']}"] if r.get("error") else [])
+            out.append(
+                f'<details class="conversation"><summary>{esc(r["test"])} <span class="meta">{esc(r["where"])}'
+                "</span></summary><ul>"
+                + "".join(f'<li class="expect">{esc(why)}</li>' for why in reasons)
+                + f"</ul><pre>{esc(chr(10).join(r['transcript']))}</pre></details>"
+            )
+    return "".join(out)
+
+
+def conversations_section(document: dict | None) -> str:
+    if not document:
+        return ""
+    modes = document["modes"]
+    chart = bar_chart("pass_rate", "Conversations passed", "pct", modes, document["summary"])
+    return (
+        "<h2>Whole conversations</h2><p>Each conversation test plays a whole conversation through the reply "
+        "policy customers get (greedy), with the actions running; it passes when every assertion holds. "
+        "pass^k: the chance that k sampled tries of a test all pass.</p>"
+        f'{conversations_table(document)}<div class="charts">{chart}</div>'
+        f"<h3>By tag</h3>{conversation_tag_table(document)}{conversation_failures(document)}"
+    )
+
+
+def render_html(report: dict | None, conversations: dict | None = None) -> str:
     """A self-contained HTML page (no external scripts, fonts, images or CSS; inline CSS and inline
-    SVG only) for a support lead."""
+    SVG only) for a support lead: the held-out report, and the conversation tests when given."""
+    report = report or {
+        "model_id": (conversations or {}).get("model_id"),
+        "created": (conversations or {}).get("created"),
+    }
     modes = list(report.get("modes") or report.get("summary", {}))
     summary, by_tag = report.get("summary", {}), report.get("by_tag", {})
-    title = f"Evaluation of model {report.get('model_id', '?')}"
-    charts = "".join(bar_chart(k, label, kind, modes, summary) for k, label, kind, _ in CHARTED)
+    title = f"Evaluation of model {report.get('model_id') or 'base'}"
+    measured = [c for c in CHARTED if any(summary.get(m, {}).get(c[0]) is not None for m in modes)]
+    charts = "".join(bar_chart(k, label, kind, modes, summary) for k, label, kind, _ in measured)
+    held_out = (
+        f"<h2>Summary</h2>{summary_table(modes, summary)}"
+        f'<h2>Charts</h2><div class="charts">{charts}</div>'
+        f"<h2>By tag</h2>{tag_table(modes, by_tag)}"
+        f"{actions_section(modes, report.get('actions') or {})}"
+        f"<h2>What went wrong</h2>{failures_section(report.get('failures') or [])}"
+        if modes
+        else "<p>No held-out evaluation of this model yet: run <code>bot eval</code>.</p>"
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
         f"<style>{CSS}</style></head><body>"
         f'<h1>{esc(title)}</h1><p class="meta">Date {esc(report.get("created", DASH))} · '
         f"data hash <code>{esc(report.get('data_hash', DASH))}</code></p><p>{LEGEND}</p>"
-        f"<h2>Summary</h2>{summary_table(modes, summary)}"
-        f'<h2>Charts</h2><div class="charts">{charts}</div>'
-        f"<h2>By tag</h2>{tag_table(modes, by_tag)}"
-        f"{actions_section(modes, report.get('actions') or {})}"
-        f"<h2>What went wrong</h2>{failures_section(report.get('failures') or [])}"
+        f"{conversations_section(conversations)}{held_out}"
         "</body></html>\n"
     )

@@ -1,4 +1,5 @@
-"""`bot eval`: the four modes side by side on the held-out dialogues, written as a report."""
+"""`bot eval` and `bot test`: the four modes side by side on the held-out dialogues and on the
+conversation tests, written as a report."""
 
 from __future__ import annotations
 
@@ -10,18 +11,27 @@ import torch
 
 from bot import models
 from bot.config import Settings
-from bot.data.person_requests import PersonRequestRule
-from bot.data.project import validate
-from bot.engine.loader import call_constraint, load_weights
+from bot.data.project import conversation_tests, validate
+from bot.engine.loader import load_weights
 from bot.errors import BotError
 from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
-from bot.evaluation.generation import generate_replies, reference_losses
+from bot.evaluation.conversation_results import (
+    DEFAULT_TEMPERATURE,
+    conversations_document,
+    test_mode,
+    write_conversations,
+)
+from bot.evaluation.generation import policy_replies, reference_losses
 from bot.evaluation.metrics import Failure, action_failures, action_table, step_label, summarize
 from bot.evaluation.report_html import render_html
-from bot.evaluation.stored import REPORT_FILE, report_folder
+from bot.evaluation.stored import REPORT_FILE, report_folder, stored_report
 from bot.rendering import message_step
 
 BASELINE_ONLY = "base"  # results folder when no fine-tuned model is evaluated
+
+
+class NoConversationTests(BotError):
+    """`bot test` found no conversation test to run."""
 
 
 class NoTrainedModel(BotError):
@@ -58,8 +68,11 @@ def evaluate(
     model_id: str | None = None,
     modes: tuple[str, ...] = MODES,
     progress_bar: bool = True,
+    with_conversations: bool = True,
+    actions_package: str | None = None,
 ) -> tuple[dict, Path]:
-    """Score `modes` on every bot turn of the held-out dialogues; returns (report, folder)."""
+    """Score `modes` on every bot turn of the held-out dialogues and, with `with_conversations`,
+    on the conversation tests (whole conversations, greedy); returns (report, folder)."""
     from tqdm.auto import tqdm
 
     cfg = settings.build.eval
@@ -73,6 +86,9 @@ def evaluate(
                 "no trained model to evaluate: run 'bot train', or evaluate the baselines with --modes"
             )
     all_cases = cases(data)
+    tests = conversation_tests(settings, data) if with_conversations else []
+    conversations: dict[str, dict] = {}
+    runs: dict[str, list] = {}
     budget = settings.build.model.max_length - cfg.max_new_tokens
     torch.manual_seed(settings.build.train.seed)
     base = None  # the baselines' model: the trained model's own base, in the precision serving uses
@@ -94,16 +110,13 @@ def evaluate(
             weights = base
         model, tokenizer = weights.model, weights.tokenizer
         items = [prompted(c, mode, data, tokenizer, cfg.few_shot_k, budget) for c in all_cases]
-        # As the served bot answers: the person rule first, tool calls under the constraint.
-        generate_replies(
-            model,
-            tokenizer,
+        policy_replies(
+            weights,
             items,
+            serve=settings.build.serve,
             max_batch=cfg.batch_size,
             max_new_tokens=cfg.max_new_tokens,
             on_reply=bar.update,
-            constraint=call_constraint(model, tokenizer, data.actions),
-            person_rule=PersonRequestRule.of(data.persona.asking_for_a_person),
         )
         reference_losses(model, tokenizer, items, batch_size=cfg.batch_size)
         summary, by_tag, failures = summarize(items, data.persona.secret)
@@ -114,6 +127,10 @@ def evaluate(
         results["actions"][mode] = action_table((i.reply, i.case.reference_step) for i in items)
         failures += action_failures(items, failures)
         results["failures"] += [_failure_entry(mode, f) for f in failures]
+        if tests:  # whole conversations, greedy, with the same weights
+            bar.set_postfix(mode=f"{mode}, conversations")
+            conversations[mode], runs[mode] = test_mode(settings, data, tests, mode, weights, package=actions_package)
+            summary["conversation_pass_rate"] = conversations[mode]["pass_rate"]
     bar.close()
 
     index_file = settings.build_dir / "index.json"
@@ -125,8 +142,79 @@ def evaluate(
         "modes": list(modes),
         **results,
     }
-    folder = report_folder(settings, trained.id if trained else BASELINE_ONLY)
+    folder_id = trained.id if trained else BASELINE_ONLY
+    conversation_document = None
+    if tests:
+        json_runs = {mode: [r.to_json() for r in found] for mode, found in runs.items()}
+        conversation_document = conversations_document(document["model_id"], conversations, json_runs)
+        write_conversations(settings, folder_id, conversation_document)
+    folder = report_folder(settings, folder_id)
     folder.mkdir(parents=True, exist_ok=True)
     models.write_json(folder / REPORT_FILE, document)
-    (folder / "report.html").write_text(render_html(document), encoding="utf-8")
+    (folder / "report.html").write_text(render_html(document, conversation_document), encoding="utf-8")
+    return document, folder
+
+
+def test_conversations(
+    settings: Settings,
+    *,
+    model_id: str | None = None,
+    modes: tuple[str, ...] | None = None,
+    tries: int = 1,
+    temperature: float = DEFAULT_TEMPERATURE,
+    package: str | None = None,
+    name: str | None = None,
+    progress_bar: bool = True,
+) -> tuple[dict, Path]:
+    """`bot test`: the conversation tests in `modes` (default: fine-tuned with the active model,
+    or zero-shot when none is trained); writes conversations.json beside the model's report and
+    adds them to its report.html. Returns (document, folder)."""
+    from tqdm.auto import tqdm
+
+    data = validate(settings)
+    tests = [t for t in conversation_tests(settings, data) if not name or name in t.name]
+    if not tests:
+        raise NoConversationTests(
+            f"no conversation tests{f' named like {name!r}' if name else ''} in "
+            f"{settings.data_dir.name}/conversation_tests/ (see docs/conversation-tests.md)"
+        )
+    trained = models.get(settings.models_dir, model_id) if model_id else models.active(settings.models_dir)
+    modes = modes or (("fine-tuned",) if trained else ("zero-shot",))
+    if "fine-tuned" in modes and trained is None:
+        raise NoTrainedModel("no trained model to test: run 'bot train', or test a prompting mode with --modes")
+    summaries, runs = {}, {}
+    base = None
+    total = len(tests) * (1 + (tries if tries > 1 else 0)) * len(modes)
+    with tqdm(total=total, disable=not progress_bar, unit="conversation", desc="testing", dynamic_ncols=True) as bar:
+        for mode in modes:
+            bar.set_postfix(mode=mode)
+            if mode == "fine-tuned":
+                weights = load_weights(settings, trained)
+            else:
+                base = base or load_weights(settings, trained, base_only=True)
+                weights = base
+            summaries[mode], found = test_mode(
+                settings,
+                data,
+                tests,
+                mode,
+                weights,
+                tries=tries,
+                temperature=temperature,
+                package=package,
+                on_run=lambda _: bar.update(1),
+            )
+            runs[mode] = [r.to_json() for r in found]
+    folder_id = trained.id if trained else BASELINE_ONLY
+    document = conversations_document(trained.id if trained else None, summaries, runs)
+    folder = write_conversations(settings, folder_id, document)
+    report = stored_report(settings, folder_id)
+    if (
+        report and not name
+    ):  # the console and the gate read a model's figures from its report: the pass rates go there too
+        for mode, found in summaries.items():
+            if mode in report.get("summary", {}):
+                report["summary"][mode]["conversation_pass_rate"] = found["pass_rate"]
+        models.write_json(folder / REPORT_FILE, report)
+    (folder / "report.html").write_text(render_html(report, document), encoding="utf-8")
     return document, folder
