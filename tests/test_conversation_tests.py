@@ -341,6 +341,11 @@ def test_bot_test_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, cap
     assert ET.parse(junit).getroot().tag == "testsuites"
     html = next((project / "results").glob("*/report.html")).read_text()
     assert "<h2>Whole conversations</h2>" in html
+    # another mode later joins the results of the first run instead of replacing them
+    main(["-C", str(project), "test", "--modes", "one-shot"])
+    merged = json.loads(next((project / "results").glob("*/conversations.json")).read_text())
+    assert merged["modes"] == ["zero-shot", "one-shot", "fine-tuned"] and merged["tested"] == ["one-shot"]
+    assert merged["summary"]["fine-tuned"] == document["summary"]["fine-tuned"]
 
 
 async def test_the_bundled_model_plays_the_template_conversations(tmp_path, cache_dir):

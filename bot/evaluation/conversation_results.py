@@ -5,6 +5,7 @@ summed up, and written as results/<model id>/conversations.json and, for CI, a J
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -91,9 +92,20 @@ def conversations_document(model_id: str | None, summaries: dict, runs: dict) ->
     }
 
 
-def write_conversations(settings: Settings, folder_id: str, document: dict) -> Path:
-    """results/<id>/conversations.json; returns its folder."""
+def write_conversations(settings: Settings, folder_id: str, document: dict) -> tuple[Path, dict]:
+    """results/<id>/conversations.json, merged by mode with what is there (a mode tested now
+    replaces its earlier results; the others stay, so modes can be tested one run at a time).
+    Returns (its folder, the merged document)."""
+    from bot.evaluation.cases import MODES
+
     folder = report_folder(settings, folder_id)
     folder.mkdir(parents=True, exist_ok=True)
-    models.write_json(folder / CONVERSATIONS_FILE, document)
-    return folder
+    path = folder / CONVERSATIONS_FILE
+    earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"summary": {}, "runs": {}}
+    summaries = {**earlier.get("summary", {}), **document["summary"]}
+    runs = {**earlier.get("runs", {}), **document["runs"]}
+    order = sorted(summaries, key=lambda m: MODES.index(m) if m in MODES else len(MODES))
+    merged = dict(document, modes=order, summary={m: summaries[m] for m in order}, runs={m: runs[m] for m in order})
+    merged["tested"] = list(document["modes"])  # the modes of this run
+    models.write_json(path, merged)
+    return folder, merged

@@ -147,7 +147,7 @@ def evaluate(
     if tests:
         json_runs = {mode: [r.to_json() for r in found] for mode, found in runs.items()}
         conversation_document = conversations_document(document["model_id"], conversations, json_runs)
-        write_conversations(settings, folder_id, conversation_document)
+        _, conversation_document = write_conversations(settings, folder_id, conversation_document)
     folder = report_folder(settings, folder_id)
     folder.mkdir(parents=True, exist_ok=True)
     models.write_json(folder / REPORT_FILE, document)
@@ -207,11 +207,10 @@ def test_conversations(
             runs[mode] = [r.to_json() for r in found]
     folder_id = trained.id if trained else BASELINE_ONLY
     document = conversations_document(trained.id if trained else None, summaries, runs)
-    folder = write_conversations(settings, folder_id, document)
+    folder, document = write_conversations(settings, folder_id, document)
     report = stored_report(settings, folder_id)
-    if (
-        report and not name
-    ):  # the console and the gate read a model's figures from its report: the pass rates go there too
+    # The console and the gate read a model's figures from its report: the whole suite's pass rates go there too.
+    if report and not name:
         for mode, found in summaries.items():
             if mode in report.get("summary", {}):
                 report["summary"][mode]["conversation_pass_rate"] = found["pass_rate"]
