@@ -13,7 +13,7 @@ import torch
 
 from bot.engine.batching import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
-from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong
+from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong, Sampling
 from bot.engine.serial import SerialEngine
 
 
@@ -39,11 +39,12 @@ def alone(model, tokenizer, prompt: list[int], n: int) -> list[int]:
 
 
 async def run(
-    engine, prompt, n, *, after: float = 0.0, stop_after: int | None = None, **sampling
+    engine, prompt, n, *, after: float = 0.0, stop_after: int | None = None, tool_call=False, **sampling
 ) -> tuple[list[str], Finished | None]:
+    """`sampling`: temperature and seed (greedy without them)."""
     await asyncio.sleep(after)
     pieces, finished = [], None
-    stream = engine.stream(prompt, n, **sampling)
+    stream = engine.stream(prompt, n, tool_call=tool_call, sampling=Sampling(**sampling))
     async for item in stream:
         if isinstance(item, Finished):
             finished = item

@@ -36,14 +36,29 @@ class EngineClosed(EngineError):
     """The engine was closed (the server is stopping, or a reload retired it)."""
 
 
-def check_sampling(temperature: float, seed: int | None) -> None:
-    """Raises EngineError for a temperature or seed `stream` can't take."""
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature):
-        raise EngineError(f"temperature must be a finite number (0 for greedy decoding), not {temperature!r}")
-    if temperature < 0:
-        raise EngineError(f"temperature must be 0 (greedy decoding) or more, not {temperature:g}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise EngineError(f"seed must be a whole number, not {seed!r}")
+@dataclass(frozen=True)
+class Sampling:
+    """How a request picks its tokens. `temperature` 0 is greedy decoding (the most likely token
+    each step); above 0 each token is drawn from softmax(logits / temperature), after the
+    tool-call constraint and `ignore_eos` have masked what may not come. A sampled request draws
+    from its own random generator, seeded with `seed` (a random one when None), so the same
+    seed, prompt and temperature give the same reply whatever else the engine is generating.
+    EngineError for a value an engine can't take."""
+
+    temperature: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        t, seed = self.temperature, self.seed
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            raise EngineError(f"temperature must be a finite number (0 for greedy decoding), not {t!r}")
+        if t < 0:
+            raise EngineError(f"temperature must be 0 (greedy decoding) or more, not {t:g}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise EngineError(f"seed must be a whole number, not {seed!r}")
+
+
+GREEDY = Sampling()
 
 
 @dataclass(frozen=True)
@@ -81,24 +96,13 @@ class Engine(ABC):
 
     @abstractmethod
     def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        *,
-        tool_call: bool = False,
-        temperature: float = 0.0,
-        seed: int | None = None,
+        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False, sampling: Sampling = GREEDY
     ) -> AsyncIterator[str | Finished]:
         """Text pieces as they are generated, then one `Finished`. Raises an EngineError
         subclass for a request that can't be served. Closing the iterator early cancels this
         request alone. An engine with the tool-call constraint keeps any call the reply opens
-        valid; `tool_call=True` makes the whole reply a call (structured output).
-
-        `temperature` 0 is greedy decoding (the most likely token each step); above 0 each token
-        is drawn from softmax(logits / temperature), after the tool-call constraint and
-        `ignore_eos` have masked what may not come. A sampled request draws from its own random
-        generator, seeded with `seed` (a random one when None), so the same seed, prompt and
-        temperature give the same reply whatever else the engine is generating meanwhile."""
+        valid; `tool_call=True` makes the whole reply a call (structured output). `sampling`:
+        greedy unless it says otherwise (see Sampling)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -2,8 +2,8 @@
 OpenAI-compatible `POST /v1/completions`, so this process holds no weights.
 
 The prompt is rendered here, exactly as in training (bot.rendering), and sent as token ids; the
-server streams text back (`stream: true`). The request's `temperature` goes with it (0, the
-default, is greedy), and its `seed` when one is given: the server samples. The end of the reply is
+server streams text back (`stream: true`). The request's sampling temperature goes with it (0, the
+default, is greedy), and its seed when one is given: the server samples. The end of the reply is
 the model's end-of-turn token, which the server stops on by itself, so no `stop` strings are
 sent (vLLM drops special tokens from the text, so a stop string could never match one).
 
@@ -32,7 +32,17 @@ from contextlib import aclosing
 
 import aiohttp
 
-from bot.engine.protocol import LENGTH, STOP, Engine, EngineClosed, EngineError, EngineStats, Finished, check_sampling
+from bot.engine.protocol import (
+    GREEDY,
+    LENGTH,
+    STOP,
+    Engine,
+    EngineClosed,
+    EngineError,
+    EngineStats,
+    Finished,
+    Sampling,
+)
 
 
 class ModelServerUnavailable(EngineError):
@@ -73,17 +83,10 @@ class RemoteEngine(Engine):
         return ModelServerUnavailable(f"the model server at {self.url} {reason}")
 
     async def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        *,
-        tool_call: bool = False,
-        temperature: float = 0.0,
-        seed: int | None = None,
+        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False, sampling: Sampling = GREEDY
     ) -> AsyncIterator[str | Finished]:
         if self.closed:
             raise EngineClosed("the model engine is closed")
-        check_sampling(temperature, seed)
         if tool_call:
             raise EngineError("a remote model server can't force a tool call (the constraint runs only in process)")
         body = {
@@ -91,11 +94,11 @@ class RemoteEngine(Engine):
             "prompt": list(prompt_ids),
             "max_tokens": max_new_tokens,
             "stream": True,
-            "temperature": temperature,
+            "temperature": sampling.temperature,
             "stream_options": {"include_usage": True},
         }
-        if seed is not None:
-            body["seed"] = seed
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
         started, first, parts, reason, usage, ended = time.monotonic(), None, [], None, {}, False
         self._in_flight += 1
         try:

@@ -17,13 +17,14 @@ import torch
 from bot.engine.constraint import CallFollower, ToolCallConstraint
 from bot.engine.protocol import (
     CANCELLED,
+    GREEDY,
     Engine,
     EngineBusy,
     EngineClosed,
     EngineError,
     Finished,
     PromptTooLong,
-    check_sampling,
+    Sampling,
 )
 from bot.engine.text import IncrementalText
 
@@ -32,8 +33,8 @@ _ids = itertools.count(1)
 
 class Request:
     """One prompt to continue. The engine thread calls `token` and `finish` (or `fail`); the
-    stream reading it sets `cancelled` when its reader goes away. `temperature` 0: greedy;
-    above 0 the engine samples with `generator(device)`, this request's own random generator."""
+    stream reading it sets `cancelled` when its reader goes away. `sampling`'s temperature 0:
+    greedy; above 0 the engine samples with `generator(device)`, this request's own generator."""
 
     def __init__(
         self,
@@ -42,11 +43,11 @@ class Request:
         tokenizer,
         loop: asyncio.AbstractEventLoop,
         *,
-        temperature: float = 0.0,
-        seed: int | None = None,
+        sampling: Sampling = GREEDY,
     ):
         self.id = next(_ids)
-        self.temperature = float(temperature)
+        self.temperature = float(sampling.temperature)
+        seed = sampling.seed
         self.seed = secrets.randbits(64) if seed is None else seed % 2**64  # torch takes 64-bit seeds
         self._generator: torch.Generator | None = None
         self.prompt = list(prompt_ids)
@@ -234,26 +235,12 @@ class ThreadedEngine(Engine):
             raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
 
     async def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        *,
-        tool_call: bool = False,
-        temperature: float = 0.0,
-        seed: int | None = None,
+        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False, sampling: Sampling = GREEDY
     ) -> AsyncIterator[str | Finished]:
         self.check(prompt_ids, max_new_tokens)
-        check_sampling(temperature, seed)
         if tool_call and not self.constraint:
             raise EngineError("this engine has no tool-call constraint")
-        request = Request(
-            prompt_ids,
-            max_new_tokens,
-            self.tokenizer,
-            asyncio.get_running_loop(),
-            temperature=temperature,
-            seed=seed,
-        )
+        request = Request(prompt_ids, max_new_tokens, self.tokenizer, asyncio.get_running_loop(), sampling=sampling)
         if self.constraint:
             request.calls = self.constraint.follow(forced=tool_call)
         self._in_flight += 1

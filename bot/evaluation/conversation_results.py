@@ -14,6 +14,7 @@ from pathlib import Path
 from bot import models
 from bot.config import Settings
 from bot.data.conversation_tests import ConversationTest
+from bot.engine.protocol import Sampling
 from bot.evaluation.conversation_suite import ConversationRun, mode_model, run_tests, summary
 from bot.evaluation.stored import report_folder
 
@@ -45,7 +46,7 @@ def test_mode(
             found = summary(greedy, 1, 0.0, time.monotonic() - started)
             sampled: list[ConversationRun] = []
             if tries > 1:
-                model.temperature = temperature
+                model.sampling = Sampling(temperature)
                 started = time.monotonic()
                 sampled = await run_tests(settings, model, tests, tries=tries, package=package, on_run=on_run)
                 found["sampled"] = summary(sampled, tries, temperature, time.monotonic() - started)

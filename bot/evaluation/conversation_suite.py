@@ -172,7 +172,9 @@ async def run_tests(
     stubs: dict[str, dict] = {}
     actions = import_actions(settings, package, stubs)
     serve = settings.build.serve
-    runs = [ConversationRun(test, n, temperature=model.temperature) for test in tests for n in range(1, tries + 1)]
+    runs = [
+        ConversationRun(test, n, temperature=model.sampling.temperature) for test in tests for n in range(1, tries + 1)
+    ]
     room = asyncio.Semaphore(serve.max_batch)  # conversations at once: what the engine batches
     with tempfile.TemporaryDirectory(prefix="bot-test-") as folder:
         store = SQLiteStore(Path(folder) / "conversations.sqlite3", synchronous="normal")
@@ -224,7 +226,7 @@ def summary(runs: list[ConversationRun], tries: int, temperature: float, seconds
     }
 
 
-def mode_model(settings: Settings, mode: str, data, weights, *, temperature: float = 0.0) -> ResponseModel:
+def mode_model(settings: Settings, mode: str, data, weights) -> ResponseModel:
     """`weights` (bot.engine.loader.Weights: the trained model for fine-tuned, its base otherwise)
     served as in `mode`: the prompting modes hold the conversation with example dialogues in the
     system prompt. On the engine `serve.engine` names, with the tool-call constraint."""
@@ -239,4 +241,4 @@ def mode_model(settings: Settings, mode: str, data, weights, *, temperature: flo
     weights = replace(weights, profile=replace(weights.profile, system_prompt=system))
     engine = start_engine(weights, settings.build.serve, max_length)
     model_id = weights.trained.id if weights.trained and mode == "fine-tuned" else None
-    return ResponseModel(engine, weights.tokenizer, weights.profile, model_id, max_length, temperature=temperature)
+    return ResponseModel(engine, weights.tokenizer, weights.profile, model_id, max_length)

@@ -18,7 +18,7 @@ from bot import models
 from bot.config import Settings
 from bot.data.profile import BotProfile
 from bot.engine.frontend import load_frontend
-from bot.engine.protocol import Engine, Finished
+from bot.engine.protocol import GREEDY, Engine, Finished, Sampling
 from bot.engine.remote import ModelServerUnavailable, RemoteEngine
 from bot.rendering import fitted_prompt_ids
 from bot.serve.leak_guard import LeakGuard
@@ -33,7 +33,7 @@ class ResponseModel:
     profile: BotProfile
     model_id: str | None  # None: the base model with the persona prompt, no trained model yet
     max_length: int
-    temperature: float = 0.0  # 0: greedy, as customers get it; above 0 (conversation tests' pass^k) samples
+    sampling: Sampling = GREEDY  # greedy, as customers get it; the conversation tests' pass^k tries sample
     loaded_at: float = field(default_factory=time.time)
 
     @cached_property
@@ -62,7 +62,7 @@ class ResponseModel:
             ids = await asyncio.to_thread(self.prompt, messages, max_new_tokens, gone)  # a few ms: off the event loop
         finally:
             gone.set()  # the thread ends at its next check if this await was cancelled; a no-op otherwise
-        async for item in self.engine.stream(ids, max_new_tokens, temperature=self.temperature):
+        async for item in self.engine.stream(ids, max_new_tokens, sampling=self.sampling):
             yield item
 
     async def close(self) -> None:
