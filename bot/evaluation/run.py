@@ -94,9 +94,9 @@ def evaluate(
     base = None  # the baselines' model: the trained model's own base, in the precision serving uses
     results: dict[str, dict] = {"summary": {}, "by_tag": {}, "actions": {}, "failures": []}
     bar = tqdm(
-        total=len(all_cases) * len(modes),
+        total=(len(all_cases) + len(tests)) * len(modes),  # each held-out reply, then each conversation
         disable=not progress_bar,
-        unit="reply",
+        unit="step",
         desc="evaluating",
         dynamic_ncols=True,
     )
@@ -129,7 +129,9 @@ def evaluate(
         results["failures"] += [_failure_entry(mode, f) for f in failures]
         if tests:  # whole conversations, greedy, with the same weights
             bar.set_postfix(mode=f"{mode}, conversations")
-            conversations[mode], runs[mode] = test_mode(settings, data, tests, mode, weights, package=actions_package)
+            conversations[mode], runs[mode] = test_mode(
+                settings, data, tests, mode, weights, package=actions_package, on_run=lambda _: bar.update(1)
+            )
             summary["conversation_pass_rate"] = conversations[mode]["pass_rate"]
     bar.close()
 
