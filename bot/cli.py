@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from bot import cli_conversation_tests
-from bot.cli_drafts import EXPORT_HELP, cmd_export, cmd_redact, cmd_review
+from bot.cli_drafts import AUGMENT_HELP, EXPORT_HELP, cmd_augment, cmd_export, cmd_redact, cmd_review
 from bot.cli_table import text_table
 from bot.cli_tune import REDUCED_MINUTES, TUNE_HELP, cmd_tune
 from bot.errors import BotError, InvalidFiles
@@ -384,6 +384,20 @@ def parser() -> argparse.ArgumentParser:
         "--rated", choices=["down", "up"], help="only conversations with a bot message the customer rated so"
     )
     export_data.set_defaults(run=cmd_export)
+    augment = data_commands.add_parser(
+        "augment",
+        help="the training dialogues rewritten in the shapes customers write, as drafts to review",
+        description=AUGMENT_HELP,
+    )
+    augment.add_argument(
+        "--shape",
+        action="append",
+        choices=["details-first", "typos", "text-speak", "thanks", "irate", "mixed"],
+        help="a shape to write (again for more; default: all)",
+    )
+    augment.add_argument("--tag", help="only dialogues with this tag")
+    augment.add_argument("--seed", type=int, default=0, help="picks among the choices a shape makes (default 0)")
+    augment.set_defaults(run=cmd_augment)
     data_commands.add_parser(
         "review",
         help="walk the drafts: show each with its validation; accept into dialogues/ or tests/, edit, or reject",

@@ -162,6 +162,30 @@ def _summary(counts: dict, settings) -> int:
     return 0
 
 
+AUGMENT_HELP = """The training dialogues rewritten in the shapes customers write (details before the
+bot asks, typos, text-speak, thanks, frustration), one draft per shape under training_data/drafts/.
+The bot's steps stay the same and every argument value stays exactly as it was. Nothing is trained
+on until a person accepts it: see 'bot data review'."""
+
+
+def cmd_augment(args) -> int:
+    from bot.config import load_settings
+    from bot.data.augment import SHAPES, write_drafts
+    from bot.data.project import validate
+
+    settings = load_settings(args.project)
+    shapes = args.shape or list(SHAPES)
+    written = write_drafts(settings, validate(settings), shapes, seed=args.seed, tag=args.tag)
+    if not written:
+        print("no dialogue changes in those shapes: nothing written")
+        return 0
+    for draft in written:
+        state = "valid" if not draft.problems else f"{len(draft.problems)} problems, first: {draft.problems[0]}"
+        print(f"{draft.shape}: {draft.dialogues} dialogues in training_data/drafts/{draft.name}.yml ({state})")
+    print("review them with 'bot data review' (or the console); until accepted they are never trained on")
+    return 0
+
+
 def cmd_redact(args) -> int:
     from bot.config import load_settings
     from bot.data import drafts

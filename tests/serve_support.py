@@ -55,7 +55,7 @@ class ScriptedEngine(Engine):
             return self.replies(prompt_text)
         return self.replies.popleft() if self.replies else "Happy to help."
 
-    async def stream(self, prompt_ids, max_new_tokens, *, tool_call=False, sampling=None):
+    async def stream(self, prompt_ids, max_new_tokens, *, tool_call=False, sampling=None, grounded=()):
         if self.closed:
             raise EngineClosed("the model engine is closed")
         self.prompts.append(list(prompt_ids))

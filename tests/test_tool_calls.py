@@ -18,7 +18,7 @@ from bot.data.tool_schema import tool_call_grammar, tool_call_schema
 from bot.engine.batching import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.loader import load_weights
-from bot.engine.protocol import Finished
+from bot.engine.protocol import Finished, Sampling
 from bot.policy.reply import COULD_NOT_DO
 from bot.rendering import parse_reply, prompt_ids
 
@@ -156,7 +156,7 @@ async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, ser
     """The model makes up an account number: the call is not sent, the customer is asked for it."""
     replies = [
         call("get_account", account_id="40912267"),
-        call("check_order", order_id="km-104233"),
+        call("check_order", order_id="KM-104233"),
         "It's on its way.",
     ]
     client, model = await serve(starter_project(tmp_path, cache_dir), replies)
@@ -170,7 +170,7 @@ async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, ser
     assert len(model.engine.prompts) == 1  # nothing ran, nothing more generated
 
     # a value the customer gave (in another letter case) is grounded: the call goes to the action server
-    events = await chat(client, "g2", "where is order KM-104233")
+    events = await chat(client, "g2", "where is order km-104233")
     # sent (nothing listens)
     assert [e["type"] for e in await stored_events(client, "g2")][:2] == [
         "user",
@@ -226,3 +226,80 @@ def test_a_bad_pattern_is_a_located_error(tmp_path, cache_dir):
     with pytest.raises(InvalidFiles) as error:
         validate(settings_of(project))
     assert "persona.yml" in str(error.value) and "not a valid regular expression" in str(error.value)
+
+
+# -- grounded values: copied, not generated ---------------------------------------------------------
+def test_grounded_values_are_what_the_conversation_holds(starter_actions):
+    from bot.data.grounding import grounded_values
+
+    sources = [
+        "hi its 51234567 and ls8 1pw ta",  # details first, lower case, "ta" stuck on
+        '{"verified": true, "orders": ["KM-104233"], "phone": "512345678"}',  # an action's result
+        "order km-118230 as well. 512345679 is my old number",
+    ]
+    offered = {(action, argument): values for action, argument, values in grounded_values(starter_actions, sources)}
+    assert offered["verify_customer", "account_id"] == ("51234567",)  # never inside a longer number
+    assert offered["verify_customer", "postcode"] == ("LS8 1PW",)  # in the capitals the pattern wants
+    assert offered["check_order", "order_id"] == ("KM-118230", "KM-104233")  # the latest first
+    assert ("list_plans", "kind") not in offered  # an enum, not grounded
+    assert grounded_values(starter_actions, ["where is my parcel?"]) == ()  # nothing offered: left free
+
+
+def test_a_call_can_only_copy_a_grounded_value(tokenizer, starter_actions):
+    from bot.data.grounding import grounded_values
+
+    grounded = grounded_values(starter_actions, ["my account is 51234567, postcode bn2 9pr ta"])
+    constraint = ToolCallConstraint(tokenizer, starter_actions, len(tokenizer))
+
+    def accepted(text: str) -> bool:
+        matcher = constraint.template_for(grounded)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return matcher.consume_tokens(ids) and matcher.is_accepting()
+
+    assert accepted(call("verify_customer", account_id="51234567", postcode="BN2 9PR"))
+    for garbled in ({"account_id": "11234567"}, {"postcode": "BBN2 9PR"}, {"postcode": "BN2 9PR ta"}):
+        arguments = {"account_id": "51234567", "postcode": "BN2 9PR"} | garbled
+        assert not accepted(call("verify_customer", **arguments)), garbled
+    # an argument the conversation offers nothing to keeps its pattern: an order number's shape
+    assert accepted(call("check_order", order_id="KM-104233"))
+    assert not accepted(call("check_order", order_id="E88888"))
+    assert constraint.compiles == 1  # compiled once for these values, then kept
+    constraint.template_for(grounded)
+    assert constraint.compiles == 1
+
+
+async def test_a_tiny_model_copies_grounded_values_into_its_calls(tmp_path, cache_dir, tiny_base):
+    """Random weights, forced to call: every grounded value it writes is one the customer gave."""
+    from bot.data.grounding import grounded_values
+
+    project = starter_project(tmp_path, cache_dir)
+    (project / "config.yml").write_text(
+        (project / "config.yml").read_text().replace("base: bundled", f"base: {tiny_base}")
+    )
+    weights = load_weights(settings_of(project), None)
+    actions = weights.profile.actions
+    constraint = ToolCallConstraint(weights.tokenizer, actions, weights.model.get_output_embeddings().weight.shape[0])
+    engine = BatchingEngine(weights.model, weights.tokenizer, max_length=1024, max_batch=4, constraint=constraint)
+    system = {"role": "system", "content": weights.profile.system_prompt}
+    messages = ["51234567 and bn2 9pr, whats my bill", "KM-104233 hasnt come, its 40912267 and M14 5RT"]
+    written = []
+    try:
+        for seed in range(3):
+            for message in messages:
+                grounded = grounded_values(actions, [message])
+                ids = prompt_ids(weights.tokenizer, [system, {"role": "user", "content": message}])
+                sampling = Sampling(temperature=1.0, seed=seed)
+                async for item in engine.stream(ids, 400, tool_call=True, sampling=sampling, grounded=grounded):
+                    if isinstance(item, Finished):
+                        written.append((message, parse_reply(item.text)))
+    finally:
+        await engine.close()
+    copied = 0
+    for message, step in written:
+        assert step.broken_call is None, step
+        for name, value in (step.arguments or {}).items():
+            spec = actions[step.action].arguments[name] if step.action in actions else None
+            if spec is not None and spec.grounded:
+                assert value.lower() in message.lower(), (message, step)
+                copied += 1
+    assert copied  # some calls carried grounded values

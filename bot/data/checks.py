@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 from bot.data.grounding import source_text, ungrounded
@@ -58,6 +59,16 @@ def check_actions(actions: dict[str, Action], doc: Document) -> list[Problem]:
                 doc.problem(("actions", name), f"'{HANDOFF_TOOL}' is built in: use a 'handoff' turn", key=True)
             )
         for arg_name, arg in action.arguments.items():
+            if arg.pattern is not None:
+                try:
+                    re.compile(arg.pattern)
+                except re.error as e:
+                    loc = ("actions", name, "arguments", arg_name, "pattern")
+                    problems.append(doc.problem(loc, f"not a valid regular expression: {e}"))
+                if arg.type != "string":
+                    loc = ("actions", name, "arguments", arg_name, "pattern")
+                    message = f"a pattern is for a string argument, not '{arg.type}'"
+                    problems.append(doc.problem(loc, message, key=True))
             for k, value in enumerate(arg.enum or []):
                 if not arg.has_type(value):
                     loc = ("actions", name, "arguments", arg_name, "enum", k)
@@ -65,6 +76,13 @@ def check_actions(actions: dict[str, Action], doc: Document) -> list[Problem]:
                         doc.problem(loc, f"enum value {value!r} is not of the argument's type '{arg.type}'")
                     )
     return problems
+
+
+def _fits(declared, value) -> bool:
+    try:
+        return declared.fits_pattern(value)
+    except re.error:  # reported once, at the declaration
+        return True
 
 
 def _check_args(d: Dialogue, j: int, turn: ActionTurn, action: Action) -> list[Problem]:
@@ -95,6 +113,9 @@ def _check_args(d: Dialogue, j: int, turn: ActionTurn, action: Action) -> list[P
                     "turns", j, "args", name, message=f"argument '{name}' must be one of: {allowed}; not '{value}'"
                 )
             )
+        elif not _fits(declared, value):
+            message = f"argument '{name}' {json.dumps(value)} does not match its pattern '{declared.pattern}'"
+            problems.append(d.problem("turns", j, "args", name, message=message))
     for name, declared in action.arguments.items():
         if declared.required and name not in turn.args:
             problems.append(d.problem("turns", j, "action", message=f"action '{turn.action}' needs argument '{name}'"))

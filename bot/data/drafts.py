@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from bot.config import Settings
+from bot.data.augment import AUGMENTED_SOURCE
+from bot.data.augment import HEADER_MARK as AUGMENTED_HEADER
 from bot.data.checks import check
 from bot.data.draft_turns import conversation_turns
 from bot.data.draft_yaml import scalar, turn_lines
@@ -299,8 +301,12 @@ class Skipped:
 
 
 def drafted_sources(settings: Settings) -> dict[str, str]:
-    """{conversation id: where it already is} over drafts/, dialogues/ and tests/."""
-    where = {d.source: f"{d.doc.path} ('{d.id}')" for d in _project(settings)[1] if d.source}
+    """{conversation id: where it already is} over drafts/, dialogues/ and tests/ (a rewrite of a
+    training dialogue by `bot data augment` comes from no conversation)."""
+    project = _project(settings)[1]
+    where = {
+        d.source: f"{d.doc.path} ('{d.id}')" for d in project if d.source and not d.source.startswith(AUGMENTED_SOURCE)
+    }
     for name in draft_names(settings):  # only the source is needed: read, not validated
         path = draft_path(settings, name)
         text = path.read_bytes().decode("utf-8", errors="replace")
@@ -368,6 +374,11 @@ def _where(d: Dialogue) -> str:
 
 
 def _refusal(draft: Dialogue, existing: list[Dialogue], into: Into) -> str | None:
+    if into == "tests" and draft.source.startswith(AUGMENTED_SOURCE):
+        return (
+            f"'{draft.id}' rewrites the training dialogue '{draft.source.removeprefix(AUGMENTED_SOURCE)}': "
+            "it can't go into the tests, which would then measure memory"
+        )
     turns = tuple(_turn_key(t) for t in draft.turns)
     for e in existing:
         same_turns = turns == tuple(_turn_key(t) for t in e.turns)
@@ -406,7 +417,7 @@ def undrafted(text: str) -> str:
     """A draft's text as training data: without `draft: true`, the draft's header comment and the
     REVIEW comments (a person has reviewed it)."""
     lines = text.splitlines()
-    if lines and lines[0].startswith(HEADER_MARK):
+    if lines and lines[0].startswith((HEADER_MARK, AUGMENTED_HEADER)):
         while lines and lines[0].startswith("#"):
             lines.pop(0)
     out = []

@@ -2,7 +2,14 @@
 postcode, an order number) must carry a value the conversation already holds, in something the
 customer wrote or in an earlier action's result. A value found nowhere was made up by the
 model: the server never sends such a call and asks the customer instead, and the validator
-keeps the training data from teaching invention."""
+keeps the training data from teaching invention.
+
+The engine goes further: it copies grounded values instead of letting the model spell them.
+`grounded_values` lists, for each grounded argument, what the conversation holds that it could
+be (the matches of its `pattern`, or else runs of one to three words), and the tool-call
+constraint lets a call carry only one of those (bot.data.tool_schema). A value the customer
+never gave, or one garbled on the way ("BBN2 9PR", "ls8 1pw ta"), can then not be written.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,14 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from bot.data.schema import Action
+from bot.data.schema import Action, Argument
+
+SPAN_WORDS = 3  # longest run of words a grounded argument without a pattern may copy
+MAX_VALUES = 200  # most values offered to one argument (the latest first)
+EDGE_PUNCTUATION = ".,;:!?()[]{}\"'`<>"
+
+# (action, argument, the values it may take): what one conversation offers to tool calls.
+GroundedValues = tuple[tuple[str, str, tuple[str, ...]], ...]
 
 
 def _plain(text: str) -> str:
@@ -35,3 +49,64 @@ def ungrounded(action: Action, arguments: dict[str, Any], sources: Iterable[str]
         if value and not any(value in text for text in seen):
             missing.append(name)
     return missing
+
+
+def _leaves(value: Any) -> list[str]:
+    """The text of every string and number in an action's result."""
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _leaves(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _leaves(item)]
+    if isinstance(value, bool) or value is None:
+        return []
+    return [str(value)]
+
+
+def _texts(source: str) -> list[str]:
+    """A message as it is; an action's result (JSON) as its values."""
+    if source[:1] in "{[":
+        try:
+            return _leaves(json.loads(source))
+        except ValueError:
+            pass
+    return [source]
+
+
+def _spans(text: str) -> list[str]:
+    words = [w.strip(EDGE_PUNCTUATION) for w in text.split()]
+    words = [w for w in words if w]
+    return [" ".join(words[i : i + n]) for n in range(1, SPAN_WORDS + 1) for i in range(len(words) - n + 1)]
+
+
+def _matches(spec: Argument, text: str) -> list[str]:
+    """Where the argument's pattern occurs in `text`, as written or in capitals (whichever fits
+    the pattern), never inside a longer run of letters and digits."""
+    found = []
+    around = re.compile(rf"(?<![A-Za-z0-9])(?:{spec.pattern})(?![A-Za-z0-9])", re.IGNORECASE)
+    for match in around.finditer(text):
+        found += [v for v in dict.fromkeys((match.group(), match.group().upper())) if spec.fits_pattern(v)]
+    return found
+
+
+def candidates(spec: Argument, sources: Iterable[str]) -> tuple[str, ...]:
+    """What a grounded argument may be in a conversation with `sources`, latest first."""
+    found: dict[str, None] = {}
+    for source in reversed(list(sources)):
+        for text in _texts(source):
+            for value in _matches(spec, text) if spec.pattern else _spans(text):
+                if len(value) <= spec.max_chars:
+                    found[value] = None
+    return tuple(found)[:MAX_VALUES]
+
+
+def grounded_values(actions: dict[str, Action], sources: Iterable[str]) -> GroundedValues:
+    """For each grounded argument that the conversation offers values to, those values. An
+    argument it offers none stays free: the model writes it, and the grounding check that runs
+    after (`ungrounded`) turns the call into a question to the customer."""
+    sources = list(sources)
+    offered = []
+    for action_name, action in actions.items():
+        for name, spec in action.arguments.items():
+            if spec.grounded and spec.type == "string" and (values := candidates(spec, sources)):
+                offered.append((action_name, name, values))
+    return tuple(offered)

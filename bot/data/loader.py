@@ -14,6 +14,8 @@ from bot.data.schema import (
     DialogueFile,
     DialogueHeader,
     Persona,
+    PersonExample,
+    PersonRequestsFile,
     TrainingData,
     Turn,
 )
@@ -151,6 +153,26 @@ def read_training_data(data_dir: Path, root: Path) -> tuple[TrainingData | None,
                 "no training dialogues found (*.yml files with a 'dialogues' list)",
             )
         )
+    examples = _person_examples(data_dir / PERSON_REQUESTS_FILE, root, problems)
     if persona is None:
         return None, problems
-    return TrainingData(persona, actions, tuple(dialogues)), problems
+    return TrainingData(persona, actions, tuple(dialogues), examples), problems
+
+
+PERSON_REQUESTS_FILE = "person_requests.yml"
+
+
+def _person_examples(file: Path, root: Path, problems: list[Problem]) -> tuple[PersonExample, ...]:
+    """training_data/person_requests.yml, if there is one (see bot/data/person_classifier.py)."""
+    if not file.exists() or not (doc := _read(file, root, problems)):
+        return ()
+    if doc.value is None:
+        return ()
+    parsed, found = parse(PersonRequestsFile, doc.value, doc)
+    problems += found
+    if parsed is None:
+        return ()
+    for label, texts in (("asks_for_a_person", parsed.asks_for_a_person), ("does_not", parsed.does_not)):
+        problems += [doc.problem((label, i), "an empty message") for i, text in enumerate(texts) if not text.strip()]
+    asks = [PersonExample(text, True) for text in parsed.asks_for_a_person]
+    return tuple(asks + [PersonExample(text, False) for text in parsed.does_not])

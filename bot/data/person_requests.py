@@ -1,5 +1,6 @@
-"""Does a customer's message ask for a person? A rule from persona.yml decides before the model
-answers, so that a customer who asks for a person always gets one: a 135M model alone missed
+"""Does a customer's message ask for a person? The persona's patterns: an extra beside the
+learned classifier (bot.data.person_classifier), which decides with them before the model
+answers, so that a customer who asks for a person gets one: a 135M model alone missed
 "I want to speak to a person". The model's own handoff calls still count.
 
 The persona's `asking_for_a_person` section holds regular expressions. They match the message
@@ -62,8 +63,9 @@ class PersonRequestRule:
 
     @cached_property
     def vocabulary(self) -> frozenset[str]:
-        """The words the patterns spell out: what a typo is mended towards."""
-        source = " ".join(self.patterns + self.unless + tuple(alt for _, alt in self.words))
+        """The words the patterns spell out: what a typo is mended towards. Never the words of
+        `unless`: mending "contact" into "contract" would blank out "contact an agent"."""
+        source = " ".join(self.patterns + tuple(alt for _, alt in self.words))
         return frozenset(w for w in re.findall(r"[a-z]+", source) if len(w) >= MIN_TYPO_WORD)
 
     def _mend(self, word: str) -> str:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
+from bot.data.person_classifier import PersonRequestDetector, training_examples
 from bot.data.person_requests import PersonRequestRule
 from bot.data.prompt import system_prompt
-from bot.data.schema import DEFAULT_REFUSAL, Action, BotTurn, PersonRequests, TrainingData
+from bot.data.schema import DEFAULT_REFUSAL, Action, BotTurn, PersonExample, PersonRequests, TrainingData
 
 PROFILE_FILE = "profile.json"
 
@@ -31,11 +32,14 @@ class BotProfile:
     # The bot turns of the training dialogues; None: not known (a model trained before profiles
     # carried them), so the server takes them from the project's training data.
     taught_replies: tuple[str, ...] | None = None
+    # What the person-request classifier learns from (bot.data.person_classifier); None: not
+    # known (a model trained before profiles carried them): the project's examples stand in.
+    person_examples: tuple[PersonExample, ...] | None = None
 
     @cached_property
-    def person_rule(self) -> PersonRequestRule:
+    def person_detector(self) -> PersonRequestDetector:
         """Decides, before the model, that a customer asked for a person."""
-        return PersonRequestRule.of(self.person_requests)
+        return PersonRequestDetector(self.person_examples or (), PersonRequestRule.of(self.person_requests))
 
     def to_json(self) -> dict:
         return {
@@ -46,6 +50,9 @@ class BotProfile:
             "person_requests": self.person_requests.model_dump(mode="json"),
             "refusal": self.refusal,
             "taught_replies": list(self.taught_replies) if self.taught_replies is not None else None,
+            "person_examples": (
+                [[e.text, e.asks] for e in self.person_examples] if self.person_examples is not None else None
+            ),
         }
 
     @classmethod
@@ -53,6 +60,7 @@ class BotProfile:
         actions = {name: Action.model_validate(spec) for name, spec in value["actions"].items()}
         requests = PersonRequests.model_validate(value.get("person_requests", {}))
         taught = value.get("taught_replies")
+        examples = value.get("person_examples")
         return cls(
             value["system_prompt"],
             actions,
@@ -61,6 +69,7 @@ class BotProfile:
             requests,
             value.get("refusal", DEFAULT_REFUSAL),
             tuple(taught) if taught is not None else None,
+            tuple(PersonExample(text, bool(asks)) for text, asks in examples) if examples is not None else None,
         )
 
     def argument_problems(self, name: str, arguments: dict) -> list[str]:
@@ -79,6 +88,8 @@ class BotProfile:
                 problems.append(f"argument '{arg_name}' must be {spec.type}")
             elif spec.enum is not None and value not in spec.enum:
                 problems.append(f"argument '{arg_name}' must be one of {spec.enum}")
+            elif not spec.fits_pattern(value):
+                problems.append(f"argument '{arg_name}' must match {spec.pattern}")
         return problems
 
 
@@ -94,6 +105,7 @@ def profile_of(data: TrainingData) -> BotProfile:
         persona.asking_for_a_person,
         persona.refusal,
         tuple(taught),
+        training_examples(data),
     )
 
 
@@ -111,4 +123,6 @@ def trained_profile(folder: Path, current: Callable[[], BotProfile]) -> BotProfi
         return current()
     if profile.taught_replies is None:
         profile = replace(profile, taught_replies=current().taught_replies)
+    if profile.person_examples is None:
+        profile = replace(profile, person_examples=current().person_examples)
     return profile

@@ -6,6 +6,7 @@ definition in code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,10 +72,17 @@ class Argument(Strict):
         description="conversation: the value must appear in what the customer wrote or in an earlier action's result.",
     )
     max_chars: int = Field(DEFAULT_MAX_CHARS, gt=0, description="Longest text value a tool call may carry.")
+    pattern: str | None = Field(
+        None, description="A regular expression the whole value must match, such as '\\d{8}' for an account number."
+    )
 
     @property
     def grounded(self) -> bool:
         return self.source == "conversation"
+
+    def fits_pattern(self, value: Any) -> bool:
+        """Whether `value` matches `pattern` whole (true without a pattern)."""
+        return self.pattern is None or re.fullmatch(self.pattern, str(value)) is not None
 
     def has_type(self, value: Any) -> bool:
         """Whether `value` is of the declared type (a bool is not a number here)."""
@@ -159,11 +167,27 @@ class Dialogue:
         return "adversarial" in self.tags
 
 
+class PersonRequestsFile(Strict):
+    """training_data/person_requests.yml: examples for the person-request classifier."""
+
+    asks_for_a_person: list[str] = []
+    does_not: list[str] = Field([], description="Messages that don't ask for a person (some mention people).")
+
+
+@dataclass(frozen=True)
+class PersonExample:
+    """A customer message and whether it asks for a person."""
+
+    text: str
+    asks: bool
+
+
 @dataclass(frozen=True)
 class TrainingData:
     persona: Persona
     actions: dict[str, Action]
     dialogues: tuple[Dialogue, ...]
+    person_examples: tuple[PersonExample, ...] = ()  # training_data/person_requests.yml
 
     @property
     def train(self) -> list[Dialogue]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from bot.data.grounding import GroundedValues
 from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_REASON_MAX_CHARS, HANDOFF_TOOL, Action, Argument
 
@@ -21,23 +22,29 @@ JSON_TYPES = {"string": "string", "integer": "integer", "number": "number", "boo
 LAYOUT = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
 
 
-def _argument_schema(argument: Argument) -> dict:
+def _argument_schema(argument: Argument, values: tuple[str, ...] | None = None) -> dict:
+    """`values`: what the conversation offers a grounded argument (the call copies one of them)."""
     schema: dict = {"type": JSON_TYPES[argument.type]}
     if argument.enum is not None:
         schema["enum"] = list(argument.enum)
+    elif values:
+        schema["enum"] = list(values)
     elif argument.type == "string":
         schema["maxLength"] = argument.max_chars
+        if argument.pattern is not None:
+            schema["pattern"] = f"^(?:{argument.pattern})$"
     return schema
 
 
-def _call_schema(name: str, arguments: dict[str, Argument]) -> dict:
+def _call_schema(name: str, arguments: dict[str, Argument], values: dict[str, tuple[str, ...]] | None = None) -> dict:
+    values = values or {}
     return {
         "type": "object",
         "properties": {
             "name": {"const": name},
             "arguments": {
                 "type": "object",
-                "properties": {a: _argument_schema(spec) for a, spec in arguments.items()},
+                "properties": {a: _argument_schema(spec, values.get(a)) for a, spec in arguments.items()},
                 "required": [a for a, spec in arguments.items() if spec.required],
                 "additionalProperties": False,
             },
@@ -47,18 +54,22 @@ def _call_schema(name: str, arguments: dict[str, Argument]) -> dict:
     }
 
 
-def tool_call_schema(actions: dict[str, Action]) -> dict:
-    """JSON Schema of one call: `{"name", "arguments"}` of a declared action or the handoff."""
+def tool_call_schema(actions: dict[str, Action], grounded: GroundedValues = ()) -> dict:
+    """JSON Schema of one call: `{"name", "arguments"}` of a declared action or the handoff;
+    `grounded`: the values a conversation offers its grounded arguments (bot.data.grounding)."""
     handoff = {"reason": Argument(type="string", max_chars=HANDOFF_REASON_MAX_CHARS)}
-    declared = [_call_schema(name, action.arguments) for name, action in actions.items()]
+    offered: dict[str, dict[str, tuple[str, ...]]] = {}
+    for action, argument, values in grounded:
+        offered.setdefault(action, {})[argument] = values
+    declared = [_call_schema(name, action.arguments, offered.get(name)) for name, action in actions.items()]
     calls = declared + [_call_schema(HANDOFF_TOOL, handoff)]
     return {"anyOf": calls}
 
 
-def tool_call_grammar(actions: dict[str, Action]) -> str:
+def tool_call_grammar(actions: dict[str, Action], grounded: GroundedValues = ()) -> str:
     """A Lark grammar (llguidance's dialect) of a whole call reply: optional leading whitespace,
     the opening tag, the JSON of `tool_call_schema`, the closing tag."""
-    schema = dict(tool_call_schema(actions), **{"x-guidance": LAYOUT})
+    schema = dict(tool_call_schema(actions, grounded), **{"x-guidance": LAYOUT})
     return "\n".join(
         [
             f"start: SPACE? {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)}",

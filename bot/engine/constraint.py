@@ -3,17 +3,24 @@ must keep it a valid call of a declared action: llguidance (the library vLLM use
 output) computes, per row and per step, which tokens may come next under the grammar of
 `bot.data.tool_schema`, and the engine masks every other token before it picks one. A reply that
 doesn't open a call is never constrained: customers get the text the model writes.
+
+A request may carry the values its conversation offers to grounded arguments
+(`bot.data.grounding.grounded_values`): its call then copies one of them. Its grammar is
+compiled when the reply opens a call, and kept for the next requests that offer the same values
+(a conversation's next steps, mostly).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 
 import llguidance
 import llguidance.hf
 import torch
 
+from bot.data.grounding import GroundedValues
 from bot.data.prompt import TOOL_CALL_OPEN
 from bot.data.schema import Action
 from bot.data.tool_schema import tool_call_grammar
@@ -21,24 +28,52 @@ from bot.engine.protocol import EngineError
 
 log = logging.getLogger("bot.engine")
 
+KEPT_GRAMMARS = 64  # compiled grammars of grounded values kept, least recently used dropped
+
 
 class ToolCallConstraint:
     """The call grammar compiled for one tokenizer (about a second: once per engine)."""
 
     def __init__(self, tokenizer, actions: dict[str, Action], vocab_size: int):
         self.vocab_size = vocab_size
+        self.actions = actions
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
-        self.template = llguidance.LLMatcher(self.tokenizer, tool_call_grammar(actions), log_level=0)
+        self.template = self._compile(())
         if self.template.is_error():
             raise EngineError(f"the tool-call grammar does not compile: {self.template.get_error()}")
+        self._kept: OrderedDict[GroundedValues, llguidance.LLMatcher] = OrderedDict()
         self._bits = torch.arange(32, dtype=torch.int32)
         self.masks, self.mask_seconds = 0, 0.0  # what the constraint has cost so far
+        self.compiles, self.compile_seconds = 0, 0.0
 
-    def follow(self, *, forced: bool = False) -> CallFollower:
-        """A watcher for one reply; `forced`: the reply must be a call from its first token."""
-        follower = CallFollower(self)
+    def _compile(self, grounded: GroundedValues) -> llguidance.LLMatcher:
+        return llguidance.LLMatcher(self.tokenizer, tool_call_grammar(self.actions, grounded), log_level=0)
+
+    def template_for(self, grounded: GroundedValues) -> llguidance.LLMatcher:
+        """A fresh matcher of the call grammar with `grounded` values (compiled once per values)."""
+        if not grounded:
+            return self.template.deep_copy()
+        template = self._kept.get(grounded)
+        if template is None:
+            started = time.perf_counter()
+            template = self._compile(grounded)
+            self.compiles += 1
+            self.compile_seconds += time.perf_counter() - started
+            if template.is_error():  # never expected (values are JSON-escaped): constrain as without them
+                log.warning("the tool-call grammar with grounded values does not compile: %s", template.get_error())
+                template = self.template
+            self._kept[grounded] = template
+            while len(self._kept) > KEPT_GRAMMARS:
+                self._kept.popitem(last=False)
+        self._kept.move_to_end(grounded)
+        return template.deep_copy()
+
+    def follow(self, *, forced: bool = False, grounded: GroundedValues = ()) -> CallFollower:
+        """A watcher for one reply; `forced`: the reply must be a call from its first token;
+        `grounded`: the values its grounded arguments may take."""
+        follower = CallFollower(self, grounded)
         if forced:
-            follower.matcher = self.template.deep_copy()
+            follower.matcher = self.template_for(grounded)
         return follower
 
     def allowed(self, matcher: llguidance.LLMatcher) -> torch.Tensor:
@@ -56,8 +91,9 @@ class CallFollower:
     call; from then on it holds a matcher fed with every token of the reply, and `allowed` says
     what may come next. A reply that starts any other way is left free for good."""
 
-    def __init__(self, constraint: ToolCallConstraint):
+    def __init__(self, constraint: ToolCallConstraint, grounded: GroundedValues = ()):
         self.constraint = constraint
+        self.grounded = grounded
         self.matcher: llguidance.LLMatcher | None = None
         self.free = False  # decided: not a call (or the matcher gave up), never constrained
 
@@ -74,7 +110,7 @@ class CallFollower:
             return
         lead = text.lstrip()
         if lead.startswith(TOOL_CALL_OPEN):
-            self.matcher = self.constraint.template.deep_copy()
+            self.matcher = self.constraint.template_for(self.grounded)
             self._check(self.matcher.consume_tokens(tokens))
         elif lead and not TOOL_CALL_OPEN.startswith(lead):
             self.free = True

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from bot.data.grounding import GroundedValues
 from bot.errors import BotError
 
 STOP, LENGTH, CANCELLED = "stop", "length", "cancelled"  # why a request ended
@@ -96,13 +97,20 @@ class Engine(ABC):
 
     @abstractmethod
     def stream(
-        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False, sampling: Sampling = GREEDY
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        *,
+        tool_call: bool = False,
+        sampling: Sampling = GREEDY,
+        grounded: GroundedValues = (),
     ) -> AsyncIterator[str | Finished]:
         """Text pieces as they are generated, then one `Finished`. Raises an EngineError
         subclass for a request that can't be served. Closing the iterator early cancels this
         request alone. An engine with the tool-call constraint keeps any call the reply opens
-        valid; `tool_call=True` makes the whole reply a call (structured output). `sampling`:
-        greedy unless it says otherwise (see Sampling)."""
+        valid, its grounded arguments copied from `grounded` (bot.data.grounding);
+        `tool_call=True` makes the whole reply a call (structured output). `sampling`: greedy
+        unless it says otherwise (see Sampling)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -32,6 +32,7 @@ from contextlib import aclosing
 
 import aiohttp
 
+from bot.data.grounding import GroundedValues
 from bot.engine.protocol import (
     GREEDY,
     LENGTH,
@@ -83,7 +84,13 @@ class RemoteEngine(Engine):
         return ModelServerUnavailable(f"the model server at {self.url} {reason}")
 
     async def stream(
-        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False, sampling: Sampling = GREEDY
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        *,
+        tool_call: bool = False,
+        sampling: Sampling = GREEDY,
+        grounded: GroundedValues = (),  # not sent: the model server's calls are checked after (grounding)
     ) -> AsyncIterator[str | Finished]:
         if self.closed:
             raise EngineClosed("the model engine is closed")

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import torch
 
+from bot.data.grounding import GroundedValues
 from bot.engine.constraint import CallFollower, ToolCallConstraint
 from bot.engine.protocol import (
     CANCELLED,
@@ -235,14 +236,20 @@ class ThreadedEngine(Engine):
             raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
 
     async def stream(
-        self, prompt_ids: Sequence[int], max_new_tokens: int, *, tool_call: bool = False, sampling: Sampling = GREEDY
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        *,
+        tool_call: bool = False,
+        sampling: Sampling = GREEDY,
+        grounded: GroundedValues = (),
     ) -> AsyncIterator[str | Finished]:
         self.check(prompt_ids, max_new_tokens)
         if tool_call and not self.constraint:
             raise EngineError("this engine has no tool-call constraint")
         request = Request(prompt_ids, max_new_tokens, self.tokenizer, asyncio.get_running_loop(), sampling=sampling)
         if self.constraint:
-            request.calls = self.constraint.follow(forced=tool_call)
+            request.calls = self.constraint.follow(forced=tool_call, grounded=grounded)
         self._in_flight += 1
         try:
             self.submit(request)

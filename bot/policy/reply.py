@@ -33,7 +33,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from bot.config import ServeConfig
-from bot.data.grounding import ungrounded
+from bot.data.grounding import grounded_values, ungrounded
 from bot.data.person_requests import PERSON_ASKED, last_user_text
 from bot.data.prompt import TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_TOOL
@@ -211,7 +211,7 @@ class ReplyPolicy:
     async def _step(
         self, model: ResponseModel, messages: list[dict], *, sender: str, first: bool, last: bool
     ) -> AsyncIterator[Piece | Event | Call]:
-        if first and model.profile.person_rule.asks_for_person(last_user_text(messages)):
+        if first and model.profile.person_detector.asks_for_person(last_user_text(messages)):
             yield handed_off("rule", PERSON_ASKED, text=model.profile.handoff_message)
             return
         generated = leak = None
@@ -291,7 +291,8 @@ class ReplyPolicy:
         `Leak` is the last item."""
         visible = VisibleText()
         watch = model.leak_guard.stream()
-        async with aclosing(model.stream(messages, self.config.max_new_tokens)) as pieces:
+        grounded = grounded_values(model.profile.actions, conversation_sources(messages))
+        async with aclosing(model.stream(messages, self.config.max_new_tokens, grounded=grounded)) as pieces:
             async for item in pieces:
                 if isinstance(item, Finished):
                     if self.metrics:

@@ -16,6 +16,7 @@ from functools import cached_property
 
 from bot import models
 from bot.config import Settings
+from bot.data.grounding import GroundedValues
 from bot.data.profile import BotProfile
 from bot.engine.frontend import load_frontend
 from bot.engine.protocol import GREEDY, Engine, Finished, Sampling
@@ -53,8 +54,11 @@ class ResponseModel:
         cancelled = gone.is_set if gone else None
         return fitted_prompt_ids(self.tokenizer, messages, self.max_length - max_new_tokens, cancelled=cancelled)
 
-    async def stream(self, messages: list[dict], max_new_tokens: int) -> AsyncIterator[str | Finished]:
-        """Text pieces of the greedy reply to `messages`, then the `Finished` record. Closing the
+    async def stream(
+        self, messages: list[dict], max_new_tokens: int, *, grounded: GroundedValues = ()
+    ) -> AsyncIterator[str | Finished]:
+        """Text pieces of the reply to `messages`, then the `Finished` record; a tool call's
+        grounded arguments copy one of `grounded` (bot.data.grounding). Closing the
         iterator early (the client went away) cancels the generation, and the prompt's
         rendering if it is still running: a thread can't be cancelled, so it is told to stop."""
         gone = threading.Event()
@@ -62,7 +66,7 @@ class ResponseModel:
             ids = await asyncio.to_thread(self.prompt, messages, max_new_tokens, gone)  # a few ms: off the event loop
         finally:
             gone.set()  # the thread ends at its next check if this await was cancelled; a no-op otherwise
-        async for item in self.engine.stream(ids, max_new_tokens, sampling=self.sampling):
+        async for item in self.engine.stream(ids, max_new_tokens, sampling=self.sampling, grounded=grounded):
             yield item
 
     async def close(self) -> None:
