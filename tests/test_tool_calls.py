@@ -303,3 +303,35 @@ async def test_a_tiny_model_copies_grounded_values_into_its_calls(tmp_path, cach
                 assert value.lower() in message.lower(), (message, step)
                 copied += 1
     assert copied  # some calls carried grounded values
+
+
+def test_patterns_are_checked_where_they_are_declared_and_used(tmp_path, cache_dir):
+    from bot.data.project import validate
+    from bot.errors import InvalidFiles
+
+    project = starter_project(tmp_path, cache_dir)
+    data = validate(settings_of(project))
+    from bot.data.profile import profile_of
+
+    profile = profile_of(data)
+    assert profile.argument_problems("check_order", {"order_id": "KM-104233"}) == []
+    assert profile.argument_problems("check_order", {"order_id": "E88888"}) == [
+        "argument 'order_id' must match [A-Z]{2,3}-\\d{4,8}"
+    ]
+    (project / "training_data" / "dialogues" / "shape.yml").write_text(
+        "dialogues:\n"
+        "  - id: order-of-another-shape\n"
+        "    turns:\n"
+        "      - user: where is parcel 104233?\n"
+        "      - action: check_order\n"
+        "        args: {order_id: '104233'}\n"
+        "        result: {status: dispatched}\n"
+        "      - bot: It's on its way.\n"
+    )
+    actions = project / "training_data" / "actions.yml"
+    actions.write_text(actions.read_text().replace("pattern: '\\d{8}'", "pattern: '(\\d{8}'", 1))
+    with pytest.raises(InvalidFiles) as error:
+        validate(settings_of(project))
+    text = str(error.value)
+    assert "dialogues/shape.yml:6:" in text and "does not match its pattern" in text
+    assert "actions.yml:" in text and "pattern" in text and "not a valid regular expression" in text
