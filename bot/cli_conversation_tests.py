@@ -16,16 +16,19 @@ def _percent(value: float | None) -> str:
 
 
 def conversations_table(document: dict) -> str:
-    """One row per mode: tests passed (greedy), then pass^1 and pass^k of the sampled tries."""
+    """One row per mode: tests passed (greedy), what the bot made up in them (grounded values
+    sent / names used that nobody gave: the target is 0 / 0), then pass^1..pass^k of the sampled
+    tries."""
     tries = max((s.get("sampled", {}).get("tries", 1) for s in document["summary"].values()), default=1)
-    header = ("mode", "tests", "passed", "pass rate")
+    header = ("mode", "tests", "passed", "pass rate", "made up")
     if tries > 1:
         temperature = next(s["sampled"]["temperature"] for s in document["summary"].values() if "sampled" in s)
         header += tuple(f"pass^{k} (T={temperature:g})" for k in range(1, tries + 1))
     rows = [header + ("seconds",)]
     for mode in document["modes"]:
         s = document["summary"][mode]
-        row = (mode, str(s["tests"]), str(s["passed"]), _percent(s["pass_rate"]))
+        made_up = f"{s.get('invented_values', '-')} / {s.get('invented_names', '-')}"
+        row = (mode, str(s["tests"]), str(s["passed"]), _percent(s["pass_rate"]), made_up)
         seconds = s["seconds"]
         if tries > 1:
             sampled = s.get("sampled", {"pass_hat": {}, "seconds": 0})

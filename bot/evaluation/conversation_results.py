@@ -42,13 +42,16 @@ def test_mode(
         model = mode_model(settings, mode, data, weights)
         try:
             started = time.monotonic()
-            greedy = await run_tests(settings, model, tests, package=package, on_run=on_run)
+            known = f"{data.persona.name} {data.persona.company}"
+            greedy = await run_tests(settings, model, tests, package=package, on_run=on_run, known=known)
             found = summary(greedy, 1, 0.0, time.monotonic() - started)
             sampled: list[ConversationRun] = []
             if tries > 1:
                 model.sampling = Sampling(temperature)
                 started = time.monotonic()
-                sampled = await run_tests(settings, model, tests, tries=tries, package=package, on_run=on_run)
+                sampled = await run_tests(
+                    settings, model, tests, tries=tries, package=package, on_run=on_run, known=known
+                )
                 found["sampled"] = summary(sampled, tries, temperature, time.monotonic() - started)
             return found, greedy + sampled
         finally:

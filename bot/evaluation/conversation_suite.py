@@ -26,6 +26,7 @@ from bot.config import Settings
 from bot.data.conversation_tests import Assertion, ConversationTest, Step
 from bot.errors import BotError
 from bot.evaluation.assertions import call_text, failure
+from bot.evaluation.invented import invented_names, invented_values
 from bot.policy.reply import ReplyPolicy
 from bot.serve.actions import InProcessActions
 from bot.serve.conversations import Conversations
@@ -60,6 +61,8 @@ class ConversationRun:
     error: str | None = None
     seconds: float = 0.0
     temperature: float = 0.0  # the model's: 0 for the greedy run
+    invented_values: list[str] = field(default_factory=list)  # grounded values sent that nobody gave
+    invented_names: list[str] = field(default_factory=list)  # names the bot used that nobody gave
 
     @property
     def passed(self) -> bool:
@@ -78,6 +81,8 @@ class ConversationRun:
             "transcript": self.transcript,
             "seconds": round(self.seconds, 2),
             "temperature": self.temperature,
+            "invented_values": self.invented_values,
+            "invented_names": self.invented_names,
         }
 
 
@@ -119,7 +124,7 @@ def _check(assertions: list[Assertion], events: list[Event], label: str) -> list
     return [f"{label}: {why}" for a in assertions if (why := failure(a, events))]
 
 
-async def _play(conversations: Conversations, run: ConversationRun, sender: str) -> None:
+async def _play(conversations: Conversations, run: ConversationRun, sender: str, known: str) -> None:
     everything: list[Event] = []
     for number, step in enumerate(run.test.spec.steps, 1):
         events: list[Event] = []
@@ -137,6 +142,9 @@ async def _play(conversations: Conversations, run: ConversationRun, sender: str)
         run.transcript += [line for e in events if (line := describe(e))]
         run.failures += _check(step.assertions, events, _step_label(number, step))
     run.failures += _check(run.test.spec.assertions, everything, "at the end")
+    model = conversations.holder.current
+    run.invented_values = invented_values(everything, model.profile.actions)
+    run.invented_names = invented_names(everything, known)
 
 
 DEFAULT_PACKAGE = "actions"  # the folder `bot serve --actions actions` runs
@@ -166,9 +174,11 @@ async def run_tests(
     tries: int = 1,
     package: str | None = None,
     on_run: Callable[[ConversationRun], None] | None = None,
+    known: str = "",
 ) -> list[ConversationRun]:
     """Every test `tries` times with `model` (its engine and temperature as they are); the runs
-    in the order of `tests`, each test's tries together."""
+    in the order of `tests`, each test's tries together. `known`: names the bot may use without
+    anyone giving them (its own, its company's)."""
     stubs: dict[str, dict] = {}
     actions = import_actions(settings, package, stubs)
     serve = settings.build.serve
@@ -186,7 +196,7 @@ async def run_tests(
             async with room:
                 started = time.monotonic()
                 try:
-                    await _play(conversations, run, sender)
+                    await _play(conversations, run, sender, known)
                 except BotError as e:  # the model or a store failed: this run fails, with the reason
                     run.error = f"{type(e).__name__}: {e}"
                 run.seconds = time.monotonic() - started
@@ -223,6 +233,8 @@ def summary(runs: list[ConversationRun], tries: int, temperature: float, seconds
         "temperature": temperature,
         "pass_hat": {str(k): pass_hat(runs, k) for k in range(1, tries + 1)},
         "seconds": round(seconds, 1),
+        "invented_values": sum(len(r.invented_values) for r in runs),
+        "invented_names": sum(len(r.invented_names) for r in runs),
     }
 
 
