@@ -71,7 +71,7 @@ def _turn_dict(turn) -> dict:
     return {"action": turn.action, "args": dict(turn.args), "result": turn.result}
 
 
-def _grounded_values(d: Dialogue, data: TrainingData) -> list[str]:
+def _argument_values(d: Dialogue) -> list[str]:
     """Every argument value the dialogue's calls carry: what a rewrite must leave exactly as it is."""
     values = []
     for turn in d.turns:
@@ -200,7 +200,7 @@ def variants(data: TrainingData, shapes: list[str], *, seed: int = 0, tag: str |
                 continue
             turns = [_turn_dict(t) for t in d.turns]
             rng = random.Random(f"{seed}:{shape}:{d.id}")
-            rewritten = SHAPES[shape](turns, d, _grounded_values(d, data), rng)
+            rewritten = SHAPES[shape](turns, d, _argument_values(d), rng)
             if rewritten and rewritten != turns:
                 found.append(Variant(d, shape, rewritten))
     return found

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from bot.data.person_requests import PersonRequestRule, normalize
 from bot.data.schema import HandoffTurn, PersonExample, TrainingData, UserTurn
@@ -92,7 +92,7 @@ class PersonRequestDetector:
     examples: tuple[PersonExample, ...]
     rule: PersonRequestRule
 
-    @property
+    @cached_property
     def classifier(self) -> PersonRequestClassifier | None:
         return fitted(self.examples)
 
