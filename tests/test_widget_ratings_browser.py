@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import TestServer
+from playwright.async_api import expect
 from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
 from bot.serve.app import create_app
@@ -76,7 +77,9 @@ async def test_rating_an_answer_with_the_keyboard_survives_a_reload(browser, ser
     await page.keyboard.press("Enter")
     await page.locator(".bw-bot", has_text=REPLY).wait_for(timeout=15000)
     votes = page.get_by_role("group", name="Rate this answer")
-    assert await votes.count() == 1  # the reply, not the greeting (it is not stored)
+    # the reply, not the greeting (it is not stored); its buttons come with the stored message,
+    # just after the streamed text
+    await expect(votes).to_have_count(1, timeout=15000)
     helpful, unhelpful = (
         votes.get_by_role("button", name="Helpful", exact=True),
         votes.get_by_role("button", name="Not helpful"),
