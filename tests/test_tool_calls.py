@@ -17,7 +17,7 @@ from bot.data.schema import HANDOFF_REASON_MAX_CHARS
 from bot.data.tool_schema import tool_call_grammar, tool_call_schema
 from bot.engine.batching import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
-from bot.engine.loader import load_weights
+from bot.engine.loader import call_constraint, load_weights
 from bot.engine.protocol import Finished, Sampling
 from bot.policy.reply import COULD_NOT_DO
 from bot.rendering import parse_reply, prompt_ids
@@ -82,17 +82,24 @@ def test_the_schema_is_plain_json_schema_for_a_remote_server(starter_actions):
 
 
 # -- the constraint on a real model ----------------------------------------------------------------
-async def test_a_tiny_model_forced_to_call_writes_a_declared_call(tmp_path, cache_dir, tiny_base, tokenizer):
-    """Random weights would never write a valid call by chance: every row of the batch does."""
+def tiny_starter_engine(tmp_path, cache_dir, tiny_base):
+    """The starter actions on a random-weight model: its weights, and a batching engine with the
+    tool-call constraint (every call fits: at most 64 characters a value, about 200 tokens)."""
     project = starter_project(tmp_path, cache_dir)
     (project / "config.yml").write_text(
         (project / "config.yml").read_text().replace("base: bundled", f"base: {tiny_base}")
     )
     weights = load_weights(settings_of(project), None)
+    constraint = call_constraint(weights.model, weights.tokenizer, weights.profile.actions)
+    return weights, BatchingEngine(
+        weights.model, weights.tokenizer, max_length=1024, max_batch=4, constraint=constraint
+    )
+
+
+async def test_a_tiny_model_forced_to_call_writes_a_declared_call(tmp_path, cache_dir, tiny_base, tokenizer):
+    """Random weights would never write a valid call by chance: every row of the batch does."""
+    weights, engine = tiny_starter_engine(tmp_path, cache_dir, tiny_base)
     actions = weights.profile.actions
-    constraint = ToolCallConstraint(weights.tokenizer, actions, weights.model.get_output_embeddings().weight.shape[0])
-    engine = BatchingEngine(weights.model, weights.tokenizer, max_length=1024, max_batch=4, constraint=constraint)
-    # every call fits: at most 64 characters a value, so at most about 200 tokens a call
     system = {"role": "system", "content": weights.profile.system_prompt}
     questions = ["where is my order", "my bill is wrong", "no signal in LS6 2AB"]
 
@@ -272,14 +279,8 @@ async def test_a_tiny_model_copies_grounded_values_into_its_calls(tmp_path, cach
     """Random weights, forced to call: every grounded value it writes is one the customer gave."""
     from bot.data.grounding import grounded_values
 
-    project = starter_project(tmp_path, cache_dir)
-    (project / "config.yml").write_text(
-        (project / "config.yml").read_text().replace("base: bundled", f"base: {tiny_base}")
-    )
-    weights = load_weights(settings_of(project), None)
+    weights, engine = tiny_starter_engine(tmp_path, cache_dir, tiny_base)
     actions = weights.profile.actions
-    constraint = ToolCallConstraint(weights.tokenizer, actions, weights.model.get_output_embeddings().weight.shape[0])
-    engine = BatchingEngine(weights.model, weights.tokenizer, max_length=1024, max_batch=4, constraint=constraint)
     system = {"role": "system", "content": weights.profile.system_prompt}
     messages = ["51234567 and bn2 9pr, whats my bill", "KM-104233 hasnt come, its 40912267 and M14 5RT"]
     written = []

@@ -245,13 +245,14 @@ def write_drafts(
 
     found = variants(data, shapes, seed=seed, tag=tag)
     folder = drafts_dir(settings)
+    if found:
+        folder.mkdir(parents=True, exist_ok=True)
     written = []
     for shape in shapes:
         mine = [v for v in found if v.shape == shape]
         if not mine:
             continue
         name = f"augment-{shape}"
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{name}.yml"
         text = draft_text(shape, mine, seed)
         path.write_text(text, encoding="utf-8")

@@ -89,14 +89,17 @@ def _matches(spec: Argument, text: str) -> list[str]:
 
 
 def candidates(spec: Argument, sources: Iterable[str]) -> tuple[str, ...]:
-    """What a grounded argument may be in a conversation with `sources`, latest first."""
+    """What a grounded argument may be in a conversation with `sources`, latest first: at most
+    MAX_VALUES, so a long conversation is read back only as far as it takes to find them."""
     found: dict[str, None] = {}
     for source in reversed(list(sources)):
         for text in _texts(source):
             for value in _matches(spec, text) if spec.pattern else _spans(text):
                 if len(value) <= spec.max_chars:
                     found[value] = None
-    return tuple(found)[:MAX_VALUES]
+                    if len(found) == MAX_VALUES:
+                        return tuple(found)
+    return tuple(found)
 
 
 def grounded_values(actions: dict[str, Action], sources: Iterable[str]) -> GroundedValues:
@@ -104,9 +107,15 @@ def grounded_values(actions: dict[str, Action], sources: Iterable[str]) -> Groun
     argument it offers none stays free: the model writes it, and the grounding check that runs
     after (`ungrounded`) turns the call into a question to the customer."""
     sources = list(sources)
+    found: dict[tuple, tuple[str, ...]] = {}  # one search per kind of value (account_id is in 9 actions)
     offered = []
     for action_name, action in actions.items():
         for name, spec in action.arguments.items():
-            if spec.grounded and spec.type == "string" and (values := candidates(spec, sources)):
-                offered.append((action_name, name, values))
+            if not (spec.grounded and spec.type == "string"):
+                continue
+            kind = (spec.pattern, spec.max_chars)
+            if kind not in found:
+                found[kind] = candidates(spec, sources)
+            if found[kind]:
+                offered.append((action_name, name, found[kind]))
     return tuple(offered)

@@ -27,15 +27,11 @@ class Frontend:
 
 def load_frontend(settings: Settings, trained: models.TrainedModel | None) -> Frontend:
     """The tokenizer and profile of `trained` (its own folder and manifest), or of config.yml's
-    base model and training data when `trained` is None. Loads no weights. The person-request
-    classifier is fitted here (about a second), not on the first customer's message."""
+    base model and training data when `trained` is None. Loads no weights."""
     if trained is None:
         tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-        front = Frontend(tokenizer, profile_of(validate(settings)), None, settings.base_model)
-    else:
-        base = settings.resolve_base(trained.manifest["base_model"])
-        tokenizer = check_tokenizer(tokenizer_from_folder(trained.tokenizer_dir), base)
-        profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
-        front = Frontend(tokenizer, profile, trained, base)
-    front.profile.person_detector.classifier  # noqa: B018 (fitted now, kept for every later message)
-    return front
+        return Frontend(tokenizer, profile_of(validate(settings)), None, settings.base_model)
+    base = settings.resolve_base(trained.manifest["base_model"])
+    tokenizer = check_tokenizer(tokenizer_from_folder(trained.tokenizer_dir), base)
+    profile = trained_profile(trained.folder, lambda: profile_of(validate(settings)))
+    return Frontend(tokenizer, profile, trained, base)

@@ -37,6 +37,11 @@ class ResponseModel:
     sampling: Sampling = GREEDY  # greedy, as customers get it; the conversation tests' pass^k tries sample
     loaded_at: float = field(default_factory=time.time)
 
+    def __post_init__(self):
+        # The person-request classifier is fitted now (about a second), where the model is loaded,
+        # not on the event loop when the first customer's message arrives.
+        self.profile.person_detector.classifier  # noqa: B018
+
     @cached_property
     def leak_guard(self) -> LeakGuard:
         """Checks every text of this model's replies against its own prompt and secret."""
