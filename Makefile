@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BOT := $(VENV)/bin/bot
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test validate compile clean gpu-check gpu-bundle vllm-check
+.PHONY: setup run test docs validate compile clean gpu-check gpu-bundle vllm-check
 
 setup: $(STAMP)
 
@@ -34,11 +34,21 @@ run: setup
 	$(BOT) train --if-needed
 	$(BOT) serve --actions actions
 
-# Lint and format checks first (ruff, settings in pyproject.toml): they take a second.
+# Lint and format checks first (ruff, settings in pyproject.toml): they take a second. Then the
+# docs: the site built in strict mode (a broken link or anchor, or a page missing from the nav,
+# fails; not --quiet, which makes mkdocs 1.6 ignore warnings even in strict mode, mkdocs#4126),
+# and docs/cli.md checked against the parser (`.venv/bin/cog -r docs/cli.md` writes it again).
+# NO_MKDOCS_2_WARNING silences Material's banner about MkDocs 2.0 on every build.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
+	$(VENV)/bin/cog --check docs/cli.md
 	$(VENV)/bin/pytest
+
+# The documentation site (docs/, mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every change.
+docs: setup
+	$(VENV)/bin/mkdocs serve
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,4 +1,4 @@
-"""Tries the attack classes of the README's table on the real model: each prompt goes through the
+"""Tries the attack classes of docs/security.md's table on the real model: each prompt goes through the
 server's own routes (in process, the project's active model, or the base model with the persona
 when none is trained) and the script prints what the customer got and whether the leak guard cut.
 

@@ -3,7 +3,7 @@ conversation store and the generation threads are opened in `cleanup_ctx` and cl
 (bot/serve/services.py's `open_services`, which `bot chat` shares);
 app state lives under typed `web.AppKey`s.
 
-Routes (see README): Rasa's REST channel, a streaming chat endpoint (server-sent events), an
+Routes (see docs/serving.md): Rasa's REST channel, a streaming chat endpoint (server-sent events), an
 OpenAI-compatible endpoint, conversation history and a live feed, health, Prometheus metrics,
 admin routes (model reload), and the widget with its demo page.
 """

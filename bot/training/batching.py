@@ -2,7 +2,8 @@
 
 Sorting by length and then shuffling the order of the batches (not their contents) wastes far
 less on padding than random batches, while every epoch still sees the batches in a new order;
-README.md, section "Training", gives the measured figures and the benchmark that measures them.
+docs/benchmarks.md, section "Training throughput", gives the measured figures and the benchmark
+that measures them.
 Packing several dialogues into one row would waste even less, but without FlashAttention the
 samples would attend to each other, so it is not used here.
 """

@@ -31,7 +31,7 @@ def bot_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     targets = targets[:, positions]
     # One row per (row, position), the vocabulary last: the layout cross-entropy's fast path takes.
     # The (rows, vocabulary, positions) layout was 3x slower and 12x further from a float64
-    # reference (README: Training).
+    # reference (docs/benchmarks.md: Where a training step's time goes).
     nll = torch.nn.functional.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
     ).view(targets.shape)
