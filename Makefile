@@ -34,7 +34,8 @@ run: setup
 	$(BOT) train --if-needed
 	$(BOT) serve --actions actions
 
-# Lint and format checks first (ruff, settings in pyproject.toml): they take a second. Then the
+# Lint and format checks first (ruff, settings in pyproject.toml): they take a second; then the
+# package's layers (import-linter, the contract in pyproject.toml). Then the
 # docs: the site built in strict mode (a broken link or anchor, or a page missing from the nav,
 # fails; not --quiet, which makes mkdocs 1.6 ignore warnings even in strict mode, mkdocs#4126),
 # and docs/cli.md checked against the parser (`.venv/bin/cog -r docs/cli.md` writes it again).
@@ -42,6 +43,7 @@ run: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 	$(VENV)/bin/cog --check docs/cli.md
 	$(VENV)/bin/pytest

@@ -33,13 +33,13 @@ from serve_support import ScriptedEngine  # noqa: E402
 
 from bot.base_model import load_tokenizer  # noqa: E402
 from bot.config import load_settings  # noqa: E402
+from bot.conversations.events import user_message  # noqa: E402
+from bot.conversations.state import ConversationState  # noqa: E402
 from bot.data.loader import read_training_data  # noqa: E402
 from bot.data.profile import profile_of  # noqa: E402
 from bot.data.schema import BotTurn  # noqa: E402
-from bot.policy.context import ConversationState  # noqa: E402
+from bot.engine.response_model import ResponseModel  # noqa: E402
 from bot.policy.reply import Piece, ReplyPolicy  # noqa: E402
-from bot.serve.events import user_message  # noqa: E402
-from bot.serve.generator import ResponseModel  # noqa: E402
 
 MESSAGE = "Hi, can you help me with something?"
 

@@ -81,7 +81,7 @@ def svg_chart(points: list[dict], zero_shot: dict) -> str:
 def main() -> None:
     from bot.config import load_settings
     from bot.evaluation.run import evaluate
-    from bot.training.command import train_and_activate
+    from bot.pipelines.train import train_and_activate
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fractions", default="0.25,0.5,1.0")

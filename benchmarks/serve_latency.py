@@ -29,9 +29,9 @@ from aiohttp import web  # noqa: E402
 
 from bot.config import load_settings  # noqa: E402
 from bot.engine.protocol import Finished  # noqa: E402
+from bot.engine.response_model import load_response_model  # noqa: E402
 from bot.serve.app import create_app  # noqa: E402
 from bot.serve.client import chat_events  # noqa: E402
-from bot.serve.generator import load_response_model  # noqa: E402
 
 MESSAGE = "Hi, my broadband has been dropping every evening this week. What can I do?"
 

@@ -111,8 +111,8 @@ def serve(
     from aiohttp import web
 
     from bot.config import load_settings
+    from bot.engine.response_model import load_response_model
     from bot.serve.app import create_app
-    from bot.serve.generator import load_response_model
 
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(project)

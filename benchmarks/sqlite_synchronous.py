@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 
 async def per_event_ms(synchronous: str, events: int, folder: Path) -> float:
-    from bot.serve.events import user_message
-    from bot.serve.store import SQLiteStore
+    from bot.conversations.events import user_message
+    from bot.conversations.store import SQLiteStore
 
     store = SQLiteStore(folder / f"{synchronous}-{time.monotonic_ns()}.sqlite3", synchronous=synchronous)
     try:

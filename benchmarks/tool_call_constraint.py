@@ -29,10 +29,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bot import models  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.data.project import validate  # noqa: E402
-from bot.engine.batching import BatchingEngine  # noqa: E402
+from bot.engine.batch_engine import BatchingEngine  # noqa: E402
 from bot.engine.kv import common_prefix  # noqa: E402
-from bot.engine.loader import call_constraint, load_weights  # noqa: E402
 from bot.engine.protocol import Finished  # noqa: E402
+from bot.engine.weights import call_constraint, load_weights  # noqa: E402
 from bot.evaluation.cases import cases  # noqa: E402
 from bot.rendering import parse_reply, prompt_ids  # noqa: E402
 

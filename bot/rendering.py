@@ -19,7 +19,8 @@ from typing import Any
 from bot.data.prompt import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from bot.data.schema import HANDOFF_TOOL
 from bot.errors import RenderCancelled, RenderError
-from bot.training.loss import IGNORE_INDEX
+
+IGNORE_INDEX = -100  # a label that torch's cross-entropy ignores: the token is not trained
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def main() -> int:
     from bot import models
     from bot.config import load_settings
     from bot.data.project import validate
-    from bot.engine.loader import load_weights
+    from bot.engine.weights import load_weights
     from bot.evaluation.cases import cases, prompted
     from bot.evaluation.generation import policy_replies
     from bot.policy import reply

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def greedy(model, tokenizer, messages, n=24) -> list[int]:
     """The reply's token ids from the batching engine (the one that serves customers)."""
-    from bot.engine.batching import BatchingEngine
+    from bot.engine.batch_engine import BatchingEngine
     from bot.engine.protocol import Finished
     from bot.rendering import prompt_ids
 
@@ -81,7 +81,7 @@ def main() -> int:
     reloaded = PeftModel.from_pretrained(
         load_model(settings.base_model, settings.cache_dir).cuda(), result.folder / "adapter"
     ).eval()
-    from bot.data.compile import to_examples
+    from bot.data.compiler import to_examples
     from bot.data.project import validate
 
     data = validate(settings)

@@ -144,10 +144,10 @@ async def replies(base_url: str | None, app, talks: list[list[str]], tag: str) -
 def in_process_app(settings, dtype: str):
     """The server app generating in this process, in `dtype` (as vLLM does)."""
     from bot import models
-    from bot.engine.loader import load_weights, start_engine
+    from bot.engine.response_model import ResponseModel
+    from bot.engine.weights import load_weights, start_engine
     from bot.precision import runtime_dtype
     from bot.serve.app import create_app
-    from bot.serve.generator import ResponseModel
 
     def load():
         weights = load_weights(settings, models.active(settings.models_dir), dtype=runtime_dtype(dtype))

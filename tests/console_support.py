@@ -7,8 +7,8 @@ from __future__ import annotations
 from serve_support import scripted_model
 
 from bot import models
-from bot.serve.conversation_search import RATING
-from bot.serve.events import bot_message, new_event, user_message
+from bot.conversations.events import bot_message, new_event, user_message
+from bot.conversations.search import RATING
 
 SUMMARY = {
     "conversation_pass_rate": 0.55,

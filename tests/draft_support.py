@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bot.serve.events import (
+from bot.conversations.events import (
     action_executed,
     agent_message,
     bot_message,

@@ -18,8 +18,8 @@ from bot.config import load_settings
 from bot.data.profile import profile_of
 from bot.data.project import validate
 from bot.engine.protocol import LENGTH, STOP, Engine, EngineClosed, EngineStats, Finished
+from bot.engine.response_model import ResponseModel
 from bot.engine.text import IncrementalText
-from bot.serve.generator import ResponseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "t0ken-for-tests"

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from serve_support import ADMIN, chat, make_project, sse_events, stored_events
 
 from bot.policy.reply import COULD_NOT_DO
-from bot.serve.actions import SORRY
+from bot.runtime.action_runner import SORRY
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -152,7 +152,7 @@ async def test_error_statuses_get_an_apology_and_a_log_line(tmp_path, cache_dir,
         tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n"
     )
     client, model = await serve(project, [call("check_order", order_id="ES-1001")])
-    with caplog.at_level(logging.WARNING, logger="bot.serve.actions"):
+    with caplog.at_level(logging.WARNING, logger="bot.runtime.action_runner"):
         events = await chat(client, "f1", "where is ES-1001?")
     await server.close()
     assert [data["text"] for name, data in events if name == "message"] == [SORRY]
@@ -348,7 +348,7 @@ async def test_a_failing_handoff_webhook_does_not_break_the_handoff(tmp_path, ca
     )
     project = make_project(tmp_path / "p", cache_dir, endpoints=endpoints)
     client, _ = await serve(project, [call("handoff_to_human", reason="asked")])
-    with caplog.at_level(logging.WARNING, logger="bot.serve.handoff"):
+    with caplog.at_level(logging.WARNING, logger="bot.runtime.handoff_webhook"):
         events = await chat(client, "w1", "a person please")
     assert [data["type"] for name, data in events if name == "message"] == ["handoff"]
     assert "handoff webhook http://127.0.0.1:9/hook failed for conversation w1" in caplog.text
@@ -372,7 +372,7 @@ async def test_serve_with_actions_starts_the_action_server_and_stops_it(tmp_path
     from aiohttp.test_utils import TestClient
     from serve_support import scripted_model, settings_of
 
-    from bot.serve.action_server import ActionServerError, action_server
+    from bot.runtime.action_server import ActionServerError, action_server
     from bot.serve.app import create_app
 
     port = free_port()

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from serve_support import make_project, settings_of
 
-from bot.data import drafts
-from bot.data.augment import SHAPES, UnknownShape, variants
 from bot.data.project import validate
 from bot.data.schema import ActionTurn, UserTurn
+from bot.pipelines import drafts
+from bot.pipelines.augment import SHAPES, UnknownShape, variants
 
 ROOT = Path(__file__).resolve().parent.parent
 DIALOGUE = """dialogues:

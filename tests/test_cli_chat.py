@@ -1,5 +1,5 @@
 """`bot chat` in process: scripted lines typed at the prompt, the scripted model behind the real
-conversation service (bot/serve/services.py's open_services), what is printed, and everything
+conversation service (bot/runtime/services.py's open_services), what is printed, and everything
 closed at the end."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import pytest
 from serve_support import make_project, scripted_model, settings_of
 
-from bot import cli_chat
-from bot.serve import services
+from bot.cli import chat as cli_chat
+from bot.runtime import services
 
 
 def call(name: str, **arguments) -> str:
@@ -83,7 +83,7 @@ async def test_a_store_that_cannot_open_closes_the_loaded_model(tmp_path, cache_
     settings = settings_of(make_project(tmp_path / "bot", cache_dir, endpoints=endpoints))
     model = scripted_model(settings, tokenizer)
     typed(["hi"])
-    from bot.serve.store import StoreUnavailable
+    from bot.conversations.store import StoreUnavailable
 
     with pytest.raises(StoreUnavailable, match="tracker_store.url is needed for type 'redis'"):
         await cli_chat.chat_in_process(settings, "t-2", load_model=lambda: model)
@@ -91,7 +91,7 @@ async def test_a_store_that_cannot_open_closes_the_loaded_model(tmp_path, cache_
 
 
 async def _stored(settings, sender):
-    from bot.serve.stores import open_store
+    from bot.conversations.backends import open_store
 
     store = await open_store(settings)
     try:

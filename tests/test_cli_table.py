@@ -1,8 +1,8 @@
-"""bot/cli_table.py: the CLI's plain-text tables."""
+"""bot/cli/output.py: the CLI's plain-text tables."""
 
 from __future__ import annotations
 
-from bot.cli_table import text_table
+from bot.cli.output import text_table
 
 ROWS = [("set", "tag", "tokens"), ("train", "(all)", "1,234"), ("test", "orders", "80")]
 

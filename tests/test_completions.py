@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of, sse_events
 
-from bot.serve.stop_strings import StopStrings
+from bot.engine.stop_strings import StopStrings
 
 REPLY = "Your order KM-104233 left our warehouse today and should arrive tomorrow."
 
@@ -326,9 +326,9 @@ async def test_the_route_continues_as_the_in_process_engine_does_on_the_tiny_mod
     the engine's own for the same ids."""
     from aiohttp.test_utils import TestClient, TestServer
 
+    from bot.engine.response_model import load_response_model
     from bot.rendering import prompt_ids
     from bot.serve.app import create_app
-    from bot.serve.generator import load_response_model
 
     settings = settings_of(make_project(tmp_path / "p", cache_dir, base=tiny_base))
     model = load_response_model(settings)

@@ -14,8 +14,8 @@ from console_support import active_model_loader, add_model, rate, talk
 from serve_support import ADMIN_TOKEN, make_project, requires_chromium, settings_of
 
 from bot import models
+from bot.conversations.events import action_executed, agent_message, handed_off, resumed
 from bot.serve.app import create_app
-from bot.serve.events import action_executed, agent_message, handed_off, resumed
 from bot.serve.keys import STORE
 from bot.serve.routes_train import TRAINING
 from bot.serve.throttle import ADMIN_FAILURES

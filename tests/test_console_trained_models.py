@@ -14,8 +14,8 @@ from serve_support import ADMIN, ADMIN_TOKEN
 
 from bot import models
 from bot.config import load_settings
+from bot.pipelines.train import train_and_activate
 from bot.serve.app import create_app
-from bot.training.command import train_and_activate
 
 COPY = "20990101-000000"  # a second model: the trained one's folder under a later id
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from bot.serve.conversation_search import RATING, ConversationFilter, find_conversations, latest_ratings
-from bot.serve.events import new_event
-from bot.serve.store import SQLiteStore
+from bot.conversations.events import new_event
+from bot.conversations.search import RATING, ConversationFilter, find_conversations, latest_ratings
+from bot.conversations.store import SQLiteStore
 
 
 async def _store(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from serve_support import ROOT, make_project, scripted_model, settings_of
 
 from bot.cli import main
+from bot.conversations.events import action_executed, bot_message, handed_off, slot_set, user_message
 from bot.data.conversation_tests import Assertion, read_conversation_tests
 from bot.data.person_requests import PERSON_ASKED
 from bot.data.project import conversation_tests, validate
@@ -19,7 +20,6 @@ from bot.evaluation.assertions import failure
 from bot.evaluation.conversation_results import conversations_document, junit_xml
 from bot.evaluation.conversation_suite import ConversationRun, pass_hat, run_tests
 from bot.policy.context import to_messages
-from bot.serve.events import action_executed, bot_message, handed_off, slot_set, user_message
 
 TESTS = "training_data/conversation_tests"
 
@@ -351,7 +351,7 @@ def test_bot_test_end_to_end_on_a_tiny_model(tmp_path, tiny_base, cache_dir, cap
 async def test_the_bundled_model_plays_the_template_conversations(tmp_path, cache_dir):
     """The real SmolLM2-135M-Instruct (zero-shot, as the server serves it before any training)
     through whole conversations: every step answered, the person request handed off by the rule."""
-    from bot.serve.generator import load_response_model
+    from bot.engine.response_model import load_response_model
 
     project = make_project(tmp_path / "p", cache_dir, config="serve:\n  max_new_tokens: 32\n")
     settings = settings_of(project)

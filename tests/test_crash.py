@@ -19,9 +19,9 @@ from serve_support import NO_ACTION_SERVER, make_project
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
-from bot.serve.events import INTERRUPTED, bot_message, new_event, user_message
-from bot.serve.recovery import mark_interrupted
-from bot.serve.store import SQLiteStore
+from bot.conversations.events import INTERRUPTED, bot_message, new_event, user_message
+from bot.conversations.recovery import mark_interrupted
+from bot.conversations.store import SQLiteStore
 
 REPLY = "Thanks for waiting, I am looking into that for you right now, one moment please."
 
@@ -39,12 +39,12 @@ async def _isolated_store(kind: str, stack: AsyncExitStack, tmp_path, **options)
         path = tmp_path / "conversations.sqlite3"
         connect, tracker = (lambda: _ready(SQLiteStore(path))), f"tracker_store:\n  type: sqlite\n  path: {path}\n"
     elif kind == "postgresql":
-        from bot.serve.store_postgres import PostgresStore
+        from bot.conversations.store_postgres import PostgresStore
 
         url, _ = await stack.enter_async_context(postgres_schema())
         connect, tracker = (lambda: PostgresStore.connect(url)), f"tracker_store:\n  type: postgresql\n  url: {url}\n"
     else:
-        from bot.serve.store_redis import RedisStore
+        from bot.conversations.store_redis import RedisStore
 
         _, prefix = await stack.enter_async_context(redis_prefix())
         connect = lambda: RedisStore.connect(REDIS_URL, prefix=prefix, **options)  # noqa: E731

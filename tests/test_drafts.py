@@ -1,4 +1,4 @@
-"""Stored conversations into dialogue drafts (bot/data/drafts.py): redacted, consistent, valid;
+"""Stored conversations into dialogue drafts (bot/pipelines/drafts.py): redacted, consistent, valid;
 agent turns become bot turns; accepting refuses duplicates and leaks between training and tests."""
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from draft_support import PERSONAL, golden_events, handed_off_events, rate, star
 
 from bot.cli import main
 from bot.config import load_settings
-from bot.data import drafts
-from bot.data.redaction import luhn_valid
-from bot.serve.events import (
+from bot.conversations.events import (
     action_executed,
     action_failed,
     action_rejected,
@@ -25,7 +23,9 @@ from bot.serve.events import (
     new_event,
     user_message,
 )
-from bot.serve.store import SQLiteStore
+from bot.conversations.store import SQLiteStore
+from bot.data.redaction import luhn_valid
+from bot.pipelines import drafts
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from draft_support import store_conversation
 from serve_support import ADMIN, make_project
 
-from bot.serve.events import action_executed, bot_message, user_message
+from bot.conversations.events import action_executed, bot_message, user_message
 from bot.serve.keys import STORE
 
 

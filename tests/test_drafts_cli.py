@@ -13,9 +13,9 @@ from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 from bot.cli import main
 from bot.config import load_settings
-from bot.data import drafts
-from bot.serve.events import bot_message, user_message
-from bot.serve.store import SQLiteStore
+from bot.conversations.events import bot_message, user_message
+from bot.conversations.store import SQLiteStore
+from bot.pipelines import drafts
 
 OLD = 1_600_000_000.0  # 2020-09-13
 
@@ -207,7 +207,7 @@ def test_redact_in_place_on_sqlite(project, capsys):
 async def test_redact_in_place_on_the_shared_stores(kind, project):
     settings = load_settings(project)
     if kind == "postgresql":
-        from bot.serve.store_postgres import PostgresStore
+        from bot.conversations.store_postgres import PostgresStore
 
         async with postgres_schema() as (url, _):
             store = await PostgresStore.connect(url)
@@ -216,7 +216,7 @@ async def test_redact_in_place_on_the_shared_stores(kind, project):
             finally:
                 await store.close()
         return
-    from bot.serve.store_redis import RedisStore
+    from bot.conversations.store_redis import RedisStore
 
     async with redis_prefix() as (_, prefix):
         store = await RedisStore.connect(REDIS_URL, prefix=prefix)

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from bot.engine.batching import BatchingEngine
+from bot.engine.batch_engine import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong, Sampling
 from bot.engine.serial import SerialEngine
@@ -223,8 +223,8 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
     from aiohttp.test_utils import TestClient, TestServer
     from serve_support import ADMIN_TOKEN, make_project, settings_of, sse_events
 
+    from bot.engine.response_model import load_response_model
     from bot.serve.app import create_app
-    from bot.serve.generator import load_response_model
 
     settings = settings_of(
         make_project(tmp_path / "p", cache_dir, base=tiny_base, config="serve:\n  max_new_tokens: 60\n")

@@ -19,11 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot import export, models
 from bot.cli import main
 from bot.config import load_settings
-from bot.engine.loader import load_weights, start_engine
 from bot.engine.protocol import Finished
+from bot.engine.weights import load_weights, start_engine
 from bot.errors import BaseModelUnavailable
+from bot.pipelines.train import train_and_activate
 from bot.rendering import prompt_ids
-from bot.training.command import train_and_activate
 
 MESSAGES = [{"role": "user", "content": "Where is my order ES-1001?"}]
 TOKENS = 12

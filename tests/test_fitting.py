@@ -202,7 +202,7 @@ async def test_a_prompt_still_rendering_stops_soon_after_its_client_leaves(
 
     from serve_support import make_project, scripted_model, settings_of
 
-    import bot.serve.generator as generator
+    import bot.engine.response_model as generator
 
     ended: dict = {}
     real = generator.fitted_prompt_ids

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SERVER_MODULES = ("bot.cli", "bot.serve.app", "bot.serve.services", "bot.engine.frontend")
+SERVER_MODULES = ("bot.cli", "bot.serve.app", "bot.runtime.services", "bot.engine.frontend")
 
 
 def test_the_server_and_its_routes_import_no_torch():

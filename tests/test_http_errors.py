@@ -11,12 +11,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from serve_support import ADMIN, make_project, sse_events
 
+from bot.conversations.migrations import MigrationError
+from bot.conversations.store import ConversationBusy, StoreUnavailable
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError
 from bot.engine.remote import ModelServerUnavailable
 from bot.errors import BotError, InvalidFiles, Problem
 from bot.serve.http import STATUS_OF, errors_middleware, status_of
-from bot.serve.migrations import MigrationError
-from bot.serve.store import ConversationBusy, StoreUnavailable
 
 # Faults of the server's own making: exactly these answer 5xx, every other entry 4xx.
 SERVER_FAULTS = {

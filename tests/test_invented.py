@@ -3,9 +3,9 @@ nobody gave, and names nobody gave."""
 
 from __future__ import annotations
 
+from bot.conversations.events import action_executed, bot_message, user_message
 from bot.data.schema import Action, Argument
 from bot.evaluation.invented import invented_names, invented_values
-from bot.serve.events import action_executed, bot_message, user_message
 
 ACTIONS = {
     "get_bill": Action(arguments={"account_id": Argument(source="conversation")}),

@@ -18,9 +18,9 @@ from load_support import POSTGRES_URL, STORES, idle_feeds, load_project, percent
 from serve_support import make_project, scripted_model, settings_of
 from server_process import ServerProcess
 
+from bot.conversations.events import agent_message
+from bot.conversations.store import SQLiteStore
 from bot.serve.app import create_app
-from bot.serve.events import agent_message
-from bot.serve.store import SQLiteStore
 
 
 def _free_port() -> int:
@@ -117,7 +117,7 @@ async def _two_stores(kind: str, tmp_path):
         return _counting(SQLiteStore)(path), SQLiteStore(path)
     if why := _reachable(kind):
         pytest.skip(why)
-    from bot.serve.store_postgres import PostgresStore
+    from bot.conversations.store_postgres import PostgresStore
 
     return await _counting(PostgresStore).connect(POSTGRES_URL), await PostgresStore.connect(POSTGRES_URL)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from store_isolation import postgres_schema, redis_prefix
 
-from bot.policy.context import fold
-from bot.serve.events import bot_message
-from bot.serve.migrations import MigrationError, Migrations
-from bot.serve.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
+from bot.conversations.events import bot_message
+from bot.conversations.migrations import MigrationError, Migrations
+from bot.conversations.state import fold
+from bot.conversations.store import SQLITE_MIGRATIONS, ConversationBusy, SQLiteStore, migrate_sqlite
 
 FIXTURES = Path(__file__).parent / "data" / "stores_v1"
 SENDERS = ("alice", "bob", "carol")
@@ -105,7 +105,7 @@ async def old_postgres_database(connection) -> None:
     schema of that time, never edited since) run on its own, so there is no bot_migrations
     table, then the rows that code wrote, which are the SQLite fixture's: the same seqs, senders,
     types and bodies."""
-    from bot.serve.store_postgres import POSTGRES_MIGRATIONS
+    from bot.conversations.store_postgres import POSTGRES_MIGRATIONS
 
     name, schema_of_then = POSTGRES_MIGRATIONS.steps[0]
     assert name == "m001_events"
@@ -121,7 +121,7 @@ async def old_postgres_database(connection) -> None:
 async def test_postgres_database_from_before_migrations_is_upgraded_in_place():
     import asyncpg
 
-    from bot.serve.store_postgres import PostgresStore
+    from bot.conversations.store_postgres import PostgresStore
 
     async with postgres_schema() as (url, schema):
         old = await asyncpg.connect(url)
@@ -143,7 +143,7 @@ async def test_postgres_database_from_before_migrations_is_upgraded_in_place():
 async def test_redis_keys_from_before_migrations_are_upgraded_in_place():
     from store_isolation import REDIS_URL
 
-    from bot.serve.store_redis import RedisStore
+    from bot.conversations.store_redis import RedisStore
 
     async with redis_prefix() as (client, prefix):
         old_keys = json.loads((FIXTURES / "redis.json").read_text(encoding="utf-8"))  # the old keys, raw
@@ -234,7 +234,7 @@ async def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path):
 
     from store_isolation import REDIS_URL
 
-    from bot.serve.store_redis import RedisStore
+    from bot.conversations.store_redis import RedisStore
 
     async with redis_prefix() as (client, prefix):
         await client.hset(prefix + "migrations", mapping={"m001_events": "x", "m099_future": "x"})
@@ -243,7 +243,7 @@ async def test_a_store_migrated_by_a_newer_version_is_refused(tmp_path):
 
 
 async def test_two_processes_opening_a_new_postgres_store_at_once_apply_it_once():
-    from bot.serve.store_postgres import PostgresStore
+    from bot.conversations.store_postgres import PostgresStore
 
     async with postgres_schema() as (url, _):
         stores = await asyncio.gather(*(PostgresStore.connect(url) for _ in range(4)))

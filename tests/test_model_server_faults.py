@@ -22,10 +22,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_events, stored_events
 
+from bot.conversations.events import MODEL_UNAVAILABLE
+from bot.engine.response_model import remote_response_model
 from bot.policy.reply import COULD_NOT_DO
 from bot.serve.app import create_app
-from bot.serve.events import MODEL_UNAVAILABLE
-from bot.serve.generator import remote_response_model
 
 REPLY = "Happy to help with that today."
 
@@ -255,8 +255,8 @@ def test_a_missing_key_variable_is_named(tmp_path, cache_dir, monkeypatch):
 async def test_the_leak_guard_holds_on_a_remote_model(topology):
     """The guard sits above the engine: a model server that recites the instructions is cut as
     the in-process engine is (tests/test_leak_guard.py)."""
+    from bot.data.leak_guard import PROMPT
     from bot.serve.keys import HOLDER
-    from bot.serve.leak_guard import PROMPT
 
     client, server = topology
     await server.start()

@@ -4,7 +4,7 @@ gate scores the weights customers get."""
 import torch
 
 from bot import precision
-from bot.engine import loader
+from bot.engine import weights as engine_weights
 from bot.training import recipe
 
 
@@ -34,4 +34,4 @@ def test_emulated_bf16_on_plain_avx512_is_not_chosen(monkeypatch):
 
 def test_training_and_serving_ask_the_same_function():
     assert recipe.choose_precision is precision.choose_precision
-    assert loader.runtime_dtype is precision.runtime_dtype
+    assert engine_weights.runtime_dtype is precision.runtime_dtype

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from serve_support import make_project
 
-from bot.serve.conversation_search import RATING, latest_ratings
-from bot.serve.events import agent_message
+from bot.conversations.events import agent_message
+from bot.conversations.search import RATING, latest_ratings
 from bot.serve.keys import STORE
 
 

@@ -9,9 +9,9 @@ import re
 import pytest
 
 from bot.config import RedactionConfig, load_settings
-from bot.data.draft_yaml import flow, scalar
 from bot.data.redaction import Redactor, describe, luhn_valid
 from bot.errors import InvalidFiles
+from bot.pipelines.draft_yaml import flow, scalar
 from bot.yamlsource import load_bytes
 
 

@@ -25,11 +25,11 @@ from serve_support import NO_ACTION_SERVER, make_project, settings_of, sse_event
 from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
+from bot.conversations.events import MODEL_UNAVAILABLE
 from bot.engine.protocol import EngineError
 from bot.engine.remote import RemoteEngine
 from bot.policy.reply import COULD_NOT_DO, NOT_UNDERSTOOD
 from bot.rendering import parse_reply
-from bot.serve.events import MODEL_UNAVAILABLE
 
 MAX_NEW_TOKENS = 24
 # the model server asks for it; the front-ends send it
@@ -137,7 +137,7 @@ async def _say(session: aiohttp.ClientSession, url: str, sender: str, text: str)
 
 
 async def _stored(postgres_url: str, senders: list[str]) -> dict[str, list[dict]]:
-    from bot.serve.store_postgres import PostgresStore
+    from bot.conversations.store_postgres import PostgresStore
 
     store = await PostgresStore.connect(postgres_url)
     try:
@@ -227,8 +227,8 @@ def _get(url: str) -> str:
 
 async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(topology, postgres_url):
     from bot.engine.protocol import Finished
+    from bot.engine.response_model import load_response_model
     from bot.policy.context import to_messages
-    from bot.serve.generator import load_response_model
 
     fronts, sender = topology["fronts"], f"greedy-{time.monotonic_ns() % 10**9}"
     async with aiohttp.ClientSession() as session:
@@ -251,8 +251,8 @@ async def test_greedy_replies_through_a_front_end_equal_the_in_process_engine(to
 async def test_the_model_server_killed_mid_reply_then_restarted(topology, tmp_path, cache_dir, caplog, monkeypatch):
     """A front-end in this process (the real app, 200-token replies, so there is time to kill the
     model server mid-reply) on the module's model server, which is killed and started again."""
+    from bot.engine.response_model import remote_response_model
     from bot.serve.app import create_app
-    from bot.serve.generator import remote_response_model
     from bot.serve.keys import STORE
 
     server = topology["server"]

@@ -13,15 +13,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from conftest import make_tiny_project
 from serve_support import settings_of
 
-from bot import cli_chat, models
+from bot import models
+from bot.cli import chat as cli_chat
 from bot.cli import main
 from bot.data.project import validate
 from bot.data.prompt import system_prompt
-from bot.engine.loader import load_weights, start_engine
+from bot.engine.response_model import ResponseModel
+from bot.engine.weights import load_weights, start_engine
 from bot.evaluation.cases import Case, Prompted
 from bot.evaluation.generation import policy_replies
 from bot.serve.app import create_app
-from bot.serve.generator import ResponseModel
 
 SAME_LENGTH = "eval:\n  max_new_tokens: 12\nserve:\n  max_new_tokens: 12\n"
 CONTEXTS = [
@@ -110,7 +111,7 @@ HANDOFF_TURN = """dialogues:
 def test_tune_scores_candidates_with_the_reply_policy(tmp_path, tiny_base, cache_dir):
     """`bot tune` ranks the bot customers would get: its scoring hands a person request off by the
     persona's rule, as the server does (it used to score the raw model, which never hands off here)."""
-    from bot.training.tune import _score
+    from bot.pipelines.tune import _score
 
     project = make_tiny_project(tmp_path, tiny_base, cache_dir, epochs=1, extra="eval:\n  max_new_tokens: 8\n")
     (project / "training_data" / "tests" / "examples.yml").write_text(HANDOFF_TURN)

@@ -15,8 +15,8 @@ from serve_support import make_project, settings_of
 from server_process import ServerProcess
 
 from bot.config import ServeConfig
+from bot.conversations.backends import open_store
 from bot.serve.shutdown import aiohttp_timeout, drain_seconds, reserve_seconds
-from bot.serve.stores import open_store
 
 IDLE_CPU_S = 0.1  # CPU seconds a server that does nothing may use in the 1.5 s window (it uses ~0)
 

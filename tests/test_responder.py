@@ -8,12 +8,7 @@ import json
 import pytest
 from serve_support import make_project, settings_of
 
-from bot.data.compile import tool_call_message
-from bot.engine.protocol import Finished
-from bot.errors import RenderError
-from bot.policy.context import fold, to_messages
-from bot.rendering import fitted_prompt_ids, prompt_ids
-from bot.serve.events import (
+from bot.conversations.events import (
     action_executed,
     bot_message,
     handed_off,
@@ -23,7 +18,13 @@ from bot.serve.events import (
     slots_reset,
     user_message,
 )
-from bot.serve.generator import load_response_model
+from bot.conversations.state import fold
+from bot.data.compiler import tool_call_message
+from bot.engine.protocol import Finished
+from bot.engine.response_model import load_response_model
+from bot.errors import RenderError
+from bot.policy.context import to_messages
+from bot.rendering import fitted_prompt_ids, prompt_ids
 
 SYSTEM = "You are Ember, the support assistant of Ember Supplies."
 

@@ -13,12 +13,12 @@ from aiohttp.test_utils import TestServer
 from serve_support import NO_ACTION_SERVER, make_project, scripted_model, settings_of
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
+from bot.conversations.backends import open_store
+from bot.conversations.events import bot_message, new_event, user_message
+from bot.conversations.retention import DAY_S, Retention
+from bot.conversations.store import SQLiteStore, StoreUnavailable
 from bot.serve.app import create_app
-from bot.serve.events import bot_message, new_event, user_message
 from bot.serve.keys import RETENTION, STORE
-from bot.serve.retention import DAY_S, Retention
-from bot.serve.store import SQLiteStore, StoreUnavailable
-from bot.serve.stores import open_store
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "redis"])

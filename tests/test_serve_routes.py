@@ -312,7 +312,7 @@ def test_rate_limiter_forgets_idle_keys(monkeypatch):
 
 
 async def test_bot_chat_streams_a_reply_from_a_running_server(project, serve, monkeypatch, capsys):
-    from bot.cli_chat import chat_over_http
+    from bot.cli.chat import chat_over_http
 
     client, _ = await serve(project, ["Hello from the server."])
     lines = iter(["hi there", "/quit"])

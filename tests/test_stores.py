@@ -13,8 +13,7 @@ import uuid
 import pytest
 from store_isolation import postgres_schema, redis_prefix
 
-from bot.policy.context import fold
-from bot.serve.events import (
+from bot.conversations.events import (
     STATE_EVENTS,
     action_executed,
     agent_message,
@@ -25,7 +24,8 @@ from bot.serve.events import (
     slots_reset,
     user_message,
 )
-from bot.serve.store import ConversationBusy, SQLiteStore, StoreUnavailable
+from bot.conversations.state import fold
+from bot.conversations.store import ConversationBusy, SQLiteStore, StoreUnavailable
 
 POSTGRES_URL = os.environ.get("BOT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -36,10 +36,10 @@ async def _connect(kind: str, tmp_path, **options):
         return SQLiteStore(tmp_path / "conversations.sqlite3")
     try:
         if kind == "postgresql":
-            from bot.serve.store_postgres import PostgresStore
+            from bot.conversations.store_postgres import PostgresStore
 
             return await PostgresStore.connect(POSTGRES_URL)
-        from bot.serve.store_redis import RedisStore
+        from bot.conversations.store_redis import RedisStore
 
         return await RedisStore.connect(REDIS_URL, **options)
     except StoreUnavailable as e:
@@ -176,7 +176,7 @@ async def test_redis_lock_is_kept_while_a_long_reply_is_written(tmp_path):
 async def test_postgres_lock_is_freed_when_its_connection_dies(tmp_path):
     import asyncpg
 
-    from bot.serve.store_postgres import _lock_key
+    from bot.conversations.store_postgres import _lock_key
 
     store = await _connect("postgresql", tmp_path)
     sender = _sender()
@@ -197,7 +197,7 @@ async def _open_with_lock_server(kind: str, url: str, folder, lock_url: str, pre
     """open_store as a server process would, from endpoints.yml: `kind` at `url` (sqlite: a file
     in `folder`), its locks from the Redis server at `lock_url`."""
     from bot.config import load_settings
-    from bot.serve.stores import open_store
+    from bot.conversations.backends import open_store
 
     folder.mkdir(exist_ok=True)
     where = f"url: {url}" if kind != "sqlite" else "path: conversations.sqlite3"
@@ -251,8 +251,8 @@ async def test_an_unreachable_lock_server_is_a_clear_error(tmp_path):
 
 
 async def test_unreachable_servers_are_a_clear_error():
-    from bot.serve.store_postgres import PostgresStore
-    from bot.serve.store_redis import RedisStore
+    from bot.conversations.store_postgres import PostgresStore
+    from bot.conversations.store_redis import RedisStore
 
     with pytest.raises(
         StoreUnavailable, match="can't reach the PostgreSQL tracker store at postgresql://127.0.0.1:1/test"
@@ -386,7 +386,7 @@ async def test_existing_databases_get_the_state_index_and_keep_their_events(tmp_
 async def test_postgres_gets_the_state_index_at_open():
     from store_isolation import postgres_schema
 
-    from bot.serve.store_postgres import PostgresStore
+    from bot.conversations.store_postgres import PostgresStore
 
     async with postgres_schema() as (url, _):  # a schema of its own: other tests use the shared tables
         store = await PostgresStore.connect(url)
@@ -503,14 +503,14 @@ async def own_store(request, tmp_path):
         await store.close()
         return
     if request.param == "postgresql":
-        from bot.serve.store_postgres import PostgresStore
+        from bot.conversations.store_postgres import PostgresStore
 
         async with postgres_schema() as (url, _):
             store = await PostgresStore.connect(url)
             yield store
             await store.close()
         return
-    from bot.serve.store_redis import RedisStore
+    from bot.conversations.store_redis import RedisStore
 
     async with redis_prefix() as (_, prefix):
         store = await RedisStore.connect(REDIS_URL, prefix=prefix)
@@ -593,7 +593,7 @@ def test_stores_are_chosen_by_a_registry_the_base_module_knows_nothing_of():
     import typing
 
     from bot.config import TrackerStore
-    from bot.serve.stores import OPENERS
+    from bot.conversations.backends import OPENERS
 
     # every type the config accepts
     assert list(OPENERS) == list(typing.get_args(TrackerStore.model_fields["type"].annotation))
@@ -601,21 +601,22 @@ def test_stores_are_chosen_by_a_registry_the_base_module_knows_nothing_of():
         [
             sys.executable,
             "-c",
-            "import sys, bot.serve.store; print(sorted(m for m in sys.modules if m.startswith('bot.serve.store')))",
+            "import sys, bot.conversations.store; "
+            "print(sorted(m for m in sys.modules if m.startswith('bot.conversations.store')))",
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert loaded.strip() == "['bot.serve.store']"  # no backend, so no import cycle
+    assert loaded.strip() == "['bot.conversations.store']"  # no backend, so no import cycle
 
 
 async def test_an_unknown_store_type_is_a_clear_error(tmp_path):
     from types import SimpleNamespace
 
     from bot.config import load_settings
+    from bot.conversations.backends import open_store
     from bot.errors import InvalidFiles
-    from bot.serve.stores import open_store
 
     (tmp_path / "config.yml").write_text("model:\n  base: bundled\n")
     (tmp_path / "endpoints.yml").write_text("tracker_store:\n  type: mongodb\n")

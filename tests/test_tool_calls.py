@@ -15,10 +15,10 @@ from serve_support import chat, make_project, settings_of, stored_events
 
 from bot.data.schema import HANDOFF_REASON_MAX_CHARS
 from bot.data.tool_schema import tool_call_grammar, tool_call_schema
-from bot.engine.batching import BatchingEngine
+from bot.engine.batch_engine import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
-from bot.engine.loader import call_constraint, load_weights
 from bot.engine.protocol import Finished, Sampling
+from bot.engine.weights import call_constraint, load_weights
 from bot.policy.reply import COULD_NOT_DO
 from bot.rendering import parse_reply, prompt_ids
 

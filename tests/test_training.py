@@ -21,11 +21,11 @@ from bot.base_model import load_model, load_tokenizer
 from bot.cli import main
 from bot.config import load_settings
 from bot.errors import BaseModelUnavailable
-from bot.rendering import prompt_ids
+from bot.pipelines.train import train_and_activate
+from bot.rendering import IGNORE_INDEX, prompt_ids
 from bot.training import recipe
 from bot.training.batching import collate
-from bot.training.command import train_and_activate
-from bot.training.loss import IGNORE_INDEX, bot_token_loss, bot_token_nll
+from bot.training.loss import bot_token_loss, bot_token_nll
 
 
 def train_project(folder: Path):
@@ -146,7 +146,7 @@ def test_saved_adapter_generates_the_same_tokens_as_before_saving(tmp_path, tiny
         kept["model"] = result.model
         return result
 
-    monkeypatch.setattr("bot.training.command.train", keep_model)
+    monkeypatch.setattr("bot.pipelines.train.train", keep_model)
     model = train_project(project).model
     tokenizer = load_tokenizer(str(tiny_base), cache_dir)
     before = greedy(kept["model"], tokenizer)

@@ -15,9 +15,9 @@ from conftest import make_tiny_project
 from bot.cli import main
 from bot.config import TrainConfig, apply_overlay, load_settings
 from bot.errors import InvalidFiles
+from bot.pipelines.tune import Candidate, TuneError, load_grid, rank, validation_split
+from bot.pipelines.tune_report import render_tune_html
 from bot.training.batching import LengthGroupedBatches, TokenBudgetBatches, batch_sampler
-from bot.training.tune import Candidate, TuneError, load_grid, rank, validation_split
-from bot.training.tune_report import render_tune_html
 
 # --- what the tune opens ---------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ async def test_handoff_and_agent_messages_in_the_widget(browser, tmp_path, cache
 
 
 async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp_path, cache_dir, tokenizer):
-    from bot.serve.events import bot_message
+    from bot.conversations.events import bot_message
     from bot.serve.keys import STORE
 
     settings = settings_of(make_project(tmp_path / "q", cache_dir))

@@ -10,9 +10,9 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import expect
 from serve_support import make_project, requires_chromium, scripted_model, settings_of
 
+from bot.conversations.events import agent_message
+from bot.conversations.search import latest_ratings
 from bot.serve.app import create_app
-from bot.serve.conversation_search import latest_ratings
-from bot.serve.events import agent_message
 from bot.serve.keys import STORE
 
 REPLY = "Your order ES-1001 is on its way and should arrive tomorrow."

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 from bot.data.grounding import source_text, ungrounded
+from bot.data.leak_guard import MIN_SECRET_CHARS, letters
 from bot.data.person_requests import PersonRequestRule
 from bot.data.schema import (
     HANDOFF_TOOL,
@@ -20,7 +21,6 @@ from bot.data.schema import (
     UserTurn,
 )
 from bot.errors import Problem
-from bot.serve.leak_guard import MIN_SECRET_CHARS, letters
 from bot.typed import did_you_mean
 from bot.yamlsource import Document
 

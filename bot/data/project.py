@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from bot.base_model import load_tokenizer
 from bot.config import Settings
-from bot.data import compile as compiler
+from bot.data import compiler
 from bot.data.checks import check
 from bot.data.conversation_tests import ConversationTest, read_conversation_tests
 from bot.data.loader import read_training_data

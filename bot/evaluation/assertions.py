@@ -8,8 +8,8 @@ import json
 import re
 from typing import Any
 
+from bot.conversations.events import ACTION, BOT, HANDOFF, SLOT, Event
 from bot.data.conversation_tests import ActionCall, Assertion, TextCheck
-from bot.serve.events import ACTION, BOT, HANDOFF, SLOT, Event
 
 
 def _same(expected: Any, actual: Any) -> bool:

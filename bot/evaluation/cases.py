@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from bot.data.compile import dialogue_messages
+from bot.data.compiler import dialogue_messages
 from bot.data.prompt import system_prompt
 from bot.data.schema import HANDOFF_TOOL, ActionTurn, BotTurn, Dialogue, HandoffTurn, TrainingData, UserTurn
 from bot.errors import BotError

@@ -23,14 +23,7 @@ from math import comb
 from pathlib import Path
 
 from bot.config import Settings
-from bot.data.conversation_tests import Assertion, ConversationTest, Step
-from bot.errors import BotError
-from bot.evaluation.assertions import call_text, failure
-from bot.evaluation.invented import invented_names, invented_values
-from bot.policy.reply import ReplyPolicy
-from bot.serve.actions import InProcessActions
-from bot.serve.conversations import Conversations
-from bot.serve.events import (
+from bot.conversations.events import (
     ACTION,
     ACTION_FAILED,
     ACTION_REJECTED,
@@ -41,9 +34,16 @@ from bot.serve.events import (
     USER,
     Event,
 )
-from bot.serve.generator import ResponseModel
-from bot.serve.model_holder import ModelHolder
-from bot.serve.store import SQLiteStore
+from bot.conversations.store import SQLiteStore
+from bot.data.conversation_tests import Assertion, ConversationTest, Step
+from bot.engine.response_model import ResponseModel
+from bot.errors import BotError
+from bot.evaluation.assertions import call_text, failure
+from bot.evaluation.invented import invented_names, invented_values
+from bot.policy.reply import ReplyPolicy
+from bot.runtime.action_runner import InProcessActions
+from bot.runtime.model_holder import ModelHolder
+from bot.runtime.processor import Conversations
 
 
 class ActionPackageMissing(BotError):
@@ -239,12 +239,12 @@ def summary(runs: list[ConversationRun], tries: int, temperature: float, seconds
 
 
 def mode_model(settings: Settings, mode: str, data, weights) -> ResponseModel:
-    """`weights` (bot.engine.loader.Weights: the trained model for fine-tuned, its base otherwise)
+    """`weights` (bot.engine.weights.Weights: the trained model for fine-tuned, its base otherwise)
     served as in `mode`: the prompting modes hold the conversation with example dialogues in the
     system prompt. On the engine `serve.engine` names, with the tool-call constraint."""
     from dataclasses import replace
 
-    from bot.engine.loader import start_engine
+    from bot.engine.weights import start_engine
     from bot.evaluation.cases import mode_system_prompt
 
     cfg, max_length = settings.build.eval, settings.build.model.max_length

@@ -7,13 +7,13 @@ import asyncio
 import torch
 
 from bot.config import ServeConfig
-from bot.engine.batching import BatchingEngine
+from bot.engine.batch_engine import BatchingEngine
 from bot.engine.kv import common_prefix
-from bot.engine.loader import Weights, call_constraint
+from bot.engine.response_model import ResponseModel
+from bot.engine.weights import Weights, call_constraint
 from bot.evaluation.cases import Prompted
 from bot.policy.reply import ReplyPolicy
 from bot.rendering import prompt_ids, render
-from bot.serve.generator import ResponseModel
 from bot.training.batching import collate
 from bot.training.loss import bot_token_nll
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import re
 
+from bot.conversations.events import ACTION, AGENT, BOT, USER, Event
 from bot.data.grounding import ungrounded
 from bot.data.schema import Action
-from bot.serve.events import ACTION, AGENT, BOT, USER, Event
 
 # A name the bot addresses the customer by: a capitalised word after a greeting or thanks.
 ADDRESSED = re.compile(

@@ -12,7 +12,7 @@ import torch
 from bot import models
 from bot.config import Settings
 from bot.data.project import conversation_tests, validate
-from bot.engine.loader import load_weights
+from bot.engine.weights import load_weights
 from bot.errors import BotError
 from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
 from bot.evaluation.conversation_results import (

@@ -1,42 +1,13 @@
-"""A stored conversation as the reply policy reads it: the model's context (the training format
-of bot.data.compile) and the state its events add up to (slots, handoff)."""
+"""A stored conversation as the reply policy reads it: the model's context, in the training
+format of bot.data.compiler, and where grounded argument values may come from."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
 
-from bot.data.compile import tool_call_message
+from bot.conversations.events import ACTION, AGENT, BOT, HANDOFF, USER, Event
+from bot.data.compiler import tool_call_message
 from bot.data.schema import HANDOFF_TOOL
-from bot.serve.events import ACTION, AGENT, BOT, HANDOFF, RESET_SLOTS, RESUME, SLOT, USER, Event
-
-
-@dataclass
-class ConversationState:
-    slots: dict[str, Any] = field(default_factory=dict)
-    handed_off: bool = False
-    handoff_reason: str | None = None
-    recent: list[Event] = field(default_factory=list)  # the latest events, for an action's tracker
-
-    def apply(self, event: Event) -> None:
-        """Takes in one more event of the conversation."""
-        if event["type"] == SLOT:
-            self.slots[event["name"]] = event.get("value")
-        elif event["type"] == RESET_SLOTS:
-            self.slots.clear()
-        elif event["type"] == HANDOFF:
-            self.handed_off, self.handoff_reason = True, event.get("reason")
-        elif event["type"] == RESUME:
-            self.handed_off = False
-
-
-def fold(events: list[Event]) -> ConversationState:
-    """The state a conversation's events add up to."""
-    state = ConversationState(recent=events)
-    for event in events:
-        state.apply(event)
-    return state
 
 
 def conversation_sources(messages: list[dict]) -> list[str]:
@@ -45,7 +16,7 @@ def conversation_sources(messages: list[dict]) -> list[str]:
 
 
 def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
-    """A stored conversation as the model's context, in the training format (bot.data.compile).
+    """A stored conversation as the model's context, in the training format (bot.data.compiler).
 
     Every event type has its rendering here, and an event missing an optional field never
     breaks it:

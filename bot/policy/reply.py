@@ -13,11 +13,11 @@ What the policy decides, in order:
 - the leak guard checks every text a customer could see.
 
 `answer` yields `Piece`s (text of a bot message as it is generated) and events (dicts, see
-bot.serve.events) to be stored and shown: `bot`, `action`, `action_failed`, `action_rejected`,
+bot.conversations.events) to be stored and shown: `bot`, `action`, `action_failed`, `action_rejected`,
 `slot`, `handoff`, `guarded`, `model_unavailable` (a remote model server gave no reply: the
 customer gets the apology and the offer of a person, as for a failed action).
 
-Every text a customer could see passes the leak guard (bot.serve.leak_guard) first: streamed
+Every text a customer could see passes the leak guard (bot.data.leak_guard) first: streamed
 pieces, each bot message (the model's, an action's), the handoff message, and a tool call's
 arguments before the action runs. What would leak is stopped: the generation ends, the customer
 gets the persona's refusal (a `bot` event `by: leak_guard`), and a `guarded` event records what
@@ -33,18 +33,12 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from bot.config import ServeConfig
-from bot.data.grounding import grounded_values, ungrounded
-from bot.data.person_requests import PERSON_ASKED, last_user_text
-from bot.data.prompt import TOOL_CALL_OPEN
-from bot.data.schema import HANDOFF_TOOL
-from bot.engine.protocol import Finished
-from bot.engine.remote import ModelServerUnavailable
-from bot.policy.context import ConversationState, conversation_sources, to_messages
-from bot.rendering import BotStep, handoff_step, parse_reply, tool_call_text
-from bot.serve.events import (
+from bot.conversations.events import (
     BOT,
+    GUARD,
     HANDOFF,
     MODEL_UNAVAILABLE,
+    UNGROUNDED,
     Event,
     action_failed,
     action_rejected,
@@ -53,14 +47,21 @@ from bot.serve.events import (
     leak_guarded,
     model_unavailable,
 )
-from bot.serve.generator import ResponseModel
-from bot.serve.leak_guard import Leak
+from bot.conversations.state import ConversationState
+from bot.data.grounding import grounded_values, ungrounded
+from bot.data.leak_guard import Leak
+from bot.data.person_requests import PERSON_ASKED, last_user_text
+from bot.data.prompt import TOOL_CALL_OPEN
+from bot.data.schema import HANDOFF_TOOL
+from bot.engine.protocol import Finished
+from bot.engine.remote import ModelServerUnavailable
+from bot.engine.response_model import ResponseModel
+from bot.policy.context import conversation_sources, to_messages
+from bot.rendering import BotStep, handoff_step, parse_reply, tool_call_text
 
 log = logging.getLogger("bot.policy")
 
-GUARD = "leak_guard"  # `by` of the refusal that stands in for what the leak guard stopped
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it another way?"
-UNGROUNDED = "ungrounded"  # the reason of an action_rejected event whose values the customer never gave
 COULD_NOT_DO = "Sorry, I couldn't do that just now. Would you like me to pass you to a member of our team?"
 
 
@@ -140,7 +141,7 @@ def step_of(items: list[Piece | Event | Call]) -> BotStep:
 
 
 class ReplyPolicy:
-    """`actions`: the action runner (bot.serve.actions.ActionRunner, or the in-process one of the
+    """`actions`: the action runner (bot.runtime.action_runner.ActionRunner, or the in-process one of the
     conversation tests); None where no action may run (`first_step` only)."""
 
     def __init__(self, config: ServeConfig, actions=None, *, metrics=None):

@@ -1,6 +1,6 @@
 """The chat server: `create_app(settings)` builds the aiohttp application. The model, the
 conversation store and the generation threads are opened in `cleanup_ctx` and closed with it
-(bot/serve/services.py's `open_services`, which `bot chat` shares);
+(bot/runtime/services.py's `open_services`, which `bot chat` shares);
 app state lives under typed `web.AppKey`s.
 
 Routes (see docs/serving.md): Rasa's REST channel, a streaming chat endpoint (server-sent events), an
@@ -18,6 +18,12 @@ from collections.abc import Callable
 from aiohttp import web
 
 from bot.config import Settings
+from bot.conversations.recovery import mark_interrupted_in_background
+from bot.conversations.retention import Retention, retention_of
+from bot.engine.response_model import ResponseModel, load_response_model
+from bot.runtime.action_server import action_server
+from bot.runtime.prometheus import Metrics
+from bot.runtime.services import open_services
 from bot.serve import (
     openapi,
     routes_admin,
@@ -33,9 +39,7 @@ from bot.serve import (
     routes_web,
     shutdown,
 )
-from bot.serve.action_server import action_server
 from bot.serve.feeds import ConnectionCap
-from bot.serve.generator import ResponseModel, load_response_model
 from bot.serve.http import (
     JSON_DEPTH,
     BadRequestLog,
@@ -60,11 +64,7 @@ from bot.serve.keys import (
     SETTINGS,
     STORE,
 )
-from bot.serve.metrics import Metrics
-from bot.serve.recovery import mark_interrupted_in_background
-from bot.serve.retention import Retention, retention_of
 from bot.serve.security_headers import security_headers
-from bot.serve.services import open_services
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
 
 log = logging.getLogger("bot.serve")

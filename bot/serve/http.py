@@ -22,12 +22,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, ValidationError
 
+from bot.conversations.migrations import MigrationError
+from bot.conversations.store import ConversationBusy, StoreUnavailable
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, PromptTooLong
 from bot.engine.remote import ModelServerUnavailable
 from bot.errors import BaseModelUnavailable, BotError, InvalidFiles, RenderError
 from bot.models import UnknownModel
-from bot.serve.migrations import MigrationError
-from bot.serve.store import ConversationBusy, StoreUnavailable
 from bot.serve.throttle import ADMIN_FAILURES
 
 log = logging.getLogger("bot.serve")

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from aiohttp import web
 
 from bot.config import Settings
-from bot.serve.conversations import Conversations
+from bot.conversations.retention import Retention
+from bot.conversations.store import ConversationStore
+from bot.runtime.model_holder import ModelHolder
+from bot.runtime.processor import Conversations
+from bot.runtime.prometheus import Metrics
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import RateLimiter
-from bot.serve.metrics import Metrics
-from bot.serve.model_holder import ModelHolder
-from bot.serve.retention import Retention
-from bot.serve.store import ConversationStore
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)

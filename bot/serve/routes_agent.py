@@ -7,8 +7,8 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.serve.conversations import NotWithAgent
-from bot.serve.events import HANDOFF, USER
+from bot.conversations.events import HANDOFF, USER
+from bot.runtime.processor import NotWithAgent
 from bot.serve.http import read_body
 from bot.serve.keys import CONVERSATIONS, SETTINGS, STORE
 from bot.serve.openapi import RouteTable

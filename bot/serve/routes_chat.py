@@ -12,13 +12,13 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from bot.conversations.events import BOT, HANDOFF, USER, VISIBLE
+from bot.conversations.store import StoreUnavailable
 from bot.policy.reply import Piece
-from bot.serve.conversations import Waiting, visible
-from bot.serve.events import BOT, HANDOFF, USER, VISIBLE
+from bot.runtime.processor import Waiting, visible
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable, ServerSentEvent
-from bot.serve.store import StoreUnavailable
 
 SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
 FEED_WAIT_S = 15.0

@@ -32,12 +32,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.engine.protocol import LENGTH, Finished
-from bot.serve.generator import ResponseModel
+from bot.engine.response_model import ResponseModel
+from bot.engine.stop_strings import StopStrings
 from bot.serve.http import error_response, first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, HOLDER, METRICS
 from bot.serve.openapi import RouteTable, ServerSentEvent
 from bot.serve.routes_chat import sse_headers
-from bot.serve.stop_strings import StopStrings
 
 KEY_VARIABLE = "BOT_MODEL_SERVER_KEY"
 MODEL_SERVER_KEY = web.AppKey("model_server_key", str)  # "" when the route is open

@@ -13,8 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from bot import models
+from bot.conversations.search import ConversationFilter, find_conversations
 from bot.evaluation.stored import stored_report
-from bot.serve.conversation_search import ConversationFilter, find_conversations
 from bot.serve.keys import RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable
 from bot.serve.routes_admin import ModelInfo, swap_in_active_model

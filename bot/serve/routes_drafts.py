@@ -1,7 +1,7 @@
 """The drafts admin API (admin token): stored conversations made into redacted dialogue drafts,
 and the drafts under training_data/drafts/ listed, read, edited (validated on every save, with
 line numbers), accepted into dialogues/ or tests/, or rejected. The operator console uses it;
-`bot data export` and `bot data review` do the same from the terminal (bot/data/drafts.py)."""
+`bot data export` and `bot data review` do the same from the terminal (bot/pipelines/drafts.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from bot.data import drafts
 from bot.errors import Problem
+from bot.pipelines import drafts
 from bot.serve.http import read_body
 from bot.serve.keys import SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable

@@ -14,10 +14,10 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot.conversations.events import GUARD, MODEL_UNAVAILABLE, user_message
+from bot.conversations.state import ConversationState
 from bot.engine.remote import RemoteEngine
-from bot.policy.context import ConversationState
-from bot.policy.reply import GUARD, Piece
-from bot.serve.events import MODEL_UNAVAILABLE, user_message
+from bot.policy.reply import Piece
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import RouteTable, ServerSentEvent

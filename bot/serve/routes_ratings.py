@@ -1,7 +1,7 @@
 """Customers rate the bot's messages: thumbs up or down on each, from the widget (a customer-side
 route, like the other /api/conversations/{sender} chat routes: no admin token).
 
-A vote is stored in the rated conversation as a rating event (bot.serve.events.rated), under
+A vote is stored in the rated conversation as a rating event (bot.conversations.events.rated), under
 the conversation's lock, so it lands between two turns, never inside a reply being written. The
 latest vote for a message counts: voting again changes it; the same vote again stores nothing."""
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.serve.conversation_search import Rating, latest_ratings
-from bot.serve.events import BOT, rated
+from bot.conversations.events import BOT, rated
+from bot.conversations.search import Rating, latest_ratings
 from bot.serve.http import read_body
 from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
 from bot.serve.openapi import RouteTable

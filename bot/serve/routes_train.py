@@ -1,5 +1,5 @@
 """Operator routes (admin token): train the served project's model in a child process, follow it,
-cancel it. bot/serve/training_job.py runs the job; a trained model is not served until the
+cancel it. bot/pipelines/training_job.py runs the job; a trained model is not served until the
 operator reloads (see JobStatus.next_step)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot.pipelines.training_job import JobRunning, NoJobRunning, TrainingJobs
 from bot.serve.http import read_body
 from bot.serve.keys import SETTINGS
 from bot.serve.openapi import RouteTable
-from bot.serve.training_job import JobRunning, NoJobRunning, TrainingJobs
 
 TRAINING = web.AppKey("training", TrainingJobs)
 routes = RouteTable("operator", admin=True)

@@ -14,8 +14,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from bot.rendering import Example
-from bot.training.loss import IGNORE_INDEX
+from bot.rendering import IGNORE_INDEX, Example
 
 
 class LengthGroupedBatches:

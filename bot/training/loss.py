@@ -1,18 +1,17 @@
 """The loss on the bot's tokens, shared by training (bot/training/recipe.py), its held-out loss,
 and evaluation's reference losses (bot/evaluation/generation.py).
 
-torch is imported inside the functions: bot/rendering.py builds its labels with IGNORE_INDEX,
-and validating or compiling data should not have to load torch for a constant.
+The labels come from bot/rendering.py, where IGNORE_INDEX marks the tokens that are not trained.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bot.rendering import IGNORE_INDEX
+
 if TYPE_CHECKING:
     import torch
-
-IGNORE_INDEX = -100  # a label that torch's cross-entropy ignores: the token is not trained
 
 
 def bot_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@
                                                                             (gate: null when nothing was trained)
   {"event": "failed", "error": "..."}                                      it stopped on an error (the CLI's message)
 
-The server's training job (bot/serve/training_job.py) reads it; nothing here imports torch."""
+The server's training job (bot/pipelines/training_job.py) reads it; nothing here imports torch."""
 
 from __future__ import annotations
 

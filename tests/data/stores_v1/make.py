@@ -17,9 +17,9 @@ import json
 import uuid
 from pathlib import Path
 
-from bot.serve.events import new_event
-from bot.serve.store import SQLiteStore
-from bot.serve.store_redis import RedisStore
+from bot.conversations.events import new_event
+from bot.conversations.store import SQLiteStore
+from bot.conversations.store_redis import RedisStore
 
 HERE = Path(__file__).parent
 REDIS = "redis://127.0.0.1:6379/14"
@@ -72,7 +72,7 @@ async def main() -> None:
 
     prefix = f"fixture-{uuid.uuid4().hex[:8]}:"
     redis = await RedisStore.connect(REDIS)
-    import bot.serve.store_redis as layout
+    import bot.conversations.store_redis as layout
 
     layout.PREFIX = prefix  # that commit's key names, under a prefix of its own
     try:

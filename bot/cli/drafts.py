@@ -1,0 +1,225 @@
+"""`bot data export | augment | review`: the terminal side of
+bot/pipelines/drafts.py (which does the work and raises typed errors)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from bot.errors import BotError
+
+EXPORT_HELP = """Stored conversations (the store of endpoints.yml) become YAML dialogue drafts under
+training_data/drafts/, with personal data replaced by placeholders (config.yml `redaction:`).
+A conversation already drafted or accepted is skipped, unless asked for with --conversation.
+Drafts are never trained on until a person accepts them: see 'bot data review'."""
+
+REVIEW_CHOICES = "a) accept into dialogues  t) accept into tests  e) edit in $EDITOR  r) reject  s) skip  q) quit"
+
+
+class BadDate(BotError):
+    """A command-line date that is not YYYY-MM-DD."""
+
+
+def since_timestamp(text: str) -> float:
+    """Midnight UTC at the start of a YYYY-MM-DD day."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise BadDate(f"--since takes a date as YYYY-MM-DD (UTC), not '{text}'") from None
+
+
+async def with_store(settings, work):
+    from bot.conversations.backends import open_store
+
+    store = await open_store(settings)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def _shown(settings, path) -> str:
+    """A path as the project knows it (training_data/...), whatever folder the command runs in."""
+    from bot.data.loader import display_path
+
+    return display_path(path, settings.root)
+
+
+def _state(info) -> str:
+    count = len(info.problems)
+    return "valid" if not count else f"{count} problem{'s' if count != 1 else ''}: see 'bot data review'"
+
+
+def cmd_export(args) -> int:
+    from bot.config import load_settings
+    from bot.conversations.search import ConversationFilter
+    from bot.data.redaction import describe
+    from bot.pipelines import drafts
+
+    settings = load_settings(args.project)
+    since = since_timestamp(args.since) if args.since else None
+    wanted = ConversationFilter(since=since, handed_off=args.handed_off, rated=args.rated)
+
+    def export_from(store):
+        return drafts.export(store, settings, wanted, conversation=args.conversation)
+
+    done = asyncio.run(with_store(settings, export_from))
+    written = [d for d in done if isinstance(d, drafts.NewDraft)]
+    for item in done:
+        if isinstance(item, drafts.NewDraft):
+            print(f"wrote {_shown(settings, item.path)} ({_state(item)}); redacted: {describe(item.redacted)}")
+        else:
+            print(f"skipped {item.sender}: {item.reason}")
+    if not done:
+        print("no stored conversation matches")
+    elif written:
+        print(f"{len(written)} draft{'s' if len(written) != 1 else ''} written: review with 'bot data review'")
+    return 0
+
+
+def _show(info, index: int, total: int) -> None:
+    print(f"\n=== draft {index} of {total}: {info.name} ===")
+    for number, line in enumerate(info.text.splitlines(), start=1):
+        print(f"{number:4} | {line}")
+    if info.valid:
+        print("valid: it passes 'bot data validate'")
+    else:
+        for problem in info.problems:
+            print(problem)
+
+
+def _edit(path) -> None:
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor:
+        print("set $EDITOR (or $VISUAL) to edit drafts, e.g. EDITOR=nano")
+        return
+    try:
+        subprocess.run([*shlex.split(editor), str(path)], check=False)
+    except OSError as e:
+        print(f"could not start the editor '{editor}': {e}")
+
+
+def cmd_review(args) -> int:
+    from bot.config import load_settings
+    from bot.pipelines import drafts
+
+    settings = load_settings(args.project)
+    names = drafts.draft_names(settings)
+    if not names:
+        print("no drafts to review: 'bot data export' makes them from stored conversations")
+        return 0
+    counts = {"dialogues": 0, "tests": 0, "rejected": 0, "skipped": 0}
+    for index, name in enumerate(names, start=1):
+        while True:
+            info = drafts.read_draft(settings, name)
+            _show(info, index, len(names))
+            print(REVIEW_CHOICES)
+            try:
+                choice = input("> ").strip().lower()
+            except EOFError:
+                choice = "q"
+            if choice in ("a", "t"):
+                into = "dialogues" if choice == "a" else "tests"
+                try:
+                    path = drafts.accept(settings, name, into)
+                except drafts.DraftRefused as e:
+                    print(f"refused: {e}")
+                    continue
+                print(f"accepted into {_shown(settings, path)}")
+                counts[into] += 1
+            elif choice == "e":
+                _edit(info.path)
+                continue
+            elif choice == "r":
+                drafts.reject(settings, name)
+                print(f"rejected: {name} deleted")
+                counts["rejected"] += 1
+            elif choice == "s":
+                counts["skipped"] += 1
+            elif choice == "q":
+                return _summary(counts, settings)
+            else:
+                print(f"'{choice}'? choose one of: {REVIEW_CHOICES}")
+                continue
+            break
+    return _summary(counts, settings)
+
+
+def _summary(counts: dict, settings) -> int:
+    from bot.pipelines import drafts
+
+    left = len(drafts.draft_names(settings))
+    print(
+        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests, "
+        f"rejected {counts['rejected']}, "
+        f"skipped {counts['skipped']}; {left} draft{'s' if left != 1 else ''} left"
+    )
+    sys.stdout.flush()
+    return 0
+
+
+AUGMENT_HELP = """The training dialogues rewritten in the shapes customers write (details before the
+bot asks, typos, text-speak, thanks, frustration), one draft per shape under training_data/drafts/.
+The bot's steps stay the same and every argument value stays exactly as it was. Nothing is trained
+on until a person accepts it: see 'bot data review'."""
+
+
+def cmd_augment(args) -> int:
+    from bot.config import load_settings
+    from bot.data.project import validate
+    from bot.pipelines.augment import SHAPES, write_drafts
+
+    settings = load_settings(args.project)
+    shapes = args.shape or list(SHAPES)
+    written = write_drafts(settings, validate(settings), shapes, seed=args.seed, tag=args.tag)
+    if not written:
+        print("no dialogue changes in those shapes: nothing written")
+        return 0
+    for draft in written:
+        state = "valid" if not draft.problems else f"{len(draft.problems)} problems, first: {draft.problems[0]}"
+        print(f"{draft.shape}: {draft.dialogues} dialogues in training_data/drafts/{draft.name}.yml ({state})")
+    print("review them with 'bot data review' (or the console); until accepted they are never trained on")
+    return 0
+
+
+def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
+    export_data = data_commands.add_parser(
+        "export",
+        help="stored conversations into redacted dialogue drafts under training_data/drafts/",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export_data.add_argument(
+        "--conversation", metavar="ID", help="only this conversation (drafted again even if it was before)"
+    )
+    export_data.add_argument(
+        "--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)"
+    )
+    export_data.add_argument("--handed-off", action="store_true", help="only conversations handed to a person")
+    export_data.add_argument(
+        "--rated", choices=["down", "up"], help="only conversations with a bot message the customer rated so"
+    )
+    export_data.set_defaults(run=cmd_export)
+    augment = data_commands.add_parser(
+        "augment",
+        help="the training dialogues rewritten in the shapes customers write, as drafts to review",
+        description=AUGMENT_HELP,
+    )
+    augment.add_argument(
+        "--shape",
+        action="append",
+        choices=["details-first", "typos", "text-speak", "thanks", "irate", "mixed"],
+        help="a shape to write (again for more; default: all)",
+    )
+    augment.add_argument("--tag", help="only dialogues with this tag")
+    augment.add_argument("--seed", type=int, default=0, help="picks among the choices a shape makes (default 0)")
+    augment.set_defaults(run=cmd_augment)
+    data_commands.add_parser(
+        "review",
+        help="walk the drafts: show each with its validation; accept into dialogues/ or tests/, edit, or reject",
+    ).set_defaults(run=cmd_review)

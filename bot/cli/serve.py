@@ -1,0 +1,51 @@
+"""`bot serve`: the chat server, the widget and the APIs, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+
+from bot.cli.output import say
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from bot.config import load_settings
+    from bot.serve.app import run
+    from bot.serve.shutdown import exit_now
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.project)
+    if args.engine:
+        serve = settings.build.serve.model_copy(update={"engine": args.engine})
+        settings.build = settings.build.model_copy(update={"serve": serve})
+    if args.model_server:
+        server = settings.endpoints.model_server.model_copy(update={"url": args.model_server})
+        settings.endpoints = settings.endpoints.model_copy(update={"model_server": server})
+    host, port = args.host or settings.build.serve.host, args.port or settings.build.serve.port
+    say(f"starting the bot on http://{host}:{port} (widget demo at /, health at /health); Ctrl-C stops it")
+    run(settings, host, port, args.actions)
+    exit_now(0)  # stopped and closed: the interpreter's slow teardown would overrun serve.shutdown_timeout_s
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve the active model: chat API, widget, OpenAI-compatible API")
+    serve.add_argument("--host", help="address to listen on (default: serve.host in config.yml, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port in config.yml, 5005)")
+    serve.add_argument(
+        "--engine",
+        choices=["batching", "serial"],
+        help="generation engine (default: serve.engine in config.yml, batching)",
+    )
+    serve.add_argument(
+        "--model-server",
+        metavar="URL",
+        help="generate on this OpenAI-compatible model server (vLLM or a bot serve); no weights are loaded here "
+        "(default: model_server.url in endpoints.yml)",
+    )
+    serve.add_argument(
+        "--actions",
+        metavar="PACKAGE",
+        help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot",
+    )
+    serve.set_defaults(run=cmd_serve)

@@ -1,0 +1,1 @@
+"""Conversations as stored: events, their state, the stores and their migrations, locks, retention, search."""

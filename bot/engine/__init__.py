@@ -1,0 +1,1 @@
+"""Generation: the batching engine, the serial baseline, the tool-call constraint, the response model."""

@@ -1,0 +1,1 @@
+"""Pipelines: `bot train` and `bot tune`, training jobs from the server, drafts of training data."""
