@@ -190,6 +190,32 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, tiny_base, cache_
     assert not (run / "checkpoint").exists()
 
 
+def test_an_error_in_training_saves_a_checkpoint_and_surfaces_with_its_traceback(
+    tmp_path, tiny_base, cache_dir, monkeypatch, capsys
+):
+    """Only Ctrl-C reads "interrupted": a bug in a training step is not turned into an
+    interruption with its traceback gone; the checkpoint is saved all the same."""
+    project = make_tiny_project(tmp_path, tiny_base, cache_dir, epochs=3)
+    real_loss = recipe.bot_token_loss
+    calls = {"n": 0}
+
+    def fail_on_fifth_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("a bug in the loss")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "bot_token_loss", fail_on_fifth_batch)
+    with pytest.raises(RuntimeError, match="a bug in the loss") as raised:
+        main(["-C", str(project), "train"])
+    assert any(entry.name == "fail_on_fifth_batch" for entry in raised.traceback)
+    err = capsys.readouterr().err
+    assert "training stopped by RuntimeError; checkpoint saved at step 3" in err
+    assert "interrupted" not in err
+    (run,) = [p for p in (project / "models").iterdir() if p.is_dir()]
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 3
+
+
 def test_resume_without_an_interrupted_run_is_a_clear_error(tmp_path, tiny_base, cache_dir, capsys):
     project = make_tiny_project(tmp_path, tiny_base, cache_dir)
     assert main(["-C", str(project), "train", "--resume"]) == 1

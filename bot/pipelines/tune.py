@@ -411,12 +411,8 @@ def tune(
                 run_settings = Settings(settings.root, build.model_copy(update={"train": cfg}), settings.endpoints)
                 try:
                     result = train(run_settings, compiled.data_hash, progress_bar=progress_bar)
-                except TrainingInterrupted as e:  # its checkpoint was in the temporary folder: nothing to resume
-                    if isinstance(e.__cause__, KeyboardInterrupt):
-                        raise KeyboardInterrupt from None
-                    raise TuneError(
-                        f"candidate {candidate.number} ({describe(candidate.values)}) failed: {e.__cause__}"
-                    ) from e
+                except TrainingInterrupted:  # Ctrl-C: its checkpoint was in the temporary folder, nothing to resume
+                    raise KeyboardInterrupt from None
                 model_id, training_record = result.model_id, result.manifest["training"]
                 del result
                 gc.collect()

@@ -1,9 +1,10 @@
-"""`bot train`: one readable recipe, top to bottom: set up, train, save.
+"""`bot train`'s recipe, in torchtune's shape: a class with setup, train, save_checkpoint, save, cleanup.
 
 Runs on CUDA with bf16 when there is a GPU, on the CPU otherwise (bf16 where the CPU supports
 it, else fp32). Several processes or machines work through `accelerate launch` unchanged.
 A checkpoint is written every `checkpoint_every` optimizer steps and when training stops on
-Ctrl-C or an error; `bot train --resume` continues from it. The loss is bot/training/loss.py's.
+Ctrl-C or an error; `bot train --resume` continues from it. Ctrl-C reads "interrupted"; an
+error surfaces as it is, with its traceback, after the checkpoint is saved. The loss is bot/training/loss.py's.
 """
 
 from __future__ import annotations
@@ -169,6 +170,247 @@ class TrainResult:
     model: object  # the trained PeftModel, still in memory
 
 
+class LoRARecipe:
+    """The training recipe in torchtune's shape: `setup` (where the run lives, model, data,
+    optimizer), `train` (the loop, with checkpoints), `save_checkpoint`, `save` (the model folder)
+    and `cleanup`. `run` does them in order, as `bot train` and `bot tune` use it.
+
+    Ctrl-C saves a checkpoint and ends in TrainingInterrupted ("continue with --resume"). Any
+    other error also saves a checkpoint first, then surfaces as it is, traceback and all: a bug
+    is not an interruption."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        data_hash: str,
+        *,
+        resume: bool = False,
+        progress_bar: bool = True,
+        report: Callable[[str], None] = lambda message: None,
+        on_step: Callable[[StepProgress], None] | None = None,
+    ):
+        self.settings, self.data_hash, self.resume = settings, data_hash, resume
+        self.progress_bar, self.report, self.on_step = progress_bar, report, on_step
+        self.cfg = settings.build.train
+        self.state = Progress(data_hash=data_hash)
+        self.smoothed_loss: float | None = None
+        self.bar = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cuda = torch.cuda.is_available()
+        self.cuda = cuda
+        self.precision = choose_precision(self.cfg.precision, cuda)
+        self.accelerator = Accelerator(
+            cpu=not cuda,
+            mixed_precision="bf16" if self.precision == "bf16" else "no",
+            gradient_accumulation_steps=self.cfg.gradient_accumulation,
+        )
+        set_seed(self.cfg.seed, deterministic=not cuda)
+        self._setup_run_dir()
+        self._setup_model_and_data()
+        if self.resume:
+            load_checkpoint(self.checkpoint, self.accelerator, self.model, self.optimizer, self.scheduler)
+            self.report(
+                f"resuming {self.run_dir.name} at epoch {self.state.epoch + 1}, "
+                f"step {self.state.step} of {self.total_steps}"
+            )
+
+    def _setup_run_dir(self) -> None:
+        """A new models/<id>/, or with `resume` the unfinished one and its progress."""
+        from accelerate.utils import broadcast_object_list
+
+        models_dir = self.settings.models_dir
+        run_dir = None
+        if self.accelerator.is_main_process:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            run_dir = _unfinished_run(models_dir) if self.resume else models_dir / models.new_id(models_dir)
+        run_dir = broadcast_object_list([run_dir])[0]
+        if run_dir is None:
+            raise NothingToResume(f"no interrupted training run in {models_dir} to resume: run 'bot train'")
+        self.run_dir, self.checkpoint = run_dir, run_dir / CHECKPOINT
+        if self.resume:
+            self.state = Progress(**json.loads((self.checkpoint / "progress.json").read_text()))
+            if self.state.data_hash != self.data_hash:
+                raise BotError(
+                    f"the training data changed since run {run_dir.name} started: train anew (without --resume)"
+                )
+
+    def _setup_model_and_data(self) -> None:
+        from transformers import get_scheduler
+
+        settings, cfg, cuda = self.settings, self.cfg, self.cuda
+        self.tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+        model = load_model(settings.base_model, settings.cache_dir)
+        model.config.use_cache = False
+        model = add_lora(model, cfg.lora)
+
+        max_length = settings.build.model.max_length
+        train_examples = load_examples(settings.build_dir / "train.jsonl", self.tokenizer, max_length)
+        test_examples = load_examples(settings.build_dir / "test.jsonl", self.tokenizer, max_length)
+        # tokens_per_batch applies on CUDA only
+        self.sampler = batch_sampler([len(e) for e in train_examples], cfg, cuda=cuda)
+        pad = self.tokenizer.pad_token_id
+        loader = torch.utils.data.DataLoader(
+            train_examples, batch_sampler=self.sampler, collate_fn=lambda b: collate(b, pad)
+        )
+        self.eval_loader = torch.utils.data.DataLoader(
+            test_examples,
+            batch_sampler=batch_sampler([len(e) for e in test_examples], cfg, cuda=cuda, shuffle=False),
+            collate_fn=lambda b: collate(b, pad),
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
+        self.batches_per_epoch = math.ceil(len(self.sampler) / self.accelerator.num_processes)
+        steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.gradient_accumulation)
+        self.total_steps = steps_per_epoch * cfg.epochs
+        scheduler = get_scheduler(
+            cfg.schedule,
+            optimizer,
+            num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
+        prepared = self.accelerator.prepare(model, optimizer, loader, scheduler)
+        self.model, self.optimizer, self.loader, self.scheduler = prepared
+
+    # -- train ---------------------------------------------------------------------------------
+    def train(self) -> None:
+        """The loop over epochs; a checkpoint every `checkpoint_every` steps and when it stops early."""
+        from tqdm.auto import tqdm
+
+        cfg, state, accelerator = self.cfg, self.state, self.accelerator
+        self.bar = tqdm(
+            total=self.batches_per_epoch * cfg.epochs,
+            initial=state.epoch * self.batches_per_epoch + state.batches_done,
+            disable=not (self.progress_bar and accelerator.is_main_process),
+            unit="batch",
+            desc="training",
+            dynamic_ncols=True,
+        )
+        self.started = time.monotonic() - state.seconds
+        # this run's pace gives the ETA (a resumed run's earlier pace may differ)
+        self.first_step, self.run_start = state.step, time.monotonic()
+        self._tell(state.step)
+        self.model.train()
+        try:
+            while state.epoch < cfg.epochs:
+                self._train_epoch()
+        except BaseException as error:
+            self.bar.close()
+            state.seconds = time.monotonic() - self.started
+            self.save_checkpoint()
+            where = f"checkpoint saved at step {state.step} in {self.checkpoint}"
+            if isinstance(error, KeyboardInterrupt):
+                raise TrainingInterrupted(
+                    f"training interrupted; {where}: continue with 'bot train --resume'"
+                ) from error
+            self.report(f"training stopped by {type(error).__name__}; {where} ('bot train --resume' continues it)")
+            raise
+        self.bar.close()
+        state.seconds = time.monotonic() - self.started
+
+    def _train_epoch(self) -> None:
+        cfg, state, accelerator, model = self.cfg, self.state, self.accelerator, self.model
+        self.sampler.set_epoch(state.epoch)
+        loader = self.loader
+        batches = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
+        window_tokens, window_start = 0, time.monotonic()
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = bot_token_loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad()
+            tokens = int(batch["attention_mask"].sum()) * accelerator.num_processes
+            state.tokens += tokens
+            state.batches_done += 1
+            window_tokens += tokens
+            value = loss.item()
+            self.smoothed_loss = value if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * value
+            rate = window_tokens / max(time.monotonic() - window_start, 1e-6)
+            self.bar.set_postfix(loss=f"{self.smoothed_loss:.3f}", tok_s=f"{rate:,.0f}", epoch=state.epoch + 1)
+            self.bar.update(1)
+            if accelerator.sync_gradients:
+                state.step += 1
+                state.seconds = time.monotonic() - self.started
+                self._tell(state.step)
+                if state.step % cfg.checkpoint_every == 0 and state.step < self.total_steps:
+                    self.save_checkpoint()
+        state.epoch += 1
+        state.batches_done = 0
+        state.held_out_losses.append(held_out_loss(model, self.eval_loader, accelerator))
+        self.bar.write(
+            f"epoch {state.epoch}/{cfg.epochs}: train loss {self.smoothed_loss:.3f}, "
+            f"held-out loss {state.held_out_losses[-1]:.3f}"
+        )
+
+    def _tell(self, step: int) -> None:
+        if self.on_step is None or not self.accelerator.is_main_process:
+            return
+        done, elapsed = step - self.first_step, time.monotonic() - self.run_start
+        eta = round(elapsed / done * (self.total_steps - step), 1) if done else None
+        loss = None if self.smoothed_loss is None else round(self.smoothed_loss, 4)
+        self.on_step(StepProgress(step, self.total_steps, eta, loss))
+
+    # -- checkpoints and the model folder ------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        save_training_state(self.checkpoint, self.accelerator, self.model, self.optimizer, self.scheduler)
+        if self.accelerator.is_main_process:
+            models.write_json(self.checkpoint / "progress.json", asdict(self.state))
+
+    def save(self) -> TrainResult:
+        """models/<id>/: the adapter, tokenizer, profile and manifest; the checkpoint goes."""
+        accelerator, state, cfg, settings = self.accelerator, self.state, self.cfg, self.settings
+        accelerator.wait_for_everyone()
+        run_dir = self.run_dir
+        manifest = {
+            "id": run_dir.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "base_model": settings.build.model.base,
+            "data_hash": self.data_hash,
+            "config": settings.build.model_dump(mode="json"),
+            "training": {
+                "steps": state.step,
+                "epochs": cfg.epochs,
+                "tokens": state.tokens,
+                "seconds": round(state.seconds, 1),
+                "tokens_per_second": round(state.tokens / max(state.seconds, 1e-6), 1),
+                "final_train_loss": round(self.smoothed_loss, 4) if self.smoothed_loss is not None else None,
+                "held_out_loss": [round(x, 4) for x in state.held_out_losses],
+                "device": str(accelerator.device),
+                "processes": accelerator.num_processes,
+                "precision": self.precision,
+            },
+        }
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(self.model).save_pretrained(run_dir / "adapter")
+            self.tokenizer.save_pretrained(run_dir / "tokenizer")
+            # the prompt it was trained with
+            shutil.copyfile(settings.build_dir / PROFILE_FILE, run_dir / PROFILE_FILE)
+            models.write_json(run_dir / models.MANIFEST, manifest)
+            shutil.rmtree(self.checkpoint, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return TrainResult(run_dir.name, run_dir, manifest, accelerator.unwrap_model(self.model))
+
+    def cleanup(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def run(self) -> TrainResult:
+        try:
+            self.setup()
+            self.train()
+            return self.save()
+        finally:
+            self.cleanup()
+
+
 def train(
     settings: Settings,
     data_hash: str,
@@ -180,173 +422,5 @@ def train(
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on build/train.jsonl; writes models/<id>/ and returns it.
     `on_step` (main process only) hears of the start and of every optimizer step."""
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    cfg = settings.build.train
-    cuda = torch.cuda.is_available()
-    precision = choose_precision(cfg.precision, cuda)
-    accelerator = Accelerator(
-        cpu=not cuda,
-        mixed_precision="bf16" if precision == "bf16" else "no",
-        gradient_accumulation_steps=cfg.gradient_accumulation,
-    )
-    set_seed(cfg.seed, deterministic=not cuda)
-
-    # --- where this run lives -------------------------------------------------------------
-    models_dir = settings.models_dir
-    run_dir = None
-    if accelerator.is_main_process:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        run_dir = _unfinished_run(models_dir) if resume else models_dir / models.new_id(models_dir)
-    run_dir = broadcast_object_list([run_dir])[0]
-    if run_dir is None:
-        raise NothingToResume(f"no interrupted training run in {models_dir} to resume: run 'bot train'")
-    checkpoint = run_dir / CHECKPOINT
-    state = Progress(data_hash=data_hash)
-    if resume:
-        state = Progress(**json.loads((checkpoint / "progress.json").read_text()))
-        if state.data_hash != data_hash:
-            raise BotError(
-                f"the training data changed since run {run_dir.name} started: train anew (without --resume)"
-            )
-
-    # --- model, data, optimizer -----------------------------------------------------------
-    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-    model = load_model(settings.base_model, settings.cache_dir)
-    model.config.use_cache = False
-    model = add_lora(model, cfg.lora)
-
-    max_length = settings.build.model.max_length
-    train_examples = load_examples(settings.build_dir / "train.jsonl", tokenizer, max_length)
-    test_examples = load_examples(settings.build_dir / "test.jsonl", tokenizer, max_length)
-    sampler = batch_sampler([len(e) for e in train_examples], cfg, cuda=cuda)  # tokens_per_batch applies on CUDA only
-    pad = tokenizer.pad_token_id
-    loader = torch.utils.data.DataLoader(train_examples, batch_sampler=sampler, collate_fn=lambda b: collate(b, pad))
-    eval_loader = torch.utils.data.DataLoader(
-        test_examples,
-        batch_sampler=batch_sampler([len(e) for e in test_examples], cfg, cuda=cuda, shuffle=False),
-        collate_fn=lambda b: collate(b, pad),
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
-    batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation)
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = get_scheduler(
-        cfg.schedule, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if resume:
-        load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler)
-        report(f"resuming {run_dir.name} at epoch {state.epoch + 1}, step {state.step} of {total_steps}")
-
-    def save_checkpoint() -> None:
-        save_training_state(checkpoint, accelerator, model, optimizer, scheduler)
-        if accelerator.is_main_process:
-            models.write_json(checkpoint / "progress.json", asdict(state))
-
-    # --- train ----------------------------------------------------------------------------
-    bar = tqdm(
-        total=batches_per_epoch * cfg.epochs,
-        initial=state.epoch * batches_per_epoch + state.batches_done,
-        disable=not (progress_bar and accelerator.is_main_process),
-        unit="batch",
-        desc="training",
-        dynamic_ncols=True,
-    )
-    started = time.monotonic() - state.seconds
-    window_tokens, window_start = 0, time.monotonic()
-    smoothed_loss = None
-    # this run's pace gives the ETA (a resumed run's earlier pace may differ)
-    first_step, run_start = state.step, time.monotonic()
-
-    def tell(step: int) -> None:
-        if on_step is None or not accelerator.is_main_process:
-            return
-        done, elapsed = step - first_step, time.monotonic() - run_start
-        eta = round(elapsed / done * (total_steps - step), 1) if done else None
-        on_step(StepProgress(step, total_steps, eta, None if smoothed_loss is None else round(smoothed_loss, 4)))
-
-    tell(state.step)
-    model.train()
-    try:
-        while state.epoch < cfg.epochs:
-            sampler.set_epoch(state.epoch)
-            batches = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    loss = bot_token_loss(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                tokens = int(batch["attention_mask"].sum()) * accelerator.num_processes
-                state.tokens += tokens
-                state.batches_done += 1
-                window_tokens += tokens
-                smoothed_loss = loss.item() if smoothed_loss is None else 0.9 * smoothed_loss + 0.1 * loss.item()
-                rate = window_tokens / max(time.monotonic() - window_start, 1e-6)
-                bar.set_postfix(loss=f"{smoothed_loss:.3f}", tok_s=f"{rate:,.0f}", epoch=state.epoch + 1)
-                bar.update(1)
-                if accelerator.sync_gradients:
-                    state.step += 1
-                    state.seconds = time.monotonic() - started
-                    tell(state.step)
-                    if state.step % cfg.checkpoint_every == 0 and state.step < total_steps:
-                        save_checkpoint()
-            state.epoch += 1
-            state.batches_done = 0
-            state.held_out_losses.append(held_out_loss(model, eval_loader, accelerator))
-            bar.write(
-                f"epoch {state.epoch}/{cfg.epochs}: train loss {smoothed_loss:.3f}, "
-                f"held-out loss {state.held_out_losses[-1]:.3f}"
-            )
-    except (KeyboardInterrupt, Exception) as error:
-        bar.close()
-        state.seconds = time.monotonic() - started
-        save_checkpoint()
-        if isinstance(error, KeyboardInterrupt):
-            stopped = "interrupted"
-        else:
-            stopped = f"stopped by {type(error).__name__}: {error}"
-        raise TrainingInterrupted(
-            f"training {stopped}; checkpoint saved at step {state.step} in {checkpoint}: "
-            "continue with 'bot train --resume'"
-        ) from error
-    bar.close()
-    state.seconds = time.monotonic() - started
-
-    # --- save -----------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    manifest = {
-        "id": run_dir.name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base_model": settings.build.model.base,
-        "data_hash": data_hash,
-        "config": settings.build.model_dump(mode="json"),
-        "training": {
-            "steps": state.step,
-            "epochs": cfg.epochs,
-            "tokens": state.tokens,
-            "seconds": round(state.seconds, 1),
-            "tokens_per_second": round(state.tokens / max(state.seconds, 1e-6), 1),
-            "final_train_loss": round(smoothed_loss, 4) if smoothed_loss is not None else None,
-            "held_out_loss": [round(x, 4) for x in state.held_out_losses],
-            "device": str(accelerator.device),
-            "processes": accelerator.num_processes,
-            "precision": precision,
-        },
-    }
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(run_dir / "adapter")
-        tokenizer.save_pretrained(run_dir / "tokenizer")
-        shutil.copyfile(settings.build_dir / PROFILE_FILE, run_dir / PROFILE_FILE)  # the prompt it was trained with
-        models.write_json(run_dir / models.MANIFEST, manifest)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return TrainResult(run_dir.name, run_dir, manifest, accelerator.unwrap_model(model))
+    recipe = LoRARecipe(settings, data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step)
+    return recipe.run()
