@@ -35,6 +35,10 @@ async def test_filters_find_the_right_conversations(tmp_path):
         # every conversation's last event (a rating, a handoff) is stamped now: all are recent, none is future
         assert {c.sender for c in recent} == {"calm", "angry", "handed"}
         assert await find_conversations(store, ConversationFilter(since=time.time() + 3600)) == []
+        # a conversation last active at 500 is found since 400, not since 1500
+        await store.append("quiet", dict(new_event("user", text="hello?"), timestamp=500.0))
+        assert "quiet" in {c.sender for c in await find_conversations(store, ConversationFilter(since=400.0))}
+        assert "quiet" not in {c.sender for c in await find_conversations(store, ConversationFilter(since=1500.0))}
         assert {c.sender for c in await find_conversations(store, ConversationFilter(text="ROUTER"))} == {
             "calm",
             "angry",

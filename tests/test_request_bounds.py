@@ -108,6 +108,12 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
     with ServerProcess(project, free_port(), delay=0.05, reply=reply) as server:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             feed = await session.get(server.url + "/api/conversations/c3/events")
+
+            async def read_feed():
+                body = await feed.read()  # raises if the stream was cut rather than ended
+                return body, time.monotonic()
+
+            feed_read = asyncio.ensure_future(read_feed())
             second: asyncio.Future = asyncio.get_running_loop().create_future()
             signalled: asyncio.Future = asyncio.get_running_loop().create_future()
 
@@ -126,17 +132,20 @@ async def test_sigterm_lets_a_nearly_done_reply_finish_cuts_a_long_one_and_loses
                     return await read_stream(response, on_event)
 
             first = await chat("c1", on_event=first_progress)
+            first_done = time.monotonic()
             cut = await (await second)
             code = await asyncio.to_thread(server.wait, timeout + 5)
             exited = time.monotonic()
-            feed_ended = await asyncio.wait_for(feed.read(), 1)  # the live feed was ended, not left hanging
+            _, feed_ended = await asyncio.wait_for(feed_read, 1)
         assert code == 0, server.output()
         print(
             f"\nscripted engine: exited {exited - signalled.result():.2f} s after SIGTERM "
             f"(shutdown_timeout_s {timeout})"
         )
         assert exited - signalled.result() < timeout
-        assert feed_ended is not None
+        # The live feed ended when the shutdown began, while the first reply was still draining:
+        # not left open until the process went.
+        assert signalled.result() <= feed_ended < first_done
     names = [name for name, _ in first]
     assert names[-2:] == ["message", "done"] and first[-2][1]["text"] == reply.strip()  # finished during the drain
     cut_names = [name for name, _ in cut]

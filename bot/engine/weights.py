@@ -45,9 +45,10 @@ def load_weights(
 ) -> Weights:
     """`trained` with its adapter merged in (as fast as the base model), or the base model of
     config.yml when `trained` is None. `base_only`: the trained model's own base, no adapter
-    (the evaluation's prompting baselines). The calling thread's torch work stays on one core
+    (the evaluation's prompting baselines). In config.yml's `train.precision`, the one training
+    used, unless `dtype` says otherwise. The calling thread's torch work stays on one core
     from here on (`leave_cores_to_engines`)."""
-    dtype = dtype or runtime_dtype()
+    dtype = dtype or runtime_dtype(settings.build.train.precision)
     leave_cores_to_engines()
     front = load_frontend(settings, trained)
     if trained is None or base_only:
