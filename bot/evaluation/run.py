@@ -62,6 +62,31 @@ def _content(message: dict) -> str:
     return message_step(message).text if message["role"] == "assistant" else message.get("content", "")
 
 
+def _score_held_out(settings: Settings, data, all_cases, mode: str, weights, results: dict, on_reply) -> dict:
+    """One mode on every held-out bot turn: the policy's first steps, reference losses, the
+    summary, tags, action table and failures, added to `results`; returns the summary."""
+    cfg = settings.build.eval
+    budget = settings.build.model.max_length - cfg.max_new_tokens
+    items = [prompted(c, mode, data, weights.tokenizer, cfg.few_shot_k, budget) for c in all_cases]
+    policy_replies(
+        weights,
+        items,
+        serve=settings.build.serve,
+        max_batch=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        on_reply=on_reply,
+    )
+    reference_losses(weights.model, weights.tokenizer, items, batch_size=cfg.batch_size)
+    summary, by_tag, failures = summarize(items, data.persona.secret)
+    summary["examples_in_prompt"] = max(i.examples_used for i in items)
+    results["summary"][mode] = summary
+    results["by_tag"][mode] = by_tag
+    results["actions"][mode] = action_table((i.reply, i.case.reference_step) for i in items)
+    failures += action_failures(items, failures)
+    results["failures"] += [_failure_entry(mode, f) for f in failures]
+    return summary
+
+
 def evaluate(
     settings: Settings,
     *,
@@ -75,7 +100,6 @@ def evaluate(
     on the conversation tests (whole conversations, greedy); returns (report, folder)."""
     from tqdm.auto import tqdm
 
-    cfg = settings.build.eval
     data = validate(settings)
     check_overlap(data)
     trained = None
@@ -89,7 +113,6 @@ def evaluate(
     tests = conversation_tests(settings, data) if with_conversations else []
     conversations: dict[str, dict] = {}
     runs: dict[str, list] = {}
-    budget = settings.build.model.max_length - cfg.max_new_tokens
     torch.manual_seed(settings.build.train.seed)
     base = None  # the baselines' model: the trained model's own base, in the precision serving uses
     results: dict[str, dict] = {"summary": {}, "by_tag": {}, "actions": {}, "failures": []}
@@ -108,25 +131,8 @@ def evaluate(
         else:
             base = base or load_weights(settings, trained, base_only=True)
             weights = base
-        model, tokenizer = weights.model, weights.tokenizer
-        items = [prompted(c, mode, data, tokenizer, cfg.few_shot_k, budget) for c in all_cases]
-        policy_replies(
-            weights,
-            items,
-            serve=settings.build.serve,
-            max_batch=cfg.batch_size,
-            max_new_tokens=cfg.max_new_tokens,
-            on_reply=bar.update,
-        )
-        reference_losses(model, tokenizer, items, batch_size=cfg.batch_size)
-        summary, by_tag, failures = summarize(items, data.persona.secret)
+        summary = _score_held_out(settings, data, all_cases, mode, weights, results, on_reply=bar.update)
         summary["seconds"] = round(time.monotonic() - started, 1)
-        summary["examples_in_prompt"] = max(i.examples_used for i in items)
-        results["summary"][mode] = summary
-        results["by_tag"][mode] = by_tag
-        results["actions"][mode] = action_table((i.reply, i.case.reference_step) for i in items)
-        failures += action_failures(items, failures)
-        results["failures"] += [_failure_entry(mode, f) for f in failures]
         if tests:  # whole conversations, greedy, with the same weights
             bar.set_postfix(mode=f"{mode}, conversations")
             conversations[mode], runs[mode] = test_mode(

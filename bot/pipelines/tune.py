@@ -352,6 +352,66 @@ def tuned_yaml(best: Candidate, document: dict) -> str:
     return "\n".join(lines) + "\n" + body
 
 
+def _train_and_score(candidate: Candidate, run_settings: Settings, data_hash: str, data, progress_bar: bool) -> None:
+    """Trains one candidate into the temporary folder, scores it on the validation dialogues,
+    records the figures on it and removes its model."""
+    from bot.training.recipe import TrainingInterrupted, train
+
+    try:
+        result = train(run_settings, data_hash, progress_bar=progress_bar)
+    except TrainingInterrupted:  # Ctrl-C: its checkpoint was in the temporary folder, nothing to resume
+        raise KeyboardInterrupt from None
+    model_id, training_record = result.model_id, result.manifest["training"]
+    del result
+    gc.collect()
+    candidate.scores, seconds = _score(run_settings, model_id, data, progress_bar)
+    shutil.rmtree(run_settings.models_dir / model_id, ignore_errors=True)
+    gc.collect()
+    candidate.train_seconds = training_record["seconds"]
+    candidate.score_seconds = round(seconds, 1)
+    candidate.steps = training_record["steps"]
+    candidate.tokens_per_second = training_record["tokens_per_second"]
+    candidate.validation_loss = (training_record["held_out_loss"] or [None])[-1]
+
+
+def _data_record(training, validation, ranked: list[Candidate], data_hash: str) -> dict:
+    return {
+        "validation_share": VALIDATION_SHARE,
+        "training_dialogues": [d.id for d in training],
+        "validation_dialogues": [d.id for d in validation],
+        "validation_turns": ranked[0].scores.get("turns", 0),
+        "data_hash": data_hash,
+    }
+
+
+def _train_candidates(
+    settings: Settings, build, workdir: Path, candidates, configs, data_hash: str, data, progress_bar: bool, report
+) -> None:
+    """Every candidate trained and scored in turn, under one progress bar counting epochs."""
+    from tqdm.auto import tqdm
+
+    outer = tqdm(
+        total=sum(c.epochs for c in configs), disable=not progress_bar, unit="epoch", desc="tuning", dynamic_ncols=True
+    )
+    try:
+        for candidate, cfg in zip(candidates, configs, strict=True):
+            outer.set_postfix_str(f"candidate {candidate.number}/{len(candidates)}")
+            report(f"candidate {candidate.number}/{len(candidates)}: {describe(candidate.values)}")
+            cfg = cfg.model_copy(update={"models_dir": str(workdir / "models")})
+            run_settings = Settings(settings.root, build.model_copy(update={"train": cfg}), settings.endpoints)
+            _train_and_score(candidate, run_settings, data_hash, data, progress_bar)
+            s = candidate.scores
+            report(
+                f"candidate {candidate.number}: action accuracy {s['action_accuracy']:.0%}, expectations passed "
+                f"{s['expectation_pass_rate']:.0%}, chrF {s['chrf']:.1f}, "
+                f"validation loss {candidate.validation_loss}, "
+                f"trained in {candidate.train_seconds:.0f} s, scored in {candidate.score_seconds:.0f} s"
+            )
+            outer.update(cfg.epochs)
+    finally:
+        outer.close()
+
+
 def tune(
     settings: Settings,
     *,
@@ -365,11 +425,8 @@ def tune(
     the full one on CUDA); write tune.json, report.html and the best settings (`output`,
     default tuned.yml in the project). `reduced` (default: on the CPU) also trains each
     candidate for REDUCED_FIXED's epochs unless the grid searches epochs."""
-    from tqdm.auto import tqdm
-
     from bot.data.compiler import write
     from bot.pipelines.tune_report import render_tune_html
-    from bot.training.recipe import TrainingInterrupted, train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TuneError("bot tune runs in one process: start it without 'accelerate launch'")
@@ -396,44 +453,9 @@ def tune(
         )
         data_config = settings.build.data.model_copy(update={"build_dir": str(workdir / "build")})
         build = settings.build.model_copy(update={"data": data_config})
-        outer = tqdm(
-            total=sum(c.epochs for c in configs),
-            disable=not progress_bar,
-            unit="epoch",
-            desc="tuning",
-            dynamic_ncols=True,
+        _train_candidates(
+            settings, build, workdir, candidates, configs, compiled.data_hash, data, progress_bar, report
         )
-        try:
-            for candidate, cfg in zip(candidates, configs, strict=True):
-                outer.set_postfix_str(f"candidate {candidate.number}/{len(candidates)}")
-                report(f"candidate {candidate.number}/{len(candidates)}: {describe(candidate.values)}")
-                cfg = cfg.model_copy(update={"models_dir": str(workdir / "models")})
-                run_settings = Settings(settings.root, build.model_copy(update={"train": cfg}), settings.endpoints)
-                try:
-                    result = train(run_settings, compiled.data_hash, progress_bar=progress_bar)
-                except TrainingInterrupted:  # Ctrl-C: its checkpoint was in the temporary folder, nothing to resume
-                    raise KeyboardInterrupt from None
-                model_id, training_record = result.model_id, result.manifest["training"]
-                del result
-                gc.collect()
-                candidate.scores, seconds = _score(run_settings, model_id, data, progress_bar)
-                shutil.rmtree(run_settings.models_dir / model_id, ignore_errors=True)
-                gc.collect()
-                candidate.train_seconds = training_record["seconds"]
-                candidate.score_seconds = round(seconds, 1)
-                candidate.steps = training_record["steps"]
-                candidate.tokens_per_second = training_record["tokens_per_second"]
-                candidate.validation_loss = (training_record["held_out_loss"] or [None])[-1]
-                s = candidate.scores
-                report(
-                    f"candidate {candidate.number}: action accuracy {s['action_accuracy']:.0%}, expectations passed "
-                    f"{s['expectation_pass_rate']:.0%}, chrF {s['chrf']:.1f}, "
-                    f"validation loss {candidate.validation_loss}, "
-                    f"trained in {candidate.train_seconds:.0f} s, scored in {candidate.score_seconds:.0f} s"
-                )
-                outer.update(cfg.epochs)
-        finally:
-            outer.close()
 
     ranked = rank(candidates)
     results_dir = settings.results_dir / TUNE_FOLDER
@@ -451,13 +473,7 @@ def tune(
         "base_settings": base.model_dump(mode="json"),
         "base_model": settings.build.model.base,
         "device": "cuda" if cuda else "cpu",
-        "data": {
-            "validation_share": VALIDATION_SHARE,
-            "training_dialogues": [d.id for d in training],
-            "validation_dialogues": [d.id for d in validation],
-            "validation_turns": ranked[0].scores.get("turns", 0),
-            "data_hash": compiled.data_hash,
-        },
+        "data": _data_record(training, validation, ranked, compiled.data_hash),
         "seconds": round(time.monotonic() - started, 1),
         "candidates": [c.to_json() for c in ranked],
         "best": ranked[0].values,
