@@ -6,12 +6,12 @@ import asyncio
 
 import torch
 
-from bot.config import ServeConfig
+from bot.config import ServeConfig, Settings
 from bot.engine.batch_engine import BatchingEngine
 from bot.engine.kv import common_prefix
 from bot.engine.response_model import ResponseModel
 from bot.engine.weights import Weights, call_constraint
-from bot.evaluation.cases import Prompted
+from bot.evaluation.cases import Case, Prompted, prompted
 from bot.policy.reply import ReplyPolicy
 from bot.rendering import prompt_ids, render
 from bot.training.batching import collate
@@ -21,6 +21,23 @@ from bot.training.loss import bot_token_nll
 def _batches(items: list[Prompted], size: int, key) -> list[list[Prompted]]:
     ordered = sorted(items, key=key)  # similar lengths together: little padding
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def first_steps(settings: Settings, data, held_out: list[Case], mode: str, weights: Weights, on_reply=None):
+    """Every held-out case prompted for `mode` (bot.evaluation.cases) and answered with the
+    policy's first step, as `bot eval` and `bot tune` score them; returns the items."""
+    cfg = settings.build.eval
+    budget = settings.build.model.max_length - cfg.max_new_tokens
+    items = [prompted(c, mode, data, weights.tokenizer, cfg.few_shot_k, budget) for c in held_out]
+    policy_replies(
+        weights,
+        items,
+        serve=settings.build.serve,
+        max_batch=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        on_reply=on_reply,
+    )
+    return items
 
 
 def policy_replies(

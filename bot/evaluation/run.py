@@ -14,14 +14,14 @@ from bot.config import Settings
 from bot.data.project import conversation_tests, validate
 from bot.engine.weights import load_weights
 from bot.errors import BotError
-from bot.evaluation.cases import MODES, Prompted, cases, check_overlap, prompted
+from bot.evaluation.cases import MODES, Prompted, cases, check_overlap
 from bot.evaluation.conversation_results import (
     DEFAULT_TEMPERATURE,
     conversations_document,
     test_mode,
     write_conversations,
 )
-from bot.evaluation.generation import policy_replies, reference_losses
+from bot.evaluation.generation import first_steps, reference_losses
 from bot.evaluation.metrics import Failure, action_failures, action_table, step_label, summarize
 from bot.evaluation.report_html import render_html
 from bot.evaluation.stored import REPORT_FILE, report_folder, stored_report
@@ -65,18 +65,8 @@ def _content(message: dict) -> str:
 def _score_held_out(settings: Settings, data, all_cases, mode: str, weights, results: dict, on_reply) -> dict:
     """One mode on every held-out bot turn: the policy's first steps, reference losses, the
     summary, tags, action table and failures, added to `results`; returns the summary."""
-    cfg = settings.build.eval
-    budget = settings.build.model.max_length - cfg.max_new_tokens
-    items = [prompted(c, mode, data, weights.tokenizer, cfg.few_shot_k, budget) for c in all_cases]
-    policy_replies(
-        weights,
-        items,
-        serve=settings.build.serve,
-        max_batch=cfg.batch_size,
-        max_new_tokens=cfg.max_new_tokens,
-        on_reply=on_reply,
-    )
-    reference_losses(weights.model, weights.tokenizer, items, batch_size=cfg.batch_size)
+    items = first_steps(settings, data, all_cases, mode, weights, on_reply)
+    reference_losses(weights.model, weights.tokenizer, items, batch_size=settings.build.eval.batch_size)
     summary, by_tag, failures = summarize(items, data.persona.secret)
     summary["examples_in_prompt"] = max(i.examples_used for i in items)
     results["summary"][mode] = summary

@@ -274,29 +274,25 @@ def _score(settings: Settings, model_id: str, data, progress_bar: bool) -> tuple
     from tqdm.auto import tqdm
 
     from bot.engine.weights import load_weights
-    from bot.evaluation.cases import cases, prompted
-    from bot.evaluation.generation import policy_replies
+    from bot.evaluation.cases import cases
+    from bot.evaluation.generation import first_steps
     from bot.evaluation.metrics import summarize
 
-    cfg = settings.build.eval
     started = time.monotonic()
     threads = torch.get_num_threads()  # load_weights leaves this thread one core; training wants them all back
     try:
         weights = load_weights(settings, models.get(settings.models_dir, model_id))
-        budget = settings.build.model.max_length - cfg.max_new_tokens
-        items = [prompted(c, "fine-tuned", data, weights.tokenizer, cfg.few_shot_k, budget) for c in cases(data)]
+        held_out = cases(data)
         torch.manual_seed(settings.build.train.seed)
         with tqdm(
-            total=len(items), disable=not progress_bar, unit="reply", desc="scoring", dynamic_ncols=True, leave=False
+            total=len(held_out),
+            disable=not progress_bar,
+            unit="reply",
+            desc="scoring",
+            dynamic_ncols=True,
+            leave=False,
         ) as bar:
-            policy_replies(
-                weights,
-                items,
-                serve=settings.build.serve,
-                max_batch=cfg.batch_size,
-                max_new_tokens=cfg.max_new_tokens,
-                on_reply=bar.update,
-            )
+            items = first_steps(settings, data, held_out, "fine-tuned", weights, bar.update)
         summary, _, _ = summarize(items, data.persona.secret)
     finally:
         torch.set_num_threads(threads)

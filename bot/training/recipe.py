@@ -411,16 +411,8 @@ class LoRARecipe:
             self.cleanup()
 
 
-def train(
-    settings: Settings,
-    data_hash: str,
-    *,
-    resume: bool = False,
-    progress_bar: bool = True,
-    report: Callable[[str], None] = lambda message: None,
-    on_step: Callable[[StepProgress], None] | None = None,
-) -> TrainResult:
+def train(settings: Settings, data_hash: str, **options) -> TrainResult:
     """Fine-tune a LoRA adapter on build/train.jsonl; writes models/<id>/ and returns it.
-    `on_step` (main process only) hears of the start and of every optimizer step."""
-    recipe = LoRARecipe(settings, data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step)
-    return recipe.run()
+    `options` are LoRARecipe's: resume, progress_bar, report, on_step (main process only: it
+    hears of the start and of every optimizer step)."""
+    return LoRARecipe(settings, data_hash, **options).run()
