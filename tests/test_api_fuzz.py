@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from serve_support import ADMIN_TOKEN, make_project, scripted_model, settings_of
 
 from bot.serve.app import create_app
-from bot.serve.routes_train import TRAINING
+from bot.serve.routes.train import TRAINING
 
 EXAMPLES = 200  # per operation, generation mode and (admin routes) with and without the token
 FEWER = {

@@ -11,9 +11,10 @@ from serve_support import make_project
 
 from bot.serve.keys import ADMIN_TOKEN
 from bot.serve.openapi import REF, MissingSummary, Param, RouteTable, UnknownPathParameter, document, register
-from bot.serve.routes_agent import AgentMessage
-from bot.serve.routes_chat import SENDER_PARAM, ChatRequest
-from bot.serve.routes_openai import CompletionRequest
+from bot.serve.routes.agent import AgentMessage
+from bot.serve.routes.chat import ChatRequest
+from bot.serve.routes.common import SENDER_PARAM
+from bot.serve.routes.openai import CompletionRequest
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
 
 

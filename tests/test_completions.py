@@ -1,4 +1,4 @@
-"""`POST /v1/completions` (bot/serve/routes_completions.py): vLLM's wire format on the scripted
+"""`POST /v1/completions` (bot/serve/routes/completions.py): vLLM's wire format on the scripted
 engine (text and token-id prompts, streaming, usage, stop strings, length, errors, the key,
 cancellation), the official OpenAI client, and the real batching engine on the tiny model."""
 

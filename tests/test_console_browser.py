@@ -17,7 +17,7 @@ from bot import models
 from bot.conversations.events import action_executed, agent_message, handed_off, resumed
 from bot.serve.app import create_app
 from bot.serve.keys import STORE
-from bot.serve.routes_train import TRAINING
+from bot.serve.routes.train import TRAINING
 from bot.serve.throttle import ADMIN_FAILURES
 
 pytestmark = requires_chromium

@@ -1,4 +1,4 @@
-"""The drafts admin API (bot/serve/routes_drafts.py): a draft from a stored conversation, list,
+"""The drafts admin API (bot/serve/routes/drafts.py): a draft from a stored conversation, list,
 read, edit with validation in place, accept (200, 409 with the reason), reject; admin token."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from serve_support import ADMIN
 
 from bot import models
 from bot.config import load_settings
-from bot.serve.routes_train import TRAINING
+from bot.serve.routes.train import TRAINING
 
 SAFETY_S = 300  # only so that a hung child fails the test instead of hanging the suite
 

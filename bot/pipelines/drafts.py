@@ -12,7 +12,7 @@ personal data is ever written. Drafts are never trained on: `bot data validate` 
   training conversation into the held-out tests (or a test conversation into training),
 - or rejects it (`reject`: the file is deleted).
 
-`bot data export`, `bot data review` and the drafts admin API (bot/serve/routes_drafts.py) are
+`bot data export`, `bot data review` and the drafts admin API (bot/serve/routes/drafts.py) are
 thin layers over these functions."""
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ class TrainingJob:
         return None
 
     def status(self) -> dict:
-        """The JobStatus answer (bot/serve/routes_train.py)."""
+        """The JobStatus answer (bot/serve/routes/train.py)."""
         if self.state == RUNNING:
             self.absorb()
         return {

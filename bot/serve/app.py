@@ -24,21 +24,7 @@ from bot.engine.response_model import ResponseModel, load_response_model
 from bot.runtime.action_server import action_server
 from bot.runtime.prometheus import Metrics
 from bot.runtime.services import open_services
-from bot.serve import (
-    openapi,
-    routes_admin,
-    routes_agent,
-    routes_chat,
-    routes_completions,
-    routes_console,
-    routes_console_api,
-    routes_drafts,
-    routes_openai,
-    routes_ratings,
-    routes_train,
-    routes_web,
-    shutdown,
-)
+from bot.serve import openapi, routes, shutdown
 from bot.serve.feeds import ConnectionCap
 from bot.serve.http import (
     JSON_DEPTH,
@@ -109,22 +95,9 @@ def create_app(
     if action_package:
         app.cleanup_ctx.append(lambda app: _actions_beside(app, action_package))
     app.cleanup_ctx.append(_services)
-    routes_completions.read_server_key(app)
-    routes_train.add_training_jobs(app)
-    for module in (  # the document lists the routes in this order
-        routes_chat,
-        routes_openai,
-        routes_completions,
-        routes_admin,
-        routes_agent,
-        routes_ratings,
-        routes_train,
-        routes_drafts,
-        routes_web,
-        routes_console_api,
-        routes_console,
-        openapi,
-    ):
+    routes.completions.read_server_key(app)
+    routes.train.add_training_jobs(app)
+    for module in (*routes.IN_ORDER, openapi):  # the document lists the routes in this order
         openapi.register(app, module.routes)
     return app
 

@@ -10,17 +10,25 @@ from contextlib import aclosing
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, Field, RootModel
 
-from bot.conversations.events import BOT, HANDOFF, USER, VISIBLE
+from bot.conversations.events import USER, VISIBLE
 from bot.conversations.store import StoreUnavailable
 from bot.policy.reply import Piece
 from bot.runtime.processor import Waiting, visible
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable, ServerSentEvent
+from bot.serve.routes.common import (
+    MAX_SEQ,
+    SENDER,
+    SENDER_PARAM,
+    SHOWN_TO_CUSTOMER,
+    Event,
+    conversation_id,
+    sse_headers,
+)
 
-SENDER = r"[A-Za-z0-9_.:@-]{1,128}"
 FEED_WAIT_S = 15.0
 
 
@@ -44,21 +52,6 @@ class RasaReply(RootModel[list[RasaMessage]]):
     """The bot's messages in answer to one customer message."""
 
 
-class Event(BaseModel):
-    """A stored event as the widget shows it."""
-
-    model_config = ConfigDict(extra="allow")
-    seq: int = Field(description="Its place in the conversation.")
-    type: str = Field(description="user, bot, agent, handoff, resume...")
-    timestamp: float
-    text: str | None = None
-    buttons: list[dict[str, Any]] | None = None
-    agent: str | None = None
-    rating: Literal["up", "down"] | None = Field(
-        None, description="bot messages in the history: the customer's vote, if they rated it."
-    )
-
-
 class History(BaseModel):
     sender: str
     events: list[Event]
@@ -77,8 +70,6 @@ class FeedEvent(ServerSentEvent):
     id: str
 
 
-SENDER_PARAM = Param("sender", "path", {"type": "string", "pattern": f"^{SENDER}$"}, "The conversation id.")
-MAX_SEQ = 2**63 - 1  # the stores keep seq in a signed 64-bit integer
 AFTER = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
 FEED_PARAMS = (
     Param("after", "query", AFTER, "Send the events after this seq (default 0: all)."),
@@ -115,9 +106,6 @@ def rasa_message(sender: str, event: dict) -> dict:
     return {k: v for k, v in message.items() if v is not None}
 
 
-SHOWN_TO_CUSTOMER = (BOT, HANDOFF)
-
-
 @routes.post("/webhooks/rest/webhook", body=ChatRequest, ok=RasaReply, errors=(429, 503))
 async def rest_webhook(request: web.Request) -> web.Response:
     """Rasa's REST channel: a message in, the bot's messages out"""
@@ -128,10 +116,6 @@ async def rest_webhook(request: web.Request) -> web.Response:
             if isinstance(item, dict) and item["type"] in SHOWN_TO_CUSTOMER:
                 messages.append(rasa_message(body.sender, item))
     return web.json_response(messages)
-
-
-def sse_headers() -> dict[str, str]:
-    return {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def sse_event(event: str, data) -> bytes:
@@ -176,13 +160,6 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
         await write_stream_error(request, response, e, error_event)
     await send_event(response, "done", {})
     return response
-
-
-def conversation_id(request: web.Request) -> str:
-    sender = request.match_info["sender"]
-    if not re.fullmatch(SENDER, sender):
-        raise web.HTTPBadRequest(text="invalid conversation id")
-    return sender
 
 
 @routes.get("/api/conversations/{sender}", ok=History, errors=(503,))

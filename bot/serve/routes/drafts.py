@@ -16,7 +16,7 @@ from bot.pipelines import drafts
 from bot.serve.http import read_body
 from bot.serve.keys import SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable
-from bot.serve.routes_chat import SENDER_PARAM, conversation_id
+from bot.serve.routes.common import SENDER_PARAM, conversation_id
 
 NAME_PARAM = Param(
     "name",

@@ -17,8 +17,8 @@ from bot.conversations.search import ConversationFilter, find_conversations
 from bot.evaluation.stored import stored_report
 from bot.serve.keys import RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable
-from bot.serve.routes_admin import ModelInfo, swap_in_active_model
-from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
+from bot.serve.routes.admin import ModelInfo, swap_in_active_model
+from bot.serve.routes.common import SENDER_PARAM, Event, conversation_id
 
 MODEL_ID = r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}"
 MAX_LIMIT = 500

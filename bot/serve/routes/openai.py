@@ -21,8 +21,8 @@ from bot.policy.reply import Piece
 from bot.serve.http import first_token, read_body, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import RouteTable, ServerSentEvent
-from bot.serve.routes_chat import SHOWN_TO_CUSTOMER, sse_headers
-from bot.serve.routes_completions import openai_stream_error
+from bot.serve.routes.common import SHOWN_TO_CUSTOMER, sse_headers
+from bot.serve.routes.completions import openai_stream_error
 
 routes = RouteTable("openai")
 

@@ -15,7 +15,7 @@ from bot.conversations.search import Rating, latest_ratings
 from bot.serve.http import read_body
 from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
 from bot.serve.openapi import RouteTable
-from bot.serve.routes_chat import MAX_SEQ, SENDER_PARAM, conversation_id
+from bot.serve.routes.common import MAX_SEQ, SENDER_PARAM, conversation_id
 
 MAX_COMMENT_CHARS = 1000
 routes = RouteTable("chat", path_params=(SENDER_PARAM,))

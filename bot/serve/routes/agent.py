@@ -12,7 +12,7 @@ from bot.runtime.processor import NotWithAgent
 from bot.serve.http import read_body
 from bot.serve.keys import CONVERSATIONS, SETTINGS, STORE
 from bot.serve.openapi import RouteTable
-from bot.serve.routes_chat import SENDER_PARAM, Event, conversation_id
+from bot.serve.routes.common import SENDER_PARAM, Event, conversation_id
 
 routes = RouteTable("agents", admin=True, path_params=(SENDER_PARAM,))
 
