@@ -9,7 +9,7 @@ import logging
 import pytest
 from serve_support import make_project
 
-from bot.serve.http import nesting_depth
+from bot.serve.bodies import nesting_depth
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Errors answer through one middleware (bot/serve/http.py): the table from typed error to
+"""Errors answer through one middleware (bot/serve/errors.py): the table from typed error to
 status, walked entry by entry through a real app; the routes that used to answer errors
 themselves; and an error in a stream whose headers are out."""
 
@@ -16,7 +16,7 @@ from bot.conversations.store import ConversationBusy, StoreUnavailable
 from bot.engine.protocol import EngineBusy, EngineClosed, EngineError
 from bot.engine.remote import ModelServerUnavailable
 from bot.errors import BotError, InvalidFiles, Problem
-from bot.serve.http import STATUS_OF, errors_middleware, status_of
+from bot.serve.errors import STATUS_OF, errors_middleware, status_of
 
 # Faults of the server's own making: exactly these answer 5xx, every other entry 4xx.
 SERVER_FAULTS = {
@@ -148,11 +148,11 @@ async def test_an_error_in_an_open_stream_is_written_into_it_in_each_routes_form
 
 
 async def test_time_to_first_token_counts_from_the_request_arriving(project, serve, monkeypatch):
-    from bot.serve import http
+    from bot.serve import timing
 
     client, _ = await serve(project, ["Hello there!"])
     clock = iter([100.0, 107.5])  # the request arrives at 100, its first text goes out at 107.5
-    monkeypatch.setattr(http, "_now", lambda: next(clock, 300.0))
+    monkeypatch.setattr(timing, "_now", lambda: next(clock, 300.0))
     await (await client.post("/api/chat/stream", json={"sender": "t-1", "message": "hi"})).text()
     text = await (await client.get("/metrics")).text()
     assert "bot_time_to_first_token_seconds_count 1.0" in text and "bot_time_to_first_token_seconds_sum 7.5" in text

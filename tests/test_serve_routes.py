@@ -295,11 +295,11 @@ async def test_live_feed_delivers_new_events(project, serve):
 
 
 def test_rate_limiter_forgets_idle_keys(monkeypatch):
-    from bot.serve import http
+    from bot.serve import rate_limits
 
     now = [1000.0]
-    monkeypatch.setattr(http.time, "monotonic", lambda: now[0])
-    limiter = http.RateLimiter(2, window_s=60)
+    monkeypatch.setattr(rate_limits.time, "monotonic", lambda: now[0])
+    limiter = rate_limits.RateLimiter(2, window_s=60)
     assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
     now[0] += 61
     assert limiter.allow("a")  # the window moved on

@@ -25,16 +25,10 @@ from bot.runtime.action_server import action_server
 from bot.runtime.prometheus import Metrics
 from bot.runtime.services import open_services
 from bot.serve import openapi, routes, shutdown
+from bot.serve.bodies import JSON_DEPTH
+from bot.serve.cors import cors_headers, cors_middleware
+from bot.serve.errors import BadRequestLog, errors_middleware
 from bot.serve.feeds import ConnectionCap
-from bot.serve.http import (
-    JSON_DEPTH,
-    BadRequestLog,
-    RateLimiter,
-    cors_headers,
-    cors_middleware,
-    errors_middleware,
-    metrics_middleware,
-)
 from bot.serve.keys import (
     ADMIN_TOKEN,
     CLIENT_LIMIT,
@@ -50,8 +44,10 @@ from bot.serve.keys import (
     SETTINGS,
     STORE,
 )
+from bot.serve.rate_limits import RateLimiter
 from bot.serve.security_headers import security_headers
 from bot.serve.throttle import ADMIN_FAILURES, FailureThrottle
+from bot.serve.timing import metrics_middleware
 
 log = logging.getLogger("bot.serve")
 

@@ -14,7 +14,7 @@ from bot.runtime.model_holder import ModelHolder
 from bot.runtime.processor import Conversations
 from bot.runtime.prometheus import Metrics
 from bot.serve.feeds import ConnectionCap
-from bot.serve.http import RateLimiter
+from bot.serve.rate_limits import RateLimiter
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)

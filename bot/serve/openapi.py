@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from bot.serve.http import check_admin
+from bot.serve.admin_auth import check_admin
 from bot.serve.keys import ADMIN_TOKEN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

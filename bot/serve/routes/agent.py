@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from bot.conversations.events import HANDOFF, USER
 from bot.runtime.processor import NotWithAgent
-from bot.serve.http import read_body
+from bot.serve.bodies import read_body
 from bot.serve.keys import CONVERSATIONS, SETTINGS, STORE
 from bot.serve.openapi import RouteTable
 from bot.serve.routes.common import SENDER_PARAM, Event, conversation_id

@@ -16,7 +16,8 @@ from bot.conversations.events import USER, VISIBLE
 from bot.conversations.store import StoreUnavailable
 from bot.policy.reply import Piece
 from bot.runtime.processor import Waiting, visible
-from bot.serve.http import first_token, read_body, write_stream_error
+from bot.serve.bodies import read_body
+from bot.serve.errors import write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CLOSING, CONVERSATION_LIMIT, CONVERSATIONS, FEED_CAP, METRICS, SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable, ServerSentEvent
 from bot.serve.routes.common import (
@@ -28,6 +29,7 @@ from bot.serve.routes.common import (
     conversation_id,
     sse_headers,
 )
+from bot.serve.timing import first_token
 
 FEED_WAIT_S = 15.0
 

@@ -34,10 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from bot.engine.protocol import LENGTH, Finished
 from bot.engine.response_model import ResponseModel
 from bot.engine.stop_strings import StopStrings
-from bot.serve.http import error_response, first_token, read_body, write_stream_error
+from bot.serve.bodies import read_body
+from bot.serve.errors import error_response, write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, HOLDER, METRICS
 from bot.serve.openapi import RouteTable, ServerSentEvent
 from bot.serve.routes.common import sse_headers
+from bot.serve.timing import first_token
 
 KEY_VARIABLE = "BOT_MODEL_SERVER_KEY"
 MODEL_SERVER_KEY = web.AppKey("model_server_key", str)  # "" when the route is open

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from bot.errors import Problem
 from bot.pipelines import drafts
-from bot.serve.http import read_body
+from bot.serve.bodies import read_body
 from bot.serve.keys import SETTINGS, STORE
 from bot.serve.openapi import Param, RouteTable
 from bot.serve.routes.common import SENDER_PARAM, conversation_id

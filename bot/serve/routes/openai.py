@@ -18,11 +18,13 @@ from bot.conversations.events import GUARD, MODEL_UNAVAILABLE, user_message
 from bot.conversations.state import ConversationState
 from bot.engine.remote import RemoteEngine
 from bot.policy.reply import Piece
-from bot.serve.http import first_token, read_body, write_stream_error
+from bot.serve.bodies import read_body
+from bot.serve.errors import write_stream_error
 from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import RouteTable, ServerSentEvent
 from bot.serve.routes.common import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.routes.completions import openai_stream_error
+from bot.serve.timing import first_token
 
 routes = RouteTable("openai")
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bot.conversations.events import BOT, rated
 from bot.conversations.search import Rating, latest_ratings
-from bot.serve.http import read_body
+from bot.serve.bodies import read_body
 from bot.serve.keys import CLIENT_LIMIT, METRICS, SETTINGS, STORE
 from bot.serve.openapi import RouteTable
 from bot.serve.routes.common import MAX_SEQ, SENDER_PARAM, conversation_id

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.pipelines.training_job import JobRunning, NoJobRunning, TrainingJobs
-from bot.serve.http import read_body
+from bot.serve.bodies import read_body
 from bot.serve.keys import SETTINGS
 from bot.serve.openapi import RouteTable
 

@@ -1,0 +1,39 @@
+"""The admin token: checked in constant time, wrong guesses slowed per client address."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+
+from aiohttp import web
+
+from bot.serve.throttle import ADMIN_FAILURES
+
+log = logging.getLogger("bot.serve")
+
+
+def check_admin(request: web.Request, token: str | None) -> None:
+    """Admin routes need `Authorization: Bearer <BOT_ADMIN_TOKEN>`; with no token set they are closed.
+    Repeated wrong tokens from one client address make it wait (429), see bot/serve/throttle.py."""
+    if not token:
+        raise web.HTTPForbidden(text="admin routes are closed: set BOT_ADMIN_TOKEN on the server")
+    failures, address = request.app[ADMIN_FAILURES], request.remote or "?"
+    if wait := failures.wait(address):
+        raise _admin_wait(wait)
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(errors="surrogateescape"), f"Bearer {token}".encode()):
+        if wait := failures.failed(address):
+            log.warning(
+                "wrong admin token from %s (%d in a row): it waits %.0f s", address, failures.count(address), wait
+            )
+        raise web.HTTPUnauthorized(text="admin token missing or wrong (Authorization: Bearer ...)")
+    failures.succeeded(address)
+
+
+def _admin_wait(seconds: float) -> web.HTTPTooManyRequests:
+    retry_after = str(math.ceil(seconds))
+    return web.HTTPTooManyRequests(
+        text=f"too many wrong admin tokens from this address: try again in {retry_after} s",
+        headers={"Retry-After": retry_after},
+    )
