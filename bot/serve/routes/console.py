@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bot.serve.openapi import Param, RouteTable
 
-FOLDER = Path(__file__).parent / "static" / "console"
+FOLDER = Path(__file__).parent.parent / "static" / "console"
 ASSET = r"[a-z][a-z0-9_-]{0,40}\.(?:js|css)"
 TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 ASSET_PARAM = Param("name", "path", {"type": "string", "pattern": f"^{ASSET}$"}, "A file of the console.")

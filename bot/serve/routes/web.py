@@ -10,7 +10,7 @@ from aiohttp import web
 
 from bot.serve.openapi import RouteTable
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent.parent / "static"
 DAY_S = 86400
 
 
