@@ -7,13 +7,9 @@ import argparse
 import os
 import sys
 
-from bot.cli.output import text_table
+from bot.cli.output import percent, text_table
 
 SHOWN_FAILURES = 10  # failed tests printed in full (all of them are in conversations.json and report.html)
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
 
 
 def conversations_table(document: dict) -> str:
@@ -29,11 +25,11 @@ def conversations_table(document: dict) -> str:
     for mode in document["modes"]:
         s = document["summary"][mode]
         made_up = f"{s.get('invented_values', '-')} / {s.get('invented_names', '-')}"
-        row = (mode, str(s["tests"]), str(s["passed"]), _percent(s["pass_rate"]), made_up)
+        row = (mode, str(s["tests"]), str(s["passed"]), percent(s["pass_rate"]), made_up)
         seconds = s["seconds"]
         if tries > 1:
             sampled = s.get("sampled", {"pass_hat": {}, "seconds": 0})
-            row += tuple(_percent(sampled["pass_hat"].get(str(k))) for k in range(1, tries + 1))
+            row += tuple(percent(sampled["pass_hat"].get(str(k))) for k in range(1, tries + 1))
             seconds += sampled["seconds"]
         rows.append(row + (f"{seconds:.0f}",))
     return text_table(rows)

@@ -6,11 +6,7 @@ import argparse
 import os
 import sys
 
-from bot.cli.output import text_table
-
-
-def _percent(value) -> str:
-    return "-" if value is None else f"{value:.0%}"
+from bot.cli.output import percent, text_table
 
 
 def _failure_classes(counts: dict[str, int]) -> str:
@@ -39,12 +35,12 @@ def eval_table(document: dict) -> str:
         rows.append(
             (
                 mode,
-                _percent(s.get("conversation_pass_rate")),
+                percent(s.get("conversation_pass_rate")),
                 f"{s['chrf']:.1f}",
-                _percent(s["action_accuracy"]),
-                _percent(s["handoff_accuracy"]),
-                _percent(s["expectation_pass_rate"]),
-                _percent(s["adversarial_pass_rate"]),
+                percent(s["action_accuracy"]),
+                percent(s["handoff_accuracy"]),
+                percent(s["expectation_pass_rate"]),
+                percent(s["adversarial_pass_rate"]),
                 str(s["leaks"]),
                 "-" if s["loss"] is None else f"{s['loss']:.3f}",
                 f"{s['seconds']:.0f}",

@@ -25,3 +25,8 @@ def text_table(rows: Sequence[Sequence[str]], *, left: int = 1, rule: bool = Tru
 def say(message: str) -> None:
     """A progress message on stderr (stdout keeps what a script would read)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def percent(value: float | None) -> str:
+    """A share as a whole percentage, "-" when there is none."""
+    return "-" if value is None else f"{value:.0%}"

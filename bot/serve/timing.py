@@ -7,8 +7,6 @@ import time
 from aiohttp import web
 
 ARRIVED = web.RequestKey("arrived", float)  # _now() when the request came in (set by metrics_middleware)
-
-
 _FIRST_TOKEN_SEEN = web.RequestKey("first_token_seen", bool)
 
 

@@ -293,12 +293,13 @@ class LoRARecipe:
         self.started = time.monotonic() - state.seconds
         # this run's pace gives the ETA (a resumed run's earlier pace may differ)
         self.first_step, self.run_start = state.step, time.monotonic()
+        self.window_tokens, self.window_start = 0, time.monotonic()  # this run's throughput, shown on the bar
         self._tell(state.step)
         self.model.train()
         try:
             while state.epoch < cfg.epochs:
                 self._train_epoch()
-        except BaseException as error:
+        except (KeyboardInterrupt, Exception) as error:
             self.bar.close()
             state.seconds = time.monotonic() - self.started
             self.save_checkpoint()
@@ -317,7 +318,6 @@ class LoRARecipe:
         self.sampler.set_epoch(state.epoch)
         loader = self.loader
         batches = accelerator.skip_first_batches(loader, state.batches_done) if state.batches_done else loader
-        window_tokens, window_start = 0, time.monotonic()
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = bot_token_loss(model, batch)
@@ -330,10 +330,10 @@ class LoRARecipe:
             tokens = int(batch["attention_mask"].sum()) * accelerator.num_processes
             state.tokens += tokens
             state.batches_done += 1
-            window_tokens += tokens
+            self.window_tokens += tokens
             value = loss.item()
             self.smoothed_loss = value if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * value
-            rate = window_tokens / max(time.monotonic() - window_start, 1e-6)
+            rate = self.window_tokens / max(time.monotonic() - self.window_start, 1e-6)
             self.bar.set_postfix(loss=f"{self.smoothed_loss:.3f}", tok_s=f"{rate:,.0f}", epoch=state.epoch + 1)
             self.bar.update(1)
             if accelerator.sync_gradients:
