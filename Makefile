@@ -26,13 +26,14 @@ validate: setup
 compile: setup
 	$(BOT) data compile
 
-# Compiles the data, trains only when no trained model matches it, then serves the bot and the
-# widget on http://127.0.0.1:5005, with the example actions (actions/) on a rasa-sdk action
-# server on 127.0.0.1:5055 that stops with the bot, until Ctrl-C.
+# Compiles the data, then serves the bot and the widget on http://127.0.0.1:5005, with the
+# example actions (actions/) on a rasa-sdk action server on 127.0.0.1:5055 that stops with the
+# bot, until Ctrl-C. While no trained model matches the data, the server answers with the base
+# model prompted few-shot, trains in the background and swaps the new model in once it passes
+# the gate (the console's Train panel follows it).
 run: setup
 	$(BOT) data compile
-	$(BOT) train --if-needed
-	$(BOT) serve --actions actions
+	$(BOT) serve --actions actions --train-if-needed
 
 # Lint and format checks first (ruff, settings in pyproject.toml): they take a second; then the
 # package's layers (import-linter, the contract in pyproject.toml). Then the

@@ -159,3 +159,30 @@ async def test_buttons_become_quick_replies_that_send_their_payload(browser, tmp
         assert await page.locator(".bw-reply").count() == 0  # used quick replies go away
     finally:
         await server.close()
+
+
+async def test_the_demo_page_and_the_console_say_when_the_base_model_answers(browser, tmp_path, cache_dir, tokenizer):
+    from bot.pipelines.first_model import FINE_TUNING
+
+    settings = settings_of(make_project(tmp_path / "q", cache_dir))
+    interim = scripted_model(settings, tokenizer, ["Hello."], model_id=None)
+    interim.stage = FINE_TUNING
+    trained = scripted_model(settings, tokenizer, ["Hello."])
+    for model, note in ((interim, FINE_TUNING), (trained, None)):
+        server = TestServer(create_app(settings, load_model=lambda model=model: model), port=0)
+        await server.start_server()
+        try:
+            page = await browser.new_page()
+            await page.goto(str(server.make_url("/")))
+            stage = page.locator("#model-stage")
+            serving = page.locator("#serving")
+            if note:
+                await stage.filter(has_text=note).wait_for()
+                assert "Not fine-tuned yet" in await stage.inner_text()
+            else:
+                await page.wait_for_load_state("networkidle")
+                assert await stage.is_hidden()
+            await page.goto(str(server.make_url("/console")))
+            await serving.filter(has_text="Serving: " + (note or "trained model scripted")).wait_for()
+        finally:
+            await server.close()

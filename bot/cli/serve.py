@@ -24,7 +24,7 @@ def cmd_serve(args) -> int:
         settings.endpoints = settings.endpoints.model_copy(update={"model_server": server})
     host, port = args.host or settings.build.serve.host, args.port or settings.build.serve.port
     say(f"starting the bot on http://{host}:{port} (widget demo at /, health at /health); Ctrl-C stops it")
-    run(settings, host, port, args.actions)
+    run(settings, host, port, args.actions, train_if_needed=args.train_if_needed)
     exit_now(0)  # stopped and closed: the interpreter's slow teardown would overrun serve.shutdown_timeout_s
 
 
@@ -47,5 +47,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--actions",
         metavar="PACKAGE",
         help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot",
+    )
+    serve.add_argument(
+        "--train-if-needed",
+        action="store_true",
+        help="while no trained model matches the training data, answer with the base model prompted few-shot, "
+        "train in the background and serve the new model once it passes the gate (what 'make run' does)",
     )
     serve.set_defaults(run=cmd_serve)

@@ -36,6 +36,7 @@ class ResponseModel:
     max_length: int
     sampling: Sampling = GREEDY  # greedy, as customers get it; the conversation tests' pass^k tries sample
     loaded_at: float = field(default_factory=time.time)
+    stage: str | None = None  # an interim model's own description, e.g. "base (fine-tuning in progress)"
 
     def __post_init__(self):
         # The person-request classifier is fitted now (about a second), where the model is loaded,
@@ -49,6 +50,8 @@ class ResponseModel:
 
     @property
     def description(self) -> str:
+        if self.stage:
+            return self.stage
         if self.model_id:
             return f"trained model {self.model_id}"
         return "the base model with the persona prompt (no trained model yet: run 'bot train')"

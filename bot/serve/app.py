@@ -11,6 +11,7 @@ admin routes (model reload), and the widget with its demo page.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from bot.config import Settings
 from bot.conversations.recovery import mark_interrupted_in_background
 from bot.conversations.retention import Retention, retention_of
 from bot.engine.response_model import ResponseModel, load_response_model
+from bot.pipelines.first_model import few_shot_base_model, needs_training
 from bot.runtime.action_server import action_server
 from bot.runtime.prometheus import Metrics
 from bot.runtime.services import open_services
@@ -43,6 +45,7 @@ from bot.serve.keys import (
     RETENTION,
     SETTINGS,
     STORE,
+    TRAIN_IF_NEEDED,
 )
 from bot.serve.rate_limits import RateLimiter
 from bot.serve.security_headers import security_headers
@@ -58,10 +61,14 @@ def create_app(
     load_model: Callable[[], ResponseModel] | None = None,
     admin_token: str | None = None,
     action_package: str | None = None,
+    train_if_needed: bool = False,
 ) -> web.Application:
     """`load_model` defaults to loading the active trained model (or the base model); the
     admin token defaults to the environment variable BOT_ADMIN_TOKEN. With `action_package`,
-    a rasa-sdk action server for it runs beside the bot, at action_endpoint.url's port."""
+    a rasa-sdk action server for it runs beside the bot, at action_endpoint.url's port. With
+    `train_if_needed`, while no trained model matches the training data, the server answers with
+    the base model prompted few-shot and trains the first model in the background
+    (bot/pipelines/first_model.py)."""
     metrics = Metrics()
     serve = settings.build.serve
     app = web.Application(
@@ -78,6 +85,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[LOADER] = load_model or (lambda: load_response_model(settings))
+    app[TRAIN_IF_NEEDED] = train_if_needed
     app[ADMIN_TOKEN] = admin_token if admin_token is not None else os.environ.get("BOT_ADMIN_TOKEN") or None
     app[CONVERSATION_LIMIT] = RateLimiter(serve.rate_per_conversation)
     app[CLIENT_LIMIT] = RateLimiter(serve.rate_per_client)
@@ -108,7 +116,9 @@ async def _actions_beside(app: web.Application, package: str):
 
 async def _services(app: web.Application):
     settings = app[SETTINGS]
-    async with open_services(settings, load_model=app[LOADER], metrics=app[METRICS]) as services:
+    first = app[TRAIN_IF_NEEDED] and await asyncio.to_thread(needs_training, settings)
+    load = functools.partial(few_shot_base_model, settings) if first else app[LOADER]
+    async with open_services(settings, load_model=load, metrics=app[METRICS]) as services:
         app[STORE] = store = services.store
         app[CONVERSATIONS] = services.conversations
         app[HOLDER] = services.holder
@@ -118,10 +128,13 @@ async def _services(app: web.Application):
         if retention:
             app[RETENTION] = retention
         retry_s = max(tracker.lock_expiry_s, settings.build.serve.lock_timeout_s)
-        passes = asyncio.create_task(_background_passes(store, retention, retry_s=retry_s), name="background-passes")
+        tasks = [asyncio.create_task(_background_passes(store, retention, retry_s=retry_s), name="background-passes")]
+        if first:
+            tasks.append(asyncio.create_task(routes.train.train_first_model(app), name="first-model"))
         yield
-        passes.cancel()
-        await asyncio.gather(passes, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _background_passes(store, retention: Retention | None, *, retry_s: float) -> None:
@@ -142,10 +155,11 @@ def run(
     action_package: str | None = None,
     *,
     load_model: Callable[[], ResponseModel] | None = None,
+    train_if_needed: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT; a client that goes away cancels its handler (and
     generation). On a signal the server stops within serve.shutdown_timeout_s (bot.serve.shutdown)."""
-    app = create_app(settings, action_package=action_package, load_model=load_model)
+    app = create_app(settings, action_package=action_package, load_model=load_model, train_if_needed=train_if_needed)
     backstop = shutdown.aiohttp_timeout(settings.build.serve.shutdown_timeout_s)
     web.run_app(
         app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop

@@ -19,6 +19,7 @@ from bot.serve.rate_limits import RateLimiter
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 LOADER = web.AppKey("load_model", Callable)
+TRAIN_IF_NEEDED = web.AppKey("train_if_needed", bool)  # bot serve --train-if-needed (make run)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 CONVERSATION_LIMIT = web.AppKey("conversation_limit", RateLimiter)
 CLIENT_LIMIT = web.AppKey("client_limit", RateLimiter)

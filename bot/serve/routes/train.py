@@ -1,18 +1,25 @@
 """Operator routes (admin token): train the served project's model in a child process, follow it,
 cancel it. bot/pipelines/training_job.py runs the job; a trained model is not served until the
-operator reloads (see JobStatus.next_step)."""
+operator reloads (see JobStatus.next_step), except the first model of `bot serve
+--train-if-needed`, which is swapped in as soon as it passes the gate (`train_first_model`)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.pipelines.training_job import JobRunning, NoJobRunning, TrainingJobs
+from bot.pipelines.first_model import stage_after
+from bot.pipelines.training_job import SUCCEEDED, JobRunning, NoJobRunning, TrainingJobs
 from bot.serve.bodies import read_body
-from bot.serve.keys import SETTINGS
+from bot.serve.keys import HOLDER, RELOAD_LOCK, SETTINGS
 from bot.serve.openapi import RouteTable
+from bot.serve.routes.admin import swap_in_active_model
+
+log = logging.getLogger("bot.serve")
 
 TRAINING = web.AppKey("training", TrainingJobs)
 routes = RouteTable("operator", admin=True)
@@ -100,3 +107,21 @@ def add_training_jobs(app: web.Application) -> None:
     """The app's training jobs (TRAINING), stopped when it cleans up."""
     app[TRAINING] = TrainingJobs(app[SETTINGS])
     app.on_cleanup.append(_stop_on_cleanup)
+
+
+async def train_first_model(app: web.Application) -> None:
+    """The first model of `bot serve --train-if-needed`: trains it as POST /api/train does (the
+    console's Train panel follows and can cancel the job), then, if it passed the gate, swaps it
+    in through the reload (no request fails). Otherwise the base model stays, and says why."""
+    job = await app[TRAINING].start()
+    if job.follower:
+        await asyncio.shield(job.follower)  # when the server stops, TrainingJobs.close stops the child
+    interim = app[HOLDER].current
+    if job.state == SUCCEEDED and job.activated:
+        async with app[RELOAD_LOCK]:
+            if app[HOLDER].current is interim:  # an operator may have swapped in a model meanwhile
+                await swap_in_active_model(app)
+        return
+    if app[HOLDER].current.model_id is None:
+        app[HOLDER].current.stage = stage_after(job.state)
+    log.warning("the first model was not swapped in (%s): %s", job.state, job.error or job.next_step())

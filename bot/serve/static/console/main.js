@@ -32,6 +32,18 @@ export function show(name, { load = true } = {}) {
   focus(byId(name + "-title"));
 }
 
+// Which model answers customers (GET /health, public), every 30 s: "base (fine-tuning in
+// progress)" while the first model trains, then the trained model's id.
+async function showServing() {
+  try {
+    const { model } = await (await fetch("/health")).json();
+    byId("serving").textContent = "Serving: " + model.description;
+  } catch (error) {
+    byId("serving").textContent = "Serving: unknown (no answer from /health)";
+  }
+  setTimeout(showServing, 30000);
+}
+
 function signedIn() {
   notice("");
   byId("sign-in").hidden = true;
@@ -83,6 +95,7 @@ function start() {
   drafts.setUp();
   models.setUp();
   train.setUp();
+  showServing();
   if (token()) signedIn();
   else byId("token").focus();
 }
