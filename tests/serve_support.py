@@ -45,6 +45,7 @@ class ScriptedEngine(Engine):
         self.replies = replies if callable(replies) else deque(replies)
         self.delay = delay
         self.prompts: list[list[int]] = []
+        self.text_only: list[bool] = []  # per prompt: was the reply asked to be text only
         self.generated = 0  # tokens generated in all
         self.stopped = 0  # streams closed before their end (a client went away)
         self.closed = False
@@ -55,10 +56,13 @@ class ScriptedEngine(Engine):
             return self.replies(prompt_text)
         return self.replies.popleft() if self.replies else "Happy to help."
 
-    async def stream(self, prompt_ids, max_new_tokens, *, tool_call=False, sampling=None, grounded=()):
+    async def stream(
+        self, prompt_ids, max_new_tokens, *, tool_call=False, text_only=False, sampling=None, grounded=()
+    ):
         if self.closed:
             raise EngineClosed("the model engine is closed")
         self.prompts.append(list(prompt_ids))
+        self.text_only.append(text_only)  # like an engine without the constraint, it may still call
         reply = self.next_reply(self.tokenizer.decode(prompt_ids))
         eos = self.tokenizer.eos_token_id
         ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [eos]

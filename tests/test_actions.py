@@ -240,11 +240,31 @@ async def test_at_most_the_configured_actions_per_message(tmp_path, cache_dir, s
     project = make_project(
         tmp_path / "p", cache_dir, endpoints=endpoints, config="serve:\n  max_actions_per_message: 2\n"
     )
-    client, _ = await serve(project, lambda prompt: call("check_order", order_id="ES-1001"))  # calls forever
-    events = await chat(client, "u2", "loop on ES-1001")
+    orders = iter(["ES-1001", "ES-1002", "ES-1003", "ES-1004"])
+    client, model = await serve(project, lambda prompt: call("check_order", order_id=next(orders)))  # calls forever
+    events = await chat(client, "u2", "loop on ES-1001, ES-1002, ES-1003 and ES-1004")
     await server.close()
-    assert len(seen) == 2
+    assert [s["next_action"] for s in seen] == ["check_order"] * 2
+    # After the second action the model writes text: a constrained engine can't open a call
+    # there; this scripted one calls anyway, and that call is refused.
+    assert model.engine.text_only == [False, False, True]
     assert [data["text"] for name, data in events if name == "message"] == [COULD_NOT_DO]
+
+
+async def test_a_repeated_call_is_not_run_again_and_the_model_answers_in_text(tmp_path, cache_dir, serve):
+    seen = []
+    server = fake_action_server([200], seen)
+    await server.start_server()
+    project = make_project(
+        tmp_path / "p", cache_dir, endpoints=f"action_endpoint:\n  url: {server.make_url('/webhook')}\n"
+    )
+    looping = call("check_order", order_id="ES-1001")
+    client, model = await serve(project, [looping, looping, "ES-1001 has shipped."])
+    events = await chat(client, "u3", "where is ES-1001?")
+    await server.close()
+    assert [s["next_action"] for s in seen] == ["check_order"]  # run once, not twice
+    assert model.engine.text_only == [False, False, True]  # the repeat is answered in text
+    assert [data["text"] for name, data in events if name == "message"] == ["ES-1001 has shipped."]
 
 
 async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve):

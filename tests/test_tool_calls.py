@@ -10,6 +10,7 @@ from pathlib import Path
 
 import llguidance
 import pytest
+import torch
 import yaml
 from serve_support import chat, make_project, settings_of, stored_events
 
@@ -120,6 +121,43 @@ async def test_a_tiny_model_forced_to_call_writes_a_declared_call(tmp_path, cach
         assert step.action in set(actions) | {"handoff_to_human"} and step.broken_call is None, result.text
         assert not weights.profile.argument_problems(step.action, step.arguments) or step.handoff
     assert all(not parse_reply(r.text).action for r in free)  # unforced random text stays free text
+
+
+@pytest.mark.parametrize("engine_kind", ["batching", "serial"])
+async def test_a_text_only_reply_cannot_open_a_call(tmp_path, cache_dir, tiny_base, engine_kind):
+    """A model pushed to start every reply with the tool-call tag (a bias on the tag's first token):
+    free, it starts a call; text only (the policy's last step), its first visible token is text."""
+    from bot.data.prompt import TOOL_CALL_OPEN
+    from bot.engine.serial import SerialEngine
+
+    weights, engine = tiny_starter_engine(tmp_path, cache_dir, tiny_base)
+    tokenizer = weights.tokenizer
+    tag = tokenizer(TOOL_CALL_OPEN, add_special_tokens=False)["input_ids"]
+    bias = weights.model.lm_head.register_forward_hook(
+        lambda module, args, out: out.index_add(
+            -1, torch.tensor([tag[0]]), torch.full((*out.shape[:-1], 1), 1e4, dtype=out.dtype)
+        )
+    )
+    if engine_kind == "serial":
+        await engine.close()
+        engine = SerialEngine(weights.model, tokenizer, max_length=1024, constraint=engine.constraint)
+    system = {"role": "system", "content": weights.profile.system_prompt}
+    ids = prompt_ids(tokenizer, [system, {"role": "user", "content": "where is my order"}])
+
+    async def reply(text_only: bool) -> Finished:
+        async for item in engine.stream(ids, 12, text_only=text_only):
+            if isinstance(item, Finished):
+                return item
+
+    try:
+        free, text = await reply(False), await reply(True)
+    finally:
+        await engine.close()
+        bias.remove()
+    assert free.token_ids[0] == tag[0] and free.text.startswith(TOOL_CALL_OPEN[:1])
+    assert text.token_ids[0] != tag[0] and not text.text.lstrip().startswith("<"), text.text
+    starts = engine.constraint.text_starts
+    assert not starts[tag[0]] and starts[tokenizer("Hello", add_special_tokens=False)["input_ids"][0]]
 
 
 # -- the served bot -------------------------------------------------------------------------------

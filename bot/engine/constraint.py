@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from functools import cached_property
 
 import llguidance
 import llguidance.hf
@@ -37,6 +38,7 @@ class ToolCallConstraint:
     def __init__(self, tokenizer, actions: dict[str, Action], vocab_size: int):
         self.vocab_size = vocab_size
         self.actions = actions
+        self.hf_tokenizer = tokenizer
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
         self.template = self._compile(())
         if self.template.is_error():
@@ -68,13 +70,26 @@ class ToolCallConstraint:
         self._kept.move_to_end(grounded)
         return template.deep_copy()
 
-    def follow(self, *, forced: bool = False, grounded: GroundedValues = ()) -> CallFollower:
+    def follow(self, *, forced: bool = False, text_only: bool = False, grounded: GroundedValues = ()) -> CallFollower:
         """A watcher for one reply; `forced`: the reply must be a call from its first token;
-        `grounded`: the values its grounded arguments may take."""
-        follower = CallFollower(self, grounded)
+        `text_only`: it may not open one; `grounded`: the values its grounded arguments may take."""
+        if forced and text_only:
+            raise EngineError("a reply can't be both a forced call and text only")
+        follower = CallFollower(self, grounded, text_only=text_only)
         if forced:
             follower.matcher = self.template_for(grounded)
         return follower
+
+    @cached_property
+    def text_starts(self) -> torch.Tensor:
+        """Boolean mask of the tokens a text-only reply may start with: all but those whose text
+        (after leading whitespace) begins the tool-call tag or starts with it. Computed once."""
+        pieces = self.hf_tokenizer.batch_decode([[i] for i in range(self.vocab_size)])
+        opening = [
+            (lead := p.lstrip()) != "" and (TOOL_CALL_OPEN.startswith(lead) or lead.startswith(TOOL_CALL_OPEN))
+            for p in pieces
+        ]
+        return ~torch.tensor(opening, dtype=torch.bool)
 
     def allowed(self, matcher: llguidance.LLMatcher) -> torch.Tensor:
         """Boolean mask over the vocabulary of the tokens `matcher` accepts next."""
@@ -91,19 +106,23 @@ class CallFollower:
     call; from then on it holds a matcher fed with every token of the reply, and `allowed` says
     what may come next. A reply that starts any other way is left free for good."""
 
-    def __init__(self, constraint: ToolCallConstraint, grounded: GroundedValues = ()):
+    def __init__(self, constraint: ToolCallConstraint, grounded: GroundedValues = (), *, text_only: bool = False):
         self.constraint = constraint
         self.grounded = grounded
+        self.text_only = text_only  # until its first visible character, the reply may not open a call
         self.matcher: llguidance.LLMatcher | None = None
         self.free = False  # decided: not a call (or the matcher gave up), never constrained
 
     @property
     def active(self) -> bool:
-        return self.matcher is not None
+        return self.matcher is not None or (self.text_only and not self.free)
 
     def observe(self, tokens: list[int], text: str) -> None:
         """The reply so far (token ids and text), after each new token."""
         if self.free:
+            return
+        if self.text_only:
+            self.free = text.strip() != ""  # it has started as text: a tag later on is cut (parse_reply)
             return
         if self.matcher is not None:
             self._check(self.matcher.consume_token(tokens[-1]))
@@ -124,4 +143,6 @@ class CallFollower:
             self.matcher, self.free = None, True
 
     def allowed(self) -> torch.Tensor:
+        if self.text_only:
+            return self.constraint.text_starts
         return self.constraint.allowed(self.matcher)

@@ -102,6 +102,7 @@ class Engine(ABC):
         max_new_tokens: int,
         *,
         tool_call: bool = False,
+        text_only: bool = False,
         sampling: Sampling = GREEDY,
         grounded: GroundedValues = (),
     ) -> AsyncIterator[str | Finished]:
@@ -109,8 +110,10 @@ class Engine(ABC):
         subclass for a request that can't be served. Closing the iterator early cancels this
         request alone. An engine with the tool-call constraint keeps any call the reply opens
         valid, its grounded arguments copied from `grounded` (bot.data.grounding);
-        `tool_call=True` makes the whole reply a call (structured output). `sampling`: greedy
-        unless it says otherwise (see Sampling)."""
+        `tool_call=True` makes the whole reply a call (structured output, OpenAI's tool_choice
+        "required"); `text_only=True` keeps it from opening one (tool_choice "none"; an engine
+        without the constraint may still open one). `sampling`: greedy unless it says otherwise
+        (see Sampling)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -89,6 +89,7 @@ class RemoteEngine(Engine):
         max_new_tokens: int,
         *,
         tool_call: bool = False,
+        text_only: bool = False,  # not enforced: a call the reply opens anyway is refused by the policy
         sampling: Sampling = GREEDY,
         grounded: GroundedValues = (),  # not sent: the model server's calls are checked after (grounding)
     ) -> AsyncIterator[str | Finished]:

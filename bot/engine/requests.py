@@ -241,6 +241,7 @@ class ThreadedEngine(Engine):
         max_new_tokens: int,
         *,
         tool_call: bool = False,
+        text_only: bool = False,
         sampling: Sampling = GREEDY,
         grounded: GroundedValues = (),
     ) -> AsyncIterator[str | Finished]:
@@ -249,7 +250,7 @@ class ThreadedEngine(Engine):
             raise EngineError("this engine has no tool-call constraint")
         request = Request(prompt_ids, max_new_tokens, self.tokenizer, asyncio.get_running_loop(), sampling=sampling)
         if self.constraint:
-            request.calls = self.constraint.follow(forced=tool_call, grounded=grounded)
+            request.calls = self.constraint.follow(forced=tool_call, text_only=text_only, grounded=grounded)
         self._in_flight += 1
         try:
             self.submit(request)

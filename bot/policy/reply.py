@@ -9,7 +9,8 @@ What the policy decides, in order:
 - the model writes, its tool calls kept well-formed by the engine's tool-call constraint;
 - a call is checked against its declaration (argument names, types, enums), then its grounded
   arguments (`from: conversation`) against what the customer wrote and what actions returned;
-- at most `max_actions_per_message` actions run for one customer message;
+- at most `max_actions_per_message` actions run for one customer message, and none twice with
+  the same arguments: after the last one, or instead of a repeat, the model writes text;
 - the leak guard checks every text a customer could see.
 
 `answer` yields `Piece`s (text of a bot message as it is generated) and events (dicts, see
@@ -156,10 +157,12 @@ class ReplyPolicy:
         """`messages` starts with the system prompt and ends with the customer's message. One
         model writes the whole answer. Every message passes the leak guard on its way out."""
         messages = list(messages)
-        for number in range(self.config.max_actions_per_message + 1):
+        ran: set[str] = set()  # the calls run for this message
+        last = False
+        while True:
             call = None
-            last = number == self.config.max_actions_per_message
-            async with aclosing(self.step(model, messages, sender=sender, first=number == 0, last=last)) as items:
+            last = last or len(ran) == self.config.max_actions_per_message
+            async with aclosing(self.step(model, messages, sender=sender, first=not ran, last=last)) as items:
                 async for item in items:
                     if isinstance(item, Call):
                         call = item
@@ -167,6 +170,14 @@ class ReplyPolicy:
                         yield item
             if call is None:
                 return
+            called = json.dumps([call.name, call.arguments], sort_keys=True)
+            if called in ran:  # its result is in the context already: the model answers in words instead
+                log.info(
+                    "conversation %s: %s called again with the same arguments; answering in text", sender, call.name
+                )
+                last = True
+                continue
+            ran.add(called)
             outcome = await self.actions.run(
                 call.name, call.arguments, sender=sender, state=state, latest=latest, profile=model.profile
             )
@@ -200,7 +211,8 @@ class ReplyPolicy:
     ) -> AsyncIterator[Piece | Event | Call]:
         """One step: Pieces of the reply, the events it decides (screened by the leak guard), and,
         when the model called an action that may run, a final `Call`. `first`: the step answers
-        the customer's message itself (the person rule applies); `last`: no action may run."""
+        the customer's message itself (the person rule applies); `last`: no action may run, so
+        the model writes text (an engine with the tool-call constraint can't open a call)."""
         async with aclosing(self._step(model, messages, sender=sender, first=first, last=last)) as items:
             async for item in items:
                 if isinstance(item, dict):
@@ -217,7 +229,7 @@ class ReplyPolicy:
             return
         generated = leak = None
         try:
-            async with aclosing(self._generate(model, messages)) as items:
+            async with aclosing(self._generate(model, messages, text_only=last)) as items:
                 async for item in items:
                     if isinstance(item, Finished):
                         generated = item
@@ -286,14 +298,17 @@ class ReplyPolicy:
             return [action_rejected(name, arguments, problems, reason=UNGROUNDED), bot_message(asked_for(invented))]
         return [Call(name, arguments)]
 
-    async def _generate(self, model: ResponseModel, messages: list[dict]) -> AsyncIterator[Piece | Finished | Leak]:
+    async def _generate(
+        self, model: ResponseModel, messages: list[dict], *, text_only: bool = False
+    ) -> AsyncIterator[Piece | Finished | Leak]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
         which the customer never sees, or grow into a leak. A leak ends the generation: the
         `Leak` is the last item."""
         visible = VisibleText()
         watch = model.leak_guard.stream()
         grounded = grounded_values(model.profile.actions, conversation_sources(messages))
-        async with aclosing(model.stream(messages, self.config.max_new_tokens, grounded=grounded)) as pieces:
+        stream = model.stream(messages, self.config.max_new_tokens, grounded=grounded, text_only=text_only)
+        async with aclosing(stream) as pieces:
             async for item in pieces:
                 if isinstance(item, Finished):
                     if self.metrics:
