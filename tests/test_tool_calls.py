@@ -290,6 +290,27 @@ def test_grounded_values_are_what_the_conversation_holds(starter_actions):
     assert grounded_values(starter_actions, ["where is my parcel?"]) == ()  # nothing offered: left free
 
 
+def test_a_value_the_customer_corrects_replaces_the_earlier_one(starter_actions):
+    from bot.data.grounding import grounded_values
+
+    said = ["can I see my bill? 40288163, LS8 1PQ", "oops, it's LS8 1PW"]
+    result = '{"verified": false}'
+    offered = dict(((a, n), v) for a, n, v in grounded_values(starter_actions, [said[0], result, said[1]], said))
+    assert offered["verify_customer", "postcode"] == ("LS8 1PW",)  # the correction, not the typo
+    assert offered["verify_customer", "account_id"] == ("40288163",)  # not corrected: still there
+    # No customer messages named: every value stays, as before.
+    plain = dict(((a, n), v) for a, n, v in grounded_values(starter_actions, [said[0], result, said[1]]))
+    assert plain["verify_customer", "postcode"] == ("LS8 1PW", "LS8 1PQ")
+    # An action's result keeps its values; a latest message without a value of the kind supersedes nothing.
+    later = ["order KM-104233 please", "and what's my balance"]
+    sources = [later[0], '{"orders": ["KM-118230"]}', later[1]]
+    offered = dict(((a, n), v) for a, n, v in grounded_values(starter_actions, sources, later))
+    assert offered["check_order", "order_id"] == ("KM-118230", "KM-104233")
+    corrected = ["order KM-104233 please", '{"orders": ["KM-118230"]}', "sorry, KM-104223"]
+    offered = dict(((a, n), v) for a, n, v in grounded_values(starter_actions, corrected, corrected[::2]))
+    assert offered["check_order", "order_id"] == ("KM-104223", "KM-118230")
+
+
 def test_a_call_can_only_copy_a_grounded_value(tokenizer, starter_actions):
     from bot.data.grounding import grounded_values
 

@@ -6,7 +6,8 @@ keeps the training data from teaching invention.
 
 The engine goes further: it copies grounded values instead of letting the model spell them.
 `grounded_values` lists, for each grounded argument, what the conversation holds that it could
-be (the matches of its `pattern`, or else runs of one to three words), and the tool-call
+be (the matches of its `pattern`, or else runs of one to three words; a value of its pattern in
+the customer's latest message replaces those of their earlier ones), and the tool-call
 constraint lets a call carry only one of those (bot.data.tool_schema). A value the customer
 never gave, or one garbled on the way ("BBN2 9PR", "ls8 1pw ta"), can then not be written.
 """
@@ -88,11 +89,14 @@ def _matches(spec: Argument, text: str) -> list[str]:
     return found
 
 
-def candidates(spec: Argument, sources: Iterable[str]) -> tuple[str, ...]:
-    """What a grounded argument may be in a conversation with `sources`, latest first: at most
-    MAX_VALUES, so a long conversation is read back only as far as it takes to find them."""
+def candidates(spec: Argument, sources: Iterable[str], skipped: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """What a grounded argument may be in a conversation with `sources` (those in `skipped`
+    left out), latest first: at most MAX_VALUES, so a long conversation is read back only as far
+    as it takes to find them."""
     found: dict[str, None] = {}
     for source in reversed(list(sources)):
+        if source in skipped:
+            continue
         for text in _texts(source):
             for value in _matches(spec, text) if spec.pattern else _spans(text):
                 if len(value) <= spec.max_chars:
@@ -102,11 +106,22 @@ def candidates(spec: Argument, sources: Iterable[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def grounded_values(actions: dict[str, Action], sources: Iterable[str]) -> GroundedValues:
+def superseded(spec: Argument, said: list[str]) -> frozenset[str]:
+    """The customer's earlier messages, when their latest one gives a value of the argument's
+    kind (its pattern): the latest value replaces them, as a slot takes the last value given. A
+    corrected postcode or account number is then the only one a call can carry; action results
+    keep their values. Empty for an argument without a pattern (any words could be one)."""
+    if not (spec.pattern and said and _matches(spec, said[-1])):
+        return frozenset()
+    return frozenset(said[:-1]) - {said[-1]}
+
+
+def grounded_values(actions: dict[str, Action], sources: Iterable[str], said: Iterable[str] = ()) -> GroundedValues:
     """For each grounded argument that the conversation offers values to, those values. An
     argument it offers none stays free: the model writes it, and the grounding check that runs
-    after (`ungrounded`) turns the call into a question to the customer."""
-    sources = list(sources)
+    after (`ungrounded`) turns the call into a question to the customer. `said`: the customer's
+    messages among `sources`, in order (a value in the latest one supersedes, see `superseded`)."""
+    sources, said = list(sources), list(said)
     found: dict[tuple, tuple[str, ...]] = {}  # one search per kind of value (account_id is in 9 actions)
     offered = []
     for action_name, action in actions.items():
@@ -115,7 +130,7 @@ def grounded_values(actions: dict[str, Action], sources: Iterable[str]) -> Groun
                 continue
             kind = (spec.pattern, spec.max_chars)
             if kind not in found:
-                found[kind] = candidates(spec, sources)
+                found[kind] = candidates(spec, sources, superseded(spec, said))
             if found[kind]:
                 offered.append((action_name, name, found[kind]))
     return tuple(offered)

@@ -15,6 +15,11 @@ def conversation_sources(messages: list[dict]) -> list[str]:
     return [m.get("content") or "" for m in messages if m["role"] in ("user", "tool")]
 
 
+def customer_messages(messages: list[dict]) -> list[str]:
+    """What the customer wrote, message by message (among `conversation_sources`)."""
+    return [m.get("content") or "" for m in messages if m["role"] == "user"]
+
+
 def to_messages(events: list[Event], system_prompt: str) -> list[dict]:
     """A stored conversation as the model's context, in the training format (bot.data.compiler).
 

@@ -57,7 +57,7 @@ from bot.data.schema import HANDOFF_TOOL
 from bot.engine.protocol import Finished
 from bot.engine.remote import ModelServerUnavailable
 from bot.engine.response_model import ResponseModel
-from bot.policy.context import conversation_sources, to_messages
+from bot.policy.context import conversation_sources, customer_messages, to_messages
 from bot.rendering import BotStep, handoff_step, parse_reply, tool_call_text
 
 log = logging.getLogger("bot.policy")
@@ -306,7 +306,7 @@ class ReplyPolicy:
         `Leak` is the last item."""
         visible = VisibleText()
         watch = model.leak_guard.stream()
-        grounded = grounded_values(model.profile.actions, conversation_sources(messages))
+        grounded = grounded_values(model.profile.actions, conversation_sources(messages), customer_messages(messages))
         stream = model.stream(messages, self.config.max_new_tokens, grounded=grounded, text_only=text_only)
         async with aclosing(stream) as pieces:
             async for item in pieces:
