@@ -105,19 +105,28 @@ def _test_entry(d: schema.Dialogue) -> dict[str, Any]:
     return {"id": d.id, "tags": list(d.tags), "file": d.doc.path, "expect": expect}
 
 
+def _hash(train_text: str) -> str:
+    return hashlib.sha256(train_text.encode()).hexdigest()[:16]
+
+
+def data_hash(data: schema.TrainingData) -> str:
+    """The hash a model trained on `data` records (index.json's `data_hash`), without writing."""
+    return _hash(_jsonl(to_examples(data, data.train)))
+
+
 def write(data: schema.TrainingData, build_dir: Path) -> CompiledData:
     """Write train.jsonl, test.jsonl, index.json (ids, tags, expectations and the data hash) and
     profile.json (what the server needs: system prompt, actions, handoff message)."""
     build_dir.mkdir(parents=True, exist_ok=True)
     train_text = _jsonl(to_examples(data, data.train))
     test_text = _jsonl(to_examples(data, data.test))
-    data_hash = hashlib.sha256(train_text.encode()).hexdigest()[:16]
+    hashed = _hash(train_text)
     index = {
-        "data_hash": data_hash,
+        "data_hash": hashed,
         "train": [{"id": d.id, "tags": list(d.tags), "file": d.doc.path} for d in data.train],
         "test": [_test_entry(d) for d in data.test],
     }
-    files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", data_hash)
+    files = CompiledData(build_dir / "train.jsonl", build_dir / "test.jsonl", build_dir / "index.json", hashed)
     profile = json.dumps(profile_of(data).to_json(), indent=2, ensure_ascii=False) + "\n"
     outputs = [
         (files.train_file, train_text),

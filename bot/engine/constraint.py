@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from functools import cached_property
 
 import llguidance
 import llguidance.hf
@@ -32,14 +31,25 @@ log = logging.getLogger("bot.engine")
 KEPT_GRAMMARS = 64  # compiled grammars of grounded values kept, least recently used dropped
 
 
+def _text_starts(tokenizer, vocab_size: int) -> torch.Tensor:
+    """Boolean mask of the tokens a text-only reply may start with: all but those whose text
+    (after leading whitespace) begins the tool-call tag or starts with it."""
+    pieces = tokenizer.batch_decode([[i] for i in range(vocab_size)])
+    opening = [
+        (lead := p.lstrip()) != "" and (TOOL_CALL_OPEN.startswith(lead) or lead.startswith(TOOL_CALL_OPEN))
+        for p in pieces
+    ]
+    return ~torch.tensor(opening, dtype=torch.bool)
+
+
 class ToolCallConstraint:
     """The call grammar compiled for one tokenizer (about a second: once per engine)."""
 
     def __init__(self, tokenizer, actions: dict[str, Action], vocab_size: int):
         self.vocab_size = vocab_size
         self.actions = actions
-        self.hf_tokenizer = tokenizer
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
+        self.text_starts = _text_starts(tokenizer, vocab_size)  # about half a second: here, not mid-batch
         self.template = self._compile(())
         if self.template.is_error():
             raise EngineError(f"the tool-call grammar does not compile: {self.template.get_error()}")
@@ -79,17 +89,6 @@ class ToolCallConstraint:
         if forced:
             follower.matcher = self.template_for(grounded)
         return follower
-
-    @cached_property
-    def text_starts(self) -> torch.Tensor:
-        """Boolean mask of the tokens a text-only reply may start with: all but those whose text
-        (after leading whitespace) begins the tool-call tag or starts with it. Computed once."""
-        pieces = self.hf_tokenizer.batch_decode([[i] for i in range(self.vocab_size)])
-        opening = [
-            (lead := p.lstrip()) != "" and (TOOL_CALL_OPEN.startswith(lead) or lead.startswith(TOOL_CALL_OPEN))
-            for p in pieces
-        ]
-        return ~torch.tensor(opening, dtype=torch.bool)
 
     def allowed(self, matcher: llguidance.LLMatcher) -> torch.Tensor:
         """Boolean mask over the vocabulary of the tokens `matcher` accepts next."""

@@ -21,6 +21,7 @@ from aiohttp import web
 from bot.config import Settings
 from bot.conversations.recovery import mark_interrupted_in_background
 from bot.conversations.retention import Retention, retention_of
+from bot.data.project import validate
 from bot.engine.response_model import ResponseModel, load_response_model
 from bot.pipelines.first_model import few_shot_base_model, needs_training
 from bot.runtime.action_server import action_server
@@ -116,8 +117,9 @@ async def _actions_beside(app: web.Application, package: str):
 
 async def _services(app: web.Application):
     settings = app[SETTINGS]
-    first = app[TRAIN_IF_NEEDED] and await asyncio.to_thread(needs_training, settings)
-    load = functools.partial(few_shot_base_model, settings) if first else app[LOADER]
+    data = await asyncio.to_thread(validate, settings) if app[TRAIN_IF_NEEDED] else None
+    first = data is not None and needs_training(settings, data)
+    load = functools.partial(few_shot_base_model, settings, data) if first else app[LOADER]
     async with open_services(settings, load_model=load, metrics=app[METRICS]) as services:
         app[STORE] = store = services.store
         app[CONVERSATIONS] = services.conversations

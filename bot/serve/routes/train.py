@@ -113,15 +113,15 @@ async def train_first_model(app: web.Application) -> None:
     """The first model of `bot serve --train-if-needed`: trains it as POST /api/train does (the
     console's Train panel follows and can cancel the job), then, if it passed the gate, swaps it
     in through the reload (no request fails). Otherwise the base model stays, and says why."""
+    interim = app[HOLDER].current
     job = await app[TRAINING].start()
     if job.follower:
         await asyncio.shield(job.follower)  # when the server stops, TrainingJobs.close stops the child
-    interim = app[HOLDER].current
     if job.state == SUCCEEDED and job.activated:
         async with app[RELOAD_LOCK]:
             if app[HOLDER].current is interim:  # an operator may have swapped in a model meanwhile
                 await swap_in_active_model(app)
         return
-    if app[HOLDER].current.model_id is None:
-        app[HOLDER].current.stage = stage_after(job.state)
+    if app[HOLDER].current is interim:
+        interim.stage = stage_after(job.state)
     log.warning("the first model was not swapped in (%s): %s", job.state, job.error or job.next_step())
