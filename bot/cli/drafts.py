@@ -164,7 +164,8 @@ def _summary(counts: dict, settings) -> int:
 
 
 AUGMENT_HELP = """The training dialogues rewritten in the shapes customers write (details before the
-bot asks, typos, text-speak, thanks, frustration), one draft per shape under training_data/drafts/.
+bot asks, two requests in one message, typos, text-speak, thanks, frustration), one draft per
+shape under training_data/drafts/.
 The bot's steps stay the same and every argument value stays exactly as it was. Nothing is trained
 on until a person accepts it: see 'bot data review'."""
 
@@ -213,7 +214,7 @@ def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
     augment.add_argument(
         "--shape",
         action="append",
-        choices=["details-first", "typos", "text-speak", "thanks", "irate", "mixed"],
+        choices=["details-first", "two-requests", "typos", "text-speak", "thanks", "irate", "mixed"],
         help="a shape to write (again for more; default: all)",
     )
     augment.add_argument("--tag", help="only dialogues with this tag")

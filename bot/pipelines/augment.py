@@ -8,13 +8,19 @@ call that uses it (the values themselves are never touched).
 - `details-first`: a customer who answers the bot's question for details (an account number, a
   postcode, an order number) gives them in the message before instead, and the question goes:
   "my bill is wrong" / "What's your account number?" / "51234567, BN2 9PR" becomes
-  "my bill is wrong. 51234567, BN2 9PR".
+  "my bill is wrong. 51234567, BN2 9PR". When the answer held nothing but the details, about half
+  the rewrites put them before the request instead ("51234567 BN2 9PR - my bill is wrong"), and
+  some write them in lower case ("bn2 9pr"), as customers do.
+- `two-requests`: the first message also asks what another dialogue's customer asked, where
+  that needs no account (a roaming price, an order, an outage, the plans on sale): "my bill is
+  wrong. Also, is KM-104233 on its way?". Both requests' calls run, and one reply answers both.
 - `typos`: a slip in about one word in four (two letters swapped, one dropped or doubled).
 - `text-speak`: lower case, no closing full stop, no apostrophes, "you" as "u", "please" as "pls".
 - `thanks`: a customer who gives details ends with "ta", "cheers", "thanks".
 - `irate`: the first message opens with frustration ("This is the third time I've asked.").
-- `mixed`: details first where the dialogue allows it, then one or two of the other shapes: one
-  rewrite of each dialogue in the ways customers combine them.
+- `mixed`: details first where the dialogue allows it, two requests in one message for about a
+  third of the dialogues that allow it, then one or two of the other shapes: one rewrite of each
+  dialogue in the ways customers combine them.
 
 The same dialogue and shape give the same draft every time (`seed` picks among the choices).
 """
@@ -44,6 +50,32 @@ IRATE = (
     "Nobody has sorted this yet.",
     "Not happy at all.",
 )
+DETAILS_BEFORE_SHARE = 0.5  # details-first rewrites that put the details before the request
+LOWER_CASE_SHARE = 0.3  # ... that write them in lower case
+DETAILS_JOINS = (" ", ", ", " / ")  # between two details given before the request
+BEFORE_JOINS = (" - ", ". ", ", ", " ")  # between the details and the request after them
+LABELS = {
+    "account_id": ("account", "acc", "account no"),
+    "postcode": ("postcode", "pc"),
+    "order_id": ("order", "order no"),
+}
+FILLER = set("it its it's is and my the sure yes yeah ok okay here you go are".split())  # around bare details
+TWO_REQUESTS_SHARE = 0.5  # mixed rewrites that also ask a second request in the first message
+ACCOUNTLESS = {"roaming_rates", "check_order", "check_outage", "list_plans"}  # second requests: no account needed
+ALSO = ("Also, ", "Oh and ", "And ", "While I'm here, ", "One more thing: ", "Plus ")
+UNMIXED_TAGS = {  # conversations nobody adds a second errand to, nor takes one from
+    "adversarial",
+    "security",
+    "fraud",
+    "injection",
+    "abuse",
+    "policy-bait",
+    "social-engineering",
+    "prompt-extraction",
+    "off-topic",
+}
+GREETING = re.compile(r"^(hi|hello|hiya|hey|morning|evening)\b[,!. ]*", re.IGNORECASE)
+OPENING_COURTESY = re.compile(r"^(Thanks|Thank you|Great|OK|Okay|Sure|Right)\b[^.!?]*[.!]\s+")
 TEXT_SPEAK = {"you": "u", "your": "ur", "please": "pls", "thanks": "thx", "are": "r", "to": "2", "for": "4"}
 
 
@@ -119,14 +151,107 @@ def _details_first(turns: list[dict], d: Dialogue, values: list[str], rng: rando
         asked, question, answer, call = turns[i : i + 4]
         if not ("user" in asked and "bot" in question and "user" in answer and "action" in call):
             continue
-        given = [v for v in (source_text(a) for a in call["args"].values()) if v]
-        if not any(v.lower() in answer["user"].lower() for v in given):
+        given = [(k, v) for k, v in ((k, source_text(a)) for k, a in call["args"].items()) if v]
+        given = [(k, v) for k, v in given if v.lower() in answer["user"].lower()]
+        if not given:
             continue
         first = asked["user"].rstrip()
-        joint = ". " if first[-1:].isalnum() else " "
-        merged = {"user": first + joint + answer["user"].strip()}
+        details = _details_alone(answer["user"], given, rng)
+        if details and rng.random() < DETAILS_BEFORE_SHARE:
+            if rng.random() < LOWER_CASE_SHARE:
+                details = details.lower()
+            merged = {"user": details + rng.choice(BEFORE_JOINS) + first}
+        else:
+            joint = ". " if first[-1:].isalnum() else " "
+            merged = {"user": first + joint + answer["user"].strip()}
         return turns[:i] + [merged] + turns[i + 3 :]
     return None
+
+
+def _details_alone(answer: str, given: list[tuple[str, str]], rng: random.Random) -> str | None:
+    """The details of an answer that holds nothing else ("It's 51234567 and BN2 9PR."), as a
+    customer puts them before a request: "51234567 BN2 9PR", "acc 51234567, postcode BN2 9PR".
+    None when the answer says more than its details, which must then stay where it was."""
+    rest = answer.lower()
+    for _, value in given:
+        rest = rest.replace(value.lower(), " ")
+    if any(w not in FILLER and w not in sum(LABELS.values(), ()) for w in re.findall(r"[a-z']+", rest)):
+        return None
+    labelled = rng.random() < 0.4
+    parts = [f"{rng.choice(LABELS.get(k, (k.replace('_', ' '),)))} {v}" if labelled else v for k, v in given]
+    return rng.choice(DETAILS_JOINS).join(parts)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A customer's first message that a dialogue answers with calls that need no account (a
+    roaming price, an order, an outage, the plans on sale) and a reply: a second request another
+    dialogue's customer can ask in the same message."""
+
+    source: str
+    user: str
+    steps: list[dict]
+    reply: str
+    arguments: frozenset[str]
+
+
+def _requests(data: TrainingData) -> list[Request]:
+    found = []
+    for d in data.train:
+        if "augmented" in d.tags or UNMIXED_TAGS & set(d.tags):
+            continue
+        turns = [_turn_dict(t) for t in d.turns]
+        end = 1
+        while end < len(turns) and "action" in turns[end]:
+            end += 1
+        if "user" not in turns[0] or end == 1 or end >= len(turns) or "bot" not in turns[end]:
+            continue
+        steps = turns[1:end]
+        if "train" in turns[end] or "?" in turns[end]["bot"] or any(t["action"] not in ACCOUNTLESS for t in steps):
+            continue  # a reply that asks something would leave the other dialogue's next turn answering it
+        user = GREETING.sub("", turns[0]["user"].strip())
+        arguments = frozenset(k for t in steps for k in t["args"])
+        found.append(Request(d.id, user[:1].lower() + user[1:], steps, turns[end]["bot"].strip(), arguments))
+    return found
+
+
+def _two_requests(
+    turns: list[dict], d: Dialogue, values: list[str], rng: random.Random, requests=()
+) -> list[dict] | None:
+    """Another dialogue's request that needs no account asked in this dialogue's first message
+    too: its calls run after this request's, and one reply answers both (the other request's
+    answer first when this reply asks the customer something). None for attacks and security
+    scares, when the first exchange ends in a handoff, or when no other request fits (the same
+    action or the same kind of detail)."""
+    if UNMIXED_TAGS & set(d.tags):
+        return None
+    end = 1
+    while end < len(turns) and "action" in turns[end]:
+        end += 1
+    if "user" not in turns[0] or end >= len(turns) or "bot" not in turns[end] or "train" in turns[end]:
+        return None
+    mine = turns[1:end]
+    names = {t["action"] for t in mine}
+    arguments = {k for t in turns if "action" in t for k in t["args"]}
+    fits = [
+        r
+        for r in requests
+        if r.source != d.id and not names & {t["action"] for t in r.steps} and not arguments & r.arguments
+    ]
+    if not fits:
+        return None
+    other = rng.choice(fits)
+    opener = turns[0]["user"].rstrip()
+    joint = " " if opener[-1:] in ".!?" else ". "
+    merged = {"user": opener + joint + rng.choice(ALSO) + other.user}
+    reply = turns[end]["bot"].strip()
+    if reply.endswith("?"):  # the question last, after its courtesy ("Thanks, Priya.") moved to the front
+        courtesy = OPENING_COURTESY.match(reply)
+        lead = courtesy.group() if courtesy else ""
+        both = f"{lead}{other.reply} {reply[len(lead) :]}"
+    else:
+        both = f"{reply} {OPENING_COURTESY.sub('', other.reply, count=1)}"
+    return [merged, *mine, *other.steps, {"bot": both}, *turns[end + 1 :]]
 
 
 def _map_users(turns: list[dict], change: Callable[[str], str]) -> list[dict]:
@@ -177,30 +302,40 @@ def _irate(turns, d, values, rng):
 SURFACE = {"typos": _typos, "text-speak": _text_speak, "thanks": _thanks, "irate": _irate}
 
 
-def _mixed(turns, d, values, rng):
+def _mixed(turns, d, values, rng, requests=()):
     """Details first where the dialogue allows, then one or two of the other shapes."""
     out = _details_first(turns, d, values, rng) or turns
+    if rng.random() < TWO_REQUESTS_SHARE:
+        out = _two_requests(out, d, values, rng, requests) or out
     for shape in rng.sample(sorted(SURFACE), k=rng.choice((1, 2))):
         out = SURFACE[shape](out, d, values, rng) or out
     return out
 
 
-SHAPES: dict[str, Callable] = {"details-first": _details_first, **SURFACE, "mixed": _mixed}
+SHAPES: dict[str, Callable] = {
+    "details-first": _details_first,
+    "two-requests": _two_requests,
+    **SURFACE,
+    "mixed": _mixed,
+}
 
 
 def variants(data: TrainingData, shapes: list[str], *, seed: int = 0, tag: str | None = None) -> list[Variant]:
-    """Each training dialogue (with `tag`, if given) in each shape that changes it."""
+    """Each training dialogue (with `tag`, if given) in each shape that changes it; dialogues
+    that are themselves rewrites (tagged `augmented`) are left out."""
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         raise UnknownShape(f"unknown shape '{unknown[0]}': choose from {', '.join(SHAPES)}")
     found = []
+    requests = _requests(data)
     for shape in shapes:
         for d in data.train:
-            if tag and tag not in d.tags:
-                continue
+            if (tag and tag not in d.tags) or "augmented" in d.tags:
+                continue  # a rewrite is never rewritten again: its slips would pile up
             turns = [_turn_dict(t) for t in d.turns]
             rng = random.Random(f"{seed}:{shape}:{d.id}")
-            rewritten = SHAPES[shape](turns, d, _argument_values(d), rng)
+            extra = {"requests": requests} if shape in ("two-requests", "mixed") else {}
+            rewritten = SHAPES[shape](turns, d, _argument_values(d), rng, **extra)
             if rewritten and rewritten != turns:
                 found.append(Variant(d, shape, rewritten))
     return found
