@@ -17,7 +17,7 @@ import pytest
 from bot.config import load_settings
 from bot.data.profile import profile_of
 from bot.data.project import validate
-from bot.engine.protocol import LENGTH, STOP, Engine, EngineClosed, EngineStats, Finished
+from bot.engine.protocol import LENGTH, PLAIN, STOP, Engine, EngineClosed, EngineStats, Finished
 from bot.engine.response_model import ResponseModel
 from bot.engine.text import IncrementalText
 
@@ -56,13 +56,11 @@ class ScriptedEngine(Engine):
             return self.replies(prompt_text)
         return self.replies.popleft() if self.replies else "Happy to help."
 
-    async def stream(
-        self, prompt_ids, max_new_tokens, *, tool_call=False, text_only=False, sampling=None, grounded=()
-    ):
+    async def stream(self, prompt_ids, max_new_tokens, decoding=PLAIN):
         if self.closed:
             raise EngineClosed("the model engine is closed")
         self.prompts.append(list(prompt_ids))
-        self.text_only.append(text_only)  # like an engine without the constraint, it may still call
+        self.text_only.append(decoding.text_only)  # like an engine without the constraint, it may still call
         reply = self.next_reply(self.tokenizer.decode(prompt_ids))
         eos = self.tokenizer.eos_token_id
         ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [eos]

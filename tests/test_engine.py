@@ -13,7 +13,7 @@ import torch
 
 from bot.engine.batch_engine import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
-from bot.engine.protocol import EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong, Sampling
+from bot.engine.protocol import Decoding, EngineBusy, EngineClosed, EngineError, Finished, PromptTooLong, Sampling
 from bot.engine.serial import SerialEngine
 
 
@@ -44,7 +44,7 @@ async def run(
     """`sampling`: temperature and seed (greedy without them)."""
     await asyncio.sleep(after)
     pieces, finished = [], None
-    stream = engine.stream(prompt, n, tool_call=tool_call, sampling=Sampling(**sampling))
+    stream = engine.stream(prompt, n, Decoding(tool_call, sampling=Sampling(**sampling)))
     async for item in stream:
         if isinstance(item, Finished):
             finished = item

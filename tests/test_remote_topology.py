@@ -26,7 +26,7 @@ from server_process import ServerProcess
 from store_isolation import REDIS_URL, postgres_schema, redis_prefix
 
 from bot.conversations.events import MODEL_UNAVAILABLE
-from bot.engine.protocol import EngineError
+from bot.engine.protocol import Decoding, EngineError
 from bot.engine.remote import RemoteEngine
 from bot.policy.reply import COULD_NOT_DO, NOT_UNDERSTOOD
 from bot.rendering import parse_reply
@@ -341,5 +341,5 @@ def test_a_front_end_whose_lock_server_is_down_stops_with_one_clear_line(tmp_pat
 async def test_a_remote_engine_refuses_to_force_a_tool_call():
     engine = RemoteEngine("http://127.0.0.1:9", "base")  # nothing listens: the refusal comes before any request
     with pytest.raises(EngineError, match="can't force a tool call"):
-        async with aclosing(engine.stream([1, 2], 4, tool_call=True)) as pieces:
+        async with aclosing(engine.stream([1, 2], 4, Decoding(tool_call=True))) as pieces:
             await anext(pieces)

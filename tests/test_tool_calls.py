@@ -18,7 +18,7 @@ from bot.data.schema import HANDOFF_REASON_MAX_CHARS
 from bot.data.tool_schema import tool_call_grammar, tool_call_schema
 from bot.engine.batch_engine import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
-from bot.engine.protocol import Finished, Sampling
+from bot.engine.protocol import Decoding, Finished, Sampling
 from bot.engine.weights import call_constraint, load_weights
 from bot.policy.reply import COULD_NOT_DO
 from bot.rendering import parse_reply, prompt_ids
@@ -106,7 +106,7 @@ async def test_a_tiny_model_forced_to_call_writes_a_declared_call(tmp_path, cach
 
     async def reply(question: str, forced: bool) -> Finished:
         ids = prompt_ids(weights.tokenizer, [system, {"role": "user", "content": question}])
-        async for item in engine.stream(ids, 400, tool_call=forced):
+        async for item in engine.stream(ids, 400, Decoding(tool_call=forced)):
             if isinstance(item, Finished):
                 return item
 
@@ -145,7 +145,7 @@ async def test_a_text_only_reply_cannot_open_a_call(tmp_path, cache_dir, tiny_ba
     ids = prompt_ids(tokenizer, [system, {"role": "user", "content": "where is my order"}])
 
     async def reply(text_only: bool) -> Finished:
-        async for item in engine.stream(ids, 12, text_only=text_only):
+        async for item in engine.stream(ids, 12, Decoding(text_only=text_only)):
             if isinstance(item, Finished):
                 return item
 
@@ -349,7 +349,7 @@ async def test_a_tiny_model_copies_grounded_values_into_its_calls(tmp_path, cach
                 grounded = grounded_values(actions, [message])
                 ids = prompt_ids(weights.tokenizer, [system, {"role": "user", "content": message}])
                 sampling = Sampling(temperature=1.0, seed=seed)
-                async for item in engine.stream(ids, 400, tool_call=True, sampling=sampling, grounded=grounded):
+                async for item in engine.stream(ids, 400, Decoding(True, sampling=sampling, grounded=grounded)):
                     if isinstance(item, Finished):
                         written.append((message, parse_reply(item.text)))
     finally:

@@ -63,6 +63,23 @@ GREEDY = Sampling()
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """What one request may write, beside how it picks its tokens. `tool_call`: the reply is a
+    tool call, under the tool-call constraint (EngineError from an engine without one).
+    `text_only`: the reply may not open a tool call: OpenAI's `tool_choice: "none"` (the policy
+    asks it after an action's repeat or the last allowed action). `grounded`: the values a
+    grounded argument of a call may copy (bot.data.grounding)."""
+
+    tool_call: bool = False
+    text_only: bool = False
+    sampling: Sampling = GREEDY
+    grounded: GroundedValues = ()
+
+
+PLAIN = Decoding()  # greedy text or a call, as the model chooses
+
+
+@dataclass(frozen=True)
 class Finished:
     """The last item of a stream: what was generated and how it went."""
 
@@ -97,23 +114,15 @@ class Engine(ABC):
 
     @abstractmethod
     def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        *,
-        tool_call: bool = False,
-        text_only: bool = False,
-        sampling: Sampling = GREEDY,
-        grounded: GroundedValues = (),
+        self, prompt_ids: Sequence[int], max_new_tokens: int, decoding: Decoding = PLAIN
     ) -> AsyncIterator[str | Finished]:
         """Text pieces as they are generated, then one `Finished`. Raises an EngineError
         subclass for a request that can't be served. Closing the iterator early cancels this
         request alone. An engine with the tool-call constraint keeps any call the reply opens
-        valid, its grounded arguments copied from `grounded` (bot.data.grounding);
-        `tool_call=True` makes the whole reply a call (structured output, OpenAI's tool_choice
-        "required"); `text_only=True` keeps it from opening one (tool_choice "none"; an engine
-        without the constraint may still open one). `sampling`: greedy unless it says otherwise
-        (see Sampling)."""
+        valid, its grounded arguments copied from `decoding.grounded`; `decoding.tool_call`
+        makes the whole reply a call (structured output, OpenAI's tool_choice "required");
+        `decoding.text_only` keeps it from opening one (tool_choice "none"; an engine without the
+        constraint may still open one). Greedy unless `decoding.sampling` says otherwise."""
 
     @abstractmethod
     async def close(self) -> None:

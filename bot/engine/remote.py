@@ -10,7 +10,7 @@ sent (vLLM drops special tokens from the text, so a stop string could never matc
 Differences from the in-process engines:
 - The tool-call constraint (bot.engine.constraint) can't run inside a remote decode loop, so
   none is applied: a malformed call becomes a failed call in the dialogue (parse_reply), as
-  with any engine. `tool_call=True` (a reply that must be a call) raises EngineError.
+  with any engine. `Decoding(tool_call=True)` (a reply that must be a call) raises EngineError.
 - The server sends text, not token ids: `Finished.token_ids` is empty and
   `Finished.completion_tokens` carries the server's usage count.
 - Any failure to get a reply (server down, slower than `timeout_s` to the first text or between
@@ -32,17 +32,16 @@ from contextlib import aclosing
 
 import aiohttp
 
-from bot.data.grounding import GroundedValues
 from bot.engine.protocol import (
-    GREEDY,
     LENGTH,
+    PLAIN,
     STOP,
+    Decoding,
     Engine,
     EngineClosed,
     EngineError,
     EngineStats,
     Finished,
-    Sampling,
 )
 
 
@@ -84,18 +83,14 @@ class RemoteEngine(Engine):
         return ModelServerUnavailable(f"the model server at {self.url} {reason}")
 
     async def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        *,
-        tool_call: bool = False,
-        text_only: bool = False,  # not enforced: a call the reply opens anyway is refused by the policy
-        sampling: Sampling = GREEDY,
-        grounded: GroundedValues = (),  # not sent: the model server's calls are checked after (grounding)
+        self, prompt_ids: Sequence[int], max_new_tokens: int, decoding: Decoding = PLAIN
     ) -> AsyncIterator[str | Finished]:
+        """`decoding.text_only` is not enforced (a call the reply opens anyway is refused by the
+        policy) and `decoding.grounded` not sent (the model server's calls are checked after)."""
+        sampling = decoding.sampling
         if self.closed:
             raise EngineClosed("the model engine is closed")
-        if tool_call:
+        if decoding.tool_call:
             raise EngineError("a remote model server can't force a tool call (the constraint runs only in process)")
         body = {
             "model": self.model,

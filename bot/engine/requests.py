@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Sequence
 
 import torch
 
-from bot.data.grounding import GroundedValues
 from bot.engine.constraint import CallFollower, ToolCallConstraint
 from bot.engine.protocol import (
     CANCELLED,
     GREEDY,
+    PLAIN,
+    Decoding,
     Engine,
     EngineBusy,
     EngineClosed,
@@ -236,21 +237,17 @@ class ThreadedEngine(Engine):
             raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
 
     async def stream(
-        self,
-        prompt_ids: Sequence[int],
-        max_new_tokens: int,
-        *,
-        tool_call: bool = False,
-        text_only: bool = False,
-        sampling: Sampling = GREEDY,
-        grounded: GroundedValues = (),
+        self, prompt_ids: Sequence[int], max_new_tokens: int, decoding: Decoding = PLAIN
     ) -> AsyncIterator[str | Finished]:
         self.check(prompt_ids, max_new_tokens)
-        if tool_call and not self.constraint:
+        if decoding.tool_call and not self.constraint:
             raise EngineError("this engine has no tool-call constraint")
-        request = Request(prompt_ids, max_new_tokens, self.tokenizer, asyncio.get_running_loop(), sampling=sampling)
+        loop = asyncio.get_running_loop()
+        request = Request(prompt_ids, max_new_tokens, self.tokenizer, loop, sampling=decoding.sampling)
         if self.constraint:
-            request.calls = self.constraint.follow(forced=tool_call, text_only=text_only, grounded=grounded)
+            request.calls = self.constraint.follow(
+                forced=decoding.tool_call, text_only=decoding.text_only, grounded=decoding.grounded
+            )
         self._in_flight += 1
         try:
             self.submit(request)

@@ -20,7 +20,7 @@ from bot.data.grounding import GroundedValues
 from bot.data.leak_guard import LeakGuard
 from bot.data.profile import BotProfile
 from bot.engine.frontend import load_frontend
-from bot.engine.protocol import GREEDY, Engine, Finished, Sampling
+from bot.engine.protocol import GREEDY, Decoding, Engine, Finished, Sampling
 from bot.engine.remote import ModelServerUnavailable, RemoteEngine
 from bot.rendering import fitted_prompt_ids
 
@@ -75,9 +75,8 @@ class ResponseModel:
             ids = await asyncio.to_thread(self.prompt, messages, max_new_tokens, gone)  # a few ms: off the event loop
         finally:
             gone.set()  # the thread ends at its next check if this await was cancelled; a no-op otherwise
-        stream = self.engine.stream(
-            ids, max_new_tokens, sampling=self.sampling, grounded=grounded, text_only=text_only
-        )
+        decoding = Decoding(text_only=text_only, sampling=self.sampling, grounded=grounded)
+        stream = self.engine.stream(ids, max_new_tokens, decoding)
         async for item in stream:
             yield item
 
