@@ -311,6 +311,23 @@ def test_a_value_the_customer_corrects_replaces_the_earlier_one(starter_actions)
     assert offered["check_order", "order_id"] == ("KM-104223", "KM-118230")
 
 
+def test_a_plan_code_is_copied_from_the_plans_on_sale(tokenizer, starter_actions):
+    """The catalogue changes: a code remembered from training (BB-FULL-900) can't be sent when
+    list_plans returned another (B-900); neither can a code the customer's words only suggest."""
+    from bot.data.grounding import grounded_values
+
+    plans = '{"plans": [{"code": "B-500", "name": "Full Fibre 500"}, {"code": "B-900", "name": "Full Fibre 900"}]}'
+    sources = ["40288163 LS8 1PW, the fastest broadband please", '{"verified": true}', plans, "yes the 900 one"]
+    grounded = grounded_values(starter_actions, sources)
+    assert dict(((a, n), v) for a, n, v in grounded)["change_plan", "plan_code"] == ("B-500", "B-900")
+    constraint = ToolCallConstraint(tokenizer, starter_actions, len(tokenizer))
+    for code, allowed in (("B-900", True), ("BB-FULL-900", False), ("B-9000", False)):
+        matcher = constraint.template_for(grounded)
+        text = call("change_plan", account_id="40288163", plan_code=code)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert (matcher.consume_tokens(ids) and matcher.is_accepting()) is allowed, code
+
+
 def test_a_call_can_only_copy_a_grounded_value(tokenizer, starter_actions):
     from bot.data.grounding import grounded_values
 
