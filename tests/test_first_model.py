@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -76,9 +77,11 @@ async def test_the_base_model_answers_while_the_first_model_trains_then_it_takes
         prompt = interim.profile.system_prompt
         assert "Example conversation 1:" in prompt and shown[0].turns[0].user in prompt
         assert await chat(client, "early") == 200
+        answered, served_by = time.time(), client.app[HOLDER].current
 
         job = (await (await client.get("/api/train", headers=ADMIN)).json())["job"]
-        assert job is not None and job["state"] == "running"
+        # The job had started, and its model (trained, then gated) was not yet in: the base answered.
+        assert job is not None and job["started"] < answered and served_by is interim
 
         statuses = []
 

@@ -109,8 +109,8 @@ def fail_after_the_first_piece(engine, error: BaseException) -> None:
     """The engine's streams fail after their first piece of text."""
     original = engine.stream
 
-    async def failing(prompt_ids, max_new_tokens, **kwargs):
-        async with aclosing(original(prompt_ids, max_new_tokens, **kwargs)) as items:
+    async def failing(prompt_ids, max_new_tokens, *decoding):
+        async with aclosing(original(prompt_ids, max_new_tokens, *decoding)) as items:
             async for item in items:
                 yield item
                 raise error
