@@ -59,6 +59,7 @@ LABELS = {
     "postcode": ("postcode", "pc"),
     "order_id": ("order", "order no"),
 }
+LABEL_WORDS = {w for labels in LABELS.values() for label in labels for w in label.split()}
 FILLER = set("it its it's is and my the sure yes yeah ok okay here you go are".split())  # around bare details
 TWO_REQUESTS_SHARE = 0.5  # mixed rewrites that also ask a second request in the first message
 ACCOUNTLESS = {"roaming_rates", "check_order", "check_outage", "list_plans"}  # second requests: no account needed
@@ -175,7 +176,7 @@ def _details_alone(answer: str, given: list[tuple[str, str]], rng: random.Random
     rest = answer.lower()
     for _, value in given:
         rest = rest.replace(value.lower(), " ")
-    if any(w not in FILLER and w not in sum(LABELS.values(), ()) for w in re.findall(r"[a-z']+", rest)):
+    if any(w not in FILLER and w not in LABEL_WORDS for w in re.findall(r"[a-z']+", rest)):
         return None
     labelled = rng.random() < 0.4
     parts = [f"{rng.choice(LABELS.get(k, (k.replace('_', ' '),)))} {v}" if labelled else v for k, v in given]
@@ -195,19 +196,28 @@ class Request:
     arguments: frozenset[str]
 
 
+def _first_reply(turns: list[dict]) -> int | None:
+    """Where the bot's first text reply stands when the dialogue opens with the customer, then
+    only actions, then that reply (trained on); None otherwise (a handoff, an untrained reply)."""
+    end = 1
+    while end < len(turns) and "action" in turns[end]:
+        end += 1
+    if "user" not in turns[0] or end >= len(turns) or "bot" not in turns[end] or "train" in turns[end]:
+        return None
+    return end
+
+
 def _requests(data: TrainingData) -> list[Request]:
     found = []
     for d in data.train:
         if "augmented" in d.tags or UNMIXED_TAGS & set(d.tags):
             continue
         turns = [_turn_dict(t) for t in d.turns]
-        end = 1
-        while end < len(turns) and "action" in turns[end]:
-            end += 1
-        if "user" not in turns[0] or end == 1 or end >= len(turns) or "bot" not in turns[end]:
-            continue
+        end = _first_reply(turns)
+        if end is None or end == 1:
+            continue  # no call before the first reply: nothing to ask alongside another request
         steps = turns[1:end]
-        if "train" in turns[end] or "?" in turns[end]["bot"] or any(t["action"] not in ACCOUNTLESS for t in steps):
+        if "?" in turns[end]["bot"] or any(t["action"] not in ACCOUNTLESS for t in steps):
             continue  # a reply that asks something would leave the other dialogue's next turn answering it
         user = GREETING.sub("", turns[0]["user"].strip())
         arguments = frozenset(k for t in steps for k in t["args"])
@@ -223,12 +233,8 @@ def _two_requests(
     answer first when this reply asks the customer something). None for attacks and security
     scares, when the first exchange ends in a handoff, or when no other request fits (the same
     action or the same kind of detail)."""
-    if UNMIXED_TAGS & set(d.tags):
-        return None
-    end = 1
-    while end < len(turns) and "action" in turns[end]:
-        end += 1
-    if "user" not in turns[0] or end >= len(turns) or "bot" not in turns[end] or "train" in turns[end]:
+    end = _first_reply(turns)
+    if end is None or UNMIXED_TAGS & set(d.tags):
         return None
     mine = turns[1:end]
     names = {t["action"] for t in mine}
