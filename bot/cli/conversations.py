@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from bot.cli.drafts import with_store
+from bot.cli.parsing import command_group
 
 
 def cmd_redact(args) -> int:
@@ -20,8 +21,7 @@ def cmd_redact(args) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    conversations = commands.add_parser("conversations", help="stored conversations")
-    conversation_actions = conversations.add_subparsers(dest="conversations_command", required=True, metavar="ACTION")
+    conversation_actions = command_group(commands, "conversations", "stored conversations")
     redact = conversation_actions.add_parser(
         "redact", help="replace the personal data of one stored conversation in place (a data-protection request)"
     )

@@ -9,6 +9,7 @@ import os
 
 from bot.cli import drafts
 from bot.cli.output import text_table
+from bot.cli.parsing import command_group
 
 
 def _stats_row_order(item) -> tuple[bool, bool, str]:
@@ -82,16 +83,17 @@ def cmd_compile(args) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    data = commands.add_parser("data", help="check and compile training_data/")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    data_commands.add_parser("validate", help="check every file; list every problem").set_defaults(run=cmd_validate)
-    data_commands.add_parser("compile", help="write build/train.jsonl and build/test.jsonl").set_defaults(
-        run=cmd_compile
+    data_commands = command_group(commands, "data", "check and compile training_data/")
+    actions = (
+        ("validate", "check every file; list every problem", cmd_validate),
+        ("compile", "write build/train.jsonl and build/test.jsonl", cmd_compile),
+        ("stats", "dialogues, turns and tokens per tag, without writing", cmd_stats),
+        (
+            "tool-schema",
+            'the JSON Schema of a tool call (vLLM\'s structured output: {"json": schema})',
+            cmd_tool_schema,
+        ),
     )
-    data_commands.add_parser("stats", help="dialogues, turns and tokens per tag, without writing").set_defaults(
-        run=cmd_stats
-    )
-    data_commands.add_parser(
-        "tool-schema", help='the JSON Schema of a tool call (vLLM\'s structured output: {"json": schema})'
-    ).set_defaults(run=cmd_tool_schema)
+    for name, help, run in actions:
+        data_commands.add_parser(name, help=help).set_defaults(run=run)
     drafts.add_data_commands(data_commands)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from bot.cli.output import text_table
+from bot.cli.parsing import command_group
 
 
 def cmd_models_list(args) -> int:
@@ -74,8 +75,7 @@ def cmd_models_export(args) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    model_cmds = commands.add_parser("models", help="list, activate and export trained models")
-    model_actions = model_cmds.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    model_actions = command_group(commands, "models", "list, activate and export trained models")
     model_actions.add_parser("list", help="a table of trained models").set_defaults(run=cmd_models_list)
     activate = model_actions.add_parser("activate", help="make a model the one the server loads")
     activate.add_argument("id")

@@ -80,17 +80,18 @@ def cmd_train(args) -> int:
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="fine-tune a LoRA adapter on the training data and activate it")
-    train.add_argument("--resume", action="store_true", help="continue the last interrupted run from its checkpoint")
-    train.add_argument("--if-needed", action="store_true", help="do nothing when a model already matches the data")
-    train.add_argument("--force", action="store_true", help="activate the new model even if it fails the gate")
-    train.add_argument(
-        "--config",
-        metavar="FILE",
-        help="apply FILE's 'train:' section over config.yml's (e.g. the tuned.yml 'bot tune' writes)",
-    )
-    train.add_argument(
-        "--progress-file",
-        metavar="FILE",
-        help="write progress as JSON lines to FILE instead of progress bars (steps, ETA, loss, the gate's verdict)",
-    )
+    switches = {
+        "--resume": "continue the last interrupted run from its checkpoint",
+        "--if-needed": "do nothing when a model already matches the data",
+        "--force": "activate the new model even if it fails the gate",
+    }
+    for flag, help in switches.items():
+        train.add_argument(flag, action="store_true", help=help)
+    files = {
+        "--config": "apply FILE's 'train:' section over config.yml's (e.g. the tuned.yml 'bot tune' writes)",
+        "--progress-file": "write progress as JSON lines to FILE instead of progress bars "
+        "(steps, ETA, loss, the gate's verdict)",
+    }
+    for flag, help in files.items():
+        train.add_argument(flag, metavar="FILE", help=help)
     train.set_defaults(run=cmd_train)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from bot.cli.output import text_table
+from bot.cli.output import say, text_table
 
 TUNE_HELP = """\
 Grid-search the training settings that matter (learning rate, epochs, LoRA rank, lora.top_layers)
@@ -67,9 +66,6 @@ def cmd_tune(args) -> int:
     grid = load_grid(Path(args.grid), args.grid) if args.grid else None
     reduced = True if args.reduced else False if args.full else None
     output = Path(args.output).resolve() if args.output else None
-
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     result = tune(settings, grid=grid, reduced=reduced, output=output, report=say)
     document, best = result.document, result.best
