@@ -284,7 +284,7 @@ async def test_handoff_webhook_agent_reply_and_resume(tmp_path, cache_dir, serve
     )
     project = make_project(tmp_path / "p", cache_dir, endpoints=endpoints)
     replies = [
-        "I can help with orders and returns.",
+        "I can't decide refunds myself, but a colleague can. Shall I pass you over if you need one?",
         call("handoff_to_human", reason="customer wants a refund decision"),
         "Welcome back! Anything else?",
     ]

@@ -307,6 +307,7 @@ async def test_a_tool_call_carrying_the_secret_or_the_prompt_is_never_run(tmp_pa
     replies = [
         call("check_order", order_id="ES-1001 example canary 1"),
         call("check_order", order_id=run),
+        "I can pass you to a colleague. Would you like that?",
         call("handoff_to_human", reason=run),
     ]
     client, model = await serve(project, replies)
@@ -325,9 +326,10 @@ async def test_a_tool_call_carrying_the_secret_or_the_prompt_is_never_run(tmp_pa
     assert not any(e["type"] in ("action", "action_rejected", "action_failed") for e in stored)
 
     # a handoff still happens, but its reason (which agents read) is withheld
-    response = await client.post("/webhooks/rest/webhook", json={"sender": "t-3", "message": "this is going nowhere"})
+    await client.post("/webhooks/rest/webhook", json={"sender": "t-3", "message": "this is going nowhere"})
+    response = await client.post("/webhooks/rest/webhook", json={"sender": "t-3", "message": "yes"})
     assert [m["text"] for m in await response.json()] == [model.profile.handoff_message]
-    stored = await client.app[STORE].events("t-3")
+    stored = (await client.app[STORE].events("t-3"))[2:]
     assert [e["type"] for e in stored] == ["user", "guarded", "handoff"]
     assert stored[2]["reason"] == "" and stored[1]["where"] == "handoff_reason"
     assert await _metric(client, SECRET, "tool_call") == 1 and await _metric(client, PROMPT, "tool_call") == 1

@@ -14,16 +14,19 @@ import torch
 import yaml
 from serve_support import chat, make_project, settings_of, stored_events
 
-from bot.data.schema import HANDOFF_REASON_MAX_CHARS
+from bot.data.compiler import tool_call_message
+from bot.data.schema import DEFAULT_HANDOFF_OFFER, HANDOFF_REASON_MAX_CHARS
 from bot.data.tool_schema import tool_call_grammar, tool_call_schema
 from bot.engine.batch_engine import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.protocol import Decoding, Finished, Sampling
 from bot.engine.weights import call_constraint, load_weights
+from bot.policy.context import handoff_unprompted
 from bot.policy.reply import COULD_NOT_DO
 from bot.rendering import parse_reply, prompt_ids
 
 ROOT = Path(__file__).resolve().parent.parent
+OFFERED = DEFAULT_HANDOFF_OFFER
 PHRASINGS = yaml.safe_load((ROOT / "tests" / "data" / "asking_for_a_person.yml").read_text())
 
 
@@ -170,7 +173,8 @@ async def test_a_text_only_reply_cannot_open_a_call(tmp_path, cache_dir, tiny_ba
             '<tool_call>{"name": "check_order", "arguments": {"order_id": KM-104233}}</tool_call>',
             COULD_NOT_DO,
         ),
-        ('<tool_call>{"name": "handoff_to_human", "arguments": {"reason": "Customer asked for KM-120448 (KM', None),
+        # a broken handoff is the model's handoff: unasked and unoffered, it is an offer of a person
+        ('<tool_call>{"name": "handoff_to_human", "arguments": {"reason": "Customer asked for KM-120448 (KM', OFFERED),
         ('Let me look that up. <tool_call>{"name": "check_order"', "Let me look that up."),
     ],
 )
@@ -179,10 +183,7 @@ async def test_a_broken_call_never_reaches_the_customer(tmp_path, cache_dir, ser
     events = await chat(client, "b1", "where's my order KM-104233?")
     assert "tool_call" not in shown(events) and "{" not in shown(events)
     log = await stored_events(client, "b1")
-    if expected is None:  # a broken handoff is still a handoff
-        assert log[-1]["type"] == "handoff" and [d["type"] for n, d in events if n == "message"] == ["handoff"]
-    else:
-        assert [d["text"] for n, d in events if n == "message"] == [expected]
+    assert [d["text"] for n, d in events if n == "message"] == [expected]
     if expected == COULD_NOT_DO:
         assert [e["type"] for e in log] == ["user", "action_failed", "bot"] and "malformed" in log[1]["error"]
 
@@ -195,6 +196,52 @@ async def test_a_broken_call_never_reaches_the_customer(tmp_path, cache_dir, ser
         }
         answer = await (await client.post("/v1/chat/completions", json=body)).text()
         assert "tool_call" not in answer.replace('"tool_calls"', "") and "KM-10'" not in answer
+
+
+async def test_the_model_hands_over_unasked_only_after_offering_a_person(tmp_path, cache_dir, serve):
+    """A handoff out of the blue ("ta" after a finished task) becomes an offer of a person; the
+    customer's yes, answered with the model's handoff, gets one. A handoff after the bot offered
+    a person, or after an action's result, goes ahead at once."""
+    handoff = call("handoff_to_human", reason="Customer wants the roaming charge refunded.")
+    replies = ["You're welcome!", handoff, handoff, handoff]
+    client, model = await serve(starter_project(tmp_path, cache_dir), replies)
+    await chat(client, "o1", "what does roaming cost in spain")
+    events = await chat(client, "o1", "brill, ta")
+    assert [(d["type"], d["text"]) for n, d in events if n == "message"] == [("bot", OFFERED)]
+    log = await stored_events(client, "o1")
+    assert log[-1]["by"] == "handoff_offer" and not any(e["type"] == "handoff" for e in log)
+
+    events = await chat(client, "o1", "yes please")
+    assert [d["type"] for n, d in events if n == "message"] == ["handoff"]
+    log = await stored_events(client, "o1")
+    assert (log[-1]["type"], log[-1]["by"], log[-1]["reason"]) == (
+        "handoff",
+        "model",
+        "Customer wants the roaming charge refunded.",
+    )
+    assert len(model.engine.prompts) == 3  # the offer cost no generation of its own
+
+
+@pytest.mark.parametrize(
+    ("said", "unprompted"),
+    [
+        (None, True),  # the first message
+        ("There's no outage near LS8 1PW.", True),
+        ("I can't refund that myself, but a colleague can. Shall I pass you over?", False),
+        ("I can put you through to our team if you'd like.", False),
+        (DEFAULT_HANDOFF_OFFER, False),
+        (COULD_NOT_DO, False),
+    ],
+)
+def test_a_handoff_is_unprompted_unless_a_person_was_offered(said, unprompted):
+    messages = [{"role": "system", "content": "You are Wren."}, {"role": "user", "content": "hi"}]
+    if said:
+        messages.append({"role": "assistant", "content": said})
+    messages.append({"role": "user", "content": "yes"})
+    assert handoff_unprompted(messages) is unprompted
+    # after an action's result, the model's handoff answers what the action found
+    result = [tool_call_message("call_1", "verify_customer", {}), {"role": "tool", "content": "{}"}]
+    assert handoff_unprompted(messages + result) is False
 
 
 async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, serve):

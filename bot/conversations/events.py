@@ -43,6 +43,7 @@ MESSAGES = (USER, BOT, AGENT)
 ACTION_PROBLEMS = (ACTION_FAILED, ACTION_REJECTED)
 
 GUARD = "leak_guard"  # `by` of the refusal that stands in for what the leak guard stopped
+OFFER = "handoff_offer"  # `by` of the question that offers a person where the model would have handed over unasked
 UNGROUNDED = "ungrounded"  # the reason of an action_rejected event whose values the customer never gave
 
 
@@ -59,8 +60,9 @@ def bot_message(
     text: str | None, by: str | None = None, buttons: list | None = None, image: str | None = None
 ) -> Event:
     """A message shown to the customer as the bot's. `by`: what wrote it when not the model: an
-    action's name (its `buttons` and `image` come with it), the leak guard (GUARD) or
-    MODEL_UNAVAILABLE (the apology standing in for a reply the model server could not give)."""
+    action's name (its `buttons` and `image` come with it), the leak guard (GUARD), the reply
+    policy's offer of a person (OFFER) or MODEL_UNAVAILABLE (the apology standing in for a reply
+    the model server could not give)."""
     return new_event(BOT, text=text, by=by, buttons=buttons, image=image)
 
 

@@ -16,7 +16,15 @@ from pathlib import Path
 from bot.data.person_classifier import PersonRequestDetector, training_examples
 from bot.data.person_requests import PersonRequestRule
 from bot.data.prompt import system_prompt
-from bot.data.schema import DEFAULT_REFUSAL, Action, BotTurn, PersonExample, PersonRequests, TrainingData
+from bot.data.schema import (
+    DEFAULT_HANDOFF_OFFER,
+    DEFAULT_REFUSAL,
+    Action,
+    BotTurn,
+    PersonExample,
+    PersonRequests,
+    TrainingData,
+)
 
 PROFILE_FILE = "profile.json"
 
@@ -35,6 +43,7 @@ class BotProfile:
     # What the person-request classifier learns from (bot.data.person_classifier); None: not
     # known (a model trained before profiles carried them): the project's examples stand in.
     person_examples: tuple[PersonExample, ...] | None = None
+    handoff_offer: str = DEFAULT_HANDOFF_OFFER
 
     @cached_property
     def person_detector(self) -> PersonRequestDetector:
@@ -46,6 +55,7 @@ class BotProfile:
             "system_prompt": self.system_prompt,
             "actions": {name: action.model_dump(mode="json", by_alias=True) for name, action in self.actions.items()},
             "handoff_message": self.handoff_message,
+            "handoff_offer": self.handoff_offer,
             "secret": self.secret,
             "person_requests": self.person_requests.model_dump(mode="json"),
             "refusal": self.refusal,
@@ -70,6 +80,7 @@ class BotProfile:
             value.get("refusal", DEFAULT_REFUSAL),
             tuple(taught) if taught is not None else None,
             tuple(PersonExample(text, bool(asks)) for text, asks in examples) if examples is not None else None,
+            value.get("handoff_offer", DEFAULT_HANDOFF_OFFER),
         )
 
     def argument_problems(self, name: str, arguments: dict) -> list[str]:
@@ -106,6 +117,7 @@ def profile_of(data: TrainingData) -> BotProfile:
         persona.refusal,
         tuple(taught),
         training_examples(data),
+        persona.handoff_offer,
     )
 
 

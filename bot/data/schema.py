@@ -19,6 +19,7 @@ HANDOFF_TOOL = "handoff_to_human"
 DEFAULT_MAX_CHARS = 64  # a text argument's longest value in a tool call (ids, dates, codes)
 HANDOFF_REASON_MAX_CHARS = 160  # the handoff's free-text reason: one sentence for the agent
 DEFAULT_REFUSAL = "Sorry, I can't share that. Is there anything else I can help you with?"
+DEFAULT_HANDOFF_OFFER = "A member of our team is best placed to help with this. Would you like me to pass you to them?"
 ArgType = Literal["string", "integer", "number", "boolean"]
 PYTHON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
@@ -47,6 +48,12 @@ class Persona(Strict):
     rules: list[str] = []
     secret: str = Field("", description="Marker in the system prompt that must never appear in a reply.")
     handoff_message: str = "I'm passing you to a member of our team, who will reply here shortly."
+    handoff_offer: str = Field(
+        DEFAULT_HANDOFF_OFFER,
+        min_length=1,
+        description="Asked instead of handing over when the model would hand over a customer who neither "
+        "asked for a person nor was offered one; a yes gets the handoff.",
+    )
     asking_for_a_person: PersonRequests = Field(
         default_factory=lambda: PersonRequests(),
         description="Messages that ask for a person are handed off before the model answers.",

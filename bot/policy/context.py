@@ -4,10 +4,28 @@ format of bot.data.compiler, and where grounded argument values may come from.""
 from __future__ import annotations
 
 import json
+import re
 
 from bot.conversations.events import ACTION, AGENT, BOT, HANDOFF, USER, Event
 from bot.data.compiler import tool_call_message
 from bot.data.schema import HANDOFF_TOOL
+
+# The bot offering to pass the customer to a person: "Shall I pass you to a colleague?", "I can
+# put you through to our team", "A member of our team can look at that, would you like me to?"
+PERSON_OFFERED = re.compile(
+    r"(?i)\b(?:pass|put|transfer|connect|hand|refer)(?:ing)? (?:you|this|it)\b"
+    r"|\b(?:colleagues?|agents?|advis[eo]rs?|member of (?:our|the) team|our team)\b"
+)
+
+
+def handoff_unprompted(messages: list[dict]) -> bool:
+    """Whether a handoff now would come out of the blue: the step answers a customer's message
+    (not an action's result) and the bot's last message before it offered no person. (Whether
+    the customer asked for one is the person-request detector's to say.)"""
+    if not messages or messages[-1]["role"] != "user":
+        return False
+    said = [m.get("content") for m in messages[:-1] if m["role"] == "assistant" and m.get("content")]
+    return not (said and PERSON_OFFERED.search(said[-1]))
 
 
 def conversation_sources(messages: list[dict]) -> list[str]:

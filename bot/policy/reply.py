@@ -6,6 +6,9 @@ the first step of an answer, scored against the reference), and the conversation
 
 What the policy decides, in order:
 - the person rule: a customer who asks for a person is handed off before the model answers;
+- the model's own handoff goes ahead after an action's result or when the bot's last message
+  offered a person; where it would come out of the blue, the bot offers a person instead
+  (the persona's `handoff_offer`), and the customer's yes gets the handoff;
 - the model writes, its tool calls kept well-formed by the engine's tool-call constraint;
 - a call is checked against its declaration (argument names, types, enums), then its grounded
   arguments (`from: conversation`) against what the customer wrote and what actions returned;
@@ -39,6 +42,7 @@ from bot.conversations.events import (
     GUARD,
     HANDOFF,
     MODEL_UNAVAILABLE,
+    OFFER,
     UNGROUNDED,
     Event,
     action_failed,
@@ -57,7 +61,7 @@ from bot.data.schema import HANDOFF_TOOL
 from bot.engine.protocol import Finished
 from bot.engine.remote import ModelServerUnavailable
 from bot.engine.response_model import ResponseModel
-from bot.policy.context import conversation_sources, customer_messages, to_messages
+from bot.policy.context import conversation_sources, customer_messages, handoff_unprompted, to_messages
 from bot.rendering import BotStep, handoff_step, parse_reply, tool_call_text
 
 log = logging.getLogger("bot.policy")
@@ -254,20 +258,27 @@ class ReplyPolicy:
                 "conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text
             )
             if reply.broken_call == HANDOFF_TOOL:
-                yield handed_off("model", "", text=model.profile.handoff_message)
+                yield self._model_handoff(model, messages, sender, "")
                 return
             yield action_failed(reply.broken_call, {}, f"malformed tool call ({generated.finish_reason})")
             yield bot_message(COULD_NOT_DO)
             return
         if reply.handoff:
-            reason = str((reply.arguments or {}).get("reason", ""))
-            yield handed_off("model", reason, text=model.profile.handoff_message)
+            yield self._model_handoff(model, messages, sender, str((reply.arguments or {}).get("reason", "")))
             return
         if not reply.calls_action:
             yield bot_message(reply.text or NOT_UNDERSTOOD)
             return
         for item in self._checked_call(model, messages, sender, reply.action, reply.arguments or {}, last=last):
             yield item
+
+    def _model_handoff(self, model: ResponseModel, messages: list[dict], sender: str, reason: str) -> Event:
+        """The model hands over, unless that would come out of the blue (`handoff_unprompted`):
+        then the bot offers a person, and a yes gets one."""
+        if handoff_unprompted(messages):
+            log.info("conversation %s: offering a person instead of the model's handoff (%.200s)", sender, reason)
+            return bot_message(model.profile.handoff_offer, by=OFFER)
+        return handed_off("model", reason, text=model.profile.handoff_message)
 
     def _checked_call(
         self, model: ResponseModel, messages: list[dict], sender: str, name: str, arguments: dict, *, last: bool
