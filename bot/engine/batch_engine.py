@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bot.engine.adapters import BASE, AdapterBank
 from bot.engine.constraint import ToolCallConstraint
 from bot.engine.kv import BatchCache, KVSpec, PromptCache
 from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
@@ -46,9 +47,16 @@ class BatchingEngine(ThreadedEngine):
         pinned_prefix: list[int] | None = None,
         ignore_eos: bool = False,
         constraint: ToolCallConstraint | None = None,
+        adapters: AdapterBank | None = None,
     ):
         super().__init__(
-            model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint
+            model,
+            tokenizer,
+            max_length=max_length,
+            max_queue=max_queue,
+            ignore_eos=ignore_eos,
+            constraint=constraint,
+            adapters=adapters,
         )
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.spec = KVSpec.of(model)
@@ -84,10 +92,11 @@ class BatchingEngine(ThreadedEngine):
             self._pin(self.pinned_prefix)
         while True:
             with self.wake:
-                while not self.closed and not self.waiting and not self.rows:
+                while not self.closed and not self.waiting and not self.rows and not self.jobs:
                     self.wake.wait()
                 if self.closed:
                     return
+            self._run_jobs()
             self._step()
 
     def _step(self) -> None:
@@ -101,6 +110,12 @@ class BatchingEngine(ThreadedEngine):
                 for row in self._release():
                     row.fail(EngineError(f"generation failed: {type(e).__name__}"))
 
+    def _running(self) -> list[Request]:
+        return [row.request for row in self.rows]
+
+    def _forget_adapters(self, kept: set[int]) -> None:
+        self.prompts.keep_adapters(kept)
+
     def _release(self) -> list[Request]:
         running = [row.request for row in self.rows]
         self.rows, self.cache = [], None
@@ -111,7 +126,9 @@ class BatchingEngine(ThreadedEngine):
     ) -> list[int]:
         """The next token of each row (greedy, or sampled for a request with a temperature); `cache`
         grows by ids' width. `requests` are the rows' requests in batch order, for the tool-call
-        constraint and sampling."""
+        constraint, sampling and each row's adapter (none: the base weights for every row)."""
+        if self.adapters:
+            self.adapters.route([r.adapter for r in requests] or [BASE] * len(ids))
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)
         # The output layer on each row's last position alone, as one 2-D matmul: the model's own
         # `logits_to_keep` slices a 3-D tensor, and on the CPU that matmul copies the whole
@@ -147,7 +164,7 @@ class BatchingEngine(ThreadedEngine):
                 if request.cancelled:
                     self.waiting.popleft().finish(CANCELLED)
                     continue
-                entry, reused = self.prompts.lookup(request.prompt)
+                entry, reused = self.prompts.lookup(request.prompt, request.adapter)
                 width = max(widest, len(request.prompt) - reused)
                 if chosen and width * (len(chosen) + 1) > self.prefill_tokens:
                     break
@@ -269,7 +286,7 @@ class BatchingEngine(ThreadedEngine):
                 reason = LENGTH
             request.finish(reason)
             seen = (request.prompt + request.generated)[: cache.width - row.start]
-            self.prompts.add(seen, cache.row(b, row.start, row.start + len(seen)))
+            self.prompts.add(seen, cache.row(b, row.start, row.start + len(seen)), adapter=request.adapter)
         except Exception as e:  # this request's bookkeeping failed: it alone ends
             log.exception("request %d failed", request.id)
             request.fail(EngineError(f"generation failed: {type(e).__name__}"))

@@ -168,6 +168,7 @@ class CachedPrompt:
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer, [1, heads, n, dim]
     nbytes: int
     pinned: bool = False
+    adapter: int = 0  # the adapter that computed it (bot.engine.adapters): its KV is no other's
 
 
 class PromptCache:
@@ -185,12 +186,15 @@ class PromptCache:
         differ = (a[:n] != b[:n]).nonzero()
         return int(differ[0]) if len(differ) else n
 
-    def lookup(self, prompt: list[int]) -> tuple[CachedPrompt | None, int]:
-        """The entry sharing the longest token prefix with `prompt`, and how many tokens of it
-        to reuse (at least the prompt's last token is always computed: its logits are needed)."""
+    def lookup(self, prompt: list[int], adapter: int = 0) -> tuple[CachedPrompt | None, int]:
+        """The entry of `adapter` sharing the longest token prefix with `prompt`, and how many
+        tokens of it to reuse (at least the prompt's last token is always computed: its logits
+        are needed)."""
         wanted = torch.tensor(prompt)
         best, best_n = None, 0
         for key, entry in self.entries.items():
+            if entry.adapter != adapter:
+                continue
             n = self._common(entry.tokens, wanted)
             if n > best_n:
                 best, best_n, best_key = entry, n, key
@@ -200,16 +204,19 @@ class PromptCache:
         self.entries.move_to_end(best_key)
         return best, best_n
 
-    def add(self, tokens: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], *, pinned: bool = False) -> bool:
-        """Keep `kv` for `tokens`; entries it extends are dropped (a conversation's previous
-        turn), then the least recently used until it fits. False if it can't fit at all."""
+    def add(
+        self, tokens: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]], *, pinned: bool = False, adapter: int = 0
+    ) -> bool:
+        """Keep `kv` for `tokens` as `adapter` computed them; entries it extends are dropped (a
+        conversation's previous turn), then the least recently used until it fits. False if it
+        can't fit at all."""
         nbytes = sum(k.nbytes + v.nbytes for k, v in kv)
         if nbytes > self.limit_bytes:
             return False
         new = torch.tensor(tokens)
         for key, entry in list(self.entries.items()):
             is_prefix_of_new = len(entry.tokens) <= len(new) and self._common(entry.tokens, new) == len(entry.tokens)
-            if not entry.pinned and is_prefix_of_new:
+            if not entry.pinned and is_prefix_of_new and entry.adapter == adapter:
                 self._drop(key)
         for key, entry in list(self.entries.items()):
             if self.nbytes + nbytes <= self.limit_bytes:
@@ -219,9 +226,15 @@ class PromptCache:
         if self.nbytes + nbytes > self.limit_bytes:
             return False
         self._next += 1
-        self.entries[self._next] = CachedPrompt(new, kv, nbytes, pinned)
+        self.entries[self._next] = CachedPrompt(new, kv, nbytes, pinned, adapter)
         self.nbytes += nbytes
         return True
+
+    def keep_adapters(self, adapters: set[int]) -> None:
+        """Drop what other adapters computed (an adapter reloaded: its old KV is no one's)."""
+        for key, entry in list(self.entries.items()):
+            if entry.adapter not in adapters:
+                self._drop(key)
 
     def _drop(self, key: int) -> None:
         self.nbytes -= self.entries.pop(key).nbytes

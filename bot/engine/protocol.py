@@ -68,12 +68,15 @@ class Decoding:
     tool call, under the tool-call constraint (EngineError from an engine without one).
     `text_only`: the reply may not open a tool call: OpenAI's `tool_choice: "none"` (the policy
     asks it after an action's repeat or the last allowed action). `grounded`: the values a
-    grounded argument of a call may copy (bot.data.grounding)."""
+    grounded argument of a call may copy (bot.data.grounding). `adapter`: the LoRA adapter that
+    writes it, by name, on an engine serving several on one base model (bot.engine.adapters);
+    None: the engine's own weights."""
 
     tool_call: bool = False
     text_only: bool = False
     sampling: Sampling = GREEDY
     grounded: GroundedValues = ()
+    adapter: str | None = None
 
 
 PLAIN = Decoding()  # greedy text or a call, as the model chooses

@@ -10,10 +10,13 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 
+from bot.engine.adapters import BASE, AdapterBank, AdapterError
 from bot.engine.constraint import CallFollower, ToolCallConstraint
 from bot.engine.protocol import (
     CANCELLED,
@@ -31,6 +34,7 @@ from bot.engine.protocol import (
 from bot.engine.text import IncrementalText
 
 _ids = itertools.count(1)
+T = TypeVar("T")
 
 
 class Request:
@@ -63,6 +67,7 @@ class Request:
         self.cached_tokens = 0
         self.done = False
         self.calls: CallFollower | None = None  # set when the engine constrains tool calls
+        self.adapter = 0  # the LoRA adapter's index in the engine's AdapterBank; 0: the engine's own weights
 
     @property
     def generated(self) -> list[int]:
@@ -171,14 +176,17 @@ class ThreadedEngine(Engine):
         max_queue: int,
         ignore_eos: bool,
         constraint: ToolCallConstraint | None = None,
+        adapters: AdapterBank | None = None,
     ):
         self.model = model.eval()
         self.constraint = constraint
+        self.adapters = adapters
         self.tokenizer = tokenizer
         self.max_length, self.max_queue, self.ignore_eos = max_length, max_queue, ignore_eos
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.wake = threading.Condition()  # guards `waiting` and `closed`; notified on every change
         self.waiting: deque[Request] = deque()
+        self.jobs: list[tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future]] = []
         self.closed = False
         self._in_flight = 0
         self.generated_tokens = 0
@@ -192,6 +200,50 @@ class ThreadedEngine(Engine):
         """Free what the engine holds; returns the requests it was still working on."""
         return []
 
+    def _running(self) -> list[Request]:
+        """The requests being generated now (between steps)."""
+        return []
+
+    def _forget_adapters(self, kept: set[int]) -> None:
+        """Drop what is cached for adapter slots other than `kept`."""
+
+    async def between_steps(self, job: Callable[[], T]) -> T:
+        """`job`'s result, run in the engine thread between two steps, when nothing is computing:
+        for what must not change in the middle of a forward pass."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self.wake:
+            if self.closed:
+                raise EngineClosed("the model engine is closed")
+            self.jobs.append((job, loop, future))
+            self.wake.notify_all()
+        return await future
+
+    def _run_jobs(self) -> None:
+        with self.wake:
+            jobs, self.jobs = self.jobs, []
+        for job, loop, future in jobs:
+            try:
+                outcome, result = future.set_result, job()
+            except Exception as e:  # the caller's to handle
+                outcome, result = future.set_exception, e
+            loop.call_soon_threadsafe(lambda f=future, set_=outcome, r=result: f.done() or set_(r))
+
+    async def load_adapter(self, name: str, folder: Path) -> int:
+        """Serve `name`'s requests from now on with the LoRA adapter in `folder`, loaded beside
+        the others on the same base model; requests already under way finish with the adapter
+        they started with. AdapterError for an adapter that doesn't fit this base model."""
+        if self.adapters is None:
+            raise EngineError("this engine serves one model: it takes no adapters")
+        return await self.between_steps(lambda: self._load_adapter(name, folder))
+
+    def _load_adapter(self, name: str, folder: Path) -> int:
+        with self.wake:
+            live = {r.adapter for r in self.waiting} | {r.adapter for r in self._running()}
+        index = self.adapters.load(name, folder, live=live)
+        self._forget_adapters(live | set(self.adapters.indices.values()) | {BASE})
+        return index
+
     def _thread(self) -> None:
         torch.set_num_threads(CORES)
         try:
@@ -201,6 +253,10 @@ class ThreadedEngine(Engine):
             with self.wake:
                 left = list(self.waiting)
                 self.waiting.clear()
+                jobs, self.jobs = self.jobs, []
+            for _, loop, future in jobs:
+                closed = EngineClosed("the model engine was closed")
+                loop.call_soon_threadsafe(lambda f=future, e=closed: f.done() or f.set_exception(e))
             for request in left + self._release():
                 request.fail(EngineClosed("the model engine was closed before this request finished"))
 
@@ -244,6 +300,13 @@ class ThreadedEngine(Engine):
             raise EngineError("this engine has no tool-call constraint")
         loop = asyncio.get_running_loop()
         request = Request(prompt_ids, max_new_tokens, self.tokenizer, loop, sampling=decoding.sampling)
+        if decoding.adapter is not None:
+            if self.adapters is None:
+                raise EngineError(f"this engine serves one model: no adapter {decoding.adapter!r}")
+            try:
+                request.adapter = self.adapters.index(decoding.adapter)
+            except AdapterError as e:
+                raise EngineError(str(e)) from None
         if self.constraint:
             request.calls = self.constraint.follow(
                 forced=decoding.tool_call, text_only=decoding.text_only, grounded=decoding.grounded

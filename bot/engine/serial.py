@@ -89,10 +89,17 @@ class SerialEngine(ThreadedEngine):
         max_queue: int = 256,
         ignore_eos: bool = False,
         constraint=None,
+        adapters=None,
         **_batching_only,
     ):
         super().__init__(
-            model, tokenizer, max_length=max_length, max_queue=max_queue, ignore_eos=ignore_eos, constraint=constraint
+            model,
+            tokenizer,
+            max_length=max_length,
+            max_queue=max_queue,
+            ignore_eos=ignore_eos,
+            constraint=constraint,
+            adapters=adapters,
         )
         self.running = 0
         self.thread.start()
@@ -100,10 +107,14 @@ class SerialEngine(ThreadedEngine):
     def _run(self) -> None:
         while True:
             with self.wake:
-                while not self.closed and not self.waiting:
+                while not self.closed and not self.waiting and not self.jobs:
                     self.wake.wait()
                 if self.closed:
                     return
+            self._run_jobs()
+            with self.wake:
+                if not self.waiting:
+                    continue
                 request = self.waiting.popleft()
             if request.cancelled:
                 request.finish(CANCELLED)
@@ -121,6 +132,8 @@ class SerialEngine(ThreadedEngine):
         device = next(self.model.parameters()).device
         ids = torch.tensor([request.prompt], device=device)
         streamer = _Tokens(request, self.stop_ids, self)
+        if self.adapters:
+            self.adapters.route([request.adapter])
         self.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
