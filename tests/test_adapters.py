@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+from bot.engine.adapter_engine import AdapterEngine
 from bot.engine.adapters import AdapterBank, AdapterError
 from bot.engine.batch_engine import BatchingEngine
 from bot.engine.protocol import Decoding, EngineError, Finished
@@ -170,3 +171,29 @@ async def test_an_unknown_adapter_or_another_base_models_adapter_is_refused(tiny
     with pytest.raises(AdapterError, match="not a LoRA adapter folder"):
         bank.load("solar", tmp_path)
     assert json.loads((adapters["lumen"] / "adapter_config.json").read_text())["r"] == 8
+
+
+async def test_an_adapter_engine_serves_its_adapter_and_frees_its_slot_when_closed(tiny, tokenizer, adapters):
+    """A brand's engine view: its requests get its adapter; closed while a reply is under way,
+    the reply finishes with it, and the adapter that later takes its slot never reuses that
+    reply's cached KV."""
+    model, bank = banked(tiny, adapters)
+    shared = BatchingEngine(model, tokenizer, max_length=1024, max_batch=4, adapters=bank)
+    kestrel, base = AdapterEngine(shared, "kestrel", None), AdapterEngine(shared, None, None)
+    prompt = prompts_of(tokenizer, [7])[0]
+    try:
+        assert await tokens(base, prompt, 12, None) == peft_alone(tiny, tokenizer, None, prompt, 12)
+        running = asyncio.create_task(tokens(kestrel, prompt, 300, None))
+        await asyncio.sleep(0.05)
+        await kestrel.close()
+        assert not running.done()
+        reply = await running  # finished with kestrel's adapter; its KV went to the prompt cache
+        with pytest.raises(EngineError, match="no adapter named 'kestrel'"):
+            await tokens(kestrel, prompt, 4, None)
+        slot = await shared.load_adapter("solar", adapters["lumen"])
+        solar = await tokens(AdapterEngine(shared, "solar", None), prompt + reply, 12, None)
+    finally:
+        await shared.close()
+    assert reply == peft_alone(tiny, tokenizer, adapters["kestrel"], prompt, 300)
+    assert slot == bank.indices["solar"] == 1  # kestrel's slot, free again
+    assert solar == peft_alone(tiny, tokenizer, adapters["lumen"], prompt + reply, 12)

@@ -139,6 +139,10 @@ class AdapterBank:
         self.indices[name] = index
         return index
 
+    def unload(self, name: str) -> None:
+        """`name` is served no more; its slot is free once no request uses it (`load`'s `live`)."""
+        self.indices.pop(name, None)
+
     def _wrapped(self, layer: str, modules: Mapping[str, nn.Module]) -> MultiLoraLinear:
         """The layer, wrapped on first use with every slot (the adapters loaded before leave it
         alone: zeros)."""

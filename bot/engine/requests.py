@@ -237,12 +237,27 @@ class ThreadedEngine(Engine):
             raise EngineError("this engine serves one model: it takes no adapters")
         return await self.between_steps(lambda: self._load_adapter(name, folder))
 
+    async def unload_adapter(self, name: str) -> None:
+        """Serve `name` no more: requests already under way finish with it, new ones are refused."""
+        if self.adapters is None:
+            return
+        try:
+            await self.between_steps(lambda: self._change_adapters(lambda live: self.adapters.unload(name)))
+        except EngineClosed:  # nothing to free
+            pass
+
     def _load_adapter(self, name: str, folder: Path) -> int:
+        return self._change_adapters(lambda live: self.adapters.load(name, folder, live=live))
+
+    def _change_adapters(self, change: Callable[[set[int]], int | None]) -> int | None:
+        """`change` (given the slots requests still use; it returns the slot it filled, if any),
+        then the prompt cache kept only for the slots still served or used: never a slot's
+        former adapter's KV for the adapter that now has it."""
         with self.wake:
             live = {r.adapter for r in self.waiting} | {r.adapter for r in self._running()}
-        index = self.adapters.load(name, folder, live=live)
-        self._forget_adapters(live | set(self.adapters.indices.values()) | {BASE})
-        return index
+        filled = change(live)
+        self._forget_adapters((live | set(self.adapters.indices.values()) | {BASE}) - {filled})
+        return filled
 
     def _thread(self) -> None:
         torch.set_num_threads(CORES)
@@ -293,10 +308,17 @@ class ThreadedEngine(Engine):
             raise PromptTooLong(f"the prompt has token ids outside the vocabulary (0..{vocabulary - 1})")
 
     async def stream(
-        self, prompt_ids: Sequence[int], max_new_tokens: int, decoding: Decoding = PLAIN
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        decoding: Decoding = PLAIN,
+        *,
+        constraint: ToolCallConstraint | None = None,
     ) -> AsyncIterator[str | Finished]:
+        """`constraint`: in place of the engine's own (an AdapterEngine's: its brand's actions)."""
+        constraint = constraint or self.constraint
         self.check(prompt_ids, max_new_tokens)
-        if decoding.tool_call and not self.constraint:
+        if decoding.tool_call and not constraint:
             raise EngineError("this engine has no tool-call constraint")
         loop = asyncio.get_running_loop()
         request = Request(prompt_ids, max_new_tokens, self.tokenizer, loop, sampling=decoding.sampling)
@@ -307,8 +329,8 @@ class ThreadedEngine(Engine):
                 request.adapter = self.adapters.index(decoding.adapter)
             except AdapterError as e:
                 raise EngineError(str(e)) from None
-        if self.constraint:
-            request.calls = self.constraint.follow(
+        if constraint:
+            request.calls = constraint.follow(
                 forced=decoding.tool_call, text_only=decoding.text_only, grounded=decoding.grounded
             )
         self._in_flight += 1
