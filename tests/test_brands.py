@@ -51,7 +51,7 @@ async def test_brands_on_one_base_reply_as_each_does_alone(brands):
 
     shared = open_shared_base(brands, brands["kestrel"].build.serve)
     try:
-        served = {name: await shared.response_model(name, settings) for name, settings in brands.items()}
+        served = {name: await asyncio.to_thread(shared.response_model, name, s) for name, s in brands.items()}
         assert served["kestrel"].model_id and served["lumen"].model_id is None
         assert "Lumen Energy" in served["lumen"].profile.system_prompt
         together = await asyncio.gather(*(reply(served[name], q) for name in brands for q in questions))

@@ -11,7 +11,6 @@ both brands.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from bot import models
@@ -62,15 +61,16 @@ class SharedBase:
     def check(self, brand: str, front: Frontend) -> None:
         check_same_base(self.reference, brand, front)
 
-    async def response_model(self, brand: str, settings: Settings) -> ResponseModel:
+    def response_model(self, brand: str, settings: Settings) -> ResponseModel:
         """`brand`'s active model (or its base model with its prompt) on the shared engine; its
-        adapter is loaded between two decode steps, with no request failing."""
-        front = await asyncio.to_thread(load_frontend, settings, models.active(settings.models_dir))
+        adapter is loaded between two decode steps, with no request failing. Blocks: call it in a
+        thread, as every model loader is called."""
+        front = load_frontend(settings, models.active(settings.models_dir))
         self.check(brand, front)
         name = None
         if front.trained:
             name = adapter_name(brand, front.trained)
-            await self.engine.load_adapter(name, front.trained.adapter_dir)
+            self.engine.load_adapter_waiting(name, front.trained.adapter_dir)
         constraint = call_constraint(self.model, front.tokenizer, front.profile.actions)
         engine = AdapterEngine(self.engine, name, constraint)
         trained_id = front.trained.id if front.trained else None

@@ -4,6 +4,7 @@ thread to the asyncio task reading the stream."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import os
 import secrets
@@ -186,7 +187,7 @@ class ThreadedEngine(Engine):
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.wake = threading.Condition()  # guards `waiting` and `closed`; notified on every change
         self.waiting: deque[Request] = deque()
-        self.jobs: list[tuple[Callable[[], object], asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self.jobs: list[tuple[Callable[[], object], concurrent.futures.Future]] = []
         self.closed = False
         self._in_flight = 0
         self.generated_tokens = 0
@@ -207,47 +208,55 @@ class ThreadedEngine(Engine):
     def _forget_adapters(self, kept: set[int]) -> None:
         """Drop what is cached for adapter slots other than `kept`."""
 
-    async def between_steps(self, job: Callable[[], T]) -> T:
-        """`job`'s result, run in the engine thread between two steps, when nothing is computing:
-        for what must not change in the middle of a forward pass."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+    def between_steps(self, job: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """`job` to run in the engine thread between two steps, when nothing is computing (for
+        what must not change in the middle of a forward pass); its result, from any thread
+        (`.result()`) or coroutine (`await asyncio.wrap_future(...)`)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self.wake:
             if self.closed:
                 raise EngineClosed("the model engine is closed")
-            self.jobs.append((job, loop, future))
+            self.jobs.append((job, future))
             self.wake.notify_all()
-        return await future
+        return future
 
     def _run_jobs(self) -> None:
         with self.wake:
             jobs, self.jobs = self.jobs, []
-        for job, loop, future in jobs:
+        for job, future in jobs:
             try:
-                outcome, result = future.set_result, job()
+                future.set_result(job())
             except Exception as e:  # the caller's to handle
-                outcome, result = future.set_exception, e
-            loop.call_soon_threadsafe(lambda f=future, set_=outcome, r=result: f.done() or set_(r))
+                future.set_exception(e)
 
     async def load_adapter(self, name: str, folder: Path) -> int:
         """Serve `name`'s requests from now on with the LoRA adapter in `folder`, loaded beside
         the others on the same base model; requests already under way finish with the adapter
-        they started with. AdapterError for an adapter that doesn't fit this base model."""
+        they started with. AdapterError for an adapter that doesn't fit this base model.
+        `load_adapter_waiting` does the same from a thread."""
+        return await asyncio.wrap_future(self._adapter_job(name, folder))
+
+    def load_adapter_waiting(self, name: str, folder: Path) -> int:
+        """`load_adapter` from a thread other than the engine's (a model loader's): waits for it."""
+        return self._adapter_job(name, folder).result()
+
+    def _adapter_job(self, name: str, folder: Path) -> concurrent.futures.Future[int]:
         if self.adapters is None:
             raise EngineError("this engine serves one model: it takes no adapters")
-        return await self.between_steps(lambda: self._load_adapter(name, folder))
+        return self.between_steps(
+            lambda: self._change_adapters(lambda live: self.adapters.load(name, folder, live=live))
+        )
 
     async def unload_adapter(self, name: str) -> None:
         """Serve `name` no more: requests already under way finish with it, new ones are refused."""
         if self.adapters is None:
             return
         try:
-            await self.between_steps(lambda: self._change_adapters(lambda live: self.adapters.unload(name)))
+            await asyncio.wrap_future(
+                self.between_steps(lambda: self._change_adapters(lambda live: self.adapters.unload(name)))
+            )
         except EngineClosed:  # nothing to free
             pass
-
-    def _load_adapter(self, name: str, folder: Path) -> int:
-        return self._change_adapters(lambda live: self.adapters.load(name, folder, live=live))
 
     def _change_adapters(self, change: Callable[[set[int]], int | None]) -> int | None:
         """`change` (given the slots requests still use; it returns the slot it filled, if any),
@@ -269,9 +278,8 @@ class ThreadedEngine(Engine):
                 left = list(self.waiting)
                 self.waiting.clear()
                 jobs, self.jobs = self.jobs, []
-            for _, loop, future in jobs:
-                closed = EngineClosed("the model engine was closed")
-                loop.call_soon_threadsafe(lambda f=future, e=closed: f.done() or f.set_exception(e))
+            for _, future in jobs:
+                future.set_exception(EngineClosed("the model engine was closed"))
             for request in left + self._release():
                 request.fail(EngineClosed("the model engine was closed before this request finished"))
 
