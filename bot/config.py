@@ -295,12 +295,30 @@ class ModelServer(Strict):
     )
 
 
+BRAND_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
+
+
+def _brand_name(value: str) -> str:
+    if not BRAND_NAME.fullmatch(value):
+        raise PydanticCustomError(
+            "brand_name",
+            "'{value}' is not a brand name: lower-case letters, digits and '-', starting with a letter",
+            {"value": value},
+        )
+    return value
+
+
 class Endpoints(Strict):
     action_endpoint: ActionEndpoint = ActionEndpoint()
     handoff_webhook: HandoffWebhook = HandoffWebhook()
     tracker_store: TrackerStore = TrackerStore()
     cors: Cors = Cors()
     model_server: ModelServer = ModelServer()
+    brands: dict[Annotated[str, AfterValidator(_brand_name)], str] = Field(
+        {},
+        description="Bot projects served beside this one on one base model, by name: their folder, relative to "
+        "this project. Each is served under /b/NAME/; '.' names this project, which also answers without /b/.",
+    )
 
 
 class ProjectFolder:
@@ -339,6 +357,10 @@ class Settings:
             return (self.root / Path(self.build.model.cache_dir).expanduser()).resolve()
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return Path(base) / "bot"
+
+    def brand_folders(self) -> dict[str, Path]:
+        """endpoints.yml's brands, their folders resolved (this project's is its root)."""
+        return {name: (self.root / folder).resolve() for name, folder in self.endpoints.brands.items()}
 
     @property
     def base_model(self) -> str:

@@ -10,12 +10,14 @@ import shutil
 
 import pytest
 from conftest import make_tiny_project
+from serve_support import NO_ACTION_SERVER
 
 from bot.config import load_settings
 from bot.engine.brands import BrandMismatch, open_shared_base
 from bot.engine.protocol import Finished
 from bot.engine.response_model import load_response_model
 from bot.pipelines.train import train_and_activate
+from bot.serve.keys import HOLDER
 
 FP32 = "  precision: fp32\n"
 
@@ -58,7 +60,7 @@ async def test_brands_on_one_base_reply_as_each_does_alone(brands):
     finally:
         await shared.engine.close()
     assert together == alone["kestrel"] + alone["lumen"]
-    assert shared.engine.adapters.indices == {f"kestrel/{served['kestrel'].model_id}": 1}
+    assert [name.split("#")[0] for name in shared.engine.adapters.indices] == [f"kestrel/{served['kestrel'].model_id}"]
 
 
 def test_a_brand_on_another_base_model_is_refused_naming_both(brands, tmp_path, tiny_base, cache_dir):
@@ -69,3 +71,73 @@ def test_a_brand_on_another_base_model_is_refused_naming_both(brands, tmp_path, 
     message = str(refused.value)
     assert "brand 'solar' runs on the base model" in message and str(other_base) in message
     assert "brand 'kestrel' on" in message and str(tiny_base) in message
+
+
+async def test_each_brand_answers_under_its_prefix_with_its_own_store_and_token(brands, monkeypatch):
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from bot.serve.brands import create_brands_app
+
+    kestrel, lumen = brands["kestrel"], brands["lumen"]
+    (kestrel.root / "endpoints.yml").write_text(f"{NO_ACTION_SERVER}brands:\n  kestrel: .\n  lumen: {lumen.root}\n")
+    (lumen.root / "endpoints.yml").write_text(NO_ACTION_SERVER)
+    settings = load_settings(kestrel.root)
+    for variable, value in (("KESTREL", "k-token"), ("LUMEN", "l-token"), ("", "server-token")):
+        monkeypatch.setenv("BOT_ADMIN_TOKEN" + (f"_{variable}" if variable else ""), value)
+    client = TestClient(TestServer(create_brands_app(settings, settings.brand_folders())))
+    await client.start_server()
+    try:
+        health = {p: await (await client.get(p + "/health")).json() for p in ("", "/b/lumen")}
+        assert health[""]["model"]["id"] and health["/b/lumen"]["model"]["id"] is None
+        for prefix in ("", "/b/lumen"):
+            sent = await client.post(prefix + "/webhooks/rest/webhook", json={"sender": "same-id", "message": "hi"})
+            assert sent.status == 200 and (await sent.json())[0]["text"]
+        # the same sender under two brands: two conversations, each in its brand's own store
+        for prefix in ("", "/b/lumen"):
+            events = (await (await client.get(prefix + "/api/conversations/same-id")).json())["events"]
+            assert [e["text"] for e in events if e["type"] == "user"] == ["hi"]
+
+        def admin(token):
+            return {"Authorization": f"Bearer {token}"}
+
+        answers = {
+            (prefix, token): (await client.get(prefix + "/api/handoffs", headers=admin(token))).status
+            for prefix in ("", "/b/lumen")
+            for token in ("k-token", "l-token", "server-token", "guess")
+        }
+        assert answers == {
+            ("", "k-token"): 200,
+            ("", "l-token"): 403,
+            ("", "server-token"): 200,
+            ("", "guess"): 401,
+            ("/b/lumen", "k-token"): 403,
+            ("/b/lumen", "l-token"): 200,
+            ("/b/lumen", "server-token"): 200,
+            ("/b/lumen", "guess"): 401,
+        }
+        # a brand's reload: its adapter loaded again beside the old one, which is unloaded after
+        reloaded = await client.post("/b/lumen/api/model/reload", headers=admin("l-token"))
+        assert reloaded.status == 200
+        reloaded = await client.post("/api/model/reload", headers=admin("k-token"))
+        assert reloaded.status == 200 and (await reloaded.json())["model"]["id"] == health[""]["model"]["id"]
+        sent = await client.post("/webhooks/rest/webhook", json={"sender": "after", "message": "hi"})
+        assert sent.status == 200 and (await sent.json())[0]["text"]
+        bank = client.app[HOLDER].current.engine.shared.adapters
+        assert len(bank.indices) == 1 and bank.indices[client.app[HOLDER].current.engine.adapter] == 2
+
+        moved = await client.get("/b/kestrel/health?x=1", allow_redirects=False)
+        assert moved.status == 308 and moved.headers["Location"] == "/health?x=1"
+    finally:
+        await client.close()
+
+
+def test_two_brands_may_not_share_a_store(brands):
+    from bot.serve.brands import BrandsMisconfigured, brand_settings
+
+    kestrel, lumen = brands["kestrel"], brands["lumen"]
+    (lumen.root / "endpoints.yml").write_text(
+        f"{NO_ACTION_SERVER}tracker_store:\n  path: {kestrel.root / 'conversations.sqlite3'}\n"
+    )
+    with pytest.raises(BrandsMisconfigured, match="brands 'kestrel' and 'lumen' would store their conversations"):
+        brand_settings(kestrel, {"kestrel": kestrel.root, "lumen": lumen.root})
+    (lumen.root / "endpoints.yml").write_text(NO_ACTION_SERVER)

@@ -11,6 +11,7 @@ both brands.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from bot import models
@@ -31,10 +32,14 @@ class BrandMismatch(BotError):
     """A brand can't share the base model of the others."""
 
 
+_loads = itertools.count(1)
+
+
 def adapter_name(brand: str, trained: models.TrainedModel) -> str:
-    """A brand's model as the adapter bank knows it: a new model of the brand is a new name, so
-    answers still running on the old one finish with it."""
-    return f"{brand}/{trained.id}"
+    """A brand's model as the adapter bank knows it, new at every load (a reload of the same
+    model too): answers still running on the response model it replaces finish with theirs,
+    and closing that one unloads its adapter, never the new one."""
+    return f"{brand}/{trained.id}#{next(_loads)}"
 
 
 def check_same_base(reference: tuple[str, Frontend], brand: str, front: Frontend) -> None:

@@ -160,8 +160,17 @@ def run(
     train_if_needed: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT; a client that goes away cancels its handler (and
-    generation). On a signal the server stops within serve.shutdown_timeout_s (bot.serve.shutdown)."""
-    app = create_app(settings, action_package=action_package, load_model=load_model, train_if_needed=train_if_needed)
+    generation). On a signal the server stops within serve.shutdown_timeout_s (bot.serve.shutdown).
+    With endpoints.yml's `brands`, every brand on one base model (bot/serve/brands.py); a brand
+    with no trained model is served by the base model with its own prompt (no first training)."""
+    if settings.endpoints.brands:
+        from bot.serve.brands import create_brands_app
+
+        app = create_brands_app(settings, settings.brand_folders(), action_package=action_package)
+    else:
+        app = create_app(
+            settings, action_package=action_package, load_model=load_model, train_if_needed=train_if_needed
+        )
     backstop = shutdown.aiohttp_timeout(settings.build.serve.shutdown_timeout_s)
     web.run_app(
         app, host=host, port=port, handler_cancellation=True, print=None, access_log=None, shutdown_timeout=backstop

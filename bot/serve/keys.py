@@ -21,6 +21,10 @@ METRICS = web.AppKey("metrics", Metrics)
 LOADER = web.AppKey("load_model", Callable)
 TRAIN_IF_NEEDED = web.AppKey("train_if_needed", bool)  # bot serve --train-if-needed (make run)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
+# Several brands on one server (bot/serve/brands.py): tokens that also open this brand's admin
+# routes (the server-wide BOT_ADMIN_TOKEN), and other brands' tokens, which get 403 here.
+ALSO_ADMIN = web.AppKey("also_admin", tuple)
+OTHER_BRANDS_TOKENS = web.AppKey("other_brands_tokens", tuple)
 CONVERSATION_LIMIT = web.AppKey("conversation_limit", RateLimiter)
 CLIENT_LIMIT = web.AppKey("client_limit", RateLimiter)
 RELOAD_LOCK = web.AppKey("reload_lock", asyncio.Lock)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
 from bot.serve.admin_auth import check_admin
-from bot.serve.keys import ADMIN_TOKEN
+from bot.serve.keys import ADMIN_TOKEN, ALSO_ADMIN, OTHER_BRANDS_TOKENS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REF = "#/components/schemas/{model}"
@@ -172,7 +172,8 @@ def admin_only(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.StreamResponse:
-        check_admin(request, request.app[ADMIN_TOKEN])
+        app = request.app
+        check_admin(request, app[ADMIN_TOKEN], app.get(ALSO_ADMIN, ()), app.get(OTHER_BRANDS_TOKENS, ()))
         return await handler(request)
 
     return checked

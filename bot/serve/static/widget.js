@@ -4,6 +4,9 @@
  *   <script>BotWidget.init({server: "https://bot.example", title: "Kestrel Mobile",
  *                           greeting: "Hi! How can I help?", colors: {primary: "#0b5fff"}});</script>
  *
+ * On a server with several brands, `brand: "lumen"` talks to that brand (its routes under
+ * /b/lumen/), and keeps its own conversation apart from another brand's on the same site.
+ *
  * Every text from the server is attacker-influenced: it is only ever put on the page with
  * textContent, never as HTML.
  */
@@ -110,10 +113,11 @@
   }
 
   function Widget(options) {
-    this.server = (options.server || "").replace(/\/$/, "");
+    var brand = options.brand ? "/b/" + encodeURIComponent(options.brand) : "";
+    this.server = (options.server || "").replace(/\/$/, "") + brand;
     this.title = options.title || "Chat with us";
     this.greeting = options.greeting || "";
-    this.storageKey = options.storageKey || "bot-widget-conversation";
+    this.storageKey = options.storageKey || "bot-widget-conversation" + (options.brand ? "-" + options.brand : "");
     this.sender = localStorage.getItem(this.storageKey);
     if (!this.sender) {
       this.sender = newId();

@@ -3,7 +3,9 @@
 
 import { byId, clear, el, focus, say } from "./dom.js";
 
-const KEY = "bot-console-token";
+// The console of a brand on a server with several (/b/NAME/console) calls that brand's routes.
+export const BRAND = (location.pathname.match(/^\/b\/[^/]+/) || [""])[0];
+const KEY = "bot-console-token" + BRAND;
 
 export class ApiError extends Error {
   constructor(status, message, retryAfter) {
@@ -31,7 +33,10 @@ export function whenSignedOut(callback) {
 export function explain(error) {
   if (!(error instanceof ApiError)) return "Can't reach the server: " + error.message;
   if (error.status === 401) return "That admin token is wrong. Check BOT_ADMIN_TOKEN on the server and try again.";
-  if (error.status === 403) return "The server's admin routes are closed: set BOT_ADMIN_TOKEN where the server runs.";
+  if (error.status === 403)
+    return /another brand/.test(error.message)
+      ? "That admin token belongs to another brand: use this brand's BOT_ADMIN_TOKEN_<NAME>, or the server-wide one."
+      : "The server's admin routes are closed: set BOT_ADMIN_TOKEN where the server runs.";
   if (error.status === 429)
     return "Too many wrong tokens or requests from this address: try again in " + (error.retryAfter ? error.retryAfter + " s." : "a minute.");
   return error.message;
@@ -44,7 +49,7 @@ export async function api(method, path, body, given) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  const response = await fetch(BRAND + path, init);
   let data = null;
   try {
     data = await response.json();

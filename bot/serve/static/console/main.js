@@ -1,5 +1,5 @@
 // The console: sign in with the admin token (kept in this tab's sessionStorage), then panels.
-import { ApiError, api, explain, setToken, token, whenSignedOut } from "./api.js";
+import { ApiError, BRAND, api, explain, setToken, token, whenSignedOut } from "./api.js";
 import { byId, focus } from "./dom.js";
 import * as conversations from "./conversations.js";
 import * as drafts from "./drafts.js";
@@ -36,8 +36,9 @@ export function show(name, { load = true } = {}) {
 // progress)" while the first model trains, then the trained model's id.
 async function showServing() {
   try {
-    const { model } = await (await fetch("/health")).json();
-    byId("serving").textContent = "Serving: " + model.description;
+    const { model } = await (await fetch(BRAND + "/health")).json();
+    const brand = BRAND ? "brand " + decodeURIComponent(BRAND.slice(3)) + ", " : "";
+    byId("serving").textContent = "Serving: " + brand + model.description;
   } catch (error) {
     byId("serving").textContent = "Serving: unknown (no answer from /health)";
   }
