@@ -4,7 +4,7 @@ batching engine and, in the same run, with the serial engine (the baseline).
 
     .venv/bin/python benchmarks/serve_load.py [--customers 16] [--turns 3] [--full-length]
                                              [--engines batching,serial] [--project .]
-                                             [--via-model-server]
+                                             [--via-model-server] [--brands N]
 
 Defaults: 16 customers x 3 turns on CPU, 64 x 3 on CUDA, the project's active model (the base
 model when none is trained), greedy decoding. Customers arrive spread over `--ramp` seconds
@@ -22,6 +22,12 @@ and which then streamed at 10 tokens/s or more. Then the ratios batching / seria
 weights) and a model server (`bot serve` with the batching engine, its `/v1/completions`), then
 against the model server's engine in process (plain `bot serve`, batching): the ratio is the
 extra cost of the hop (target: at most 10% of aggregate tokens/s).
+
+`--brands N` spreads the same customers over N brands on one server (customer i talks to brand
+i mod N), each brand a copy of the project with its own copy of the active model's adapter, so
+every row of a batch may carry another adapter; then the same customers on the project alone
+(batching, its adapter merged in: the baseline). Also reported: each server's resident memory
+after the run. Targets: aggregate tokens/s at least 0.85x, memory at most 1.25x.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ MESSAGES = [
 ]
 GOOD_FIRST_TOKEN_S, GOOD_STREAM_RATE = 1.0, 10.0
 VIA = "via-model-server"  # the run through a front-end and a model server
+BRANDS = "brands"  # the run with the customers spread over several brands
 
 
 @dataclass
@@ -113,9 +120,13 @@ def serve(
     from bot.config import load_settings
     from bot.engine.response_model import load_response_model
     from bot.serve.app import create_app
+    from bot.serve.brands import create_brands_app
 
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(project)
+    if engine == BRANDS:  # the copies are made with the limits below already in their config.yml
+        web.run_app(create_brands_app(settings, settings.brand_folders()), host="127.0.0.1", port=port, print=None)
+        return
     store = settings.endpoints.tracker_store.model_copy(
         update={"type": "sqlite", "path": str(Path(folder) / f"{engine}.sqlite3")}
     )
@@ -139,8 +150,11 @@ async def generated_tokens(session, url: str) -> float:
     return 0.0
 
 
-async def customer(session, url: str, i: int, turns: int, start: float, think: float, run: str) -> list[Reply]:
+async def customer(
+    session, url: str, i: int, turns: int, start: float, think: float, run: str, brands: int = 1
+) -> list[Reply]:
     await asyncio.sleep(start)
+    url += f"/b/brand{i % brands}" if brands > 1 and i % brands else ""  # brand0 is the project at the root
     lines = MESSAGES[i % len(MESSAGES)]
     replies = []
     for turn in range(turns):
@@ -189,13 +203,19 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.5)
         await customer(session, url, 0, 1, 0, 0, f"{run}-warmup")  # not counted
-        before = await generated_tokens(session, url)
+        before = await generated_tokens(session, url)  # brands other than brand0 have generated nothing yet
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
-        customers = [customer(session, url, i, args.turns, i * spread, args.think, run) for i in range(args.customers)]
+        brands = args.brands if run == BRANDS else 1
+        customers = [
+            customer(session, url, i, args.turns, i * spread, args.think, run, brands) for i in range(args.customers)
+        ]
         results = await asyncio.gather(*customers)
         wall = time.monotonic() - started
         tokens = await generated_tokens(session, url) - before
+        if run == BRANDS:  # every brand counts its own tokens
+            for k in range(1, args.brands):
+                tokens += await generated_tokens(session, f"{url}/b/brand{k}")
     replies = [r for rs in results for r in rs]
     rates = []
     for r in replies:
@@ -216,6 +236,50 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         "wall": wall,
         "goodput": good / len(replies),
     }
+
+
+def brand_copies(project: str, brands: int, folder: str, tokens: int, max_batch: int | None) -> str:
+    """`brands` copies of the project under `folder` (brand0 ... brandN-1), each with its own copy
+    of the active model, the benchmark's serving limits in its config.yml and its own store;
+    brand0's endpoints.yml names the others. Returns brand0's folder."""
+    import shutil
+
+    import yaml
+
+    from bot import models
+    from bot.config import load_settings
+
+    settings = load_settings(project)
+    active = models.active(settings.models_dir)
+    if active is None:
+        raise SystemExit("--brands needs a trained model to copy for each brand: run 'bot train'")
+    config_file = Path(project) / "config.yml"
+    config = (yaml.safe_load(config_file.read_text()) if config_file.exists() else None) or {}
+    serve = {"max_new_tokens": tokens, "rate_per_conversation": 10_000, "rate_per_client": 100_000}
+    config["serve"] = {**config.get("serve", {}), **serve, **({"max_batch": max_batch} if max_batch else {})}
+    config["model"] = {**config.get("model", {}), "cache_dir": str(settings.cache_dir)}
+    config["train"] = {**config.get("train", {}), "models_dir": "models"}
+    config.setdefault("data", {})["dir"] = "training_data"
+    names = [f"brand{k}" for k in range(brands)]
+    for name in names:
+        copy = Path(folder) / name
+        shutil.copytree(settings.data_dir, copy / "training_data")
+        shutil.copytree(active.folder, copy / "models" / active.id)
+        models.activate(copy / "models", active.id)
+        (copy / "config.yml").write_text(yaml.safe_dump(config))
+        endpoints = {"action_endpoint": {"url": settings.endpoints.action_endpoint.url}}
+        if name == names[0]:
+            endpoints["brands"] = {other: "." if other == name else f"../{other}" for other in names}
+        (copy / "endpoints.yml").write_text(yaml.safe_dump(endpoints))
+    return str(Path(folder) / names[0])
+
+
+def resident_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -239,9 +303,19 @@ def main() -> None:
         action="store_true",
         help="a front-end + a model server against the model server's engine in process",
     )
+    parser.add_argument(
+        "--brands",
+        type=int,
+        default=1,
+        help="spread the customers over this many brands on one server, against one brand alone",
+    )
     args = parser.parse_args()
     if args.via_model_server:
         args.engines = f"{VIA},batching"
+    if args.brands > 1:
+        if args.full_length:
+            raise SystemExit("--full-length is not available with --brands")
+        args.engines = f"{BRANDS},batching"
 
     from transformers import AutoTokenizer
 
@@ -264,6 +338,7 @@ def main() -> None:
     )
 
     folder = tempfile.mkdtemp(prefix="serve-load-")
+    brand0 = brand_copies(args.project, args.brands, folder, args.tokens, args.max_batch) if args.brands > 1 else None
     runs = {}
     for engine in args.engines.split(","):
         spawn = multiprocessing.get_context("spawn")
@@ -281,10 +356,11 @@ def main() -> None:
             front = (args.project, "front-end", port, args.tokens, False, args.max_batch, folder, model_server)
             processes.append(spawn.Process(target=serve, args=front, daemon=True))
         else:
+            project = brand0 if engine == BRANDS else args.project
             processes.append(
                 spawn.Process(
                     target=serve,
-                    args=(args.project, engine, port, args.tokens, args.full_length, args.max_batch, folder),
+                    args=(project, engine, port, args.tokens, args.full_length, args.max_batch, folder),
                     daemon=True,
                 )
             )
@@ -292,6 +368,7 @@ def main() -> None:
             process.start()
         try:
             runs[engine] = asyncio.run(load_run(f"http://127.0.0.1:{port}", args, tokenizer, engine, model_server))
+            runs[engine]["rss_mb"] = sum(resident_mb(p.pid) for p in processes)
         except BotError as e:  # the server refused or went away
             raise SystemExit(f"{engine}: {e}") from None
         finally:
@@ -307,6 +384,7 @@ def main() -> None:
             f"  aggregate {r['aggregate']:.1f} tokens/s; goodput {r['goodput']:.0%} "
             f"(first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)"
         )
+        print(f"  server resident memory {r['rss_mb']:.0f} MB")
 
     names = list(runs)
     if len(names) >= 2:
@@ -321,7 +399,8 @@ def main() -> None:
             f"\nratio {names[0]} / {names[-1]}: aggregate tokens/s {new['aggregate'] / base['aggregate']:.2f}x, "
             f"first token p90 {new['ttft_p90'] / base['ttft_p90']:.2f}x, "
             f"per-stream p50 {new['rate_p50'] / base['rate_p50']:.2f}x, "
-            f"goodput {new['goodput']:.0%} vs {base['goodput']:.0%}; identical replies {same}/{len(new['replies'])}"
+            f"goodput {new['goodput']:.0%} vs {base['goodput']:.0%}; identical replies {same}/{len(new['replies'])}, "
+            f"resident memory {new['rss_mb'] / base['rss_mb']:.2f}x"
         )
     first = runs[names[0]]["by_turn"]
     print(f"{names[0]}: first token at turn {args.turns} / turn 1 (p50): {first[args.turns][0] / first[1][0]:.2f}x")
