@@ -115,10 +115,25 @@ async def test_each_brand_answers_under_its_prefix_with_its_own_store_and_token(
             ("/b/lumen", "server-token"): 200,
             ("/b/lumen", "guess"): 401,
         }
-        # a brand's reload: its adapter loaded again beside the old one, which is unloaded after
+        # a brand's reload under load: its adapter loaded again beside the old one (unloaded once
+        # the answers using it end); no request fails, in either brand, and lumen's replies stay
         reloaded = await client.post("/b/lumen/api/model/reload", headers=admin("l-token"))
         assert reloaded.status == 200
-        reloaded = await client.post("/api/model/reload", headers=admin("k-token"))
+        questions = ["where is my parcel", "can I return a kettle?", "hello there", "my order is late"]
+
+        async def ask(prefix: str, run: str) -> list[str]:
+            async def one(k: int, question: str) -> str:
+                body = {"sender": f"{run}-{k}", "message": question}
+                response = await client.post(prefix + "/webhooks/rest/webhook", json=body)
+                assert response.status == 200
+                return " ".join(m.get("text") or "" for m in await response.json())
+
+            return await asyncio.gather(*(one(k, q) for k, q in enumerate(questions)))
+
+        lumen_before = await ask("/b/lumen", "before")
+        reload = client.post("/api/model/reload", headers=admin("k-token"))
+        *_, lumen_during, reloaded = await asyncio.gather(ask("", "during"), ask("/b/lumen", "during"), reload)
+        assert lumen_during == lumen_before
         assert reloaded.status == 200 and (await reloaded.json())["model"]["id"] == health[""]["model"]["id"]
         sent = await client.post("/webhooks/rest/webhook", json={"sender": "after", "message": "hi"})
         assert sent.status == 200 and (await sent.json())[0]["text"]

@@ -72,7 +72,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--actions",
         metavar="PACKAGE",
-        help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot",
+        help="also run a rasa-sdk action server for PACKAGE (e.g. actions), stopped with the bot; with brands, "
+        "each brand's own too, where its folder has PACKAGE",
     )
     serve.add_argument(
         "--train-if-needed",

@@ -99,7 +99,9 @@ def create_brands_app(settings: Settings, brands: dict[str, Path], *, action_pac
     root.cleanup_ctx.insert(0, shared_base)  # before the services of any brand load its model
     for name in every:
         if name != default:
-            root.add_subapp(PREFIX.format(name), app_of(name))
+            # each brand's own example actions, where its folder has the package, at its own action_endpoint
+            has_package = action_package and (every[name].root / action_package).is_dir()
+            root.add_subapp(PREFIX.format(name), app_of(name, action_package=action_package if has_package else None))
         elif default in brands:
             root.add_subapp(PREFIX.format(name), _redirect_to_root(PREFIX.format(name)))
     return root
