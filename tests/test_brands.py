@@ -140,6 +140,17 @@ async def test_each_brand_answers_under_its_prefix_with_its_own_store_and_token(
         bank = client.app[HOLDER].current.engine.shared.adapters
         assert len(bank.indices) == 1 and bank.indices[client.app[HOLDER].current.engine.adapter] == 2
 
+        # the OpenAI route at the root picks a brand by `model`, as vLLM picks an adapter
+        async def completion(model: str) -> str:
+            body = {"model": model, "messages": [{"role": "user", "content": "can I return a kettle?"}]}
+            answer = await (await client.post("/v1/chat/completions", json=body)).json()
+            return answer["choices"][0]["message"]["content"]
+
+        by_name = {m: await completion(m) for m in ("lumen", "kestrel", "bot")}
+        assert by_name["lumen"] == lumen_before[1] and by_name["kestrel"] == by_name["bot"] != by_name["lumen"]
+        listed = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
+        assert listed == [health[""]["model"]["id"], "kestrel", "lumen"]
+
         moved = await client.get("/b/kestrel/health?x=1", allow_redirects=False)
         assert moved.status == 308 and moved.headers["Location"] == "/health?x=1"
     finally:

@@ -23,7 +23,7 @@ from aiohttp import web
 from bot.config import Settings, load_settings
 from bot.engine.brands import SharedBase, open_shared_base
 from bot.errors import BotError
-from bot.serve.keys import ALSO_ADMIN, OTHER_BRANDS_TOKENS
+from bot.serve.keys import ALSO_ADMIN, BRAND_APPS, OTHER_BRANDS_TOKENS
 
 log = logging.getLogger("bot.serve")
 PREFIX = "/b/{}/"
@@ -97,11 +97,13 @@ def create_brands_app(settings: Settings, brands: dict[str, Path], *, action_pac
 
     root = app_of(default, action_package=action_package)
     root.cleanup_ctx.insert(0, shared_base)  # before the services of any brand load its model
+    root[BRAND_APPS] = {default: root}
     for name in every:
         if name != default:
             # each brand's own example actions, where its folder has the package, at its own action_endpoint
             has_package = action_package and (every[name].root / action_package).is_dir()
-            root.add_subapp(PREFIX.format(name), app_of(name, action_package=action_package if has_package else None))
+            root[BRAND_APPS][name] = app_of(name, action_package=action_package if has_package else None)
+            root.add_subapp(PREFIX.format(name), root[BRAND_APPS][name])
         elif default in brands:
             root.add_subapp(PREFIX.format(name), _redirect_to_root(PREFIX.format(name)))
     return root

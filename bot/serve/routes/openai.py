@@ -20,7 +20,7 @@ from bot.engine.remote import RemoteEngine
 from bot.policy.reply import Piece
 from bot.serve.bodies import read_body
 from bot.serve.errors import write_stream_error
-from bot.serve.keys import CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
+from bot.serve.keys import BRAND_APPS, CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
 from bot.serve.openapi import RouteTable, ServerSentEvent
 from bot.serve.routes.common import SHOWN_TO_CUSTOMER, sse_headers
 from bot.serve.routes.completions import openai_stream_error
@@ -152,16 +152,19 @@ def _chunk(completion_id: str, created: int, model: str, delta: dict, finish: st
     "/v1/chat/completions", body=CompletionRequest, ok=ChatCompletion, events=CompletionChunkEvent, errors=(429, 503)
 )
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """OpenAI's chat completions: the conversation in, the bot's reply out"""
+    """OpenAI's chat completions: the conversation in, the bot's reply out. On a server with
+    several brands, `model` may name one (as vLLM picks a LoRA adapter by it); any other value
+    gets this route's own bot."""
     request.app[CLIENT_LIMIT].check(request.remote or "?", "client address")
     body = await read_body(request, CompletionRequest)
-    serve = request.app[SETTINGS].build.serve
+    app = request.app.get(BRAND_APPS, {}).get(body.model, request.app)
+    serve = app[SETTINGS].build.serve
     check_size(body, serve.max_messages, serve.max_message_chars)
-    async with request.app[HOLDER].borrow() as model:  # one model for the whole reply, even across a reload
-        messages = _context(body, model.profile.system_prompt, request.app[SETTINGS].build.serve.max_message_chars)
+    async with app[HOLDER].borrow() as model:  # one model for the whole reply, even across a reload
+        messages = _context(body, model.profile.system_prompt, serve.max_message_chars)
         sender = body.user or f"openai-{uuid.uuid4().hex[:12]}"
         latest = user_message(messages[-1]["content"])
-        answer = request.app[CONVERSATIONS].policy.answer(
+        answer = app[CONVERSATIONS].policy.answer(
             model, messages, sender=sender, state=ConversationState(), latest=latest
         )
         completion_id, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model.model_id or "base"
@@ -199,7 +202,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             async with aclosing(answer) as items:
                 async for item in items:
                     if isinstance(item, Piece):
-                        first_token(request, request.app[METRICS])
+                        first_token(request, app[METRICS])
                         if in_message:
                             await response.write(_chunk(completion_id, created, name, {"content": item.text}))
                         else:
@@ -223,9 +226,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/v1/models", ok=ModelList)
 async def list_models(request: web.Request) -> web.Response:
-    """OpenAI's model list: the model in service"""
+    """OpenAI's model list: the model in service (on a server with several brands, then each
+    brand by name, which `model` in a chat completion may name)"""
     model = request.app[HOLDER].current
-    entry = {"id": model.model_id or "base", "object": "model", "created": int(model.loaded_at), "owned_by": "bot"}
+    entries = [_model_entry(model.model_id or "base", model)]
+    for name, app in request.app.get(BRAND_APPS, {}).items():
+        entries.append(_model_entry(name, app[HOLDER].current))
+    return web.json_response({"object": "list", "data": entries})
+
+
+def _model_entry(name: str, model) -> dict:
+    entry = {"id": name, "object": "model", "created": int(model.loaded_at), "owned_by": "bot"}
     if isinstance(model.engine, RemoteEngine):  # the model server's name for it
         entry["root"] = model.engine.model
-    return web.json_response({"object": "list", "data": [entry]})
+    return entry
