@@ -143,11 +143,10 @@ def serve(
 
 
 async def generated_tokens(session, url: str) -> float:
+    """The server's count of generated tokens (with several brands, all of theirs)."""
     async with session.get(f"{url}/metrics") as response:
-        for line in (await response.text()).splitlines():
-            if line.startswith("bot_generated_tokens_total"):
-                return float(line.split()[-1])
-    return 0.0
+        lines = (await response.text()).splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("bot_generated_tokens_total"))
 
 
 async def customer(
@@ -203,7 +202,7 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.5)
         await customer(session, url, 0, 1, 0, 0, f"{run}-warmup")  # not counted
-        before = await generated_tokens(session, url)  # brands other than brand0 have generated nothing yet
+        before = await generated_tokens(session, url)
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
         brands = args.brands if run == BRANDS else 1
@@ -213,9 +212,6 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         results = await asyncio.gather(*customers)
         wall = time.monotonic() - started
         tokens = await generated_tokens(session, url) - before
-        if run == BRANDS:  # every brand counts its own tokens
-            for k in range(1, args.brands):
-                tokens += await generated_tokens(session, f"{url}/b/brand{k}")
     replies = [r for rs in results for r in rs]
     rates = []
     for r in replies:

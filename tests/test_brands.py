@@ -151,6 +151,12 @@ async def test_each_brand_answers_under_its_prefix_with_its_own_store_and_token(
         listed = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
         assert listed == [health[""]["model"]["id"], "kestrel", "lumen"]
 
+        # the root's metrics are every brand's, labelled
+        exposition = await (await client.get("/metrics")).text()
+        tokens = [line for line in exposition.splitlines() if line.startswith("bot_generated_tokens_total")]
+        assert sorted(line.split("{")[1].split("}")[0] for line in tokens) == ['brand="kestrel"', 'brand="lumen"']
+        assert all(float(line.split()[-1]) > 0 for line in tokens)
+
         moved = await client.get("/b/kestrel/health?x=1", allow_redirects=False)
         assert moved.status == 308 and moved.headers["Location"] == "/health?x=1"
     finally:

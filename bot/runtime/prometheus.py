@@ -11,6 +11,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     ProcessCollector,
     generate_latest,
 )
@@ -126,6 +127,37 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def brands_exposition(by_brand: dict[str, Metrics]) -> tuple[bytes, str]:
+    """Every brand's metrics in one exposition (a server with several brands), each sample
+    labelled with its brand: `bot_generated_tokens_total{brand="lumen"}`."""
+    registry = CollectorRegistry()
+    registry.register(_BrandLabelled(by_brand))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _BrandLabelled:
+    """A collector of the brands' registries, with a `brand` label on every sample."""
+
+    def __init__(self, by_brand: dict[str, Metrics]):
+        self.by_brand = by_brand
+
+    def describe(self) -> list:
+        return []  # nothing to check at registration
+
+    def collect(self):
+        families: dict[str, Metric] = {}
+        for brand, metrics in self.by_brand.items():
+            for family in metrics.registry.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                for s in family.samples:
+                    merged.add_sample(s.name, {**s.labels, "brand": brand}, s.value, s.timestamp, s.exemplar)
+        yield from families.values()
 
 
 def _tasks_alive() -> int:

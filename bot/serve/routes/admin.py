@@ -11,7 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from bot.engine.remote import RemoteEngine
-from bot.serve.keys import HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
+from bot.runtime.prometheus import brands_exposition
+from bot.serve.keys import BRAND_APPS, HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
 from bot.serve.openapi import RouteTable
 
 log = logging.getLogger("bot.serve")
@@ -78,8 +79,12 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/metrics", media="text/plain")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus metrics"""
-    body, content_type = request.app[METRICS].exposition()
+    """Prometheus metrics (on a server with several brands, every brand's, with a `brand` label)"""
+    brands = request.app.get(BRAND_APPS)
+    if brands:
+        body, content_type = brands_exposition({name: app[METRICS] for name, app in brands.items()})
+    else:
+        body, content_type = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
