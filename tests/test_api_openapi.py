@@ -69,6 +69,7 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
     admin = {(m, p) for p, ops in doc["paths"].items() for m, op in ops.items() if "security" in op}
     assert admin == {
         ("post", "/api/model/reload"),
+        ("get", "/api/brands"),
         ("get", "/api/handoffs"),
         ("post", "/api/conversations/{sender}/messages"),
         ("post", "/api/conversations/{sender}/resume"),

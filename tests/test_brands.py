@@ -151,6 +151,18 @@ async def test_each_brand_answers_under_its_prefix_with_its_own_store_and_token(
         listed = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
         assert listed == [health[""]["model"]["id"], "kestrel", "lumen"]
 
+        # the brand list: every brand for the server-wide token, a brand's own token its brand alone
+        async def listed_brands(prefix: str, token: str):
+            response = await client.get(prefix + "/api/brands", headers=admin(token))
+            if response.status != 200:
+                return response.status
+            return [(b["name"], b["prefix"]) for b in (await response.json())["brands"]]
+
+        assert await listed_brands("", "server-token") == [("kestrel", ""), ("lumen", "/b/lumen")]
+        assert await listed_brands("", "k-token") == [("kestrel", "")]
+        assert await listed_brands("", "l-token") == 403
+        assert await listed_brands("/b/lumen", "l-token") == [("lumen", "/b/lumen")]
+
         # the root's metrics are every brand's, labelled
         exposition = await (await client.get("/metrics")).text()
         tokens = [line for line in exposition.splitlines() if line.startswith("bot_generated_tokens_total")]

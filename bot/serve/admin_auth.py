@@ -38,6 +38,11 @@ def check_admin(
     failures.succeeded(address)
 
 
+def server_wide(request: web.Request, also: tuple[str, ...]) -> bool:
+    """Whether the request's admin token is a server-wide one (`also`), not the brand's own."""
+    return _any_equal(request.headers.get("Authorization", "").encode(errors="surrogateescape"), list(also))
+
+
 def _any_equal(given: bytes, tokens: list[str]) -> bool:
     """Whether `given` is `Bearer <one of tokens>`, each compared in constant time."""
     matches = [hmac.compare_digest(given, f"Bearer {t}".encode()) for t in tokens]  # all compared: no early exit

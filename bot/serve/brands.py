@@ -23,7 +23,7 @@ from aiohttp import web
 from bot.config import Settings, load_settings
 from bot.engine.brands import SharedBase, open_shared_base
 from bot.errors import BotError
-from bot.serve.keys import ALSO_ADMIN, BRAND_APPS, OTHER_BRANDS_TOKENS
+from bot.serve.keys import ALSO_ADMIN, BRAND_APPS, BRAND_NAME, OTHER_BRANDS_TOKENS
 
 log = logging.getLogger("bot.serve")
 PREFIX = "/b/{}/"
@@ -85,6 +85,7 @@ def create_brands_app(settings: Settings, brands: dict[str, Path], *, action_pac
             **options,
         )
         app[ALSO_ADMIN] = (server_token,) if server_token else ()
+        app[BRAND_NAME] = name
         app[OTHER_BRANDS_TOKENS] = tuple(t for other, t in tokens.items() if other != name and t)
         return app
 

@@ -25,6 +25,7 @@ ADMIN_TOKEN = web.AppKey("admin_token", str)
 # routes (the server-wide BOT_ADMIN_TOKEN), and other brands' tokens, which get 403 here.
 ALSO_ADMIN = web.AppKey("also_admin", tuple)
 OTHER_BRANDS_TOKENS = web.AppKey("other_brands_tokens", tuple)
+BRAND_NAME = web.AppKey("brand_name", str)  # a brand's application: its name
 BRAND_APPS = web.AppKey("brand_apps", dict)  # on the root: every brand's application by name (OpenAI's `model`)
 CONVERSATION_LIMIT = web.AppKey("conversation_limit", RateLimiter)
 CLIENT_LIMIT = web.AppKey("client_limit", RateLimiter)

@@ -12,7 +12,8 @@ from pydantic import BaseModel
 
 from bot.engine.remote import RemoteEngine
 from bot.runtime.prometheus import brands_exposition
-from bot.serve.keys import BRAND_APPS, HOLDER, LOADER, METRICS, RELOAD_LOCK, STORE
+from bot.serve.admin_auth import server_wide
+from bot.serve.keys import ALSO_ADMIN, BRAND_APPS, BRAND_NAME, HOLDER, LOADER, METRICS, RELOAD_LOCK, SETTINGS, STORE
 from bot.serve.openapi import RouteTable
 
 log = logging.getLogger("bot.serve")
@@ -37,6 +38,16 @@ class Health(BaseModel):
     model: ModelInfo
     store: str
     reason: str | None = None  # why it is degraded: the model server's last failure
+
+
+class Brand(BaseModel):
+    name: str
+    prefix: str  # where its routes are: "" for the project this server was started in
+    model: ModelInfo
+
+
+class Brands(BaseModel):
+    brands: list[Brand]
 
 
 class Reloaded(BaseModel):
@@ -75,6 +86,28 @@ async def health(request: web.Request) -> web.Response:
     if isinstance(engine, RemoteEngine) and engine.fault and not await engine.probe():
         body.update(status="degraded", reason=f"model server: {engine.fault}")
     return web.json_response(body)
+
+
+@routes.get("/api/brands", ok=Brands, admin=True)
+async def brands(request: web.Request) -> web.Response:
+    """The brands this server answers for, with where their routes are and the model of each
+
+    With a brand's own token, that brand alone; with the server-wide token (BOT_ADMIN_TOKEN on
+    a server with several brands), every brand, which the console offers to switch between."""
+    here = request.app
+    apps = here.get(BRAND_APPS) or {here.get(BRAND_NAME) or here[SETTINGS].root.name: here}
+    root = request.match_info.apps[0]  # the server's own application: its routes have no prefix
+    if not server_wide(request, here.get(ALSO_ADMIN, ())):
+        apps = {name: app for name, app in apps.items() if app is here}
+    found = [
+        {
+            "name": name,
+            "prefix": "" if app is root else f"/b/{name}",
+            "model": model_info(app[HOLDER].current),
+        }
+        for name, app in apps.items()
+    ]
+    return web.json_response({"brands": found})
 
 
 @routes.get("/metrics", media="text/plain")

@@ -5,7 +5,7 @@ import { byId, clear, el, focus, say } from "./dom.js";
 
 // The console of a brand on a server with several (/b/NAME/console) calls that brand's routes.
 export const BRAND = (location.pathname.match(/^\/b\/[^/]+/) || [""])[0];
-const KEY = "bot-console-token" + BRAND;
+const KEY = "bot-console-token"; // one for every brand's console: a server-wide token opens them all
 
 export class ApiError extends Error {
   constructor(status, message, retryAfter) {
@@ -42,14 +42,15 @@ export function explain(error) {
   return error.message;
 }
 
-export async function api(method, path, body, given) {
+// `prefix`: whose routes; this console's brand by default, "" for the server's own (the brand list).
+export async function api(method, path, body, given, prefix = BRAND) {
   const headers = { Authorization: "Bearer " + (given || token() || "") };
   const init = { method, headers };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(BRAND + path, init);
+  const response = await fetch(prefix + path, init);
   let data = null;
   try {
     data = await response.json();

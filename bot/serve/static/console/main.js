@@ -1,6 +1,6 @@
 // The console: sign in with the admin token (kept in this tab's sessionStorage), then panels.
 import { ApiError, BRAND, api, explain, setToken, token, whenSignedOut } from "./api.js";
-import { byId, focus } from "./dom.js";
+import { byId, clear, el, focus } from "./dom.js";
 import * as conversations from "./conversations.js";
 import * as drafts from "./drafts.js";
 import * as handoffs from "./handoffs.js";
@@ -51,6 +51,25 @@ function signedIn() {
   byId("console").hidden = false;
   byId("sign-out").hidden = false;
   show("conversations");
+  showBrands();
+}
+
+// A server-wide token on a server with several brands: links to every brand's console.
+async function showBrands() {
+  const nav = clear(byId("brands"));
+  try {
+    const { brands } = await api("GET", "/api/brands", undefined, undefined, "");
+    if (brands.length < 2) return;
+    nav.append("Brands: ");
+    brands.forEach((brand, i) => {
+      const here = brand.prefix === BRAND;
+      const link = el("a", { href: brand.prefix + "/console", text: brand.name, "aria-current": here ? "page" : undefined });
+      nav.append(...(i ? [" · ", link] : [link]));
+    });
+    nav.hidden = false;
+  } catch (error) {
+    nav.hidden = true; // not a server-wide token, or an older server: nothing to switch to
+  }
 }
 
 function signedOut(message) {
