@@ -151,6 +151,22 @@ async def test_each_brand_answers_under_its_prefix_with_its_own_store_and_token(
         listed = [m["id"] for m in (await (await client.get("/v1/models")).json())["data"]]
         assert listed == [health[""]["model"]["id"], "kestrel", "lumen"]
 
+        # every admin route of one brand refuses another brand's token, before it reads or changes anything
+        document = await (await client.get("/openapi.json")).json()
+        admin_routes = [
+            (method, path.replace("{sender}", "same-id").replace("{model_id}", "x").replace("{name}", "x.yml"))
+            for path, operations in document["paths"].items()
+            for method, operation in operations.items()
+            if "security" in operation
+        ]
+        assert len(admin_routes) >= 15
+        for prefix, token in (("/b/lumen", "k-token"), ("", "l-token")):
+            for method, path in admin_routes:
+                response = await client.request(method, prefix + path, headers=admin(token), json={})
+                assert response.status == 403, (prefix, method, path)
+        events = (await (await client.get("/b/lumen/api/conversations/same-id")).json())["events"]
+        assert [e["type"] for e in events] == ["user", "bot"]  # no agent message, no resume, nothing
+
         # the brand list: every brand for the server-wide token, a brand's own token its brand alone
         async def listed_brands(prefix: str, token: str):
             response = await client.get(prefix + "/api/brands", headers=admin(token))
