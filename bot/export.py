@@ -71,6 +71,63 @@ class AdapterExport:
         ]
 
 
+class BrandsOnDifferentBases(BotError):
+    """Brands whose models were trained on different base models can't share one vLLM."""
+
+
+@dataclass(frozen=True)
+class BrandsExport:
+    adapters: dict[str, AdapterExport]  # by brand
+    untrained: list[str]  # brands with no trained model: served by the base model
+
+
+def export_brands(brands: dict, target: Path) -> BrandsExport:
+    """Every brand's active adapter (brands: name -> Settings) in `target`/NAME, for one vLLM
+    serving them all; BrandsOnDifferentBases, before anything is written, when they can't share it."""
+    from bot import models
+
+    chosen, bases, untrained = {}, {}, []
+    for name, settings in brands.items():
+        model = models.active(settings.models_dir)
+        if model is None:
+            untrained.append(name)
+            continue
+        chosen[name] = (model, settings)
+        bases[name] = settings.resolve_base(model.manifest["base_model"])
+    if len(set(bases.values())) > 1:
+        trained_on = ", ".join(f"{name} on {base}" for name, base in bases.items())
+        raise BrandsOnDifferentBases(f"the brands' models were trained on different base models ({trained_on})")
+    adapters = {
+        name: export_adapter(model, bases[name], settings.cache_dir, target / name)
+        for name, (model, settings) in chosen.items()
+    }
+    return BrandsExport(adapters, untrained)
+
+
+def brands_vllm_command(exports: dict[str, AdapterExport]) -> list[str]:
+    """One vLLM server for several brands' adapters on their shared base: each adapter answers
+    to its brand's name (`--lora-modules NAME=DIR ...`), the base model to `base`."""
+    first = next(iter(exports.values()))
+    modules = [f"{name}={done.folder}" for name, done in exports.items()]
+    rank = max(done.max_lora_rank for done in exports.values())
+    return [
+        *VLLM_SERVER,
+        "--model",
+        first.base,
+        "--served-model-name",
+        "base",
+        "--tokenizer",
+        str(first.folder),
+        "--enable-lora",
+        "--lora-modules",
+        *modules,
+        "--max-lora-rank",
+        str(rank),
+        "--max-loras",
+        str(len(exports)),
+    ]
+
+
 def merged_vllm_command(model_id: str, folder: Path) -> list[str]:
     """vLLM's OpenAI server for a merged export, answering to the model id."""
     return [*VLLM_SERVER, "--model", str(folder), "--served-model-name", model_id]

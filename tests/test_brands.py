@@ -201,3 +201,44 @@ def test_two_brands_may_not_share_a_store(brands):
     with pytest.raises(BrandsMisconfigured, match="brands 'kestrel' and 'lumen' would store their conversations"):
         brand_settings(kestrel, {"kestrel": kestrel.root, "lumen": lumen.root})
     (lumen.root / "endpoints.yml").write_text(NO_ACTION_SERVER)
+
+
+def test_every_brands_adapter_exported_for_one_vllm(brands, tmp_path, capsys):
+    from bot.cli import main
+
+    kestrel, lumen = brands["kestrel"], brands["lumen"]
+    (kestrel.root / "endpoints.yml").write_text(f"{NO_ACTION_SERVER}brands:\n  kestrel: .\n  lumen: {lumen.root}\n")
+    assert main(["-C", str(kestrel.root), "models", "export-brands", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "out" / "kestrel" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "out" / "lumen").exists()
+    assert "lumen: no trained model; it is served by the base model" in printed
+    assert f"--lora-modules kestrel={tmp_path / 'out' / 'kestrel'} --max-lora-rank 8" in printed
+    assert "--served-model-name base" in printed
+
+
+async def test_brands_on_a_model_server_name_their_adapters(brands, tmp_path):
+    from aiohttp.test_utils import TestClient, TestServer
+    from test_model_server_faults import FaultyModelServer, _free_port
+
+    from bot.serve.brands import create_brands_app
+
+    port = _free_port()
+    kestrel, lumen = brands["kestrel"], brands["lumen"]
+    remote = f"model_server:\n  url: http://127.0.0.1:{port}\n"
+    (kestrel.root / "endpoints.yml").write_text(
+        f"{NO_ACTION_SERVER}{remote}brands:\n  kestrel: .\n  lumen: {lumen.root}\n"
+    )
+    settings = load_settings(kestrel.root)
+    server = FaultyModelServer(port)
+    await server.start()
+    client = TestClient(TestServer(create_brands_app(settings, settings.brand_folders())))
+    await client.start_server()
+    try:
+        for prefix in ("", "/b/lumen"):
+            sent = await client.post(prefix + "/webhooks/rest/webhook", json={"sender": "r", "message": "hello"})
+            assert [m["text"] for m in await sent.json()] == [server.reply.strip()]
+    finally:
+        await client.close()
+        await server.stop()
+    assert [request["model"] for request in server.requests] == ["kestrel", "base"]

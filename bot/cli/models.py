@@ -74,6 +74,25 @@ def cmd_models_export(args) -> int:
     return 0
 
 
+def cmd_models_export_brands(args) -> int:
+    import shlex
+
+    from bot import export
+    from bot.config import load_settings
+
+    settings = load_settings(args.project)
+    brands = {name: load_settings(folder) for name, folder in settings.brand_folders().items()}
+    done = export.export_brands(brands or {settings.root.name: settings}, Path(args.folder))
+    for name in done.untrained:
+        print(f"{name}: no trained model; it is served by the base model (vLLM: model 'base')")
+    for name, adapter in done.adapters.items():
+        print(f"{name}: wrote {adapter.folder}, the adapter of {adapter.model_id} (rank {adapter.rank})")
+    if done.adapters:
+        print(f"serve them all with one vLLM:\n  {shlex.join(export.brands_vllm_command(done.adapters))}")
+        print("then in endpoints.yml: model_server: {url: http://HOST:8000}; each brand's requests name its adapter")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     model_actions = command_group(commands, "models", "list, activate and export trained models")
     model_actions.add_parser("list", help="a table of trained models").set_defaults(run=cmd_models_list)
@@ -94,3 +113,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="the adapter merged into the base model, a plain Hugging Face folder (vLLM, llama.cpp)",
     )
     export.set_defaults(run=cmd_models_export)
+    brands = model_actions.add_parser(
+        "export-brands",
+        help="write every brand's active adapter for one vLLM (endpoints.yml brands; this project alone without)",
+    )
+    brands.add_argument("folder", metavar="DIR", help="a folder per brand is written in it")
+    brands.set_defaults(run=cmd_models_export_brands)

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.config import Settings, load_settings
+from bot import models
+from bot.config import ModelServer, Settings, load_settings
 from bot.engine.brands import SharedBase, open_shared_base
+from bot.engine.response_model import ResponseModel, remote_response_model
 from bot.errors import BotError
 from bot.serve.keys import ALSO_ADMIN, BRAND_APPS, BRAND_NAME, OTHER_BRANDS_TOKENS
 
@@ -77,10 +79,20 @@ def create_brands_app(settings: Settings, brands: dict[str, Path], *, action_pac
     server_token = os.environ.get("BOT_ADMIN_TOKEN") or None
     shared: list[SharedBase] = []  # opened when the server starts, before any brand's services
 
+    remote = settings.endpoints.model_server
+    if remote.url:  # every brand generates on the model server, its adapter named after it
+
+        def load(name: str) -> ResponseModel:
+            return remote_brand_model(name, every[name], remote)
+    else:
+
+        def load(name: str) -> ResponseModel:
+            return shared[0].response_model(name, every[name])
+
     def app_of(name: str, **options) -> web.Application:
         app = create_app(
             every[name],
-            load_model=lambda: shared[0].response_model(name, every[name]),
+            load_model=lambda: load(name),
             admin_token=tokens[name] or "",
             **options,
         )
@@ -97,7 +109,8 @@ def create_brands_app(settings: Settings, brands: dict[str, Path], *, action_pac
         await base.engine.close()
 
     root = app_of(default, action_package=action_package)
-    root.cleanup_ctx.insert(0, shared_base)  # before the services of any brand load its model
+    if not remote.url:
+        root.cleanup_ctx.insert(0, shared_base)  # before the services of any brand load its model
     root[BRAND_APPS] = {default: root}
     for name in every:
         if name != default:
@@ -108,6 +121,17 @@ def create_brands_app(settings: Settings, brands: dict[str, Path], *, action_pac
         elif default in brands:
             root.add_subapp(PREFIX.format(name), _redirect_to_root(PREFIX.format(name)))
     return root
+
+
+def remote_brand_model(brand: str, settings: Settings, server: ModelServer) -> ResponseModel:
+    """A brand's response model on the model server `server` (this project's endpoints.yml): its
+    requests name the brand, the adapter `bot models export-brands` exported under that name, or
+    `base` for a brand with no trained model."""
+    named = server.model_copy(update={"model": brand if models.active(settings.models_dir) else "base"})
+    brand_settings = Settings(
+        settings.root, settings.build, settings.endpoints.model_copy(update={"model_server": named})
+    )
+    return remote_response_model(brand_settings)
 
 
 def _redirect_to_root(prefix: str) -> web.Application:
