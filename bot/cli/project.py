@@ -11,6 +11,7 @@ def cmd_init(args) -> int:
 
     folder = create_project(Path(args.dir))
     print(f"created a bot project in {folder}: next, 'bot -C {args.dir} data validate'")
+    print(f"to serve it as a brand beside another project: 'bot serve --brand {folder.name.lower()}={args.dir}' there")
     return 0
 
 
