@@ -19,13 +19,16 @@ from bot.engine.response_model import load_response_model
 from bot.pipelines.train import train_and_activate
 from bot.serve.keys import HOLDER
 
-FP32 = "  precision: fp32\n"
+FP32 = "  precision: fp32\n"  # appended to config.yml's train: section (serving's precision)
 
 
 @pytest.fixture(scope="module")
 def brands(tmp_path_factory, tiny_base, cache_dir) -> dict:
-    kestrel = make_tiny_project(tmp_path_factory.mktemp("kestrel"), tiny_base, cache_dir, extra=FP32)
+    kestrel = make_tiny_project(tmp_path_factory.mktemp("kestrel"), tiny_base, cache_dir)
+    # trained in the precision every other test trains in (accelerate's state is one per process),
+    # then served in fp32, where greedy replies compare exactly
     train_and_activate(load_settings(kestrel), progress_bar=False)
+    (kestrel / "config.yml").write_text((kestrel / "config.yml").read_text() + FP32)
     lumen = make_tiny_project(tmp_path_factory.mktemp("lumen"), tiny_base, cache_dir, extra=FP32)
     persona = lumen / "training_data" / "persona.yml"
     persona.write_text(persona.read_text().replace("company: Example Shop", "company: Lumen Energy"))
