@@ -4,73 +4,26 @@ order and network systems a real deployment would call)."""
 from __future__ import annotations
 
 import json
-from abc import ABCMeta, abstractmethod
+from abc import ABCMeta
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
-from rasa_sdk import Action, Tracker
-from rasa_sdk.events import ConversationPaused, SlotSet
-from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.events import ConversationPaused
+
+from bot import action_kit as kit
 
 DATA = json.loads((Path(__file__).parent / "kestrel.json").read_text(encoding="utf-8"))
 TODAY = date(2026, 11, 26)
 
 
-class LookupAction(Action, metaclass=ABCMeta):
-    """Reads the declared arguments from slots, runs `lookup`, returns its result as the
-    action's custom payload plus any slots it sets. Abstract, so rasa-sdk doesn't register it."""
+class AccountAction(kit.AccountAction, metaclass=ABCMeta):
+    """A lookup on one of this package's accounts, once verified (bot.action_kit.AccountAction)."""
 
-    action_name = ""
-    arguments: tuple[str, ...] = ()
-
-    def name(self) -> str:
-        return self.action_name
-
-    @abstractmethod
-    def lookup(self, args: dict[str, Any], tracker: Tracker) -> tuple[dict, list]:
-        """(the result for the model, rasa-sdk events)"""
-
-    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict) -> list:
-        args = {name: tracker.get_slot(name) for name in self.arguments}
-        result, events = self.lookup(args, tracker)
-        dispatcher.utter_message(json_message=result)
-        return events
+    accounts = DATA["accounts"]
 
 
-def _verified(tracker: Tracker, account_id: str) -> bool:
-    return tracker.get_slot("verified_account") == account_id
-
-
-NOT_VERIFIED = {"error": "account not verified in this conversation: call verify_customer first"}
-
-
-class AccountAction(LookupAction, metaclass=ABCMeta):
-    """A lookup on one customer's account (the `account_id` argument): refused until
-    verify_customer has verified that account in this conversation, then `account_lookup` runs
-    with the account's record."""
-
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
-        return self.account_lookup(args, DATA["accounts"][args["account_id"]])
-
-    @abstractmethod
-    def account_lookup(self, args: dict[str, Any], account: dict[str, Any]) -> tuple[dict, list]:
-        """(the result for the model, rasa-sdk events), for a verified account"""
-
-
-class VerifyCustomer(LookupAction):
-    action_name, arguments = "verify_customer", ("account_id", "postcode")
-
-    def lookup(self, args, tracker):
-        account = DATA["accounts"].get(str(args["account_id"]))
-        postcode = str(args["postcode"] or "").replace(" ", "").upper()
-        if account and account["postcode"].replace(" ", "") == postcode:
-            return {"verified": True, "first_name": account["first_name"]}, [
-                SlotSet("verified_account", args["account_id"])
-            ]
-        return {"verified": False}, []
+class VerifyCustomer(kit.VerifyCustomer):
+    accounts = DATA["accounts"]
 
 
 class GetAccount(AccountAction):
@@ -90,7 +43,7 @@ class GetBill(AccountAction):
         return (dict(bill, month=month) if bill else {"error": f"no bill for {month}"}), []
 
 
-class CheckOrder(LookupAction):
+class CheckOrder(kit.LookupAction):
     action_name, arguments = "check_order", ("order_id",)
 
     def lookup(self, args, tracker):
@@ -100,7 +53,7 @@ class CheckOrder(LookupAction):
         return dict(order, order_id=args["order_id"]), []
 
 
-class StartReturn(LookupAction):
+class StartReturn(kit.LookupAction):
     action_name, arguments = "start_return", ("order_id", "reason")
 
     def lookup(self, args, tracker):
@@ -117,7 +70,7 @@ class StartReturn(LookupAction):
         }, []
 
 
-class CheckOutage(LookupAction):
+class CheckOutage(kit.LookupAction):
     action_name, arguments = "check_outage", ("postcode",)
 
     def lookup(self, args, tracker):
@@ -125,21 +78,17 @@ class CheckOutage(LookupAction):
         return {"outages": DATA["outages"].get(area, [])}, []
 
 
-class ListPlans(LookupAction):
-    action_name, arguments = "list_plans", ("kind",)
+class ListPlans(kit.Choices):
+    action_name, arguments, listed_as = "list_plans", ("kind",), "plans"
 
-    def lookup(self, args, tracker):
-        return {"plans": DATA["plans"].get(args["kind"], [])}, []
+    def choices(self, args):
+        return DATA["plans"].get(args["kind"], [])
 
-    async def run(self, dispatcher, tracker, domain):
-        events = await super().run(dispatcher, tracker, domain)
-        plans = DATA["plans"].get(tracker.get_slot("kind"), [])
-        buttons = [
-            {"title": f"{p['name']} (£{p['monthly_price']:.0f})", "payload": f"I'd like the {p['name']} plan"}
-            for p in plans
-        ]
-        dispatcher.utter_message(buttons=buttons)  # quick replies in the widget
-        return events
+    def button(self, plan):
+        return {
+            "title": f"{plan['name']} (£{plan['monthly_price']:.0f})",
+            "payload": f"I'd like the {plan['name']} plan",
+        }
 
 
 class ChangePlan(AccountAction):
@@ -159,7 +108,7 @@ class ChangePlan(AccountAction):
         return result, []
 
 
-class RoamingRates(LookupAction):
+class RoamingRates(kit.LookupAction):
     action_name, arguments = "roaming_rates", ("country",)
 
     def lookup(self, args, tracker):

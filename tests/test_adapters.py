@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from test_engine import alone
 
 from bot.engine.adapter_engine import AdapterEngine
 from bot.engine.adapters import AdapterBank, AdapterError
@@ -50,17 +51,8 @@ def peft_alone(tiny, tokenizer, folder, prompt: list[int], n: int) -> list[int]:
     from peft import PeftModel
 
     model = tiny if folder is None else PeftModel.from_pretrained(copy.deepcopy(tiny), folder).eval()
-    ids = torch.tensor([prompt])
     with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=n,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    new = out[0, len(prompt) :].tolist()
-    return new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+        return alone(model, tokenizer, prompt, n)
 
 
 def banked(tiny, adapters) -> tuple[torch.nn.Module, AdapterBank]:

@@ -174,8 +174,8 @@ class ThreadedEngine(Engine):
         tokenizer,
         *,
         max_length: int,
-        max_queue: int,
-        ignore_eos: bool,
+        max_queue: int = 256,
+        ignore_eos: bool = False,
         constraint: ToolCallConstraint | None = None,
         adapters: AdapterBank | None = None,
     ):

@@ -81,26 +81,11 @@ class SerialEngine(ThreadedEngine):
     name = "serial"
 
     def __init__(
-        self,
-        model,
-        tokenizer,
-        *,
-        max_length: int,
-        max_queue: int = 256,
-        ignore_eos: bool = False,
-        constraint=None,
-        adapters=None,
-        **_batching_only,
+        self, model, tokenizer, *, max_batch=None, kv_cache_mb=None, prefill_tokens=None, pinned_prefix=None, **options
     ):
-        super().__init__(
-            model,
-            tokenizer,
-            max_length=max_length,
-            max_queue=max_queue,
-            ignore_eos=ignore_eos,
-            constraint=constraint,
-            adapters=adapters,
-        )
+        """`options` as ThreadedEngine takes them; the batching engine's own are accepted and
+        mean nothing here."""
+        super().__init__(model, tokenizer, **options)
         self.running = 0
         self.thread.start()
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from abc import ABCMeta, abstractmethod
+from abc import ABCMeta
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from rasa_sdk import Action, Tracker
-from rasa_sdk.events import ConversationPaused, SlotSet
-from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.events import ConversationPaused
+
+from bot import action_kit as kit
 
 DATA = json.loads((Path(__file__).parent / "lumen.json").read_text(encoding="utf-8"))
 TODAY = date(2026, 11, 26)
@@ -35,47 +35,10 @@ PSR_SERVICES = {
 }
 
 
-class LookupAction(Action, metaclass=ABCMeta):
-    """Reads the declared arguments from slots, runs `lookup`, returns its result as the
-    action's custom payload plus any slots it sets. Abstract, so rasa-sdk doesn't register it."""
+class AccountAction(kit.AccountAction, metaclass=ABCMeta):
+    """A lookup on one of this package's accounts, once verified (bot.action_kit.AccountAction)."""
 
-    action_name = ""
-    arguments: tuple[str, ...] = ()
-
-    def name(self) -> str:
-        return self.action_name
-
-    @abstractmethod
-    def lookup(self, args: dict[str, Any], tracker: Tracker) -> tuple[dict, list]:
-        """(the result for the model, rasa-sdk events)"""
-
-    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: dict) -> list:
-        args = {name: tracker.get_slot(name) for name in self.arguments}
-        result, events = self.lookup(args, tracker)
-        dispatcher.utter_message(json_message=result)
-        return events
-
-
-def _verified(tracker: Tracker, account_id: str) -> bool:
-    return tracker.get_slot("verified_account") == account_id
-
-
-NOT_VERIFIED = {"error": "account not verified in this conversation: call verify_customer first"}
-
-
-class AccountAction(LookupAction, metaclass=ABCMeta):
-    """A lookup on one customer's account (the `account_id` argument): refused until
-    verify_customer has verified that account in this conversation, then `account_lookup` runs
-    with the account's record."""
-
-    def lookup(self, args, tracker):
-        if not _verified(tracker, args["account_id"]):
-            return NOT_VERIFIED, []
-        return self.account_lookup(args, DATA["accounts"][args["account_id"]])
-
-    @abstractmethod
-    def account_lookup(self, args: dict[str, Any], account: dict[str, Any]) -> tuple[dict, list]:
-        """(the result for the model, rasa-sdk events), for a verified account"""
+    accounts = DATA["accounts"]
 
 
 def _outward(postcode: Any) -> str:
@@ -104,17 +67,8 @@ def _reference(prefix: str, account_id: str) -> str:
     return f"{prefix}-{account_id[-6:]}"
 
 
-class VerifyCustomer(LookupAction):
-    action_name, arguments = "verify_customer", ("account_id", "postcode")
-
-    def lookup(self, args, tracker):
-        account = DATA["accounts"].get(str(args["account_id"]))
-        postcode = str(args["postcode"] or "").replace(" ", "").upper()
-        if account and account["postcode"].replace(" ", "") == postcode:
-            return {"verified": True, "first_name": account["first_name"]}, [
-                SlotSet("verified_account", args["account_id"])
-            ]
-        return {"verified": False}, []
+class VerifyCustomer(kit.VerifyCustomer):
+    accounts = DATA["accounts"]
 
 
 class GetBalance(AccountAction):
@@ -167,25 +121,21 @@ class SubmitMeterReading(AccountAction):
         return result, []
 
 
-class CheckPowerCut(LookupAction):
+class CheckPowerCut(kit.LookupAction):
     action_name, arguments = "check_power_cut", ("postcode",)
 
     def lookup(self, args, tracker):
         return {"power_cuts": DATA["power_cuts"].get(_outward(args["postcode"]), []), "report_line": REPORT_LINE}, []
 
 
-class ListTariffs(LookupAction):
-    action_name, arguments = "list_tariffs", ("fuel",)
+class ListTariffs(kit.Choices):
+    action_name, arguments, listed_as = "list_tariffs", ("fuel",), "tariffs"
 
-    def lookup(self, args, tracker):
-        return {"tariffs": DATA["tariffs"].get(args["fuel"], [])}, []
+    def choices(self, args):
+        return DATA["tariffs"].get(args["fuel"], [])
 
-    async def run(self, dispatcher, tracker, domain):
-        events = await super().run(dispatcher, tracker, domain)
-        tariffs = DATA["tariffs"].get(tracker.get_slot("fuel"), [])
-        buttons = [{"title": t["name"], "payload": f"I'd like the {t['name']} tariff"} for t in tariffs]
-        dispatcher.utter_message(buttons=buttons)  # quick replies in the widget
-        return events
+    def button(self, tariff):
+        return {"title": tariff["name"], "payload": f"I'd like the {tariff['name']} tariff"}
 
 
 class ChangeTariff(AccountAction):
