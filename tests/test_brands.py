@@ -59,6 +59,8 @@ async def test_brands_on_one_base_reply_as_each_does_alone(brands):
         served = {name: await asyncio.to_thread(shared.response_model, name, s) for name, s in brands.items()}
         assert served["kestrel"].model_id and served["lumen"].model_id is None
         assert "Lumen Energy" in served["lumen"].profile.system_prompt
+        pinned = [e for e in shared.engine.prompts.entries.values() if e.pinned]
+        assert sorted(e.adapter for e in pinned) == [0, 1]  # each brand's system prompt, under its adapter
         together = await asyncio.gather(*(reply(served[name], q) for name in brands for q in questions))
     finally:
         await shared.engine.close()

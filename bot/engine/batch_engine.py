@@ -127,8 +127,8 @@ class BatchingEngine(ThreadedEngine):
         """The next token of each row (greedy, or sampled for a request with a temperature); `cache`
         grows by ids' width. `requests` are the rows' requests in batch order, for the tool-call
         constraint, sampling and each row's adapter (none: the base weights for every row)."""
-        if self.adapters:
-            self.adapters.route([r.adapter for r in requests] or [BASE] * len(ids))
+        if self.adapters and requests:  # without requests (a pinned prefix), the caller has routed
+            self.adapters.route([r.adapter for r in requests])
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)
         # The output layer on each row's last position alone, as one 2-D matmul: the model's own
         # `logits_to_keep` slices a 3-D tensor, and on the CPU that matmul copies the whole
@@ -238,14 +238,21 @@ class BatchingEngine(ThreadedEngine):
             row.start += new_shift
         self.rows += rows
 
-    def _pin(self, prefix: list[int]) -> None:
+    def pin_waiting(self, prefix: list[int], adapter: str | None) -> None:
+        """`_pin` for one adapter's conversations (a brand's system prompt), from a thread other
+        than the engine's: waits until it is computed."""
+        self.between_steps(lambda: self._pin(prefix, self.adapters.index(adapter) if self.adapters else BASE)).result()
+
+    def _pin(self, prefix: list[int], adapter: int = BASE) -> None:
         """Compute the shared prefix (the system prompt) once; every conversation reuses it."""
+        if self.adapters:
+            self.adapters.route([adapter])
         cache = BatchCache.from_prefixes([None], [0], self.spec, spare=len(prefix))
         starts = torch.zeros(1, dtype=torch.long, device=self.spec.device)
         positions = torch.arange(len(prefix), device=self.spec.device)[None]
         ids = torch.tensor([prefix], device=self.spec.device)
         self._forward(ids, positions, self._mask(starts, 0, len(prefix)), cache)
-        self.prompts.add(prefix, cache.row(0, 0, len(prefix)), pinned=True)
+        self.prompts.add(prefix, cache.row(0, 0, len(prefix)), pinned=True, adapter=adapter)
 
     # -- decode ----------------------------------------------------------------------------
     def _decode(self) -> None:

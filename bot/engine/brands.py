@@ -23,7 +23,7 @@ from bot.engine.batch_engine import BatchingEngine
 from bot.engine.frontend import Frontend, load_frontend
 from bot.engine.requests import leave_cores_to_engines
 from bot.engine.response_model import ResponseModel
-from bot.engine.weights import call_constraint, device
+from bot.engine.weights import call_constraint, device, shared_prefix
 from bot.errors import BotError
 from bot.precision import runtime_dtype
 
@@ -76,6 +76,7 @@ class SharedBase:
         if front.trained:
             name = adapter_name(brand, front.trained)
             self.engine.load_adapter_waiting(name, front.trained.adapter_dir)
+        self.engine.pin_waiting(shared_prefix(front.tokenizer, front.profile.system_prompt), name)
         constraint = call_constraint(self.model, front.tokenizer, front.profile.actions)
         engine = AdapterEngine(self.engine, name, constraint)
         trained_id = front.trained.id if front.trained else None

@@ -214,6 +214,11 @@ class PromptCache:
         if nbytes > self.limit_bytes:
             return False
         new = torch.tensor(tokens)
+        for key, entry in self.entries.items():  # already kept (a prefix pinned again): kept once
+            if entry.adapter == adapter and torch.equal(entry.tokens, new):
+                entry.pinned = entry.pinned or pinned
+                self.entries.move_to_end(key)
+                return True
         for key, entry in list(self.entries.items()):
             is_prefix_of_new = len(entry.tokens) <= len(new) and self._common(entry.tokens, new) == len(entry.tokens)
             if not entry.pinned and is_prefix_of_new and entry.adapter == adapter:
