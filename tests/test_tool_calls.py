@@ -75,6 +75,20 @@ def test_the_grammar_takes_declared_calls_only(tokenizer, starter_actions):
     )
 
 
+def test_a_call_asked_for_without_the_handoff_may_be_any_action_but_the_handoff(tokenizer, starter_actions):
+    constraint = ToolCallConstraint(tokenizer, starter_actions, len(tokenizer))
+    for text, taken in (
+        (call("check_order", order_id="KM-120448"), True),
+        (call("handoff_to_human", reason="x"), False),
+    ):
+        matcher = constraint.follow(forced=True, handoff=False).matcher
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert (matcher.consume_tokens(ids) and matcher.is_accepting()) is taken, text
+    assert constraint.follow(forced=True).matcher.consume_tokens(
+        tokenizer(call("handoff_to_human", reason="x"), add_special_tokens=False)["input_ids"]
+    )
+
+
 def test_the_schema_is_plain_json_schema_for_a_remote_server(starter_actions):
     schema = tool_call_schema(starter_actions)
     json.dumps(schema)  # what vLLM's structured output takes must be JSON
@@ -199,11 +213,20 @@ async def test_a_broken_call_never_reaches_the_customer(tmp_path, cache_dir, ser
 
 
 async def test_the_model_hands_over_unasked_only_after_offering_a_person(tmp_path, cache_dir, serve):
-    """A handoff out of the blue ("ta" after a finished task) becomes an offer of a person; the
-    customer's yes, answered with the model's handoff, gets one. A handoff after the bot offered
-    a person, or after an action's result, goes ahead at once."""
+    """A handoff out of the blue ("ta" after a finished task) makes the policy ask the model
+    again with the handoff ruled out: its text is not shown, the bot offers a person instead,
+    and the customer's yes, answered with the model's handoff, gets one. A call of an action in
+    the second answer goes ahead only if it acts on what the customer has just written (a
+    corrected order number); its text is never shown."""
     handoff = call("handoff_to_human", reason="Customer wants the roaming charge refunded.")
-    replies = ["You're welcome!", handoff, handoff, handoff]
+    replies = [
+        "You're welcome!",
+        handoff,
+        call("check_order", order_id="KM-104233"),  # asked again: a call on nothing "brill, ta" says
+        handoff,
+        handoff,
+        call("check_order", order_id="KM-120448"),  # asked again: a call on the number just given, which runs
+    ]
     client, model = await serve(starter_project(tmp_path, cache_dir), replies)
     await chat(client, "o1", "what does roaming cost in spain")
     events = await chat(client, "o1", "brill, ta")
@@ -219,7 +242,12 @@ async def test_the_model_hands_over_unasked_only_after_offering_a_person(tmp_pat
         "model",
         "Customer wants the roaming charge refunded.",
     )
-    assert len(model.engine.prompts) == 3  # the offer cost no generation of its own
+    assert len(model.engine.prompts) == 4  # the second try after "ta"; the yes needed none
+
+    await chat(client, "o2", "argh sorry, KM-120448")
+    log = await stored_events(client, "o2")
+    assert [e["type"] for e in log][:2] == ["user", "action_failed"]  # sent (nothing listens on port 9)
+    assert log[1]["name"] == "check_order" and log[1]["arguments"] == {"order_id": "KM-120448"}
 
 
 @pytest.mark.parametrize(

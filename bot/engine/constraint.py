@@ -53,41 +53,47 @@ class ToolCallConstraint:
         self.template = self._compile(())
         if self.template.is_error():
             raise EngineError(f"the tool-call grammar does not compile: {self.template.get_error()}")
-        self._kept: OrderedDict[GroundedValues, llguidance.LLMatcher] = OrderedDict()
+        self._kept: OrderedDict[tuple[GroundedValues, bool], llguidance.LLMatcher] = OrderedDict()
         self._bits = torch.arange(32, dtype=torch.int32)
         self.masks, self.mask_seconds = 0, 0.0  # what the constraint has cost so far
         self.compiles, self.compile_seconds = 0, 0.0
 
-    def _compile(self, grounded: GroundedValues) -> llguidance.LLMatcher:
-        return llguidance.LLMatcher(self.tokenizer, tool_call_grammar(self.actions, grounded), log_level=0)
+    def _compile(self, grounded: GroundedValues, handoff: bool = True) -> llguidance.LLMatcher:
+        grammar = tool_call_grammar(self.actions, grounded, handoff=handoff)
+        return llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
 
-    def template_for(self, grounded: GroundedValues) -> llguidance.LLMatcher:
-        """A fresh matcher of the call grammar with `grounded` values (compiled once per values)."""
-        if not grounded:
+    def template_for(self, grounded: GroundedValues, handoff: bool = True) -> llguidance.LLMatcher:
+        """A fresh matcher of the call grammar with `grounded` values, the handoff among the
+        calls unless `handoff` is False (compiled once per values)."""
+        if not grounded and handoff:
             return self.template.deep_copy()
-        template = self._kept.get(grounded)
+        key = (grounded, handoff)
+        template = self._kept.get(key)
         if template is None:
             started = time.perf_counter()
-            template = self._compile(grounded)
+            template = self._compile(grounded, handoff)
             self.compiles += 1
             self.compile_seconds += time.perf_counter() - started
             if template.is_error():  # never expected (values are JSON-escaped): constrain as without them
                 log.warning("the tool-call grammar with grounded values does not compile: %s", template.get_error())
                 template = self.template
-            self._kept[grounded] = template
+            self._kept[key] = template
             while len(self._kept) > KEPT_GRAMMARS:
                 self._kept.popitem(last=False)
-        self._kept.move_to_end(grounded)
+        self._kept.move_to_end(key)
         return template.deep_copy()
 
-    def follow(self, *, forced: bool = False, text_only: bool = False, grounded: GroundedValues = ()) -> CallFollower:
+    def follow(
+        self, *, forced: bool = False, text_only: bool = False, grounded: GroundedValues = (), handoff: bool = True
+    ) -> CallFollower:
         """A watcher for one reply; `forced`: the reply must be a call from its first token;
-        `text_only`: it may not open one; `grounded`: the values its grounded arguments may take."""
+        `text_only`: it may not open one; `grounded`: the values its grounded arguments may take;
+        `handoff` False: a call it opens may not be the handoff."""
         if forced and text_only:
             raise EngineError("a reply can't be both a forced call and text only")
-        follower = CallFollower(self, grounded, text_only=text_only)
+        follower = CallFollower(self, grounded, text_only=text_only, handoff=handoff)
         if forced:
-            follower.matcher = self.template_for(grounded)
+            follower.matcher = self.template_for(grounded, handoff)
         return follower
 
     def allowed(self, matcher: llguidance.LLMatcher) -> torch.Tensor:
@@ -105,9 +111,12 @@ class CallFollower:
     call; from then on it holds a matcher fed with every token of the reply, and `allowed` says
     what may come next. A reply that starts any other way is left free for good."""
 
-    def __init__(self, constraint: ToolCallConstraint, grounded: GroundedValues = (), *, text_only: bool = False):
+    def __init__(
+        self, constraint: ToolCallConstraint, grounded: GroundedValues = (), *, text_only: bool = False, handoff=True
+    ):
         self.constraint = constraint
         self.grounded = grounded
+        self.handoff = handoff
         self.text_only = text_only  # until its first visible character, the reply may not open a call
         self.matcher: llguidance.LLMatcher | None = None
         self.free = False  # decided: not a call (or the matcher gave up), never constrained
@@ -128,7 +137,7 @@ class CallFollower:
             return
         lead = text.lstrip()
         if lead.startswith(TOOL_CALL_OPEN):
-            self.matcher = self.constraint.template_for(self.grounded)
+            self.matcher = self.constraint.template_for(self.grounded, self.handoff)
             self._check(self.matcher.consume_tokens(tokens))
         elif lead and not TOOL_CALL_OPEN.startswith(lead):
             self.free = True

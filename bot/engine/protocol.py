@@ -70,13 +70,16 @@ class Decoding:
     asks it after an action's repeat or the last allowed action). `grounded`: the values a
     grounded argument of a call may copy (bot.data.grounding). `adapter`: the LoRA adapter that
     writes it, by name, on an engine serving several on one base model (bot.engine.adapters);
-    None: the engine's own weights."""
+    None: the engine's own weights. `handoff` False: a call the reply opens may be any declared
+    action but not the handoff (the policy asks again so after a handoff out of the blue); an
+    engine without the constraint ignores it."""
 
     tool_call: bool = False
     text_only: bool = False
     sampling: Sampling = GREEDY
     grounded: GroundedValues = ()
     adapter: str | None = None
+    handoff: bool = True
 
 
 PLAIN = Decoding()  # greedy text or a call, as the model chooses

@@ -339,7 +339,10 @@ class ThreadedEngine(Engine):
                 raise EngineError(str(e)) from None
         if constraint:
             request.calls = constraint.follow(
-                forced=decoding.tool_call, text_only=decoding.text_only, grounded=decoding.grounded
+                forced=decoding.tool_call,
+                text_only=decoding.text_only,
+                grounded=decoding.grounded,
+                handoff=decoding.handoff,
             )
         self._in_flight += 1
         try:

@@ -7,8 +7,9 @@ the first step of an answer, scored against the reference), and the conversation
 What the policy decides, in order:
 - the person rule: a customer who asks for a person is handed off before the model answers;
 - the model's own handoff goes ahead after an action's result or when the bot's last message
-  offered a person; where it would come out of the blue, the bot offers a person instead
-  (the persona's `handoff_offer`), and the customer's yes gets the handoff;
+  offered a person; where it would come out of the blue, the model is asked again with the
+  handoff ruled out, and a call of an action it then makes goes ahead; otherwise the bot offers
+  a person (the persona's `handoff_offer`), and the customer's yes gets the handoff;
 - the model writes, its tool calls kept well-formed by the engine's tool-call constraint;
 - a call is checked against its declaration (argument names, types, enums), then its grounded
   arguments (`from: conversation`) against what the customer wrote and what actions returned;
@@ -131,6 +132,17 @@ def asked_for(arguments: list[str]) -> str:
     labels = [_argument_label(name) for name in arguments]
     wanted = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
     return f"To do that I need your {wanted}. Could you tell me, please?"
+
+
+def acts_on(arguments: dict, message: str) -> bool:
+    """Whether a call's arguments take a value the customer's message holds (letter case and
+    spaces aside): "argh sorry, KM-120448" for check_order(order_id="KM-120448")."""
+
+    def plain(text: str) -> str:
+        return "".join(text.lower().split())
+
+    said = plain(message)
+    return any(plain(str(value)) and plain(str(value)) in said for value in arguments.values())
 
 
 def step_of(items: list[Piece | Event | Call]) -> BotStep:
@@ -258,13 +270,16 @@ class ReplyPolicy:
                 "conversation %s: a malformed tool call (%s): %.200s", sender, generated.finish_reason, reply.text
             )
             if reply.broken_call == HANDOFF_TOOL:
-                yield self._model_handoff(model, messages, sender, "")
+                for item in await self._model_handoff(model, messages, sender, "", last=last):
+                    yield item
                 return
             yield action_failed(reply.broken_call, {}, f"malformed tool call ({generated.finish_reason})")
             yield bot_message(COULD_NOT_DO)
             return
         if reply.handoff:
-            yield self._model_handoff(model, messages, sender, str((reply.arguments or {}).get("reason", "")))
+            reason = str((reply.arguments or {}).get("reason", ""))
+            for item in await self._model_handoff(model, messages, sender, reason, last=last):
+                yield item
             return
         if not reply.calls_action:
             yield bot_message(reply.text or NOT_UNDERSTOOD)
@@ -272,13 +287,39 @@ class ReplyPolicy:
         for item in self._checked_call(model, messages, sender, reply.action, reply.arguments or {}, last=last):
             yield item
 
-    def _model_handoff(self, model: ResponseModel, messages: list[dict], sender: str, reason: str) -> Event:
-        """The model hands over, unless that would come out of the blue (`handoff_unprompted`):
-        then the bot offers a person, and a yes gets one."""
-        if handoff_unprompted(messages):
-            log.info("conversation %s: offering a person instead of the model's handoff (%.200s)", sender, reason)
-            return bot_message(model.profile.handoff_offer, by=OFFER)
-        return handed_off("model", reason, text=model.profile.handoff_message)
+    async def _model_handoff(
+        self, model: ResponseModel, messages: list[dict], sender: str, reason: str, *, last: bool
+    ) -> list[Event | Call]:
+        """The model hands over, unless that would come out of the blue (`handoff_unprompted`).
+        Then the model is asked again with the handoff ruled out. A call of an action it makes
+        goes ahead if it acts on what the customer has just written (a corrected order number):
+        a model that meant to hand over, made to call something else, otherwise picks any action
+        ("brill, ta" became a return of the order just checked). Else the bot offers a person,
+        and a yes gets one."""
+        if not handoff_unprompted(messages):
+            return [handed_off("model", reason, text=model.profile.handoff_message)]
+        log.info("conversation %s: the model's handoff came out of the blue (%.200s): asking again", sender, reason)
+        again = None if last else await self._without_handoff(model, messages, sender)
+        if again is not None and again.calls_action and acts_on(again.arguments or {}, last_user_text(messages)):
+            return self._checked_call(model, messages, sender, again.action, again.arguments or {}, last=last)
+        return [bot_message(model.profile.handoff_offer, by=OFFER)]
+
+    async def _without_handoff(self, model: ResponseModel, messages: list[dict], sender: str):
+        """The model's step with the handoff ruled out, all of it held back (its text is never
+        shown: only a call of an action is taken from it); None when it gives nothing usable."""
+        generated = None
+        try:
+            async with aclosing(self._generate(model, messages, handoff=False)) as items:
+                async for item in items:
+                    if isinstance(item, Leak):
+                        return None
+                    if isinstance(item, Finished):
+                        generated = item
+        except ModelServerUnavailable as e:
+            log.warning("conversation %s: no second reply: %s", sender, e)
+            return None
+        reply = parse_reply(generated.text) if generated else None
+        return reply if reply is not None and reply.broken_call is None else None
 
     def _checked_call(
         self, model: ResponseModel, messages: list[dict], sender: str, name: str, arguments: dict, *, last: bool
@@ -310,7 +351,7 @@ class ReplyPolicy:
         return [Call(name, arguments)]
 
     async def _generate(
-        self, model: ResponseModel, messages: list[dict], *, text_only: bool = False
+        self, model: ResponseModel, messages: list[dict], *, text_only: bool = False, handoff: bool = True
     ) -> AsyncIterator[Piece | Finished | Leak]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
         which the customer never sees, or grow into a leak. A leak ends the generation: the
@@ -318,7 +359,9 @@ class ReplyPolicy:
         visible = VisibleText()
         watch = model.leak_guard.stream()
         grounded = grounded_values(model.profile.actions, conversation_sources(messages), customer_messages(messages))
-        stream = model.stream(messages, self.config.max_new_tokens, grounded=grounded, text_only=text_only)
+        stream = model.stream(
+            messages, self.config.max_new_tokens, grounded=grounded, text_only=text_only, handoff=handoff
+        )
         async with aclosing(stream) as pieces:
             async for item in pieces:
                 if isinstance(item, Finished):
