@@ -3,9 +3,10 @@ load once, and one forward pass serves rows of different fine-tunes together.
 
 Each adapted linear layer keeps the base layer and, stacked, every adapter's A and B matrices
 (index 0 is "no adapter": zeros, for a row served by the base model alone). For a batch, the
-rows' matrices are gathered and applied with two batched matmuls, whatever the mix of adapters:
-punica's idea (Chen et al., "Punica: Multi-Tenant LoRA Serving", 2023), as LoRAX and vLLM's
-multi-LoRA serving use it. A row's output is
+adapters' A matrices are applied to every row side by side and each row keeps the columns of
+its own, then the B matrices likewise: two dense matmuls whatever the mix of adapters (punica's
+aim, Chen et al., "Punica: Multi-Tenant LoRA Serving", 2023, which gathers each row's matrices on
+a GPU; on a CPU that gather cost more than the matmuls). A row's output is
 
     base(x) + scale * (x @ A.T) @ B.T
 
@@ -43,9 +44,20 @@ class Routing:
 
     def __init__(self):
         self.rows: torch.Tensor | None = None  # [batch] adapter indices; None: the base model for all
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
 
     def set(self, indices: Sequence[int], device: torch.device) -> None:
         self.rows = torch.tensor(list(indices), dtype=torch.long, device=device) if any(indices) else None
+        self._masks = {}
+
+    def mask(self, slots: int, rank: int, dtype: torch.dtype) -> torch.Tensor:
+        """[batch, slots * rank]: 1 in the columns of each row's own adapter, 0 elsewhere (made
+        once per pass for each shape of layer)."""
+        key = (slots, rank)
+        if key not in self._masks:
+            columns = torch.arange(slots * rank, device=self.rows.device) // rank
+            self._masks[key] = (columns[None, :] == self.rows[:, None]).to(dtype)
+        return self._masks[key]
 
 
 class MultiLoraLinear(nn.Module):
@@ -57,6 +69,7 @@ class MultiLoraLinear(nn.Module):
         w = base.weight
         self.register_buffer("a", torch.zeros(1, 0, w.shape[1], dtype=w.dtype, device=w.device), persistent=False)
         self.register_buffer("b", torch.zeros(1, w.shape[0], 0, dtype=w.dtype, device=w.device), persistent=False)
+        self._side_by_side()
 
     def put(self, index: int, a: torch.Tensor | None, b: torch.Tensor | None, scale: float) -> None:
         """Adapter `index`'s matrices ([r, in] and [out, r]; None: it leaves this layer alone),
@@ -73,15 +86,29 @@ class MultiLoraLinear(nn.Module):
             grown_a[index, : a.shape[0]] = a.to(self.a.dtype)
             grown_b[index, :, : b.shape[1]] = (b.float() * scale).to(self.b.dtype)
         self.a, self.b = grown_a, grown_b
+        self._side_by_side()
+
+    def _side_by_side(self) -> None:
+        """Every slot's A as the rows of one matrix, every B as the columns of one: column
+        slot * rank + k of `a_cat.T` and of `b_cat` belong to slot `slot`."""
+        slots, rank, inputs, outputs = self.a.shape[0], self.a.shape[1], self.a.shape[2], self.b.shape[1]
+        self.a_cat = self.a.reshape(slots * rank, inputs).T.contiguous()  # [in, slots * rank]
+        self.b_cat = self.b.permute(0, 2, 1).reshape(slots * rank, outputs).contiguous()  # [slots * rank, out]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every adapter's A applied to every row at once (their ranks side by side, one matmul),
+        the columns of other rows' adapters zeroed, then every B at once: two dense matmuls of
+        slots x rank columns. Gathering each row's own matrices instead (a batched matmul per
+        row) copies them once per row and layer, which on a CPU cost more than the matmuls."""
         y = self.base(x)
         rows = self.routing.rows
-        if rows is None or self.a.shape[1] == 0:
+        slots, rank = self.a.shape[0], self.a.shape[1]
+        if rows is None or rank == 0:
             return y
-        a, b = self.a.index_select(0, rows), self.b.index_select(0, rows)  # [batch, r, in], [batch, out, r]
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [batch, tokens, in]
-        update = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
+        down = flat @ self.a_cat  # [batch, tokens, slots * rank]
+        down = down * self.routing.mask(slots, rank, down.dtype)[:, None, :]
+        update = down @ self.b_cat  # [batch, tokens, out]
         return y + update.reshape(y.shape)
 
 
