@@ -105,11 +105,12 @@ class MultiLoraLinear(nn.Module):
         slots, rank = self.a.shape[0], self.a.shape[1]
         if rows is None or rank == 0:
             return y
-        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [batch, tokens, in]
-        down = flat @ self.a_cat  # [batch, tokens, slots * rank]
-        down = down * self.routing.mask(slots, rank, down.dtype)[:, None, :]
-        update = down @ self.b_cat  # [batch, tokens, out]
-        return y + update.reshape(y.shape)
+        batch = x.shape[0]
+        down = x.reshape(-1, x.shape[-1]) @ self.a_cat  # one 2-D matmul: [batch * tokens, slots * rank]
+        down = (down.view(batch, -1, slots * rank) * self.routing.mask(slots, rank, down.dtype)[:, None, :]).view(
+            -1, slots * rank
+        )
+        return torch.addmm(y.reshape(-1, y.shape[-1]), down, self.b_cat).view(y.shape)
 
 
 class AdapterBank:

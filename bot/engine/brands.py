@@ -70,6 +70,7 @@ class SharedBase:
         """`brand`'s active model (or its base model with its prompt) on the shared engine; its
         adapter is loaded between two decode steps, with no request failing. Blocks: call it in a
         thread, as every model loader is called."""
+        leave_cores_to_engines()  # this loader thread's torch work on one core, as load_weights does
         front = load_frontend(settings, models.active(settings.models_dir))
         self.check(brand, front)
         name = None
