@@ -84,7 +84,7 @@ def _message(model: type[BaseModel], error: dict) -> tuple[str, bool]:
         return f"unknown key '{name}'{did_you_mean(name, choices)}", True
     if kind == "missing":
         return f"missing required key '{name}'", False
-    where = f"'{name}' " if isinstance(loc[-1], str) else ""
+    where = f"'{name}' " if loc and isinstance(loc[-1], str) else ""
     if kind in ("string_type", "int_type", "float_type", "bool_type", "dict_type", "list_type", "model_type"):
         wanted = {
             "string_type": "text",
@@ -97,7 +97,8 @@ def _message(model: type[BaseModel], error: dict) -> tuple[str, bool]:
         }[kind]
         hint = " (put it in quotes)" if kind == "string_type" and isinstance(value, (int, float, bool)) else ""
         return f"{where}must be {wanted}, not {_describe(value)}{hint}", False
-    return f"{where}{error['msg'][0].lower()}{error['msg'][1:]}", False
+    message = error["msg"].removeprefix("Value error, ")  # a validator's own words
+    return f"{where}{message[0].lower()}{message[1:]}", False
 
 
 def parse(model: type[M], value: Any, doc: Document, loc: Path_ = ()) -> tuple[M | None, list[Problem]]:

@@ -19,6 +19,7 @@ A conversation already drafted or accepted is skipped, unless asked for with --c
 Drafts are never trained on until a person accepts them: see 'bot data review'."""
 
 REVIEW_CHOICES = "a) accept into dialogues  t) accept into tests  e) edit in $EDITOR  r) reject  s) skip  q) quit"
+PREFERENCE_CHOICES = "a) accept  e) edit in $EDITOR  r) reject  s) skip  q) quit"
 
 
 class BadDate(BotError):
@@ -82,8 +83,46 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _show(info, index: int, total: int) -> None:
-    print(f"\n=== draft {index} of {total}: {info.name} ===")
+PREFERENCES_HELP = """Rated bot replies and agents' replies in place of the bot's, from stored
+conversations (the store of endpoints.yml), become preference data under
+training_data/preferences/, one file per conversation, with personal data replaced by
+placeholders as in drafts. A conversation already there is skipped, unless asked for with
+--conversation. Nothing is trained on until a person accepts it: see 'bot data review'."""
+
+
+def cmd_preferences(args) -> int:
+    from bot.config import load_settings
+    from bot.conversations.search import ConversationFilter
+    from bot.data.redaction import describe
+    from bot.pipelines import preferences
+
+    settings = load_settings(args.project)
+    since = since_timestamp(args.since) if args.since else None
+
+    def export_from(store):
+        wanted = ConversationFilter(since=since)
+        return preferences.export_preferences(store, settings, wanted, conversation=args.conversation)
+
+    done = asyncio.run(with_store(settings, export_from))
+    written = [d for d in done if isinstance(d, preferences.PreferenceFile)]
+    for item in done:
+        if isinstance(item, preferences.PreferenceFile):
+            count = len(item.preferences)
+            print(
+                f"wrote {_shown(settings, item.path)}: {count} preference{'s' if count != 1 else ''} "
+                f"({_state(item)}); redacted: {describe(item.redacted)}"
+            )
+        else:
+            print(f"skipped {item.sender}: {item.reason}")
+    if not done:
+        print("no stored conversation matches")
+    elif written:
+        print(f"{len(written)} file{'s' if len(written) != 1 else ''} written: review with 'bot data review'")
+    return 0
+
+
+def _show(info, index: int, total: int, what: str = "draft") -> None:
+    print(f"\n=== {what} {index} of {total}: {info.name} ===")
     for number, line in enumerate(info.text.splitlines(), start=1):
         print(f"{number:4} | {line}")
     if info.valid:
@@ -106,56 +145,111 @@ def _edit(path) -> None:
 
 def cmd_review(args) -> int:
     from bot.config import load_settings
-    from bot.pipelines import drafts
+    from bot.pipelines import drafts, preferences
 
     settings = load_settings(args.project)
     names = drafts.draft_names(settings)
-    if not names:
-        print("no drafts to review: 'bot data export' makes them from stored conversations")
+    waiting = [
+        n for n in preferences.preference_file_names(settings) if preferences.read_preference_file(settings, n).draft
+    ]
+    if not names and not waiting:
+        print(
+            "no drafts to review, and no preference data: 'bot data export' makes drafts from stored conversations, "
+            "'bot data preferences' preference data"
+        )
         return 0
-    counts = {"dialogues": 0, "tests": 0, "rejected": 0, "skipped": 0}
+    counts = {"dialogues": 0, "tests": 0, "preferences": 0, "rejected": 0, "skipped": 0}
+    total = len(names) + len(waiting)
     for index, name in enumerate(names, start=1):
-        while True:
-            info = drafts.read_draft(settings, name)
-            _show(info, index, len(names))
-            print(REVIEW_CHOICES)
-            try:
-                choice = input("> ").strip().lower()
-            except EOFError:
-                choice = "q"
-            if choice in ("a", "t"):
-                into = "dialogues" if choice == "a" else "tests"
-                try:
-                    path = drafts.accept(settings, name, into)
-                except drafts.DraftRefused as e:
-                    print(f"refused: {e}")
-                    continue
-                print(f"accepted into {_shown(settings, path)}")
-                counts[into] += 1
-            elif choice == "e":
-                _edit(info.path)
-                continue
-            elif choice == "r":
-                drafts.reject(settings, name)
-                print(f"rejected: {name} deleted")
-                counts["rejected"] += 1
-            elif choice == "s":
-                counts["skipped"] += 1
-            elif choice == "q":
-                return _summary(counts, settings)
-            else:
-                print(f"'{choice}'? choose one of: {REVIEW_CHOICES}")
-                continue
+        if _review_draft(settings, name, index, total, counts) == "quit":
+            return _summary(counts, settings)
+    for index, name in enumerate(waiting, start=len(names) + 1):
+        if _review_preferences(settings, name, index, total, counts) == "quit":
             break
     return _summary(counts, settings)
+
+
+def _choice() -> str:
+    try:
+        return input("> ").strip().lower()
+    except EOFError:
+        return "q"
+
+
+def _review_draft(settings, name: str, index: int, total: int, counts: dict) -> str | None:
+    from bot.pipelines import drafts
+
+    while True:
+        info = drafts.read_draft(settings, name)
+        _show(info, index, total)
+        print(REVIEW_CHOICES)
+        choice = _choice()
+        if choice in ("a", "t"):
+            into = "dialogues" if choice == "a" else "tests"
+            try:
+                path = drafts.accept(settings, name, into)
+            except drafts.DraftRefused as e:
+                print(f"refused: {e}")
+                continue
+            print(f"accepted into {_shown(settings, path)}")
+            counts[into] += 1
+        elif choice == "e":
+            _edit(info.path)
+            continue
+        elif choice == "r":
+            drafts.reject(settings, name)
+            print(f"rejected: {name} deleted")
+            counts["rejected"] += 1
+        elif choice == "s":
+            counts["skipped"] += 1
+        elif choice == "q":
+            return "quit"
+        else:
+            print(f"'{choice}'? choose one of: {REVIEW_CHOICES}")
+            continue
+        return None
+
+
+def _review_preferences(settings, name: str, index: int, total: int, counts: dict) -> str | None:
+    from bot.pipelines import preferences
+
+    while True:
+        info = preferences.read_preference_file(settings, name)
+        _show(info, index, total, what="preferences")
+        print(PREFERENCE_CHOICES)
+        choice = _choice()
+        if choice == "a":
+            try:
+                path = preferences.accept_preferences(settings, name)
+            except preferences.PreferencesRefused as e:
+                print(f"refused: {e}")
+                continue
+            print(f"accepted: {_shown(settings, path)} is reviewed")
+            counts["preferences"] += 1
+        elif choice == "e":
+            _edit(info.path)
+            continue
+        elif choice == "r":
+            preferences.reject_preferences(settings, name)
+            print(f"rejected: {name} deleted")
+            counts["rejected"] += 1
+        elif choice == "s":
+            counts["skipped"] += 1
+        elif choice == "q":
+            return "quit"
+        else:
+            print(f"'{choice}'? choose one of: {PREFERENCE_CHOICES}")
+            continue
+        return None
 
 
 def _summary(counts: dict, settings) -> int:
     from bot.pipelines import drafts
 
     left = len(drafts.draft_names(settings))
+    preferences = f", {counts['preferences']} preference file(s)" if counts.get("preferences") else ""
     print(
-        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests, "
+        f"\naccepted {counts['dialogues']} into dialogues and {counts['tests']} into tests{preferences}, "
         f"rejected {counts['rejected']}, "
         f"skipped {counts['skipped']}; {left} draft{'s' if left != 1 else ''} left"
     )
@@ -220,7 +314,20 @@ def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
     augment.add_argument("--tag", help="only dialogues with this tag")
     augment.add_argument("--seed", type=int, default=0, help="picks among the choices a shape makes (default 0)")
     augment.set_defaults(run=cmd_augment)
+    preferences = data_commands.add_parser(
+        "preferences",
+        help="rated replies and agents' corrections into preference data under training_data/preferences/",
+        description=PREFERENCES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    preferences.add_argument(
+        "--conversation", metavar="ID", help="only this conversation (written again even if it was before)"
+    )
+    preferences.add_argument(
+        "--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)"
+    )
+    preferences.set_defaults(run=cmd_preferences)
     data_commands.add_parser(
         "review",
-        help="walk the drafts: show each with its validation; accept into dialogues/ or tests/, edit, or reject",
+        help="walk the drafts and preference data: show each with its validation; accept, edit, or reject",
     ).set_defaults(run=cmd_review)

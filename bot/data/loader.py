@@ -64,18 +64,28 @@ def _parse_turn(value: Any, doc: Document, loc: tuple) -> tuple[Turn | None, lis
 
 
 def dialogues_in(doc: Document, held_out: bool) -> tuple[list[Dialogue], list[Problem]]:
+    entries, problems = dialogue_entries(doc, DialogueFile, DialogueHeader, held_out=held_out)
+    return [dialogue for _, dialogue in entries], problems
+
+
+def dialogue_entries(
+    doc: Document, file_model: type, header_model: type[DialogueHeader], *, held_out: bool
+) -> tuple[list[tuple[Any, Dialogue]], list[Problem]]:
+    """Every entry of the document's one list (`dialogues`, or another `file_model` names) as its
+    parsed header and its dialogue; an entry that can't be read is a problem, not an entry."""
+    (key,) = file_model.model_fields
     if not isinstance(doc.value, dict):
-        return [], [doc.problem((), "a dialogue file is a mapping with a 'dialogues' list")]
-    file, problems = parse(DialogueFile, doc.value, doc)
+        return [], [doc.problem((), f"a {key} file is a mapping with a '{key}' list")]
+    file, problems = parse(file_model, doc.value, doc)
     if file is None:
         return [], problems
-    dialogues = []
-    for i, raw in enumerate(file.dialogues):
-        loc = ("dialogues", i)
+    entries = []
+    for i, raw in enumerate(getattr(file, key)):
+        loc = (key, i)
         if not isinstance(raw, dict):
             problems.append(doc.problem(loc, "a dialogue must be a mapping with 'id', 'tags' and 'turns'"))
             continue
-        header, found = parse(DialogueHeader, raw, doc, loc)
+        header, found = parse(header_model, raw, doc, loc)
         problems += found
         if "expect" in raw and not held_out:
             problems.append(
@@ -88,20 +98,19 @@ def dialogues_in(doc: Document, held_out: bool) -> tuple[list[Dialogue], list[Pr
             turns.append(turn)
         if header is None or any(t is None for t in turns):
             continue
-        dialogues.append(
-            Dialogue(
-                id=header.id,
-                tags=tuple(header.tags),
-                turns=tuple(turns),
-                draft=header.draft,
-                expect=header.expect,
-                held_out=held_out,
-                doc=doc,
-                loc=loc,
-                source=header.source,
-            )
+        dialogue = Dialogue(
+            id=header.id,
+            tags=tuple(header.tags),
+            turns=tuple(turns),
+            draft=header.draft,
+            expect=header.expect,
+            held_out=held_out,
+            doc=doc,
+            loc=loc,
+            source=header.source,
         )
-    return dialogues, problems
+        entries.append((header, dialogue))
+    return entries, problems
 
 
 def yaml_files(folder: Path) -> list[Path]:

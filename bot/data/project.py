@@ -11,8 +11,9 @@ from bot.data import compiler
 from bot.data.checks import check
 from bot.data.conversation_tests import ConversationTest, read_conversation_tests
 from bot.data.loader import read_training_data
+from bot.data.preferences import Preference, read_preferences
 from bot.data.schema import Dialogue, TrainingData
-from bot.errors import InvalidFiles, RenderError
+from bot.errors import InvalidFiles, Problem, RenderError
 from bot.rendering import render_within
 
 
@@ -38,10 +39,25 @@ def validate(settings: Settings, tokenizer: LazyTokenizer | None = None) -> Trai
     data, problems = read_training_data(settings.data_dir, settings.root)
     if data is not None:
         problems += check(data, max_length=settings.build.model.max_length, count_tokens=tokenizer.count)
+        problems += reviewed_preferences(settings, data, tokenizer)[1]
     if problems:
         raise InvalidFiles(problems)
     assert data is not None
     return data
+
+
+def reviewed_preferences(
+    settings: Settings, data: TrainingData, tokenizer: LazyTokenizer | None = None
+) -> tuple[list[Preference], list[Problem]]:
+    """The reviewed preferences under training_data/preferences/ and their problems."""
+    tokenizer = tokenizer or LazyTokenizer(settings)
+    return read_preferences(
+        settings.data_dir,
+        settings.root,
+        data,
+        max_length=settings.build.model.max_length,
+        count_tokens=tokenizer.count,
+    )
 
 
 @dataclass

@@ -164,6 +164,11 @@ class _Builder:
     def resume(self, event: Event) -> None:
         self._answered()  # given back to the bot: it answers next
 
+    def context(self) -> ConversationTurns:
+        """The turns so far as they stand, the last customer message or action unanswered: what
+        the bot's next step answers."""
+        return ConversationTurns(self.turns, self.handed_off, self.by_agent, self.left_out)
+
     def finish(self) -> ConversationTurns:
         self._close_action(drop=self.handoff is None)
         if self.handoff is not None:
@@ -177,8 +182,10 @@ class _Builder:
         return ConversationTurns(self.turns, self.handed_off, self.by_agent, self.left_out)
 
 
-def conversation_turns(events: list[Event]) -> ConversationTurns:
-    """The dialogue turns of a stored conversation's events (oldest first)."""
+def conversation_turns(events: list[Event], *, open_end: bool = False) -> ConversationTurns:
+    """The dialogue turns of a stored conversation's events (oldest first). `open_end`: the
+    events are what came before a bot step, whose context they are: the last customer message
+    or action stays, unanswered."""
     builder = _Builder(events)
     steps = {
         USER: builder.user,
@@ -194,4 +201,4 @@ def conversation_turns(events: list[Event]) -> ConversationTurns:
             steps[kind](event)
         elif kind in APOLOGY_AFTER:
             builder.failed(event)
-    return builder.finish()
+    return builder.context() if open_end else builder.finish()

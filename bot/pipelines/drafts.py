@@ -38,7 +38,7 @@ from bot.data.schema import ActionTurn, BotTurn, Dialogue, HandoffTurn, Training
 from bot.errors import BotError, InvalidFiles, Problem
 from bot.pipelines.augment import AUGMENTED_SOURCE
 from bot.pipelines.augment import HEADER_MARK as AUGMENTED_HEADER
-from bot.pipelines.draft_turns import conversation_turns
+from bot.pipelines.draft_turns import DraftTurn, conversation_turns
 from bot.pipelines.draft_yaml import scalar, turn_lines
 from bot.yamlsource import load_bytes
 
@@ -224,6 +224,28 @@ def save_draft(settings: Settings, name: str, text: str) -> DraftInfo:
 # -- making drafts ----------------------------------------------------------------------------------
 
 
+def turns_redactor(settings: Settings, turns: list[DraftTurn], rng: random.Random | None = None) -> Redactor:
+    """The redactor of one conversation: it has learnt the names its customer gave and its
+    actions returned, so every text of it gets the same placeholders."""
+    redactor = Redactor(settings.build.redaction, rng)
+    redactor.learn_names(
+        [t.turn["user"] for t in turns if t.kind == "user"],
+        [v for t in turns if t.kind == "action" for v in (t.turn.get("args"), t.turn.get("result"))],
+    )
+    return redactor
+
+
+def redact_turns(redactor: Redactor, turns: list[DraftTurn]) -> list[str | None]:
+    """Redact the turns in place; their review notes, redacted too (a failure's error may quote data)."""
+    for t in turns:
+        if t.kind == "action":
+            t.turn["args"] = redactor.value(t.turn.get("args") or {})
+            t.turn["result"] = redactor.value(t.turn.get("result"))
+        else:
+            t.turn[t.kind] = redactor.text(t.turn[t.kind])
+    return ["; ".join(redactor.text(n) for n in t.notes) or None for t in turns]
+
+
 def draft_text(
     source: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None
 ) -> tuple[str, dict[str, int]]:
@@ -231,19 +253,8 @@ def draft_text(
     found = conversation_turns(events)
     if not any(t.kind == "user" for t in found.turns):
         raise NothingToDraft(f"conversation '{source}' has no customer message with an answer: nothing to draft")
-    redactor = Redactor(settings.build.redaction, rng)
-    redactor.learn_names(
-        [t.turn["user"] for t in found.turns if t.kind == "user"],
-        [v for t in found.turns if t.kind == "action" for v in (t.turn.get("args"), t.turn.get("result"))],
-    )
-    for t in found.turns:
-        if t.kind == "action":
-            t.turn["args"] = redactor.value(t.turn.get("args") or {})
-            t.turn["result"] = redactor.value(t.turn.get("result"))
-        else:
-            t.turn[t.kind] = redactor.text(t.turn[t.kind])
-    # a failure's error may quote data
-    notes = ["; ".join(redactor.text(n) for n in t.notes) or None for t in found.turns]
+    redactor = turns_redactor(settings, found.turns, rng)
+    notes = redact_turns(redactor, found.turns)
     summary = redactor.summary()
     day = time.strftime("%Y-%m-%d", time.gmtime())
     header = [
@@ -413,11 +424,11 @@ def _balanced_quotes(prefix: str) -> bool:
     return prefix.replace('\\"', "").count('"') % 2 == 0
 
 
-def undrafted(text: str) -> str:
-    """A draft's text as training data: without `draft: true`, the draft's header comment and the
-    REVIEW comments (a person has reviewed it)."""
+def undrafted(text: str, headers: tuple[str, ...] = (HEADER_MARK, AUGMENTED_HEADER)) -> str:
+    """A draft's text as training data: without `draft: true`, the draft's header comment (that
+    starts with one of `headers`) and the REVIEW comments (a person has reviewed it)."""
     lines = text.splitlines()
-    if lines and lines[0].startswith((HEADER_MARK, AUGMENTED_HEADER)):
+    if lines and lines[0].startswith(headers):
         while lines and lines[0].startswith("#"):
             lines.pop(0)
     out = []
