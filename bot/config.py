@@ -46,6 +46,28 @@ class LoraSettings(Strict):
     )
 
 
+class PreferenceConfig(Strict):
+    """The preference stage after supervised fine-tuning (training_data/preferences/)."""
+
+    enabled: bool = Field(False, description="Run it when reviewed preference data exists.")
+    method: Literal["kto", "dpo"] = Field(
+        "kto",
+        description="kto: rated replies (up and down, unpaired); dpo: agents' replies against the bot's (pairs).",
+    )
+    beta: float = Field(0.1, gt=0, description="How far from the supervised model the stage may move (TRL's beta).")
+    learning_rate: float = Field(
+        1e-5,
+        gt=0,
+        description="AdamW, constant after a 10% warmup; a LoRA adapter takes more than full tuning's 1e-6.",
+    )
+    epochs: int = Field(1, gt=0, description="Passes over the preference data.")
+    batch_size: int = Field(4, gt=1, description="Rows per step; KTO's reference point needs more than one.")
+    desirable_weight: float | None = Field(
+        None, gt=0, description="KTO: weight of rated-up replies. null: balanced against the rated-down ones."
+    )
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of rated-down replies.")
+
+
 class TrainConfig(Strict):
     lora: LoraSettings = LoraSettings()
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
@@ -66,6 +88,7 @@ class TrainConfig(Strict):
     )
     checkpoint_every: int = Field(10, gt=0, description="Optimizer steps between checkpoints (for --resume).")
     models_dir: str = Field("models", description="Where trained models are written.")
+    preference: PreferenceConfig = PreferenceConfig()
 
 
 class EvalConfig(Strict):

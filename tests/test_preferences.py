@@ -176,7 +176,10 @@ def test_review_refuses_an_invalid_file_and_rejects(project, monkeypatch, capsys
     [
         ("rating: up\n    rejected: no", "either 'rating' (up or down) or 'rejected'"),
         ("tags: []", "either 'rating' (up or down) or 'rejected'"),
-        ("rating: up\n    turns:\n      - user: hi\n      - bot: Hello!\n      - user: bye", "ends with the bot reply"),
+        (
+            "rating: up\n    turns:\n      - user: hi\n      - bot: Hello!\n      - user: bye",
+            "ends with the bot reply",
+        ),
     ],
 )
 def test_a_malformed_preference_is_a_located_problem(project, entry, message):

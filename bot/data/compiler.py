@@ -15,6 +15,7 @@ from typing import Any
 
 from bot import atomic
 from bot.data import schema
+from bot.data.preferences import Preference
 from bot.data.profile import PROFILE_FILE, profile_of
 from bot.data.prompt import system_prompt
 
@@ -87,12 +88,37 @@ def to_examples(data: schema.TrainingData, dialogues: list[schema.Dialogue]) -> 
     return [{"messages": dialogue_messages(d, system), "tools": tools} for d in dialogues]
 
 
+def reply_only(messages: list[Message]) -> list[Message]:
+    """The messages with only the last one trained: a preference is about that reply alone."""
+    out = [dict(m, weight=0) if m["role"] == "assistant" else m for m in messages[:-1]]
+    return out + [dict(messages[-1], weight=1)]
+
+
+def preference_examples(data: schema.TrainingData, preferences: list[Preference]) -> list[dict]:
+    """build/preferences.jsonl's rows: `messages` ends with the rated or chosen reply, the only
+    one trained; `desirable` (a rating) or `rejected_messages` (the same context, the worse reply)."""
+    system = system_prompt(data.persona, data.actions)
+    rows = []
+    for p in preferences:
+        messages = reply_only(dialogue_messages(p.dialogue, system))
+        row: dict[str, Any] = {"id": p.id, "messages": messages}
+        if p.rating is not None:
+            row["desirable"] = p.rating == "up"
+        else:
+            row["rejected_messages"] = messages[:-1] + [{"role": "assistant", "content": p.rejected, "weight": 1}]
+        rows.append(row)
+    return rows
+
+
 @dataclass(frozen=True)
 class CompiledData:
     train_file: Path
     test_file: Path
     index_file: Path
     data_hash: str
+
+
+PREFERENCES_FILE = "preferences.jsonl"
 
 
 def _jsonl(examples: list[dict]) -> str:
@@ -114,8 +140,11 @@ def data_hash(data: schema.TrainingData) -> str:
     return _hash(_jsonl(to_examples(data, data.train)))
 
 
-def write(data: schema.TrainingData, build_dir: Path) -> CompiledData:
-    """Write train.jsonl, test.jsonl, index.json (ids, tags, expectations and the data hash) and
+def write(
+    data: schema.TrainingData, build_dir: Path, preferences: list[Preference] | tuple[Preference, ...] = ()
+) -> CompiledData:
+    """Write train.jsonl, test.jsonl, index.json (ids, tags, expectations and the data hash),
+    preferences.jsonl (the reviewed preferences, for the preference stage of training) and
     profile.json (what the server needs: system prompt, actions, handoff message)."""
     build_dir.mkdir(parents=True, exist_ok=True)
     train_text = _jsonl(to_examples(data, data.train))
@@ -132,6 +161,7 @@ def write(data: schema.TrainingData, build_dir: Path) -> CompiledData:
         (files.train_file, train_text),
         (files.test_file, test_text),
         (files.index_file, json.dumps(index, indent=2) + "\n"),
+        (build_dir / PREFERENCES_FILE, _jsonl(preference_examples(data, list(preferences)))),
     ]
     for path, text in outputs + [(build_dir / PROFILE_FILE, profile)]:
         atomic.write_text(path, text)  # processes may compile at once

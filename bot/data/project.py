@@ -122,7 +122,8 @@ def compile_data(settings: Settings) -> tuple[compiler.CompiledData, Stats]:
     tokenizer = LazyTokenizer(settings)
     data = validate(settings, tokenizer)
     stats = statistics(settings, data, tokenizer)
-    return compiler.write(data, settings.build_dir), stats
+    preferences = reviewed_preferences(settings, data, tokenizer)[0]
+    return compiler.write(data, settings.build_dir, preferences), stats
 
 
 def conversation_tests(settings: Settings, data: TrainingData) -> list[ConversationTest]:

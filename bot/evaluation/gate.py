@@ -56,3 +56,29 @@ def decide(settings: Settings, report: dict) -> Decision:
     if not passed:
         return Decision(True, "no adversarial held-out dialogues or conversation tests to check; no leaks")
     return Decision(True, f"it passes {' and '.join(passed)}, and leaks nothing")
+
+
+# What a preference-tuned model must not lose on against the fine-tuned model it started from.
+KEPT_MEASURES = {
+    "action_accuracy": "held-out action accuracy",
+    "handoff_accuracy": "held-out handoff accuracy",
+    "expectation_pass_rate": "held-out expectations",
+    "conversation_pass_rate": "conversation tests",
+}
+
+
+def no_worse(report: dict, before: dict | None, before_id: str) -> Decision:
+    """Whether a preference-tuned model (`report`) is at least as good as the model it started
+    from (`before`, its stored report) on every measure of KEPT_MEASURES."""
+    if before is None:
+        return Decision(False, f"the report of model {before_id} it started from is missing")
+    now, then = report["summary"]["fine-tuned"], before["summary"]["fine-tuned"]
+    lost = [
+        f"{label} {now[key]:.1%} against {then[key]:.1%}"
+        for key, label in KEPT_MEASURES.items()
+        if now.get(key) is not None and then.get(key) is not None and now[key] < then[key]
+    ]
+    if lost:
+        return Decision(False, f"it loses to model {before_id} it started from: {', '.join(lost)}")
+    kept = ", ".join(f"{label} {now[key]:.1%}" for key, label in KEPT_MEASURES.items() if now.get(key) is not None)
+    return Decision(True, f"it loses to model {before_id} on nothing ({kept})")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bot import models
 from bot.config import Settings
 from bot.data.project import compile_data
-from bot.training.recipe import StepProgress, train
+from bot.training.recipe import StepProgress, TrainResult, preference_tune, train
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,6 @@ def train_and_activate(
 ) -> Outcome:
     from accelerate import PartialState
 
-    from bot.evaluation.gate import decide
-    from bot.evaluation.run import evaluate
-
     compiled, _ = compile_data(settings)
     base = settings.build.model.base
     if if_needed and (found := models.matching(settings.models_dir, compiled.data_hash, base)):
@@ -52,9 +49,34 @@ def train_and_activate(
     if not PartialState().is_main_process:
         return Outcome(models.get(settings.models_dir, result.model_id), trained=True, main_process=False)
 
-    report("evaluating the new model on the held-out dialogues (fine-tuned mode)")
+    outcome = _gate(settings, result, force=force, progress_bar=progress_bar, report=report)
+    preferred = preference_tune(settings, result, progress_bar=progress_bar, report=report, on_step=on_step)
+    if preferred is None:
+        return outcome
+    return _gate(settings, preferred, force=False, progress_bar=progress_bar, report=report, against=outcome)
+
+
+def _gate(
+    settings: Settings,
+    result: TrainResult,
+    *,
+    force: bool,
+    progress_bar: bool,
+    report: Callable[[str], None],
+    against: Outcome | None = None,
+) -> Outcome:
+    """Evaluate a new model and activate it if it passes the gate (or `force`). `against`: the
+    fine-tuned model a preference-tuned one started from, which it must not lose to on any
+    measure; if it does, that model stays."""
+    from bot.evaluation.gate import decide, no_worse
+    from bot.evaluation.run import evaluate
+    from bot.evaluation.stored import stored_report
+
+    report(f"evaluating model {result.model_id} on the held-out dialogues (fine-tuned mode)")
     evaluation, folder = evaluate(settings, model_id=result.model_id, modes=("fine-tuned",), progress_bar=progress_bar)
     decision = decide(settings, evaluation)
+    if against is not None and decision.activate:
+        decision = no_worse(evaluation, stored_report(settings, against.model.id), against.model.id)
     activate = decision.activate or force
     forced = force and not decision.activate
     activation = {"activated": activate, "forced": forced, "reason": decision.reason}
@@ -62,6 +84,9 @@ def train_and_activate(
     models.write_json(result.folder / models.MANIFEST, manifest)
     if activate:
         models.activate(settings.models_dir, result.model_id)
+    elif against is not None:
+        report(f"model {result.model_id} is not activated: {decision.reason}")
+        return against
     return Outcome(
         models.get(settings.models_dir, result.model_id),
         True,

@@ -46,3 +46,49 @@ def bot_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean
 def trained_tokens(batch: dict[str, torch.Tensor]) -> int:
     """How many tokens of a batch the loss counts (the labels' non-ignored targets)."""
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+# -- preference losses --------------------------------------------------------------------------
+# The formulas are TRL's (trl/trainer/dpo_trainer.py, loss_type "sigmoid"; trl/trainer/kto_trainer.py,
+# loss_type "kto", Eqn (7) of the KTO paper, arXiv:2402.01306), over summed log-probabilities of
+# the reply's tokens. The project computes those itself: its loss mask is the rendering's (only the
+# bot's tokens), which TRL's trainers can't take with a chat template that has no generation tags.
+
+
+def reply_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row, the log-probability of its trained tokens (the reply): minus their summed loss."""
+    nll, mask = bot_token_nll(model, batch)
+    return -(nll * mask).sum(dim=1)
+
+
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """DPO's loss per pair: -log sigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))."""
+    import torch
+
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+    return -torch.nn.functional.logsigmoid(beta * margin)
+
+
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl_logps: torch.Tensor,
+    ref_kl_logps: torch.Tensor,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """KTO's loss per row, desirable rows first then undesirable ones (TRL's order). The
+    reference point is the batch's KL estimate: the mean log-ratio of mismatched prompt and
+    reply pairs, clamped at 0 and never differentiated."""
+    import torch
+
+    kl = (kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    ratios = logps - ref_logps
+    chosen = 1 - torch.sigmoid(beta * (ratios[desirable] - kl))
+    rejected = 1 - torch.sigmoid(beta * (kl - ratios[~desirable]))
+    return torch.cat((desirable_weight * chosen, undesirable_weight * rejected))

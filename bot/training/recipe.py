@@ -168,6 +168,8 @@ class TrainResult:
     folder: Path
     manifest: dict
     model: object  # the trained PeftModel, still in memory
+    accelerator: object = None
+    tokenizer: object = None
 
 
 class LoRARecipe:
@@ -396,7 +398,8 @@ class LoRARecipe:
             models.write_json(run_dir / models.MANIFEST, manifest)
             shutil.rmtree(self.checkpoint, ignore_errors=True)
         accelerator.wait_for_everyone()
-        return TrainResult(run_dir.name, run_dir, manifest, accelerator.unwrap_model(self.model))
+        model = accelerator.unwrap_model(self.model)
+        return TrainResult(run_dir.name, run_dir, manifest, model, accelerator, self.tokenizer)
 
     def cleanup(self) -> None:
         if self.bar is not None:
@@ -416,3 +419,52 @@ def train(settings: Settings, data_hash: str, **options) -> TrainResult:
     `options` are LoRARecipe's: resume, progress_bar, report, on_step (main process only: it
     hears of the start and of every optimizer step)."""
     return LoRARecipe(settings, data_hash, **options).run()
+
+
+def preference_tune(
+    settings: Settings,
+    tuned: TrainResult,
+    *,
+    progress_bar: bool = True,
+    report: Callable[[str], None] = lambda message: None,
+    on_step: Callable[[StepProgress], None] | None = None,
+) -> TrainResult | None:
+    """The preference stage (train.preference in config.yml) on a fine-tuned model still in
+    memory, saved as a model of its own that records the one it `started_from`; None when the
+    stage is off or the reviewed preference data has no row for its method."""
+    from bot.data.compiler import PREFERENCES_FILE
+    from bot.training.preference import PreferenceStage, load_preference_rows
+
+    cfg = settings.build.train.preference
+    if not cfg.enabled:
+        return None
+    accelerator = tuned.accelerator
+    if accelerator.num_processes > 1:
+        raise BotError("the preference stage runs in one process: train without 'accelerate launch' to use it")
+    path = settings.build_dir / PREFERENCES_FILE
+    rows = load_preference_rows(path, tuned.tokenizer, settings.build.model.max_length, cfg.method)
+    if not rows.ids:
+        kind = "rated replies" if cfg.method == "kto" else "agents' replies against the bot's"
+        report(f"preference stage skipped: no reviewed {kind} in training_data/preferences/")
+        return None
+    report(f"preference stage: {cfg.method.upper()} on {len(rows.ids)} rows, from model {tuned.model_id}")
+    stage = PreferenceStage(
+        tuned.model,
+        accelerator,
+        tuned.tokenizer,
+        rows,
+        cfg,
+        seed=settings.build.train.seed,
+        progress_bar=progress_bar,
+        on_step=on_step,
+    )
+    stats = stage.run()
+    run_dir = settings.models_dir / models.new_id(settings.models_dir)
+    manifest = dict(tuned.manifest, id=run_dir.name, started_from=tuned.model_id, preference=stats)
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run_dir.mkdir(parents=True)
+    tuned.model.save_pretrained(run_dir / "adapter")
+    tuned.tokenizer.save_pretrained(run_dir / "tokenizer")
+    shutil.copyfile(tuned.folder / PROFILE_FILE, run_dir / PROFILE_FILE)
+    models.write_json(run_dir / models.MANIFEST, manifest)
+    return TrainResult(run_dir.name, run_dir, manifest, tuned.model, accelerator, tuned.tokenizer)

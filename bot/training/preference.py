@@ -1,0 +1,217 @@
+"""The preference stage of `bot train`: after supervised fine-tuning, KTO on rated replies or
+DPO on agents' replies against the bot's (build/preferences.jsonl, from the reviewed
+training_data/preferences/), with the supervised adapter as the reference model.
+
+The reference is frozen by construction: its log-probabilities are computed once, with the
+supervised adapter, before the first step (TRL's `precompute_ref_log_probs`), so no second copy
+of the model is kept. KTO's reference point pairs each row's context with the next row's reply
+in the same batch (TRL's KL estimate); the batches are fixed once, so those pairs have reference
+log-probabilities too. The losses are bot/training/loss.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bot.config import PreferenceConfig
+from bot.errors import BotError
+from bot.rendering import Example, render_within
+from bot.training.batching import collate
+from bot.training.loss import dpo_loss, kto_loss, reply_logps
+from bot.training.recipe import StepProgress
+
+
+class NoPreferenceData(BotError):
+    """The preference stage is on but there is nothing it can train on."""
+
+
+@dataclass(frozen=True)
+class PreferenceRows:
+    """Rendered preference data: per row its reply (and for DPO the rejected reply) as examples
+    whose only trained tokens are the reply's."""
+
+    chosen: list[Example]
+    rejected: list[Example | None]
+    desirable: list[bool | None]
+    ids: list[str]
+
+
+def _last(tokenizer, messages: list[dict], max_length: int, name: str) -> Example:
+    return render_within(tokenizer, messages, max_length, name=name)[-1]  # a long context is cut at user turns
+
+
+def load_preference_rows(path: Path, tokenizer, max_length: int, method: str) -> PreferenceRows:
+    """The rows `method` trains on: KTO takes the rated ones, DPO the pairs."""
+    chosen, rejected, desirable, ids = [], [], [], []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    for line in lines:
+        row = json.loads(line)
+        if (method == "kto") != ("desirable" in row):
+            continue
+        name = f"preference '{row['id']}'"
+        chosen.append(_last(tokenizer, row["messages"], max_length, name))
+        rejected.append(_last(tokenizer, row["rejected_messages"], max_length, name) if method == "dpo" else None)
+        desirable.append(row.get("desirable"))
+        ids.append(row["id"])
+    return PreferenceRows(chosen, rejected, desirable, ids)
+
+
+def mismatched(rows: PreferenceRows, batch: list[int], tokenizer) -> list[Example]:
+    """KTO's KL rows for a batch: each row's context with the next row's reply (trained tokens:
+    the reply's). Built from token ids: the context is the row's tokens up to its reply."""
+    out = []
+    for k, i in enumerate(batch):
+        j = batch[(k + 1) % len(batch)]
+        context_end = _reply_start(rows.chosen[i])
+        reply_start = _reply_start(rows.chosen[j])
+        reply = rows.chosen[j].input_ids[reply_start:]
+        ids = rows.chosen[i].input_ids[:context_end] + reply
+        labels = [-100] * context_end + rows.chosen[j].labels[reply_start:]
+        out.append(Example(ids, labels))
+    return out
+
+
+def _reply_start(example: Example) -> int:
+    return next(n for n, label in enumerate(example.labels) if label != -100)
+
+
+class PreferenceStage:
+    """Runs on the recipe's model (the supervised adapter, trainable) and accelerator."""
+
+    def __init__(
+        self,
+        model,
+        accelerator,
+        tokenizer,
+        rows: PreferenceRows,
+        cfg: PreferenceConfig,
+        *,
+        seed: int,
+        progress_bar: bool = True,
+        on_step: Callable[[StepProgress], None] | None = None,
+    ):
+        if cfg.method == "kto" and (sum(map(bool, rows.desirable)) == 0 or all(rows.desirable)):
+            raise NoPreferenceData(
+                "KTO needs replies rated up and replies rated down: "
+                f"{sum(map(bool, rows.desirable))} up, {sum(1 for d in rows.desirable if d is False)} down"
+            )
+        if not rows.ids:
+            raise NoPreferenceData(f"no preference rows for {cfg.method.upper()}")
+        self.model, self.accelerator, self.tokenizer, self.rows, self.cfg = model, accelerator, tokenizer, rows, cfg
+        self.progress_bar, self.on_step = progress_bar, on_step
+        order = list(range(len(rows.ids)))
+        random.Random(seed).shuffle(order)
+        size = min(cfg.batch_size, len(order))
+        self.batches = [order[i : i + size] for i in range(0, len(order), size)]
+        if cfg.method == "kto" and len(self.batches) > 1 and len(self.batches[-1]) == 1:
+            self.batches[-2] += self.batches.pop()  # the KL estimate needs two rows
+        self.seed = seed
+        up = sum(1 for d in rows.desirable if d)
+        down = sum(1 for d in rows.desirable if d is False)
+        # TRL: desirable_weight x #up : undesirable_weight x #down between 1:1 and 4:3
+        self.desirable_weight = cfg.desirable_weight or (down * cfg.undesirable_weight / up if up else 1.0)
+        self.losses: list[float] = []
+
+    def _logps(self, examples: list[Example], *, grad: bool) -> torch.Tensor:
+        batch = {k: v.to(self.accelerator.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+        with torch.set_grad_enabled(grad), self.accelerator.autocast():
+            return reply_logps(self.model, batch).float()
+
+    def _reference(self) -> dict:
+        """The supervised model's log-probabilities of everything the stage compares, once."""
+        self.model.eval()
+        rows, ref = self.rows, {}
+        for b, batch in enumerate(self.batches):
+            ref[("chosen", b)] = self._logps([rows.chosen[i] for i in batch], grad=False)
+            if self.cfg.method == "dpo":
+                ref[("rejected", b)] = self._logps([rows.rejected[i] for i in batch], grad=False)
+            else:
+                ref[("kl", b)] = self._logps(mismatched(rows, batch, self.tokenizer), grad=False)
+        self.model.train()
+        return ref
+
+    def loss(self, b: int, ref: dict) -> torch.Tensor:
+        rows, batch, cfg = self.rows, self.batches[b], self.cfg
+        logps = self._logps([rows.chosen[i] for i in batch], grad=True)
+        if cfg.method == "dpo":
+            rejected = self._logps([rows.rejected[i] for i in batch], grad=True)
+            return dpo_loss(logps, rejected, ref[("chosen", b)], ref[("rejected", b)], cfg.beta).mean()
+        kl = self._logps(mismatched(rows, batch, self.tokenizer), grad=False)
+        desirable = torch.tensor([bool(rows.desirable[i]) for i in batch], device=logps.device)
+        return kto_loss(
+            logps,
+            ref[("chosen", b)],
+            desirable,
+            kl,
+            ref[("kl", b)],
+            beta=cfg.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=cfg.undesirable_weight,
+        ).mean()
+
+    def run(self) -> dict:
+        """Train; what the model's manifest records about the stage."""
+        from tqdm.auto import tqdm
+
+        cfg, accelerator = self.cfg, self.accelerator
+        started = time.monotonic()
+        ref = self._reference()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
+        steps = len(self.batches) * cfg.epochs
+        warmup = max(1, math.ceil(0.1 * steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        bar = tqdm(
+            total=steps,
+            disable=not (self.progress_bar and accelerator.is_main_process),
+            unit="step",
+            desc=f"preference stage ({cfg.method.upper()})",
+            dynamic_ncols=True,
+        )
+        step, smoothed = 0, None
+        loop_start = time.monotonic()
+        self.model.train()
+        try:
+            for epoch in range(cfg.epochs):
+                order = list(range(len(self.batches)))
+                random.Random(self.seed * 1000 + epoch).shuffle(order)
+                for b in order:
+                    loss = self.loss(b, ref)
+                    accelerator.backward(loss)
+                    accelerator.clip_grad_norm_(trainable, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    step += 1
+                    value = loss.item()
+                    self.losses.append(value)
+                    smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+                    bar.set_postfix(loss=f"{smoothed:.4f}")
+                    bar.update(1)
+                    if self.on_step is not None and accelerator.is_main_process:
+                        elapsed = time.monotonic() - loop_start
+                        eta = round(elapsed / step * (steps - step), 1)
+                        self.on_step(StepProgress(step, steps, eta, round(smoothed, 4)))
+        finally:
+            bar.close()
+        return {
+            "method": cfg.method,
+            "rows": len(self.rows.ids),
+            "rated_up": sum(1 for d in self.rows.desirable if d),
+            "rated_down": sum(1 for d in self.rows.desirable if d is False),
+            "pairs": sum(1 for r in self.rows.rejected if r is not None),
+            "steps": steps,
+            "beta": cfg.beta,
+            "learning_rate": cfg.learning_rate,
+            "first_loss": round(self.losses[0], 5) if self.losses else None,
+            "final_loss": round(smoothed, 5) if smoothed is not None else None,
+            "seconds": round(time.monotonic() - started, 1),
+        }
