@@ -86,6 +86,7 @@ async def test_admin_routes_declare_the_bearer_token_and_every_error_is_the_erro
         ("put", "/api/drafts/{name}"),
         ("post", "/api/drafts/{name}/accept"),
         ("post", "/api/drafts/{name}/reject"),
+        ("get", "/api/preferences"),
         ("post", "/api/conversations/{sender}/draft"),
     }
     for path, ops in doc["paths"].items():

@@ -262,7 +262,7 @@ async def test_every_panel_fits_a_375_px_phone(browser, console):
     await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Models").click()
     await page.get_by_role("button", name="Report of 20261127-110000").click()
     await page.locator("#model-report").get_by_role("heading", name="fine-tuned").wait_for()
-    for panel in ("Conversations", "Handoff queue", "Drafts", "Models", "Train"):
+    for panel in ("Conversations", "Handoff queue", "Drafts", "Preferences", "Models", "Train"):
         await page.get_by_role("navigation", name="Panels").get_by_role("button", name=panel).click()
         await page.get_by_role("heading", name=panel, exact=True).wait_for()
         await page.wait_for_load_state("networkidle")
@@ -397,4 +397,51 @@ async def test_the_handoff_queue_an_agent_reply_and_giving_back(browser, console
     await page.get_by_role("status").filter(has_text="Nobody is waiting for a person.").wait_for()
     assert (await store.events("waiting-4"))[-1]["type"] == "resume"
     assert await page.locator("main img, main b").count() == 0
+    await _clean(page, errors)
+
+
+REVIEWED = """preferences:
+  - id: r1
+    rating: up
+    turns:
+      - user: Where is ES-1001?
+      - action: check_order
+        args: {order_id: ES-1001}
+        result: {status: shipped}
+      - bot: ES-1001 has shipped.
+  - id: r2
+    rejected: No idea.
+    turns:
+      - user: has my parcel left
+      - bot: I can check that. What's your order number?
+"""
+WAITING = """preferences:
+  - id: w1
+    draft: true
+    rating: down
+    turns:
+      - user: hi
+      - bot: "<b>go away</b>"
+"""
+
+
+async def test_the_preferences_panel_counts_rated_replies_pairs_and_reviews(browser, console):
+    server, project = console
+    folder = project / "training_data" / "preferences"
+    folder.mkdir()
+    (folder / "reviewed.yml").write_text(REVIEWED)
+    (folder / "waiting.yml").write_text(WAITING)
+    (folder / "broken.yml").write_text(WAITING.replace("rating: down", "rating: meh"))
+    page, errors = await _page(browser, server)
+    await _sign_in(page)
+    await page.get_by_role("navigation", name="Panels").get_by_role("button", name="Preferences").click()
+    await page.get_by_role("status").filter(has_text="3 file(s)").wait_for()
+    totals = await page.get_by_role("list", name="Preference data counts").inner_text()
+    for line in ("1 rated up", "1 rated down", "1 agents' replies", "2 reviewed", "1 waiting for review"):
+        assert line in totals, totals
+    files = page.get_by_role("list", name="Preference files")
+    assert "2 row(s) reviewed" in await files.locator("li").filter(has_text="reviewed").inner_text()
+    broken = await files.locator("li").filter(has_text="broken").inner_text()
+    assert "1 problem(s)" in broken and "training_data/preferences/broken.yml:4:" in broken
+    assert await page.locator("main b").count() == 0  # the reply's markup stays text
     await _clean(page, errors)

@@ -218,3 +218,28 @@ def test_the_command_writes_once_per_conversation(project, capsys):
     assert "skipped c2: no rated bot reply" in out
     assert main(["-C", str(project), "data", "preferences"]) == 0
     assert "skipped c1: its preferences are already in training_data/preferences/" in capsys.readouterr().out
+
+
+async def test_the_admin_api_counts_the_preference_data(tmp_path, cache_dir, serve):
+    from serve_support import ADMIN, make_project
+
+    project = make_project(tmp_path / "served", cache_dir)
+    folder = project / "training_data" / "preferences"
+    folder.mkdir()
+    rows = "preferences:\n  - id: a\n    {}\n    turns:\n      - user: hi\n      - bot: Hello!\n"
+    (folder / "one.yml").write_text(rows.format("rating: up"))
+    (folder / "two.yml").write_text(rows.format("draft: true\n    rejected: Go away."))
+    client, _ = await serve(project)
+    assert (await client.get("/api/preferences")).status == 401
+    answer = await (await client.get("/api/preferences", headers=ADMIN)).json()
+    assert {k: v for k, v in answer.items() if k != "files"} == {
+        "rated_up": 1,
+        "rated_down": 0,
+        "pairs": 1,
+        "reviewed": 1,
+        "waiting": 1,
+    }
+    assert [(f["name"], f["draft"], f["valid"]) for f in answer["files"]] == [
+        ("one", False, True),
+        ("two", True, True),
+    ]

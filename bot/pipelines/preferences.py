@@ -330,3 +330,29 @@ def accept_preferences(settings: Settings, name: str) -> Path:
 
 def reject_preferences(settings: Settings, name: str) -> None:
     preference_path(settings, name).unlink()
+
+
+@dataclass(frozen=True)
+class PreferenceCounts:
+    """What training_data/preferences/ holds, for the console: rows of each kind, reviewed or
+    waiting for review, and the files."""
+
+    rated_up: int
+    rated_down: int
+    pairs: int
+    reviewed: int
+    waiting: int
+    files: list[PreferenceFile]
+
+
+def count_preferences(settings: Settings) -> PreferenceCounts:
+    files = [read_preference_file(settings, name) for name in preference_file_names(settings)]
+    rows = [p for f in files for p in f.preferences]
+    return PreferenceCounts(
+        rated_up=sum(p.rating == "up" for p in rows),
+        rated_down=sum(p.rating == "down" for p in rows),
+        pairs=sum(p.rejected is not None for p in rows),
+        reviewed=sum(not p.dialogue.draft for p in rows),
+        waiting=sum(p.dialogue.draft for p in rows),
+        files=files,
+    )

@@ -8,6 +8,7 @@ from bot.serve.routes import (
     console,
     console_api,
     drafts,
+    preferences,
     ratings,
     train,
     web,
@@ -15,4 +16,17 @@ from bot.serve.routes import (
 from bot.serve.routes import openai as openai_compatible
 
 # The order /openapi.json lists them in.
-IN_ORDER = (chat, openai_compatible, completions, admin, agent, ratings, train, drafts, web, console_api, console)
+IN_ORDER = (
+    chat,
+    openai_compatible,
+    completions,
+    admin,
+    agent,
+    ratings,
+    train,
+    drafts,
+    preferences,
+    web,
+    console_api,
+    console,
+)

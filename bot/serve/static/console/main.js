@@ -5,12 +5,14 @@ import * as conversations from "./conversations.js";
 import * as drafts from "./drafts.js";
 import * as handoffs from "./handoffs.js";
 import * as models from "./models.js";
+import * as preferences from "./preferences.js";
 import * as train from "./train.js";
 
 const PANELS = {
   conversations: conversations.search,
   handoffs: handoffs.refresh,
   drafts: drafts.refresh,
+  preferences: preferences.refresh,
   models: models.refresh,
   train: train.refresh,
 };
@@ -113,6 +115,7 @@ function start() {
   });
   handoffs.setUp();
   drafts.setUp();
+  preferences.setUp();
   models.setUp();
   train.setUp();
   showServing();
