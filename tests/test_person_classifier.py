@@ -36,16 +36,16 @@ def test_the_public_messages_are_not_trained_on(starter_profile):
 
 
 def test_real_requests_for_a_person_are_caught(starter_profile):
-    """Measured on this file: recall 96.8% (183 of 189), false alarms 3.9% (16 of 414). The
-    target is recall 95% and false alarms 2%: the false alarms miss it. The floors here stop a
-    change from making either worse."""
+    """Measured on this file (benchmarks/person_detector.py): recall 96.3% (182 of 189), false
+    alarms 2.4% (10 of 414). The target is recall 95% and false alarms 2%: the false alarms miss
+    it. The floors here stop a change from making either worse."""
     detector = starter_profile.person_detector
     asks = [x["text"] for x in PUBLIC["asks_for_a_person"]]
     others = [x["text"] for x in PUBLIC["does_not"]]
     recall = sum(map(detector.asks_for_person, asks)) / len(asks)
     false_alarms = sum(map(detector.asks_for_person, others)) / len(others)
     assert recall >= 0.95, f"recall {recall:.1%}"
-    assert false_alarms <= 0.04, f"false alarms {false_alarms:.1%}"
+    assert false_alarms <= 0.025, f"false alarms {false_alarms:.1%}"
     rule_recall = sum(map(detector.rule.asks_for_person, asks)) / len(asks)
     assert recall - rule_recall >= 0.3  # the patterns alone catch about half
 
