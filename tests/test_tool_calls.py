@@ -487,3 +487,21 @@ def test_patterns_are_checked_where_they_are_declared_and_used(tmp_path, cache_d
     text = str(error.value)
     assert "dialogues/shape.yml:6:" in text and "does not match its pattern" in text
     assert "actions.yml:" in text and "pattern" in text and "not a valid regular expression" in text
+
+
+async def test_a_call_shows_its_status_at_once_and_never_stores_it(tmp_path, cache_dir, serve):
+    """The customer sees the action's `status` as soon as the call's name is written, before the
+    action runs; a text reply and a handoff send none; nothing of it is stored."""
+    replies = [call("check_order", order_id="KM-104233"), "Hello!", call("handoff_to_human", reason="asked")]
+    client, _ = await serve(starter_project(tmp_path, cache_dir), replies)
+    events = await chat(client, "s1", "where's my order KM-104233?")
+    names = [n for n, _ in events]
+    assert ("status", {"text": "Checking your order…", "action": "check_order"}) in events
+    assert names.index("status") < names.index("message")  # before the apology for the failed action
+    assert "Checking your order" not in json.dumps(await stored_events(client, "s1"))
+    assert "status" not in [n for n, _ in await chat(client, "s1", "hi")]
+    assert "status" not in [n for n, _ in await chat(client, "s2", "I need someone to look at my bill")]
+    metrics = await (await client.get("/metrics")).text()
+    # something to see: the status, then "Hello!"; a first token: "Hello!" alone
+    assert "bot_time_to_first_visible_seconds_count 2.0" in metrics
+    assert "bot_time_to_first_token_seconds_count 1.0" in metrics

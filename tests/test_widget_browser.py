@@ -186,3 +186,39 @@ async def test_the_demo_page_and_the_console_say_when_the_base_model_answers(bro
             await serving.filter(has_text="Serving: " + (note or "trained model scripted")).wait_for()
         finally:
             await server.close()
+
+
+# Records every text the typing bubble shows, however briefly.
+WATCH_TYPING = """
+window.__doing = [];
+new MutationObserver(() => {
+  for (const node of document.querySelectorAll(".bw-doing")) {
+    if (!window.__doing.includes(node.textContent)) window.__doing.push(node.textContent);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});
+"""
+
+
+async def test_an_actions_status_shows_while_it_runs_then_goes(browser, tmp_path, cache_dir, tokenizer):
+    settings = settings_of(make_project(tmp_path / "p", cache_dir))
+    call = '<tool_call>{"name": "check_order", "arguments": {"order_id": "ES-1001"}}</tool_call>'
+    model = scripted_model(settings, tokenizer, [call], delay=0.05)
+    server = TestServer(create_app(settings, load_model=lambda: model), port=0)
+    await server.start_server()
+    try:
+        page = await browser.new_page()
+        await page.add_init_script(WATCH_TYPING)
+        await page.goto(str(server.make_url("/")))
+        await page.get_by_role("button", name="Open chat: Kestrel Mobile").click()
+        await page.get_by_label("Your message").fill("Where is my order ES-1001?")
+        async with page.expect_response(lambda r: r.url.endswith("/api/chat/stream")) as answered:
+            await page.keyboard.press("Enter")
+        await (await answered.value).finished()
+        await page.locator(".bw-bot", has_text="can't look that up").wait_for(
+            timeout=15000
+        )  # the action server is down
+        assert await page.evaluate("window.__doing") == ["Checking your order…"]
+        assert await page.locator(".bw-typing").count() == 0  # gone once the reply came
+        assert "Checking your order" not in " ".join(await _bot_texts(page))
+    finally:
+        await server.close()

@@ -49,6 +49,8 @@ class _Shown:
             else:
                 _say("\n" if self.streaming else f"bot> {text}\n")
             self.streaming, self.streamed = False, ""
+        elif event == "status":
+            _say(f"  ({data['text']})\n")
         elif event == "waiting":
             _say("(a member of the team has this conversation; the bot is not answering)\n")
         elif event == "error":
@@ -58,7 +60,7 @@ class _Shown:
 async def chat_in_process(settings, sender: str, *, load_model=None) -> None:
     """`load_model` defaults to loading the active trained model (or the base model)."""
     from bot.conversations.events import ACTION, ACTION_PROBLEMS, BOT, HANDOFF
-    from bot.policy.reply import Piece
+    from bot.policy.reply import Piece, Status
     from bot.runtime.processor import Waiting
     from bot.runtime.services import open_services
 
@@ -71,6 +73,8 @@ async def chat_in_process(settings, sender: str, *, load_model=None) -> None:
                 async for item in items:
                     if isinstance(item, Piece):
                         shown("token", {"text": item.text})
+                    elif isinstance(item, Status):
+                        shown("status", {"text": item.text, "action": item.action})
                     elif isinstance(item, Waiting):
                         shown("waiting", {})
                     elif item["type"] in (BOT, HANDOFF):

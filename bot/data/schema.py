@@ -96,9 +96,16 @@ class Argument(Strict):
         return isinstance(value, PYTHON_TYPES[self.type]) and (self.type == "boolean" or not isinstance(value, bool))
 
 
+DEFAULT_STATUS = "One moment while I look into that…"
+
+
 class Action(Strict):
     description: str = ""
     arguments: dict[str, Argument] = {}
+    status: str = Field(
+        DEFAULT_STATUS,
+        description="What the customer sees while the bot calls it and waits for its result (never stored).",
+    )
 
 
 class ActionsFile(Strict):

@@ -17,7 +17,8 @@ What the policy decides, in order:
   the same arguments: after the last one, or instead of a repeat, the model writes text;
 - the leak guard checks every text a customer could see.
 
-`answer` yields `Piece`s (text of a bot message as it is generated) and events (dicts, see
+`answer` yields `Piece`s (text of a bot message as it is generated), `Status`es (what the
+customer sees while an action is called: its `status` text, never stored) and events (dicts, see
 bot.conversations.events) to be stored and shown: `bot`, `action`, `action_failed`, `action_rejected`,
 `slot`, `handoff`, `guarded`, `model_unavailable` (a remote model server gave no reply: the
 customer gets the apology and the offer of a person, as for a failed action).
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ from bot.rendering import BotStep, handoff_step, parse_reply, tool_call_text
 
 log = logging.getLogger("bot.policy")
 
+CALL_NAME = re.compile(r'"name"\s*:\s*"([^"\\]+)"')  # in a tool call being written
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it another way?"
 COULD_NOT_DO = "Sorry, I couldn't do that just now. Would you like me to pass you to a member of our team?"
 
@@ -76,6 +79,15 @@ class Piece:
     """Part of a bot message, as the model writes it."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the customer may see while the bot calls an action: the action's `status` text, sent
+    as soon as the call's name is written, never stored."""
+
+    text: str
+    action: str
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,13 @@ class VisibleText:
         keep = next((k for k in range(len(TOOL_CALL_OPEN) - 1, 0, -1) if self.held.endswith(TOOL_CALL_OPEN[:k])), 0)
         shown, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep :]
         return shown
+
+    def calling(self) -> str | None:
+        """The action the reply calls, once its name is written (None while it isn't, or for text)."""
+        if self.started:
+            return None
+        found = CALL_NAME.search(self.held)
+        return found.group(1) if found else None
 
     def flush(self) -> str:
         """At the end of the reply: what was held back, unless it belongs to a call."""
@@ -352,11 +371,13 @@ class ReplyPolicy:
 
     async def _generate(
         self, model: ResponseModel, messages: list[dict], *, text_only: bool = False, handoff: bool = True
-    ) -> AsyncIterator[Piece | Finished | Leak]:
+    ) -> AsyncIterator[Piece | Status | Finished | Leak]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
-        which the customer never sees, or grow into a leak. A leak ends the generation: the
-        `Leak` is the last item."""
+        which the customer never sees, or grow into a leak. A call of a declared action gives a
+        `Status` as soon as its name is written. A leak ends the generation: the `Leak` is the
+        last item."""
         visible = VisibleText()
+        announced = False  # the status of the action being called was sent
         watch = model.leak_guard.stream()
         grounded = grounded_values(model.profile.actions, conversation_sources(messages), customer_messages(messages))
         stream = model.stream(
@@ -381,6 +402,9 @@ class ReplyPolicy:
                     return  # leaving closes the model's stream: the generation stops here
                 if shown:
                     yield Piece(shown)
+                elif not announced and (name := visible.calling()) in model.profile.actions:
+                    announced = True
+                    yield Status(model.profile.actions[name].status, name)
 
     # -- the leak guard ------------------------------------------------------------------------
     def _guarded(self, sender: str, leak: Leak, where: str, **detail) -> Event:

@@ -8,17 +8,29 @@ from aiohttp import web
 
 ARRIVED = web.RequestKey("arrived", float)  # _now() when the request came in (set by metrics_middleware)
 _FIRST_TOKEN_SEEN = web.RequestKey("first_token_seen", bool)
+_FIRST_VISIBLE_SEEN = web.RequestKey("first_visible_seen", bool)
 
 
 def first_token(request: web.Request, metrics) -> None:
     """Time to first token (`bot_time_to_first_token_seconds`), measured here and only here: from
     when the request arrived, so the wait a client sees is all in it (reading its body, the
     checks, borrowing the model, rendering the prompt, the engine's queue), to its reply's first
-    text. Every route that generates calls it as that text comes; once per request."""
+    text. Every route that generates calls it as that text comes; once per request. It is also
+    the first thing the customer sees, unless a status came before it."""
+    first_visible(request, metrics)
     if request.get(_FIRST_TOKEN_SEEN):
         return
     request[_FIRST_TOKEN_SEEN] = True
     metrics.first_token.observe(_now() - request[ARRIVED])
+
+
+def first_visible(request: web.Request, metrics) -> None:
+    """Time to the first thing the customer sees (`bot_time_to_first_visible_seconds`): a token
+    of the reply, or the status of an action being called; once per request."""
+    if request.get(_FIRST_VISIBLE_SEEN):
+        return
+    request[_FIRST_VISIBLE_SEEN] = True
+    metrics.first_visible.observe(_now() - request[ARRIVED])
 
 
 def _now() -> float:

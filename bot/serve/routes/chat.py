@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, RootModel
 
 from bot.conversations.events import USER, VISIBLE
 from bot.conversations.store import StoreUnavailable
-from bot.policy.reply import Piece
+from bot.policy.reply import Piece, Status
 from bot.runtime.processor import Waiting, visible
 from bot.serve.bodies import read_body
 from bot.serve.errors import write_stream_error
@@ -29,7 +29,7 @@ from bot.serve.routes.common import (
     conversation_id,
     sse_headers,
 )
-from bot.serve.timing import first_token
+from bot.serve.timing import first_token, first_visible
 
 FEED_WAIT_S = 15.0
 
@@ -62,7 +62,7 @@ class History(BaseModel):
 class ChatStreamEvent(ServerSentEvent):
     """An event of the reply stream (see chat_stream)."""
 
-    event: Literal["received", "token", "message", "waiting", "error", "done"]
+    event: Literal["received", "token", "status", "message", "waiting", "error", "done"]
 
 
 class FeedEvent(ServerSentEvent):
@@ -138,7 +138,8 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
     """A message in, the reply as server-sent events (the widget's endpoint)
 
     The reply as server-sent events: `received` (the customer's message is stored, with its
-    seq), `token` (text as it is written), `message` (each whole
+    seq), `token` (text as it is written), `status` (`{"text", "action"}`: the bot is calling an
+    action; show the text until the next token or message, never keep it), `message` (each whole
     message: bot or handoff), `waiting` (a person has the conversation), `error`, then `done`."""
     body = await chat_request(request)
     response = web.StreamResponse(headers=sse_headers())
@@ -151,6 +152,9 @@ async def chat_stream(request: web.Request) -> web.StreamResponse:
                 elif isinstance(item, Piece):
                     first_token(request, request.app[METRICS])
                     await send_event(response, "token", {"text": item.text})
+                elif isinstance(item, Status):
+                    first_visible(request, request.app[METRICS])
+                    await send_event(response, "status", {"text": item.text, "action": item.action})
                 elif isinstance(item, Waiting):
                     await send_event(response, "waiting", {"reason": item.reason})
                 elif item["type"] in SHOWN_TO_CUSTOMER:

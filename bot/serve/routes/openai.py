@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bot.conversations.events import GUARD, MODEL_UNAVAILABLE, user_message
 from bot.conversations.state import ConversationState
 from bot.engine.remote import RemoteEngine
-from bot.policy.reply import Piece
+from bot.policy.reply import Piece, Status
 from bot.serve.bodies import read_body
 from bot.serve.errors import write_stream_error
 from bot.serve.keys import BRAND_APPS, CLIENT_LIMIT, CONVERSATIONS, HOLDER, METRICS, SETTINGS
@@ -201,6 +201,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         try:
             async with aclosing(answer) as items:
                 async for item in items:
+                    if isinstance(item, Status):
+                        continue  # OpenAI's stream has no place for it
                     if isinstance(item, Piece):
                         first_token(request, app[METRICS])
                         if in_message:

@@ -32,6 +32,7 @@
     ".bw-who{display:block;font-size:12px;font-weight:600;opacity:.75;margin-bottom:2px}",
     ".bw-note{align-self:center;font-size:13px;opacity:.8;text-align:center}",
     ".bw-typing{align-self:flex-start;background:var(--bw-bot);padding:8px 11px;border-radius:12px;letter-spacing:2px}",
+    ".bw-doing{letter-spacing:normal;font-style:italic;opacity:.85}",
     ".bw-status{padding:6px 12px;font-size:13px;background:#fff4d6;border-top:1px solid #e5c66a}",
     ".bw-status[hidden]{display:none}",
     ".bw-error{background:#fde7e9;border-top-color:#e88}",
@@ -294,11 +295,20 @@
       });
   };
 
-  Widget.prototype.typing = function (on) {
+  // The bubble that says the bot is at work: "•••", or what it is doing (an action's status,
+  // such as "Checking your order…"), shown until its reply comes and never kept.
+  Widget.prototype.typing = function (on, doing) {
     if (on && !this.typingNode) {
       this.typingNode = el("div", "bw-typing", "•••");
       this.typingNode.setAttribute("aria-label", "The assistant is typing");
       this.log.appendChild(this.typingNode);
+      this.scroll();
+    }
+    if (on && doing) {
+      this.typingNode.textContent = doing;
+      this.typingNode.classList.add("bw-doing");
+      this.typingNode.setAttribute("role", "status");
+      this.typingNode.removeAttribute("aria-label");
       this.scroll();
     } else if (!on && this.typingNode) {
       this.typingNode.remove();
@@ -469,6 +479,8 @@
       this.lastSeq = Math.max(this.lastSeq, body.seq);
       this.received = body.seq;
       this.sent[body.seq] = this.sending;
+    } else if (name === "status") {
+      if (!this.streaming) this.typing(true, body.text);
     } else if (name === "token") {
       this.typing(false);
       if (!this.streaming) this.streaming = this.add("bot", "");
