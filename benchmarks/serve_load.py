@@ -13,7 +13,9 @@ ignores the end-of-turn token so that every reply is `--tokens` long (128), as v
 with `ignore_eos`.
 
 Each server runs in its own process, with its conversations in a temporary SQLite file.
-Reported: time to first token p50/p90 (overall and per turn), per-stream tokens/s p10/p50 (after
+Reported: time to first token p50/p90 (overall and per turn), time to the first thing the
+customer sees (a token, or an action's status when the reply starts with a call) p50/p90,
+per-stream tokens/s p10/p50 (after
 the first token), aggregate tokens/s (the server's own count of generated tokens over the
 wall-clock time of the run), and goodput: the share of replies whose first token came within 1 s
 and which then streamed at 10 tokens/s or more. Then the ratios batching / serial.
@@ -93,6 +95,7 @@ class Reply:
     first_token_s: float
     seconds: float
     text: str
+    first_visible_s: float = 0.0  # the first token, or an action's status if it came first
 
 
 def free_port() -> int:
@@ -158,8 +161,11 @@ async def customer(
     replies = []
     for turn in range(turns):
         sent = time.monotonic()
-        first, text = None, ""
+        first = visible = None
+        text = ""
         async for event, data in chat_events(session, url, f"{run}-{i}", lines[turn % len(lines)]):
+            if event in ("token", "status") and visible is None:
+                visible = time.monotonic() - sent
             if event == "token" and first is None:
                 first = time.monotonic() - sent
             elif event == "message":
@@ -167,7 +173,8 @@ async def customer(
             elif event == "error":
                 raise SystemExit(f"customer {i} turn {turn + 1}: {data['error']}")
         done = time.monotonic() - sent
-        replies.append(Reply(i, turn + 1, first if first is not None else done, done, text))
+        first = first if first is not None else done
+        replies.append(Reply(i, turn + 1, first, done, text, visible if visible is not None else first))
         await asyncio.sleep(think)
     return replies
 
@@ -219,11 +226,14 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         streaming = r.seconds - r.first_token_s
         rates.append(n / streaming if streaming > 0 and n > 1 else float("inf"))
     firsts = [r.first_token_s for r in replies]
+    visible = [r.first_visible_s for r in replies]
     good = sum(1 for r, rate in zip(replies, rates, strict=True) if is_good(r, rate))
     return {
         "replies": replies,
         "ttft_p50": percentile(firsts, 50),
         "ttft_p90": percentile(firsts, 90),
+        "visible_p50": percentile(visible, 50),
+        "visible_p90": percentile(visible, 90),
         "by_turn": {t: first_token_p50_p90(replies, t) for t in range(1, args.turns + 1)},
         "rate_p10": percentile(rates, 10),
         "rate_p50": percentile(rates, 50),
@@ -375,6 +385,7 @@ def main() -> None:
         turns = "  ".join(f"turn {t}: {p50:.2f}/{p90:.2f} s" for t, (p50, p90) in r["by_turn"].items())
         print(f"\n[{engine}] {len(r['replies'])} replies, {r['tokens']:.0f} tokens in {r['wall']:.1f} s")
         print(f"  first token p50 {r['ttft_p50']:.2f} s, p90 {r['ttft_p90']:.2f} s   ({turns}, p50/p90)")
+        print(f"  first visible (token or action status) p50 {r['visible_p50']:.2f} s, p90 {r['visible_p90']:.2f} s")
         print(f"  per-stream tokens/s p10 {r['rate_p10']:.1f}, p50 {r['rate_p50']:.1f}")
         print(
             f"  aggregate {r['aggregate']:.1f} tokens/s; goodput {r['goodput']:.0%} "
