@@ -9,7 +9,10 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from bot.errors import BotError
 
@@ -176,71 +179,79 @@ def _choice() -> str:
         return "q"
 
 
-def _review_draft(settings, name: str, index: int, total: int, counts: dict) -> str | None:
-    from bot.pipelines import drafts
+@dataclass(frozen=True)
+class _Reviewed:
+    """One file under review: how to read it, accept it (`accepts`: a choice's key -> a function
+    giving what to say and the count it adds to) and reject it."""
+
+    name: str
+    what: str  # "draft" or "preferences"
+    choices: str
+    read: Callable
+    accepts: dict[str, Callable[[], tuple[str, str]]]
+    reject: Callable[[], None]
+
+
+def _review(item: _Reviewed, index: int, total: int, counts: dict) -> str | None:
+    """Show the file and ask until a choice settles it; "quit" when the person quits."""
+    from bot.pipelines import drafts, preferences
 
     while True:
-        info = drafts.read_draft(settings, name)
-        _show(info, index, total)
-        print(REVIEW_CHOICES)
+        info = item.read()
+        _show(info, index, total, what=item.what)
+        print(item.choices)
         choice = _choice()
-        if choice in ("a", "t"):
-            into = "dialogues" if choice == "a" else "tests"
+        if choice in item.accepts:
             try:
-                path = drafts.accept(settings, name, into)
-            except drafts.DraftRefused as e:
+                said, counted = item.accepts[choice]()
+            except (drafts.DraftRefused, preferences.PreferencesRefused) as e:
                 print(f"refused: {e}")
                 continue
-            print(f"accepted into {_shown(settings, path)}")
-            counts[into] += 1
+            print(said)
+            counts[counted] += 1
         elif choice == "e":
             _edit(info.path)
             continue
         elif choice == "r":
-            drafts.reject(settings, name)
-            print(f"rejected: {name} deleted")
+            item.reject()
+            print(f"rejected: {item.name} deleted")
             counts["rejected"] += 1
         elif choice == "s":
             counts["skipped"] += 1
         elif choice == "q":
             return "quit"
         else:
-            print(f"'{choice}'? choose one of: {REVIEW_CHOICES}")
+            print(f"'{choice}'? choose one of: {item.choices}")
             continue
         return None
+
+
+def _review_draft(settings, name: str, index: int, total: int, counts: dict) -> str | None:
+    from bot.pipelines import drafts
+
+    def accept(into: str) -> tuple[str, str]:
+        return f"accepted into {_shown(settings, drafts.accept(settings, name, into))}", into
+
+    accepts = {"a": lambda: accept("dialogues"), "t": lambda: accept("tests")}
+    reject = partial(drafts.reject, settings, name)
+    item = _Reviewed(name, "draft", REVIEW_CHOICES, partial(drafts.read_draft, settings, name), accepts, reject)
+    return _review(item, index, total, counts)
 
 
 def _review_preferences(settings, name: str, index: int, total: int, counts: dict) -> str | None:
     from bot.pipelines import preferences
 
-    while True:
-        info = preferences.read_preference_file(settings, name)
-        _show(info, index, total, what="preferences")
-        print(PREFERENCE_CHOICES)
-        choice = _choice()
-        if choice == "a":
-            try:
-                path = preferences.accept_preferences(settings, name)
-            except preferences.PreferencesRefused as e:
-                print(f"refused: {e}")
-                continue
-            print(f"accepted: {_shown(settings, path)} is reviewed")
-            counts["preferences"] += 1
-        elif choice == "e":
-            _edit(info.path)
-            continue
-        elif choice == "r":
-            preferences.reject_preferences(settings, name)
-            print(f"rejected: {name} deleted")
-            counts["rejected"] += 1
-        elif choice == "s":
-            counts["skipped"] += 1
-        elif choice == "q":
-            return "quit"
-        else:
-            print(f"'{choice}'? choose one of: {PREFERENCE_CHOICES}")
-            continue
-        return None
+    def accept() -> tuple[str, str]:
+        return (
+            f"accepted: {_shown(settings, preferences.accept_preferences(settings, name))} is reviewed",
+            "preferences",
+        )
+
+    read = partial(preferences.read_preference_file, settings, name)
+    reject = partial(preferences.reject_preferences, settings, name)
+    return _review(
+        _Reviewed(name, "preferences", PREFERENCE_CHOICES, read, {"a": accept}, reject), index, total, counts
+    )
 
 
 def _summary(counts: dict, settings) -> int:
@@ -282,18 +293,25 @@ def cmd_augment(args) -> int:
     return 0
 
 
+def _from_conversations(data_commands, name: str, help: str, description: str, again: str):
+    """A command that writes from stored conversations: --conversation and --since."""
+    command = data_commands.add_parser(
+        name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    command.add_argument(
+        "--conversation", metavar="ID", help=f"only this conversation ({again} even if it was before)"
+    )
+    command.add_argument("--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)")
+    return command
+
+
 def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
-    export_data = data_commands.add_parser(
+    export_data = _from_conversations(
+        data_commands,
         "export",
-        help="stored conversations into redacted dialogue drafts under training_data/drafts/",
-        description=EXPORT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    export_data.add_argument(
-        "--conversation", metavar="ID", help="only this conversation (drafted again even if it was before)"
-    )
-    export_data.add_argument(
-        "--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)"
+        "stored conversations into redacted dialogue drafts under training_data/drafts/",
+        EXPORT_HELP,
+        "drafted again",
     )
     export_data.add_argument("--handed-off", action="store_true", help="only conversations handed to a person")
     export_data.add_argument(
@@ -314,19 +332,13 @@ def add_data_commands(data_commands: argparse._SubParsersAction) -> None:
     augment.add_argument("--tag", help="only dialogues with this tag")
     augment.add_argument("--seed", type=int, default=0, help="picks among the choices a shape makes (default 0)")
     augment.set_defaults(run=cmd_augment)
-    preferences = data_commands.add_parser(
+    _from_conversations(
+        data_commands,
         "preferences",
-        help="rated replies and agents' corrections into preference data under training_data/preferences/",
-        description=PREFERENCES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    preferences.add_argument(
-        "--conversation", metavar="ID", help="only this conversation (written again even if it was before)"
-    )
-    preferences.add_argument(
-        "--since", metavar="YYYY-MM-DD", help="only conversations active on or after this day (UTC)"
-    )
-    preferences.set_defaults(run=cmd_preferences)
+        "rated replies and agents' corrections into preference data under training_data/preferences/",
+        PREFERENCES_HELP,
+        "written again",
+    ).set_defaults(run=cmd_preferences)
     data_commands.add_parser(
         "review",
         help="walk the drafts and preference data: show each with its validation; accept, edit, or reject",
