@@ -17,20 +17,24 @@ def first_token(request: web.Request, metrics) -> None:
     checks, borrowing the model, rendering the prompt, the engine's queue), to its reply's first
     text. Every route that generates calls it as that text comes; once per request. It is also
     the first thing the customer sees, unless a status came before it."""
-    first_visible(request, metrics)
     if request.get(_FIRST_TOKEN_SEEN):
         return
-    request[_FIRST_TOKEN_SEEN] = True
-    metrics.first_token.observe(_now() - request[ARRIVED])
+    now = _now()
+    _observe_first(request, _FIRST_VISIBLE_SEEN, metrics.first_visible, now)
+    _observe_first(request, _FIRST_TOKEN_SEEN, metrics.first_token, now)
 
 
 def first_visible(request: web.Request, metrics) -> None:
     """Time to the first thing the customer sees (`bot_time_to_first_visible_seconds`): a token
     of the reply, or the status of an action being called; once per request."""
-    if request.get(_FIRST_VISIBLE_SEEN):
-        return
-    request[_FIRST_VISIBLE_SEEN] = True
-    metrics.first_visible.observe(_now() - request[ARRIVED])
+    if not request.get(_FIRST_VISIBLE_SEEN):
+        _observe_first(request, _FIRST_VISIBLE_SEEN, metrics.first_visible, _now())
+
+
+def _observe_first(request: web.Request, seen: web.RequestKey, histogram, now: float) -> None:
+    if not request.get(seen):
+        request[seen] = True
+        histogram.observe(now - request[ARRIVED])
 
 
 def _now() -> float:
