@@ -46,6 +46,7 @@ class ScriptedEngine(Engine):
         self.delay = delay
         self.prompts: list[list[int]] = []
         self.text_only: list[bool] = []  # per prompt: was the reply asked to be text only
+        self.excluded: list[tuple[str, ...]] = []  # per prompt: the actions it was asked not to call
         self.generated = 0  # tokens generated in all
         self.stopped = 0  # streams closed before their end (a client went away)
         self.closed = False
@@ -61,6 +62,7 @@ class ScriptedEngine(Engine):
             raise EngineClosed("the model engine is closed")
         self.prompts.append(list(prompt_ids))
         self.text_only.append(decoding.text_only)  # like an engine without the constraint, it may still call
+        self.excluded.append(decoding.excluded)
         reply = self.next_reply(self.tokenizer.decode(prompt_ids))
         eos = self.tokenizer.eos_token_id
         ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [eos]

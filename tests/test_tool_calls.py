@@ -277,6 +277,7 @@ async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, ser
     replies = [
         call("get_account", account_id="40912267"),
         call("check_order", order_id="KM-104233"),
+        call("check_order", order_id="KM-104233"),
         "It's on its way.",
     ]
     client, model = await serve(starter_project(tmp_path, cache_dir), replies)
@@ -287,7 +288,9 @@ async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, ser
     log = await stored_events(client, "g1")
     assert [e["type"] for e in log] == ["user", "action_rejected", "bot"]
     assert log[1]["reason"] == "ungrounded" and "'account_id' \"40912267\" appears nowhere" in log[1]["problems"][0]
-    assert len(model.engine.prompts) == 1  # nothing ran, nothing more generated
+    # asked again without get_account (the conversation holds no account number): its call of
+    # check_order takes nothing the customer wrote, and a postcode given means words won't do
+    assert len(model.engine.prompts) == 2 and model.engine.excluded[1] == ("get_account",)
 
     # a value the customer gave (in another letter case) is grounded: the call goes to the action server
     events = await chat(client, "g2", "where is order km-104233")
@@ -505,3 +508,36 @@ async def test_a_call_shows_its_status_at_once_and_never_stores_it(tmp_path, cac
     # something to see: the status, then "Hello!"; a first token: "Hello!" alone
     assert "bot_time_to_first_visible_seconds_count 2.0" in metrics
     assert "bot_time_to_first_token_seconds_count 1.0" in metrics
+
+
+async def test_a_call_with_nothing_to_copy_makes_the_model_try_again(tmp_path, cache_dir, serve):
+    """A call of an action the conversation offers no value for ("KM-120448 update pls" read as
+    an outage check with a made-up postcode) makes the policy ask again with that action ruled
+    out: a call that acts on what the customer wrote runs; else the model is asked for words
+    alone ("ta" needs no call). A call with some values there (an account number, no postcode)
+    still asks for what is missing, with nothing generated again."""
+    replies = [
+        call("check_outage", postcode="KM1 2WU"),  # nothing in the conversation to copy
+        call("check_order", order_id="KM-120448"),  # asked again without check_outage: acts on the message
+        call("change_plan", account_id="14511120", plan_code="M-145RT"),  # "ta": nothing to copy
+        call("check_order", order_id="KM-104233"),  # asked again: a call on nothing the customer wrote
+        "You're welcome!",  # asked for words alone
+        call("verify_customer", account_id="40912267", postcode="M14 5RT"),  # postcode missing: asked for
+    ]
+    client, model = await serve(starter_project(tmp_path, cache_dir), replies)
+    await chat(client, "r1", "KM-120448 update pls")
+    log = await stored_events(client, "r1")
+    assert [e["type"] for e in log] == ["user", "action_failed", "bot"]  # sent (nothing listens on port 9)
+    assert (log[1]["name"], log[1]["arguments"]) == ("check_order", {"order_id": "KM-120448"})
+    assert model.engine.excluded[1] == ("check_outage",)
+
+    events = await chat(client, "r1", "ta")
+    assert [d["text"] for n, d in events if n == "message"] == ["You're welcome!"]
+    assert [e["type"] for e in (await stored_events(client, "r1"))[3:]] == ["user", "bot"]  # nothing refused stored
+    assert model.engine.excluded[3] == ("change_plan",) and model.engine.text_only[4]
+
+    events = await chat(client, "r2", "what's my balance, account 40912267")
+    assert [d["text"] for n, d in events if n == "message"] == [
+        "To do that I need your postcode. Could you tell me, please?"
+    ]
+    assert len(model.engine.prompts) == 6

@@ -72,7 +72,8 @@ class Decoding:
     writes it, by name, on an engine serving several on one base model (bot.engine.adapters);
     None: the engine's own weights. `handoff` False: a call the reply opens may be any declared
     action but not the handoff (the policy asks again so after a handoff out of the blue); an
-    engine without the constraint ignores it."""
+    engine without the constraint ignores it. `excluded`: declared actions a call it opens may not
+    be (the policy asks again so after a call of an action the conversation has no values for)."""
 
     tool_call: bool = False
     text_only: bool = False
@@ -80,6 +81,7 @@ class Decoding:
     grounded: GroundedValues = ()
     adapter: str | None = None
     handoff: bool = True
+    excluded: tuple[str, ...] = ()
 
 
 PLAIN = Decoding()  # greedy text or a call, as the model chooses

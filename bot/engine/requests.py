@@ -343,6 +343,7 @@ class ThreadedEngine(Engine):
                 text_only=decoding.text_only,
                 grounded=decoding.grounded,
                 handoff=decoding.handoff,
+                excluded=decoding.excluded,
             )
         self._in_flight += 1
         try:

@@ -13,6 +13,8 @@ What the policy decides, in order:
 - the model writes, its tool calls kept well-formed by the engine's tool-call constraint;
 - a call is checked against its declaration (argument names, types, enums), then its grounded
   arguments (`from: conversation`) against what the customer wrote and what actions returned;
+  a call of an action the conversation holds no value for is asked again without that action
+  (a call that acts on the customer's words runs), or, where words may do, for words alone;
 - at most `max_actions_per_message` actions run for one customer message, and none twice with
   the same arguments: after the last one, or instead of a repeat, the model writes text;
 - the leak guard checks every text a customer could see.
@@ -303,8 +305,57 @@ class ReplyPolicy:
         if not reply.calls_action:
             yield bot_message(reply.text or NOT_UNDERSTOOD)
             return
-        for item in self._checked_call(model, messages, sender, reply.action, reply.arguments or {}, last=last):
+        for item in await self._call(model, messages, sender, reply.action, reply.arguments or {}, last=last):
             yield item
+
+    async def _call(
+        self, model: ResponseModel, messages: list[dict], sender: str, name: str, arguments: dict, *, last: bool
+    ) -> list[Event | Call]:
+        """The model's call, checked. A call of an action the conversation holds no value for
+        (every grounded argument of it made up: "KM-120448 update pls" read as an outage check
+        with an invented postcode) makes the policy ask the model again with that action ruled
+        out; a call it then makes goes ahead if it passes the checks and acts on what the
+        customer has just written; if not, and words may do (`_words_may_do`), a reply in words
+        is shown ("ta" needs no call), the model asked once more for words alone if it made
+        another call. Otherwise the customer is asked for the missing values."""
+        checked = self._checked_call(model, messages, sender, name, arguments, last=last)
+        if last or not self._nothing_to_copy(model, messages, name, checked):
+            return checked
+        log.info("conversation %s: %s takes no value the conversation holds: asking again without it", sender, name)
+        again = await self._again(model, messages, sender, excluded=(name,))
+        if again is not None and again.calls_action and acts_on(again.arguments or {}, last_user_text(messages)):
+            retried = self._checked_call(model, messages, sender, again.action, again.arguments or {}, last=last)
+            if isinstance(retried[-1], Call):
+                return retried
+        if not self._words_may_do(model, messages):
+            return checked
+        if again is None or again.calls_action or again.handoff:  # set on calling: ask for words alone
+            again = await self._again(model, messages, sender, text_only=True)
+        if again is not None and not again.calls_action and not again.handoff and again.text.strip():
+            return [bot_message(again.text)]  # an answer in words: "ta" needs no call
+        return checked
+
+    @staticmethod
+    def _words_may_do(model: ResponseModel, messages: list[dict]) -> bool:
+        """Whether an answer in words may stand in for a call with nothing to copy: after an
+        action's result (the model has it to talk about), or when the customer's last message
+        gives no value any action takes ("ta", "hiya"). A customer who gave a postcode and asks
+        for their balance is asked for the account number instead."""
+        if messages[-1]["role"] == "tool":
+            return True
+        said = [last_user_text(messages)]
+        return not grounded_values(model.profile.actions, said, said)
+
+    @staticmethod
+    def _nothing_to_copy(model: ResponseModel, messages: list[dict], name: str, checked: list) -> bool:
+        """Whether the call was refused as made up, and the conversation offers none of the
+        action's grounded arguments a value."""
+        refused = checked[0]
+        if not (isinstance(refused, dict) and refused.get("reason") == UNGROUNDED):
+            return False
+        sources = conversation_sources(messages)
+        offered = grounded_values(model.profile.actions, sources, customer_messages(messages))
+        return not any(action == name for action, _, _ in offered)
 
     async def _model_handoff(
         self, model: ResponseModel, messages: list[dict], sender: str, reason: str, *, last: bool
@@ -318,17 +369,27 @@ class ReplyPolicy:
         if not handoff_unprompted(messages):
             return [handed_off("model", reason, text=model.profile.handoff_message)]
         log.info("conversation %s: the model's handoff came out of the blue (%.200s): asking again", sender, reason)
-        again = None if last else await self._without_handoff(model, messages, sender)
+        again = None if last else await self._again(model, messages, sender)
         if again is not None and again.calls_action and acts_on(again.arguments or {}, last_user_text(messages)):
             return self._checked_call(model, messages, sender, again.action, again.arguments or {}, last=last)
         return [bot_message(model.profile.handoff_offer, by=OFFER)]
 
-    async def _without_handoff(self, model: ResponseModel, messages: list[dict], sender: str):
-        """The model's step with the handoff ruled out, all of it held back (its text is never
-        shown: only a call of an action is taken from it); None when it gives nothing usable."""
+    async def _again(
+        self,
+        model: ResponseModel,
+        messages: list[dict],
+        sender: str,
+        excluded: tuple[str, ...] = (),
+        *,
+        text_only: bool = False,
+    ):
+        """The model's step again, with the handoff and the `excluded` actions ruled out (or, with
+        `text_only`, any call), all of it held back for the caller to judge; None when it gives
+        nothing usable."""
         generated = None
+        decoding = {"text_only": True} if text_only else {"handoff": False, "excluded": excluded}
         try:
-            async with aclosing(self._generate(model, messages, handoff=False)) as items:
+            async with aclosing(self._generate(model, messages, **decoding)) as items:
                 async for item in items:
                     if isinstance(item, Leak):
                         return None
@@ -370,7 +431,13 @@ class ReplyPolicy:
         return [Call(name, arguments)]
 
     async def _generate(
-        self, model: ResponseModel, messages: list[dict], *, text_only: bool = False, handoff: bool = True
+        self,
+        model: ResponseModel,
+        messages: list[dict],
+        *,
+        text_only: bool = False,
+        handoff: bool = True,
+        excluded: tuple[str, ...] = (),
     ) -> AsyncIterator[Piece | Status | Finished | Leak]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
         which the customer never sees, or grow into a leak. A call of a declared action gives a
@@ -381,7 +448,12 @@ class ReplyPolicy:
         watch = model.leak_guard.stream()
         grounded = grounded_values(model.profile.actions, conversation_sources(messages), customer_messages(messages))
         stream = model.stream(
-            messages, self.config.max_new_tokens, grounded=grounded, text_only=text_only, handoff=handoff
+            messages,
+            self.config.max_new_tokens,
+            grounded=grounded,
+            text_only=text_only,
+            handoff=handoff,
+            excluded=excluded,
         )
         async with aclosing(stream) as pieces:
             async for item in pieces:
