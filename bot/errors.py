@@ -26,8 +26,9 @@ class BotError(Exception):
 class InvalidFiles(BotError):
     """User files (config, persona, dialogues) have problems; all of them are listed."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], then: str = ""):
         self.problems = sorted(problems)
+        self.then = then  # what to do once they are fixed, when there is more to it than trying again
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -20,7 +20,7 @@ from bot import models
 from bot.base_model import load_model, load_tokenizer
 from bot.cli import main
 from bot.config import load_settings
-from bot.errors import BaseModelUnavailable
+from bot.errors import BaseModelUnavailable, InvalidFiles
 from bot.pipelines.train import train_and_activate
 from bot.rendering import IGNORE_INDEX, prompt_ids
 from bot.training import recipe
@@ -328,3 +328,24 @@ def test_fine_tunes_the_real_bundled_model(tmp_path, cache_dir):
     report = json.loads((project / "results" / model.id / "report.json").read_text())
     assert set(report["summary"]) == {"zero-shot", "one-shot", "few-shot", "fine-tuned"}
     assert all(s["turns"] == 2 and s["loss"] > 0 for s in report["summary"].values())
+
+
+def test_data_broken_while_training_keeps_the_model_and_says_what_next(tmp_path, tiny_base, cache_dir):
+    """A support team edits the held-out tests while the model trains and leaves a typo: the
+    gate can't read them, the trained model stays saved (not active), and the error says how to
+    evaluate and activate it once the file is fixed."""
+    project = make_tiny_project(tmp_path, tiny_base, cache_dir, epochs=1)
+    held_out = project / "training_data" / "tests" / "examples.yml"
+
+    def edit_mid_training(progress) -> None:
+        if progress.step == 1:
+            held_out.write_text(held_out.read_text().replace("action: check_order", "action: chek_order", 1))
+
+    with pytest.raises(InvalidFiles) as failed:
+        train_and_activate(load_settings(project), progress_bar=False, on_step=edit_mid_training)
+    settings = load_settings(project)
+    [saved] = models.trained_models(settings.models_dir)
+    assert models.active_id(settings.models_dir) is None
+    assert "unknown action 'chek_order'" in failed.value.problems[0].message
+    assert f"model {saved.id} is trained and saved" in failed.value.then
+    assert f"'bot models activate {saved.id}'" in failed.value.then

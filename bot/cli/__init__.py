@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         files = len({p.path for p in e.problems})
         count = len(e.problems)
         print(f"{count} error{'s' if count != 1 else ''} in {files} file{'s' if files != 1 else ''}")
+        if e.then:
+            print(e.then)
         return 1
     except BotError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from bot import models
 from bot.config import Settings
 from bot.data.project import compile_data
+from bot.errors import InvalidFiles
 from bot.training.recipe import StepProgress, TrainResult, preference_tune, train
 
 
@@ -73,7 +74,17 @@ def _gate(
     from bot.evaluation.stored import stored_report
 
     report(f"evaluating model {result.model_id} on the held-out dialogues (fine-tuned mode)")
-    evaluation, folder = evaluate(settings, model_id=result.model_id, modes=("fine-tuned",), progress_bar=progress_bar)
+    try:
+        evaluation, folder = evaluate(
+            settings, model_id=result.model_id, modes=("fine-tuned",), progress_bar=progress_bar
+        )
+    except InvalidFiles as e:  # the data changed while it trained: the model is kept, not judged
+        then = (
+            f"model {result.model_id} is trained and saved, but its gate could not read the data above, which "
+            f"changed while it trained: fix it, then 'bot eval --model {result.model_id}' and, if it does well, "
+            f"'bot models activate {result.model_id}'"
+        )
+        raise InvalidFiles(e.problems, then) from None
     decision = decide(settings, evaluation)
     if against is not None and decision.activate:
         decision = no_worse(evaluation, stored_report(settings, against.model.id), against.model.id)
