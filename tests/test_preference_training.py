@@ -118,7 +118,7 @@ def test_compile_writes_the_reviewed_rows_with_only_the_reply_trained(tmp_path, 
     for example, reply in [(kto.chosen[0], GOOD), (kto.chosen[1], BAD), (dpo.rejected[0], BAD), (dpo.chosen[0], GOOD)]:
         trained = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label != -100]
         assert tokenizer.decode(trained).startswith(reply)
-    kl = mismatched(kto, [0, 1], tokenizer)  # row 0's question, row 1's reply
+    kl = mismatched(kto, [0, 1])  # row 0's question, row 1's reply
     text = tokenizer.decode(kl[0].input_ids)
     assert "Where is my order?" in text and text.rstrip().endswith(BAD + "<|im_end|>")
 

@@ -15,7 +15,7 @@ import yaml
 from serve_support import chat, make_project, settings_of, stored_events
 
 from bot.data.compiler import tool_call_message
-from bot.data.schema import DEFAULT_HANDOFF_OFFER, HANDOFF_REASON_MAX_CHARS
+from bot.data.schema import DEFAULT_HANDOFF_OFFER, HANDOFF_REASON_MAX_CHARS, HANDOFF_TOOL
 from bot.data.tool_schema import tool_call_grammar, tool_call_schema
 from bot.engine.batch_engine import BatchingEngine
 from bot.engine.constraint import ToolCallConstraint
@@ -81,7 +81,7 @@ def test_a_call_asked_for_without_the_handoff_may_be_any_action_but_the_handoff(
         (call("check_order", order_id="KM-120448"), True),
         (call("handoff_to_human", reason="x"), False),
     ):
-        matcher = constraint.follow(forced=True, handoff=False).matcher
+        matcher = constraint.follow(forced=True, excluded=(HANDOFF_TOOL,)).matcher
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert (matcher.consume_tokens(ids) and matcher.is_accepting()) is taken, text
     assert constraint.follow(forced=True).matcher.consume_tokens(
@@ -290,7 +290,7 @@ async def test_an_invented_account_number_is_never_sent(tmp_path, cache_dir, ser
     assert log[1]["reason"] == "ungrounded" and "'account_id' \"40912267\" appears nowhere" in log[1]["problems"][0]
     # asked again without get_account (the conversation holds no account number): its call of
     # check_order takes nothing the customer wrote, and a postcode given means words won't do
-    assert len(model.engine.prompts) == 2 and model.engine.excluded[1] == ("get_account",)
+    assert len(model.engine.prompts) == 2 and model.engine.excluded[1] == (HANDOFF_TOOL, "get_account")
 
     # a value the customer gave (in another letter case) is grounded: the call goes to the action server
     events = await chat(client, "g2", "where is order km-104233")
@@ -529,12 +529,12 @@ async def test_a_call_with_nothing_to_copy_makes_the_model_try_again(tmp_path, c
     log = await stored_events(client, "r1")
     assert [e["type"] for e in log] == ["user", "action_failed", "bot"]  # sent (nothing listens on port 9)
     assert (log[1]["name"], log[1]["arguments"]) == ("check_order", {"order_id": "KM-120448"})
-    assert model.engine.excluded[1] == ("check_outage",)
+    assert model.engine.excluded[1] == (HANDOFF_TOOL, "check_outage")
 
     events = await chat(client, "r1", "ta")
     assert [d["text"] for n, d in events if n == "message"] == ["You're welcome!"]
     assert [e["type"] for e in (await stored_events(client, "r1"))[3:]] == ["user", "bot"]  # nothing refused stored
-    assert model.engine.excluded[3] == ("change_plan",) and model.engine.text_only[4]
+    assert model.engine.excluded[3] == (HANDOFF_TOOL, "change_plan") and model.engine.text_only[4]
 
     events = await chat(client, "r2", "what's my balance, account 40912267")
     assert [d["text"] for n, d in events if n == "message"] == [

@@ -75,12 +75,6 @@ class Preference:
         assert isinstance(last, BotTurn)
         return last.bot
 
-    @property
-    def context(self) -> Dialogue:
-        """The dialogue up to the reply."""
-        d = self.dialogue
-        return Dialogue(d.id, d.tags, d.turns[:-1], d.draft, None, False, d.doc, d.loc, d.source)
-
 
 def preferences_in(doc: Document) -> tuple[list[Preference], list[Problem]]:
     """The preferences of one file as read (shape only), with the problems of reading it."""

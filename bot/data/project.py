@@ -35,15 +35,21 @@ class LazyTokenizer:
 
 def validate(settings: Settings, tokenizer: LazyTokenizer | None = None) -> TrainingData:
     """Load and check everything under the data folder; raises InvalidFiles listing all problems."""
-    tokenizer = tokenizer or LazyTokenizer(settings)
+    return _validated(settings, tokenizer or LazyTokenizer(settings))[0]
+
+
+def _validated(settings: Settings, tokenizer: LazyTokenizer) -> tuple[TrainingData, list[Preference]]:
+    """The data and its reviewed preferences, every file checked; InvalidFiles listing all problems."""
     data, problems = read_training_data(settings.data_dir, settings.root)
+    preferences: list[Preference] = []
     if data is not None:
         problems += check(data, max_length=settings.build.model.max_length, count_tokens=tokenizer.count)
-        problems += reviewed_preferences(settings, data, tokenizer)[1]
+        preferences, found = reviewed_preferences(settings, data, tokenizer)
+        problems += found
     if problems:
         raise InvalidFiles(problems)
     assert data is not None
-    return data
+    return data, preferences
 
 
 def reviewed_preferences(
@@ -120,9 +126,8 @@ def statistics(settings: Settings, data: TrainingData, tokenizer: LazyTokenizer)
 def compile_data(settings: Settings) -> tuple[compiler.CompiledData, Stats]:
     """Validate, count, and write build/train.jsonl, build/test.jsonl and build/index.json."""
     tokenizer = LazyTokenizer(settings)
-    data = validate(settings, tokenizer)
+    data, preferences = _validated(settings, tokenizer)
     stats = statistics(settings, data, tokenizer)
-    preferences = reviewed_preferences(settings, data, tokenizer)[0]
     return compiler.write(data, settings.build_dir, preferences), stats
 
 

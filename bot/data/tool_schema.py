@@ -54,23 +54,27 @@ def _call_schema(name: str, arguments: dict[str, Argument], values: dict[str, tu
     }
 
 
-def tool_call_schema(actions: dict[str, Action], grounded: GroundedValues = (), *, handoff: bool = True) -> dict:
-    """JSON Schema of one call: `{"name", "arguments"}` of a declared action or (unless
-    `handoff` is False) the handoff; `grounded`: the values a conversation offers its grounded
-    arguments (bot.data.grounding)."""
+def tool_call_schema(
+    actions: dict[str, Action], grounded: GroundedValues = (), *, excluded: tuple[str, ...] = ()
+) -> dict:
+    """JSON Schema of one call: `{"name", "arguments"}` of a declared action or the handoff,
+    none of the `excluded` (the handoff among them, by its name); `grounded`: the values a
+    conversation offers its grounded arguments (bot.data.grounding)."""
     reason = {"reason": Argument(type="string", max_chars=HANDOFF_REASON_MAX_CHARS)}
     offered: dict[str, dict[str, tuple[str, ...]]] = {}
     for action, argument, values in grounded:
         offered.setdefault(action, {})[argument] = values
-    declared = [_call_schema(name, action.arguments, offered.get(name)) for name, action in actions.items()]
-    calls = declared + ([_call_schema(HANDOFF_TOOL, reason)] if handoff else [])
-    return {"anyOf": calls}
+    calls = [_call_schema(name, action.arguments, offered.get(name)) for name, action in actions.items()]
+    calls.append(_call_schema(HANDOFF_TOOL, reason))
+    return {"anyOf": [call for call in calls if call["properties"]["name"]["const"] not in excluded]}
 
 
-def tool_call_grammar(actions: dict[str, Action], grounded: GroundedValues = (), *, handoff: bool = True) -> str:
+def tool_call_grammar(
+    actions: dict[str, Action], grounded: GroundedValues = (), *, excluded: tuple[str, ...] = ()
+) -> str:
     """A Lark grammar (llguidance's dialect) of a whole call reply: optional leading whitespace,
     the opening tag, the JSON of `tool_call_schema`, the closing tag."""
-    schema = dict(tool_call_schema(actions, grounded, handoff=handoff), **{"x-guidance": LAYOUT})
+    schema = dict(tool_call_schema(actions, grounded, excluded=excluded), **{"x-guidance": LAYOUT})
     return "\n".join(
         [
             f"start: SPACE? {json.dumps(TOOL_CALL_OPEN)} call {json.dumps(TOOL_CALL_CLOSE)}",

@@ -53,30 +53,25 @@ class ToolCallConstraint:
         self.template = self._compile(())
         if self.template.is_error():
             raise EngineError(f"the tool-call grammar does not compile: {self.template.get_error()}")
-        self._kept: OrderedDict[tuple[GroundedValues, bool, tuple[str, ...]], llguidance.LLMatcher] = OrderedDict()
+        self._kept: OrderedDict[tuple[GroundedValues, tuple[str, ...]], llguidance.LLMatcher] = OrderedDict()
         self._bits = torch.arange(32, dtype=torch.int32)
         self.masks, self.mask_seconds = 0, 0.0  # what the constraint has cost so far
         self.compiles, self.compile_seconds = 0, 0.0
 
-    def _compile(
-        self, grounded: GroundedValues, handoff: bool = True, excluded: tuple[str, ...] = ()
-    ) -> llguidance.LLMatcher:
-        actions = {name: action for name, action in self.actions.items() if name not in excluded}
-        grammar = tool_call_grammar(actions, grounded, handoff=handoff)
+    def _compile(self, grounded: GroundedValues, excluded: tuple[str, ...] = ()) -> llguidance.LLMatcher:
+        grammar = tool_call_grammar(self.actions, grounded, excluded=excluded)
         return llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
 
-    def template_for(
-        self, grounded: GroundedValues, handoff: bool = True, excluded: tuple[str, ...] = ()
-    ) -> llguidance.LLMatcher:
-        """A fresh matcher of the call grammar with `grounded` values, the handoff among the
-        calls unless `handoff` is False, none of the `excluded` actions (compiled once per values)."""
-        if not grounded and handoff and not excluded:
+    def template_for(self, grounded: GroundedValues, excluded: tuple[str, ...] = ()) -> llguidance.LLMatcher:
+        """A fresh matcher of the call grammar with `grounded` values and none of the `excluded`
+        calls (an action's or the handoff's name), compiled once per values."""
+        if not grounded and not excluded:
             return self.template.deep_copy()
-        key = (grounded, handoff, excluded)
+        key = (grounded, excluded)
         template = self._kept.get(key)
         if template is None:
             started = time.perf_counter()
-            template = self._compile(grounded, handoff, excluded)
+            template = self._compile(grounded, excluded)
             self.compiles += 1
             self.compile_seconds += time.perf_counter() - started
             if template.is_error():  # never expected (values are JSON-escaped): constrain as without them
@@ -94,17 +89,16 @@ class ToolCallConstraint:
         forced: bool = False,
         text_only: bool = False,
         grounded: GroundedValues = (),
-        handoff: bool = True,
         excluded: tuple[str, ...] = (),
     ) -> CallFollower:
         """A watcher for one reply; `forced`: the reply must be a call from its first token;
         `text_only`: it may not open one; `grounded`: the values its grounded arguments may take;
-        `handoff` False: a call it opens may not be the handoff; `excluded`: nor these actions."""
+        `excluded`: the calls it may not make (actions' names, the handoff's)."""
         if forced and text_only:
             raise EngineError("a reply can't be both a forced call and text only")
-        follower = CallFollower(self, grounded, text_only=text_only, handoff=handoff, excluded=excluded)
+        follower = CallFollower(self, grounded, text_only=text_only, excluded=excluded)
         if forced:
-            follower.matcher = self.template_for(grounded, handoff, excluded)
+            follower.matcher = self.template_for(grounded, excluded)
         return follower
 
     def allowed(self, matcher: llguidance.LLMatcher) -> torch.Tensor:
@@ -128,12 +122,10 @@ class CallFollower:
         grounded: GroundedValues = (),
         *,
         text_only: bool = False,
-        handoff: bool = True,
         excluded: tuple[str, ...] = (),
     ):
         self.constraint = constraint
         self.grounded = grounded
-        self.handoff = handoff
         self.excluded = excluded
         self.text_only = text_only  # until its first visible character, the reply may not open a call
         self.matcher: llguidance.LLMatcher | None = None
@@ -155,7 +147,7 @@ class CallFollower:
             return
         lead = text.lstrip()
         if lead.startswith(TOOL_CALL_OPEN):
-            self.matcher = self.constraint.template_for(self.grounded, self.handoff, self.excluded)
+            self.matcher = self.constraint.template_for(self.grounded, self.excluded)
             self._check(self.matcher.consume_tokens(tokens))
         elif lead and not TOOL_CALL_OPEN.startswith(lead):
             self.free = True

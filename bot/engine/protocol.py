@@ -70,17 +70,15 @@ class Decoding:
     asks it after an action's repeat or the last allowed action). `grounded`: the values a
     grounded argument of a call may copy (bot.data.grounding). `adapter`: the LoRA adapter that
     writes it, by name, on an engine serving several on one base model (bot.engine.adapters);
-    None: the engine's own weights. `handoff` False: a call the reply opens may be any declared
-    action but not the handoff (the policy asks again so after a handoff out of the blue); an
-    engine without the constraint ignores it. `excluded`: declared actions a call it opens may not
-    be (the policy asks again so after a call of an action the conversation has no values for)."""
+    None: the engine's own weights. `excluded`: the calls the reply may not make, by name (the
+    handoff's too): the policy asks again so after a handoff out of the blue or a call of an
+    action the conversation holds no values for; an engine without the constraint ignores it."""
 
     tool_call: bool = False
     text_only: bool = False
     sampling: Sampling = GREEDY
     grounded: GroundedValues = ()
     adapter: str | None = None
-    handoff: bool = True
     excluded: tuple[str, ...] = ()
 
 

@@ -342,7 +342,6 @@ class ThreadedEngine(Engine):
                 forced=decoding.tool_call,
                 text_only=decoding.text_only,
                 grounded=decoding.grounded,
-                handoff=decoding.handoff,
                 excluded=decoding.excluded,
             )
         self._in_flight += 1

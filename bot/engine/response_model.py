@@ -69,12 +69,11 @@ class ResponseModel:
         *,
         grounded: GroundedValues = (),
         text_only: bool = False,
-        handoff: bool = True,
         excluded: tuple[str, ...] = (),
     ) -> AsyncIterator[str | Finished]:
         """Text pieces of the reply to `messages`, then the `Finished` record; a tool call's
         grounded arguments copy one of `grounded` (bot.data.grounding); `text_only`: the reply
-        may not call; `handoff` False: it may not hand off; `excluded`: actions it may not call
+        may not call; `excluded`: the calls it may not make, the handoff's name among them
         (see Decoding). Closing the iterator early (the client went away) cancels the generation, and the prompt's
         rendering if it is still running: a thread can't be cancelled, so it is told to stop."""
         gone = threading.Event()
@@ -82,9 +81,7 @@ class ResponseModel:
             ids = await asyncio.to_thread(self.prompt, messages, max_new_tokens, gone)  # a few ms: off the event loop
         finally:
             gone.set()  # the thread ends at its next check if this await was cancelled; a no-op otherwise
-        decoding = Decoding(
-            text_only=text_only, sampling=self.sampling, grounded=grounded, handoff=handoff, excluded=excluded
-        )
+        decoding = Decoding(text_only=text_only, sampling=self.sampling, grounded=grounded, excluded=excluded)
         stream = self.engine.stream(ids, max_new_tokens, decoding)
         async for item in stream:
             yield item

@@ -77,7 +77,6 @@ class PreferenceRow:
     turns: list[DraftTurn]  # the context, then the reply
     rating: str | None = None
     rejected: str | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def _failed(event: Event) -> bool:
@@ -156,9 +155,9 @@ def preference_rows(events: list[Event]) -> list[PreferenceRow]:
 
 def preferences_text(
     source: str, events: list[Event], settings: Settings, *, name: str, rng: random.Random | None = None
-) -> tuple[str, int, dict[str, int]] | None:
-    """The YAML of a conversation's redacted preferences, how many rows and what redaction
-    replaced; None when it has none."""
+) -> tuple[str, dict[str, int]] | None:
+    """The YAML of a conversation's redacted preferences and what redaction replaced; None when
+    it has none."""
     rows = preference_rows(events)
     if not rows:
         return None
@@ -184,7 +183,7 @@ def preferences_text(
         "# accept or reject the file with `bot data review`; until then it is never trained on.",
         "preferences:",
     ]
-    return "\n".join(header + lines) + "\n", len(rows), summary
+    return "\n".join(header + lines) + "\n", summary
 
 
 # -- the files ----------------------------------------------------------------------------------------
@@ -268,7 +267,7 @@ def write_preferences(
     made = preferences_text(source, events, settings, name=name, rng=rng)
     if made is None:
         return None
-    text, _, summary = made
+    text, summary = made
     folder = preferences_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yml"

@@ -387,7 +387,7 @@ class ReplyPolicy:
         `text_only`, any call), all of it held back for the caller to judge; None when it gives
         nothing usable."""
         generated = None
-        decoding = {"text_only": True} if text_only else {"handoff": False, "excluded": excluded}
+        decoding = {"text_only": True} if text_only else {"excluded": (HANDOFF_TOOL, *excluded)}
         try:
             async with aclosing(self._generate(model, messages, **decoding)) as items:
                 async for item in items:
@@ -436,7 +436,6 @@ class ReplyPolicy:
         messages: list[dict],
         *,
         text_only: bool = False,
-        handoff: bool = True,
         excluded: tuple[str, ...] = (),
     ) -> AsyncIterator[Piece | Status | Finished | Leak]:
         """Streams a bot message; holds text back while it may still turn out to be a tool call,
@@ -452,7 +451,6 @@ class ReplyPolicy:
             self.config.max_new_tokens,
             grounded=grounded,
             text_only=text_only,
-            handoff=handoff,
             excluded=excluded,
         )
         async with aclosing(stream) as pieces:

@@ -23,7 +23,7 @@ import torch
 
 from bot.config import PreferenceConfig
 from bot.errors import BotError
-from bot.rendering import Example, render_within
+from bot.rendering import IGNORE_INDEX, Example, render_within
 from bot.training.batching import collate
 from bot.training.loss import dpo_loss, kto_loss, reply_logps
 from bot.training.recipe import StepProgress
@@ -42,6 +42,14 @@ class PreferenceRows:
     rejected: list[Example | None]
     desirable: list[bool | None]
     ids: list[str]
+
+    @property
+    def up(self) -> int:
+        return sum(1 for d in self.desirable if d is True)
+
+    @property
+    def down(self) -> int:
+        return sum(1 for d in self.desirable if d is False)
 
 
 def _last(tokenizer, messages: list[dict], max_length: int, name: str) -> Example:
@@ -64,7 +72,7 @@ def load_preference_rows(path: Path, tokenizer, max_length: int, method: str) ->
     return PreferenceRows(chosen, rejected, desirable, ids)
 
 
-def mismatched(rows: PreferenceRows, batch: list[int], tokenizer) -> list[Example]:
+def mismatched(rows: PreferenceRows, batch: list[int]) -> list[Example]:
     """KTO's KL rows for a batch: each row's context with the next row's reply (trained tokens:
     the reply's). Built from token ids: the context is the row's tokens up to its reply."""
     out = []
@@ -74,13 +82,13 @@ def mismatched(rows: PreferenceRows, batch: list[int], tokenizer) -> list[Exampl
         reply_start = _reply_start(rows.chosen[j])
         reply = rows.chosen[j].input_ids[reply_start:]
         ids = rows.chosen[i].input_ids[:context_end] + reply
-        labels = [-100] * context_end + rows.chosen[j].labels[reply_start:]
+        labels = [IGNORE_INDEX] * context_end + rows.chosen[j].labels[reply_start:]
         out.append(Example(ids, labels))
     return out
 
 
 def _reply_start(example: Example) -> int:
-    return next(n for n, label in enumerate(example.labels) if label != -100)
+    return next(n for n, label in enumerate(example.labels) if label != IGNORE_INDEX)
 
 
 class PreferenceStage:
@@ -98,10 +106,9 @@ class PreferenceStage:
         progress_bar: bool = True,
         on_step: Callable[[StepProgress], None] | None = None,
     ):
-        if cfg.method == "kto" and (sum(map(bool, rows.desirable)) == 0 or all(rows.desirable)):
+        if cfg.method == "kto" and not (rows.up and rows.down):
             raise NoPreferenceData(
-                "KTO needs replies rated up and replies rated down: "
-                f"{sum(map(bool, rows.desirable))} up, {sum(1 for d in rows.desirable if d is False)} down"
+                f"KTO needs replies rated up and replies rated down: {rows.up} up, {rows.down} down"
             )
         if not rows.ids:
             raise NoPreferenceData(f"no preference rows for {cfg.method.upper()}")
@@ -114,10 +121,12 @@ class PreferenceStage:
         if cfg.method == "kto" and len(self.batches) > 1 and len(self.batches[-1]) == 1:
             self.batches[-2] += self.batches.pop()  # the KL estimate needs two rows
         self.seed = seed
-        up = sum(1 for d in rows.desirable if d)
-        down = sum(1 for d in rows.desirable if d is False)
+        # KTO's mismatched rows: the same for every epoch and for the reference
+        self.kl_rows = [mismatched(rows, batch) for batch in self.batches] if cfg.method == "kto" else []
         # TRL: desirable_weight x #up : undesirable_weight x #down between 1:1 and 4:3
-        self.desirable_weight = cfg.desirable_weight or (down * cfg.undesirable_weight / up if up else 1.0)
+        self.desirable_weight = cfg.desirable_weight or (
+            rows.down * cfg.undesirable_weight / rows.up if rows.up else 1.0
+        )
         self.losses: list[float] = []
 
     def _logps(self, examples: list[Example], *, grad: bool) -> torch.Tensor:
@@ -134,7 +143,7 @@ class PreferenceStage:
             if self.cfg.method == "dpo":
                 ref[("rejected", b)] = self._logps([rows.rejected[i] for i in batch], grad=False)
             else:
-                ref[("kl", b)] = self._logps(mismatched(rows, batch, self.tokenizer), grad=False)
+                ref[("kl", b)] = self._logps(self.kl_rows[b], grad=False)
         self.model.train()
         return ref
 
@@ -144,7 +153,7 @@ class PreferenceStage:
         if cfg.method == "dpo":
             rejected = self._logps([rows.rejected[i] for i in batch], grad=True)
             return dpo_loss(logps, rejected, ref[("chosen", b)], ref[("rejected", b)], cfg.beta).mean()
-        kl = self._logps(mismatched(rows, batch, self.tokenizer), grad=False)
+        kl = self._logps(self.kl_rows[b], grad=False)
         desirable = torch.tensor([bool(rows.desirable[i]) for i in batch], device=logps.device)
         return kto_loss(
             logps,
@@ -205,8 +214,8 @@ class PreferenceStage:
         return {
             "method": cfg.method,
             "rows": len(self.rows.ids),
-            "rated_up": sum(1 for d in self.rows.desirable if d),
-            "rated_down": sum(1 for d in self.rows.desirable if d is False),
+            "rated_up": self.rows.up,
+            "rated_down": self.rows.down,
             "pairs": sum(1 for r in self.rows.rejected if r is not None),
             "steps": steps,
             "beta": cfg.beta,

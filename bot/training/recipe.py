@@ -162,6 +162,14 @@ def held_out_loss(model, loader, accelerator) -> float:
     return total / max(count, 1)
 
 
+def write_model(run_dir: Path, model, tokenizer, profile_from: Path, manifest: dict) -> None:
+    """A model's folder: its adapter, tokenizer, the profile in `profile_from` and its manifest."""
+    model.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "tokenizer")
+    shutil.copyfile(profile_from / PROFILE_FILE, run_dir / PROFILE_FILE)
+    models.write_json(run_dir / models.MANIFEST, manifest)
+
+
 @dataclass
 class TrainResult:
     model_id: str
@@ -391,11 +399,8 @@ class LoRARecipe:
             },
         }
         if accelerator.is_main_process:
-            accelerator.unwrap_model(self.model).save_pretrained(run_dir / "adapter")
-            self.tokenizer.save_pretrained(run_dir / "tokenizer")
             # the prompt it was trained with
-            shutil.copyfile(settings.build_dir / PROFILE_FILE, run_dir / PROFILE_FILE)
-            models.write_json(run_dir / models.MANIFEST, manifest)
+            write_model(run_dir, accelerator.unwrap_model(self.model), self.tokenizer, settings.build_dir, manifest)
             shutil.rmtree(self.checkpoint, ignore_errors=True)
         accelerator.wait_for_everyone()
         model = accelerator.unwrap_model(self.model)
@@ -463,8 +468,5 @@ def preference_tune(
     manifest = dict(tuned.manifest, id=run_dir.name, started_from=tuned.model_id, preference=stats)
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run_dir.mkdir(parents=True)
-    tuned.model.save_pretrained(run_dir / "adapter")
-    tuned.tokenizer.save_pretrained(run_dir / "tokenizer")
-    shutil.copyfile(tuned.folder / PROFILE_FILE, run_dir / PROFILE_FILE)
-    models.write_json(run_dir / models.MANIFEST, manifest)
+    write_model(run_dir, tuned.model, tuned.tokenizer, tuned.folder, manifest)  # the profile it started from
     return TrainResult(run_dir.name, run_dir, manifest, tuned.model, accelerator, tuned.tokenizer)
