@@ -120,6 +120,11 @@ class ServeConfig(Strict):
     max_batch: int = Field(
         16, gt=0, description="Replies generated at once (rows of the batch); more wait in a queue."
     )
+    speculation: Literal["on", "off"] = Field(
+        "on",
+        description="Guess each reply's next tokens from its own conversation (prompt lookup) and check "
+        "them in one forward pass: the same greedy replies, in fewer passes. off: one token per pass.",
+    )
     max_queue: int = Field(
         256, gt=0, description="Requests that may wait for a row; beyond that the server answers 503."
     )

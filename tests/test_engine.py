@@ -263,6 +263,7 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
         "bot_engine_queue_length",
         "bot_engine_running_rows",
         "bot_engine_kv_cache_bytes",
+        "bot_engine_guessed_tokens",
         "bot_prompt_cache_hits_total",
     ):
         assert gauge in metrics
@@ -387,6 +388,91 @@ async def test_a_sampled_forced_call_is_still_a_valid_call(tiny, tokenizer, star
         step = parse_reply(result.text)
         assert result.finish_reason == "stop", result.text
         assert step.action in set(actions) | {"handoff_to_human"} and step.broken_call is None, result.text
+
+
+# -- speculation (prompt lookup) --------------------------------------------------------------
+async def speculating_and_not(tiny, tokenizer, prompts, n, **engine_options):
+    """Each prompt's result and the engine's stats, with speculation off then on."""
+    out = {}
+    for speculation in (False, True):
+        engine = BatchingEngine(tiny, tokenizer, max_length=1024, speculation=speculation, **engine_options)
+        try:
+            results = await asyncio.gather(
+                *(
+                    run(
+                        engine,
+                        p,
+                        n,
+                        after=0.003 * i,
+                        tool_call=engine_options.get("constraint") is not None and i % 2 == 0,
+                    )
+                    for i, p in enumerate(prompts)
+                )
+            )
+        finally:
+            await engine.close()
+        out[speculation] = (results, engine.stats())
+    return out
+
+
+async def test_speculation_writes_exactly_the_tokens_of_one_at_a_time(tiny, tokenizer, monkeypatch):
+    """Guesses are kept only where greedy decoding agrees, whatever the other rows guessed and
+    kept (their rejected columns hidden, then compacted away): every request gets the tokens it
+    gets without speculation, and transformers' own, in fewer forward passes."""
+    import bot.engine.batch_engine as batch_engine
+    from bot.engine.kv import BatchCache
+
+    compactions = []
+    compact = BatchCache.compact
+    monkeypatch.setattr(batch_engine, "COMPACT_AFTER", 0)  # rebuild at the first hidden column
+    monkeypatch.setattr(BatchCache, "compact", lambda self, starts: compactions.append(1) or compact(self, starts))
+    prompts = prompts_of(tokenizer, (1, 9, 30, 3, 60, 2, 14))
+    by = await speculating_and_not(tiny, tokenizer, prompts, 64, max_batch=3, prefill_tokens=128)
+    (off, off_stats), (on, on_stats) = by[False], by[True]
+    for (_, without), (pieces, with_) in zip(off, on, strict=True):
+        assert with_.token_ids == without.token_ids
+        assert "".join(pieces).strip() == with_.text == without.text
+    assert list(on[4][1].token_ids) == alone(tiny, tokenizer, prompts[4], 64)
+    assert off_stats.drafted_tokens == 0 and on_stats.accepted_tokens > 0
+    assert on_stats.accepted_tokens < on_stats.drafted_tokens  # some guesses were wrong, and hidden
+    assert on_stats.decode_steps < off_stats.decode_steps
+    assert on_stats.generated_tokens == off_stats.generated_tokens
+    assert compactions
+
+
+async def test_speculation_keeps_the_prompt_cache_exact(tiny, tokenizer):
+    """A conversation's next turn reuses the KV a speculating turn left (hidden columns skipped)
+    and gets the tokens of a full prefill."""
+    system = tokenizer("You are Sam. Be brief and kind. " * 4)["input_ids"]
+    engine = BatchingEngine(tiny, tokenizer, max_length=1024, pinned_prefix=system, max_batch=4)
+    try:
+        turns = [
+            system + tokenizer(f" Customer {k}: my order KM-10{k}233 is late." * (k + 1))["input_ids"]
+            for k in range(3)
+        ]
+        firsts = await asyncio.gather(*(run(engine, t, 40) for t in turns))
+        seconds = [
+            t + list(f.token_ids) + tokenizer(" Customer: and KM-104233?")["input_ids"]
+            for t, (_, f) in zip(turns, firsts, strict=True)
+        ]
+        again = await asyncio.gather(*(run(engine, t, 40) for t in seconds))
+    finally:
+        await engine.close()
+    assert engine.stats().accepted_tokens > 0
+    for turn, (_, result) in zip(seconds, again, strict=True):
+        assert result.cached_tokens > len(turn) // 2
+        assert list(result.token_ids) == alone(tiny, tokenizer, turn, 40)
+
+
+async def test_speculation_keeps_calls_under_the_constraint(tiny, tokenizer, starter_constraint):
+    """Inside a tool call each guessed position is masked by the grammar as it stands after the
+    kept tokens before it: the calls are those written one token at a time."""
+    _, constraint = starter_constraint
+    prompts = prompts_of(tokenizer, (3, 7, 12, 20))
+    by = await speculating_and_not(tiny, tokenizer, prompts, 200, max_batch=4, constraint=constraint)
+    (off, _), (on, on_stats) = by[False], by[True]
+    assert [r.token_ids for _, r in on] == [r.token_ids for _, r in off]
+    assert on_stats.accepted_tokens > 0
 
 
 async def test_the_remote_engine_sends_the_temperature_and_seed(tokenizer):

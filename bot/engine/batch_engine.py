@@ -20,6 +20,7 @@ from bot.engine.constraint import ToolCallConstraint
 from bot.engine.kv import BatchCache, KVSpec, PromptCache
 from bot.engine.protocol import CANCELLED, LENGTH, STOP, EngineError, EngineStats
 from bot.engine.requests import Request, ThreadedEngine, pick_tokens
+from bot.engine.speculation import MAX_DRAFT, Drafter
 
 log = logging.getLogger("bot.engine")
 
@@ -29,6 +30,15 @@ class _Row:
     request: Request
     start: int  # first column of this row in the batch cache
     last: int = 0  # the token to feed next
+    hidden: int = 0  # columns from `start` on that hold no token of this row (rejected guesses)
+    drafter: Drafter | None = None  # its prompt-lookup guesses, when the engine speculates
+
+
+# Columns a decode step may feed in all when rows guess (rows x (1 + longest guess)). On a CPU a
+# pass costs about its weights' reading plus a few ms per column, so guesses only pay while the
+# batch is small (16 customers: none); a GPU computes hundreds of columns in the time of one.
+SPECULATION_COLUMNS = {"cpu": 16, "cuda": 256}
+COMPACT_AFTER = 48  # hidden columns a row may gather before the cache is rebuilt without them
 
 
 class BatchingEngine(ThreadedEngine):
@@ -48,6 +58,7 @@ class BatchingEngine(ThreadedEngine):
         ignore_eos: bool = False,
         constraint: ToolCallConstraint | None = None,
         adapters: AdapterBank | None = None,
+        speculation: bool = True,
     ):
         super().__init__(
             model,
@@ -67,6 +78,8 @@ class BatchingEngine(ThreadedEngine):
         self.rows: list[_Row] = []  # the engine thread's alone
         self.cache: BatchCache | None = None
         self.pinned_prefix = pinned_prefix
+        self.speculation = speculation
+        self.decode_steps = self.drafted_tokens = self.accepted_tokens = 0
         self.thread.start()
 
     async def close(self) -> None:
@@ -84,6 +97,9 @@ class BatchingEngine(ThreadedEngine):
             prompt_cache_hits=self.hits,
             prompt_cache_misses=self.misses,
             generated_tokens=self.generated_tokens,
+            decode_steps=self.decode_steps,
+            drafted_tokens=self.drafted_tokens,
+            accepted_tokens=self.accepted_tokens,
         )
 
     # -- the loop --------------------------------------------------------------------------
@@ -127,28 +143,47 @@ class BatchingEngine(ThreadedEngine):
         """The next token of each row (greedy, or sampled for a request with a temperature); `cache`
         grows by ids' width. `requests` are the rows' requests in batch order, for the tool-call
         constraint, sampling and each row's adapter (none: the base weights for every row)."""
+        states = self._states(ids, positions, mask, cache, requests)
+        return self._pick(states[:, -1], requests)
+
+    def _states(self, ids, positions, mask, cache: BatchCache, requests=()) -> torch.Tensor:
+        """The decoder's last hidden states [rows, columns, hidden] of `ids` fed after `cache`."""
         if self.adapters and requests:  # without requests (a pinned prefix), the caller has routed
             self.adapters.route([r.adapter for r in requests])
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, cache=cache, use_cache=True)
-        # The output layer on each row's last position alone, as one 2-D matmul: the model's own
-        # `logits_to_keep` slices a 3-D tensor, and on the CPU that matmul copies the whole
-        # output layer once per row (1.2 s instead of 0.1 s to prefill 14 rows here).
-        logits = self.head(out.last_hidden_state[:, -1]).float()
+        return out.last_hidden_state
+
+    def _logits(self, states: torch.Tensor, requests) -> torch.Tensor:
+        """The output layer on `states` [rows, hidden] as one 2-D matmul (the model's own
+        `logits_to_keep` slices a 3-D tensor, and on the CPU that matmul copies the whole output
+        layer once per row: 1.2 s instead of 0.1 s to prefill 14 rows here), masked where a token
+        may not come: end-of-turn under `ignore_eos`, and inside a tool call each row's
+        request's constraint as it stands now."""
+        logits = self.head(states).float()
         if self.ignore_eos:
             logits[:, list(self.stop_ids)] = float("-inf")
         for b, request in enumerate(requests):
             calls = request.calls
             if calls and calls.active:  # inside a tool call: only tokens that keep it valid
                 logits[b].masked_fill_(~calls.allowed().to(logits.device), float("-inf"))
-        return pick_tokens(logits, requests).tolist()
+        return logits
 
-    def _mask(self, starts: torch.Tensor, first_query: int, queries: int) -> torch.Tensor:
+    def _pick(self, states: torch.Tensor, requests) -> list[int]:
+        return pick_tokens(self._logits(states, requests), requests).tolist()
+
+    def _mask(
+        self, starts: torch.Tensor, first_query: int, queries: int, hidden: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Additive mask [rows, 1, queries, keys]: query column q sees key column k when the key
-        is its row's (k >= start) and not in its future (k <= q). A finite minimum, not -inf, so a
-        padding query that sees nothing gives finite values, never NaN."""
+        is its row's (k >= start, and not one of its `hidden` columns [rows, first_query]) and
+        not in its future (k <= q). A finite minimum, not -inf, so a padding query that sees
+        nothing gives finite values, never NaN."""
         keys = torch.arange(first_query + queries, device=starts.device)
         query_cols = torch.arange(first_query, first_query + queries, device=starts.device)
         visible = (keys[None, None, :] >= starts[:, None, None]) & (keys[None, None, :] <= query_cols[None, :, None])
+        if hidden is not None:
+            shown = torch.cat([~hidden, hidden.new_ones(hidden.shape[0], queries)], 1)
+            visible &= shown[:, None, :]
         mask = torch.zeros(visible.shape, dtype=self.spec.dtype, device=starts.device)
         mask.masked_fill_(~visible, torch.finfo(self.spec.dtype).min)
         return mask[:, None]
@@ -218,7 +253,7 @@ class BatchingEngine(ThreadedEngine):
         rows = []
         for b, ((request, _, _), start, token) in enumerate(zip(group, starts, tokens, strict=True)):
             row = _Row(request, start)
-            if not self._advance(row, token, cache, b):
+            if not self._advance(row, token, cache, b, cache.width - start):
                 rows.append(row)
         kept = [b for b, (request, _, _) in enumerate(group) if not request.done]
         if not kept:
@@ -256,28 +291,100 @@ class BatchingEngine(ThreadedEngine):
 
     # -- decode ----------------------------------------------------------------------------
     def _decode(self) -> None:
-        cache, device = self.cache, self.spec.device
+        """One forward pass for every row: its last token, and after it the tokens it guesses
+        (prompt lookup, greedy rows only). A row keeps the guesses greedy decoding agrees with,
+        one by one, and the token after them; the columns of the rest are hidden."""
+        cache, device, rows = self.cache, self.spec.device, self.rows
         width = cache.width
-        starts = torch.tensor([row.start for row in self.rows], device=device)
-        ids = torch.tensor([[row.last] for row in self.rows], device=device)
-        positions = (width - starts)[:, None]
-        requests = [row.request for row in self.rows]
-        tokens = self._forward(ids, positions, self._mask(starts, width, 1), cache, requests)
-        next_tokens = enumerate(zip(self.rows, tokens, strict=True))
-        finished = {b for b, (row, token) in next_tokens if self._advance(row, token, cache, b)}
+        drafts = self._drafts()
+        fed = 1 + max(len(d) for d in drafts)
+        ids = torch.full((len(rows), fed), self.pad_id, dtype=torch.long)
+        for b, (row, draft) in enumerate(zip(rows, drafts, strict=True)):
+            ids[b, : 1 + len(draft)] = torch.tensor([row.last, *draft])
+        starts = torch.tensor([row.start for row in rows], device=device)
+        lengths = torch.tensor([width - row.start - row.hidden for row in rows], device=device)
+        positions = lengths[:, None] + torch.arange(fed, device=device)[None, :]
+        requests = [row.request for row in rows]
+        mask = self._mask(starts, width, fed, cache.hidden_columns(width))
+        states = self._states(ids.to(device), positions, mask, cache, requests)
+        self.decode_steps += 1
+        tokens = self._pick(states[:, 0], requests)
+        kept = [0] * len(rows)  # each row's guesses kept
+        finished = set()
+        going = []  # rows whose guess at their next column was right so far
+        for b, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            if self._advance(row, token, cache, b, width - row.start - row.hidden + 1):
+                finished.add(b)
+            elif drafts[b] and token == drafts[b][0]:
+                going.append(b)
+        while going:  # the token after each row's kept guesses, all rows' at once, then the next
+            column = kept[going[0]] + 1
+            picked = self._pick(states[going, column], [rows[b].request for b in going])
+            still = []
+            for b, token in zip(going, picked, strict=True):
+                row, draft = rows[b], drafts[b]
+                kept[b] = column
+                if self._advance(row, token, cache, b, width - row.start - row.hidden + 1 + column):
+                    finished.add(b)
+                elif column < len(draft) and token == draft[column]:
+                    still.append(b)
+            going = still
+        for row, draft, k in zip(rows, drafts, kept, strict=True):
+            self.drafted_tokens += len(draft)
+            self.accepted_tokens += k
+            if row.drafter:
+                row.drafter.accepted(len(draft), k)
+        self._keep_columns(width, fed, [1 + k for k in kept], finished)
+
+    def _drafts(self) -> list[list[int]]:
+        """Each row's guesses for this step: none for a sampled row or without speculation;
+        together at most SPECULATION_COLUMNS columns fed."""
+        rows = self.rows
+        if not self.speculation:
+            return [[] for _ in rows]
+        limit = min(SPECULATION_COLUMNS.get(self.spec.device.type, 16) // len(rows) - 1, MAX_DRAFT)
+        drafts = []
+        for row in rows:
+            request = row.request
+            left = request.max_new_tokens - len(request.generated) - 1  # the token after them is written too
+            if request.temperature > 0 or limit <= 0 or left <= 0:
+                drafts.append([])
+                continue
+            if row.drafter is None:
+                row.drafter = Drafter(request.prompt)
+            drafter = row.drafter
+            drafter.extend(request.generated[len(drafter.tokens) - len(request.prompt) :])
+            drafts.append(drafter.draft(min(limit, left)))
+        return drafts
+
+    def _keep_columns(self, width: int, fed: int, kept: list[int], finished: set[int]) -> None:
+        """After a step that fed `fed` columns from `width` on, row b kept `kept[b]` of them:
+        the rest are hidden (or dropped, beyond every row's kept ones); finished rows leave."""
+        cache = self.cache
+        going_on = [b for b in range(len(self.rows)) if b not in finished]
+        if not going_on:
+            self.rows, self.cache = [], None
+            return
+        new_width = width + max(kept[b] for b in going_on)
+        if new_width < width + fed:
+            cache.rollback(new_width)
+        for b in going_on:
+            if width + kept[b] < new_width:
+                cache.hide(b, width + kept[b], new_width)
+                self.rows[b].hidden += new_width - width - kept[b]
         if finished:
-            keep = [b for b in range(len(self.rows)) if b not in finished]
-            self.rows = [self.rows[b] for b in keep]
-            if not keep:
-                self.cache = None
-                return
+            self.rows = [self.rows[b] for b in going_on]
             trim = min(row.start for row in self.rows)
-            cache.keep(keep, trim)
+            cache.keep(going_on, trim)
             for row in self.rows:
                 row.start -= trim
+        if max(row.hidden for row in self.rows) > COMPACT_AFTER:
+            for row, start in zip(self.rows, cache.compact([row.start for row in self.rows]), strict=True):
+                row.start, row.hidden = start, 0
 
-    def _advance(self, row: _Row, token: int, cache: BatchCache, b: int) -> bool:
-        """Give the row its new token; True when it has finished (its KV goes to the prompt cache)."""
+    def _advance(self, row: _Row, token: int, cache: BatchCache, b: int, in_cache: int) -> bool:
+        """Give the row its new token; True when it has finished (its KV, `in_cache` tokens of
+        it, goes to the prompt cache)."""
         request = row.request
         try:
             if request.cancelled:
@@ -292,8 +399,8 @@ class BatchingEngine(ThreadedEngine):
                     return False
                 reason = LENGTH
             request.finish(reason)
-            seen = (request.prompt + request.generated)[: cache.width - row.start]
-            self.prompts.add(seen, cache.row(b, row.start, row.start + len(seen)), adapter=request.adapter)
+            seen = (request.prompt + request.generated)[:in_cache]
+            self.prompts.add(seen, cache.row(b, row.start, len(seen)), adapter=request.adapter)
         except Exception as e:  # this request's bookkeeping failed: it alone ends
             log.exception("request %d failed", request.id)
             request.fail(EngineError(f"generation failed: {type(e).__name__}"))

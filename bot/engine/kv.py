@@ -5,6 +5,8 @@ write their next token into the same column (the layout transformers uses for a 
 in buffers with spare columns, so a decode step writes in place instead of copying the cache
 (transformers' DynamicCache concatenates, copying all of it every step). Row `b`'s tokens are
 the columns `starts[b]..width-1`; the columns before are padding that the attention mask hides.
+A speculative step writes a row's guesses beside its last token; the columns of guesses that
+turn out wrong are hidden (`hide`) until the cache is rebuilt without them (`compact`).
 
 `PromptCache` keeps the KV of prompts already computed (the system prompt, pinned, and each
 conversation as it stood after its last reply), within a byte budget, least recently used
@@ -63,10 +65,13 @@ def _widen(buffer: torch.Tensor, used: int, capacity: int) -> torch.Tensor:
 
 
 class BatchCache(Cache):
-    """The running rows' KV, as a transformers `Cache` the model writes into."""
+    """The running rows' KV, as a transformers `Cache` the model writes into. `hidden`: a row's
+    columns that hold no token of it (rejected guesses), [rows, n] (columns from n on: none);
+    None while there are none."""
 
-    def __init__(self, layers: list[_Layer]):
+    def __init__(self, layers: list[_Layer], hidden: torch.Tensor | None = None):
         super().__init__(layers=layers)
+        self.hidden = hidden
 
     @property
     def width(self) -> int:
@@ -76,10 +81,84 @@ class BatchCache(Cache):
     def nbytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers)
 
-    def row(self, b: int, start: int, stop: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Row b's columns start..stop-1, copied out (one [1, heads, n, dim] pair per layer)."""
-        columns = (slice(b, b + 1), slice(None), slice(start, stop))
-        return [(layer.keys[columns].clone(), layer.values[columns].clone()) for layer in self.layers]
+    def row(self, b: int, start: int, tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Row b's first `tokens` tokens from column `start` on, hidden columns skipped, copied
+        out (one [1, heads, tokens, dim] pair per layer)."""
+        columns = self._columns(b, start, tokens)
+        if isinstance(columns, slice):
+            return [
+                (layer.keys[b : b + 1, :, columns].clone(), layer.values[b : b + 1, :, columns].clone())
+                for layer in self.layers
+            ]
+        return [
+            (layer.keys[b : b + 1].index_select(2, columns), layer.values[b : b + 1].index_select(2, columns))
+            for layer in self.layers
+        ]
+
+    def _columns(self, b: int, start: int, tokens: int) -> slice | torch.Tensor:
+        """The columns of row b's first `tokens` tokens from `start` on."""
+        hidden = self.hidden
+        if hidden is None or not bool(hidden[b, start:].any()):
+            return slice(start, start + tokens)
+        shown = ~hidden[b, start:]
+        at = shown.nonzero().flatten() + start
+        rest = tokens - len(at)  # the columns after `hidden` ends are all shown
+        beyond = torch.arange(start + len(shown), start + len(shown) + max(rest, 0), device=at.device)
+        return torch.cat([at, beyond])[:tokens].to(self.layers[0].keys.device)
+
+    def hidden_columns(self, width: int) -> torch.Tensor | None:
+        """[rows, width]: True where a row's column holds no token of it; None when none does."""
+        hidden = self.hidden
+        if hidden is None:
+            return None
+        if hidden.shape[1] >= width:
+            return hidden[:, :width]
+        return torch.cat([hidden, hidden.new_zeros(hidden.shape[0], width - hidden.shape[1])], 1)
+
+    def hide(self, b: int, start: int, stop: int) -> None:
+        """Row b's columns start..stop-1 hold no token of it from now on."""
+        if stop <= start:
+            return
+        rows = self.layers[0].keys.shape[0]
+        hidden = self.hidden_columns(max(stop, self.hidden.shape[1] if self.hidden is not None else 0))
+        if hidden is None:
+            hidden = torch.zeros(rows, stop, dtype=torch.bool, device=self.layers[0].keys.device)
+        hidden[b, start:stop] = True
+        self.hidden = hidden
+
+    def rollback(self, width: int) -> None:
+        """Forget the columns from `width` on (guesses no row kept)."""
+        for layer in self.layers:
+            layer.width = min(layer.width, width)
+        if self.hidden is not None:
+            self.hidden = self.hidden[:, :width]
+
+    def compact(self, starts: list[int]) -> list[int]:
+        """Rebuild without hidden columns, every row right-aligned again; returns the rows' new
+        first columns."""
+        width = self.width
+        counts = [self._count(b, start, width) for b, start in enumerate(starts)]
+        new_width = max(counts)
+        device = self.layers[0].keys.device
+        index = torch.zeros(len(starts), new_width, dtype=torch.long, device=device)
+        for b, (start, count) in enumerate(zip(starts, counts, strict=True)):
+            columns = self._columns(b, start, count)
+            if isinstance(columns, slice):
+                columns = torch.arange(columns.start, columns.stop, device=device)
+            index[b, new_width - count :] = columns
+        for layer in self.layers:
+            gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            keys, values = layer.keys.gather(2, gather), layer.values.gather(2, gather)
+            layer.keys = _widen(keys, new_width, new_width + GROW)
+            layer.values = _widen(values, new_width, new_width + GROW)
+            layer.width = new_width
+        self.hidden = None
+        return [new_width - count for count in counts]
+
+    def _count(self, b: int, start: int, width: int) -> int:
+        """How many of row b's columns start..width-1 hold its tokens."""
+        hidden = self.hidden_columns(width)
+        return width - start - (int(hidden[b, start:].sum()) if hidden is not None else 0)
 
     def keep(self, rows: list[int], trim: int) -> None:
         """Keep only `rows` (in this order) and drop the first `trim` columns (padding for all)."""
@@ -88,6 +167,8 @@ class BatchCache(Cache):
             layer.keys = layer.keys.index_select(0, index)[:, :, trim:]
             layer.values = layer.values.index_select(0, index)[:, :, trim:]
             layer.width -= trim
+        if self.hidden is not None:
+            self.hidden = self.hidden.index_select(0, index.to(self.hidden.device))[:, trim:]
 
     @classmethod
     def stack(cls, parts: list[BatchCache], spare: int = GROW) -> tuple[BatchCache, list[int]]:
@@ -108,7 +189,23 @@ class BatchCache(Cache):
                 values[at : at + n, :, shift:width] = layer.values[:, :, : layer.width]
                 at += n
             layers.append(_Layer(keys, values, width))
-        return cls(layers), shifts
+        hidden = None
+        if any(p.hidden is not None for p in parts):
+            hidden = torch.cat(
+                [
+                    torch.cat(
+                        [
+                            p.hidden_columns(p.width).new_zeros(p.layers[0].keys.shape[0], shift),
+                            p.hidden_columns(p.width),
+                        ],
+                        1,
+                    )
+                    if p.hidden is not None
+                    else torch.zeros(p.layers[0].keys.shape[0], width, dtype=torch.bool, device=layers[0].keys.device)
+                    for p, shift in zip(parts, shifts, strict=True)
+                ]
+            )
+        return cls(layers, hidden), shifts
 
     @classmethod
     def from_prefixes(

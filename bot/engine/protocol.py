@@ -111,6 +111,9 @@ class EngineStats:
     prompt_cache_hits: int  # requests that reused cached prompt tokens
     prompt_cache_misses: int
     generated_tokens: int
+    decode_steps: int = 0  # forward passes that advanced running rows (prefills not counted)
+    drafted_tokens: int = 0  # prompt-lookup guesses fed (bot.engine.speculation)
+    accepted_tokens: int = 0  # guesses that were what greedy decoding picks
 
 
 class Engine(ABC):

@@ -71,6 +71,7 @@ def start_engine(
 ) -> Engine:
     """The engine config.yml's `serve` section asks for (or `kind`), around loaded weights."""
     kind = kind or serve.engine
+    batching = {"speculation": serve.speculation == "on"} if kind == "batching" else {}
     return ENGINES[kind](
         weights.model,
         weights.tokenizer,
@@ -81,6 +82,7 @@ def start_engine(
         pinned_prefix=shared_prefix(weights.tokenizer, weights.profile.system_prompt) if kind == "batching" else None,
         ignore_eos=ignore_eos,
         constraint=None if ignore_eos else call_constraint(weights.model, weights.tokenizer, weights.profile.actions),
+        **batching,
     )
 
 

@@ -77,6 +77,12 @@ class Metrics:
                 "KV cache held by the engine: running rows and cached prompts",
                 "kv_cache_bytes",
             ),
+            (
+                "bot_engine_guessed_tokens",
+                "Tokens guessed from the conversation (speculation) and checked",
+                "drafted_tokens",
+            ),
+            ("bot_engine_kept_guesses", "Guessed tokens that were what greedy decoding picks", "accepted_tokens"),
         ):
             Gauge(name, doc, registry=self.registry).set_function(lambda field=field: getattr(engine(), field, 0))
         self._holder = None
