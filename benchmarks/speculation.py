@@ -7,7 +7,8 @@ The prompts are the held-out turns (each as its context up to that turn), the on
 words first; with the tool-call constraint, as served. Uses the project's active model (the base
 model when none is trained), greedy decoding. Batch 1 is one customer alone (the prompts one
 after another); batch 16 is 16 customers at once. Printed per batch and setting: tokens/s,
-forward passes, tokens per pass, the share of guesses kept; then the ratio on / off and
+forward passes, tokens per pass, the guesses (and how many of them the tool-call grammar forced)
+and the share kept; then the ratio on / off and
 whether every reply is the same token for token (it must be: speculation keeps only what greedy
 decoding picks; in bfloat16 a pass over several columns may round differently from one column
 at a time, so run with --fp32 for the exact check). Targets: one customer at least 2x, 16
@@ -69,7 +70,7 @@ async def run(weights, constraint, prompts, batch: int, max_new_tokens: int, spe
         await engine.close()
     counts = {
         name: getattr(after, name) - getattr(before, name)
-        for name in ("decode_steps", "drafted_tokens", "accepted_tokens", "generated_tokens")
+        for name in ("decode_steps", "drafted_tokens", "accepted_tokens", "forced_tokens", "generated_tokens")
     }
     return seconds, [r.token_ids for r in results], counts
 
@@ -129,7 +130,8 @@ def main() -> int:
                 print(
                     f"batch {batch:>2} round {k + 1} speculation {label} {generated / seconds:7.1f} tokens/s "
                     f"({generated} tokens in {seconds:.1f} s; {steps} passes, {per_pass:.2f} tokens a pass; "
-                    f"guesses {counts['drafted_tokens']}, kept {kept:.0%})"
+                    f"guesses {counts['drafted_tokens']} ({counts['forced_tokens']} forced by the call grammar), "
+                    f"kept {kept:.0%})"
                 )
         same = sum(a == b for a, b in zip(replies[False], replies[True], strict=True))
         off, on = statistics.median(rates[False]), statistics.median(rates[True])

@@ -466,13 +466,14 @@ async def test_speculation_keeps_the_prompt_cache_exact(tiny, tokenizer):
 
 async def test_speculation_keeps_calls_under_the_constraint(tiny, tokenizer, starter_constraint):
     """Inside a tool call each guessed position is masked by the grammar as it stands after the
-    kept tokens before it: the calls are those written one token at a time."""
+    kept tokens before it, and what the grammar forces is guessed whole: the calls are those
+    written one token at a time."""
     _, constraint = starter_constraint
     prompts = prompts_of(tokenizer, (3, 7, 12, 20))
     by = await speculating_and_not(tiny, tokenizer, prompts, 200, max_batch=4, constraint=constraint)
     (off, _), (on, on_stats) = by[False], by[True]
     assert [r.token_ids for _, r in on] == [r.token_ids for _, r in off]
-    assert on_stats.accepted_tokens > 0
+    assert on_stats.accepted_tokens > 0 and on_stats.forced_tokens > 0  # JSON the grammar forces, fed at once
 
 
 async def test_the_remote_engine_sends_the_temperature_and_seed(tokenizer):

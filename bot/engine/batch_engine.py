@@ -79,7 +79,7 @@ class BatchingEngine(ThreadedEngine):
         self.cache: BatchCache | None = None
         self.pinned_prefix = pinned_prefix
         self.speculation = speculation
-        self.decode_steps = self.drafted_tokens = self.accepted_tokens = 0
+        self.decode_steps = self.drafted_tokens = self.accepted_tokens = self.forced_tokens = 0
         self.thread.start()
 
     async def close(self) -> None:
@@ -100,6 +100,7 @@ class BatchingEngine(ThreadedEngine):
             decode_steps=self.decode_steps,
             drafted_tokens=self.drafted_tokens,
             accepted_tokens=self.accepted_tokens,
+            forced_tokens=self.forced_tokens,
         )
 
     # -- the loop --------------------------------------------------------------------------
@@ -296,7 +297,7 @@ class BatchingEngine(ThreadedEngine):
         one by one, and the token after them; the columns of the rest are hidden."""
         cache, device, rows = self.cache, self.spec.device, self.rows
         width = cache.width
-        drafts = self._drafts()
+        drafts, forced = self._drafts()
         fed = 1 + max(len(d) for d in drafts)
         ids = torch.full((len(rows), fed), self.pad_id, dtype=torch.long)
         for b, (row, draft) in enumerate(zip(rows, drafts, strict=True)):
@@ -329,33 +330,41 @@ class BatchingEngine(ThreadedEngine):
                 elif column < len(draft) and token == draft[column]:
                     still.append(b)
             going = still
-        for row, draft, k in zip(rows, drafts, kept, strict=True):
+        for row, draft, k, by_grammar in zip(rows, drafts, kept, forced, strict=True):
             self.drafted_tokens += len(draft)
             self.accepted_tokens += k
-            if row.drafter:
+            if row.drafter and not by_grammar:
                 row.drafter.accepted(len(draft), k)
         self._keep_columns(width, fed, [1 + k for k in kept], finished)
 
-    def _drafts(self) -> list[list[int]]:
-        """Each row's guesses for this step: none for a sampled row or without speculation;
-        together at most SPECULATION_COLUMNS columns fed."""
+    def _drafts(self) -> tuple[list[list[int]], list[bool]]:
+        """Each row's guesses for this step, and whether the call grammar forced them (else:
+        prompt lookup); none for a sampled row or without speculation; together at most
+        SPECULATION_COLUMNS columns fed."""
         rows = self.rows
+        forced_rows = [False] * len(rows)
         if not self.speculation:
-            return [[] for _ in rows]
+            return [[] for _ in rows], forced_rows
         limit = min(SPECULATION_COLUMNS.get(self.spec.device.type, 16) // len(rows) - 1, MAX_DRAFT)
         drafts = []
-        for row in rows:
+        for b, row in enumerate(rows):
             request = row.request
             left = request.max_new_tokens - len(request.generated) - 1  # the token after them is written too
             if request.temperature > 0 or limit <= 0 or left <= 0:
                 drafts.append([])
+                continue
+            forced = request.calls.forced() if request.calls else []
+            if forced:  # what the call grammar allows alone (JSON keys, quotes, an action's name)
+                drafts.append(forced[: min(limit, left)])
+                forced_rows[b] = True
+                self.forced_tokens += len(drafts[-1])
                 continue
             if row.drafter is None:
                 row.drafter = Drafter(request.prompt)
             drafter = row.drafter
             drafter.extend(request.generated[len(drafter.tokens) - len(request.prompt) :])
             drafts.append(drafter.draft(min(limit, left)))
-        return drafts
+        return drafts, forced_rows
 
     def _keep_columns(self, width: int, fed: int, kept: list[int], finished: set[int]) -> None:
         """After a step that fed `fed` columns from `width` on, row b kept `kept[b]` of them:

@@ -160,6 +160,13 @@ class CallFollower:
             log.warning("tool-call constraint gave up: %s", error[0] if error else "the token was refused")
             self.matcher, self.free = None, True
 
+    def forced(self) -> list[int]:
+        """Inside a call, the tokens the grammar forces next (its only way on, as llguidance
+        tokenizes it), fed at once by the engine; none outside a call."""
+        if self.matcher is None:
+            return []
+        return self.matcher.compute_ff_tokens()
+
     def allowed(self) -> torch.Tensor:
         if self.text_only:
             return self.constraint.text_starts

@@ -114,6 +114,7 @@ class EngineStats:
     decode_steps: int = 0  # forward passes that advanced running rows (prefills not counted)
     drafted_tokens: int = 0  # prompt-lookup guesses fed (bot.engine.speculation)
     accepted_tokens: int = 0  # guesses that were what greedy decoding picks
+    forced_tokens: int = 0  # of the guesses, tokens the tool-call grammar forced
 
 
 class Engine(ABC):
