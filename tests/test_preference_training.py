@@ -158,7 +158,7 @@ def test_one_step_moves_the_policy_the_right_way_and_the_reference_stays(tmp_pat
     accelerator = Accelerator(cpu=True, mixed_precision=precision)
     stage = PreferenceStage(model, accelerator, tokenizer, data, cfg, seed=0, progress_bar=False)
     reference = stage._reference()
-    stats = stage.run()
+    stats = stage.run(tmp_path / "checkpoint")
     assert stats["steps"] == 1 and stats["method"] == method
     after_chosen = logps_of(model, data.chosen, tokenizer)
     if method == "kto":
@@ -222,3 +222,52 @@ def test_a_preference_model_that_loses_on_any_measure_is_not_activated():
     assert not lost.activate and "held-out handoff accuracy 85.0% against 90.0%" in lost.reason
     assert not no_worse(report(conversation_pass_rate=0.49), report(), "A").activate
     assert not no_worse(report(), None, "A").activate
+
+
+def test_an_interrupted_preference_stage_resumes_from_its_checkpoint(
+    tmp_path, tiny_base, cache_dir, monkeypatch, capsys
+):
+    """Ctrl-C in the preference stage keeps a checkpoint in the new model's folder; `bot train
+    --resume` goes on from it, on the fine-tuned model it started from, and ends with the
+    weights of a run never interrupted."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from bot.cli import main
+    from bot.training.preference import PreferenceStage as Stage
+
+    stage = "{enabled: true, learning_rate: 1.0e-3, batch_size: 2, epochs: 3}"  # 2 batches an epoch: 6 steps
+    straight = tiny_project(tmp_path / "straight", tiny_base, cache_dir, RATED, stage)
+    assert main(["-C", str(straight), "train"]) == 0
+    broken = tiny_project(tmp_path / "broken", tiny_base, cache_dir, RATED, stage)
+    real_loss, calls = Stage.loss, {"n": 0}
+
+    def interrupt_on_fourth_step(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second batch of epoch 2
+            raise KeyboardInterrupt
+        return real_loss(self, *args)
+
+    monkeypatch.setattr(Stage, "loss", interrupt_on_fourth_step)
+    assert main(["-C", str(broken), "train"]) == 1
+    err = capsys.readouterr().err
+    assert "preference stage interrupted; checkpoint saved at step 3" in err, err[-2000:]
+    settings = load_settings(broken)
+    (fine,) = models.trained_models(settings.models_dir)  # the fine-tuned model alone is saved
+    (run,) = [p for p in settings.models_dir.iterdir() if (p / "checkpoint").is_dir()]
+    assert json.loads((run / "checkpoint" / "progress.json").read_text())["step"] == 3
+
+    monkeypatch.setattr(Stage, "loss", real_loss)
+    assert main(["-C", str(broken), "train", "--resume"]) == 0
+    assert "resuming the preference stage at step 3 of 6" in capsys.readouterr().err
+    tuned = models.get(settings.models_dir, run.name)
+    assert tuned.manifest["started_from"] == fine.id and tuned.manifest["preference"]["steps"] == 6
+    assert not (run / "checkpoint").exists()
+    assert models.active_id(settings.models_dir) in (fine.id, tuned.id)
+    (reference,) = [
+        m for m in models.trained_models(load_settings(straight).models_dir) if "started_from" in m.manifest
+    ]
+    a = load_file(tuned.adapter_dir / "adapter_model.safetensors")
+    b = load_file(reference.adapter_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

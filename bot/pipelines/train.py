@@ -10,7 +10,14 @@ from bot import models
 from bot.config import Settings
 from bot.data.project import compile_data
 from bot.errors import InvalidFiles
-from bot.training.recipe import StepProgress, TrainResult, preference_tune, train
+from bot.training.recipe import (
+    StepProgress,
+    TrainResult,
+    preference_tune,
+    resume_preference_tune,
+    train,
+    unfinished_preference_stage,
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,14 @@ def train_and_activate(
         if chosen.id != active and chosen.manifest.get("activation", {}).get("activated", True):
             models.activate(settings.models_dir, chosen.id)
         return Outcome(chosen, trained=False, activated=chosen.id == models.active_id(settings.models_dir))
+    if resume and (stage := unfinished_preference_stage(settings.models_dir)):
+        preferred = resume_preference_tune(settings, stage, progress_bar=progress_bar, report=report, on_step=on_step)
+        started = models.get(settings.models_dir, preferred.manifest["started_from"])
+        activation = started.manifest.get("activation", {})
+        against = Outcome(
+            started, True, started.id == models.active_id(settings.models_dir), activation.get("reason", "")
+        )
+        return _gate(settings, preferred, force=False, progress_bar=progress_bar, report=report, against=against)
     result = train(
         settings, compiled.data_hash, resume=resume, progress_bar=progress_bar, report=report, on_step=on_step
     )

@@ -16,21 +16,37 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from bot import models
 from bot.config import PreferenceConfig
 from bot.errors import BotError
 from bot.rendering import IGNORE_INDEX, Example, render_within
 from bot.training.batching import collate
 from bot.training.loss import dpo_loss, kto_loss, reply_logps
-from bot.training.recipe import StepProgress
+from bot.training.recipe import StepProgress, TrainingInterrupted, load_checkpoint, save_training_state
+
+REFERENCE_FILE = "reference.pt"  # the reference log-probabilities, as first computed
 
 
 class NoPreferenceData(BotError):
     """The preference stage is on but there is nothing it can train on."""
+
+
+@dataclass
+class StageProgress:
+    """What the stage's checkpoint records beside the weights, optimizer and RNG states."""
+
+    rows: list[str] = field(default_factory=list)  # the rows' ids: a resumed stage must see the same
+    epoch: int = 0
+    batches_done: int = 0  # of the current epoch, in its shuffled order
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    smoothed: float | None = None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +121,7 @@ class PreferenceStage:
         seed: int,
         progress_bar: bool = True,
         on_step: Callable[[StepProgress], None] | None = None,
+        report: Callable[[str], None] = lambda message: None,
     ):
         if cfg.method == "kto" and not (rows.up and rows.down):
             raise NoPreferenceData(
@@ -113,7 +130,7 @@ class PreferenceStage:
         if not rows.ids:
             raise NoPreferenceData(f"no preference rows for {cfg.method.upper()}")
         self.model, self.accelerator, self.tokenizer, self.rows, self.cfg = model, accelerator, tokenizer, rows, cfg
-        self.progress_bar, self.on_step = progress_bar, on_step
+        self.progress_bar, self.on_step, self.report = progress_bar, on_step, report
         order = list(range(len(rows.ids)))
         random.Random(seed).shuffle(order)
         size = min(cfg.batch_size, len(order))
@@ -127,7 +144,7 @@ class PreferenceStage:
         self.desirable_weight = cfg.desirable_weight or (
             rows.down * cfg.undesirable_weight / rows.up if rows.up else 1.0
         )
-        self.losses: list[float] = []
+        self.progress = StageProgress(rows=list(rows.ids))
 
     def _logps(self, examples: list[Example], *, grad: bool) -> torch.Tensor:
         batch = {k: v.to(self.accelerator.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
@@ -166,51 +183,91 @@ class PreferenceStage:
             undesirable_weight=cfg.undesirable_weight,
         ).mean()
 
-    def run(self) -> dict:
-        """Train; what the model's manifest records about the stage."""
+    def run(self, checkpoint: Path, *, resume: bool = False, checkpoint_every: int = 50) -> dict:
+        """Train, with a checkpoint in `checkpoint` every `checkpoint_every` steps and when it stops
+        early (Ctrl-C: TrainingInterrupted; an error surfaces as it is); `resume`: go on from
+        the checkpoint there. Returns what the model's manifest records about the stage."""
         from tqdm.auto import tqdm
 
-        cfg, accelerator = self.cfg, self.accelerator
-        started = time.monotonic()
-        ref = self._reference()
+        cfg, accelerator, progress = self.cfg, self.accelerator, self.progress
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=0.0)
         steps = len(self.batches) * cfg.epochs
         warmup = max(1, math.ceil(0.1 * steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        if resume:
+            saved = StageProgress(**json.loads((checkpoint / "progress.json").read_text()))
+            if saved.rows != progress.rows:
+                raise BotError(
+                    f"the reviewed preference data changed since the stage in {checkpoint.parent.name} started: "
+                    "train anew (without --resume)"
+                )
+            self.progress = progress = saved
+            ref = torch.load(checkpoint / REFERENCE_FILE, map_location=accelerator.device, weights_only=False)
+            load_checkpoint(checkpoint, accelerator, self.model, optimizer, scheduler)
+            self.report(f"resuming the preference stage at step {progress.step} of {steps}")
+        else:
+            ref = self._reference()
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            torch.save(ref, checkpoint / REFERENCE_FILE)
+
+        def save() -> None:
+            save_training_state(checkpoint, accelerator, self.model, optimizer, scheduler)
+            models.write_json(checkpoint / "progress.json", asdict(progress))
+
         bar = tqdm(
             total=steps,
+            initial=progress.step,
             disable=not (self.progress_bar and accelerator.is_main_process),
             unit="step",
             desc=f"preference stage ({cfg.method.upper()})",
             dynamic_ncols=True,
         )
-        step, smoothed = 0, None
-        loop_start = time.monotonic()
+        started, first_step = time.monotonic() - progress.seconds, progress.step
+        loop_start = time.monotonic()  # this run's pace gives the ETA
         self.model.train()
         try:
-            for epoch in range(cfg.epochs):
+            while progress.epoch < cfg.epochs:
                 order = list(range(len(self.batches)))
-                random.Random(self.seed * 1000 + epoch).shuffle(order)
-                for b in order:
+                random.Random(self.seed * 1000 + progress.epoch).shuffle(order)
+                for b in order[progress.batches_done :]:
                     loss = self.loss(b, ref)
                     accelerator.backward(loss)
                     accelerator.clip_grad_norm_(trainable, 1.0)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                    step += 1
+                    progress.step += 1
+                    progress.batches_done += 1
                     value = loss.item()
-                    self.losses.append(value)
-                    smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
+                    progress.losses.append(value)
+                    smoothed = value if progress.smoothed is None else 0.9 * progress.smoothed + 0.1 * value
+                    progress.smoothed = smoothed
+                    progress.seconds = time.monotonic() - started
                     bar.set_postfix(loss=f"{smoothed:.4f}")
                     bar.update(1)
                     if self.on_step is not None and accelerator.is_main_process:
                         elapsed = time.monotonic() - loop_start
-                        eta = round(elapsed / step * (steps - step), 1)
-                        self.on_step(StepProgress(step, steps, eta, round(smoothed, 4)))
-        finally:
+                        eta = round(elapsed / (progress.step - first_step) * (steps - progress.step), 1)
+                        self.on_step(StepProgress(progress.step, steps, eta, round(smoothed, 4)))
+                    if progress.step % checkpoint_every == 0 and progress.step < steps:
+                        save()
+                progress.epoch += 1
+                progress.batches_done = 0
+        except (KeyboardInterrupt, Exception) as error:
             bar.close()
+            progress.seconds = time.monotonic() - started
+            save()
+            where = f"checkpoint saved at step {progress.step} in {checkpoint}"
+            if isinstance(error, KeyboardInterrupt):
+                raise TrainingInterrupted(
+                    f"preference stage interrupted; {where}: continue with 'bot train --resume'"
+                ) from error
+            self.report(
+                f"preference stage stopped by {type(error).__name__}; {where} ('bot train --resume' continues it)"
+            )
+            raise
+        bar.close()
         return {
             "method": cfg.method,
             "rows": len(self.rows.ids),
@@ -220,7 +277,7 @@ class PreferenceStage:
             "steps": steps,
             "beta": cfg.beta,
             "learning_rate": cfg.learning_rate,
-            "first_loss": round(self.losses[0], 5) if self.losses else None,
-            "final_loss": round(smoothed, 5) if smoothed is not None else None,
+            "first_loss": round(progress.losses[0], 5) if progress.losses else None,
+            "final_loss": round(progress.smoothed, 5) if progress.smoothed is not None else None,
             "seconds": round(time.monotonic() - started, 1),
         }

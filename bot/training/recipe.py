@@ -143,9 +143,38 @@ def load_checkpoint(folder: Path, accelerator, model, optimizer, scheduler) -> N
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _unfinished_run(models_dir: Path) -> Path | None:
-    runs = [p for p in sorted(models_dir.glob("*/" + CHECKPOINT)) if not (p.parent / models.MANIFEST).exists()]
-    return runs[-1].parent if runs else None
+PREFERENCE_STAGE = "preference-stage.json"  # in a checkpoint of the preference stage: what it started from
+
+
+def _unfinished_run(models_dir: Path, *, preference: bool = False) -> Path | None:
+    """The latest run folder with a checkpoint and no model yet: of supervised training, or with
+    `preference` of the preference stage."""
+    runs = [
+        p.parent
+        for p in sorted(models_dir.glob("*/" + CHECKPOINT))
+        if not (p.parent / models.MANIFEST).exists() and (p / PREFERENCE_STAGE).exists() == preference
+    ]
+    return runs[-1] if runs else None
+
+
+def unfinished_preference_stage(models_dir: Path) -> Path | None:
+    """The run folder of an interrupted preference stage, if any (`bot train --resume` goes on
+    with it)."""
+    return _unfinished_run(models_dir, preference=True)
+
+
+def make_accelerator(cfg):
+    """accelerate's Accelerator as config.yml's `train` asks, and the precision chosen."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    precision = choose_precision(cfg.precision, cuda)
+    accelerator = Accelerator(
+        cpu=not cuda,
+        mixed_precision="bf16" if precision == "bf16" else "no",
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+    )
+    return accelerator, precision
 
 
 @torch.no_grad()
@@ -208,17 +237,10 @@ class LoRARecipe:
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        cuda = torch.cuda.is_available()
-        self.cuda = cuda
-        self.precision = choose_precision(self.cfg.precision, cuda)
-        self.accelerator = Accelerator(
-            cpu=not cuda,
-            mixed_precision="bf16" if self.precision == "bf16" else "no",
-            gradient_accumulation_steps=self.cfg.gradient_accumulation,
-        )
+        self.cuda = cuda = torch.cuda.is_available()
+        self.accelerator, self.precision = make_accelerator(self.cfg)
         set_seed(self.cfg.seed, deterministic=not cuda)
         self._setup_run_dir()
         self._setup_model_and_data()
@@ -436,37 +458,89 @@ def preference_tune(
 ) -> TrainResult | None:
     """The preference stage (train.preference in config.yml) on a fine-tuned model still in
     memory, saved as a model of its own that records the one it `started_from`; None when the
-    stage is off or the reviewed preference data has no row for its method."""
+    stage is off or the reviewed preference data has no row for its method. Its checkpoints
+    are in the new model's folder until it is saved; `resume_preference_tune` goes on from one."""
+    cfg = settings.build.train.preference
+    if not cfg.enabled:
+        return None
+    if tuned.accelerator.num_processes > 1:
+        raise BotError("the preference stage runs in one process: train without 'accelerate launch' to use it")
+    stage = _preference_stage(settings, tuned.model, tuned.accelerator, tuned.tokenizer, progress_bar, on_step, report)
+    if stage is None:
+        return None
+    report(f"preference stage: {cfg.method.upper()} on {len(stage.rows.ids)} rows, from model {tuned.model_id}")
+    run_dir = settings.models_dir / models.new_id(settings.models_dir)
+    checkpoint = run_dir / CHECKPOINT
+    checkpoint.mkdir(parents=True)
+    models.write_json(checkpoint / PREFERENCE_STAGE, {"started_from": tuned.model_id})
+    stats = stage.run(checkpoint, checkpoint_every=settings.build.train.checkpoint_every)
+    return _save_preference_model(run_dir, tuned.model_id, tuned.manifest, tuned.folder, stage, stats)
+
+
+def resume_preference_tune(
+    settings: Settings,
+    run_dir: Path,
+    *,
+    progress_bar: bool = True,
+    report: Callable[[str], None] = lambda message: None,
+    on_step: Callable[[StepProgress], None] | None = None,
+) -> TrainResult:
+    """The interrupted preference stage in `run_dir`, from its checkpoint, on the fine-tuned
+    model it started from (its adapter: the checkpoint's)."""
+    from accelerate.utils import set_seed
+
+    checkpoint = run_dir / CHECKPOINT
+    started = models.get(settings.models_dir, json.loads((checkpoint / PREFERENCE_STAGE).read_text())["started_from"])
+    cfg = settings.build.train
+    accelerator, _ = make_accelerator(cfg)
+    set_seed(cfg.seed, deterministic=not torch.cuda.is_available())
+    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+    model = load_model(settings.base_model, settings.cache_dir)
+    model.config.use_cache = False
+    model = accelerator.prepare(add_lora(model, cfg.lora))
+    stage = _preference_stage(settings, model, accelerator, tokenizer, progress_bar, on_step, report)
+    if stage is None:
+        raise BotError(
+            f"the preference stage in {run_dir.name} can't go on: train.preference is off or its data is gone; "
+            "train anew (without --resume)"
+        )
+    stats = stage.run(checkpoint, resume=True, checkpoint_every=cfg.checkpoint_every)
+    return _save_preference_model(run_dir, started.id, started.manifest, started.folder, stage, stats)
+
+
+def _preference_stage(settings: Settings, model, accelerator, tokenizer, progress_bar, on_step, report):
     from bot.data.compiler import PREFERENCES_FILE
     from bot.training.preference import PreferenceStage, load_preference_rows
 
     cfg = settings.build.train.preference
     if not cfg.enabled:
         return None
-    accelerator = tuned.accelerator
-    if accelerator.num_processes > 1:
-        raise BotError("the preference stage runs in one process: train without 'accelerate launch' to use it")
     path = settings.build_dir / PREFERENCES_FILE
-    rows = load_preference_rows(path, tuned.tokenizer, settings.build.model.max_length, cfg.method)
+    rows = load_preference_rows(path, tokenizer, settings.build.model.max_length, cfg.method)
     if not rows.ids:
         kind = "rated replies" if cfg.method == "kto" else "agents' replies against the bot's"
         report(f"preference stage skipped: no reviewed {kind} in training_data/preferences/")
         return None
-    report(f"preference stage: {cfg.method.upper()} on {len(rows.ids)} rows, from model {tuned.model_id}")
-    stage = PreferenceStage(
-        tuned.model,
+    return PreferenceStage(
+        model,
         accelerator,
-        tuned.tokenizer,
+        tokenizer,
         rows,
         cfg,
         seed=settings.build.train.seed,
         progress_bar=progress_bar,
         on_step=on_step,
+        report=report,
     )
-    stats = stage.run()
-    run_dir = settings.models_dir / models.new_id(settings.models_dir)
-    manifest = dict(tuned.manifest, id=run_dir.name, started_from=tuned.model_id, preference=stats)
+
+
+def _save_preference_model(run_dir: Path, started_from: str, manifest: dict, profile_from: Path, stage, stats):
+    """The preference-tuned model's folder (the profile of the model it started from); the
+    checkpoint goes."""
+    manifest = dict(manifest, id=run_dir.name, started_from=started_from, preference=stats)
+    manifest.pop("activation", None)
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    run_dir.mkdir(parents=True)
-    write_model(run_dir, tuned.model, tuned.tokenizer, tuned.folder, manifest)  # the profile it started from
-    return TrainResult(run_dir.name, run_dir, manifest, tuned.model, accelerator, tuned.tokenizer)
+    model = stage.accelerator.unwrap_model(stage.model)
+    write_model(run_dir, model, stage.tokenizer, profile_from, manifest)
+    shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)
+    return TrainResult(run_dir.name, run_dir, manifest, model, stage.accelerator, stage.tokenizer)
