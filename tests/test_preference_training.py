@@ -5,6 +5,7 @@ preference-tuned one loses to it."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -271,3 +272,49 @@ def test_an_interrupted_preference_stage_resumes_from_its_checkpoint(
     a = load_file(tuned.adapter_dir / "adapter_model.safetensors")
     b = load_file(reference.adapter_dir / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+CALLS = """preferences:
+  - id: right-call
+    rating: up
+    turns:
+      - user: where is KM-104233?
+      - action: check_order
+        args: {order_id: KM-104233}
+  - id: wrong-handoff
+    rating: down
+    turns:
+      - user: where is KM-104233?
+      - handoff: the customer asked about an order
+  - id: pair-with-a-call
+    rejected: "No."
+    turns:
+      - user: where is KM-104233?
+      - action: check_order
+        args: {order_id: KM-104233}
+"""
+
+
+def test_a_rated_call_trains_the_call_alone_and_a_pair_must_end_in_words(tmp_path, tiny_base, cache_dir):
+    """An automatic rating judges calls and handoffs too: such a row ends with the call (not its
+    result), the only trained message; a pair is an agent's words against the bot's."""
+    from bot.data.project import compile_data
+    from bot.errors import InvalidFiles
+
+    project = tiny_project(tmp_path, tiny_base, cache_dir, [], "{enabled: true}")
+    rated = project / "training_data" / "preferences" / "rated.yml"
+    rated.write_text(CALLS)
+    with pytest.raises(InvalidFiles) as raised:
+        compile_data(load_settings(project))
+    (problem,) = raised.value.problems
+    assert "rated.yml:17:9" in str(problem) and "a pair ('rejected') ends with a 'bot' reply" in str(problem)
+    rated.write_text(CALLS[: CALLS.index("  - id: pair-with-a-call")])
+    compile_data(load_settings(project))
+    rows = [
+        json.loads(line) for line in (load_settings(project).build_dir / PREFERENCES_FILE).read_text().splitlines()
+    ]
+    assert [(r["id"], r["desirable"]) for r in rows] == [("right-call", True), ("wrong-handoff", False)]
+    for row, name in zip(rows, ["check_order", "handoff_to_human"], strict=True):
+        last = row["messages"][-1]
+        assert last["tool_calls"][0]["function"]["name"] == name and last["weight"] == 1
+        assert all(m["role"] != "tool" for m in row["messages"])

@@ -178,7 +178,7 @@ def test_review_refuses_an_invalid_file_and_rejects(project, monkeypatch, capsys
         ("tags: []", "either 'rating' (up or down) or 'rejected'"),
         (
             "rating: up\n    turns:\n      - user: hi\n      - bot: Hello!\n      - user: bye",
-            "ends with the bot reply",
+            "ends with the bot step",
         ),
     ],
 )

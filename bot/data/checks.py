@@ -122,7 +122,7 @@ def _check_args(d: Dialogue, j: int, turn: ActionTurn, action: Action) -> list[P
     return problems
 
 
-def _check_order(d: Dialogue) -> list[Problem]:
+def _check_order(d: Dialogue, *, may_end_with_a_call: bool = False) -> list[Problem]:
     problems = []
     previous = None
     for j, turn in enumerate(d.turns):
@@ -160,7 +160,7 @@ def _check_order(d: Dialogue) -> list[Problem]:
         problems.append(
             d.problem("turns", len(d.turns) - 1, message="the dialogue ends with a user turn: add the bot's reply")
         )
-    elif isinstance(previous, ActionTurn):
+    elif isinstance(previous, ActionTurn) and not may_end_with_a_call:
         problems.append(
             d.problem(
                 "turns",
@@ -202,9 +202,9 @@ def _check_grounding(d: Dialogue, actions: dict[str, Action]) -> list[Problem]:
 
 
 def _check_dialogue(
-    d: Dialogue, data: TrainingData, max_length: int, count_tokens: Callable[[str], int]
+    d: Dialogue, data: TrainingData, max_length: int, count_tokens: Callable[[str], int], may_end_with_a_call: bool
 ) -> list[Problem]:
-    problems = _check_order(d) + _check_grounding(d, data.actions)
+    problems = _check_order(d, may_end_with_a_call=may_end_with_a_call) + _check_grounding(d, data.actions)
     for j, turn in enumerate(d.turns):
         for key, text in _turn_texts(turn):
             if not text.strip() and key != "handoff":
@@ -242,8 +242,11 @@ def _check_dialogue(
     return problems
 
 
-def check(data: TrainingData, *, max_length: int, count_tokens: Callable[[str], int]) -> list[Problem]:
-    """Every problem in the dialogues: order of turns, actions and arguments, lengths, duplicate ids."""
+def check(
+    data: TrainingData, *, max_length: int, count_tokens: Callable[[str], int], may_end_with_a_call: bool = False
+) -> list[Problem]:
+    """Every problem in the dialogues: order of turns, actions and arguments, lengths, duplicate ids.
+    `may_end_with_a_call`: a dialogue may end with an action call (a preference about that call)."""
     problems = []
     first_seen: dict[str, Dialogue] = {}
     for d in data.dialogues:
@@ -257,5 +260,5 @@ def check(data: TrainingData, *, max_length: int, count_tokens: Callable[[str], 
             )
         else:
             first_seen[d.id] = d
-        problems += _check_dialogue(d, data, max_length, count_tokens)
+        problems += _check_dialogue(d, data, max_length, count_tokens, may_end_with_a_call)
     return problems

@@ -95,12 +95,15 @@ def reply_only(messages: list[Message]) -> list[Message]:
 
 
 def preference_examples(data: schema.TrainingData, preferences: list[Preference]) -> list[dict]:
-    """build/preferences.jsonl's rows: `messages` ends with the rated or chosen reply, the only
-    one trained; `desirable` (a rating) or `rejected_messages` (the same context, the worse reply)."""
+    """build/preferences.jsonl's rows: `messages` ends with the rated step (a reply, a call) or
+    the chosen reply, the only one trained; `desirable` (a rating) or `rejected_messages` (the same context, the worse reply)."""
     system = system_prompt(data.persona, data.actions)
     rows = []
     for p in preferences:
-        messages = reply_only(dialogue_messages(p.dialogue, system))
+        messages = dialogue_messages(p.dialogue, system)
+        if isinstance(p.dialogue.turns[-1], schema.ActionTurn):
+            messages = messages[:-1]  # a rated call: the call, not its result
+        messages = reply_only(messages)
         row: dict[str, Any] = {"id": p.id, "messages": messages}
         if p.rating is not None:
             row["desirable"] = p.rating == "up"

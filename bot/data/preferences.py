@@ -1,8 +1,10 @@
 """Preference data: what customers and agents said about the bot's replies, under
 `training_data/preferences/`, for the preference stage of training.
 
-A preference is a dialogue whose last turn is a bot reply, with one of:
-- `rating: up` or `rating: down`: a customer rated that reply (an unpaired row, as KTO takes);
+A preference is a dialogue whose last turn is a bot step, with one of:
+- `rating: up` or `rating: down`: that step was rated (an unpaired row, as KTO takes): a reply a
+  customer voted on, or an action call or handoff (`action:` with its `args`, no `result`;
+  `handoff:`), as an automatic rating can judge one;
 - `rejected: TEXT`: the last turn is what an agent wrote instead, the better reply, and
   `rejected` what the bot had said (a pair, as DPO takes).
 
@@ -35,7 +37,7 @@ from pydantic import Field, model_validator
 
 from bot.data.checks import check
 from bot.data.loader import dialogue_entries, display_path, yaml_files
-from bot.data.schema import BotTurn, Dialogue, DialogueHeader, TrainingData
+from bot.data.schema import ActionTurn, BotTurn, Dialogue, DialogueHeader, HandoffTurn, TrainingData
 from bot.errors import InvalidFiles, Problem
 from bot.typed import Strict
 from bot.yamlsource import Document, load_bytes
@@ -70,10 +72,11 @@ class Preference:
 
     @property
     def reply(self) -> str:
-        """The rated reply, or the better one of a pair."""
+        """The rated step, or the better reply of a pair, as text."""
         last = self.dialogue.turns[-1]
-        assert isinstance(last, BotTurn)
-        return last.bot
+        if isinstance(last, ActionTurn):
+            return f"{last.action} {last.args}"
+        return last.handoff if isinstance(last, HandoffTurn) else last.bot
 
 
 def preferences_in(doc: Document) -> tuple[list[Preference], list[Problem]]:
@@ -82,11 +85,14 @@ def preferences_in(doc: Document) -> tuple[list[Preference], list[Problem]]:
     found = []
     for header, dialogue in entries:
         last = dialogue.turns[-1] if dialogue.turns else None
-        if not isinstance(last, BotTurn) or not last.train:
-            where = ("turns", len(dialogue.turns) - 1) if dialogue.turns else ("turns",)
-            problems.append(
-                dialogue.problem(*where, message="a preference ends with the bot reply it is about (a 'bot' turn)")
-            )
+        where = ("turns", len(dialogue.turns) - 1) if dialogue.turns else ("turns",)
+        is_step = isinstance(last, ActionTurn | HandoffTurn) or (isinstance(last, BotTurn) and last.train)
+        if not is_step:
+            message = "a preference ends with the bot step it is about (a 'bot', 'action' or 'handoff' turn)"
+            problems.append(dialogue.problem(*where, message=message))
+            continue
+        if header.rejected is not None and not isinstance(last, BotTurn):
+            problems.append(dialogue.problem(*where, message="a pair ('rejected') ends with a 'bot' reply"))
             continue
         if header.rejected is not None and not header.rejected.strip():
             problems.append(dialogue.problem("rejected", message="empty 'rejected' reply"))
@@ -102,7 +108,10 @@ def check_preferences(
     preference's context and reply, and on the rejected reply in the same place."""
     dialogues = tuple(p.dialogue for p in preferences)
     problems = check(
-        TrainingData(data.persona, data.actions, dialogues), max_length=max_length, count_tokens=count_tokens
+        TrainingData(data.persona, data.actions, dialogues),
+        max_length=max_length,
+        count_tokens=count_tokens,
+        may_end_with_a_call=True,
     )
     for p in preferences:
         if p.rejected is not None and p.rejected.strip() == p.reply.strip():
