@@ -96,7 +96,8 @@ def reply_only(messages: list[Message]) -> list[Message]:
 
 def preference_examples(data: schema.TrainingData, preferences: list[Preference]) -> list[dict]:
     """build/preferences.jsonl's rows: `messages` ends with the rated step (a reply, a call) or
-    the chosen reply, the only one trained; `desirable` (a rating) or `rejected_messages` (the same context, the worse reply)."""
+    the chosen reply, the only one trained; `desirable` (a rating) or `rejected_messages` (the
+    same context, the worse reply)."""
     system = system_prompt(data.persona, data.actions)
     rows = []
     for p in preferences:

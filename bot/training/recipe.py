@@ -474,7 +474,7 @@ def preference_tune(
     checkpoint.mkdir(parents=True)
     models.write_json(checkpoint / PREFERENCE_STAGE, {"started_from": tuned.model_id})
     stats = stage.run(checkpoint, checkpoint_every=settings.build.train.checkpoint_every)
-    return _save_preference_model(run_dir, tuned.model_id, tuned.manifest, tuned.folder, stage, stats)
+    return save_preference_model(run_dir, tuned.model_id, tuned.manifest, tuned.folder, stage, stats)
 
 
 def resume_preference_tune(
@@ -505,7 +505,7 @@ def resume_preference_tune(
             "train anew (without --resume)"
         )
     stats = stage.run(checkpoint, resume=True, checkpoint_every=cfg.checkpoint_every)
-    return _save_preference_model(run_dir, started.id, started.manifest, started.folder, stage, stats)
+    return save_preference_model(run_dir, started.id, started.manifest, started.folder, stage, stats)
 
 
 def _preference_stage(settings: Settings, model, accelerator, tokenizer, progress_bar, on_step, report):
@@ -534,7 +534,7 @@ def _preference_stage(settings: Settings, model, accelerator, tokenizer, progres
     )
 
 
-def _save_preference_model(run_dir: Path, started_from: str, manifest: dict, profile_from: Path, stage, stats):
+def save_preference_model(run_dir: Path, started_from: str, manifest: dict, profile_from: Path, stage, stats):
     """The preference-tuned model's folder (the profile of the model it started from); the
     checkpoint goes."""
     manifest = dict(manifest, id=run_dir.name, started_from=started_from, preference=stats)
