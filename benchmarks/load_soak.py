@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import socket
 import sys
 import tempfile
@@ -58,6 +57,7 @@ from load_support import (  # noqa: E402
     run_load,
     soak,
 )
+from machine import cpu_name  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 MEMORY_GROWTH_LIMIT = 0.05
@@ -67,13 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
 
 
 def server(store: str, args, folder: Path, **serve) -> ServerProcess:

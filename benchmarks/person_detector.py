@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import cpu_name
 from sklearn.model_selection import StratifiedKFold
 
 from bot.config import load_settings
@@ -27,13 +27,6 @@ from bot.data.project import validate
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_FALSE_ALARMS = 0.02
-
-
-def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def cross_validated_threshold(examples) -> tuple[float, float, float]:
@@ -55,7 +48,7 @@ def main() -> None:
     profile = profile_of(validate(load_settings(ROOT)))
     examples = list(profile.person_examples)
     threshold, cv_recall, cv_false = cross_validated_threshold(examples)
-    print(f"machine: {cpu()}")
+    print(f"machine: {cpu_name()}")
     print(f"examples: {sum(e.asks for e in examples)} asking for a person, {sum(not e.asks for e in examples)} not")
     print(
         f"cross-validated threshold: {threshold:.2f} (recall {cv_recall:.1%}, false alarms {cv_false:.1%}); "

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +34,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import yaml  # noqa: E402
+from machine import machine  # noqa: E402
 
 from bot import models  # noqa: E402
 from bot.base_model import load_tokenizer  # noqa: E402
@@ -111,39 +112,22 @@ def rated_file(data, items, before_turns) -> tuple[str, dict]:
     return header + yaml.safe_dump({"preferences": entries}, allow_unicode=True, sort_keys=False, width=1000), counts
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def tune(settings, fine, rows_file: Path, cfg):
     """The preference stage on `fine`'s adapter (trainable), saved as a model of its own."""
-    import torch
-    from accelerate.utils import set_seed
-    from peft import PeftModel
-
-    from bot.base_model import load_model
     from bot.training.preference import PreferenceStage, load_preference_rows
-    from bot.training.recipe import CHECKPOINT, PREFERENCE_STAGE, make_accelerator, save_preference_model
+    from bot.training.recipe import save_preference_model, trainable_model
 
     train = settings.build.train
-    accelerator, _ = make_accelerator(train)
-    set_seed(train.seed, deterministic=not torch.cuda.is_available())
-    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-    base = load_model(settings.base_model, settings.cache_dir)
-    base.config.use_cache = False
-    model = accelerator.prepare(PeftModel.from_pretrained(base, fine.adapter_dir, is_trainable=True))
+    model, accelerator, tokenizer = trainable_model(settings, fine.adapter_dir)
     rows = load_preference_rows(rows_file, tokenizer, settings.build.model.max_length, cfg.method)
     stage = PreferenceStage(model, accelerator, tokenizer, rows, cfg, seed=train.seed)
     run_dir = settings.models_dir / models.new_id(settings.models_dir)
-    (run_dir / CHECKPOINT).mkdir(parents=True)
-    models.write_json(run_dir / CHECKPOINT / PREFERENCE_STAGE, {"started_from": fine.id})
-    stats = stage.run(run_dir / CHECKPOINT, checkpoint_every=train.checkpoint_every)
+    # its checkpoints beside the rated rows, not in the model's folder: `bot train --resume`
+    # must never take this stage for one of its own
+    checkpoint = rows_file.parent / "checkpoint"
+    stats = stage.run(checkpoint, checkpoint_every=train.checkpoint_every)
+    shutil.rmtree(checkpoint)
+    run_dir.mkdir(parents=True)
     result = save_preference_model(run_dir, fine.id, fine.manifest, fine.folder, stage, stats)
     not_gated = {"activated": False, "forced": False, "reason": "rated-set benchmark: not gated, never activated"}
     manifest = dict(result.manifest, rated_set=True, activation=not_gated)
@@ -152,8 +136,6 @@ def tune(settings, fine, rows_file: Path, cfg):
 
 
 def main() -> int:
-    import torch
-
     from bot.evaluation.run import evaluate
     from bot.evaluation.stored import stored_report
 
@@ -173,7 +155,7 @@ def main() -> int:
         raise SystemExit("no active fine-tuned model: run 'bot train' first")
     if "started_from" in fine.manifest:
         raise SystemExit(f"the active model {fine.id} is preference-tuned already: activate a fine-tuned one")
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_name()}, {os.cpu_count()} cores"
+    device = machine()
     dialogues = spread(
         sorted((d for d in data.train if "augmented" not in d.tags), key=lambda d: d.id), args.dialogues
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from machine import machine  # noqa: E402
 
 from bot import models  # noqa: E402
 from bot.config import load_settings  # noqa: E402
@@ -75,16 +76,6 @@ async def run(weights, constraint, prompts, batch: int, max_new_tokens: int, spe
     return seconds, [r.token_ids for r in results], counts
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> int:
     import torch
 
@@ -106,7 +97,7 @@ def main() -> int:
     held_out = cases(data)
     worded = [c for c in held_out if not c.reference_step.action] + [c for c in held_out if c.reference_step.action]
     prompts = [prompt_ids(weights.tokenizer, c.context) for c in worded[: args.prompts]]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{cpu_name()}, {os.cpu_count()} cores"
+    device = machine()
     model_name = weights.trained.id if weights.trained else "base"
     print(
         f"model: {model_name} ({next(weights.model.parameters()).dtype}); {device}; {len(prompts)} held-out prompts; "

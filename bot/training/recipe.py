@@ -487,17 +487,10 @@ def resume_preference_tune(
 ) -> TrainResult:
     """The interrupted preference stage in `run_dir`, from its checkpoint, on the fine-tuned
     model it started from (its adapter: the checkpoint's)."""
-    from accelerate.utils import set_seed
-
     checkpoint = run_dir / CHECKPOINT
     started = models.get(settings.models_dir, json.loads((checkpoint / PREFERENCE_STAGE).read_text())["started_from"])
     cfg = settings.build.train
-    accelerator, _ = make_accelerator(cfg)
-    set_seed(cfg.seed, deterministic=not torch.cuda.is_available())
-    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
-    model = load_model(settings.base_model, settings.cache_dir)
-    model.config.use_cache = False
-    model = accelerator.prepare(add_lora(model, cfg.lora))
+    model, accelerator, tokenizer = trainable_model(settings)  # its weights: the checkpoint's
     stage = _preference_stage(settings, model, accelerator, tokenizer, progress_bar, on_step, report)
     if stage is None:
         raise BotError(
@@ -506,6 +499,26 @@ def resume_preference_tune(
         )
     stats = stage.run(checkpoint, resume=True, checkpoint_every=cfg.checkpoint_every)
     return save_preference_model(run_dir, started.id, started.manifest, started.folder, stage, stats)
+
+
+def trainable_model(settings: Settings, adapter_dir: Path | None = None):
+    """(model, accelerator, tokenizer) to train on from a saved state: the base model with a new
+    LoRA adapter as config.yml's `train.lora` asks, or the one saved in `adapter_dir`, trainable;
+    seeded as training is."""
+    from accelerate.utils import set_seed
+    from peft import PeftModel
+
+    cfg = settings.build.train
+    accelerator, _ = make_accelerator(cfg)
+    set_seed(cfg.seed, deterministic=not torch.cuda.is_available())
+    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+    model = load_model(settings.base_model, settings.cache_dir)
+    model.config.use_cache = False
+    if adapter_dir is None:
+        model = add_lora(model, cfg.lora)
+    else:
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    return accelerator.prepare(model), accelerator, tokenizer
 
 
 def _preference_stage(settings: Settings, model, accelerator, tokenizer, progress_bar, on_step, report):
