@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
