@@ -4,6 +4,7 @@ batching engine and, in the same run, with the serial engine (the baseline).
 
     .venv/bin/python benchmarks/serve_load.py [--customers 16] [--turns 3] [--full-length]
                                              [--engines batching,serial] [--project .]
+                                             (engines: batching, serial, batching-no-speculation)
                                              [--via-model-server] [--brands N]
 
 Defaults: 16 customers x 3 turns on CPU, 64 x 3 on CUDA, the project's active model (the base
@@ -86,6 +87,7 @@ MESSAGES = [
 GOOD_FIRST_TOKEN_S, GOOD_STREAM_RATE = 1.0, 10.0
 VIA = "via-model-server"  # the run through a front-end and a model server
 BRANDS = "brands"  # the run with the customers spread over several brands
+NO_SPECULATION = "batching-no-speculation"  # the batching engine with serve.speculation off
 
 
 @dataclass
@@ -138,6 +140,8 @@ def serve(
         remote = settings.endpoints.model_server.model_copy(update={"url": model_server, "timeout_s": 600})
         settings.endpoints = settings.endpoints.model_copy(update={"model_server": remote})
     limits = {"max_new_tokens": tokens, "rate_per_conversation": 10_000, "rate_per_client": 100_000, "engine": engine}
+    if engine == NO_SPECULATION:
+        limits.update(engine="batching", speculation="off")
     if max_batch:
         limits["max_batch"] = max_batch
     settings.build = settings.build.model_copy(update={"serve": settings.build.serve.model_copy(update=limits)})
@@ -145,11 +149,15 @@ def serve(
     web.run_app(app, host="127.0.0.1", port=port, handler_cancellation=True, print=None, access_log=None)
 
 
-async def generated_tokens(session, url: str) -> float:
-    """The server's count of generated tokens (with several brands, all of theirs)."""
+async def counted(session, url: str, name: str) -> float:
+    """A count the server exports (with several brands, all of theirs): generated tokens, guesses."""
     async with session.get(f"{url}/metrics") as response:
         lines = (await response.text()).splitlines()
-    return sum(float(line.split()[-1]) for line in lines if line.startswith("bot_generated_tokens_total"))
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+
+
+async def generated_tokens(session, url: str) -> float:
+    return await counted(session, url, "bot_generated_tokens_total")
 
 
 async def customer(
@@ -210,6 +218,8 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
                     await asyncio.sleep(0.5)
         await customer(session, url, 0, 1, 0, 0, f"{run}-warmup")  # not counted
         before = await generated_tokens(session, url)
+        guessed_before = await counted(session, url, "bot_engine_guessed_tokens")
+        kept_before = await counted(session, url, "bot_engine_kept_guesses")
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
         brands = args.brands if run == BRANDS else 1
@@ -219,6 +229,8 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         results = await asyncio.gather(*customers)
         wall = time.monotonic() - started
         tokens = await generated_tokens(session, url) - before
+        guessed = await counted(session, url, "bot_engine_guessed_tokens") - guessed_before
+        kept = await counted(session, url, "bot_engine_kept_guesses") - kept_before
     replies = [r for rs in results for r in rs]
     rates = []
     for r in replies:
@@ -241,6 +253,8 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         "tokens": tokens,
         "wall": wall,
         "goodput": good / len(replies),
+        "guessed": guessed,
+        "kept": kept,
     }
 
 
@@ -392,6 +406,8 @@ def main() -> None:
             f"(first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)"
         )
         print(f"  server resident memory {r['rss_mb']:.0f} MB")
+        if r["guessed"]:
+            print(f"  speculation: {r['guessed']:.0f} tokens guessed, {r['kept'] / r['guessed']:.0%} kept")
 
     names = list(runs)
     if len(names) >= 2:
