@@ -15,7 +15,8 @@ where the right answer is known.
 3. The preference stage (train.preference in config.yml, with the method and rates given here)
    trains on them from the fine-tuned model; the result is saved beside it as a model of its own,
    not activated (its manifest says `rated_set`).
-4. Both models on the held-out dialogues and the conversation tests (never rated), side by side:
+4. Both models, evaluated again in the same run, on the held-out dialogues and the conversation
+   tests (never rated), side by side:
    each measure before and after, with the number of rated replies. A loss is reported as one.
 """
 
@@ -137,7 +138,6 @@ def tune(settings, fine, rows_file: Path, cfg):
 
 def main() -> int:
     from bot.evaluation.run import evaluate
-    from bot.evaluation.stored import stored_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", default=".")
@@ -213,7 +213,8 @@ def main() -> int:
         f"model {tuned_id}"
     )
 
-    before = stored_report(settings, fine.id) or evaluate(settings, model_id=fine.id, modes=("fine-tuned",))[0]
+    # both now, with the same code and engine settings: a stored report may predate either
+    before, _ = evaluate(settings, model_id=fine.id, modes=("fine-tuned",))
     after, _ = evaluate(settings, model_id=tuned_id, modes=("fine-tuned",))
     then, now = before["summary"]["fine-tuned"], after["summary"]["fine-tuned"]
     print(f"\n{'measure':<28}{fine.id:>20}{tuned_id:>20}")
