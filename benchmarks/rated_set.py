@@ -46,8 +46,8 @@ from bot.data.project import validate  # noqa: E402
 from bot.data.prompt import system_prompt  # noqa: E402
 from bot.data.schema import ActionTurn, BotTurn, HandoffTurn  # noqa: E402
 from bot.engine.weights import load_weights  # noqa: E402
-from bot.evaluation.cases import Case, prompted  # noqa: E402
-from bot.evaluation.generation import policy_replies  # noqa: E402
+from bot.evaluation.cases import Case  # noqa: E402
+from bot.evaluation.generation import first_steps  # noqa: E402
 from bot.evaluation.metrics import classify, leaks  # noqa: E402
 
 SHOWN = {
@@ -164,16 +164,7 @@ def main() -> int:
 
     started = time.monotonic()
     weights = load_weights(settings, fine)
-    cfg_eval = settings.build.eval
-    budget = settings.build.model.max_length - cfg_eval.max_new_tokens
-    items = [prompted(case, "fine-tuned", data, weights.tokenizer, 0, budget) for case, _ in cases]
-    policy_replies(
-        weights,
-        items,
-        serve=settings.build.serve,
-        max_batch=cfg_eval.batch_size,
-        max_new_tokens=cfg_eval.max_new_tokens,
-    )
+    items = first_steps(settings, data, [case for case, _ in cases], "fine-tuned", weights)
     del weights
     text, counts = rated_file(data, items, [turns for _, turns in cases])
     folder = settings.build_dir / "rated-set"

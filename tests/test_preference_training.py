@@ -191,6 +191,21 @@ def test_kto_without_both_ratings_is_a_clear_error(tmp_path, tiny_base, cache_di
         PreferenceStage(None, None, tokenizer, data, PreferenceConfig(enabled=True), seed=0)
 
 
+def test_kto_batches_never_leave_a_row_alone(tmp_path, tiny_base, cache_dir):
+    """KTO's KL estimate pairs each row with another of its batch: five rows in batches of four
+    make one batch of five, not four and one (which crashed)."""
+    from bot.data.project import compile_data
+
+    project = tiny_project(tmp_path, tiny_base, cache_dir, RATED + RATED[:1], "{enabled: true}")
+    compile_data(load_settings(project))
+    settings = load_settings(project)
+    tokenizer = load_tokenizer(settings.base_model, settings.cache_dir)
+    data = load_preference_rows(settings.build_dir / PREFERENCES_FILE, tokenizer, 512, "kto")
+    stage = PreferenceStage(None, None, tokenizer, data, PreferenceConfig(enabled=True, batch_size=4), seed=0)
+    assert sorted(len(b) for b in stage.batches) == [5]
+    assert sorted(i for b in stage.batches for i in b) == list(range(5))
+
+
 def test_train_saves_both_models_and_the_preference_one_must_not_lose(tmp_path, tiny_base, cache_dir):
     project = tiny_project(tmp_path, tiny_base, cache_dir, RATED, "{enabled: true, learning_rate: 1.0e-3}")
     outcome = train_and_activate(load_settings(project), progress_bar=False)

@@ -136,7 +136,8 @@ class PreferenceStage:
         size = min(cfg.batch_size, len(order))
         self.batches = [order[i : i + size] for i in range(0, len(order), size)]
         if cfg.method == "kto" and len(self.batches) > 1 and len(self.batches[-1]) == 1:
-            self.batches[-2] += self.batches.pop()  # the KL estimate needs two rows
+            last = self.batches.pop()  # the KL estimate needs two rows: the lone one joins the batch before
+            self.batches[-1] += last
         self.seed = seed
         # KTO's mismatched rows: the same for every epoch and for the reference
         self.kl_rows = [mismatched(rows, batch) for batch in self.batches] if cfg.method == "kto" else []
