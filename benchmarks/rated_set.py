@@ -129,10 +129,10 @@ def tune(settings, fine, rows_file: Path, cfg):
     stats = stage.run(checkpoint, checkpoint_every=train.checkpoint_every)
     shutil.rmtree(checkpoint)
     run_dir.mkdir(parents=True)
-    result = save_preference_model(run_dir, fine.id, fine.manifest, fine.folder, stage, stats)
     not_gated = {"activated": False, "forced": False, "reason": "rated-set benchmark: not gated, never activated"}
-    manifest = dict(result.manifest, rated_set=True, activation=not_gated)
-    models.write_json(run_dir / models.MANIFEST, manifest)
+    result = save_preference_model(
+        run_dir, fine.id, fine.manifest, fine.folder, stage, stats, rated_set=True, activation=not_gated
+    )
     return result.model_id, stats
 
 

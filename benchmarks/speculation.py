@@ -22,58 +22,30 @@ import asyncio
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine_run import engine_run  # noqa: E402
 from machine import machine  # noqa: E402
 
 from bot import models  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.data.project import validate  # noqa: E402
-from bot.engine.batch_engine import BatchingEngine  # noqa: E402
-from bot.engine.kv import common_prefix  # noqa: E402
-from bot.engine.protocol import Finished  # noqa: E402
 from bot.engine.weights import call_constraint, load_weights  # noqa: E402
 from bot.evaluation.cases import cases  # noqa: E402
 from bot.rendering import prompt_ids  # noqa: E402
 
 
 async def run(weights, constraint, prompts, batch: int, max_new_tokens: int, speculation: bool):
-    """(seconds, the replies' token ids, engine stats) for every prompt, `batch` at a time."""
-    engine = BatchingEngine(
-        weights.model,
-        weights.tokenizer,
-        max_length=max(map(len, prompts)) + max_new_tokens,
-        max_batch=batch,
-        max_queue=len(prompts),
-        pinned_prefix=common_prefix(prompts),
-        constraint=constraint,
-        speculation=speculation,
+    """(seconds, the replies' token ids, what the engine counted) for every prompt, `batch` at a time."""
+    done = await engine_run(
+        weights, prompts, batch=batch, max_new_tokens=max_new_tokens, constraint=constraint, speculation=speculation
     )
-
-    async def one(ids: list[int]) -> Finished:
-        async for item in engine.stream(ids, max_new_tokens):
-            if isinstance(item, Finished):
-                return item
-
-    try:
-        await one(prompts[0])  # warm up: the first forward passes are slower
-        before = engine.stats()
-        started = time.monotonic()
-        results = await asyncio.gather(*(one(p) for p in prompts))
-        seconds = time.monotonic() - started
-        after = engine.stats()
-    finally:
-        await engine.close()
-    counts = {
-        name: getattr(after, name) - getattr(before, name)
-        for name in ("decode_steps", "drafted_tokens", "accepted_tokens", "forced_tokens", "generated_tokens")
-    }
-    return seconds, [r.token_ids for r in results], counts
+    names = ("decode_steps", "drafted_tokens", "accepted_tokens", "forced_tokens", "generated_tokens")
+    return done.seconds, [r.token_ids for r in done.results], {name: done.counted(name) for name in names}
 
 
 def main() -> int:

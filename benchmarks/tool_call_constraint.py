@@ -19,19 +19,17 @@ import asyncio
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine_run import engine_run  # noqa: E402
+
 from bot import models  # noqa: E402
 from bot.config import load_settings  # noqa: E402
 from bot.data.project import validate  # noqa: E402
-from bot.engine.batch_engine import BatchingEngine  # noqa: E402
-from bot.engine.kv import common_prefix  # noqa: E402
-from bot.engine.protocol import Finished  # noqa: E402
 from bot.engine.weights import call_constraint, load_weights  # noqa: E402
 from bot.evaluation.cases import cases  # noqa: E402
 from bot.rendering import parse_reply, prompt_ids  # noqa: E402
@@ -42,28 +40,8 @@ async def run(
 ) -> tuple[float, int, int, int]:
     """(seconds, tokens, replies that are well-formed calls, broken calls) for every prompt at once."""
     constraint = call_constraint(weights.model, weights.tokenizer, weights.profile.actions) if constrained else None
-    engine = BatchingEngine(
-        weights.model,
-        weights.tokenizer,
-        max_length=max(map(len, prompts)) + max_new_tokens,
-        max_batch=batch,
-        max_queue=len(prompts),
-        pinned_prefix=common_prefix(prompts),
-        constraint=constraint,
-    )
-
-    async def one(ids: list[int]) -> Finished:
-        async for item in engine.stream(ids, max_new_tokens):
-            if isinstance(item, Finished):
-                return item
-
-    try:
-        await one(prompts[0])  # warm up: the first forward passes are slower
-        started = time.monotonic()
-        results = await asyncio.gather(*(one(p) for p in prompts))
-        seconds = time.monotonic() - started
-    finally:
-        await engine.close()
+    done = await engine_run(weights, prompts, batch=batch, max_new_tokens=max_new_tokens, constraint=constraint)
+    seconds, results = done.seconds, done.results
     steps = [parse_reply(r.text) for r in results]
     if constraint:
         print(

@@ -168,6 +168,11 @@ class ServeConfig(Strict):
         "(then 429).",
     )
 
+    @property
+    def speculates(self) -> bool:
+        """Whether the batching engine guesses tokens (`speculation: on`)."""
+        return self.speculation == "on"
+
 
 def _regex(value: str) -> str:
     try:

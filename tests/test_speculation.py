@@ -31,3 +31,36 @@ def test_the_draft_grows_while_guesses_are_right_and_shrinks_when_none_is():
     assert drafter.k == MIN_DRAFT
     drafter.accepted(0, 0)  # nothing guessed: nothing learnt
     assert drafter.k == MIN_DRAFT
+
+
+def cache_of(rows: int, width: int):
+    """A one-layer BatchCache whose key at (row b, column k) is the number 100 * b + k."""
+    import torch
+
+    from bot.engine.kv import BatchCache, _Layer
+
+    keys = (100 * torch.arange(rows)[:, None] + torch.arange(width)[None, :]).float()[:, None, :, None]
+    return BatchCache([_Layer(keys.clone(), keys.clone(), width)])
+
+
+def shown(pairs) -> list[int]:
+    """The numbers of one row's copied-out keys."""
+    return [int(v) for v in pairs[0][0].flatten()]
+
+
+def test_hidden_columns_are_skipped_when_a_row_is_copied_out_compacted_or_stacked():
+    """A row's rejected guesses are hidden: its copy for the prompt cache skips them, a rebuild
+    drops them and right-aligns every row again, and joining other rows keeps them hidden."""
+    from bot.engine.kv import BatchCache
+
+    cache = cache_of(2, 8)
+    cache.hide(0, 3, 5)  # row 0: columns 3 and 4 are rejected guesses
+    assert shown(cache.row(0, 1, 5)) == [1, 2, 5, 6, 7]
+    assert shown(cache.row(1, 1, 5)) == [101, 102, 103, 104, 105]
+    joined, shifts = BatchCache.stack([cache_of(1, 10), cache])
+    assert shifts == [0, 2] and joined.hidden_columns(10)[1].tolist() == [False] * 5 + [True] * 2 + [False] * 3
+    assert shown(joined.row(1, 3, 5)) == [1, 2, 5, 6, 7]
+    starts = cache.compact([1, 2])  # row 0 keeps 5 of its 7 columns from 1 on, row 1 all 6 from 2 on
+    assert starts == [1, 0] and cache.hidden is None and cache.width == 6
+    assert shown(cache.row(0, 1, 5)) == [1, 2, 5, 6, 7]
+    assert shown(cache.row(1, 0, 6)) == [102, 103, 104, 105, 106, 107]

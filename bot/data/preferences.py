@@ -72,11 +72,10 @@ class Preference:
 
     @property
     def reply(self) -> str:
-        """The rated step, or the better reply of a pair, as text."""
+        """The better reply of a pair (a pair always ends with words)."""
         last = self.dialogue.turns[-1]
-        if isinstance(last, ActionTurn):
-            return f"{last.action} {last.args}"
-        return last.handoff if isinstance(last, HandoffTurn) else last.bot
+        assert isinstance(last, BotTurn)
+        return last.bot
 
 
 def preferences_in(doc: Document) -> tuple[list[Preference], list[Problem]]:

@@ -105,6 +105,6 @@ def open_shared_base(brands: dict[str, Settings], serve: ServeConfig) -> SharedB
         max_queue=serve.max_queue,
         kv_cache_mb=serve.kv_cache_mb,
         adapters=AdapterBank(model),
-        speculation=serve.speculation == "on",
+        speculation=serve.speculates,
     )
     return SharedBase(front.base, engine, model, (first, front))

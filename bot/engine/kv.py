@@ -85,44 +85,36 @@ class BatchCache(Cache):
         """Row b's first `tokens` tokens from column `start` on, hidden columns skipped, copied
         out (one [1, heads, tokens, dim] pair per layer)."""
         columns = self._columns(b, start, tokens)
-        if isinstance(columns, slice):
-            return [
-                (layer.keys[b : b + 1, :, columns].clone(), layer.values[b : b + 1, :, columns].clone())
-                for layer in self.layers
-            ]
         return [
             (layer.keys[b : b + 1].index_select(2, columns), layer.values[b : b + 1].index_select(2, columns))
             for layer in self.layers
         ]
 
-    def _columns(self, b: int, start: int, tokens: int) -> slice | torch.Tensor:
-        """The columns of row b's first `tokens` tokens from `start` on."""
-        hidden = self.hidden
-        if hidden is None or not bool(hidden[b, start:].any()):
-            return slice(start, start + tokens)
-        shown = ~hidden[b, start:]
-        at = shown.nonzero().flatten() + start
-        rest = tokens - len(at)  # the columns after `hidden` ends are all shown
-        beyond = torch.arange(start + len(shown), start + len(shown) + max(rest, 0), device=at.device)
-        return torch.cat([at, beyond])[:tokens].to(self.layers[0].keys.device)
+    def _columns(self, b: int, start: int, tokens: int) -> torch.Tensor:
+        """The columns of row b's first `tokens` tokens from `start` on (hidden ones skipped)."""
+        device = self.layers[0].keys.device
+        shown = ~self._hidden(start + tokens + self._hidden_count(b, start))[b, start:]
+        return (shown.nonzero().flatten()[:tokens] + start).to(device)
+
+    def _hidden_count(self, b: int, start: int) -> int:
+        """How many of row b's columns from `start` on are hidden."""
+        return 0 if self.hidden is None else int(self.hidden[b, start:].sum())
 
     def hidden_columns(self, width: int) -> torch.Tensor | None:
         """[rows, width]: True where a row's column holds no token of it; None when none does."""
-        hidden = self.hidden
-        if hidden is None:
-            return None
+        return None if self.hidden is None else self._hidden(width)
+
+    def _hidden(self, width: int) -> torch.Tensor:
+        """`hidden` cut or padded to `width` columns (all False where nothing is hidden)."""
+        rows, device = self.layers[0].keys.shape[0], self.layers[0].keys.device
+        hidden = self.hidden if self.hidden is not None else torch.zeros(rows, 0, dtype=torch.bool, device=device)
         if hidden.shape[1] >= width:
             return hidden[:, :width]
-        return torch.cat([hidden, hidden.new_zeros(hidden.shape[0], width - hidden.shape[1])], 1)
+        return torch.cat([hidden, hidden.new_zeros(rows, width - hidden.shape[1])], 1)
 
     def hide(self, b: int, start: int, stop: int) -> None:
         """Row b's columns start..stop-1 hold no token of it from now on."""
-        if stop <= start:
-            return
-        rows = self.layers[0].keys.shape[0]
-        hidden = self.hidden_columns(max(stop, self.hidden.shape[1] if self.hidden is not None else 0))
-        if hidden is None:
-            hidden = torch.zeros(rows, stop, dtype=torch.bool, device=self.layers[0].keys.device)
+        hidden = self._hidden(max(stop, self.hidden.shape[1] if self.hidden is not None else 0))
         hidden[b, start:stop] = True
         self.hidden = hidden
 
@@ -137,15 +129,11 @@ class BatchCache(Cache):
         """Rebuild without hidden columns, every row right-aligned again; returns the rows' new
         first columns."""
         width = self.width
-        counts = [self._count(b, start, width) for b, start in enumerate(starts)]
+        counts = [width - start - self._hidden_count(b, start) for b, start in enumerate(starts)]
         new_width = max(counts)
-        device = self.layers[0].keys.device
-        index = torch.zeros(len(starts), new_width, dtype=torch.long, device=device)
+        index = torch.zeros(len(starts), new_width, dtype=torch.long, device=self.layers[0].keys.device)
         for b, (start, count) in enumerate(zip(starts, counts, strict=True)):
-            columns = self._columns(b, start, count)
-            if isinstance(columns, slice):
-                columns = torch.arange(columns.start, columns.stop, device=device)
-            index[b, new_width - count :] = columns
+            index[b, new_width - count :] = self._columns(b, start, count)
         for layer in self.layers:
             gather = index[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
             keys, values = layer.keys.gather(2, gather), layer.values.gather(2, gather)
@@ -154,11 +142,6 @@ class BatchCache(Cache):
             layer.width = new_width
         self.hidden = None
         return [new_width - count for count in counts]
-
-    def _count(self, b: int, start: int, width: int) -> int:
-        """How many of row b's columns start..width-1 hold its tokens."""
-        hidden = self.hidden_columns(width)
-        return width - start - (int(hidden[b, start:].sum()) if hidden is not None else 0)
 
     def keep(self, rows: list[int], trim: int) -> None:
         """Keep only `rows` (in this order) and drop the first `trim` columns (padding for all)."""
@@ -191,20 +174,11 @@ class BatchCache(Cache):
             layers.append(_Layer(keys, values, width))
         hidden = None
         if any(p.hidden is not None for p in parts):
-            hidden = torch.cat(
-                [
-                    torch.cat(
-                        [
-                            p.hidden_columns(p.width).new_zeros(p.layers[0].keys.shape[0], shift),
-                            p.hidden_columns(p.width),
-                        ],
-                        1,
-                    )
-                    if p.hidden is not None
-                    else torch.zeros(p.layers[0].keys.shape[0], width, dtype=torch.bool, device=layers[0].keys.device)
-                    for p, shift in zip(parts, shifts, strict=True)
-                ]
-            )
+            blocks = []
+            for part, shift in zip(parts, shifts, strict=True):
+                own = part._hidden(part.width)
+                blocks.append(torch.cat([own.new_zeros(own.shape[0], shift), own], 1))  # after its padding
+            hidden = torch.cat(blocks)
         return cls(layers, hidden), shifts
 
     @classmethod

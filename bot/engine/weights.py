@@ -71,7 +71,7 @@ def start_engine(
 ) -> Engine:
     """The engine config.yml's `serve` section asks for (or `kind`), around loaded weights."""
     kind = kind or serve.engine
-    batching = {"speculation": serve.speculation == "on"} if kind == "batching" else {}
+    batching = {"speculation": serve.speculates} if kind == "batching" else {}
     return ENGINES[kind](
         weights.model,
         weights.tokenizer,

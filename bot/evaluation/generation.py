@@ -68,7 +68,7 @@ def policy_replies(
             max_queue=len(items),
             pinned_prefix=common_prefix(prompts),
             constraint=call_constraint(weights.model, tokenizer, weights.profile.actions),
-            speculation=serve.speculation == "on",
+            speculation=serve.speculates,
         )
         model_id = weights.trained.id if weights.trained else None
         model = ResponseModel(engine, tokenizer, weights.profile, model_id, max_length)

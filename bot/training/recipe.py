@@ -547,11 +547,14 @@ def _preference_stage(settings: Settings, model, accelerator, tokenizer, progres
     )
 
 
-def save_preference_model(run_dir: Path, started_from: str, manifest: dict, profile_from: Path, stage, stats):
-    """The preference-tuned model's folder (the profile of the model it started from); the
-    checkpoint goes."""
+def save_preference_model(
+    run_dir: Path, started_from: str, manifest: dict, profile_from: Path, stage, stats, **fields
+):
+    """The preference-tuned model's folder (the profile of the model it started from, whose
+    `manifest` it extends with `fields`); the checkpoint goes."""
     manifest = dict(manifest, id=run_dir.name, started_from=started_from, preference=stats)
     manifest.pop("activation", None)
+    manifest.update(fields)
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     model = stage.accelerator.unwrap_model(stage.model)
     write_model(run_dir, model, stage.tokenizer, profile_from, manifest)
