@@ -98,3 +98,20 @@ async def _stored(settings, sender):
         return await store.events(sender)
     finally:
         await store.close()
+
+
+def test_a_status_is_transient_on_a_terminal_and_a_line_of_its_own_in_a_file(capsys):
+    on_terminal = cli_chat._Shown(transient=True)
+    on_terminal("status", {"text": "Checking your order…", "action": "check_order"})
+    on_terminal("action", {"type": "action", "name": "check_order"})
+    on_terminal("token", {"text": "It ships"})
+    on_terminal("token", {"text": " today."})
+    on_terminal("message", {"text": "It ships today."})
+    shown = capsys.readouterr().out
+    # the status line is erased before anything else is written, and the reply follows on it
+    assert shown == "  (Checking your order…)\r\x1b[K  [action: check_order]\nbot> It ships today.\n"
+
+    in_a_file = cli_chat._Shown(transient=False)
+    in_a_file("status", {"text": "Checking your order…", "action": "check_order"})
+    in_a_file("message", {"text": "It ships today."})
+    assert capsys.readouterr().out == "  (Checking your order…)\nbot> It ships today.\n"

@@ -29,13 +29,25 @@ def _say(text: str, end: str = "") -> None:
 
 
 class _Shown:
-    """Prints one reply as it arrives: streamed text on one line, whole messages, notices."""
+    """Prints one reply as it arrives: streamed text on one line, whole messages, notices. An
+    action's status ("Checking your account…") is transient on a terminal, as in the widget: it
+    stands on its own line until the reply's first words replace it. Printed to a file or a
+    pipe, it stays, as a line of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, transient: bool | None = None) -> None:
         self.streaming = False
         self.streamed = ""
+        self.transient = sys.stdout.isatty() if transient is None else transient
+        self.status_shown = False
+
+    def _clear_status(self) -> None:
+        if self.status_shown:
+            _say("\r\x1b[K")  # back to the line's start, erase it
+            self.status_shown = False
 
     def __call__(self, event: str | None, data: dict) -> None:
+        if event != "status":
+            self._clear_status()
         if event == "token":
             _say(("" if self.streaming else "bot> ") + data["text"])
             self.streaming = True
@@ -50,7 +62,14 @@ class _Shown:
                 _say("\n" if self.streaming else f"bot> {text}\n")
             self.streaming, self.streamed = False, ""
         elif event == "status":
-            _say(f"  ({data['text']})\n")
+            self._clear_status()
+            if self.transient:
+                _say(f"  ({data['text']})")
+                self.status_shown = True
+            else:
+                _say(f"  ({data['text']})\n")
+        elif event == "action":  # in process only: what ran, failed or was refused
+            _say(f"  [{data['type']}: {data['name']}]\n")
         elif event == "waiting":
             _say("(a member of the team has this conversation; the bot is not answering)\n")
         elif event == "error":
@@ -80,7 +99,7 @@ async def chat_in_process(settings, sender: str, *, load_model=None) -> None:
                     elif item["type"] in (BOT, HANDOFF):
                         shown("message", item)
                     elif item["type"] in (ACTION, *ACTION_PROBLEMS):
-                        _say(f"  [{item['type']}: {item['name']}]\n")
+                        shown("action", item)
 
 
 async def chat_over_http(url: str, sender: str) -> None:
