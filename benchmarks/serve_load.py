@@ -5,7 +5,7 @@ batching engine and, in the same run, with the serial engine (the baseline).
     .venv/bin/python benchmarks/serve_load.py [--customers 16] [--turns 3] [--full-length]
                                              [--engines batching,serial] [--project .]
                                              (engines: batching, serial, batching-no-speculation)
-                                             [--via-model-server] [--brands N]
+                                             [--via-model-server] [--brands N] [--actions actions]
 
 Defaults: 16 customers x 3 turns on CPU, 64 x 3 on CUDA, the project's active model (the base
 model when none is trained), greedy decoding. Customers arrive spread over `--ramp` seconds
@@ -19,7 +19,11 @@ customer sees (a token, or an action's status when the reply starts with a call)
 per-stream tokens/s p10/p50 (after
 the first token), aggregate tokens/s (the server's own count of generated tokens over the
 wall-clock time of the run), and goodput: the share of replies whose first token came within 1 s
-and which then streamed at 10 tokens/s or more. Then the ratios batching / serial.
+and which then streamed at 10 tokens/s or more; how many replies called an action; the engine's
+decode passes, tokens a pass (all rows together), the tokens the call grammar forced and the
+speculation's guesses kept (the server's metrics). Then the ratios batching / serial.
+`--actions actions` runs the example action server at the project's action endpoint for each
+run, so action turns are real (without it, every call fails and the customer gets an apology).
 
 `--via-model-server` runs the same load through a front-end (`bot serve --model-server`, no
 weights) and a model server (`bot serve` with the batching engine, its `/v1/completions`), then
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -98,6 +103,7 @@ class Reply:
     seconds: float
     text: str
     first_visible_s: float = 0.0  # the first token, or an action's status if it came first
+    called: bool = False  # the reply called an action (its stream had a status)
 
 
 def free_port() -> int:
@@ -156,8 +162,15 @@ async def counted(session, url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
 
 
-async def generated_tokens(session, url: str) -> float:
-    return await counted(session, url, "bot_generated_tokens_total")
+# What the server counts, read before and after a run: generated tokens, and the batching engine's
+# decode passes, guesses, guesses kept and tokens forced by the call grammar.
+ENGINE_COUNTS = (
+    "bot_generated_tokens_total",
+    "bot_engine_decode_steps",
+    "bot_engine_guessed_tokens",
+    "bot_engine_kept_guesses",
+    "bot_engine_forced_tokens",
+)
 
 
 async def customer(
@@ -170,10 +183,11 @@ async def customer(
     for turn in range(turns):
         sent = time.monotonic()
         first = visible = None
-        text = ""
+        text, called = "", False
         async for event, data in chat_events(session, url, f"{run}-{i}", lines[turn % len(lines)]):
             if event in ("token", "status") and visible is None:
                 visible = time.monotonic() - sent
+            called = called or event == "status"
             if event == "token" and first is None:
                 first = time.monotonic() - sent
             elif event == "message":
@@ -182,7 +196,7 @@ async def customer(
                 raise SystemExit(f"customer {i} turn {turn + 1}: {data['error']}")
         done = time.monotonic() - sent
         first = first if first is not None else done
-        replies.append(Reply(i, turn + 1, first, done, text, visible if visible is not None else first))
+        replies.append(Reply(i, turn + 1, first, done, text, visible if visible is not None else first, called))
         await asyncio.sleep(think)
     return replies
 
@@ -206,8 +220,15 @@ def first_token_p50_p90(replies: list[Reply], turn: int) -> tuple[float, float]:
 async def load_run(url: str, args, tokenizer, run: str, model_server: str | None = None) -> dict:
     import aiohttp
 
+    from bot.runtime.action_server import action_server
+
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        if args.actions:  # the example action server, at the project's action endpoint, for this run
+            await stack.enter_async_context(action_server(args.actions, args.action_url, Path(args.project).resolve()))
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+        )
         for server in filter(None, [model_server, url]):
             for _ in range(600):  # wait for the server to load its model
                 try:
@@ -217,9 +238,7 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.5)
         await customer(session, url, 0, 1, 0, 0, f"{run}-warmup")  # not counted
-        before = await generated_tokens(session, url)
-        guessed_before = await counted(session, url, "bot_engine_guessed_tokens")
-        kept_before = await counted(session, url, "bot_engine_kept_guesses")
+        before = {name: await counted(session, url, name) for name in ENGINE_COUNTS}
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
         brands = args.brands if run == BRANDS else 1
@@ -228,9 +247,8 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         ]
         results = await asyncio.gather(*customers)
         wall = time.monotonic() - started
-        tokens = await generated_tokens(session, url) - before
-        guessed = await counted(session, url, "bot_engine_guessed_tokens") - guessed_before
-        kept = await counted(session, url, "bot_engine_kept_guesses") - kept_before
+        counts = {name: await counted(session, url, name) - before[name] for name in ENGINE_COUNTS}
+    tokens = counts["bot_generated_tokens_total"]
     replies = [r for rs in results for r in rs]
     rates = []
     for r in replies:
@@ -253,8 +271,11 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         "tokens": tokens,
         "wall": wall,
         "goodput": good / len(replies),
-        "guessed": guessed,
-        "kept": kept,
+        "guessed": counts["bot_engine_guessed_tokens"],
+        "kept": counts["bot_engine_kept_guesses"],
+        "forced": counts["bot_engine_forced_tokens"],
+        "passes": counts["bot_engine_decode_steps"],
+        "called": sum(r.called for r in replies),
     }
 
 
@@ -329,6 +350,12 @@ def main() -> None:
         default=1,
         help="spread the customers over this many brands on one server, against one brand alone",
     )
+    parser.add_argument(
+        "--actions",
+        default=None,
+        metavar="PACKAGE",
+        help="start this rasa-sdk action package (the example: actions) at the project's action endpoint for each run",
+    )
     args = parser.parse_args()
     if args.via_model_server:
         args.engines = f"{VIA},batching"
@@ -344,6 +371,7 @@ def main() -> None:
     from bot.config import load_settings
 
     settings = load_settings(args.project)
+    args.action_url = settings.endpoints.action_endpoint.url
     active = models.active(settings.models_dir)  # the server loads it; the client counts its reply tokens
     if active:
         tokenizer = AutoTokenizer.from_pretrained(active.tokenizer_dir)
@@ -406,6 +434,13 @@ def main() -> None:
             f"(first token <= {GOOD_FIRST_TOKEN_S:.0f} s and >= {GOOD_STREAM_RATE:.0f} tokens/s)"
         )
         print(f"  server resident memory {r['rss_mb']:.0f} MB")
+        print(f"  replies that called an action: {r['called']} of {len(r['replies'])}")
+        if r["passes"]:
+            print(
+                f"  {r['passes']:.0f} decode passes, {r['tokens'] / r['passes']:.2f} tokens a pass (all rows); "
+                f"{r['forced']:.0f} tokens forced by the call grammar ({r['forced'] / max(r['tokens'], 1):.1%} "
+                "of those generated)"
+            )
         if r["guessed"]:
             print(f"  speculation: {r['guessed']:.0f} tokens guessed, {r['kept'] / r['guessed']:.0%} kept")
 

@@ -267,6 +267,8 @@ async def test_reload_under_load_fails_nothing_and_ends_the_old_engine(tmp_path,
         "bot_prompt_cache_hits_total",
     ):
         assert gauge in metrics
+    steps = next(line for line in metrics.splitlines() if line.startswith("bot_engine_decode_steps"))
+    assert float(steps.split()[-1]) > 0 and "bot_engine_forced_tokens" in metrics
     hits = next(line for line in metrics.splitlines() if line.startswith("bot_prompt_cache_hits_total"))
     assert float(hits.split()[-1]) >= 4  # at least the conversations after the reload reused the system prompt
 
