@@ -84,7 +84,7 @@ class Metrics:
             ),
             ("bot_engine_kept_guesses", "Guessed tokens that were what greedy decoding picks", "accepted_tokens"),
             ("bot_engine_forced_tokens", "Of the guesses, tokens the tool-call grammar forced", "forced_tokens"),
-            ("bot_engine_decode_steps", "Forward passes that advanced running rows (prefills not counted)", "decode_steps"),
+            ("bot_engine_decode_steps", "Forward passes that advanced running rows (not prefills)", "decode_steps"),
         ):
             Gauge(name, doc, registry=self.registry).set_function(lambda field=field: getattr(engine(), field, 0))
         self._holder = None
