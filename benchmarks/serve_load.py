@@ -156,10 +156,12 @@ def serve(
 
 
 async def counted(session, url: str, name: str) -> float:
-    """A count the server exports (with several brands, all of theirs): generated tokens, guesses."""
+    """A count the server exports: with several brands, the sum of theirs (generated tokens), or,
+    for the engine they share (bot_engine_*, the same number under each brand's label), one."""
     async with session.get(f"{url}/metrics") as response:
         lines = (await response.text()).splitlines()
-    return sum(float(line.split()[-1]) for line in lines if line.startswith(name))
+    values = [float(line.split()[-1]) for line in lines if line.startswith(name)]
+    return max(values, default=0.0) if name.startswith("bot_engine_") else sum(values)
 
 
 # What the server counts, read before and after a run: generated tokens, and the batching engine's
@@ -237,11 +239,12 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.5)
-        await customer(session, url, 0, 1, 0, 0, f"{run}-warmup")  # not counted
+        brands = args.brands if run == BRANDS else 1
+        for i in range(brands):  # one reply from each brand first, not counted: its first call compiles its grammar
+            await customer(session, url, i, 1, 0, 0, f"{run}-warmup", brands)
         before = {name: await counted(session, url, name) for name in ENGINE_COUNTS}
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
-        brands = args.brands if run == BRANDS else 1
         customers = [
             customer(session, url, i, args.turns, i * spread, args.think, run, brands) for i in range(args.customers)
         ]
@@ -288,14 +291,13 @@ def brand_copies(project: str, brands: int, folder: str, tokens: int, max_batch:
     import yaml
 
     from bot import models
-    from bot.config import load_settings
+    from bot.config import config_mapping, load_settings
 
     settings = load_settings(project)
     active = models.active(settings.models_dir)
     if active is None:
         raise SystemExit("--brands needs a trained model to copy for each brand: run 'bot train'")
-    config_file = Path(project) / "config.yml"
-    config = (yaml.safe_load(config_file.read_text()) if config_file.exists() else None) or {}
+    config = config_mapping(project)
     serve = {"max_new_tokens": tokens, "rate_per_conversation": 10_000, "rate_per_client": 100_000}
     config["serve"] = {**config.get("serve", {}), **serve, **({"max_batch": max_batch} if max_batch else {})}
     config["model"] = {**config.get("model", {}), "cache_dir": str(settings.cache_dir)}

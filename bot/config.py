@@ -422,6 +422,15 @@ def _load_one(root: Path, name: str, model):
     return parse(model, doc.value, doc)
 
 
+def config_mapping(root: Path | str = ".") -> dict:
+    """config.yml as the project reads it (YAML 1.2: `speculation: on` is the word "on", not
+    PyYAML's true), for a script that writes a changed copy; {} without one. Dump the copy with
+    yaml.safe_dump, which quotes such words."""
+    file = Path(root) / "config.yml"
+    value = load(file, "config.yml").value if file.exists() and file.stat().st_size else None
+    return value if isinstance(value, dict) else {}
+
+
 def load_settings(root: Path | str = ".") -> Settings:
     """Load config.yml and endpoints.yml from `root`; a missing file means all defaults."""
     root = Path(root).resolve()

@@ -44,7 +44,7 @@ def main() -> int:
     from peft import PeftModel
 
     from bot.base_model import load_model, load_tokenizer
-    from bot.config import load_settings
+    from bot.config import config_mapping, load_settings
     from bot.data.project import compile_data
     from bot.training.recipe import train
 
@@ -53,7 +53,7 @@ def main() -> int:
         return 2
     project = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     shutil.copytree(ROOT / "training_data", project / "training_data")
-    config = yaml.safe_load((ROOT / "config.yml").read_text())
+    config = config_mapping(ROOT)  # YAML 1.2, as the project reads it: `speculation: on` stays a word
     # Same data and epochs as on CPU; on a GPU, batches by a token budget (similar lengths
     # together, about 32 dialogues of 1,000 tokens a step) rather than a fixed row count.
     config["train"].update(tokens_per_batch=32768, precision="bf16", models_dir=str(project / "models"))

@@ -82,3 +82,25 @@ def test_a_lock_url_must_be_a_redis_url(tmp_path):
         "tracker_store:\n  type: postgresql\n  lock_url: redis://127.0.0.1:6379/0\n"
     )
     assert load_settings(tmp_path).endpoints.tracker_store.lock_url == "redis://127.0.0.1:6379/0"
+
+
+def test_a_script_that_rewrites_config_yml_keeps_its_words(tmp_path):
+    """benchmarks/serve_load.py --brands and scripts/gpu_check.py write a changed copy of
+    config.yml: read with PyYAML's YAML 1.1 rules, `speculation: on` became true and the copy
+    was refused; read as the project reads it, the copy loads."""
+    import yaml
+
+    from bot.config import config_mapping, load_settings
+
+    original = tmp_path / "original"
+    original.mkdir()
+    (original / "config.yml").write_text("serve:\n  speculation: on\n  max_batch: 4\n")
+    assert yaml.safe_load((original / "config.yml").read_text())["serve"]["speculation"] is True  # the old reading
+    config = config_mapping(original)
+    config["serve"]["max_batch"] = 8
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "config.yml").write_text(yaml.safe_dump(config))
+    serve = load_settings(copy).build.serve
+    assert serve.speculation == "on" and serve.max_batch == 8
+    assert config_mapping(tmp_path / "nowhere") == {}
