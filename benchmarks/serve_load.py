@@ -172,6 +172,8 @@ ENGINE_COUNTS = (
     "bot_engine_guessed_tokens",
     "bot_engine_kept_guesses",
     "bot_engine_forced_tokens",
+    "bot_prompt_tokens_total",
+    "bot_prompt_cached_tokens_total",
 )
 
 
@@ -279,6 +281,8 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         "forced": counts["bot_engine_forced_tokens"],
         "passes": counts["bot_engine_decode_steps"],
         "called": sum(r.called for r in replies),
+        "prompt_tokens": counts["bot_prompt_tokens_total"],
+        "cached_tokens": counts["bot_prompt_cached_tokens_total"],
     }
 
 
@@ -437,6 +441,11 @@ def main() -> None:
         )
         print(f"  server resident memory {r['rss_mb']:.0f} MB")
         print(f"  replies that called an action: {r['called']} of {len(r['replies'])}")
+        if r["prompt_tokens"]:
+            print(
+                f"  prompt tokens {r['prompt_tokens']:.0f}, of which from the prompt cache {r['cached_tokens']:.0f} "
+                f"({r['cached_tokens'] / r['prompt_tokens']:.0%})"
+            )
         if r["passes"]:
             print(
                 f"  {r['passes']:.0f} decode passes, {r['tokens'] / r['passes']:.2f} tokens a pass (all rows); "
