@@ -174,6 +174,7 @@ ENGINE_COUNTS = (
     "bot_engine_forced_tokens",
     "bot_prompt_tokens_total",
     "bot_prompt_cached_tokens_total",
+    "bot_grammar_compile_seconds",
 )
 
 
@@ -283,6 +284,7 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         "called": sum(r.called for r in replies),
         "prompt_tokens": counts["bot_prompt_tokens_total"],
         "cached_tokens": counts["bot_prompt_cached_tokens_total"],
+        "compile_s": counts["bot_grammar_compile_seconds"],
     }
 
 
@@ -446,6 +448,7 @@ def main() -> None:
                 f"  prompt tokens {r['prompt_tokens']:.0f}, of which from the prompt cache {r['cached_tokens']:.0f} "
                 f"({r['cached_tokens'] / r['prompt_tokens']:.0%})"
             )
+        print(f"  tool-call grammars compiled in the engine thread: {r['compile_s']:.2f} s")
         if r["passes"]:
             print(
                 f"  {r['passes']:.0f} decode passes, {r['tokens'] / r['passes']:.2f} tokens a pass (all rows); "

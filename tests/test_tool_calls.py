@@ -541,3 +541,25 @@ async def test_a_call_with_nothing_to_copy_makes_the_model_try_again(tmp_path, c
         "To do that I need your postcode. Could you tell me, please?"
     ]
     assert len(model.engine.prompts) == 6
+
+
+def test_metrics_show_the_time_the_model_in_service_spends_compiling_call_grammars(tokenizer, starter_actions):
+    """`bot_grammar_compile_seconds` and `bot_grammar_mask_seconds` read the tool-call constraint
+    of the model in service (each brand's own, with several brands)."""
+    from types import SimpleNamespace
+
+    from bot.data.grounding import grounded_values
+    from bot.runtime.prometheus import Metrics
+
+    constraint = ToolCallConstraint(tokenizer, starter_actions, len(tokenizer))
+    constraint.allowed(constraint.template_for(grounded_values(starter_actions, ["51234567 bn2 9pr"])))
+    metrics = Metrics()
+    engine = SimpleNamespace(constraint=constraint, stats=lambda: None)
+    metrics.watch(SimpleNamespace(current=SimpleNamespace(engine=engine)))
+    shown = {
+        line.split()[0]: float(line.split()[-1])
+        for line in metrics.exposition()[0].decode().splitlines()
+        if line.startswith("bot_grammar_")
+    }
+    assert shown["bot_grammar_compile_seconds"] == constraint.compile_seconds > 0
+    assert shown["bot_grammar_mask_seconds"] == constraint.mask_seconds > 0

@@ -87,6 +87,17 @@ class Metrics:
             ("bot_engine_decode_steps", "Forward passes that advanced running rows (not prefills)", "decode_steps"),
         ):
             Gauge(name, doc, registry=self.registry).set_function(lambda field=field: getattr(engine(), field, 0))
+        grammar = self._constraint
+        for name, doc, field in (
+            (
+                "bot_grammar_compile_seconds",
+                "Time spent compiling tool-call grammars with a conversation's values (in the engine thread)",
+                "compile_seconds",
+            ),
+            ("bot_grammar_mask_seconds", "Time spent computing which tokens a tool call allows next", "mask_seconds"),
+        ):
+            # this model's own tool-call constraint: with several brands, each brand has its own
+            Gauge(name, doc, registry=self.registry).set_function(lambda field=field: getattr(grammar(), field, 0))
         self._holder = None
         self.active = Gauge(
             "bot_active_conversations",
@@ -131,6 +142,9 @@ class Metrics:
 
     def _engine_stats(self):
         return self._holder.current.engine.stats() if self._holder else None
+
+    def _constraint(self):
+        return getattr(self._holder.current.engine, "constraint", None) if self._holder else None
 
     def generated(self, result) -> None:
         """A finished reply (bot.engine.Finished)."""
