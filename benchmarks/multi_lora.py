@@ -1,10 +1,11 @@
 """Several brands' adapters in one batch, at the level of one forward pass: the bundled base model
-with two LoRA adapters on the adapter bank (bot.engine.adapters), rows alternating between them,
+with `--adapters` LoRA adapters (2) on the adapter bank (bot.engine.adapters), rows taking them in turn,
 against the same model with one adapter merged into its weights (the baseline: what one brand
 alone costs). Random adapters of the shape `bot train` makes (config.yml's rank, every linear
 layer); no trained model is needed.
 
-    .venv/bin/python benchmarks/multi_lora.py [--batch 16] [--context 400] [--passes 30] [--rounds 3]
+    .venv/bin/python benchmarks/multi_lora.py [--adapters 2] [--batch 16] [--context 400] [--passes 30]
+                                              [--rounds 3]
 
 Reported per round: milliseconds per decode pass (one new token for each of `--batch` rows after
 `--context` cached tokens) and per prefill pass (`--prefill` tokens for one row), each setting
@@ -114,6 +115,7 @@ def timed(run, passes: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--adapters", type=int, default=2, help="adapters on the bank, rows taking them in turn")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--context", type=int, default=400)
     parser.add_argument("--prefill", type=int, default=256)
@@ -125,7 +127,7 @@ def main() -> None:
     dtype = runtime_dtype(settings.build.train.precision)
     print(f"{machine()}; {dtype}; batch {args.batch}, context {args.context}, prefill {args.prefill}")
     with tempfile.TemporaryDirectory() as folder:
-        adapters = [random_adapter(settings, Path(folder) / f"a{k}", seed=k) for k in range(2)]
+        adapters = [random_adapter(settings, Path(folder) / f"a{k}", seed=k) for k in range(args.adapters)]
 
         # exactness first, in float32: rows of adapter 1 in the bank = the merged adapter 1
         exact_merged = merged(settings, adapters[0], torch.float32)
@@ -141,7 +143,7 @@ def main() -> None:
 
         one = merged(settings, adapters[0], dtype)
         many, bank = banked(settings, adapters, dtype)
-        rows = [bank.index(f"brand{k % 2}") for k in range(args.batch)]
+        rows = [bank.index(f"brand{k % args.adapters}") for k in range(args.batch)]
         kinds = {
             "decode": (decode_pass(one, args.batch, args.context), decode_pass(many, args.batch, args.context)),
             "prefill": (prefill_pass(one, args.prefill), prefill_pass(many, args.prefill)),
@@ -154,14 +156,14 @@ def main() -> None:
                 times.setdefault((kind, "merged"), []).append(base_ms)
                 times.setdefault((kind, "adapters"), []).append(bank_ms)
                 print(
-                    f"round {k + 1} {kind:7}: merged {base_ms:7.1f} ms, two adapters {bank_ms:7.1f} ms "
+                    f"round {k + 1} {kind:7}: merged {base_ms:7.1f} ms, {args.adapters} adapters {bank_ms:7.1f} ms "
                     f"({bank_ms / base_ms:.2f}x the time)"
                 )
         for kind in kinds:
             base_ms = statistics.median(times[(kind, "merged")])
             bank_ms = statistics.median(times[(kind, "adapters")])
             print(
-                f"{kind}: median merged {base_ms:.1f} ms, two adapters {bank_ms:.1f} ms a pass; "
+                f"{kind}: median merged {base_ms:.1f} ms, {args.adapters} adapters {bank_ms:.1f} ms a pass; "
                 f"throughput ratio adapters / merged {base_ms / bank_ms:.2f}x"
             )
 
