@@ -164,9 +164,10 @@ async def counted(session, url: str, name: str) -> float:
     return max(values, default=0.0) if name.startswith("bot_engine_") else sum(values)
 
 
-# What the server counts, read before and after a run: generated tokens, and the batching engine's
-# decode passes, guesses, guesses kept and tokens forced by the call grammar.
-ENGINE_COUNTS = (
+# What the server counts, read before and after a run: generated tokens, the batching engine's
+# decode passes, guesses, guesses kept and tokens forced by the call grammar, the prompt tokens
+# and those taken from the prompt cache, and the time spent compiling call grammars.
+SERVER_COUNTS = (
     "bot_generated_tokens_total",
     "bot_engine_decode_steps",
     "bot_engine_guessed_tokens",
@@ -243,9 +244,9 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.5)
         brands = args.brands if run == BRANDS else 1
-        for i in range(brands):  # one reply from each brand first, not counted: its first call compiles its grammar
+        for i in range(brands):  # one reply from each brand first, not counted: its first reply is slower
             await customer(session, url, i, 1, 0, 0, f"{run}-warmup", brands)
-        before = {name: await counted(session, url, name) for name in ENGINE_COUNTS}
+        before = {name: await counted(session, url, name) for name in SERVER_COUNTS}
         started = time.monotonic()
         spread = args.ramp / max(1, args.customers - 1)
         customers = [
@@ -253,7 +254,7 @@ async def load_run(url: str, args, tokenizer, run: str, model_server: str | None
         ]
         results = await asyncio.gather(*customers)
         wall = time.monotonic() - started
-        counts = {name: await counted(session, url, name) - before[name] for name in ENGINE_COUNTS}
+        counts = {name: await counted(session, url, name) - before[name] for name in SERVER_COUNTS}
     tokens = counts["bot_generated_tokens_total"]
     replies = [r for rs in results for r in rs]
     rates = []

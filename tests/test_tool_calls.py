@@ -543,23 +543,31 @@ async def test_a_call_with_nothing_to_copy_makes_the_model_try_again(tmp_path, c
     assert len(model.engine.prompts) == 6
 
 
-def test_metrics_show_the_time_the_model_in_service_spends_compiling_call_grammars(tokenizer, starter_actions):
+async def test_metrics_show_the_time_the_model_in_service_spends_on_call_grammars(tmp_path, cache_dir, tiny_base):
     """`bot_grammar_compile_seconds` and `bot_grammar_mask_seconds` read the tool-call constraint
-    of the model in service (each brand's own, with several brands)."""
-    from types import SimpleNamespace
-
+    of the model in service (each brand's own, with several brands): after a call with the
+    conversation's values, the time its grammar took."""
     from bot.data.grounding import grounded_values
+    from bot.engine.response_model import ResponseModel
+    from bot.runtime.model_holder import ModelHolder
     from bot.runtime.prometheus import Metrics
 
-    constraint = ToolCallConstraint(tokenizer, starter_actions, len(tokenizer))
-    constraint.allowed(constraint.template_for(grounded_values(starter_actions, ["51234567 bn2 9pr"])))
+    weights, engine = tiny_starter_engine(tmp_path, cache_dir, tiny_base)
+    message = "51234567 and bn2 9pr, whats my bill"
+    system = {"role": "system", "content": weights.profile.system_prompt}
+    ids = prompt_ids(weights.tokenizer, [system, {"role": "user", "content": message}])
+    decoding = Decoding(True, grounded=grounded_values(weights.profile.actions, [message]))
     metrics = Metrics()
-    engine = SimpleNamespace(constraint=constraint, stats=lambda: None)
-    metrics.watch(SimpleNamespace(current=SimpleNamespace(engine=engine)))
+    metrics.watch(ModelHolder(ResponseModel(engine, weights.tokenizer, weights.profile, None, 1024)))
+    try:
+        async for _ in engine.stream(ids, 200, decoding):
+            pass
+    finally:
+        await engine.close()
     shown = {
         line.split()[0]: float(line.split()[-1])
         for line in metrics.exposition()[0].decode().splitlines()
         if line.startswith("bot_grammar_")
     }
-    assert shown["bot_grammar_compile_seconds"] == constraint.compile_seconds > 0
-    assert shown["bot_grammar_mask_seconds"] == constraint.mask_seconds > 0
+    assert shown["bot_grammar_compile_seconds"] == engine.constraint.compile_seconds > 0
+    assert shown["bot_grammar_mask_seconds"] == engine.constraint.mask_seconds > 0

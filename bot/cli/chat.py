@@ -46,8 +46,7 @@ class _Shown:
             self.status_shown = False
 
     def __call__(self, event: str | None, data: dict) -> None:
-        if event != "status":
-            self._clear_status()
+        self._clear_status()  # whatever comes next, a new status too, takes its line
         if event == "token":
             _say(("" if self.streaming else "bot> ") + data["text"])
             self.streaming = True
@@ -62,7 +61,6 @@ class _Shown:
                 _say("\n" if self.streaming else f"bot> {text}\n")
             self.streaming, self.streamed = False, ""
         elif event == "status":
-            self._clear_status()
             if self.transient:
                 _say(f"  ({data['text']})")
                 self.status_shown = True

@@ -68,36 +68,58 @@ class Metrics:
             "Replies the remote model server could not give (down, too slow, HTTP error, broken stream)",
             registry=self.registry,
         )
-        engine = self._engine_stats
-        for name, doc, field in (
-            ("bot_engine_queue_length", "Requests waiting for a row of the batch", "queued"),
-            ("bot_engine_running_rows", "Replies being generated at this moment", "running"),
+        # Read when scraped: the engine's stats, and this model's own tool-call constraint (with
+        # several brands, each brand has its own constraint; the engine is theirs in common).
+        engine, grammar = self._engine_stats, self._constraint
+        for name, doc, source, field in (
+            ("bot_engine_queue_length", "Requests waiting for a row of the batch", engine, "queued"),
+            ("bot_engine_running_rows", "Replies being generated at this moment", engine, "running"),
             (
                 "bot_engine_kv_cache_bytes",
                 "KV cache held by the engine: running rows and cached prompts",
+                engine,
                 "kv_cache_bytes",
             ),
             (
                 "bot_engine_guessed_tokens",
                 "Tokens guessed from the conversation (speculation) and checked",
+                engine,
                 "drafted_tokens",
             ),
-            ("bot_engine_kept_guesses", "Guessed tokens that were what greedy decoding picks", "accepted_tokens"),
-            ("bot_engine_forced_tokens", "Of the guesses, tokens the tool-call grammar forced", "forced_tokens"),
-            ("bot_engine_decode_steps", "Forward passes that advanced running rows (not prefills)", "decode_steps"),
-        ):
-            Gauge(name, doc, registry=self.registry).set_function(lambda field=field: getattr(engine(), field, 0))
-        grammar = self._constraint
-        for name, doc, field in (
+            (
+                "bot_engine_kept_guesses",
+                "Guessed tokens that were what greedy decoding picks",
+                engine,
+                "accepted_tokens",
+            ),
+            (
+                "bot_engine_forced_tokens",
+                "Of the guesses, tokens the tool-call grammar forced",
+                engine,
+                "forced_tokens",
+            ),
+            (
+                "bot_engine_decode_steps",
+                "Forward passes that advanced running rows (not prefills)",
+                engine,
+                "decode_steps",
+            ),
             (
                 "bot_grammar_compile_seconds",
                 "Time spent compiling tool-call grammars with a conversation's values (in the engine thread)",
+                grammar,
                 "compile_seconds",
             ),
-            ("bot_grammar_mask_seconds", "Time spent computing which tokens a tool call allows next", "mask_seconds"),
+            (
+                "bot_grammar_mask_seconds",
+                "Time spent computing which tokens a tool call allows next",
+                grammar,
+                "mask_seconds",
+            ),
         ):
-            # this model's own tool-call constraint: with several brands, each brand has its own
-            Gauge(name, doc, registry=self.registry).set_function(lambda field=field: getattr(grammar(), field, 0))
+            Gauge(name, doc, registry=self.registry).set_function(
+                lambda source=source, field=field: getattr(source(), field, 0)
+            )
         self._holder = None
         self.active = Gauge(
             "bot_active_conversations",
